@@ -1,0 +1,188 @@
+"""Command-line interface: the only place that parses flags, prints and shows progress.
+
+    stosim validate FILE...                 check device files without running
+    stosim describe [FILE]                  resolved device parameters with units
+    stosim simulate [options] --out FILE.h5 run a coupled STO array, write the trajectory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+class CLIError(Exception):
+    """A user error reported as one line on stderr with exit status 2."""
+
+
+def _quantity(dimension: str, flag: str):
+    def parse(text: str) -> float:
+        from stosim.units import UnitError, parse_quantity
+
+        try:
+            return parse_quantity(text, dimension, name=flag)
+        except UnitError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = f"{dimension} quantity"
+    return parse
+
+
+def _angles(text: str) -> tuple[float, float]:
+    try:
+        theta, phi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--initial-angles {text!r}: expected THETA_DEG,PHI_DEG such as 30,0") from None
+    return theta, phi
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stosim", description="Spin-torque-oscillator reservoir simulator")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check device files without running")
+    p.add_argument("files", nargs="+", type=Path)
+
+    p = sub.add_parser("describe", help="print a device file's resolved parameters with units")
+    p.add_argument("file", nargs="?", type=Path, default=None, help="device TOML (default: the seed study's pMTJ)")
+
+    p = sub.add_parser("simulate", help="simulate a coupled STO array and write its trajectory (HDF5)")
+    p.add_argument("--device", type=Path, default=None, help="device TOML (default: devices/seed-pmtj.toml)")
+    p.add_argument("--n", type=int, default=10, help="number of oscillators N (default 10)")
+    p.add_argument("--coupling", type=_quantity("field", "--coupling"), default=500.0,
+                   help="coupling magnitude mu, e.g. '500 Oe' (default 500 Oe)")
+    p.add_argument("--current", type=_quantity("current", "--current"), default=None,
+                   help="bias current, e.g. '2.5 mA' (default: the device file's)")
+    p.add_argument("--duration", type=_quantity("time", "--duration"), default=20e-9, help="e.g. '20 ns' (default)")
+    p.add_argument("--dt", type=_quantity("time", "--dt"), default=1e-12, help="time step, e.g. '1 ps' (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of W, initial state and noise (default 0)")
+    init = p.add_mutually_exclusive_group()
+    init.add_argument("--initial-angles", type=_angles, default=None, metavar="THETA_DEG,PHI_DEG",
+                      help="all oscillators start at these polar/azimuthal angles (default: random, seeded)")
+    init.add_argument("--initial", type=Path, default=None, metavar="FILE.npy", help="(N, 3) initial states")
+    p.add_argument("--coupling-matrix", type=Path, default=None, metavar="FILE.npy",
+                   help="explicit (N, N) coupling matrix W, used as is (default: random, spectral radius 1)")
+    p.add_argument("--temperature", type=_quantity("temperature", "--temperature"), default=0.0,
+                   help="thermal noise at this temperature, e.g. '300 K' (default 0 K: none)")
+    p.add_argument("--observation-snr", type=float, default=None, metavar="DB", help="observation noise SNR in dB")
+    p.add_argument("--dynamical-snr", type=float, default=None, metavar="DB", help="dynamical noise SNR in dB")
+    p.add_argument("--save-every", type=int, default=10, metavar="K", help="record every K steps (default 10)")
+    p.add_argument("--float32", action="store_true", help="simulate in float32 (default float64)")
+    p.add_argument("--out", type=Path, required=True, help="output trajectory file (.h5)")
+    p.add_argument("--plot", type=Path, default=None, help="also draw m(t) and the TMR signal to this PNG")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--json", action="store_true", help="print one JSON line with the run's summary")
+    return parser
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from stosim.config import DeviceFileError, load_device
+
+    failed = 0
+    for path in args.files:
+        try:
+            device = load_device(path)
+        except DeviceFileError as exc:
+            failed += 1
+            print(f"INVALID {exc}", file=sys.stderr)
+        else:
+            print(f"ok      {path} ({device.name})")
+    return 1 if failed else 0
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from stosim.config import default_device_path, load_device
+
+    path = args.file or default_device_path()
+    device = load_device(path)
+    print(f"# {path}")
+    width = max(len(k) for k, _ in device.describe())
+    for key, value in device.describe():
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from stosim.config import load_device
+    from stosim.physics.array import STOArray
+    from stosim.plotting import plot_trajectory
+    from stosim.simulation import initial_state_from_angles, random_initial_state, simulate
+    from stosim.storage import write_dataset_atomic
+
+    if args.out.exists() and not args.overwrite:
+        raise CLIError(f"--out {args.out} exists; pass --overwrite to replace it")
+    device = load_device(args.device)
+    if args.coupling_matrix is not None:
+        array = STOArray.with_matrix(device, args.coupling_matrix, args.coupling, current_a=args.current)
+        if args.n not in (10, array.n_oscillators) and args.n != array.n_oscillators:
+            raise CLIError(f"--n {args.n} does not match the {array.n_oscillators} x {array.n_oscillators} --coupling-matrix")
+    else:
+        array = STOArray.generate(device, args.n, args.coupling, seed=args.seed, current_a=args.current)
+    n = array.n_oscillators
+    if args.initial is not None:
+        initial = np.load(args.initial, allow_pickle=False)
+    elif args.initial_angles is not None:
+        initial = initial_state_from_angles(n, *args.initial_angles)
+    else:
+        initial = random_initial_state(n, args.seed)
+
+    from stosim.simulation import steps_for_duration
+
+    total = steps_for_duration(args.duration, args.dt)
+    with tqdm(total=total, unit="step", desc="simulate", disable=None, file=sys.stderr) as bar:
+        def progress(done: int, _total: int) -> None:
+            bar.update(done - bar.n)
+
+        traj = simulate(
+            array, initial, args.duration, args.dt, save_every=args.save_every, temperature_k=args.temperature,
+            dynamical_snr_db=args.dynamical_snr, observation_snr_db=args.observation_snr, seed=args.seed,
+            dtype=np.float32 if args.float32 else np.float64, progress=progress,
+        )
+    ds = traj.to_dataset()
+    write_dataset_atomic(ds, args.out, overwrite=True)
+    if args.plot is not None:
+        plot_trajectory(ds, args.plot)
+    summary = {
+        "out": str(args.out),
+        "plot": str(args.plot) if args.plot else None,
+        "n_oscillators": n,
+        "steps": total,
+        "recorded": int(traj.time_s.size),
+        "duration_s": args.duration,
+        "dt_s": args.dt,
+        "measured_dynamical_snr_db": traj.measured_dynamical_snr_db,
+        "measured_observation_snr_db": traj.measured_observation_snr_db or None,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {args.out} ({traj.time_s.size} recorded states of {n} oscillators, {total} steps)"
+              + (f" and {args.plot}" if args.plot else ""))
+    return 0
+
+
+_COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``stosim`` console script; returns the exit status."""
+    from stosim.config import DeviceFileError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (CLIError, DeviceFileError, ValueError, FileExistsError, FloatingPointError) as exc:
+        print(f"stosim {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"stosim {args.command}: interrupted", file=sys.stderr)
+        return 130

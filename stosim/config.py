@@ -1,0 +1,299 @@
+"""Device parameter files: TOML with unit strings, validated once on load.
+
+A device file describes one magnetic tunnel junction (PHYSICS.md sections 1-2)::
+
+    name = "seed-pmtj"
+    [free_layer]
+    saturation_magnetization = "1448.3 emu/cm^3"
+    anisotropy_field = "18.616 kOe"
+    damping = 0.005
+    radius = "60 nm"
+    thickness = "2 nm"
+    gyromagnetic_ratio = "1.764e7 rad/(Oe s)"
+    ...
+
+:func:`load_device` parses and range-checks it with pydantic (unknown keys are
+rejected) and returns a :class:`DeviceParameters` whose fields are plain floats in
+CGS units (Oe, emu/cm^3, cm, cm^3, A, Ohm, V, rad/(Oe s)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stosim.physics.constants import ELEMENTARY_CHARGE_C, HBAR_ERG_S
+from stosim.units import UnitError, format_quantity, parse_quantity
+
+__all__ = [
+    "DeviceParameters",
+    "DeviceFileError",
+    "load_device",
+    "default_device_path",
+    "DEVICES_DIR",
+]
+
+DEVICES_DIR = Path(__file__).resolve().parent.parent / "devices"
+DEFAULT_DEVICE_NAME = "seed-pmtj.toml"
+
+
+class DeviceFileError(ValueError):
+    """A device file is missing, unreadable or invalid; the message names the key."""
+
+
+def default_device_path() -> Path:
+    """Path of the seed study's pMTJ device file (``devices/seed-pmtj.toml``)."""
+    return DEVICES_DIR / DEFAULT_DEVICE_NAME
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceParameters:
+    """Resolved parameters of one MTJ spin-torque oscillator, CGS units.
+
+    Field names carry their units. ``damping`` may be 0 here (the ideal, undamped
+    precession used by analytic checks); device files require ``0 < alpha < 1``.
+    """
+
+    name: str
+    saturation_magnetization_emu_cm3: float  # M
+    anisotropy_field_oe: float  # H_K (interfacial)
+    applied_field_oe: float  # H_appl along +z
+    damping: float  # alpha (dimensionless)
+    gyromagnetic_ratio_rad_per_oe_s: float  # gamma
+    radius_cm: float
+    thickness_cm: float
+    polarization: float  # eta
+    torque_asymmetry: float  # lambda
+    current_a: float  # I (positive: the torque that drives auto-oscillation)
+    reference_direction: tuple[float, float, float]  # p, unit vector
+    parallel_resistance_ohm: float  # R_P
+    tmr_ratio: float  # (R_AP - R_P) / R_P
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("saturation_magnetization", self.saturation_magnetization_emu_cm3 > 0, "> 0 emu/cm^3"),
+            ("anisotropy_field", self.anisotropy_field_oe >= 0, ">= 0 Oe"),
+            ("applied_field", math.isfinite(self.applied_field_oe), "a finite value in Oe"),
+            ("damping", 0 <= self.damping < 1, "in [0, 1)"),
+            ("gyromagnetic_ratio", self.gyromagnetic_ratio_rad_per_oe_s > 0, "> 0 rad/(Oe s)"),
+            ("radius", self.radius_cm > 0, "> 0"),
+            ("thickness", self.thickness_cm > 0, "> 0"),
+            ("polarization", 0 <= self.polarization <= 1, "in [0, 1]"),
+            ("torque_asymmetry", -1 < self.torque_asymmetry < 1, "in (-1, 1)"),
+            ("current", math.isfinite(self.current_a) and abs(self.current_a) <= 1.0, "|I| <= 1 A"),
+            ("parallel_resistance", self.parallel_resistance_ohm > 0, "> 0 Ohm"),
+            ("tmr_ratio", self.tmr_ratio >= 0, ">= 0"),
+        ]
+        for name, ok, valid in checks:
+            if not ok:
+                value = getattr(self, next(f.name for f in dataclasses.fields(self) if f.name.startswith(name)))
+                raise ValueError(f"device parameter {name} = {value!r} is out of range; valid: {valid}")
+        p = self.reference_direction
+        if len(p) != 3 or not all(math.isfinite(c) for c in p) or abs(math.sqrt(sum(c * c for c in p)) - 1) > 1e-9:
+            raise ValueError(f"device parameter reference_direction = {p!r} must be a unit 3-vector (|p| = 1)")
+
+    # derived quantities -------------------------------------------------------------
+    @property
+    def volume_cm3(self) -> float:
+        """Free-layer volume V = pi r^2 d in cm^3."""
+        return math.pi * self.radius_cm**2 * self.thickness_cm
+
+    @property
+    def effective_anisotropy_field_oe(self) -> float:
+        """H_K' = H_K - 4 pi M in Oe (perpendicular anisotropy minus demagnetization)."""
+        return self.anisotropy_field_oe - 4 * math.pi * self.saturation_magnetization_emu_cm3
+
+    @property
+    def spin_torque_field_oe(self) -> float:
+        """H_s0 = hbar eta I / (2 e M V) in Oe (the torque field before the 1/(1 + lambda m.p) factor)."""
+        return spin_torque_field_oe(self, self.current_a)
+
+    @property
+    def critical_current_a(self) -> float:
+        """I_c = 4 alpha e M V (H_appl + H_K') / (hbar eta lambda) in A (PHYSICS.md section 7)."""
+        m_v = self.saturation_magnetization_emu_cm3 * self.volume_cm3
+        return (
+            4 * self.damping * ELEMENTARY_CHARGE_C * m_v * (self.applied_field_oe + self.effective_anisotropy_field_oe)
+            / (HBAR_ERG_S * self.polarization * self.torque_asymmetry)
+        )
+
+    def replace(self, **changes: Any) -> "DeviceParameters":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> list[tuple[str, str]]:
+        """Resolved parameters as (name, value with unit) rows, derived quantities included."""
+        rows = [
+            ("name", self.name),
+            ("saturation_magnetization M", format_quantity(self.saturation_magnetization_emu_cm3, "magnetization")),
+            ("anisotropy_field H_K", format_quantity(self.anisotropy_field_oe, "field")),
+            ("effective_anisotropy H_K - 4 pi M", format_quantity(self.effective_anisotropy_field_oe, "field")),
+            ("applied_field H_appl (+z)", format_quantity(self.applied_field_oe, "field")),
+            ("damping alpha", f"{self.damping:g}"),
+            ("gyromagnetic_ratio gamma", format_quantity(self.gyromagnetic_ratio_rad_per_oe_s, "gyromagnetic")),
+            ("radius", f"{self.radius_cm * 1e7:.6g} nm"),
+            ("thickness", f"{self.thickness_cm * 1e7:.6g} nm"),
+            ("volume V", format_quantity(self.volume_cm3, "volume")),
+            ("polarization eta", f"{self.polarization:g}"),
+            ("torque_asymmetry lambda", f"{self.torque_asymmetry:g}"),
+            ("current I", f"{self.current_a * 1e3:.6g} mA"),
+            ("spin_torque_field H_s0", format_quantity(self.spin_torque_field_oe, "field")),
+            ("critical_current I_c", f"{self.critical_current_a * 1e3:.6g} mA"),
+            ("reference_direction p", "(" + ", ".join(f"{c:g}" for c in self.reference_direction) + ")"),
+            ("parallel_resistance R_P", format_quantity(self.parallel_resistance_ohm, "resistance")),
+            ("tmr_ratio (R_AP - R_P)/R_P", f"{self.tmr_ratio:g}"),
+        ]
+        return rows
+
+    def as_attrs(self) -> dict[str, float | str]:
+        """Flat dict of the resolved parameters (for dataset attributes)."""
+        out: dict[str, float | str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f"device_{f.name}"] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def spin_torque_field_oe(device: DeviceParameters, current_a: float) -> float:
+    """H_s0 = hbar eta I / (2 e M V) in Oe for a current I in A (hbar in erg s, e in C)."""
+    m_v = device.saturation_magnetization_emu_cm3 * device.volume_cm3
+    return HBAR_ERG_S * device.polarization * current_a / (2 * ELEMENTARY_CHARGE_C * m_v)
+
+
+# ---------------------------------------------------------------------------------
+# The file schema
+# ---------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _unit_field(dimension: str):
+    """Validator factory: parse a unit string of ``dimension`` into a float (internal unit)."""
+
+    def validate(cls, value: Any, info) -> float:  # noqa: ANN001
+        try:
+            return parse_quantity(value, dimension, name=info.field_name)
+        except UnitError as exc:
+            raise ValueError(str(exc)) from None
+
+    return validate
+
+
+class FreeLayerSection(_Section):
+    saturation_magnetization: Annotated[float, Field(gt=0, description="M, emu/cm^3")]
+    anisotropy_field: Annotated[float, Field(ge=0, description="H_K, Oe")]
+    damping: Annotated[float, Field(gt=0, lt=1, description="Gilbert damping alpha")]
+    radius: Annotated[float, Field(gt=0, le=1e-3, description="cm (<= 10 um)")]
+    thickness: Annotated[float, Field(gt=0, le=1e-4, description="cm (<= 1 um)")]
+    gyromagnetic_ratio: Annotated[float, Field(gt=0, description="rad/(Oe s)")] = 1.764e7
+
+    _m = field_validator("saturation_magnetization", mode="before")(_unit_field("magnetization"))
+    _hk = field_validator("anisotropy_field", mode="before")(_unit_field("field"))
+    _len = field_validator("radius", "thickness", mode="before")(_unit_field("length"))
+    _gamma = field_validator("gyromagnetic_ratio", mode="before")(_unit_field("gyromagnetic"))
+
+
+class SpinTorqueSection(_Section):
+    polarization: Annotated[float, Field(gt=0, le=1, description="spin polarization eta")]
+    asymmetry: Annotated[float, Field(gt=-1, lt=1, description="torque asymmetry lambda")]
+    current: Annotated[float, Field(ge=-1.0, le=1.0, description="A")]
+
+    _i = field_validator("current", mode="before")(_unit_field("current"))
+
+
+class ReferenceLayerSection(_Section):
+    direction: tuple[float, float, float] = (1.0, 0.0, 0.0)
+
+    @field_validator("direction")
+    @classmethod
+    def _unit(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        norm = math.sqrt(sum(c * c for c in value))
+        if abs(norm - 1.0) > 1e-9:
+            raise ValueError(f"|p| must be 1 (a unit vector); got |{list(value)}| = {norm:.6g}")
+        return value
+
+
+class AppliedFieldSection(_Section):
+    z: Annotated[float, Field(ge=-1e5, le=1e5, description="H_appl along +z, Oe")]
+
+    _z = field_validator("z", mode="before")(_unit_field("field"))
+
+
+class TMRSection(_Section):
+    parallel_resistance: Annotated[float, Field(gt=0, description="R_P, Ohm")]
+    tmr_ratio: Annotated[float, Field(ge=0, le=10, description="(R_AP - R_P)/R_P")]
+
+    _r = field_validator("parallel_resistance", mode="before")(_unit_field("resistance"))
+
+
+class DeviceFile(_Section):
+    """Schema of a ``devices/*.toml`` file (all sections required, unknown keys rejected)."""
+
+    name: str
+    description: str = ""
+    source: str = ""
+    free_layer: FreeLayerSection
+    spin_torque: SpinTorqueSection
+    reference_layer: ReferenceLayerSection = ReferenceLayerSection()
+    applied_field: AppliedFieldSection
+    tmr: TMRSection
+
+    def resolve(self) -> DeviceParameters:
+        fl, st = self.free_layer, self.spin_torque
+        return DeviceParameters(
+            name=self.name,
+            saturation_magnetization_emu_cm3=fl.saturation_magnetization,
+            anisotropy_field_oe=fl.anisotropy_field,
+            applied_field_oe=self.applied_field.z,
+            damping=fl.damping,
+            gyromagnetic_ratio_rad_per_oe_s=fl.gyromagnetic_ratio,
+            radius_cm=fl.radius,
+            thickness_cm=fl.thickness,
+            polarization=st.polarization,
+            torque_asymmetry=st.asymmetry,
+            current_a=st.current,
+            reference_direction=tuple(float(c) for c in self.reference_layer.direction),
+            parallel_resistance_ohm=self.tmr.parallel_resistance,
+            tmr_ratio=self.tmr.tmr_ratio,
+        )
+
+
+def format_validation_error(path: Path | str, exc: ValidationError) -> str:
+    """One line per problem: ``FILE: key.path: message (got VALUE)``."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(file)"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{path}: {key}: {msg}{got_text}")
+    return "\n".join(lines)
+
+
+def load_device(path: str | Path | None = None) -> DeviceParameters:
+    """Load and validate a device TOML file (default: the seed study's pMTJ).
+
+    Raises :class:`DeviceFileError` naming the file, the key, the value and the valid range.
+    """
+    path = Path(path) if path is not None else default_device_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DeviceFileError(f"{path}: cannot read device file ({exc.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DeviceFileError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return DeviceFile.model_validate(raw).resolve()
+    except ValidationError as exc:
+        raise DeviceFileError(format_validation_error(path, exc)) from None
+    except ValueError as exc:
+        raise DeviceFileError(f"{path}: {exc}") from None

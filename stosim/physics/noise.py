@@ -1,0 +1,52 @@
+"""Noise amplitudes (PHYSICS.md section 4).
+
+- SNR in dB: SNR = 10 log10(var(signal) / var(noise)), so a noise standard deviation
+  sigma = sqrt(var(signal)) 10^(-SNR/20).
+- Thermal field (stochastic LLG): per-component standard deviation
+  sigma_th = sqrt(2 alpha k_B T / (gamma M V dt)) in Oe, with k_B in erg/K, M in emu/cm^3,
+  V in cm^3, dt in s, gamma in rad/(Oe s).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from stosim.physics.constants import BOLTZMANN_ERG_K
+
+__all__ = ["snr_noise_factor", "measured_snr_db", "thermal_field_sigma_oe", "add_observation_noise", "check_snr_db"]
+
+
+def check_snr_db(snr_db: float, name: str) -> float:
+    """Validate an SNR in dB (finite; +inf means no noise)."""
+    value = float(snr_db)
+    if math.isnan(value) or value == -math.inf:
+        raise ValueError(f"{name} = {snr_db!r} dB must be a finite number (or +inf for no noise)")
+    return value
+
+
+def snr_noise_factor(snr_db: float) -> float:
+    """sigma_noise / sigma_signal = 10^(-SNR/20)."""
+    return 10.0 ** (-snr_db / 20.0)
+
+
+def measured_snr_db(signal: np.ndarray, noise: np.ndarray) -> float:
+    """10 log10(var(signal) / var(noise)) over all samples."""
+    return float(10.0 * np.log10(np.var(signal) / np.var(noise)))
+
+
+def thermal_field_sigma_oe(damping: np.ndarray | float, temperature_k: float, gyromagnetic_ratio: float,
+                           magnetization_emu_cm3: np.ndarray | float, volume_cm3: np.ndarray | float,
+                           dt_s: float) -> np.ndarray:
+    """Per-component standard deviation of the thermal field in Oe for one step of dt seconds."""
+    if not (temperature_k >= 0 and math.isfinite(temperature_k)):
+        raise ValueError(f"temperature = {temperature_k!r} K must be finite and >= 0 K")
+    return np.sqrt(2.0 * np.asarray(damping) * BOLTZMANN_ERG_K * temperature_k
+                   / (gyromagnetic_ratio * np.asarray(magnetization_emu_cm3) * np.asarray(volume_cm3) * dt_s))
+
+
+def add_observation_noise(signal: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """signal + xi with var(xi) = var(signal) / 10^(SNR/10), the variance over all samples of ``signal``."""
+    sigma = float(np.std(signal)) * snr_noise_factor(snr_db)
+    return signal + sigma * rng.standard_normal(signal.shape).astype(signal.dtype, copy=False)

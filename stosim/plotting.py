@@ -1,0 +1,47 @@
+"""Plots (matplotlib, Agg backend): trajectories of a few oscillators and their TMR signal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_trajectory"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_trajectory(ds, path: str | Path, *, max_oscillators: int = 4) -> Path:
+    """m_x, m_y, m_z(t) and the TMR voltage of the first few oscillators of a trajectory Dataset; saved as PNG."""
+    plt = _pyplot()
+    if "sample" in ds.dims:
+        ds = ds.isel(sample=0)
+    n_show = min(max_oscillators, ds.sizes["oscillator"])
+    t_ns = ds["time"].values * 1e9
+    fig, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True, constrained_layout=True)
+    for i in range(n_show):
+        for c, ax in enumerate(axes[:3]):
+            ax.plot(t_ns, ds["m"].values[:, i, c], lw=1, label=f"oscillator {i}")
+        axes[3].plot(t_ns, ds["tmr_voltage"].values[:, i] * 1e3, lw=1, label=f"oscillator {i}")
+    for c, ax in enumerate(axes[:3]):
+        ax.set_ylabel(f"m_{'xyz'[c]}")
+        ax.set_ylim(-1.05, 1.05) if np.nanmax(np.abs(ds["m"].values)) <= 1.05 else None
+    axes[3].set_ylabel("TMR voltage (mV)")
+    axes[3].set_xlabel("time (ns)")
+    axes[0].legend(loc="upper right", fontsize=8, ncol=n_show)
+    axes[0].set_title(
+        f"{ds.attrs.get('n_oscillators', '?')} coupled STOs, mu = {ds.attrs.get('coupling_oe', float('nan')):g} Oe, "
+        f"I = {ds.attrs.get('current_a', float('nan')) * 1e3:g} mA"
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

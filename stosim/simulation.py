@@ -1,0 +1,270 @@
+"""Simulation API: run a coupled STO array from given initial states and get trajectories.
+
+>>> from stosim import load_device, STOArray, simulate
+>>> array = STOArray.generate(load_device(), n_oscillators=10, coupling_oe=500.0, seed=1)
+>>> traj = simulate(array, initial_state, duration_s=20e-9, dt_s=1e-12, save_every=10)
+>>> ds = traj.to_dataset()          # xarray: m (time, oscillator, component), tmr_voltage, ...
+
+Deterministic runs use RK4; with a temperature > 0 K the thermal field enters through the
+stochastic Heun scheme (Stratonovich). Every random number comes from ``seed`` through
+independent streams (``numpy.random.SeedSequence`` spawn keys), so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+
+from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, STATUS_OK, run_steps
+from stosim.physics.array import STOArray
+from stosim.physics.noise import add_observation_noise, check_snr_db, snr_noise_factor, thermal_field_sigma_oe
+from stosim.physics.tmr import voltage_at_bias_current_v
+
+__all__ = ["simulate", "evolve", "Trajectory", "SimulationDivergedError", "NoiseSettings", "initial_state_from_angles",
+           "random_initial_state", "check_initial_state", "steps_for_duration"]
+
+# random streams (spawn keys under the run's seed)
+STREAM_INITIAL = 1
+STREAM_THERMAL = 2
+STREAM_DYNAMICAL = 3
+STREAM_OBSERVATION = 4
+
+PARALLEL_MIN_VALUES = 4096  # batch x N from which the pointwise stage runs in parallel
+NOISE_CHUNK_VALUES = 1 << 22  # random numbers drawn per chunk and noise kind
+MAX_TRAJECTORY_BYTES = 8 << 30
+
+
+class SimulationDivergedError(FloatingPointError):
+    """The state became non-finite during a run (names step, time, sample and oscillator)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseSettings:
+    """Noise of a run (PHYSICS.md section 4); None / 0 K means none of that kind.
+
+    - ``temperature_k``: thermal field at this temperature (K), stochastic Heun.
+    - ``dynamical_snr_db``: state noise added after every step, SNR relative to the
+      sample's state variance; m is projected back onto the unit sphere.
+    """
+
+    temperature_k: float = 0.0
+    dynamical_snr_db: float | None = None
+
+    def __post_init__(self) -> None:
+        t = self.temperature_k
+        if not (isinstance(t, (int, float)) and math.isfinite(t) and 0 <= t <= 1e4):
+            raise ValueError(f"temperature = {t!r} K must be finite and in [0, 1e4] K")
+        if self.dynamical_snr_db is not None:
+            check_snr_db(self.dynamical_snr_db, "dynamical_snr")
+
+
+def steps_for_duration(duration_s: float, dt_s: float) -> int:
+    """Number of steps of ``dt_s`` in ``duration_s`` (both > 0; duration a whole multiple of dt)."""
+    for name, value in (("dt", dt_s), ("duration", duration_s)):
+        if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} = {value!r} s must be a finite number > 0 s")
+    n_steps = round(duration_s / dt_s)
+    if n_steps < 1 or abs(n_steps * dt_s - duration_s) > 1e-6 * dt_s:
+        raise ValueError(f"duration = {duration_s!r} s must be a whole multiple (>= 1) of dt = {dt_s!r} s")
+    return int(n_steps)
+
+
+def initial_state_from_angles(n_oscillators: int, theta_deg: float, phi_deg: float) -> np.ndarray:
+    """(N, 3) states all at polar angle theta from +z and azimuth phi from +x (degrees)."""
+    for name, value in (("theta", theta_deg), ("phi", phi_deg)):
+        if not math.isfinite(value):
+            raise ValueError(f"initial angle {name} = {value!r} deg must be finite")
+    if not 0 <= theta_deg <= 180:
+        raise ValueError(f"initial angle theta = {theta_deg!r} deg must be in [0, 180] deg")
+    th, ph = math.radians(theta_deg), math.radians(phi_deg)
+    m = np.array([math.sin(th) * math.cos(ph), math.sin(th) * math.sin(ph), math.cos(th)])
+    return np.tile(m, (n_oscillators, 1))
+
+
+def random_initial_state(n_oscillators: int, seed: int, batch: int | None = None) -> np.ndarray:
+    """States uniform on the unit sphere, (N, 3) or (batch, N, 3), from ``seed``."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_INITIAL,)))
+    shape = (n_oscillators, 3) if batch is None else (batch, n_oscillators, 3)
+    v = rng.standard_normal(shape)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def check_initial_state(initial_state: np.ndarray, n_oscillators: int) -> np.ndarray:
+    """Validate and normalize initial states: (N, 3) or (B, N, 3), finite, non-zero. Returns (B, N, 3) float64."""
+    m0 = np.asarray(initial_state, dtype=np.float64)
+    if m0.ndim == 2:
+        m0 = m0[None]
+    if m0.ndim != 3 or m0.shape[1:] != (n_oscillators, 3) or m0.shape[0] < 1:
+        raise ValueError(
+            f"initial_state has shape {np.shape(initial_state)}; expected (N, 3) or (batch, N, 3) with N = {n_oscillators}"
+        )
+    finite = np.isfinite(m0).all(axis=-1)
+    if not finite.all():
+        b, i = (int(x) for x in np.argwhere(~finite)[0])
+        raise ValueError(f"initial_state is not finite at sample {b}, oscillator {i}: {m0[b, i].tolist()}")
+    norm = np.linalg.norm(m0, axis=-1, keepdims=True)
+    if (norm == 0).any():
+        b, i = (int(x) for x in np.argwhere(norm[..., 0] == 0)[0])
+        raise ValueError(f"initial_state is the zero vector at sample {b}, oscillator {i}; it must have a direction")
+    return m0 / norm
+
+
+def _check_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise ValueError(f"dtype = {dtype!r} must be float64 or float32")
+    return dt
+
+
+def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float, *,
+           noise: NoiseSettings = NoiseSettings(), seed: int = 0, save_every: int = 0,
+           dtype=np.float64, progress: Callable[[int, int], None] | None = None,
+           ) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """Advance states (B, N, 3) by ``n_steps`` steps of ``dt_s`` seconds.
+
+    Returns (final state (B, N, 3), saved states (S, B, N, 3) after every ``save_every``
+    steps or None when ``save_every`` is 0, measured dynamical SNR in dB or None).
+    ``progress(done, total)`` is called after each chunk of steps.
+    """
+    dtype = _check_dtype(dtype)
+    if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
+        raise ValueError(f"n_steps = {n_steps!r} must be an integer >= 1")
+    if not (math.isfinite(dt_s) and dt_s > 0):
+        raise ValueError(f"dt = {dt_s!r} s must be a finite number > 0 s")
+    if not isinstance(save_every, (int, np.integer)) or save_every < 0:
+        raise ValueError(f"save_every = {save_every!r} must be an integer >= 0 (0: save nothing)")
+    m0 = check_initial_state(initial_state, array.n_oscillators)
+    n_batch, n_osc = m0.shape[0], array.n_oscillators
+
+    m = np.ascontiguousarray(m0.transpose(2, 0, 1), dtype=dtype)  # (3, B, N)
+    n_saves = n_steps // save_every if save_every else 0
+    if n_saves * 3 * n_batch * n_osc * dtype.itemsize > MAX_TRAJECTORY_BYTES:
+        raise ValueError(
+            f"save_every = {save_every} keeps {n_saves} states of {n_batch} x {n_osc} oscillators, more than "
+            f"{MAX_TRAJECTORY_BYTES >> 30} GiB; save less often (a larger save_every)"
+        )
+    traj = np.empty((max(n_saves, 1), 3, n_batch, n_osc), dtype=dtype)
+
+    osc = np.ascontiguousarray(array.oscillator_parameters(), dtype=dtype)
+    coupling_t = np.ascontiguousarray(array.coupling_transposed_oe(), dtype=dtype)
+    use_coupling = bool(array.coupling_oe != 0.0 and np.any(array.coupling_matrix))
+    p = np.asarray(array.device.reference_direction, dtype=dtype)
+    lam = dtype.type(array.device.torque_asymmetry)
+    dev = array.device
+    thermal = noise.temperature_k > 0
+    sigma_th = np.ascontiguousarray(
+        thermal_field_sigma_oe(osc[3].astype(np.float64), noise.temperature_k, dev.gyromagnetic_ratio_rad_per_oe_s,
+                               dev.saturation_magnetization_emu_cm3, dev.volume_cm3, dt_s) * np.ones(n_osc),
+        dtype=dtype)
+    dynamical = noise.dynamical_snr_db is not None and math.isfinite(noise.dynamical_snr_db)
+    factor = snr_noise_factor(noise.dynamical_snr_db) if dynamical else 0.0
+    rng_th = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_THERMAL,)))
+    rng_dyn = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_DYNAMICAL,)))
+    stats = np.zeros(3)
+    dummy = np.zeros((1, 3, 1, 1), dtype=dtype)
+    method = METHOD_HEUN if thermal else METHOD_RK4
+    parallel = n_batch * n_osc >= PARALLEL_MIN_VALUES
+
+    per_step = 3 * n_batch * n_osc
+    chunk = max(1, NOISE_CHUNK_VALUES // per_step) if (thermal or dynamical) else max(1, -(-n_steps // 100))
+    done = 0
+    while done < n_steps:
+        k = min(chunk, n_steps - done)
+        field_noise = rng_th.standard_normal((k, 3, n_batch, n_osc), dtype=dtype) if thermal else dummy
+        state_noise = rng_dyn.standard_normal((k, 3, n_batch, n_osc), dtype=dtype) if dynamical else dummy
+        status, step, b, i = run_steps(
+            m, coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s), k, method,
+            save_every if save_every else n_steps + 1, done, traj,
+            field_noise, thermal, sigma_th, state_noise, dynamical, factor, stats, parallel,
+        )
+        if status != STATUS_OK:
+            step_global = done + step + 1
+            raise SimulationDivergedError(
+                f"the state became non-finite at step {step_global} (t = {step_global * dt_s:.6g} s) in sample {b}, "
+                f"oscillator {i}; the time step dt = {dt_s:.3g} s is likely too large for these fields "
+                "(try a smaller dt)"
+            )
+        done += k
+        if progress is not None:
+            progress(done, n_steps)
+    measured_dyn = float(10 * np.log10(stats[0] / stats[1])) if dynamical and stats[1] > 0 else None
+    final = np.ascontiguousarray(m.transpose(1, 2, 0))
+    saved = np.ascontiguousarray(traj[:n_saves].transpose(0, 2, 3, 1)) if save_every else None
+    return final, saved, measured_dyn
+
+
+@dataclasses.dataclass
+class Trajectory:
+    """A simulated (and, with observation noise, observed) trajectory.
+
+    - ``time_s`` (S,): times of the recorded states in s, starting at 0.
+    - ``m`` (S, B, N, 3): recorded magnetization (with observation noise if requested).
+    - ``tmr_voltage_v`` (S, B, N): TMR output voltage V = I R(m) at the bias (drive) current.
+    - ``final_state`` (B, N, 3): the noiseless end state of the evolution.
+    """
+
+    time_s: np.ndarray
+    m: np.ndarray
+    tmr_voltage_v: np.ndarray
+    final_state: np.ndarray
+    array: STOArray
+    dt_s: float
+    seed: int
+    noise: NoiseSettings
+    observation_snr_db: float | None
+    measured_observation_snr_db: dict[str, float]
+    measured_dynamical_snr_db: float | None
+    dtype: str
+
+    def to_dataset(self):
+        """The trajectory as an xarray Dataset (units and long_name on every variable, provenance attrs).
+
+        Dims: (time, oscillator, component) for one sample, (time, sample, oscillator, component) for more.
+        """
+        from stosim.storage import trajectory_dataset
+
+        return trajectory_dataset(self)
+
+
+def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s: float, *,
+             save_every: int = 1, temperature_k: float = 0.0, dynamical_snr_db: float | None = None,
+             observation_snr_db: float | None = None, seed: int = 0, dtype=np.float64,
+             progress: Callable[[int, int], None] | None = None) -> Trajectory:
+    """Run ``array`` from ``initial_state`` ((N, 3) or (B, N, 3)) for ``duration_s`` in steps of ``dt_s``.
+
+    The state is recorded at t = 0 and after every ``save_every`` steps. With
+    ``observation_snr_db`` the recorded m and TMR voltage carry Gaussian observation noise of
+    variance var(signal)/10^(SNR/10), the variance over all recorded samples of each.
+    """
+    n_steps = steps_for_duration(duration_s, dt_s)
+    if not isinstance(save_every, (int, np.integer)) or not 1 <= save_every <= n_steps:
+        raise ValueError(f"save_every = {save_every!r} must be an integer in [1, {n_steps}] (the number of steps)")
+    if observation_snr_db is not None:
+        check_snr_db(observation_snr_db, "observation_snr")
+    noise = NoiseSettings(temperature_k=float(temperature_k), dynamical_snr_db=dynamical_snr_db)
+    m0 = check_initial_state(initial_state, array.n_oscillators)
+    final, saved, measured_dyn = evolve(array, m0, n_steps, dt_s, noise=noise, seed=seed,
+                                        save_every=save_every, dtype=dtype, progress=progress)
+    m = np.concatenate([m0.astype(final.dtype)[None], saved], axis=0)
+    time_s = np.arange(m.shape[0]) * (save_every * dt_s)
+    p = np.asarray(array.device.reference_direction)
+    dev = array.device
+    voltage = voltage_at_bias_current_v(m @ p.astype(m.dtype), dev.parallel_resistance_ohm, dev.tmr_ratio,
+                                        array.current_a).astype(m.dtype)
+    measured_obs: dict[str, float] = {}
+    if observation_snr_db is not None and math.isfinite(observation_snr_db):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_OBSERVATION,)))
+        m_obs = add_observation_noise(m, observation_snr_db, rng)
+        v_obs = add_observation_noise(voltage, observation_snr_db, rng)
+        measured_obs = {
+            "m": float(10 * np.log10(np.var(m) / np.var(m_obs - m))),
+            "tmr_voltage": float(10 * np.log10(np.var(voltage) / np.var(v_obs - voltage))),
+        }
+        m, voltage = m_obs, v_obs
+    return Trajectory(time_s=time_s, m=m, tmr_voltage_v=voltage, final_state=final, array=array, dt_s=float(dt_s),
+                      seed=int(seed), noise=noise, observation_snr_db=observation_snr_db,
+                      measured_observation_snr_db=measured_obs, measured_dynamical_snr_db=measured_dyn,
+                      dtype=np.dtype(dtype).name)

@@ -1,0 +1,118 @@
+"""Datasets on disk: xarray Datasets written as HDF5 (h5netcdf), atomically.
+
+Every variable carries ``units`` and ``long_name``; attributes carry provenance (resolved
+parameters, seed, package versions, time). A file is written to a temporary name in the
+same folder and renamed into place, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import xarray as xr
+
+    from stosim.simulation import Trajectory
+
+__all__ = ["write_dataset_atomic", "package_versions", "trajectory_dataset", "provenance_attrs"]
+
+_PACKAGES = ("stosim", "numpy", "numba", "scipy", "torch", "xarray", "h5netcdf", "h5py")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape results."""
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _attr_value(value: Any) -> Any:
+    """HDF5-storable attribute value (nested structures become JSON text)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float, str, np.integer, np.floating)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+        return np.asarray(value)
+    return json.dumps(value, default=str)
+
+
+def provenance_attrs(**extra: Any) -> dict[str, Any]:
+    """Provenance attributes: package versions and creation time, plus ``extra``."""
+    attrs = {f"version_{k}": v for k, v in package_versions().items()}
+    attrs["created_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    attrs.update({k: _attr_value(v) for k, v in extra.items()})
+    return attrs
+
+
+def write_dataset_atomic(ds: "xr.Dataset", path: str | Path, *, overwrite: bool = True) -> Path:
+    """Write ``ds`` as HDF5 via h5netcdf to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def trajectory_dataset(traj: "Trajectory") -> "xr.Dataset":
+    """xarray Dataset of a :class:`~stosim.simulation.Trajectory`."""
+    import xarray as xr
+
+    single = traj.m.shape[1] == 1
+    m = traj.m[:, 0] if single else traj.m
+    v = traj.tmr_voltage_v[:, 0] if single else traj.tmr_voltage_v
+    lead = ("time",) if single else ("time", "sample")
+    noise_note = "" if traj.observation_snr_db is None else f", with observation noise at {traj.observation_snr_db} dB SNR"
+    ds = xr.Dataset(
+        {
+            "m": (lead + ("oscillator", "component"), m,
+                  {"units": "1", "long_name": f"free-layer unit magnetization{noise_note}"}),
+            "tmr_voltage": (lead + ("oscillator",), v,
+                            {"units": "V", "long_name": f"TMR output voltage I R(m) at the bias current{noise_note}"}),
+        },
+        coords={
+            "time": ("time", traj.time_s, {"units": "s", "long_name": "time"}),
+            "oscillator": ("oscillator", np.arange(traj.m.shape[2]), {"units": "1", "long_name": "oscillator index"}),
+            "component": ("component", np.array(["x", "y", "z"]), {"long_name": "Cartesian component", "units": "1"}),
+        },
+    )
+    if not single:
+        ds = ds.assign_coords(sample=("sample", np.arange(traj.m.shape[1]), {"units": "1", "long_name": "sample"}))
+    array = traj.array
+    attrs = {
+        **array.device.as_attrs(),
+        **array.configuration(),
+        "dt_s": traj.dt_s,
+        "seed": traj.seed,
+        "dtype": traj.dtype,
+        "temperature_k": traj.noise.temperature_k,
+        "dynamical_snr_db": traj.noise.dynamical_snr_db,
+        "observation_snr_db": traj.observation_snr_db,
+        "measured_dynamical_snr_db": traj.measured_dynamical_snr_db,
+        "measured_observation_snr_db": traj.measured_observation_snr_db or None,
+        "integrator": "stochastic Heun (Stratonovich)" if traj.noise.temperature_k > 0 else "RK4",
+    }
+    ds.attrs.update(provenance_attrs(**attrs))
+    return ds

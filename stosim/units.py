@@ -1,0 +1,120 @@
+"""Quantities with units: one registry, parsed once at the boundary.
+
+Every configuration value that carries a unit is written as a string such as
+``"200 Oe"``, ``"1448.3 emu/cm^3"``, ``"2.5 mA"``, ``"60 nm"`` or ``"300 ps"``.
+:func:`parse_quantity` converts it to the internal unit of its dimension:
+
+=================  ==================  ==========================================
+dimension          internal unit        accepted units
+=================  ==================  ==========================================
+field              Oe                   Oe, kOe, mT, T  (1 T <-> 1e4 Oe)
+magnetization      emu/cm^3             emu/cm^3, kA/m, A/m
+length             cm                   cm, m, mm, um, nm, A (angstrom)
+volume             cm^3                 cm^3, m^3, nm^3
+current            A                    A, mA, uA
+time               s                    s, ms, us, ns, ps, fs
+temperature        K                    K
+resistance         Ohm                  Ohm, kOhm
+voltage            V                    V, mV
+gyromagnetic       rad/(Oe s)           rad/(Oe s), 1/(Oe s)
+dimensionless      1                    (no unit)
+=================  ==================  ==========================================
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from types import MappingProxyType
+from typing import Mapping
+
+__all__ = ["UNITS", "INTERNAL_UNIT", "parse_quantity", "format_quantity", "UnitError"]
+
+
+class UnitError(ValueError):
+    """A quantity string could not be parsed or has the wrong dimension."""
+
+
+def _table(**kwargs: float) -> Mapping[str, float]:
+    return MappingProxyType(dict(kwargs))
+
+
+# factor that converts a value in the given unit to the internal unit of the dimension
+UNITS: Mapping[str, Mapping[str, float]] = MappingProxyType(
+    {
+        "field": _table(**{"Oe": 1.0, "kOe": 1e3, "mT": 10.0, "T": 1e4}),
+        "magnetization": _table(**{"emu/cm^3": 1.0, "kA/m": 1.0, "A/m": 1e-3}),
+        "length": _table(**{"cm": 1.0, "m": 1e2, "mm": 1e-1, "um": 1e-4, "nm": 1e-7, "A": 1e-8}),
+        "volume": _table(**{"cm^3": 1.0, "m^3": 1e6, "nm^3": 1e-21}),
+        "current": _table(**{"A": 1.0, "mA": 1e-3, "uA": 1e-6}),
+        "time": _table(**{"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "ps": 1e-12, "fs": 1e-15}),
+        "temperature": _table(**{"K": 1.0}),
+        "resistance": _table(**{"Ohm": 1.0, "kOhm": 1e3}),
+        "voltage": _table(**{"V": 1.0, "mV": 1e-3}),
+        "gyromagnetic": _table(**{"rad/(Oe s)": 1.0, "1/(Oe s)": 1.0}),
+        "dimensionless": _table(**{"": 1.0}),
+    }
+)
+
+INTERNAL_UNIT: Mapping[str, str] = MappingProxyType(
+    {
+        "field": "Oe",
+        "magnetization": "emu/cm^3",
+        "length": "cm",
+        "volume": "cm^3",
+        "current": "A",
+        "time": "s",
+        "temperature": "K",
+        "resistance": "Ohm",
+        "voltage": "V",
+        "gyromagnetic": "rad/(Oe s)",
+        "dimensionless": "",
+    }
+)
+
+_NUMBER = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*$")
+_ALIASES = {"µm": "um", "μm": "um", "μA": "uA", "µA": "uA", "Ω": "Ohm", "kΩ": "kOhm", "ohm": "Ohm",
+            "µs": "us", "μs": "us", "emu/cc": "emu/cm^3", "emu/cm3": "emu/cm^3", "cm3": "cm^3"}
+
+
+def parse_quantity(value: str | float | int, dimension: str, *, name: str = "value") -> float:
+    """Parse ``value`` (e.g. ``"2.5 mA"``) into the internal unit of ``dimension``.
+
+    A bare number is accepted only for dimensionless quantities; anything else must
+    carry a unit so that "200" can never be mistaken for 200 T instead of 200 Oe.
+    Raises :class:`UnitError` naming ``name``, the value and the accepted units.
+    """
+    if dimension not in UNITS:
+        raise UnitError(f"unknown dimension {dimension!r}; known: {sorted(UNITS)}")
+    table = UNITS[dimension]
+    accepted = ", ".join(repr(u) for u in table) if dimension != "dimensionless" else "a plain number"
+    if isinstance(value, bool):
+        raise UnitError(f"{name}: expected a quantity in {accepted}, got {value!r}")
+    if isinstance(value, (int, float)):
+        if dimension != "dimensionless":
+            raise UnitError(
+                f"{name}: {value!r} has no unit; write it with one of {accepted} "
+                f"(e.g. '{value} {INTERNAL_UNIT[dimension]}')"
+            )
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        match = _NUMBER.match(value)
+        if match is None:
+            raise UnitError(f"{name}: cannot read a number from {value!r}; expected e.g. '1.5 {INTERNAL_UNIT[dimension]}'")
+        number = float(match.group(1))
+        unit = _ALIASES.get(match.group(2), match.group(2))
+    else:
+        raise UnitError(f"{name}: expected a string with a unit, got {type(value).__name__}")
+    if unit not in table:
+        raise UnitError(f"{name}: unit {unit!r} in {value!r} is not a {dimension} unit; accepted: {accepted}")
+    result = number * table[unit]
+    if not math.isfinite(result):
+        raise UnitError(f"{name}: {value!r} is not finite")
+    return result
+
+
+def format_quantity(value: float, dimension: str) -> str:
+    """Format an internal-unit value with its unit, e.g. ``format_quantity(200.0, "field") == "200 Oe"``."""
+    unit = INTERNAL_UNIT[dimension]
+    text = f"{value:.6g}"
+    return f"{text} {unit}" if unit else text
