@@ -16,9 +16,11 @@ import dataclasses
 import math
 from typing import Callable
 
+import numba
 import numpy as np
 
-from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, STATUS_OK, run_steps
+from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, run_chunks
+from stosim.integrate.threads import single_threaded_blas as _single_threaded_blas
 from stosim.physics.array import STOArray
 from stosim.physics.noise import add_observation_noise, check_snr_db, snr_noise_factor, thermal_field_sigma_oe
 from stosim.physics.tmr import voltage_at_bias_current_v
@@ -33,6 +35,7 @@ STREAM_DYNAMICAL = 3
 STREAM_OBSERVATION = 4
 
 PARALLEL_MIN_VALUES = 4096  # batch x N from which the pointwise stage runs in parallel
+CHUNK_MAX_SAMPLES = 32  # samples per chunk (each chunk runs its time loop on one thread)
 NOISE_CHUNK_VALUES = 1 << 22  # random numbers drawn per chunk and noise kind
 MAX_TRAJECTORY_BYTES = 8 << 30
 
@@ -119,6 +122,37 @@ def _check_dtype(dtype) -> np.dtype:
     return dt
 
 
+def _chunk_count(n_batch: int, n_osc: int) -> int:
+    """Chunks the batch is split into: at least one per Numba thread for large work, and
+    small enough (<= CHUNK_MAX_SAMPLES samples) that a chunk's working set stays in cache."""
+    if n_batch * n_osc < PARALLEL_MIN_VALUES:
+        return 1
+    return max(min(numba.get_num_threads(), n_batch), -(-n_batch // CHUNK_MAX_SAMPLES))
+
+
+def _to_chunks(x: np.ndarray, n_chunks: int, lead: int = 0) -> np.ndarray:
+    """(..., B, N, 3) with ``lead`` leading axes -> (C, ..., 3, Bc, N), padded with copies of sample 0."""
+    n_batch = x.shape[lead]
+    per = -(-n_batch // n_chunks)
+    pad = n_chunks * per - n_batch
+    if pad:
+        filler = np.repeat(np.take(x, [0], axis=lead), pad, axis=lead)
+        x = np.concatenate([x, filler], axis=lead)
+    shape = x.shape[:lead] + (n_chunks, per) + x.shape[lead + 1:]
+    x = x.reshape(shape)  # (..., C, Bc, N, 3)
+    axes = (lead,) + tuple(range(lead)) + (lead + 3, lead + 1, lead + 2)
+    return np.ascontiguousarray(x.transpose(axes))
+
+
+def _from_chunks(x: np.ndarray, n_batch: int) -> np.ndarray:
+    """(C, ..., 3, Bc, N) -> (..., B, N, 3)."""
+    n_lead = x.ndim - 4
+    axes = tuple(range(1, 1 + n_lead)) + (0, n_lead + 2, n_lead + 3, n_lead + 1)
+    y = x.transpose(axes)  # (..., C, Bc, N, 3)
+    y = y.reshape(y.shape[:n_lead] + (-1,) + y.shape[-2:])
+    return np.ascontiguousarray(y[..., :n_batch, :, :])
+
+
 def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float, *,
            noise: NoiseSettings = NoiseSettings(), seed: int = 0, save_every: int = 0,
            dtype=np.float64, progress: Callable[[int, int], None] | None = None,
@@ -138,15 +172,16 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
         raise ValueError(f"save_every = {save_every!r} must be an integer >= 0 (0: save nothing)")
     m0 = check_initial_state(initial_state, array.n_oscillators)
     n_batch, n_osc = m0.shape[0], array.n_oscillators
-
-    m = np.ascontiguousarray(m0.transpose(2, 0, 1), dtype=dtype)  # (3, B, N)
     n_saves = n_steps // save_every if save_every else 0
     if n_saves * 3 * n_batch * n_osc * dtype.itemsize > MAX_TRAJECTORY_BYTES:
         raise ValueError(
             f"save_every = {save_every} keeps {n_saves} states of {n_batch} x {n_osc} oscillators, more than "
             f"{MAX_TRAJECTORY_BYTES >> 30} GiB; save less often (a larger save_every)"
         )
-    traj = np.empty((max(n_saves, 1), 3, n_batch, n_osc), dtype=dtype)
+    n_chunks = _chunk_count(n_batch, n_osc)
+    m = _to_chunks(m0.astype(dtype), n_chunks)  # (C, 3, Bc, N)
+    per = m.shape[2]
+    traj = np.empty((n_chunks, max(n_saves, 1), 3, per, n_osc), dtype=dtype)
 
     osc = np.ascontiguousarray(array.oscillator_parameters(), dtype=dtype)
     coupling_t = np.ascontiguousarray(array.coupling_transposed_oe(), dtype=dtype)
@@ -163,36 +198,41 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
     factor = snr_noise_factor(noise.dynamical_snr_db) if dynamical else 0.0
     rng_th = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_THERMAL,)))
     rng_dyn = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_DYNAMICAL,)))
-    stats = np.zeros(3)
-    dummy = np.zeros((1, 3, 1, 1), dtype=dtype)
+    stats = np.zeros((n_chunks, 3))
+    result = np.zeros((n_chunks, 2), dtype=np.int64)
+    dummy = np.zeros((n_chunks, 1, 3, 1, 1), dtype=dtype)
     method = METHOD_HEUN if thermal else METHOD_RK4
-    parallel = n_batch * n_osc >= PARALLEL_MIN_VALUES
 
     per_step = 3 * n_batch * n_osc
     chunk = max(1, NOISE_CHUNK_VALUES // per_step) if (thermal or dynamical) else max(1, -(-n_steps // 100))
     done = 0
-    while done < n_steps:
-        k = min(chunk, n_steps - done)
-        field_noise = rng_th.standard_normal((k, 3, n_batch, n_osc), dtype=dtype) if thermal else dummy
-        state_noise = rng_dyn.standard_normal((k, 3, n_batch, n_osc), dtype=dtype) if dynamical else dummy
-        status, step, b, i = run_steps(
-            m, coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s), k, method,
-            save_every if save_every else n_steps + 1, done, traj,
-            field_noise, thermal, sigma_th, state_noise, dynamical, factor, stats, parallel,
-        )
-        if status != STATUS_OK:
-            step_global = done + step + 1
-            raise SimulationDivergedError(
-                f"the state became non-finite at step {step_global} (t = {step_global * dt_s:.6g} s) in sample {b}, "
-                f"oscillator {i}; the time step dt = {dt_s:.3g} s is likely too large for these fields "
-                "(try a smaller dt)"
-            )
-        done += k
-        if progress is not None:
-            progress(done, n_steps)
-    measured_dyn = float(10 * np.log10(stats[0] / stats[1])) if dynamical and stats[1] > 0 else None
-    final = np.ascontiguousarray(m.transpose(1, 2, 0))
-    saved = np.ascontiguousarray(traj[:n_saves].transpose(0, 2, 3, 1)) if save_every else None
+    with _single_threaded_blas():
+        while done < n_steps:
+            k = min(chunk, n_steps - done)
+            field_noise = (_to_chunks(rng_th.standard_normal((k, n_batch, n_osc, 3), dtype=dtype), n_chunks, lead=1)
+                           if thermal else dummy)
+            state_noise = (_to_chunks(rng_dyn.standard_normal((k, n_batch, n_osc, 3), dtype=dtype), n_chunks, lead=1)
+                           if dynamical else dummy)
+            run_chunks(m, coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s), k, method,
+                       save_every if save_every else n_steps + 1, done, traj,
+                       field_noise, thermal, sigma_th, state_noise, dynamical, factor, stats, result)
+            failed = np.flatnonzero(result[:, 0] >= 0)
+            if failed.size:
+                c = int(failed[0])
+                step = done + int(result[c, 0]) + 1
+                b, i = divmod(int(result[c, 1]), n_osc)
+                raise SimulationDivergedError(
+                    f"the state became non-finite at step {step} (t = {step * dt_s:.6g} s) in sample {c * per + b}, "
+                    f"oscillator {i}; the time step dt = {dt_s:.3g} s is likely too large for these fields "
+                    "(try a smaller dt)"
+                )
+            done += k
+            if progress is not None:
+                progress(done, n_steps)
+    total = stats.sum(axis=0)
+    measured_dyn = float(10 * np.log10(total[0] / total[1])) if dynamical and total[1] > 0 else None
+    final = _from_chunks(m, n_batch)
+    saved = _from_chunks(traj[:, :n_saves], n_batch) if save_every else None
     return final, saved, measured_dyn
 
 

@@ -1,52 +1,44 @@
 """Time-stepping loops for coupled STO arrays (Numba; the whole loop runs compiled).
 
-Each step evaluates the Ampere-law coupling field of every stage as one matrix
-product, hc = m_x @ (mu W)^T (B x N)(N x N) through BLAS, followed by one fused,
-batch-parallel pointwise kernel (:mod:`stosim.physics.llg`).
+The batch is split into C chunks laid out as (C, 3, Bc, N) arrays. Samples never interact,
+so each chunk runs its whole time loop on its own thread (``prange`` over chunks) with no
+synchronisation between steps. Within a chunk each Runge-Kutta stage evaluates the
+Ampere-law coupling field as one matrix product hx = m_x @ (mu W)^T, (Bc x N)(N x N)
+through single-threaded BLAS, followed by one pointwise pass (:mod:`stosim.physics.llg`).
 
 Methods
 -------
 - ``METHOD_RK4``: classical 4th-order Runge-Kutta, then projection onto |m| = 1.
-- ``METHOD_HEUN``: stochastic Heun (Stratonovich), for the thermal field that is held
-  fixed within a step: m* = m + dt f(m, h), m' = m + dt/2 [f(m, h) + f(m*, h)], projected.
+- ``METHOD_HEUN``: stochastic Heun (Stratonovich) for a random field held fixed within
+  a step: m* = m + dt f(m, h), m' = m + dt/2 [f(m, h) + f(m*, h)], projected.
 
 Dynamical (state) noise is added after each step: m <- (m + s_b xi) / |...| with
-s_b = std(m[b]) 10^(-SNR/20), the standard deviation taken over the sample's N x 3 components.
+s_b = std(m[b]) 10^(-SNR/20), the standard deviation over the sample's N x 3 components.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from stosim.physics.llg import STAGE_FINAL, STAGE_FIRST, STAGE_MIDDLE, stage_parallel, stage_serial
+from stosim.physics.llg import stage_accumulate, stage_final
 
 METHOD_RK4 = 0
 METHOD_HEUN = 1
 
-# the result codes of run_steps
-STATUS_OK = 0
-STATUS_NONFINITE = 1
 
-
-@njit(cache=True)
-def _stage(parallel, m, ms, hc, field_noise, has_field_noise, noise_sigma, osc, lam, p,
-           dt, a_next, w, acc, nxt, mode, bad):
-    if parallel:
-        stage_parallel(m, ms, hc, field_noise, has_field_noise, noise_sigma, osc, lam, p,
-                       dt, a_next, w, acc, nxt, mode, bad)
-    else:
-        stage_serial(m, ms, hc, field_noise, has_field_noise, noise_sigma, osc, lam, p,
-                     dt, a_next, w, acc, nxt, mode, bad)
-
-
-@njit(cache=True)
-def _coupling(ms, coupling_t, use_coupling, hc):
+@njit(cache=True, error_model="numpy")
+def _coupling(ms, coupling_t, use_coupling, hx, field_x, has_field):
+    """hx = m_x @ (mu W)^T (+ the random field along x)."""
     if use_coupling:
-        np.dot(ms[0], coupling_t, hc)
+        np.dot(ms[0], coupling_t, hx)
+        if has_field:
+            hx += field_x
+    elif has_field:
+        hx[:] = field_x
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _add_state_noise(m, xi, factor, stats):
     """m <- normalize(m + s_b xi), s_b = std(m[:, b, :]) * factor; stats += (signal var, noise var, count)."""
     _, n_batch, n_osc = m.shape
@@ -66,63 +58,85 @@ def _add_state_noise(m, xi, factor, stats):
         s = np.sqrt(var) * factor
         noise_sq = 0.0
         for i in range(n_osc):
-            x = m[0, b, i] + s * xi[0, b, i]
-            y = m[1, b, i] + s * xi[1, b, i]
-            z = m[2, b, i] + s * xi[2, b, i]
-            noise_sq += (s * xi[0, b, i]) ** 2 + (s * xi[1, b, i]) ** 2 + (s * xi[2, b, i]) ** 2
-            norm = np.sqrt(x * x + y * y + z * z)
-            m[0, b, i] = x / norm
-            m[1, b, i] = y / norm
-            m[2, b, i] = z / norm
+            dx = s * xi[0, b, i]
+            dy = s * xi[1, b, i]
+            dz = s * xi[2, b, i]
+            noise_sq += dx * dx + dy * dy + dz * dz
+            x = m[0, b, i] + dx
+            y = m[1, b, i] + dy
+            z = m[2, b, i] + dz
+            inv = 1.0 / np.sqrt(x * x + y * y + z * z)
+            m[0, b, i] = x * inv
+            m[1, b, i] = y * inv
+            m[2, b, i] = z * inv
         stats[0] += var
         stats[1] += noise_sq / n_val
         stats[2] += 1.0
 
 
-@njit(cache=True)
-def run_steps(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
-              save_every, save_offset, traj,
-              field_noise, has_field_noise, noise_sigma,
-              state_noise, has_state_noise, state_noise_factor, stats, parallel):
-    """Advance m (3, B, N) in place by ``n_steps`` steps of ``dt`` seconds.
+@njit(cache=True, error_model="numpy")
+def run_chunk(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
+              save_every, save_offset, traj, field_noise, has_field_noise, noise_sigma,
+              state_noise, has_state_noise, state_noise_factor, stats):
+    """Advance one chunk m (3, Bc, N) in place by ``n_steps`` steps of ``dt`` seconds.
 
-    ``traj`` (S, 3, B, N) receives m after every step k (counted from ``save_offset``) with
-    (save_offset + k + 1) % save_every == 0, at index (save_offset + k + 1) // save_every - 1.
-    ``field_noise`` (n_steps, 3, B, N) and ``state_noise`` (n_steps, 3, B, N) hold the standard
-    normal numbers of this chunk. Returns (status, step, sample, oscillator); a non-finite
-    state stops the loop at once with ``STATUS_NONFINITE`` and where it happened.
+    ``traj`` (S, 3, Bc, N) receives m after global step s = save_offset + k + 1 whenever
+    s % save_every == 0, at index s // save_every - 1. ``field_noise`` (n_steps, 3, Bc, N)
+    holds standard normal numbers scaled per oscillator by ``noise_sigma`` (Oe);
+    ``state_noise`` (n_steps, 3, Bc, N) those of the dynamical noise.
+    Returns (-1, -1), or (step k, flat index b * N + i) where the state became non-finite.
     """
     _, n_batch, n_osc = m.shape
-    hc = np.zeros((n_batch, n_osc), dtype=m.dtype)
-    acc = np.empty_like(m)
+    hx = np.zeros((n_batch, n_osc), dtype=m.dtype)
+    hy = np.zeros((n_batch, n_osc), dtype=m.dtype)
+    hz = np.zeros((n_batch, n_osc), dtype=m.dtype)
+    fx = np.zeros((n_batch, n_osc), dtype=m.dtype)
+    acc = np.zeros_like(m)
     tmp = np.empty_like(m)
     tmp2 = np.empty_like(m)
-    bad = np.full(n_batch, -1, dtype=np.int64)
     half = dt * 0.5
-    sixth = dt * 0.0 + 1.0 / 6.0
-    third = dt * 0.0 + 1.0 / 3.0
+    sixth = 1.0 / 6.0
+    third = 1.0 / 3.0
     for k in range(n_steps):
-        fn = field_noise[k if has_field_noise else 0]
+        if has_field_noise:
+            for b in range(n_batch):
+                for i in range(n_osc):
+                    fx[b, i] = noise_sigma[i] * field_noise[k, 0, b, i]
+                    hy[b, i] = noise_sigma[i] * field_noise[k, 1, b, i]
+                    hz[b, i] = noise_sigma[i] * field_noise[k, 2, b, i]
         if method == METHOD_RK4:
-            _coupling(m, coupling_t, use_coupling, hc)
-            _stage(parallel, m, m, hc, fn, has_field_noise, noise_sigma, osc, lam, p, dt, half, sixth, acc, tmp, STAGE_FIRST, bad)
-            _coupling(tmp, coupling_t, use_coupling, hc)
-            _stage(parallel, m, tmp, hc, fn, has_field_noise, noise_sigma, osc, lam, p, dt, half, third, acc, tmp2, STAGE_MIDDLE, bad)
-            _coupling(tmp2, coupling_t, use_coupling, hc)
-            _stage(parallel, m, tmp2, hc, fn, has_field_noise, noise_sigma, osc, lam, p, dt, dt, third, acc, tmp, STAGE_MIDDLE, bad)
-            _coupling(tmp, coupling_t, use_coupling, hc)
-            _stage(parallel, m, tmp, hc, fn, has_field_noise, noise_sigma, osc, lam, p, dt, dt, sixth, acc, m, STAGE_FINAL, bad)
+            _coupling(m, coupling_t, use_coupling, hx, fx, has_field_noise)
+            stage_accumulate(m, m, hx, hy, hz, osc, lam, p, half, 0.0, sixth, acc, tmp)
+            _coupling(tmp, coupling_t, use_coupling, hx, fx, has_field_noise)
+            stage_accumulate(m, tmp, hx, hy, hz, osc, lam, p, half, 1.0, third, acc, tmp2)
+            _coupling(tmp2, coupling_t, use_coupling, hx, fx, has_field_noise)
+            stage_accumulate(m, tmp2, hx, hy, hz, osc, lam, p, dt, 1.0, third, acc, tmp)
+            _coupling(tmp, coupling_t, use_coupling, hx, fx, has_field_noise)
+            bad = stage_final(m, tmp, hx, hy, hz, osc, lam, p, dt, sixth, acc, m)
         else:
-            _coupling(m, coupling_t, use_coupling, hc)
-            _stage(parallel, m, m, hc, fn, has_field_noise, noise_sigma, osc, lam, p, dt, dt, half / dt, acc, tmp, STAGE_FIRST, bad)
-            _coupling(tmp, coupling_t, use_coupling, hc)
-            _stage(parallel, m, tmp, hc, fn, has_field_noise, noise_sigma, osc, lam, p, dt, dt, half / dt, acc, m, STAGE_FINAL, bad)
-        for b in range(n_batch):
-            if bad[b] >= 0:
-                return STATUS_NONFINITE, k, b, bad[b]
+            _coupling(m, coupling_t, use_coupling, hx, fx, has_field_noise)
+            stage_accumulate(m, m, hx, hy, hz, osc, lam, p, dt, 0.0, 0.5, acc, tmp)
+            _coupling(tmp, coupling_t, use_coupling, hx, fx, has_field_noise)
+            bad = stage_final(m, tmp, hx, hy, hz, osc, lam, p, dt, 0.5, acc, m)
+        if bad >= 0:
+            return k, bad
         if has_state_noise:
             _add_state_noise(m, state_noise[k], state_noise_factor, stats)
         step = save_offset + k + 1
         if step % save_every == 0:
             traj[step // save_every - 1] = m
-    return STATUS_OK, -1, -1, -1
+    return -1, -1
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def run_chunks(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
+               save_every, save_offset, traj, field_noise, has_field_noise, noise_sigma,
+               state_noise, has_state_noise, state_noise_factor, stats, result):
+    """:func:`run_chunk` on every chunk in parallel. m (C, 3, Bc, N), traj (C, S, 3, Bc, N),
+    noise (C, n_steps, 3, Bc, N) (or a dummy (C, 1, 3, 1, 1)), stats (C, 3), result (C, 2)."""
+    for c in prange(m.shape[0]):
+        k, bad = run_chunk(m[c], coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
+                           save_every, save_offset, traj[c], field_noise[c], has_field_noise, noise_sigma,
+                           state_noise[c], has_state_noise, state_noise_factor, stats[c])
+        result[c, 0] = k
+        result[c, 1] = bad
