@@ -223,8 +223,8 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
                 b, i = divmod(int(result[c, 1]), n_osc)
                 raise SimulationDivergedError(
                     f"the state became non-finite at step {step} (t = {step * dt_s:.6g} s) in sample {c * per + b}, "
-                    f"oscillator {i}; the time step dt = {dt_s:.3g} s is likely too large for these fields "
-                    "(try a smaller dt)"
+                    f"oscillator {i}; the time step dt = {dt_s:.3g} s may be too large for these fields, or a field "
+                    "is beyond floating-point range (try a smaller dt; check coupling and device values)"
                 )
             done += k
             if progress is not None:

@@ -59,6 +59,10 @@ class STOArray:
             raise ValueError(f"current = {self.current_a!r} A must be finite with |I| <= 1 A")
         object.__setattr__(self, "coupling_matrix", validate_coupling_matrix(self.coupling_matrix, n))
         self.coupling_matrix.setflags(write=False)
+        with np.errstate(over="ignore"):
+            if not np.all(np.isfinite(self.coupling_oe * self.coupling_matrix)):
+                raise ValueError(f"coupling = {self.coupling_oe!r} Oe times coupling_matrix overflows; "
+                                 "the product mu W must be finite")
 
     @classmethod
     def generate(cls, device: DeviceParameters, n_oscillators: int, coupling_oe: float, *,

@@ -89,7 +89,7 @@ def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
     """Last stage: out = (m + dt (acc + w f(ms))) / |...| (projection onto the unit sphere).
 
     ``out`` may be ``m`` itself. Returns -1, or the flat index b * N + i of the first
-    oscillator whose new state is not finite.
+    oscillator whose new state is not finite (or whose norm overflowed or vanished).
     """
     _, n_batch, n_osc = m.shape
     h_appl, hk_eff, hs0, alpha, pref = osc[0], osc[1], osc[2], osc[3], osc[4]
@@ -108,13 +108,15 @@ def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
             y = m0y[i] + dt * (ay[i] + w * ky)
             z = m0z[i] + dt * (az[i] + w * kz)
             inv = 1.0 / np.sqrt(x * x + y * y + z * z)
-            n_bad += inv * 0.0 != 0.0  # true only for inf or NaN
+            # inv is inf/NaN for a zero/NaN state and 0 when |.|^2 overflows: all are failures
+            n_bad += (inv * 0.0 != 0.0) | (inv == 0.0)
             ox[i] = x * inv
             oy[i] = y * inv
             oz[i] = z * inv
         if n_bad:
             for i in range(n_osc):
-                if not (np.isfinite(ox[i]) and np.isfinite(oy[i]) and np.isfinite(oz[i])):
+                norm2 = ox[i] * ox[i] + oy[i] * oy[i] + oz[i] * oz[i]
+                if not abs(norm2 - 1.0) < 0.5:  # also catches NaN
                     return b * n_osc + i
     return -1
 

@@ -1,0 +1,192 @@
+"""Feed-forward echo-state network (FFESN) substrate.
+
+The state is a vector x in R^N (dimensionless). A fixed random matrix W (N x N) acts for K
+discrete steps (the time unit is one "step")::
+
+    x_0     = readin                  (the model's read-in Linear layer computes W_in u)
+    x_{k+1} = tanh(W x_k),   k = 0, ..., K-1
+    readout = x_K
+
+W is drawn once from ``seed`` (PHYSICS.md section 5): a Bernoulli mask of the given density
+(entries kept with probability ``density``), kept entries uniform in [-1, 1], then the whole
+matrix rescaled so that its spectral radius (largest eigenvalue modulus) is exactly
+``spectral_radius`` (computed with ``numpy.linalg.eigvals`` in float64). Random numbers come
+only from ``numpy.random.Generator(PCG64(SeedSequence(seed)))``; no global RNG is touched.
+
+Small rho contracts (rho < 1: tiny states decay like rho^K along the leading eigenvector);
+rho > 1 gives chaotic tendencies. The substrate is deterministic and differentiable: gradients
+flow through ``evolve`` by ordinary torch autograd. W is a buffer, not a trainable parameter.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+
+from stosim.integrate.threads import single_threaded_blas
+from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
+
+__all__ = ["FFESN", "draw_ffesn_matrix"]
+
+_DTYPES = {torch.float64: "float64", torch.float32: "float32"}
+_MAX_SPECTRAL_RADIUS = 10.0
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def _check_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite real number; got {value!r}")
+    return float(value)
+
+
+def _check_dtype(dtype: object) -> torch.dtype:
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of torch.float64, torch.float32; got {dtype!r}")
+    return dtype  # type: ignore[return-value]
+
+
+def draw_ffesn_matrix(n: int, spectral_radius: float, density: float, seed: int) -> np.ndarray:
+    """The fixed FFESN matrix W (float64, shape (n, n)) drawn from ``seed``.
+
+    Mask: each entry kept independently with probability ``density``; kept entries uniform in
+    [-1, 1]; the matrix is then multiplied by ``spectral_radius / max|eig(W_raw)|``.
+    Raises ``ValueError`` if the raw matrix has spectral radius 0 (e.g. everything masked).
+    """
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed)))
+    mask = rng.random((n, n)) < density
+    values = rng.uniform(-1.0, 1.0, size=(n, n))
+    w = np.where(mask, values, 0.0)
+    # One BLAS thread: multi-threaded OpenBLAS eigensolvers crawl on small loaded machines (DESIGN.md).
+    with single_threaded_blas():
+        radius = float(np.max(np.abs(np.linalg.eigvals(w))))
+    if not radius > 0.0:
+        raise ValueError(
+            f"the random matrix drawn for n={n}, density={density}, seed={seed} has spectral radius 0 "
+            "and cannot be rescaled; use a larger n or density, or another seed"
+        )
+    return w * (spectral_radius / radius)
+
+
+class FFESN(Substrate):
+    """Feed-forward echo-state network: K steps of x <- tanh(W x) with a fixed random W.
+
+    Parameters
+    ----------
+    n:
+        N, the state size (= read-in size = readout size), integer >= 1. Default 500.
+    spectral_radius:
+        rho, the spectral radius W is rescaled to, in (0, 10]. Default 1.0.
+    steps:
+        K, the number of tanh(W x) steps, integer >= 1. Default 5 (PHYSICS.md does not fix K).
+    density:
+        Probability that an entry of W is nonzero, in (0, 1]. Default 0.5.
+    seed:
+        Non-negative integer seed of W (numpy SeedSequence). Default 0.
+    dtype:
+        ``torch.float64`` (default) or ``torch.float32``; states must have this dtype.
+
+    Units: the state is dimensionless; time is counted in steps.
+    """
+
+    W: torch.Tensor
+
+    def __init__(
+        self,
+        n: int = 500,
+        spectral_radius: float = 1.0,
+        steps: int = 5,
+        density: float = 0.5,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        super().__init__()
+        self.n = _check_int("n", n, 1)
+        rho = _check_real("spectral_radius", spectral_radius)
+        if not 0.0 < rho <= _MAX_SPECTRAL_RADIUS:
+            raise ValueError(f"spectral_radius must be in (0, {_MAX_SPECTRAL_RADIUS:g}]; got {spectral_radius!r}")
+        self.spectral_radius = rho
+        self.steps = _check_int("steps", steps, 1)
+        dens = _check_real("density", density)
+        if not 0.0 < dens <= 1.0:
+            raise ValueError(f"density must be in (0, 1]; got {density!r}")
+        self.density = dens
+        self.seed = _check_int("seed", seed, 0)
+        dtype = _check_dtype(dtype)
+        w = draw_ffesn_matrix(self.n, self.spectral_radius, self.density, self.seed)
+        self.register_buffer("W", torch.as_tensor(w, dtype=dtype))
+
+    # -- interface -------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the substrate (follows ``module.to(dtype)``)."""
+        return self.W.dtype
+
+    def describe(self) -> SubstrateDescription:
+        return SubstrateDescription(
+            name="ffesn",
+            state_size=self.n,
+            readin_size=self.n,
+            readout_size=self.n,
+            state_units="dimensionless",
+            readout_units="dimensionless",
+            time_unit="step",
+            summary=(
+                f"FFESN: x_(k+1) = tanh(W x_k) for K={self.steps} steps, N={self.n}, "
+                f"W random (density {self.density:g}, uniform [-1, 1]) with spectral radius {self.spectral_radius:g}"
+            ),
+        )
+
+    def read_configuration(self) -> dict[str, float | int | str]:
+        return {
+            "substrate": "ffesn",
+            "n": self.n,
+            "spectral_radius": self.spectral_radius,
+            "steps": self.steps,
+            "density": self.density,
+            "seed": self.seed,
+            "dtype": _DTYPES.get(self.dtype, str(self.dtype)),
+        }
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(differentiable=True, stochastic=False, reproducible=True, hardware=False)
+
+    def reset(self, seed: int) -> None:
+        """No-op: the FFESN has no noise. W is fixed by the constructor's ``seed``, not by this one."""
+        _check_int("seed", seed, 0)
+
+    def initial_state(self, readin: torch.Tensor) -> torch.Tensor:
+        """x_0 = readin (the read-in Linear layer of the model already computed W_in u)."""
+        self._check_readin(readin)
+        self._check_state(readin, "read-in")
+        return readin
+
+    def evolve(self, state: torch.Tensor) -> torch.Tensor:
+        """K steps of x <- tanh(W x) on a batch (B, N): x <- tanh(x @ W^T). Differentiable."""
+        self._check_state(state, "state")
+        x = state
+        w_t = self.W.T
+        for _ in range(self.steps):
+            x = torch.tanh(x @ w_t)
+        return x
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _check_state(self, state: torch.Tensor, what: str) -> None:
+        if state.ndim != 2 or state.shape[1] != self.n:
+            raise ValueError(f"{what} has shape {tuple(state.shape)}; expected (batch, {self.n}) for ffesn")
+        if state.dtype != self.dtype:
+            raise ValueError(f"{what} has dtype {state.dtype}; this ffesn substrate uses {self.dtype}")
+
+    def extra_repr(self) -> str:
+        return (
+            f"n={self.n}, spectral_radius={self.spectral_radius:g}, steps={self.steps}, "
+            f"density={self.density:g}, seed={self.seed}"
+        )

@@ -1,0 +1,121 @@
+"""Unit strings and device files: parsing, validation, clear errors, CLI validate/describe."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from stosim.cli import main
+from stosim.config import DeviceFileError, load_device
+from stosim.units import UnitError, parse_quantity
+
+from conftest import REPO_ROOT
+
+DEVICE_FILES = sorted((REPO_ROOT / "devices").glob("*.toml"))
+
+
+@pytest.mark.parametrize(
+    ("text", "dimension", "expected"),
+    [
+        ("200 Oe", "field", 200.0),
+        ("18.616 kOe", "field", 18616.0),
+        ("10 mT", "field", 100.0),
+        ("1448.3 emu/cm^3", "magnetization", 1448.3),
+        ("1.2e3 kA/m", "magnetization", 1200.0),
+        ("2.5 mA", "current", 2.5e-3),
+        ("60 nm", "length", 6e-6),
+        ("300 ps", "time", 3e-10),
+        ("20 ns", "time", 2e-8),
+        ("300 K", "temperature", 300.0),
+        ("440 Ohm", "resistance", 440.0),
+        ("1.764e7 rad/(Oe s)", "gyromagnetic", 1.764e7),
+        (0.005, "dimensionless", 0.005),
+    ],
+)
+def test_parse_quantity(text, dimension, expected):
+    assert math.isclose(parse_quantity(text, dimension), expected, rel_tol=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("text", "dimension", "match"),
+    [
+        (200, "field", "has no unit"),
+        ("200", "field", "not a field unit"),
+        ("2.5 mA", "field", "not a field unit"),
+        ("abc Oe", "field", "cannot read a number"),
+        ("1e400 Oe", "field", "not finite"),
+    ],
+)
+def test_parse_quantity_errors_name_value_and_units(text, dimension, match):
+    with pytest.raises(UnitError, match=match):
+        parse_quantity(text, dimension, name="applied_field")
+
+
+def test_seed_device_resolves_to_the_published_parameters(device):
+    assert device.saturation_magnetization_emu_cm3 == 1448.3
+    # PHYSICS.md: H_K - 4 pi M = 416.1 Oe
+    assert abs(device.effective_anisotropy_field_oe - 416.1) < 0.05
+    assert math.isclose(device.volume_cm3, math.pi * (60e-7) ** 2 * 2e-7, rel_tol=1e-14)
+    # PHYSICS.md section 7: I_c about 0.40 mA for the default device
+    assert abs(device.critical_current_a * 1e3 - 0.40) < 0.01
+    assert device.reference_direction == (1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("path", DEVICE_FILES, ids=[p.name for p in DEVICE_FILES])
+def test_every_device_file_is_valid(path):
+    dev = load_device(path)
+    assert 0 < dev.damping < 1 and dev.saturation_magnetization_emu_cm3 > 0
+
+
+def _write_device(tmp_path: Path, replace: tuple[str, str] | None = None, append: str = "") -> Path:
+    text = (REPO_ROOT / "devices" / "seed-pmtj.toml").read_text()
+    if replace is not None:
+        assert replace[0] in text
+        text = text.replace(*replace)
+    path = tmp_path / "dev.toml"
+    path.write_text(text + append)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("replace", "append", "match"),
+    [
+        (("damping = 0.005", "damping = 1.5"), "", r"free_layer\.damping"),
+        (("damping = 0.005", "damping = 0"), "", r"free_layer\.damping"),
+        (('saturation_magnetization = "1448.3 emu/cm^3"', 'saturation_magnetization = "-5 emu/cm^3"'), "",
+         r"free_layer\.saturation_magnetization"),
+        (("direction = [1.0, 0.0, 0.0]", "direction = [1.0, 1.0, 0.0]"), "", r"\|p\| must be 1"),
+        (('z = "200 Oe"', 'z = "200"'), "", r"applied_field\.z.*not a field unit"),
+        (('current = "2.5 mA"', 'current = "2.5 mOe"'), "", r"spin_torque\.current"),
+        (None, "\n[extra]\nfoo = 1\n", r"extra.*Extra inputs are not permitted"),
+        (("damping = 0.005", "damping = 0.005\ndampingg = 0.1"), "", r"free_layer\.dampingg"),
+        (("[tmr]", "[tmr_]"), "", r"tmr"),
+    ],
+)
+def test_invalid_device_files_name_the_key(tmp_path, replace, append, match):
+    path = _write_device(tmp_path, replace, append)
+    with pytest.raises(DeviceFileError, match=match):
+        load_device(path)
+
+
+def test_unreadable_and_malformed_device_files(tmp_path):
+    with pytest.raises(DeviceFileError, match="cannot read"):
+        load_device(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(DeviceFileError, match="not valid TOML"):
+        load_device(bad)
+
+
+def test_cli_validate_and_describe(tmp_path, capsys):
+    good = REPO_ROOT / "devices" / "seed-pmtj.toml"
+    bad = _write_device(tmp_path, ("damping = 0.005", "damping = 2"))
+    assert main(["validate", str(good)]) == 0
+    assert main(["validate", str(good), str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "free_layer.damping" in err and "less than 1" in err
+    assert main(["describe", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "416.125 Oe" in out and "critical_current" in out and "emu/cm^3" in out
