@@ -16,10 +16,10 @@ import dataclasses
 import math
 from typing import Callable
 
-import numba
 import numpy as np
 
 from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, run_chunks
+from stosim.integrate.chunks import chunk_count as _chunk_count, from_chunks as _from_chunks, to_chunks as _to_chunks
 from stosim.integrate.threads import single_threaded_blas as _single_threaded_blas
 from stosim.physics.array import STOArray
 from stosim.physics.noise import add_observation_noise, check_snr_db, snr_noise_factor, thermal_field_sigma_oe
@@ -34,8 +34,6 @@ STREAM_THERMAL = 2
 STREAM_DYNAMICAL = 3
 STREAM_OBSERVATION = 4
 
-PARALLEL_MIN_VALUES = 4096  # batch x N from which the pointwise stage runs in parallel
-CHUNK_MAX_SAMPLES = 32  # samples per chunk (each chunk runs its time loop on one thread)
 NOISE_CHUNK_VALUES = 1 << 22  # random numbers drawn per chunk and noise kind
 MAX_TRAJECTORY_BYTES = 8 << 30
 
@@ -120,37 +118,6 @@ def _check_dtype(dtype) -> np.dtype:
     if dt not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise ValueError(f"dtype = {dtype!r} must be float64 or float32")
     return dt
-
-
-def _chunk_count(n_batch: int, n_osc: int) -> int:
-    """Chunks the batch is split into: at least one per Numba thread for large work, and
-    small enough (<= CHUNK_MAX_SAMPLES samples) that a chunk's working set stays in cache."""
-    if n_batch * n_osc < PARALLEL_MIN_VALUES:
-        return 1
-    return max(min(numba.get_num_threads(), n_batch), -(-n_batch // CHUNK_MAX_SAMPLES))
-
-
-def _to_chunks(x: np.ndarray, n_chunks: int, lead: int = 0) -> np.ndarray:
-    """(..., B, N, 3) with ``lead`` leading axes -> (C, ..., 3, Bc, N), padded with copies of sample 0."""
-    n_batch = x.shape[lead]
-    per = -(-n_batch // n_chunks)
-    pad = n_chunks * per - n_batch
-    if pad:
-        filler = np.repeat(np.take(x, [0], axis=lead), pad, axis=lead)
-        x = np.concatenate([x, filler], axis=lead)
-    shape = x.shape[:lead] + (n_chunks, per) + x.shape[lead + 1:]
-    x = x.reshape(shape)  # (..., C, Bc, N, 3)
-    axes = (lead,) + tuple(range(lead)) + (lead + 3, lead + 1, lead + 2)
-    return np.ascontiguousarray(x.transpose(axes))
-
-
-def _from_chunks(x: np.ndarray, n_batch: int) -> np.ndarray:
-    """(C, ..., 3, Bc, N) -> (..., B, N, 3)."""
-    n_lead = x.ndim - 4
-    axes = tuple(range(1, 1 + n_lead)) + (0, n_lead + 2, n_lead + 3, n_lead + 1)
-    y = x.transpose(axes)  # (..., C, Bc, N, 3)
-    y = y.reshape(y.shape[:n_lead] + (-1,) + y.shape[-2:])
-    return np.ascontiguousarray(y[..., :n_batch, :, :])
 
 
 def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float, *,

@@ -128,3 +128,86 @@ def llg_rhs_batch(m, hx, osc, lam, p):
     zero = np.zeros_like(hx)
     stage_accumulate(m, m, hx, zero, zero, osc, lam, p, 0.0, 0.0, 1.0, out, np.empty_like(m))
     return out
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def llg_vjp_point(mx, my, mz, hx, hy, hz, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz):
+    """Vector-Jacobian product of :func:`llg_point`: v^T (df/dm) and v^T (df/dh_x).
+
+    f = -pref (a + alpha d), a = m x B, d = m x a, B = H + H_s q, q = p x m,
+    H_s = H_s0/(1 + lambda m.p), H_z = hz + H_appl + H_K' m_z. For c = u x w the cotangents
+    are g_u = w x g_c and g_w = g_c x u. Returns (g_mx, g_my, g_mz, g_hx).
+    """
+    mp = mx * px + my * py + mz * pz
+    den = 1.0 / (1.0 + lam * mp)
+    hs = hs0 * den
+    qx = py * mz - pz * my
+    qy = pz * mx - px * mz
+    qz = px * my - py * mx
+    bx = hx + hs * qx
+    by = hy + hs * qy
+    bz = hz + h_appl + hk_eff * mz + hs * qz
+    ax = my * bz - mz * by
+    ay = mz * bx - mx * bz
+    az = mx * by - my * bx
+    # cotangents of a and d
+    gax = -pref * vx
+    gay = -pref * vy
+    gaz = -pref * vz
+    gdx = alpha * gax
+    gdy = alpha * gay
+    gdz = alpha * gaz
+    # d = m x a: g_m += a x g_d, g_a += g_d x m
+    gmx = ay * gdz - az * gdy
+    gmy = az * gdx - ax * gdz
+    gmz = ax * gdy - ay * gdx
+    gax += gdy * mz - gdz * my
+    gay += gdz * mx - gdx * mz
+    gaz += gdx * my - gdy * mx
+    # a = m x B: g_m += B x g_a, g_B = g_a x m
+    gmx += by * gaz - bz * gay
+    gmy += bz * gax - bx * gaz
+    gmz += bx * gay - by * gax
+    gbx = gay * mz - gaz * my
+    gby = gaz * mx - gax * mz
+    gbz = gax * my - gay * mx
+    # B = H + H_s q
+    ghs = gbx * qx + gby * qy + gbz * qz
+    gqx = hs * gbx
+    gqy = hs * gby
+    gqz = hs * gbz
+    # q = p x m: g_m += g_q x p
+    gmx += gqy * pz - gqz * py
+    gmy += gqz * px - gqx * pz
+    gmz += gqx * py - gqy * px
+    # H_s = H_s0 / (1 + lambda m.p): dH_s/dm = -H_s lambda/(1 + lambda m.p) p
+    c = -ghs * hs * lam * den
+    gmx += c * px
+    gmy += c * py
+    gmz += c * pz
+    # H_z = ... + H_K' m_z
+    gmz += hk_eff * gbz
+    return gmx, gmy, gmz, gbx
+
+
+@njit(cache=True, error_model="numpy")
+def stage_vjp(ms, hx, hy, hz, v, osc, lam, p, g_state, g_hx):
+    """Cotangents of one stage evaluation k = f(ms, hx): g_state = v^T df/dm, g_hx = v^T df/dh_x.
+
+    All (3, B, N) except hx, hy, hz, g_hx (B, N).
+    """
+    _, n_batch, n_osc = ms.shape
+    h_appl, hk_eff, hs0, alpha, pref = osc[0], osc[1], osc[2], osc[3], osc[4]
+    px, py, pz = p[0], p[1], p[2]
+    for b in range(n_batch):
+        mx, my, mz = ms[0, b], ms[1, b], ms[2, b]
+        vx, vy, vz = v[0, b], v[1, b], v[2, b]
+        fx, fy, fz = hx[b], hy[b], hz[b]
+        ox, oy, oz, oh = g_state[0, b], g_state[1, b], g_state[2, b], g_hx[b]
+        for i in range(n_osc):
+            a, bb, c, d = llg_vjp_point(mx[i], my[i], mz[i], fx[i], fy[i], fz[i], vx[i], vy[i], vz[i],
+                                        h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz)
+            ox[i] = a
+            oy[i] = bb
+            oz[i] = c
+            oh[i] = d

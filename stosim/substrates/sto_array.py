@@ -1,0 +1,174 @@
+"""The coupled STO array as a substrate (PHYSICS.md section 5).
+
+Read-in: 3N numbers; each device's 3-vector is normalized onto the unit sphere to give
+m_i(0). The array evolves for the duration T (RK4, step dt; stochastic Heun with a thermal
+field). Readout: the 3N components of m(T) (dimensionless), with observation noise at the
+requested SNR when set.
+
+Deterministic runs evolve with the Numba kernels; gradients are the exact gradients of the
+discrete RK4 map from the Numba adjoint (:mod:`stosim.integrate.flow`). With dynamical or
+thermal noise, gradients flow through a torch implementation of the same equations
+(:mod:`stosim.integrate.torch_steps`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stosim.config import DeviceParameters, load_device
+from stosim.integrate.flow import sto_flow
+from stosim.integrate.torch_steps import evolve_torch
+from stosim.physics.array import STOArray
+from stosim.physics.noise import check_snr_db, snr_noise_factor, thermal_field_sigma_oe
+from stosim.simulation import NoiseSettings, evolve, steps_for_duration
+from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
+
+__all__ = ["CoupledSTOArray"]
+
+_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
+
+
+class CoupledSTOArray(Substrate):
+    """N coupled MTJ spin-torque oscillators as a reservoir.
+
+    Parameters (units in the names): ``n`` oscillators, ``coupling_oe`` (mu), ``duration_s``
+    (T), ``dt_s``, ``current_a`` (None: the device file's), ``device`` (a path or
+    :class:`DeviceParameters`; None: the seed study's pMTJ), ``seed`` (of W; noise streams
+    are seeded by :meth:`reset`), ``coupling_matrix`` (explicit N x N W instead of a random
+    one), ``temperature_k``, ``dynamical_snr_db``, ``observation_snr_db``, ``dtype``.
+    """
+
+    def __init__(self, n: int = 50, coupling_oe: float = 500.0, duration_s: float = 300e-12, dt_s: float = 1e-12, *,
+                 current_a: float | None = None, device: DeviceParameters | str | Path | None = None, seed: int = 0,
+                 coupling_matrix: np.ndarray | str | Path | None = None, temperature_k: float = 0.0,
+                 dynamical_snr_db: float | None = None, observation_snr_db: float | None = None,
+                 dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype = {dtype!r} must be torch.float64 or torch.float32")
+        dev = device if isinstance(device, DeviceParameters) else load_device(device)
+        if coupling_matrix is not None:
+            array = STOArray.with_matrix(dev, coupling_matrix, coupling_oe, current_a=current_a)
+            if array.n_oscillators != n:
+                raise ValueError(f"n = {n} does not match the {array.n_oscillators} x {array.n_oscillators} coupling_matrix")
+        else:
+            array = STOArray.generate(dev, n, coupling_oe, seed=seed, current_a=current_a)
+        self.array = array
+        self.n_steps = steps_for_duration(duration_s, dt_s)
+        self.duration_s = float(duration_s)
+        self.dt_s = float(dt_s)
+        self.seed = int(seed)
+        self.noise = NoiseSettings(temperature_k=float(temperature_k), dynamical_snr_db=dynamical_snr_db)
+        if observation_snr_db is not None:
+            check_snr_db(observation_snr_db, "observation_snr")
+        self.observation_snr_db = observation_snr_db
+        self._dtype = dtype
+        self.register_buffer("coupling_t", torch.as_tensor(array.coupling_transposed_oe(), dtype=dtype))
+        self.register_buffer("osc", torch.as_tensor(array.oscillator_parameters(), dtype=dtype))
+        self.register_buffer("p", torch.as_tensor(dev.reference_direction, dtype=dtype))
+        sigma = thermal_field_sigma_oe(dev.damping, self.noise.temperature_k, dev.gyromagnetic_ratio_rad_per_oe_s,
+                                       dev.saturation_magnetization_emu_cm3, dev.volume_cm3, self.dt_s)
+        self.register_buffer("thermal_sigma_oe", torch.full((n,), float(sigma), dtype=dtype))
+        self.reset(0)
+
+    # -- interface -----------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.coupling_t.dtype
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(differentiable=True, stochastic=self._stochastic, reproducible=True, hardware=False)
+
+    @property
+    def _stochastic(self) -> bool:
+        return (self.noise.temperature_k > 0 or self.noise.dynamical_snr_db is not None
+                or self.observation_snr_db is not None)
+
+    def describe(self) -> SubstrateDescription:
+        n = self.array.n_oscillators
+        return SubstrateDescription(
+            name="sto", state_size=3 * n, readin_size=3 * n, readout_size=3 * n, state_units="1 (unit magnetization)",
+            readout_units="1 (m_x, m_y, m_z of each oscillator)", time_unit="s",
+            summary=(f"{n} coupled MTJ STOs (LLG-Slonczewski, RK4 dt = {self.dt_s:g} s) evolved for "
+                     f"T = {self.duration_s:g} s; H_coupling,i = mu sum_j W_ij m_x,j e_x, mu = {self.array.coupling_oe:g} Oe"),
+        )
+
+    def read_configuration(self) -> dict[str, float | int | str]:
+        cfg: dict[str, float | int | str] = {
+            "substrate": "sto",
+            "n": self.array.n_oscillators,
+            "coupling_oe": self.array.coupling_oe,
+            "duration_s": self.duration_s,
+            "dt_s": self.dt_s,
+            "current_a": self.array.current_a,
+            "seed": self.seed,
+            "temperature_k": self.noise.temperature_k,
+            "dynamical_snr_db": "none" if self.noise.dynamical_snr_db is None else self.noise.dynamical_snr_db,
+            "observation_snr_db": "none" if self.observation_snr_db is None else self.observation_snr_db,
+            "device": self.array.device.name,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+        return cfg
+
+    def reset(self, seed: int) -> None:
+        """Re-seed the noise streams; the k-th evolve/readout call after reset(seed) uses stream (seed, k)."""
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed = {seed!r} must be an integer >= 0")
+        self._noise_seed = int(seed)
+        self._calls = 0
+
+    def _next_seed(self) -> int:
+        self._calls += 1
+        return int(np.random.SeedSequence(self._noise_seed, spawn_key=(self._calls,)).generate_state(1)[0])
+
+    def initial_state(self, readin: torch.Tensor) -> torch.Tensor:
+        """Normalize each device's 3-vector of the read-in onto the unit sphere: (B, 3N) -> (B, 3N)."""
+        self._check_readin(readin)
+        v = readin.reshape(readin.shape[0], -1, 3)
+        norm = v.norm(dim=-1, keepdim=True)
+        if bool((norm == 0).any()):
+            b, i = (int(x) for x in torch.nonzero(norm[..., 0] == 0)[0])
+            raise ValueError(f"read-in of sample {b} gives the zero vector for oscillator {i}; it has no direction")
+        return (v / norm).reshape(readin.shape)
+
+    def evolve(self, state: torch.Tensor) -> torch.Tensor:
+        """Evolve (B, 3N) unit-vector states for the duration; differentiable when a graph is recorded."""
+        n = self.array.n_oscillators
+        if state.ndim != 2 or state.shape[1] != 3 * n:
+            raise ValueError(f"state has shape {tuple(state.shape)}; expected (batch, {3 * n})")
+        if state.dtype != self.dtype:
+            raise ValueError(f"state dtype {state.dtype} differs from the substrate's {self.dtype}")
+        m = state.reshape(state.shape[0], n, 3)
+        seed = self._next_seed()
+        dyn = self.noise.dynamical_snr_db
+        dyn_on = dyn is not None and math.isfinite(dyn)
+        dynamics_noisy = self.noise.temperature_k > 0 or dyn_on
+        if torch.is_grad_enabled() and state.requires_grad and not dynamics_noisy:
+            # exact gradient of the discrete RK4 map through the Numba adjoint
+            out = sto_flow(m, self.array, self.n_steps, self.dt_s)
+        elif torch.is_grad_enabled() and state.requires_grad:
+            gen = torch.Generator(device=state.device).manual_seed(seed)
+            out = evolve_torch(
+                m, self.n_steps, self.dt_s, self.coupling_t if self.array.coupling_oe != 0 else None, self.osc,
+                self.array.device.torque_asymmetry, self.p,
+                thermal_sigma_oe=self.thermal_sigma_oe if self.noise.temperature_k > 0 else None,
+                dynamical_factor=snr_noise_factor(dyn) if dyn_on else None, generator=gen)
+        else:
+            final, _, _ = evolve(self.array, m.detach().cpu().numpy().astype(np.float64), self.n_steps, self.dt_s,
+                                 noise=self.noise, seed=seed, dtype=_DTYPES[self.dtype])
+            out = torch.from_numpy(final).to(device=state.device, dtype=self.dtype)
+        return out.reshape(state.shape)
+
+    def readout(self, state: torch.Tensor) -> torch.Tensor:
+        """The 3N components of m, with observation noise of variance var(state)/10^(SNR/10) when set."""
+        snr = self.observation_snr_db
+        if snr is None or not math.isfinite(snr):
+            return state
+        gen = torch.Generator(device=state.device).manual_seed(self._next_seed())
+        sigma = state.detach().std(unbiased=False) * snr_noise_factor(snr)
+        return state + sigma * torch.randn(state.shape, generator=gen, dtype=state.dtype, device=state.device)
