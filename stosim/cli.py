@@ -3,6 +3,7 @@
     stosim validate FILE...                 check device files without running
     stosim describe [FILE]                  resolved device parameters with units
     stosim simulate [options] --out FILE.h5 run a coupled STO array, write the trajectory
+    stosim train [options]                  train a reservoir model (default: coupled STOs on digits)
 """
 
 from __future__ import annotations
@@ -77,7 +78,85 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="also draw m(t) and the TMR signal to this PNG")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print one JSON line with the run's summary")
+    p = sub.add_parser("train", help="train a reservoir model (or a baseline) and evaluate it")
+    p.add_argument("--config", type=Path, default=None, help="experiment TOML (experiments/...); flags override it")
+    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto"])
+    p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"])
+    p.add_argument("--data-dir", type=str, default=None, help="folder with the IDX files (mnist, fashion-mnist)")
+    p.add_argument("--download", action="store_true", default=None, help="fetch missing IDX files (checksummed)")
+    p.add_argument("--limit-train", type=int, default=None)
+    p.add_argument("--limit-test", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--float32", action="store_const", const="float32", dest="dtype", default=None)
+    p.add_argument("--readout-only", action="store_true", default=None, help="fixed read-in, ridge readout")
+    p.add_argument("--n", type=int, default=None, help="oscillators / nodes / sites")
+    p.add_argument("--hidden", type=int, default=None, help="hidden units of mlp / cnn")
+    p.add_argument("--coupling", type=str, default=None, help="STO coupling mu, e.g. '500 Oe'")
+    p.add_argument("--current", type=str, default=None, help="STO bias current, e.g. '2.5 mA'")
+    p.add_argument("--duration", type=str, default=None, help="STO: '300 ps'; Lorenz 96: model time, e.g. 1.0")
+    p.add_argument("--dt", type=str, default=None, help="STO: '1 ps'; Lorenz 96: 0.01")
+    p.add_argument("--device", type=str, default=None, help="STO device file")
+    p.add_argument("--spectral-radius", type=float, default=None, help="FFESN rho")
+    p.add_argument("--steps", type=int, default=None, help="FFESN K")
+    p.add_argument("--forcing", type=float, default=None, help="Lorenz 96 F")
+    p.add_argument("--temperature", type=str, default=None, help="STO thermal noise, e.g. '300 K'")
+    p.add_argument("--dynamical-snr", type=float, default=None, metavar="DB")
+    p.add_argument("--observation-snr", type=float, default=None, metavar="DB")
+    p.add_argument("--out", type=Path, default=Path("data/train"), help="output folder (default data/train)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--json", action="store_true", help="print one final JSON line")
     return parser
+
+
+_TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "limit_test", "epochs", "batch_size",
+               "lr", "optimizer", "seed", "dtype", "readout_only", "n", "hidden", "coupling", "current", "duration",
+               "dt", "device", "spectral_radius", "steps", "forcing", "temperature", "dynamical_snr", "observation_snr")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from stosim.training import load_train_config, train, validate_train_config
+
+    overrides = {k: getattr(args, k) for k in _TRAIN_KEYS if getattr(args, k) is not None}
+    for key in ("duration", "dt"):  # plain numbers are Lorenz 96 model time
+        if key in overrides:
+            try:
+                overrides[key] = float(overrides[key])
+            except ValueError:
+                pass
+    cfg = (load_train_config(args.config, **overrides) if args.config is not None
+           else validate_train_config(overrides, source="command line"))
+    if (args.out / "checkpoint.pt").exists() and not args.resume:
+        raise CLIError(f"--out {args.out} holds a checkpoint; pass --resume to continue it or choose another --out")
+    bar = tqdm(unit="batch", disable=None, file=sys.stderr, leave=False)
+
+    def on_batch(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n if done >= bar.n else done)
+
+    def on_epoch(rec: dict) -> None:
+        bar.reset()
+        line = (f"epoch {rec['epoch']:3d}  train acc {100 * rec['train_accuracy']:6.2f}%  "
+                f"test acc {100 * rec['test_accuracy']:6.2f}%  ({rec['epoch_time_s']:.1f} s)")
+        (bar.write(line, file=sys.stderr) if args.json else bar.write(line))
+
+    try:
+        result = train(cfg, args.out, resume=args.resume, on_batch=on_batch, on_epoch=on_epoch)
+    finally:
+        bar.close()
+    summary = result.summary()
+    if args.json:
+        print(json.dumps({**summary, "out": str(args.out), "substrate": cfg.substrate, "dataset": cfg.dataset}))
+    else:
+        print(f"{cfg.substrate} on {cfg.dataset}: test accuracy {100 * result.test_accuracy:.2f}% "
+              f"(best {100 * result.best_test_accuracy:.2f}%), {result.epochs} epochs, {result.wall_time_s:.0f} s; "
+              f"wrote {args.out}/metrics.json, learning_curve.png, checkpoint.pt")
+    return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -169,18 +248,20 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate}
+_COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stosim`` console script; returns the exit status."""
     from stosim.config import DeviceFileError
+    from stosim.datasets import DatasetError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (CLIError, DeviceFileError, ValueError, FileExistsError, FloatingPointError) as exc:
+    except (CLIError, DeviceFileError, DatasetError, ValueError, FileExistsError, FileNotFoundError,
+            FloatingPointError) as exc:
         print(f"stosim {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

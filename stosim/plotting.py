@@ -45,3 +45,21 @@ def plot_trajectory(ds, path: str | Path, *, max_oscillators: int = 4) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_learning_curve(history: list[dict[str, float]], path: str | Path, *, title: str = "") -> Path:
+    """Train and test accuracy (%) per epoch; saved as PNG."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    ax.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train")
+    ax.plot(epochs, [100 * h["test_accuracy"] for h in history], "s-", label="test")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

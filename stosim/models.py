@@ -1,0 +1,130 @@
+"""Reservoir models (read-in -> substrate -> readout) and the baselines of equal hidden size.
+
+- :class:`ReservoirClassifier`: Linear read-in -> fixed substrate -> Linear readout
+  (PHYSICS.md section 5); the substrate's parameters are buffers, never trained.
+- :class:`DeepReservoirClassifier`: read-in -> substrate -> Linear -> substrate -> readout,
+  the inner linear layer trainable (the seed study's deep coupled STOs).
+- :class:`ConvReservoirClassifier`: one conv layer (+ ReLU, 2x2 max-pool) as the front end of
+  the read-in (CNN + coupled STOs).
+- Baselines: :class:`LinearClassifier` (logistic regression), :class:`MLPClassifier` (one
+  hidden layer), :class:`CNNClassifier` (one conv layer and one hidden fully-connected layer).
+
+Every model maps flat images (B, rows * cols) to class scores (B, classes).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stosim.substrates.base import Substrate
+
+__all__ = ["ReservoirClassifier", "DeepReservoirClassifier", "ConvReservoirClassifier", "LinearClassifier",
+           "MLPClassifier", "CNNClassifier", "ConvFrontEnd"]
+
+
+class ReservoirClassifier(nn.Module):
+    """u -> readout(substrate(read_in(u))); ``read_in`` and ``readout`` are trainable Linear layers."""
+
+    def __init__(self, n_inputs: int, n_classes: int, substrate: Substrate, *, readin_bias: bool = True,
+                 readout_bias: bool = True) -> None:
+        super().__init__()
+        desc = substrate.describe()
+        dtype = substrate.dtype
+        self.read_in = nn.Linear(n_inputs, desc.readin_size, bias=readin_bias, dtype=dtype)
+        self.substrate = substrate
+        self.readout = nn.Linear(desc.readout_size, n_classes, bias=readout_bias, dtype=dtype)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the readout sees: substrate(read_in(x)), (B, readout_size)."""
+        return self.substrate(self.read_in(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.features(x))
+
+
+class DeepReservoirClassifier(nn.Module):
+    """u -> read_in -> substrate_1 -> inner Linear -> substrate_2 -> readout (all linear layers trainable)."""
+
+    def __init__(self, n_inputs: int, n_classes: int, first: Substrate, second: Substrate) -> None:
+        super().__init__()
+        d1, d2 = first.describe(), second.describe()
+        dtype = first.dtype
+        self.read_in = nn.Linear(n_inputs, d1.readin_size, dtype=dtype)
+        self.first = first
+        self.inner = nn.Linear(d1.readout_size, d2.readin_size, dtype=dtype)
+        self.second = second
+        self.readout = nn.Linear(d2.readout_size, n_classes, dtype=dtype)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.inner(self.first(self.read_in(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.features(x))
+
+
+class ConvFrontEnd(nn.Module):
+    """One conv layer: (B, rows*cols) -> Conv2d(1, C, 3, padding 1) -> ReLU -> MaxPool(2) -> flat (B, C*rows/2*cols/2)."""
+
+    def __init__(self, image_shape: tuple[int, int], channels: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.conv = nn.Conv2d(1, channels, kernel_size=3, padding=1, dtype=dtype)
+        self.pool = nn.MaxPool2d(2)
+        self.n_outputs = channels * (image_shape[0] // 2) * (image_shape[1] // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        img = x.reshape(x.shape[0], 1, *self.image_shape)
+        return self.pool(torch.relu(self.conv(img))).flatten(1)
+
+
+class ConvReservoirClassifier(nn.Module):
+    """CNN front end as read-in: conv layer -> Linear -> substrate -> readout."""
+
+    def __init__(self, image_shape: tuple[int, int], n_classes: int, substrate: Substrate, channels: int = 8) -> None:
+        super().__init__()
+        dtype = substrate.dtype
+        self.front = ConvFrontEnd(image_shape, channels, dtype)
+        self.reservoir = ReservoirClassifier(self.front.n_outputs, n_classes, substrate)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reservoir.features(self.front(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reservoir(self.front(x))
+
+
+class LinearClassifier(nn.Module):
+    """Logistic regression: one Linear layer (trained with cross-entropy)."""
+
+    def __init__(self, n_inputs: int, n_classes: int, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_inputs, n_classes, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class MLPClassifier(nn.Module):
+    """One hidden layer of ``hidden`` ReLU units."""
+
+    def __init__(self, n_inputs: int, n_classes: int, hidden: int, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_inputs, hidden, dtype=dtype), nn.ReLU(),
+                                 nn.Linear(hidden, n_classes, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNNClassifier(nn.Module):
+    """One conv layer (+ ReLU, max-pool) and one hidden fully-connected layer of ``hidden`` ReLU units."""
+
+    def __init__(self, image_shape: tuple[int, int], n_classes: int, hidden: int, channels: int = 8,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.front = ConvFrontEnd(image_shape, channels, dtype)
+        self.head = MLPClassifier(self.front.n_outputs, n_classes, hidden, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.front(x))

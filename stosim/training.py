@@ -1,0 +1,362 @@
+"""Training reservoir models end to end through the substrate (or readout-only by ridge regression).
+
+:class:`TrainConfig` is the validated configuration (pydantic; TOML files in ``experiments/``
+or command-line flags); :func:`train` runs it with a checkpoint after every epoch, so an
+interrupted run resumes exactly where it stopped: data order, noise streams and optimizer
+state depend only on (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stosim.datasets import ImageDataset, load_dataset
+from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoirClassifier, LinearClassifier,
+                           MLPClassifier, ReservoirClassifier)
+from stosim.ridge import RidgeAccumulator
+from stosim.units import UnitError, parse_quantity
+
+__all__ = ["TrainConfig", "train", "TrainResult", "build_model", "load_train_config", "ConfigError", "SUBSTRATES"]
+
+SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto")
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+CURVE = "learning_curve.png"
+
+
+class ConfigError(ValueError):
+    """An invalid training configuration; the message names the key."""
+
+
+def _parse(value: Any, dimension: str, name: str) -> float:
+    try:
+        return parse_quantity(value, dimension, name=name)
+    except UnitError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class TrainConfig(BaseModel):
+    """A training run. Quantities with units are strings ("500 Oe", "300 ps", "2.5 mA")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    substrate: Literal["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto"] = "sto"
+    dataset: Literal["digits", "mnist", "fashion-mnist"] = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    limit_train: int | None = Field(default=None, ge=1)
+    limit_test: int | None = Field(default=None, ge=1)
+    epochs: int = Field(default=20, ge=1, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    lr: float = Field(default=0.01, gt=0, le=10)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    seed: int = Field(default=0, ge=0)
+    dtype: Literal["float32", "float64"] = "float64"
+    readout_only: bool = False
+    ridge_alpha: float = Field(default=1e-2, gt=0)
+    # substrate parameters (None: the substrate's default)
+    n: int | None = Field(default=None, ge=1, le=100_000, description="oscillators / nodes / sites")
+    hidden: int | None = Field(default=None, ge=1, description="hidden units of mlp/cnn (default 3 x 100, the STO feature count)")
+    coupling: float = Field(default=500.0, description="mu, Oe")
+    current: float | None = Field(default=None, description="A")
+    duration: float | None = Field(default=None, gt=0, description="sto: s; lorenz96: model time")
+    dt: float | None = Field(default=None, gt=0, description="sto: s; lorenz96: model time")
+    device: str | None = None
+    spectral_radius: float = Field(default=1.0, gt=0, le=10)
+    steps: int = Field(default=5, ge=1, le=10_000)
+    forcing: float = Field(default=8.0, ge=-1e3, le=1e3)
+    conv_channels: int = Field(default=8, ge=1, le=256)
+    temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
+    dynamical_snr: float | None = None
+    observation_snr: float | None = None
+
+    @field_validator("coupling", mode="before")
+    @classmethod
+    def _coupling(cls, v: Any) -> Any:
+        return _parse(v, "field", "coupling") if isinstance(v, str) else v
+
+    @field_validator("current", mode="before")
+    @classmethod
+    def _current(cls, v: Any) -> Any:
+        return _parse(v, "current", "current") if isinstance(v, str) else v
+
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _temperature(cls, v: Any) -> Any:
+        return _parse(v, "temperature", "temperature") if isinstance(v, str) else v
+
+    @field_validator("duration", "dt", mode="before")
+    @classmethod
+    def _time(cls, v: Any, info) -> Any:  # noqa: ANN001
+        return _parse(v, "time", info.field_name) if isinstance(v, str) else v
+
+    @property
+    def default_n(self) -> int:
+        return {"sto": 100, "cnn-sto": 100, "deep-sto": 100, "ffesn": 500, "lorenz96": 500}.get(self.substrate, 100)
+
+    def resolved(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Read a TOML experiment file (keys of :class:`TrainConfig`), apply ``overrides``, validate."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_train_config(raw, source=str(path))
+
+
+def validate_train_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            lines.append(f"{source}: {key}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _torch_dtype(cfg: TrainConfig) -> torch.dtype:
+    return torch.float64 if cfg.dtype == "float64" else torch.float32
+
+
+def _sto(cfg: TrainConfig, seed: int):
+    from stosim.substrates.sto_array import CoupledSTOArray
+
+    return CoupledSTOArray(
+        n=cfg.n or cfg.default_n, coupling_oe=cfg.coupling, duration_s=cfg.duration or 300e-12, dt_s=cfg.dt or 1e-12,
+        current_a=cfg.current, device=cfg.device, seed=seed, temperature_k=cfg.temperature,
+        dynamical_snr_db=cfg.dynamical_snr, observation_snr_db=cfg.observation_snr, dtype=_torch_dtype(cfg))
+
+
+def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tuple[int, int]) -> torch.nn.Module:
+    """The model of ``cfg.substrate`` with parameters initialized from ``cfg.seed``."""
+    from stosim.substrates.ffesn import FFESN
+    from stosim.substrates.lorenz96 import Lorenz96
+
+    torch.manual_seed(cfg.seed)
+    dtype = _torch_dtype(cfg)
+    n = cfg.n or cfg.default_n
+    hidden = cfg.hidden or 3 * cfg.default_n
+    kind = cfg.substrate
+    if kind == "sto":
+        return ReservoirClassifier(n_inputs, n_classes, _sto(cfg, cfg.seed))
+    if kind == "deep-sto":
+        return DeepReservoirClassifier(n_inputs, n_classes, _sto(cfg, cfg.seed), _sto(cfg, cfg.seed + 1))
+    if kind == "cnn-sto":
+        return ConvReservoirClassifier(image_shape, n_classes, _sto(cfg, cfg.seed), channels=cfg.conv_channels)
+    if kind == "ffesn":
+        sub = FFESN(n=n, spectral_radius=cfg.spectral_radius, steps=cfg.steps, seed=cfg.seed, dtype=dtype)
+        return ReservoirClassifier(n_inputs, n_classes, sub, readin_bias=False, readout_bias=False)
+    if kind == "lorenz96":
+        sub = Lorenz96(n=n, forcing=cfg.forcing, duration=cfg.duration or 1.0, dt=cfg.dt or 0.01, dtype=dtype)
+        return ReservoirClassifier(n_inputs, n_classes, sub)
+    if kind == "linear":
+        return LinearClassifier(n_inputs, n_classes, dtype)
+    if kind == "mlp":
+        return MLPClassifier(n_inputs, n_classes, hidden, dtype)
+    if kind == "cnn":
+        return CNNClassifier(image_shape, n_classes, hidden, channels=cfg.conv_channels, dtype=dtype)
+    raise ConfigError(f"substrate = {kind!r}; valid: {', '.join(SUBSTRATES)}")  # pragma: no cover
+
+
+def _substrates(model: torch.nn.Module):
+    from stosim.substrates.base import Substrate
+
+    return [m for m in model.modules() if isinstance(m, Substrate)]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Outcome of :func:`train`: per-epoch history and summary numbers."""
+
+    history: list[dict[str, float]]
+    test_accuracy: float
+    best_test_accuracy: float
+    epochs: int
+    epochs_to_converge: int
+    wall_time_s: float
+    out_dir: Path | None
+    model: torch.nn.Module
+
+    def summary(self) -> dict[str, Any]:
+        return {"test_accuracy": self.test_accuracy, "best_test_accuracy": self.best_test_accuracy,
+                "epochs": self.epochs, "epochs_to_converge": self.epochs_to_converge,
+                "wall_time_s": self.wall_time_s, "final_train_accuracy": self.history[-1]["train_accuracy"]}
+
+
+def _epochs_to_converge(history: list[dict[str, float]]) -> int:
+    """First epoch whose test accuracy is within 0.5 percentage points of the best."""
+    best = max(h["test_accuracy"] for h in history)
+    return next(int(h["epoch"]) for h in history if h["test_accuracy"] >= best - 0.005)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, x.shape[0], max(batch_size, 256)):
+            correct += int((model(x[i:i + 256]).argmax(1) == y[i:i + 256]).sum())
+    return correct / x.shape[0]
+
+
+def _tensors(ds: ImageDataset, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.as_tensor(ds.flat(), dtype=dtype), torch.as_tensor(ds.labels, dtype=torch.int64)
+
+
+def _reset_noise(model: torch.nn.Module, seed: int, epoch: int, phase: int) -> None:
+    for k, sub in enumerate(_substrates(model)):
+        sub.reset(int(np.random.SeedSequence(seed, spawn_key=(epoch, phase, k)).generate_state(1)[0]))
+
+
+def _fit_ridge(model: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, n_classes: int,
+               on_batch: Callable[[int, int], None] | None) -> None:
+    if not hasattr(model, "features"):
+        raise ConfigError(f"readout_only needs a reservoir model; substrate = {cfg.substrate!r} has no fixed features")
+    readout = model.reservoir.readout if isinstance(model, ConvReservoirClassifier) else model.readout
+    acc = RidgeAccumulator(readout.in_features, n_classes)
+    model.eval()
+    n_batches = math.ceil(x.shape[0] / cfg.batch_size)
+    with torch.no_grad():
+        for k, i in enumerate(range(0, x.shape[0], cfg.batch_size)):
+            acc.update(model.features(x[i:i + cfg.batch_size]), y[i:i + cfg.batch_size])
+            if on_batch:
+                on_batch(k + 1, n_batches)
+        w, b = acc.solve(cfg.ridge_alpha)
+        readout.weight.copy_(torch.as_tensor(w.T, dtype=readout.weight.dtype))
+        readout.bias.copy_(torch.as_tensor(b, dtype=readout.bias.dtype))
+
+
+def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False,
+          on_batch: Callable[[int, int], None] | None = None,
+          on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Train ``cfg``; with ``out_dir``: checkpoint every epoch, ``metrics.json`` and a learning-curve PNG.
+
+    ``resume`` continues from ``out_dir/checkpoint.pt`` (same configuration except ``epochs``).
+    ``on_batch(done, total)`` and ``on_epoch(record)`` report progress.
+    """
+    t_start = time.perf_counter()
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    train_ds, test_ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.seed,
+                                     limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+    dtype = _torch_dtype(cfg)
+    x_train, y_train = _tensors(train_ds, dtype)
+    x_test, y_test = _tensors(test_ds, dtype)
+    n_classes = train_ds.n_classes
+    model = build_model(cfg, x_train.shape[1], n_classes, train_ds.image_shape)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = (torch.optim.Adam(params, lr=cfg.lr) if cfg.optimizer == "adam"
+                 else torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum))
+    history: list[dict[str, float]] = []
+    start_epoch = 1
+    elapsed_before = 0.0
+    if resume:
+        if out is None or not (out / CHECKPOINT).exists():
+            raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out}; start without --resume")
+        state = torch.load(out / CHECKPOINT, weights_only=False)
+        saved_cfg = dict(state["config"])
+        if {k: v for k, v in saved_cfg.items() if k != "epochs"} != {k: v for k, v in cfg.resolved().items()
+                                                                      if k != "epochs"}:
+            diff = sorted(k for k in saved_cfg if saved_cfg[k] != cfg.resolved().get(k) and k != "epochs")
+            raise ConfigError(f"--resume: the checkpoint in {out} was made with a different configuration ({diff})")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = state["history"]
+        start_epoch = state["epoch"] + 1
+        elapsed_before = state["wall_time_s"]
+
+    differentiable = all(s.capabilities.differentiable for s in _substrates(model))
+    readout_only = cfg.readout_only or not differentiable
+    n_batches = math.ceil(x_train.shape[0] / cfg.batch_size)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t_epoch = time.perf_counter()
+        _reset_noise(model, cfg.seed, epoch, 0)
+        if readout_only:
+            _fit_ridge(model, cfg, x_train, y_train, n_classes, on_batch)
+            loss_sum, train_correct = float("nan"), None
+        else:
+            model.train()
+            order = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+            loss_sum, train_correct = 0.0, 0
+            for k in range(n_batches):
+                idx = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
+                xb, yb = x_train[idx], y_train[idx]
+                optimizer.zero_grad()
+                logits = model(xb)
+                loss = torch.nn.functional.cross_entropy(logits, yb)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the loss became non-finite at epoch {epoch}, batch {k + 1}; "
+                                             f"lower the learning rate (lr = {cfg.lr})")
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(idx)
+                train_correct += int((logits.argmax(1) == yb).sum())
+                if on_batch:
+                    on_batch(k + 1, n_batches)
+        _reset_noise(model, cfg.seed, epoch, 1)
+        train_acc = (train_correct / x_train.shape[0] if train_correct is not None
+                     else _evaluate(model, x_train, y_train, cfg.batch_size))
+        test_acc = _evaluate(model, x_test, y_test, cfg.batch_size)
+        record = {"epoch": epoch, "train_loss": loss_sum / x_train.shape[0], "train_accuracy": train_acc,
+                  "test_accuracy": test_acc, "epoch_time_s": time.perf_counter() - t_epoch}
+        history.append(record)
+        if out is not None:
+            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                          "history": history, "config": cfg.resolved(),
+                          "wall_time_s": elapsed_before + time.perf_counter() - t_start}, out / CHECKPOINT)
+        if on_epoch:
+            on_epoch(record)
+        if readout_only:
+            break  # a ridge readout is exact after one pass over the data
+    wall = elapsed_before + time.perf_counter() - t_start
+    result = TrainResult(history=history, test_accuracy=history[-1]["test_accuracy"],
+                         best_test_accuracy=max(h["test_accuracy"] for h in history), epochs=len(history),
+                         epochs_to_converge=_epochs_to_converge(history), wall_time_s=wall, out_dir=out, model=model)
+    if out is not None:
+        metrics = {**result.summary(), "config": cfg.resolved(), "history": history,
+                   "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]),
+                   "n_parameters": sum(p.numel() for p in params)}
+        _atomic_write_text(json.dumps(metrics, indent=2, default=str), out / METRICS)
+        from stosim.plotting import plot_learning_curve
+
+        plot_learning_curve(history, out / CURVE, title=f"{cfg.substrate} on {cfg.dataset}")
+    return result
