@@ -156,7 +156,7 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tu
     torch.manual_seed(cfg.seed)
     dtype = _torch_dtype(cfg)
     n = cfg.n or cfg.default_n
-    hidden = cfg.hidden or 3 * cfg.default_n
+    hidden = cfg.hidden or 3 * n  # equal to the feature count of n coupled STOs
     kind = cfg.substrate
     if kind == "sto":
         return ReservoirClassifier(n_inputs, n_classes, _sto(cfg, cfg.seed))

@@ -14,10 +14,14 @@ import torch
 from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
 from stosim.substrates.ffesn import FFESN
 from stosim.substrates.lorenz96 import Lorenz96
+from stosim.substrates.sto_array import CoupledSTOArray
 
 FACTORIES: list[tuple[str, Callable[[], Substrate]]] = [
     ("ffesn", lambda: FFESN(n=20, spectral_radius=1.2, steps=3, seed=1)),
     ("lorenz96", lambda: Lorenz96(n=10, forcing=8.0, duration=0.1, dt=0.01)),
+    ("sto", lambda: CoupledSTOArray(n=6, coupling_oe=500.0, duration_s=20e-12, dt_s=1e-12, seed=1)),
+    ("sto-noisy", lambda: CoupledSTOArray(n=6, coupling_oe=500.0, duration_s=20e-12, dt_s=1e-12, seed=1,
+                                          temperature_k=300.0, dynamical_snr_db=20.0, observation_snr_db=20.0)),
 ]
 
 BATCH = 3

@@ -1,0 +1,130 @@
+"""Models, ridge readout, training with checkpoints and exact resume, and `stosim train`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import Ridge
+
+from stosim.cli import main
+from stosim.ridge import RidgeAccumulator
+from stosim.training import ConfigError, TrainConfig, build_model, load_train_config, train
+
+SMALL = dict(dataset="digits", limit_train=200, limit_test=100, batch_size=50, n=8, duration="20 ps", dt="1 ps")
+
+
+def test_ridge_readout_equals_scikit_learn():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 12))
+    labels = rng.integers(0, 4, 300)
+    acc = RidgeAccumulator(12, 4)
+    for i in range(0, 300, 64):  # streamed in batches
+        acc.update(x[i:i + 64], labels[i:i + 64])
+    w, b = acc.solve(alpha=0.7)
+    ref = Ridge(alpha=0.7, fit_intercept=True).fit(x, np.eye(4)[labels])
+    np.testing.assert_allclose(w, ref.coef_.T, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(b, ref.intercept_, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="alpha"):
+        acc.solve(0.0)
+
+
+@pytest.mark.parametrize("substrate", ["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto"])
+def test_every_model_trains_above_chance(substrate):
+    extra = {"ffesn": dict(n=40, duration=None, dt=None), "lorenz96": dict(n=40, duration=0.1, dt=0.01)}
+    cfg = TrainConfig(**{**SMALL, **extra.get(substrate, {}), "substrate": substrate, "epochs": 3, "lr": 0.03})
+    result = train(cfg)
+    assert result.epochs == 3 and len(result.history) == 3
+    assert result.best_test_accuracy > 0.4  # chance is 0.1
+    logits = result.model(torch.zeros(3, 64, dtype=torch.float64))
+    assert logits.shape == (3, 10)
+
+
+def test_model_hidden_sizes_are_equal():
+    cfg = TrainConfig(substrate="mlp", n=30)
+    mlp = build_model(cfg, 64, 10, (8, 8))
+    sto = build_model(TrainConfig(substrate="sto", n=30), 64, 10, (8, 8))
+    assert mlp.net[0].out_features == sto.readout.in_features == 90
+
+
+def test_readout_only_ridge_training_for_a_fixed_reservoir():
+    cfg = TrainConfig(**{**SMALL, "n": 30, "readout_only": True, "epochs": 5})
+    result = train(cfg)
+    assert result.epochs == 1  # exact after one pass
+    assert result.test_accuracy > 0.6
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path):
+    cfg = TrainConfig(**{**SMALL, "epochs": 3, "temperature": 300.0})  # noisy: noise streams must resume too
+    full = _weights(train(cfg, tmp_path / "full").model)
+
+    # stopped after epoch 2 (a crash), then resumed
+    train(TrainConfig(**{**SMALL, "epochs": 2, "temperature": 300.0}), tmp_path / "a")
+    resumed = _weights(train(cfg, tmp_path / "a", resume=True).model)
+    assert full.keys() == resumed.keys()
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+
+    # interrupted in the middle of epoch 3: the checkpoint of epoch 2 survives
+    def interrupt(done: int, total: int) -> None:
+        if calls.append(done) or len(calls) == 10:
+            raise KeyboardInterrupt
+
+    calls: list[int] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", on_batch=interrupt)
+    metrics_missing = not (tmp_path / "b" / "metrics.json").exists()
+    assert metrics_missing
+    again = _weights(train(cfg, tmp_path / "b", resume=True).model)
+    for k in full:
+        assert torch.equal(full[k], again[k]), k
+    history = json.loads((tmp_path / "b" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+    with pytest.raises(ConfigError, match="different configuration"):
+        train(TrainConfig(**{**SMALL, "epochs": 4, "lr": 0.5}), tmp_path / "b", resume=True)
+
+
+def test_config_validation_names_the_key(tmp_path):
+    with pytest.raises(Exception, match="coupling"):
+        TrainConfig(coupling="500 mA")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('substrate = "sto"\ncouplingg = "500 Oe"\n')
+    with pytest.raises(ConfigError, match="couplingg"):
+        load_train_config(bad)
+    bad.write_text('substrate = "sto"\nepochs = 0\n')
+    with pytest.raises(ConfigError, match="epochs"):
+        load_train_config(bad)
+
+
+def test_cli_train_writes_metrics_curve_and_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--substrate", "sto", "--dataset", "digits", "--limit-train", "150", "--limit-test", "60",
+            "--n", "6", "--duration", "10 ps", "--epochs", "2", "--batch-size", "50", "--out", str(out), "--json"]
+    assert main(args) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("test_accuracy", "best_test_accuracy", "epochs", "wall_time_s"):
+        assert key in line
+    assert line["epochs"] == 2
+    assert (out / "metrics.json").exists() and (out / "checkpoint.pt").exists()
+    assert (out / "learning_curve.png").stat().st_size > 5000
+    assert main(args) == 2  # an existing checkpoint needs --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args[:-3], "--epochs", "3", "--out", str(out), "--resume", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs"] == 3
+
+
+def test_cli_train_with_config_file(tmp_path, capsys):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('substrate = "ffesn"\ndataset = "digits"\nn = 30\nspectral_radius = 0.9\nsteps = 3\n'
+                   'epochs = 1\nlimit_train = 100\nlimit_test = 50\n')
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["substrate"] == "ffesn"
+    assert main(["train", "--config", str(cfg), "--lr", "-1", "--out", str(tmp_path / "p")]) == 2
+    assert "lr" in capsys.readouterr().err
