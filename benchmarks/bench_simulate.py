@@ -1,0 +1,534 @@
+"""Throughput of stosim's coupled-STO time stepping against plain NumPy and torchdiffeq, and
+against the machine's matrix-multiply peak, all measured in one run.
+
+What is measured
+----------------
+The unit is **device-steps per second**: batch x N x time steps advanced per wall-clock second
+(one "device-step" = one oscillator advanced by one RK4 step). Higher is better.
+
+Three implementations of the same deterministic RK4 step of the coupled LLG-Slonczewski array
+(PHYSICS.md sections 1 and 3) are timed:
+
+1. ``stosim``      -- ``stosim.evolve(array, m0, n_steps, dt_s, dtype=...)`` (Numba kernels,
+   ``prange`` over batch chunks, single-threaded BLAS per chunk). JIT warm-up excluded.
+2. ``numpy-rk4``   -- a plain, vectorized NumPy RK4 loop written here from the equations
+   (component arrays (B, N); coupling field H_x = m_x @ (mu W)^T; projection onto |m| = 1
+   after each step, as stosim does). Its float64 result is checked against stosim's
+   (max |diff| < 1e-9 after the run) -- a benchmark of a wrong answer is worthless.
+3. ``torchdiffeq`` -- ``stosim.physics.torch_llg.STORightHandSide`` stepped by
+   ``torchdiffeq.odeint(func, m0, torch.tensor([0, T]), method="rk4", options={"step_size": dt})``
+   under ``torch.no_grad()``. Note torchdiffeq's "rk4" is Kutta's 3/8 rule and it does not
+   project onto |m| = 1, so its result differs from stosim's by the truncation error (printed
+   for information). The steps it actually took are counted (right-hand-side calls / 4).
+
+Cases:
+
+(a) N = 200, batch 256, T = 300 ps, dt = 1 ps (the seed study's MNIST layer), float64 and float32.
+(b) batch 1, N in {1, 10, 100, 1000}, dt = 10 ps: stosim runs 5000 steps; the slow reference
+    paths run fewer steps (1000; 200 with --quick) -- a rate is a rate, so the figures compare
+    directly, but the reference figures come from shorter runs. NumPy only for N <= 100.
+(c) Matrix-multiply throughput (GFLOP/s, 2 M K N flops per product) of the coupling product
+    shapes (64 x 200)(200 x 200) and (256 x 200)(200 x 200), float64 and float32, by: NumPy with
+    1 BLAS thread, torch with 1 thread, NumPy/torch with k threads, and a Numba ``prange`` over k
+    row-chunks (and over stosim's 32-row chunks) each calling ``np.dot`` under single-threaded BLAS.
+    The **peak** of a dtype is the best figure over methods, both shapes and all repeats (the
+    best this machine achieved with the k cores stosim uses). From it, the matmul-bound limit of
+    the coupled step is ``peak / (4 (2N + 60))`` device-steps/s (a forward RK4 step costs about
+    4 (2N + 60) flops per device, DESIGN.md) and ``fraction_of_matmul_peak`` = stosim's
+    device-steps/s (case a, float64) / that limit. 1.0 would mean stosim runs at the speed of its
+    matrix products alone, with the pointwise LLG work free.
+
+How
+---
+k = ``numba.get_num_threads()``; torch gets ``torch.set_num_threads(k)`` and NumPy's BLAS is
+limited to k threads (threadpoolctl) for the NumPy RK4 path. The machine is shared and noisy,
+so every measurement is repeated R times (5; 2 with --quick) and the repetitions are
+*interleaved*: each round runs every path (and the matmul blocks) once, in a rotated order,
+with a short pause between tasks (BLAS worker threads spin for a while after a call). Case (a)/(b)
+figures are medians over rounds (min and max shown); matmul figures are the best of the
+rounds (a peak is a best case). The load average before and after is printed; if another
+process used the cores meanwhile, all figures drop, and the spread (min .. max) widens.
+
+How to read the numbers
+-----------------------
+- ``stosim/torchdiffeq`` and ``stosim/numpy`` > 1: stosim is that many times faster.
+- ``fraction_of_matmul_peak`` close to 1: stosim is limited by the coupling product; well below
+  1: the pointwise work, chunking, threading or per-call overhead costs more than the products.
+- Batch-1 figures for small N measure per-step overhead (nothing to vectorize over); there the
+  Python-level reference paths are dominated by interpreter/dispatch cost per operation.
+
+Usage: ``python benchmarks/bench_simulate.py [--json] [--quick]``; ``--json`` adds one final line
+with a JSON object (keys listed in ``_summary``). Exit status 1 if the NumPy/stosim agreement
+check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import numba
+import numpy as np
+import torch
+from threadpoolctl import threadpool_info, threadpool_limits
+from torchdiffeq import odeint
+
+import stosim
+from stosim.integrate.threads import single_threaded_blas
+from stosim.physics.torch_llg import STORightHandSide
+
+AGREEMENT_TOL = 1e-9
+PAUSE_S = 0.1  # between timed tasks: lets BLAS/OpenMP worker threads stop spinning
+MATMUL_BLOCK_S = 0.15  # duration of one matmul timing block
+COUPLING_OE = 500.0
+
+DTYPES = {"float64": (np.float64, torch.float64), "float32": (np.float32, torch.float32)}
+
+
+# ----------------------------------------------------------------------------- reference paths
+
+def numpy_rk4(m0: np.ndarray, n_steps: int, dt_s: float, coupling_t: np.ndarray, osc: np.ndarray,
+              lam: float, p, dtype) -> np.ndarray:
+    """Plain NumPy RK4 of the coupled array (PHYSICS.md 1 + 3), projected onto |m| = 1 each step.
+
+    m0 (B, N, 3); ``coupling_t`` = (mu W)^T in Oe; ``osc`` rows H_appl, H_K - 4 pi M, H_s0 (Oe),
+    alpha, gamma/(1 + alpha^2) (rad/(Oe s)). Returns the final state (B, N, 3).
+    """
+    dt = np.dtype(dtype).type
+    ct = np.ascontiguousarray(coupling_t, dtype=dtype)
+    h_appl, hk_eff, hs0, alpha, pref = np.asarray(osc, dtype=dtype)
+    px, py, pz = (dt(c) for c in p)
+    lam = dt(lam)
+    one = dt(1.0)
+    h, half = dt(dt_s), dt(0.5 * dt_s)
+
+    def rhs(m):  # m (3, B, N) -> dm/dt (3, B, N) in 1/s
+        mx, my, mz = m
+        hx = mx @ ct  # Ampere-law coupling field along x (Oe)
+        hz = h_appl + hk_eff * mz  # applied + effective anisotropy field along z (Oe)
+        hs = hs0 / (one + lam * (mx * px + my * py + mz * pz))  # spin-torque field H_s (Oe)
+        bx = hx + hs * (py * mz - pz * my)  # B = H + H_s (p x m)
+        by = hs * (pz * mx - px * mz)
+        bz = hz + hs * (px * my - py * mx)
+        ax = my * bz - mz * by  # m x B
+        ay = mz * bx - mx * bz
+        az = mx * by - my * bx
+        dx = my * az - mz * ay  # m x (m x B)
+        dy = mz * ax - mx * az
+        dz = mx * ay - my * ax
+        return np.stack((-pref * (ax + alpha * dx), -pref * (ay + alpha * dy), -pref * (az + alpha * dz)))
+
+    m = np.ascontiguousarray(np.moveaxis(np.asarray(m0, dtype=dtype), -1, 0))  # (3, B, N)
+    for _ in range(n_steps):
+        k1 = rhs(m)
+        k2 = rhs(m + half * k1)
+        k3 = rhs(m + half * k2)
+        k4 = rhs(m + h * k3)
+        m = m + h * (k1 / 6 + k2 / 3 + k3 / 3 + k4 / 6)
+        m /= np.sqrt(m[0] * m[0] + m[1] * m[1] + m[2] * m[2])
+    return np.ascontiguousarray(np.moveaxis(m, 0, -1))
+
+
+class _Counting(torch.nn.Module):
+    """Wraps f(t, m) and counts its calls (torchdiffeq's rk4 makes 4 per step)."""
+
+    def __init__(self, f: torch.nn.Module) -> None:
+        super().__init__()
+        self.f = f
+        self.calls = 0
+
+    def forward(self, t, m):
+        self.calls += 1
+        return self.f(t, m)
+
+
+# ----------------------------------------------------------------------------- timed tasks
+
+class Task:
+    """One timed configuration; ``run()`` returns (seconds, device-steps done, final state)."""
+
+    def __init__(self, name: str, fn: Callable[[], tuple[float, int, np.ndarray]]) -> None:
+        self.name = name
+        self.fn = fn
+        self.rates: list[float] = []
+        self.final: np.ndarray | None = None
+
+    def run(self) -> None:
+        seconds, device_steps, final = self.fn()
+        self.rates.append(device_steps / seconds)
+        self.final = final
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+
+def stosim_task(array, m0, n_steps, dt_s, np_dtype):
+    n_dev = m0.shape[0] * m0.shape[1]
+
+    def fn():
+        t0 = time.perf_counter()
+        final, _, _ = stosim.evolve(array, m0, n_steps, dt_s, dtype=np_dtype)
+        return time.perf_counter() - t0, n_dev * n_steps, final
+    return fn
+
+
+def numpy_task(array, m0, n_steps, dt_s, np_dtype, blas_threads):
+    dev = array.device
+    ct, osc = array.coupling_transposed_oe(), array.oscillator_parameters()
+    n_dev = m0.shape[0] * m0.shape[1]
+
+    def fn():
+        with threadpool_limits(limits=blas_threads, user_api="blas"):
+            t0 = time.perf_counter()
+            final = numpy_rk4(m0, n_steps, dt_s, ct, osc, dev.torque_asymmetry, dev.reference_direction, np_dtype)
+            return time.perf_counter() - t0, n_dev * n_steps, final
+    return fn
+
+
+def torch_task(array, m0, n_steps, dt_s, torch_dtype):
+    dev = array.device
+    func = _Counting(STORightHandSide(array.coupling_transposed_oe(), array.oscillator_parameters(),
+                                      dev.torque_asymmetry, dev.reference_direction, torch_dtype))
+    y0 = torch.as_tensor(m0, dtype=torch_dtype)
+    t = torch.tensor([0.0, n_steps * dt_s], dtype=torch.float64)
+    n_dev = m0.shape[0] * m0.shape[1]
+
+    def fn():
+        func.calls = 0
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            y = odeint(func, y0, t, method="rk4", options={"step_size": dt_s})
+            seconds = time.perf_counter() - t0
+        steps = func.calls // 4
+        return seconds, n_dev * steps, y[-1].numpy()
+    return fn
+
+
+def run_interleaved(tasks: list[Task], rounds: int, extra: Callable[[int], None] | None = None) -> None:
+    """Run every task once per round, in an order rotated each round; ``extra(round)`` after."""
+    for r in range(rounds):
+        k = r % len(tasks)
+        for task in tasks[k:] + tasks[:k]:
+            task.run()
+            time.sleep(PAUSE_S)
+        if extra is not None:
+            extra(r)
+
+
+# ----------------------------------------------------------------------------- matmul peak
+
+@numba.njit(parallel=True, cache=False)
+def _chunked_dot(a, w, out, reps):
+    """For each chunk c in parallel: ``reps`` times out[c] = a[c] @ w (np.dot -> BLAS gemm)."""
+    for c in numba.prange(a.shape[0]):
+        for _ in range(reps):
+            np.dot(a[c], w, out[c])
+
+
+def _time_loop(call: Callable[[], None], target_s: float) -> tuple[float, int]:
+    call()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        call()
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= target_s:
+            return elapsed, n
+
+
+class MatmulBench:
+    """GFLOP/s of (M x K)(K x K) products by several methods; keeps the best over repeats."""
+
+    def __init__(self, k_threads: int, w64: np.ndarray, shapes=((64, 200), (256, 200))) -> None:
+        self.k = k_threads
+        self.best: dict[tuple[str, str, str], float] = {}
+        rng = np.random.default_rng(7)
+        self.cases = []
+        for m_rows, n in shapes:
+            for dname, (npd, _) in DTYPES.items():
+                a = rng.standard_normal((m_rows, n)).astype(npd)
+                w = np.ascontiguousarray(w64[:n, :n], dtype=npd)
+                self.cases.append((f"({m_rows}x{n})({n}x{n})", dname, a, w))
+        self.methods = {
+            "numpy-1thread": self._numpy1,
+            "torch-1thread": self._torch1,
+            f"numpy-{k_threads}threads": self._numpyk,
+            f"torch-{k_threads}threads": self._torchk,
+            f"numba-prange-{k_threads}chunks": lambda a, w: self._numba(a, w, self.k),
+            "numba-prange-32rows (stosim layout)": lambda a, w: self._numba(a, w, max(1, a.shape[0] // 32)),
+        }
+        self.warm_up()
+
+    # each method returns seconds per product (one block of ~MATMUL_BLOCK_S)
+    def _numpy1(self, a, w):
+        out = np.empty((a.shape[0], w.shape[1]), a.dtype)
+        with threadpool_limits(limits=1, user_api="blas"):
+            s, n = _time_loop(lambda: np.dot(a, w, out=out), MATMUL_BLOCK_S)
+        return s / n
+
+    def _numpyk(self, a, w):
+        out = np.empty((a.shape[0], w.shape[1]), a.dtype)
+        with threadpool_limits(limits=self.k, user_api="blas"):
+            s, n = _time_loop(lambda: np.dot(a, w, out=out), MATMUL_BLOCK_S)
+        return s / n
+
+    def _torch(self, a, w, threads):
+        ta, tw = torch.from_numpy(a), torch.from_numpy(w)
+        out = torch.empty((a.shape[0], w.shape[1]), dtype=ta.dtype)
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            s, n = _time_loop(lambda: torch.mm(ta, tw, out=out), MATMUL_BLOCK_S)
+        finally:
+            torch.set_num_threads(old)
+        return s / n
+
+    def _torch1(self, a, w):
+        return self._torch(a, w, 1)
+
+    def _torchk(self, a, w):
+        return self._torch(a, w, self.k)
+
+    def _numba(self, a, w, chunks):
+        rows = a.shape[0] // chunks
+        ac = np.ascontiguousarray(a[:rows * chunks].reshape(chunks, rows, a.shape[1]))
+        out = np.empty((chunks, rows, w.shape[1]), a.dtype)
+        with single_threaded_blas():
+            t0 = time.perf_counter()
+            _chunked_dot(ac, w, out, 3)
+            per = (time.perf_counter() - t0) / 3
+            reps = max(3, int(MATMUL_BLOCK_S / max(per, 1e-7)))
+            t0 = time.perf_counter()
+            _chunked_dot(ac, w, out, reps)
+            s = time.perf_counter() - t0
+        return s / reps * (a.shape[0] / (rows * chunks))  # per full product
+
+    def warm_up(self) -> None:
+        for _, _, a, w in self.cases:  # compiles the Numba kernel for both dtypes
+            ac = a.reshape(1, *a.shape)
+            with single_threaded_blas():
+                _chunked_dot(ac, w, np.empty((1, a.shape[0], w.shape[1]), a.dtype), 1)
+
+    def round(self, r: int) -> None:
+        names = list(self.methods)
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            for shape, dname, a, w in self.cases:
+                sec = self.methods[name](a, w)
+                gflops = 2.0 * a.shape[0] * a.shape[1] * w.shape[1] / sec / 1e9
+                key = (name, shape, dname)
+                self.best[key] = max(self.best.get(key, 0.0), gflops)
+            time.sleep(PAUSE_S)
+
+    def peak(self, dname: str, single_thread_only: bool = False) -> tuple[float, str, str]:
+        cands = [(g, name, shape) for (name, shape, d), g in self.best.items()
+                 if d == dname and (not single_thread_only or "1thread" in name)]
+        return max(cands)
+
+
+# ----------------------------------------------------------------------------- main
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.3e}"
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print one final line with the results as JSON")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and shorter reference runs (smoke run)")
+    args = ap.parse_args(argv)
+
+    t_start = time.perf_counter()
+    rounds = 2 if args.quick else 5
+    k = numba.get_num_threads()
+    torch.set_num_threads(k)
+    load_before = _load()
+    dev = stosim.load_device()
+    rng = np.random.default_rng(12345)
+
+    def unit(shape):
+        v = rng.standard_normal(shape)
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    # ---------------------------------------------------------------- (a) N = 200, batch 256
+    n_a, batch_a, dt_a, steps_a = 200, 256, 1e-12, 300
+    array_a = stosim.STOArray.generate(dev, n_a, COUPLING_OE, seed=1)
+    m0_a = unit((batch_a, n_a, 3))
+    tasks_a: dict[tuple[str, str], Task] = {}
+    for dname, (npd, td) in DTYPES.items():
+        stosim.evolve(array_a, m0_a, 2, dt_a, dtype=npd)  # JIT compile / cache load (excluded)
+        numpy_rk4(m0_a[:2], 1, dt_a, array_a.coupling_transposed_oe(), array_a.oscillator_parameters(),
+                  dev.torque_asymmetry, dev.reference_direction, npd)
+        tasks_a["stosim", dname] = Task(f"stosim {dname}", stosim_task(array_a, m0_a, steps_a, dt_a, npd))
+        tasks_a["numpy-rk4", dname] = Task(f"numpy {dname}", numpy_task(array_a, m0_a, steps_a, dt_a, npd, k))
+        tasks_a["torchdiffeq", dname] = Task(f"torchdiffeq {dname}", torch_task(array_a, m0_a, steps_a, dt_a, td))
+        torch_task(array_a, m0_a[:2], 2, dt_a, td)()  # warm-up
+    matmul = MatmulBench(k, array_a.coupling_transposed_oe())
+    run_interleaved(list(tasks_a.values()), rounds, extra=matmul.round)
+
+    ref64 = tasks_a["stosim", "float64"].final
+    diff_numpy = float(np.max(np.abs(tasks_a["numpy-rk4", "float64"].final - ref64)))
+    diff_torch = float(np.max(np.abs(tasks_a["torchdiffeq", "float64"].final - ref64)))
+    diff_f32 = float(np.max(np.abs(tasks_a["stosim", "float32"].final.astype(np.float64) - ref64)))
+    agree = diff_numpy < AGREEMENT_TOL
+
+    # ---------------------------------------------------------------- (b) batch 1
+    dt_b, steps_b = 1e-11, 5000
+    steps_ref = 200 if args.quick else 1000
+    sizes = (1, 10, 100, 1000)
+    tasks_b: dict[tuple[str, int], Task] = {}
+    diff_b: dict[int, float] = {}
+    for n in sizes:
+        arr = stosim.STOArray.generate(dev, n, COUPLING_OE, seed=1)
+        m0 = unit((1, n, 3))
+        ref_short, _, _ = stosim.evolve(arr, m0, steps_ref, dt_b)  # warm-up, and the agreement reference
+        tasks_b["stosim", n] = Task(f"stosim N={n}", stosim_task(arr, m0, steps_b, dt_b, np.float64))
+        tasks_b["torchdiffeq", n] = Task(f"torchdiffeq N={n}", torch_task(arr, m0, steps_ref, dt_b, torch.float64))
+        torch_task(arr, m0, 2, dt_b, torch.float64)()
+        if n <= 100:
+            tasks_b["numpy-rk4", n] = Task(f"numpy N={n}", numpy_task(arr, m0, steps_ref, dt_b, np.float64, k))
+            out = numpy_rk4(m0, steps_ref, dt_b, arr.coupling_transposed_oe(), arr.oscillator_parameters(),
+                            dev.torque_asymmetry, dev.reference_direction, np.float64)
+            diff_b[n] = float(np.max(np.abs(out - ref_short)))
+    run_interleaved(list(tasks_b.values()), rounds)
+    agree = agree and all(d < AGREEMENT_TOL for d in diff_b.values())
+    load_after = _load()
+
+    # ---------------------------------------------------------------- summary
+    def med(tasks, key):
+        return tasks[key].median if key in tasks else None
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    flops_per_dev_step = 4 * (2 * n_a + 60)
+    peak = {d: matmul.peak(d) for d in DTYPES}
+    peak1 = {d: matmul.peak(d, single_thread_only=True) for d in DTYPES}
+    limit = {d: peak[d][0] * 1e9 / flops_per_dev_step for d in DTYPES}
+    s64, s32 = med(tasks_a, ("stosim", "float64")), med(tasks_a, ("stosim", "float32"))
+    summary = {
+        "device_steps_per_s": s64,
+        "torchdiffeq_device_steps_per_s": med(tasks_a, ("torchdiffeq", "float64")),
+        "numpy_device_steps_per_s": med(tasks_a, ("numpy-rk4", "float64")),
+        "ratio_vs_torchdiffeq": ratio(s64, med(tasks_a, ("torchdiffeq", "float64"))),
+        "ratio_vs_numpy": ratio(s64, med(tasks_a, ("numpy-rk4", "float64"))),
+        "device_steps_per_s_float32": s32,
+        "torchdiffeq_device_steps_per_s_float32": med(tasks_a, ("torchdiffeq", "float32")),
+        "numpy_device_steps_per_s_float32": med(tasks_a, ("numpy-rk4", "float32")),
+        "ratio_vs_torchdiffeq_float32": ratio(s32, med(tasks_a, ("torchdiffeq", "float32"))),
+        "ratio_vs_numpy_float32": ratio(s32, med(tasks_a, ("numpy-rk4", "float32"))),
+        "ratio_vs_torchdiffeq_batch1_n100": ratio(med(tasks_b, ("stosim", 100)), med(tasks_b, ("torchdiffeq", 100))),
+        "batch1": {
+            str(n): {
+                "stosim_device_steps_per_s": med(tasks_b, ("stosim", n)),
+                "torchdiffeq_device_steps_per_s": med(tasks_b, ("torchdiffeq", n)),
+                "numpy_device_steps_per_s": med(tasks_b, ("numpy-rk4", n)),
+                "ratio_vs_torchdiffeq": ratio(med(tasks_b, ("stosim", n)), med(tasks_b, ("torchdiffeq", n))),
+                "ratio_vs_numpy": ratio(med(tasks_b, ("stosim", n)), med(tasks_b, ("numpy-rk4", n))),
+            }
+            for n in sizes
+        },
+        "batch1_steps": {"stosim": steps_b, "reference_paths": steps_ref, "dt_s": dt_b},
+        "matmul_peak_gflops_float64": peak["float64"][0],
+        "matmul_peak_gflops_float32": peak["float32"][0],
+        "matmul_peak_method_float64": f"{peak['float64'][1]} {peak['float64'][2]}",
+        "matmul_peak_method_float32": f"{peak['float32'][1]} {peak['float32'][2]}",
+        "matmul_single_thread_gflops_float64": peak1["float64"][0],
+        "matmul_single_thread_gflops_float32": peak1["float32"][0],
+        "matmul_gflops": {f"{name} {shape} {d}": g for (name, shape, d), g in sorted(matmul.best.items())},
+        "flops_per_device_step": flops_per_dev_step,
+        "matmul_bound_device_steps_per_s": limit["float64"],
+        "matmul_bound_device_steps_per_s_float32": limit["float32"],
+        "fraction_of_matmul_peak": s64 / limit["float64"],
+        "fraction_of_matmul_peak_float32": s32 / limit["float32"],
+        "fraction_of_ideal_peak": s64 / (k * peak1["float64"][0] * 1e9 / flops_per_dev_step),
+        "max_abs_diff_numpy_vs_stosim_float64": diff_numpy,
+        "max_abs_diff_numpy_vs_stosim_batch1": {str(n): d for n, d in diff_b.items()},
+        "max_abs_diff_torchdiffeq_vs_stosim_float64": diff_torch,
+        "max_abs_diff_float32_vs_float64_stosim": diff_f32,
+        "agreement_ok": agree,
+        "numba_threads": k,
+        "numba_threading_layer": numba.threading_layer(),
+        "torch_threads": torch.get_num_threads(),
+        "numpy_blas_threads": k,
+        "cpu_count": os.cpu_count(),
+        "rounds": rounds,
+        "quick": args.quick,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "elapsed_s": time.perf_counter() - t_start,
+        "versions": {"stosim": stosim.__version__, "numpy": np.__version__, "numba": numba.__version__,
+                     "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+    # ---------------------------------------------------------------- table
+    blas = sorted({f"{i['internal_api']} {i.get('version')}" for i in threadpool_info() if i["user_api"] == "blas"})
+    print(f"stosim simulate benchmark ({platform.node()}, {os.cpu_count()} CPUs; load average before: {load_before}, "
+          f"after: {load_after})")
+    print(f"threads: numba {k} ({summary['numba_threading_layer']}), torch {torch.get_num_threads()}, "
+          f"numpy BLAS {k} (RK4 path); BLAS: {', '.join(blas)}")
+    print(f"{rounds} interleaved rounds; device-steps/s = batch x N x steps / s; median [min .. max] over rounds\n")
+
+    print(f"(a) N = {n_a}, batch {batch_a}, T = {steps_a} ps, dt = 1 ps, mu = {COUPLING_OE:g} Oe")
+    print(f"    {'path':<12} {'dtype':<8} {'median':>10} {'min':>10} {'max':>10} {'stosim/path':>12}")
+    for dname in DTYPES:
+        for path in ("stosim", "numpy-rk4", "torchdiffeq"):
+            t = tasks_a[path, dname]
+            r = tasks_a["stosim", dname].median / t.median
+            print(f"    {path:<12} {dname:<8} {_fmt(t.median):>10} {_fmt(min(t.rates)):>10} {_fmt(max(t.rates)):>10} "
+                  f"{r:>12.2f}")
+    print(f"    agreement, float64 after {steps_a} steps: max |m_numpy - m_stosim| = {diff_numpy:.2e} "
+          f"({'OK' if diff_numpy < AGREEMENT_TOL else 'FAIL'}, tolerance {AGREEMENT_TOL:g})")
+    print(f"    for information: max |m_torchdiffeq - m_stosim| = {diff_torch:.2e} (3/8-rule RK4, no projection); "
+          f"max |m_stosim,float32 - m_stosim,float64| = {diff_f32:.2e}\n")
+
+    print(f"(b) batch 1, dt = 10 ps, float64: stosim {steps_b} steps; torchdiffeq and numpy {steps_ref} steps "
+          "(shorter runs, rates compare directly)")
+    print(f"    {'N':>5} {'stosim':>10} {'[min..max]':>23} {'torchdiffeq':>11} {'numpy':>10} {'st/torchdq':>10} "
+          f"{'st/numpy':>9} {'|numpy-stosim|':>14}")
+    for n in sizes:
+        s = tasks_b["stosim", n]
+        b = summary["batch1"][str(n)]
+        rn = b["ratio_vs_numpy"]
+        print(f"    {n:>5} {_fmt(s.median):>10} {'[' + _fmt(min(s.rates)) + '..' + _fmt(max(s.rates)) + ']':>23} "
+              f"{_fmt(b['torchdiffeq_device_steps_per_s']):>11} {_fmt(b['numpy_device_steps_per_s']):>10} "
+              f"{b['ratio_vs_torchdiffeq']:>10.2f} {('-' if rn is None else f'{rn:.2f}'):>9} "
+              f"{('-' if n not in diff_b else f'{diff_b[n]:.1e}'):>14}")
+    print()
+
+    print("(c) matrix-multiply GFLOP/s (best of rounds)")
+    shapes = list(dict.fromkeys(c[0] for c in matmul.cases))
+    cols = [(s, d) for s in shapes for d in DTYPES]
+    print(f"    {'method':<36} " + " ".join(f"{s + ' ' + d[-2:]:>20}" for s, d in cols))
+    for name in matmul.methods:
+        print(f"    {name:<36} " + " ".join(f"{matmul.best[name, s, d]:>20.2f}" for s, d in cols))
+    for d in DTYPES:
+        g, name, shape = peak[d]
+        print(f"    peak {d}: {g:.2f} GFLOP/s ({name}, {shape}); best single thread {peak1[d][0]:.2f} GFLOP/s "
+              f"({peak1[d][1]}); matmul-bound limit peak / (4 (2N + 60)) at N = {n_a}: {_fmt(limit[d])} device-steps/s")
+    print(f"    fraction_of_matmul_peak (stosim float64 / limit) = {summary['fraction_of_matmul_peak']:.3f}; "
+          f"float32: {summary['fraction_of_matmul_peak_float32']:.3f}; vs {k} x best single thread "
+          f"(ideal): {summary['fraction_of_ideal_peak']:.3f}")
+    print(f"\nelapsed {summary['elapsed_s']:.0f} s")
+    if not agree:
+        print("AGREEMENT CHECK FAILED: the NumPy reference and stosim disagree", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary))
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
