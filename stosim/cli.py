@@ -4,6 +4,7 @@
     stosim describe [FILE]                  resolved device parameters with units
     stosim simulate [options] --out FILE.h5 run a coupled STO array, write the trajectory
     stosim train [options]                  train a reservoir model (default: coupled STOs on digits)
+    stosim lyapunov [options]               Lyapunov exponents, Kaplan-Yorke dimension, KS entropy
 """
 
 from __future__ import annotations
@@ -109,7 +110,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("data/train"), help="output folder (default data/train)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print one final JSON line")
+    p = sub.add_parser("lyapunov", help="Lyapunov exponents of a substrate's autonomous dynamics (QR method)")
+    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96"], default="sto")
+    p.add_argument("--n", type=int, default=None, help="oscillators / nodes / sites (sto 200, ffesn 500, lorenz96 40)")
+    p.add_argument("--coupling", type=_quantity("field", "--coupling"), default=500.0, help="STO mu (default 500 Oe)")
+    p.add_argument("--current", type=_quantity("current", "--current"), default=None, help="STO bias current")
+    p.add_argument("--device", type=Path, default=None, help="STO device file")
+    p.add_argument("--spectral-radius", type=float, default=1.2, help="FFESN rho (default 1.2)")
+    p.add_argument("--forcing", type=float, default=8.0, help="Lorenz 96 F (default 8)")
+    p.add_argument("--exponents", type=int, default=1, help="how many leading exponents (default 1: the MLE)")
+    p.add_argument("--duration", type=str, default=None,
+                   help="averaging time (sto: '200 ns'; lorenz96: model time 200; ffesn: steps 2000)")
+    p.add_argument("--transient", type=str, default=None, help="discarded time before averaging, same units")
+    p.add_argument("--dt", type=str, default=None, help="step (sto: '1 ps'; lorenz96: 0.01)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON line")
     return parser
+
+
+def _substrate_time(text: str | None, substrate: str, flag: str) -> float | None:
+    """STO times carry units ('200 ns'); Lorenz 96 / FFESN times are plain numbers."""
+    if text is None:
+        return None
+    from stosim.units import UnitError, parse_quantity
+
+    try:
+        return parse_quantity(text, "time", name=flag) if substrate == "sto" else float(text)
+    except (UnitError, ValueError) as exc:
+        raise CLIError(f"{flag} {text!r}: {exc}") from None
+
+
+def _cmd_lyapunov(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from stosim.analysis.run_lyapunov import substrate_lyapunov
+
+    params = {"n": args.n, "dt": _substrate_time(args.dt, args.substrate, "--dt"), "coupling_oe": args.coupling,
+              "current_a": args.current, "device": args.device, "spectral_radius": args.spectral_radius,
+              "forcing": args.forcing}
+    with tqdm(unit="step", disable=None, file=sys.stderr, leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = substrate_lyapunov(args.substrate, n_exponents=args.exponents,
+                                    duration=_substrate_time(args.duration, args.substrate, "--duration"),
+                                    transient=_substrate_time(args.transient, args.substrate, "--transient"),
+                                    seed=args.seed, progress=progress, **params)
+    unit = {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step"}.get(result.time_unit,
+                                                                                       f"1/{result.time_unit}")
+    if args.json:
+        print(json.dumps({**result.as_dict(), "units": unit, "substrate": args.substrate}))
+        return 0
+    print(f"Lyapunov exponents of {args.substrate} ({unit}), averaged over {result.duration:g} "
+          f"{result.time_unit} after a transient of {result.transient:g}:")
+    for i, (lam, se, rel) in enumerate(zip(result.exponents, result.standard_error,
+                                           result.relative_change_last_quarter)):
+        print(f"  lambda_{i + 1:<3d} = {lam: .6g} +/- {se:.2g}  (running estimate moved {100 * rel:.2g} % "
+              "over the last quarter)")
+    partial = " (a lower bound: all computed partial sums are positive; ask for more --exponents)" if (
+        result.exponents.sum() > 0) else ""
+    print(f"Kaplan-Yorke dimension: {result.kaplan_yorke_dimension:.4g}{partial}")
+    print(f"KS entropy (sum of positive exponents): {result.ks_entropy:.6g} {unit}")
+    return 0
 
 
 _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "limit_test", "epochs", "batch_size",
@@ -248,7 +311,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train}
+_COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train,
+             "lyapunov": _cmd_lyapunov}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

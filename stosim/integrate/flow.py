@@ -102,3 +102,28 @@ def sto_flow(m0: torch.Tensor, array: STOArray, n_steps: int, dt_s: float,
     if m0.ndim != 3 or m0.shape[1:] != (array.n_oscillators, 3):
         raise ValueError(f"m0 has shape {tuple(m0.shape)}; expected (batch, {array.n_oscillators}, 3)")
     return _STOFlow.apply(m0, array, int(n_steps), float(dt_s), int(checkpoint_bytes))
+
+
+def sto_jvp(m0: np.ndarray, tangent: np.ndarray, array: STOArray, n_steps: int, dt_s: float,
+            dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """(m(T), J t) for states m0 (B, N, 3) and tangents (B, N, 3) of the projected RK4 map (exact JVP).
+
+    Tangents are first projected onto the tangent planes of m0 (perturbations along m0 are
+    undone by the projection onto the unit sphere).
+    """
+    from stosim.integrate.tangent import tangent_run_chunks
+
+    m0 = np.asarray(m0, dtype=dtype)
+    t0 = np.asarray(tangent, dtype=dtype)
+    if m0.shape != t0.shape or m0.ndim != 3 or m0.shape[1:] != (array.n_oscillators, 3):
+        raise ValueError(f"m0 {m0.shape} and tangent {t0.shape} must both be (batch, {array.n_oscillators}, 3)")
+    m0 = m0 / np.linalg.norm(m0, axis=-1, keepdims=True)
+    t0 = t0 - m0 * np.sum(m0 * t0, axis=-1, keepdims=True)
+    prm = _ArrayTensors(array, dtype)
+    n_chunks = chunk_count(m0.shape[0], array.n_oscillators)
+    m = to_chunks(m0, n_chunks)
+    t = to_chunks(t0, n_chunks)
+    with single_threaded_blas():
+        tangent_run_chunks(m, t, prm.coupling_t, prm.use_coupling, prm.osc, prm.lam, prm.p, prm.dtype.type(dt_s),
+                           int(n_steps))
+    return from_chunks(m, m0.shape[0]), from_chunks(t, m0.shape[0])

@@ -211,3 +211,55 @@ def stage_vjp(ms, hx, hy, hz, v, osc, lam, p, g_state, g_hx):
             oy[i] = bb
             oz[i] = c
             oh[i] = d
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def llg_jvp_point(mx, my, mz, hx, hy, hz, tx, ty, tz, thx, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz):
+    """Jacobian-vector product of :func:`llg_point`: (df/dm) t + (df/dh_x) t_hx, for a tangent (t, t_hx)."""
+    mp = mx * px + my * py + mz * pz
+    den = 1.0 / (1.0 + lam * mp)
+    hs = hs0 * den
+    dhs = -hs * lam * den * (tx * px + ty * py + tz * pz)
+    qx = py * mz - pz * my
+    qy = pz * mx - px * mz
+    qz = px * my - py * mx
+    dqx = py * tz - pz * ty
+    dqy = pz * tx - px * tz
+    dqz = px * ty - py * tx
+    bx = hx + hs * qx
+    by = hy + hs * qy
+    bz = hz + h_appl + hk_eff * mz + hs * qz
+    dbx = thx + dhs * qx + hs * dqx
+    dby = dhs * qy + hs * dqy
+    dbz = hk_eff * tz + dhs * qz + hs * dqz
+    # a = m x B, da = t x B + m x dB
+    ax = my * bz - mz * by
+    ay = mz * bx - mx * bz
+    az = mx * by - my * bx
+    dax = ty * bz - tz * by + my * dbz - mz * dby
+    day = tz * bx - tx * bz + mz * dbx - mx * dbz
+    daz = tx * by - ty * bx + mx * dby - my * dbx
+    # d = m x a, dd = t x a + m x da
+    ddx = ty * az - tz * ay + my * daz - mz * day
+    ddy = tz * ax - tx * az + mz * dax - mx * daz
+    ddz = tx * ay - ty * ax + mx * day - my * dax
+    return -pref * (dax + alpha * ddx), -pref * (day + alpha * ddy), -pref * (daz + alpha * ddz)
+
+
+@njit(cache=True, error_model="numpy")
+def stage_jvp(ms, hx, hy, hz, t, thx, osc, lam, p, out):
+    """out = (df/dm)(ms) t + (df/dh_x) thx for every oscillator; (3, B, N) arrays, hx/hy/hz/thx (B, N)."""
+    _, n_batch, n_osc = ms.shape
+    h_appl, hk_eff, hs0, alpha, pref = osc[0], osc[1], osc[2], osc[3], osc[4]
+    px, py, pz = p[0], p[1], p[2]
+    for b in range(n_batch):
+        mx, my, mz = ms[0, b], ms[1, b], ms[2, b]
+        tx, ty, tz = t[0, b], t[1, b], t[2, b]
+        fx, fy, fz, fh = hx[b], hy[b], hz[b], thx[b]
+        ox, oy, oz = out[0, b], out[1, b], out[2, b]
+        for i in range(n_osc):
+            a, bb, c = llg_jvp_point(mx[i], my[i], mz[i], fx[i], fy[i], fz[i], tx[i], ty[i], tz[i], fh[i],
+                                     h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz)
+            ox[i] = a
+            oy[i] = bb
+            oz[i] = c

@@ -1,0 +1,1 @@
+"""Chaos analysis: finite-time and maximum Lyapunov exponents and Lyapunov spectra."""

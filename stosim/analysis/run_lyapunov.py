@@ -1,0 +1,72 @@
+"""Lyapunov exponents of a substrate's autonomous dynamics, by name (used by ``stosim lyapunov``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from stosim.analysis.lyapunov import LyapunovResult, TangentSystem, lyapunov_spectrum
+
+__all__ = ["LYAPUNOV_DEFAULTS", "substrate_tangent_system", "substrate_lyapunov"]
+
+# per substrate: duration, transient and step in its time unit (STO: seconds), default size
+LYAPUNOV_DEFAULTS = {
+    "sto": {"duration": 200e-9, "transient": 50e-9, "dt": 1e-12, "n": 200, "reorthonormalize_every": 10},
+    "lorenz96": {"duration": 200.0, "transient": 20.0, "dt": 0.01, "n": 40, "reorthonormalize_every": 10},
+    "ffesn": {"duration": 2000.0, "transient": 500.0, "dt": 1.0, "n": 500, "reorthonormalize_every": 1},
+}
+
+
+def substrate_tangent_system(substrate: str, *, n: int | None = None, dt: float | None = None, seed: int = 0,
+                             coupling_oe: float = 500.0, current_a: float | None = None, device=None,
+                             spectral_radius: float = 1.2, density: float = 0.5, forcing: float = 8.0,
+                             ) -> tuple[TangentSystem, np.ndarray]:
+    """(tangent system, initial state) of ``substrate`` in {"sto", "ffesn", "lorenz96"} with seeded initial state."""
+    defaults = LYAPUNOV_DEFAULTS.get(substrate)
+    if defaults is None:
+        raise ValueError(f"substrate = {substrate!r}; valid: {', '.join(LYAPUNOV_DEFAULTS)}")
+    n = n or defaults["n"]
+    dt = dt or defaults["dt"]
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
+    if substrate == "sto":
+        from stosim.analysis.tangent_sto import STOArrayTangent
+        from stosim.config import DeviceParameters, load_device
+        from stosim.physics.array import STOArray
+
+        dev = device if isinstance(device, DeviceParameters) else load_device(device)
+        system = STOArrayTangent(STOArray.generate(dev, n, coupling_oe, seed=seed, current_a=current_a), dt)
+        m = rng.standard_normal((n, 3))
+        x0 = (m / np.linalg.norm(m, axis=-1, keepdims=True)).reshape(-1)
+    elif substrate == "lorenz96":
+        from stosim.analysis.tangent_models import Lorenz96Tangent
+
+        system = Lorenz96Tangent(n, forcing, dt=dt)
+        x0 = forcing + rng.standard_normal(n)
+    else:
+        from stosim.analysis.tangent_models import FFESNTangent
+        from stosim.substrates.ffesn import FFESN
+
+        system = FFESNTangent.from_substrate(FFESN(n=n, spectral_radius=spectral_radius, density=density, seed=seed))
+        x0 = rng.uniform(-1, 1, n)
+    return system, x0
+
+
+def substrate_lyapunov(substrate: str, *, n_exponents: int = 1, duration: float | None = None,
+                       transient: float | None = None, seed: int = 0,
+                       progress: Callable[[int, int], None] | None = None, **params) -> LyapunovResult:
+    """Leading ``n_exponents`` exponents of a substrate's autonomous dynamics (defaults: LYAPUNOV_DEFAULTS)."""
+    defaults = LYAPUNOV_DEFAULTS.get(substrate)
+    if defaults is None:
+        raise ValueError(f"substrate = {substrate!r}; valid: {', '.join(LYAPUNOV_DEFAULTS)}")
+    system, x0 = substrate_tangent_system(substrate, seed=seed, **params)
+    duration = defaults["duration"] if duration is None else duration
+    transient = defaults["transient"] if transient is None else transient
+    for name, value in (("duration", duration), ("transient", transient)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} = {value!r} must be finite and >= 0")
+    n_steps = max(1, round(duration / system.step_time))
+    n_transient = round(transient / system.step_time)
+    return lyapunov_spectrum(system, x0, n_exponents, n_steps, transient_steps=n_transient,
+                             reorthonormalize_every=defaults["reorthonormalize_every"], seed=seed, progress=progress)
