@@ -125,7 +125,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dt", type=str, default=None, help="step (sto: '1 ps'; lorenz96: 0.01)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    p = sub.add_parser("compare", help="train several experiment files over seeds and write a Markdown table")
+    p.add_argument("configs", nargs="+", type=Path, help="experiment TOML files (e.g. experiments/table1/*.toml)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", type=Path, default=Path("data/compare"), help="run folders (default data/compare)")
+    p.add_argument("--markdown", type=Path, default=None, help="table file (default OUT/table.md)")
     return parser
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from stosim.compare import comparison_table, run_comparison
+
+    def on_run(name: str, seed: int) -> None:
+        print(f"== {name}, seed {seed}", file=sys.stderr)
+
+    def on_epoch(rec: dict) -> None:
+        print(f"   epoch {rec['epoch']:3d}  test acc {100 * rec['test_accuracy']:6.2f}%  ({rec['epoch_time_s']:.0f} s)",
+              file=sys.stderr)
+
+    results = run_comparison(args.configs, args.seeds, args.out, on_run=on_run, on_epoch=on_epoch)
+    table = comparison_table(results, args.configs)
+    path = args.markdown or args.out / "table.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table)
+    print(table)
+    print(f"wrote {path}")
+    return 0
 
 
 def _substrate_time(text: str | None, substrate: str, flag: str) -> float | None:
@@ -312,7 +337,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train,
-             "lyapunov": _cmd_lyapunov}
+             "lyapunov": _cmd_lyapunov, "compare": _cmd_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

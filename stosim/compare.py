@@ -1,0 +1,70 @@
+"""Model comparisons over several seeds, as a Markdown table (the seed study's MNIST Table 1).
+
+Each experiment file is trained once per seed into ``OUT/<name>/seed<k>`` (a finished run is
+reused, an interrupted one resumed), then the table lists best and mean test accuracy over the
+seeds, the spread, epochs to converge and wall time, next to published values when a
+``reference.toml`` (name -> text) lies beside the experiment files.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tomllib
+from pathlib import Path
+from typing import Callable
+
+from stosim.training import TrainResult, load_train_config, train
+
+__all__ = ["run_comparison", "comparison_table"]
+
+
+def _run_one(config: Path, seed: int, out: Path, on_epoch: Callable | None) -> dict:
+    cfg = load_train_config(config, seed=seed)
+    metrics = out / "metrics.json"
+    if metrics.exists():
+        saved = json.loads(metrics.read_text())
+        if saved.get("config") == json.loads(json.dumps(cfg.resolved(), default=str)):
+            return saved
+    result: TrainResult = train(cfg, out, resume=(out / "checkpoint.pt").exists(), on_epoch=on_epoch)
+    return {**result.summary(), "config": cfg.resolved()}
+
+
+def run_comparison(configs: list[Path], seeds: list[int], out_dir: Path,
+                   on_run: Callable[[str, int], None] | None = None,
+                   on_epoch: Callable[[dict], None] | None = None) -> dict[str, list[dict]]:
+    """Train every config for every seed; returns name -> list of per-seed summaries."""
+    results: dict[str, list[dict]] = {}
+    for config in configs:
+        name = Path(config).stem
+        for seed in seeds:
+            if on_run:
+                on_run(name, seed)
+            results.setdefault(name, []).append(_run_one(Path(config), seed, out_dir / name / f"seed{seed}", on_epoch))
+    return results
+
+
+def _references(configs: list[Path]) -> dict[str, str]:
+    refs: dict[str, str] = {}
+    for folder in {Path(c).resolve().parent for c in configs}:
+        path = folder / "reference.toml"
+        if path.exists():
+            refs.update({k: str(v) for k, v in tomllib.loads(path.read_text()).items()})
+    return refs
+
+
+def comparison_table(results: dict[str, list[dict]], configs: list[Path]) -> str:
+    """Markdown table: best / mean (+/- std) test accuracy in %, epochs to converge, wall time."""
+    refs = _references(configs)
+    lines = ["| model | seeds | best test acc. (%) | mean +/- std (%) | epochs to converge (mean) | "
+             "wall time per run (s, mean) | seed study best / mean (%) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, runs in results.items():
+        best = [100 * r["best_test_accuracy"] for r in runs]
+        final = [100 * r["test_accuracy"] for r in runs]
+        std = statistics.stdev(final) if len(final) > 1 else 0.0
+        lines.append(
+            f"| {name} | {len(runs)} | {max(best):.2f} | {statistics.mean(final):.2f} +/- {std:.2f} | "
+            f"{statistics.mean(r['epochs_to_converge'] for r in runs):.1f} | "
+            f"{statistics.mean(r['wall_time_s'] for r in runs):.0f} | {refs.get(name, '')} |")
+    return "\n".join(lines) + "\n"
