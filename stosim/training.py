@@ -8,6 +8,7 @@ state depend only on (seed, epoch).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -82,6 +83,8 @@ class TrainConfig(BaseModel):
     temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
     dynamical_snr: float | None = None
     observation_snr: float | None = None
+    variability: float = Field(default=0.0, ge=0, le=0.5, description="relative spread of H_K, alpha, I")
+    train_with_noise: bool = Field(default=True, description="False: train noiselessly, evaluate with the noise")
 
     @field_validator("coupling", mode="before")
     @classmethod
@@ -145,7 +148,8 @@ def _sto(cfg: TrainConfig, seed: int):
     return CoupledSTOArray(
         n=cfg.n or cfg.default_n, coupling_oe=cfg.coupling, duration_s=cfg.duration or 300e-12, dt_s=cfg.dt or 1e-12,
         current_a=cfg.current, device=cfg.device, seed=seed, temperature_k=cfg.temperature,
-        dynamical_snr_db=cfg.dynamical_snr, observation_snr_db=cfg.observation_snr, dtype=_torch_dtype(cfg))
+        dynamical_snr_db=cfg.dynamical_snr, observation_snr_db=cfg.observation_snr, variability=cfg.variability,
+        dtype=_torch_dtype(cfg))
 
 
 def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tuple[int, int]) -> torch.nn.Module:
@@ -264,6 +268,35 @@ def _fit_ridge(model: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, y: tor
         readout.bias.copy_(torch.as_tensor(b, dtype=readout.bias.dtype))
 
 
+def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, x_train: torch.Tensor,
+                 y_train: torch.Tensor, n_classes: int, epoch: int, n_batches: int, readout_only: bool,
+                 on_batch: Callable[[int, int], None] | None) -> tuple[float, int | None]:
+    """One pass over the training data (shuffled from (seed, epoch)); returns (summed loss, correct) or,
+    for a ridge readout, (nan, None)."""
+    if readout_only:
+        _fit_ridge(model, cfg, x_train, y_train, n_classes, on_batch)
+        return float("nan"), None
+    model.train()
+    order = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    loss_sum, train_correct = 0.0, 0
+    for k in range(n_batches):
+        idx = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
+        xb, yb = x_train[idx], y_train[idx]
+        optimizer.zero_grad()
+        logits = model(xb)
+        loss = torch.nn.functional.cross_entropy(logits, yb)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became non-finite at epoch {epoch}, batch {k + 1}; "
+                                     f"lower the learning rate (lr = {cfg.lr})")
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss.detach()) * len(idx)
+        train_correct += int((logits.argmax(1) == yb).sum())
+        if on_batch:
+            on_batch(k + 1, n_batches)
+    return loss_sum, train_correct
+
+
 def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False,
           on_batch: Callable[[int, int], None] | None = None,
           on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
@@ -310,28 +343,14 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     for epoch in range(start_epoch, cfg.epochs + 1):
         t_epoch = time.perf_counter()
         _reset_noise(model, cfg.seed, epoch, 0)
-        if readout_only:
-            _fit_ridge(model, cfg, x_train, y_train, n_classes, on_batch)
-            loss_sum, train_correct = float("nan"), None
-        else:
-            model.train()
-            order = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-            loss_sum, train_correct = 0.0, 0
-            for k in range(n_batches):
-                idx = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
-                xb, yb = x_train[idx], y_train[idx]
-                optimizer.zero_grad()
-                logits = model(xb)
-                loss = torch.nn.functional.cross_entropy(logits, yb)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the loss became non-finite at epoch {epoch}, batch {k + 1}; "
-                                             f"lower the learning rate (lr = {cfg.lr})")
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(idx)
-                train_correct += int((logits.argmax(1) == yb).sum())
-                if on_batch:
-                    on_batch(k + 1, n_batches)
+        quiet = contextlib.ExitStack()
+        if not cfg.train_with_noise:
+            for sub in _substrates(model):
+                if hasattr(sub, "noise_suspended"):
+                    quiet.enter_context(sub.noise_suspended())
+        with quiet:
+            loss_sum, train_correct = _train_epoch(model, optimizer, cfg, x_train, y_train, n_classes, epoch,
+                                                   n_batches, readout_only, on_batch)
         _reset_noise(model, cfg.seed, epoch, 1)
         train_acc = (train_correct / x_train.shape[0] if train_correct is not None
                      else _evaluate(model, x_train, y_train, cfg.batch_size))

@@ -12,27 +12,74 @@ from stosim.config import DeviceParameters, spin_torque_field_oe
 from stosim.physics.coupling import load_coupling_matrix, random_coupling_matrix, validate_coupling_matrix
 from stosim.physics.llg import N_OSC_PARAMS
 
-__all__ = ["STOArray", "oscillator_parameters"]
+__all__ = ["STOArray", "Variability", "oscillator_parameters"]
 
 MAX_OSCILLATORS = 100_000
 
 
-def oscillator_parameters(device: DeviceParameters, n_oscillators: int, current_a: float) -> np.ndarray:
+VARIABLE_PARAMETERS = ("anisotropy_field", "damping", "current")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variability:
+    """Device-to-device variability: each oscillator's H_K, alpha and I drawn as x (1 + s xi),
+    xi standard normal, s the relative spread of that parameter (0: identical devices), from ``seed``.
+
+    A draw outside the physical range (alpha <= 0 or >= 1, H_K < 0) raises rather than being clipped.
+    """
+
+    anisotropy_field: float = 0.0
+    damping: float = 0.0
+    current: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in VARIABLE_PARAMETERS:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= 0.5):
+                raise ValueError(f"variability of {name} = {value!r} must be a relative spread in [0, 0.5]")
+
+    @classmethod
+    def uniform(cls, spread: float, seed: int = 0) -> "Variability":
+        """The same relative spread for H_K, alpha and I."""
+        return cls(anisotropy_field=spread, damping=spread, current=spread, seed=seed)
+
+    @property
+    def is_zero(self) -> bool:
+        return all(getattr(self, name) == 0 for name in VARIABLE_PARAMETERS)
+
+    def factors(self, n_oscillators: int) -> dict[str, np.ndarray]:
+        """1 + s xi per parameter, (N,) each (independent streams per parameter)."""
+        out = {}
+        for k, name in enumerate(VARIABLE_PARAMETERS):
+            rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(11, k)))
+            out[name] = 1.0 + getattr(self, name) * rng.standard_normal(n_oscillators)
+        return out
+
+
+def oscillator_parameters(device: DeviceParameters, n_oscillators: int, current_a: float,
+                          variability: Variability | None = None) -> np.ndarray:
     """The (5, N) per-oscillator table of the kernels for N copies of ``device`` at ``current_a``.
 
     Rows: H_appl (Oe), H_K - 4 pi M (Oe), H_s0 = hbar eta I/(2 e M V) (Oe), alpha,
-    gamma/(1 + alpha^2) (rad/(Oe s)).
+    gamma/(1 + alpha^2) (rad/(Oe s)). With ``variability`` each oscillator's H_K, alpha and I
+    are scaled by its own factor.
     """
-    alpha = device.damping
-    row = np.array([
-        device.applied_field_oe,
-        device.effective_anisotropy_field_oe,
-        spin_torque_field_oe(device, current_a),
-        alpha,
-        device.gyromagnetic_ratio_rad_per_oe_s / (1.0 + alpha * alpha),
-    ])
-    assert row.shape == (N_OSC_PARAMS,)
-    return np.repeat(row[:, None], n_oscillators, axis=1)
+    ones = np.ones(n_oscillators)
+    f = variability.factors(n_oscillators) if variability is not None and not variability.is_zero else {
+        name: ones for name in VARIABLE_PARAMETERS}
+    alpha = device.damping * f["damping"]
+    h_k = device.anisotropy_field_oe * f["anisotropy_field"]
+    if np.any(alpha < 0) or np.any(alpha >= 1) or np.any(h_k < 0):
+        raise ValueError("device variability drew a damping outside [0, 1) or a negative anisotropy field; "
+                         "reduce the spread (or change its seed)")
+    table = np.empty((N_OSC_PARAMS, n_oscillators))
+    table[0] = device.applied_field_oe
+    table[1] = h_k - 4 * math.pi * device.saturation_magnetization_emu_cm3
+    table[2] = spin_torque_field_oe(device, current_a) * f["current"]
+    table[3] = alpha
+    table[4] = device.gyromagnetic_ratio_rad_per_oe_s / (1.0 + alpha * alpha)
+    return table
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -48,6 +95,7 @@ class STOArray:
     coupling_oe: float
     coupling_matrix: np.ndarray
     current_a: float
+    variability: Variability | None = None
 
     def __post_init__(self) -> None:
         n = self.n_oscillators
@@ -66,26 +114,26 @@ class STOArray:
 
     @classmethod
     def generate(cls, device: DeviceParameters, n_oscillators: int, coupling_oe: float, *,
-                 seed: int = 0, current_a: float | None = None) -> "STOArray":
+                 seed: int = 0, current_a: float | None = None, variability: Variability | None = None) -> "STOArray":
         """Array with a random W (uniform [-1, 1], zero diagonal, spectral radius 1) from ``seed``."""
         w = random_coupling_matrix(n_oscillators, np.random.SeedSequence(seed, spawn_key=(0,)))
         return cls(device, n_oscillators, float(coupling_oe), w,
-                   device.current_a if current_a is None else float(current_a))
+                   device.current_a if current_a is None else float(current_a), variability)
 
     @classmethod
     def with_matrix(cls, device: DeviceParameters, coupling_matrix: np.ndarray | str | Path, coupling_oe: float, *,
-                    current_a: float | None = None) -> "STOArray":
+                    current_a: float | None = None, variability: Variability | None = None) -> "STOArray":
         """Array with an explicit W (an array or a .npy file), used as it is (not rescaled)."""
         if isinstance(coupling_matrix, (str, Path)):
             w = load_coupling_matrix(coupling_matrix)
         else:
             w = validate_coupling_matrix(coupling_matrix)
         return cls(device, int(w.shape[0]), float(coupling_oe), w,
-                   device.current_a if current_a is None else float(current_a))
+                   device.current_a if current_a is None else float(current_a), variability)
 
     def oscillator_parameters(self) -> np.ndarray:
         """(5, N) per-oscillator parameter table for the kernels (float64)."""
-        return oscillator_parameters(self.device, self.n_oscillators, self.current_a)
+        return oscillator_parameters(self.device, self.n_oscillators, self.current_a, self.variability)
 
     def coupling_transposed_oe(self) -> np.ndarray:
         """(mu W)^T in Oe, so that the coupling field of a batch is H_x = m_x @ (mu W)^T."""
@@ -98,4 +146,6 @@ class STOArray:
             "coupling_oe": float(self.coupling_oe),
             "current_a": float(self.current_a),
             "coupling_matrix_spectral_radius": float(np.max(np.abs(np.linalg.eigvals(self.coupling_matrix)))),
+            **({f"variability_{k}": getattr(self.variability, k) for k in (*VARIABLE_PARAMETERS, "seed")}
+               if self.variability is not None else {}),
         }

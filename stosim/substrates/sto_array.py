@@ -13,8 +13,10 @@ thermal noise, gradients flow through a torch implementation of the same equatio
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ import torch
 from stosim.config import DeviceParameters, load_device
 from stosim.integrate.flow import sto_flow
 from stosim.integrate.torch_steps import evolve_torch
-from stosim.physics.array import STOArray
+from stosim.physics.array import STOArray, Variability
 from stosim.physics.noise import check_snr_db, snr_noise_factor, thermal_field_sigma_oe
 from stosim.simulation import NoiseSettings, evolve, steps_for_duration
 from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
@@ -39,24 +41,26 @@ class CoupledSTOArray(Substrate):
     (T), ``dt_s``, ``current_a`` (None: the device file's), ``device`` (a path or
     :class:`DeviceParameters`; None: the seed study's pMTJ), ``seed`` (of W; noise streams
     are seeded by :meth:`reset`), ``coupling_matrix`` (explicit N x N W instead of a random
-    one), ``temperature_k``, ``dynamical_snr_db``, ``observation_snr_db``, ``dtype``.
+    one), ``temperature_k``, ``dynamical_snr_db``, ``observation_snr_db``, ``variability``
+    (relative spread of each device's H_K, alpha and I, drawn from ``seed``), ``dtype``.
     """
 
     def __init__(self, n: int = 50, coupling_oe: float = 500.0, duration_s: float = 300e-12, dt_s: float = 1e-12, *,
                  current_a: float | None = None, device: DeviceParameters | str | Path | None = None, seed: int = 0,
                  coupling_matrix: np.ndarray | str | Path | None = None, temperature_k: float = 0.0,
                  dynamical_snr_db: float | None = None, observation_snr_db: float | None = None,
-                 dtype: torch.dtype = torch.float64) -> None:
+                 variability: float = 0.0, dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         if dtype not in _DTYPES:
             raise ValueError(f"dtype = {dtype!r} must be torch.float64 or torch.float32")
         dev = device if isinstance(device, DeviceParameters) else load_device(device)
+        spread = Variability.uniform(variability, seed=seed) if variability else None
         if coupling_matrix is not None:
-            array = STOArray.with_matrix(dev, coupling_matrix, coupling_oe, current_a=current_a)
+            array = STOArray.with_matrix(dev, coupling_matrix, coupling_oe, current_a=current_a, variability=spread)
             if array.n_oscillators != n:
                 raise ValueError(f"n = {n} does not match the {array.n_oscillators} x {array.n_oscillators} coupling_matrix")
         else:
-            array = STOArray.generate(dev, n, coupling_oe, seed=seed, current_a=current_a)
+            array = STOArray.generate(dev, n, coupling_oe, seed=seed, current_a=current_a, variability=spread)
         self.array = array
         self.n_steps = steps_for_duration(duration_s, dt_s)
         self.duration_s = float(duration_s)
@@ -70,9 +74,11 @@ class CoupledSTOArray(Substrate):
         self.register_buffer("coupling_t", torch.as_tensor(array.coupling_transposed_oe(), dtype=dtype))
         self.register_buffer("osc", torch.as_tensor(array.oscillator_parameters(), dtype=dtype))
         self.register_buffer("p", torch.as_tensor(dev.reference_direction, dtype=dtype))
-        sigma = thermal_field_sigma_oe(dev.damping, self.noise.temperature_k, dev.gyromagnetic_ratio_rad_per_oe_s,
-                                       dev.saturation_magnetization_emu_cm3, dev.volume_cm3, self.dt_s)
-        self.register_buffer("thermal_sigma_oe", torch.full((n,), float(sigma), dtype=dtype))
+        sigma = thermal_field_sigma_oe(array.oscillator_parameters()[3], self.noise.temperature_k,
+                                       dev.gyromagnetic_ratio_rad_per_oe_s, dev.saturation_magnetization_emu_cm3,
+                                       dev.volume_cm3, self.dt_s)
+        self.register_buffer("thermal_sigma_oe", torch.as_tensor(sigma, dtype=dtype))
+        self.noise_enabled = True
         self.reset(0)
 
     # -- interface -----------------------------------------------------------------------
@@ -88,6 +94,15 @@ class CoupledSTOArray(Substrate):
     def _stochastic(self) -> bool:
         return (self.noise.temperature_k > 0 or self.noise.dynamical_snr_db is not None
                 or self.observation_snr_db is not None)
+
+    @contextlib.contextmanager
+    def noise_suspended(self) -> Iterator[None]:
+        """Run without observation, dynamical and thermal noise inside the block (noiseless training)."""
+        previous, self.noise_enabled = self.noise_enabled, False
+        try:
+            yield
+        finally:
+            self.noise_enabled = previous
 
     def describe(self) -> SubstrateDescription:
         n = self.array.n_oscillators
@@ -111,6 +126,7 @@ class CoupledSTOArray(Substrate):
             "dynamical_snr_db": "none" if self.noise.dynamical_snr_db is None else self.noise.dynamical_snr_db,
             "observation_snr_db": "none" if self.observation_snr_db is None else self.observation_snr_db,
             "device": self.array.device.name,
+            "variability": 0.0 if self.array.variability is None else self.array.variability.damping,
             "dtype": str(self.dtype).removeprefix("torch."),
         }
         return cfg
@@ -145,9 +161,10 @@ class CoupledSTOArray(Substrate):
             raise ValueError(f"state dtype {state.dtype} differs from the substrate's {self.dtype}")
         m = state.reshape(state.shape[0], n, 3)
         seed = self._next_seed()
-        dyn = self.noise.dynamical_snr_db
+        noise = self.noise if self.noise_enabled else NoiseSettings()
+        dyn = noise.dynamical_snr_db
         dyn_on = dyn is not None and math.isfinite(dyn)
-        dynamics_noisy = self.noise.temperature_k > 0 or dyn_on
+        dynamics_noisy = noise.temperature_k > 0 or dyn_on
         if torch.is_grad_enabled() and state.requires_grad and not dynamics_noisy:
             # exact gradient of the discrete RK4 map through the Numba adjoint
             out = sto_flow(m, self.array, self.n_steps, self.dt_s)
@@ -156,18 +173,18 @@ class CoupledSTOArray(Substrate):
             out = evolve_torch(
                 m, self.n_steps, self.dt_s, self.coupling_t if self.array.coupling_oe != 0 else None, self.osc,
                 self.array.device.torque_asymmetry, self.p,
-                thermal_sigma_oe=self.thermal_sigma_oe if self.noise.temperature_k > 0 else None,
+                thermal_sigma_oe=self.thermal_sigma_oe if noise.temperature_k > 0 else None,
                 dynamical_factor=snr_noise_factor(dyn) if dyn_on else None, generator=gen)
         else:
             final, _, _ = evolve(self.array, m.detach().cpu().numpy().astype(np.float64), self.n_steps, self.dt_s,
-                                 noise=self.noise, seed=seed, dtype=_DTYPES[self.dtype])
+                                 noise=noise, seed=seed, dtype=_DTYPES[self.dtype])
             out = torch.from_numpy(final).to(device=state.device, dtype=self.dtype)
         return out.reshape(state.shape)
 
     def readout(self, state: torch.Tensor) -> torch.Tensor:
         """The 3N components of m, with observation noise of variance var(state)/10^(SNR/10) when set."""
         snr = self.observation_snr_db
-        if snr is None or not math.isfinite(snr):
+        if snr is None or not math.isfinite(snr) or not self.noise_enabled:
             return state
         gen = torch.Generator(device=state.device).manual_seed(self._next_seed())
         sigma = state.detach().std(unbiased=False) * snr_noise_factor(snr)

@@ -1,0 +1,532 @@
+"""Point kinds of a sweep: what one grid point runs, which parameters it takes, what it returns.
+
+A :class:`PointKind` bundles
+
+- ``config``: a pydantic model (extra keys forbidden) validated for every point before any work
+  starts; quantities with units are strings in the spec ("500 Oe") and floats in internal units
+  (Oe, s, A, K, dB) once validated;
+- ``run(config) -> {output name: float or 1-D array}``: executed in a worker process;
+- ``outputs``: the variables it returns, each with ``units`` and ``long_name``;
+- ``extra_dims(configs)``: coordinates of output dimensions beyond the grid (``epoch``, ``exponent``).
+
+Kinds: ``train`` (a :class:`~stosim.training.TrainConfig` run), ``mle`` (leading Lyapunov exponents of
+a substrate's autonomous dynamics), ``simulate`` (statistics of a coupled STO array's free run).
+Adding a kind (``ftmle``) is one ``run`` function and one entry in :func:`point_kinds`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import tempfile
+import time
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from stosim.training import TrainConfig
+from stosim.units import UnitError, parse_quantity
+
+__all__ = ["PointKind", "Output", "point_kinds", "get_kind", "parameter_metadata", "DeviceOverrides",
+           "TrainPoint", "MLEPoint", "SimulatePoint", "execute_point", "resolve_device", "device_toml",
+           "STO_SUBSTRATES", "TEXT_UNITS"]
+
+STO_SUBSTRATES = frozenset({"sto", "cnn-sto", "deep-sto"})
+TEXT_UNITS = "n/a"  # the `units` attribute of text variables and categorical coordinates
+
+# dimension of each quantity that must carry a unit in a spec; "time" applies to STO substrates only
+# (Lorenz 96 time is in model time units, FFESN time in steps: plain numbers there)
+DIMENSIONAL = MappingProxyType({
+    "coupling": "field", "current": "current", "temperature": "temperature", "applied_field": "field",
+    "anisotropy_field": "field", "duration": "time", "dt": "time", "transient": "time",
+})
+TIME_KEYS = frozenset({"duration", "dt", "transient"})
+
+# units (internal) and long names of parameters; "time" units depend on the substrate
+_PARAMETERS = MappingProxyType({
+    "coupling": ("Oe", "coupling strength mu"),
+    "current": ("A", "bias current I"),
+    "duration": ("time", "evolution time T"),
+    "dt": ("time", "time step dt"),
+    "transient": ("time", "discarded transient"),
+    "temperature": ("K", "temperature"),
+    "dynamical_snr": ("dB", "dynamical noise SNR"),
+    "observation_snr": ("dB", "observation noise SNR"),
+    "spectral_radius": ("1", "FFESN spectral radius rho"),
+    "density": ("1", "FFESN connection density"),
+    "steps": ("1", "FFESN steps K"),
+    "forcing": ("1", "Lorenz 96 forcing F"),
+    "n": ("1", "reservoir size N (oscillators / nodes / sites)"),
+    "hidden": ("1", "hidden units"),
+    "applied_field": ("Oe", "applied field H_appl along +z"),
+    "anisotropy_field": ("Oe", "interfacial anisotropy field H_K"),
+    "damping": ("1", "Gilbert damping alpha"),
+    "polarization": ("1", "spin polarization eta"),
+    "torque_asymmetry": ("1", "spin-torque asymmetry lambda"),
+    "tmr_ratio": ("1", "TMR ratio (R_AP - R_P)/R_P"),
+    "lr": ("1", "learning rate"),
+    "momentum": ("1", "SGD momentum"),
+    "epochs": ("1", "training epochs"),
+    "batch_size": ("1", "batch size"),
+    "limit_train": ("1", "training samples"),
+    "limit_test": ("1", "test samples"),
+    "ridge_alpha": ("1", "ridge regularization alpha"),
+    "conv_channels": ("1", "convolution channels"),
+    "n_exponents": ("1", "number of Lyapunov exponents"),
+    "save_every": ("1", "steps between recorded states"),
+    "substrate": (TEXT_UNITS, "substrate"),
+    "dataset": (TEXT_UNITS, "dataset"),
+    "optimizer": (TEXT_UNITS, "optimizer"),
+    "device": (TEXT_UNITS, "device file"),
+    "dtype": (TEXT_UNITS, "floating-point type"),
+    "readout_only": ("1", "readout-only ridge training (1 = true)"),
+})
+
+
+def time_units(substrate: str, kind: str) -> str:
+    """Internal unit of duration / dt / transient for ``substrate`` in a ``kind`` point."""
+    if substrate in STO_SUBSTRATES:
+        return "s"
+    if substrate == "lorenz96":
+        return "model time unit"
+    if substrate == "ffesn" and kind == "mle":
+        return "step"
+    return "1"
+
+
+def parameter_metadata(key: str, substrate: str = "sto", kind: str = "train") -> tuple[str, str]:
+    """(units, long_name) of a swept parameter."""
+    units, long_name = _PARAMETERS.get(key, ("1", key.replace("_", " ")))
+    if units == "time":
+        units = time_units(substrate, kind)
+    return units, long_name
+
+
+def check_raw_quantity(key: str, value: Any, substrate: str) -> None:
+    """A dimensional value in a spec must be a string with a unit (STO times) or a plain number (other times).
+
+    Raises ValueError naming the key and the accepted units.
+    """
+    dimension = DIMENSIONAL.get(key)
+    if dimension is None:
+        return
+    if key in TIME_KEYS and substrate not in STO_SUBSTRATES:
+        if isinstance(value, str):
+            raise ValueError(f"{key}: {substrate} time is a plain number ({time_units(substrate, 'mle')}s), "
+                             f"not {value!r}")
+        return
+    parse_quantity(value, dimension, name=key)  # raises UnitError (a ValueError) naming the key
+
+
+# ----------------------------------------------------------------------------------------------
+# point configurations
+# ----------------------------------------------------------------------------------------------
+
+def _unit(dimension: str):
+    def parse(cls, value: Any, info) -> Any:  # noqa: ANN001
+        if isinstance(value, str):
+            try:
+                return parse_quantity(value, dimension, name=info.field_name)
+            except UnitError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    return parse
+
+
+class DeviceOverrides(BaseModel):
+    """Device parameters that replace the device file's (STO substrates only); None: the file's value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    applied_field: float | None = Field(default=None, ge=-1e5, le=1e5, description="H_appl along +z, Oe")
+    anisotropy_field: float | None = Field(default=None, ge=0, le=1e6, description="H_K, Oe")
+    damping: float | None = Field(default=None, gt=0, lt=1, description="Gilbert damping alpha")
+    polarization: float | None = Field(default=None, gt=0, le=1, description="spin polarization eta")
+    torque_asymmetry: float | None = Field(default=None, gt=-1, lt=1, description="lambda")
+    tmr_ratio: float | None = Field(default=None, ge=0, le=10, description="(R_AP - R_P)/R_P")
+
+    _fields_oe = field_validator("applied_field", "anisotropy_field", mode="before")(_unit("field"))
+
+    def device_overrides(self) -> dict[str, float]:
+        """DeviceParameters field -> value for the overrides that are set."""
+        names = {"applied_field": "applied_field_oe", "anisotropy_field": "anisotropy_field_oe", "damping": "damping",
+                 "polarization": "polarization", "torque_asymmetry": "torque_asymmetry", "tmr_ratio": "tmr_ratio"}
+        return {names[k]: float(getattr(self, k)) for k in names if getattr(self, k) is not None}
+
+
+@functools.lru_cache(maxsize=32)
+def _load_device(path: str | None):
+    from stosim.config import load_device
+
+    return load_device(path)
+
+
+def resolve_device(device: str | None, overrides: Mapping[str, float]):
+    """DeviceParameters of the file ``device`` (None: the seed study's pMTJ) with ``overrides`` applied."""
+    dev = _load_device(device)
+    return dev.replace(**overrides) if overrides else dev
+
+
+def device_toml(dev) -> str:  # noqa: ANN001
+    """A device file (``devices/*.toml`` schema) that loads back to exactly ``dev``."""
+    import json
+
+    p = ", ".join(repr(float(c)) for c in dev.reference_direction)
+    return "\n".join([
+        f"name = {json.dumps(dev.name)}",
+        'description = "written by stosim sweep: a device file with overridden parameters"',
+        "[free_layer]",
+        f'saturation_magnetization = "{dev.saturation_magnetization_emu_cm3!r} emu/cm^3"',
+        f'anisotropy_field = "{dev.anisotropy_field_oe!r} Oe"',
+        f"damping = {dev.damping!r}",
+        f'radius = "{dev.radius_cm!r} cm"',
+        f'thickness = "{dev.thickness_cm!r} cm"',
+        f'gyromagnetic_ratio = "{dev.gyromagnetic_ratio_rad_per_oe_s!r} rad/(Oe s)"',
+        "[spin_torque]",
+        f"polarization = {dev.polarization!r}",
+        f"asymmetry = {dev.torque_asymmetry!r}",
+        f'current = "{dev.current_a!r} A"',
+        "[reference_layer]",
+        f"direction = [{p}]",
+        "[applied_field]",
+        f'z = "{dev.applied_field_oe!r} Oe"',
+        "[tmr]",
+        f'parallel_resistance = "{dev.parallel_resistance_ohm!r} Ohm"',
+        f"tmr_ratio = {dev.tmr_ratio!r}",
+        "",
+    ])
+
+
+class _STOPointMixin:
+    def check_device(self) -> None:
+        """Load the device file and apply the overrides (raises naming the parameter when out of range)."""
+        substrate = getattr(self, "substrate", "sto")
+        if substrate in STO_SUBSTRATES:
+            resolve_device(self.device, self.device_overrides())
+
+
+class TrainPoint(TrainConfig, DeviceOverrides, _STOPointMixin):
+    """A ``train`` point: every :class:`~stosim.training.TrainConfig` key plus device overrides."""
+
+    @model_validator(mode="after")
+    def _overrides_need_sto(self) -> "TrainPoint":
+        if self.device_overrides() and self.substrate not in STO_SUBSTRATES:
+            keys = ", ".join(k for k in DeviceOverrides.model_fields if getattr(self, k) is not None)
+            raise ValueError(f"{keys}: device parameters apply to STO substrates only, not substrate = "
+                             f"{self.substrate!r}")
+        return self
+
+    def train_config(self, device: str | None = None) -> TrainConfig:
+        fields = {k: getattr(self, k) for k in TrainConfig.model_fields}
+        if device is not None:
+            fields["device"] = device
+        return TrainConfig(**fields)
+
+
+def _time_validator(cls, value: Any, info) -> Any:  # noqa: ANN001
+    if isinstance(value, str):
+        substrate = info.data.get("substrate", "sto")
+        if substrate not in STO_SUBSTRATES:
+            raise ValueError(f"{substrate} time is a plain number, not {value!r}")
+        try:
+            return parse_quantity(value, "time", name=info.field_name)
+        except UnitError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+class MLEPoint(DeviceOverrides, _STOPointMixin):
+    """An ``mle`` point: leading Lyapunov exponents (QR method) of a substrate's autonomous dynamics.
+
+    Times: STO in s (unit strings, e.g. "200 ns"), Lorenz 96 in model time, FFESN in steps;
+    None: the defaults of :data:`stosim.analysis.run_lyapunov.LYAPUNOV_DEFAULTS`.
+    """
+
+    substrate: Literal["sto", "ffesn", "lorenz96"] = "sto"
+    n: int | None = Field(default=None, ge=1, le=100_000)
+    dt: float | None = Field(default=None, gt=0)
+    duration: float | None = Field(default=None, gt=0)
+    transient: float | None = Field(default=None, ge=0)
+    n_exponents: int = Field(default=1, ge=1, le=10_000)
+    coupling: float = Field(default=500.0, ge=-1e6, le=1e6, description="mu, Oe")
+    current: float | None = Field(default=None, ge=-1, le=1, description="A")
+    device: str | None = None
+    spectral_radius: float = Field(default=1.2, gt=0, le=10)
+    density: float = Field(default=0.5, gt=0, le=1)
+    forcing: float = Field(default=8.0, ge=-1e3, le=1e3)
+    seed: int = Field(default=0, ge=0)
+
+    _coupling = field_validator("coupling", mode="before")(_unit("field"))
+    _current = field_validator("current", mode="before")(_unit("current"))
+    _times = field_validator("dt", "duration", "transient", mode="before")(_time_validator)
+
+    @model_validator(mode="after")
+    def _check(self) -> "MLEPoint":
+        if self.device_overrides() and self.substrate != "sto":
+            raise ValueError(f"device parameters apply to substrate = 'sto' only, not {self.substrate!r}")
+        return self
+
+
+class SimulatePoint(DeviceOverrides, _STOPointMixin):
+    """A ``simulate`` point: a free run of N coupled STOs from a random (seeded) initial state."""
+
+    n: int = Field(default=10, ge=1, le=100_000)
+    coupling: float = Field(default=500.0, ge=-1e6, le=1e6, description="mu, Oe")
+    current: float | None = Field(default=None, ge=-1, le=1, description="A")
+    duration: float = Field(default=20e-9, gt=0, description="s")
+    dt: float = Field(default=1e-12, gt=0, description="s")
+    transient: float = Field(default=0.0, ge=0, description="s, excluded from the statistics")
+    save_every: int = Field(default=10, ge=1)
+    temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
+    dynamical_snr: float | None = None
+    observation_snr: float | None = None
+    device: str | None = None
+    dtype: Literal["float32", "float64"] = "float64"
+    seed: int = Field(default=0, ge=0)
+
+    _coupling = field_validator("coupling", mode="before")(_unit("field"))
+    _current = field_validator("current", mode="before")(_unit("current"))
+    _temperature = field_validator("temperature", mode="before")(_unit("temperature"))
+    _times = field_validator("dt", "duration", "transient", mode="before")(_time_validator)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SimulatePoint":
+        if self.transient >= self.duration:
+            raise ValueError(f"transient = {self.transient:g} s must be shorter than duration = {self.duration:g} s")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# the kinds
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """An output variable: ``units`` is a string or a function of a point configuration."""
+
+    name: str
+    units: str | Callable[[BaseModel], str]
+    long_name: str
+    extra_dims: tuple[str, ...] = ()
+
+    def units_for(self, config: BaseModel) -> str:
+        return self.units(config) if callable(self.units) else self.units
+
+
+@dataclasses.dataclass(frozen=True)
+class PointKind:
+    """What a grid point of a sweep runs (see the module docstring)."""
+
+    name: str
+    config: type[BaseModel]
+    run: Callable[[Any], dict[str, Any]]
+    outputs: tuple[Output, ...]
+    extra_dims: Callable[[list[Any]], dict[str, np.ndarray]] = lambda configs: {}
+    description: str = ""
+
+    @property
+    def substrate_default(self) -> str:
+        field = self.config.model_fields.get("substrate")
+        return field.default if field is not None else "sto"
+
+
+EXTRA_DIM_ATTRS = MappingProxyType({
+    "epoch": {"units": "1", "long_name": "training epoch"},
+    "exponent": {"units": "1", "long_name": "Lyapunov exponent index (1: the largest)"},
+})
+
+
+def _run_train(cfg: TrainPoint) -> dict[str, Any]:
+    from stosim.training import train
+
+    overrides = cfg.device_overrides()
+    with tempfile.TemporaryDirectory(prefix="stosim-sweep-") as tmp:
+        device = None
+        if overrides and cfg.substrate in STO_SUBSTRATES:
+            device = str(Path(tmp) / "device.toml")
+            Path(device).write_text(device_toml(resolve_device(cfg.device, overrides)), encoding="utf-8")
+        result = train(cfg.train_config(device))
+    history = result.history
+    return {
+        "test_accuracy": result.test_accuracy,
+        "best_test_accuracy": result.best_test_accuracy,
+        "final_train_accuracy": history[-1]["train_accuracy"],
+        "epochs_to_converge": result.epochs_to_converge,
+        "epochs_run": result.epochs,
+        "test_accuracy_curve": np.array([h["test_accuracy"] for h in history], dtype=np.float64),
+    }
+
+
+def _train_epochs(configs: list[TrainPoint]) -> dict[str, np.ndarray]:
+    return {"epoch": np.arange(1, max(c.epochs for c in configs) + 1)}
+
+
+_TRAIN = PointKind(
+    name="train",
+    config=TrainPoint,
+    run=_run_train,
+    outputs=(
+        Output("test_accuracy", "1", "test accuracy after the last epoch (fraction)"),
+        Output("best_test_accuracy", "1", "best test accuracy over the epochs (fraction)"),
+        Output("final_train_accuracy", "1", "training accuracy in the last epoch (fraction)"),
+        Output("epochs_to_converge", "1", "first epoch with test accuracy within 0.5 percentage points of the best"),
+        Output("epochs_run", "1", "epochs trained (1 for a ridge readout)"),
+        Output("test_accuracy_curve", "1", "test accuracy after each epoch (fraction)", ("epoch",)),
+    ),
+    extra_dims=_train_epochs,
+    description="train a reservoir model (stosim.training.train) and evaluate it",
+)
+
+
+def _rate_units(cfg: BaseModel) -> str:
+    unit = time_units(cfg.substrate, "mle")
+    return {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step"}[unit]
+
+
+def _run_mle(cfg: MLEPoint) -> dict[str, Any]:
+    from stosim.analysis.run_lyapunov import substrate_lyapunov
+
+    device = resolve_device(cfg.device, cfg.device_overrides()) if cfg.substrate == "sto" else None
+    result = substrate_lyapunov(cfg.substrate, n_exponents=cfg.n_exponents, duration=cfg.duration,
+                                transient=cfg.transient, seed=cfg.seed, n=cfg.n, dt=cfg.dt,
+                                coupling_oe=cfg.coupling, current_a=cfg.current, device=device,
+                                spectral_radius=cfg.spectral_radius, density=cfg.density, forcing=cfg.forcing)
+    return {
+        "mle": result.mle,
+        "mle_standard_error": float(result.standard_error[0]),
+        "mle_relative_change_last_quarter": float(result.relative_change_last_quarter[0]),
+        "lyapunov_exponents": np.asarray(result.exponents, dtype=np.float64),
+        "kaplan_yorke_dimension": result.kaplan_yorke_dimension,
+        "ks_entropy": result.ks_entropy,
+    }
+
+
+_MLE = PointKind(
+    name="mle",
+    config=MLEPoint,
+    run=_run_mle,
+    outputs=(
+        Output("mle", _rate_units, "maximum Lyapunov exponent"),
+        Output("mle_standard_error", _rate_units, "standard error of the MLE (20 blocks)"),
+        Output("mle_relative_change_last_quarter", "1", "relative change of the running MLE over the last quarter"),
+        Output("lyapunov_exponents", _rate_units, "leading Lyapunov exponents (descending)", ("exponent",)),
+        Output("kaplan_yorke_dimension", "1", "Kaplan-Yorke dimension of the computed exponents"),
+        Output("ks_entropy", _rate_units, "KS entropy bound (sum of the positive computed exponents)"),
+    ),
+    extra_dims=lambda configs: {"exponent": np.arange(1, max(c.n_exponents for c in configs) + 1)},
+    description="Lyapunov exponents of a substrate's autonomous dynamics (stosim.analysis.run_lyapunov)",
+)
+
+
+def _run_simulate(cfg: SimulatePoint) -> dict[str, Any]:
+    from stosim.physics.array import STOArray
+    from stosim.simulation import random_initial_state, simulate, steps_for_duration
+
+    dev = resolve_device(cfg.device, cfg.device_overrides())
+    array = STOArray.generate(dev, cfg.n, cfg.coupling, seed=cfg.seed, current_a=cfg.current)
+    save_every = min(cfg.save_every, steps_for_duration(cfg.duration, cfg.dt))
+    traj = simulate(array, random_initial_state(cfg.n, cfg.seed), cfg.duration, cfg.dt, save_every=save_every,
+                    temperature_k=cfg.temperature, dynamical_snr_db=cfg.dynamical_snr,
+                    observation_snr_db=cfg.observation_snr, seed=cfg.seed,
+                    dtype=np.float32 if cfg.dtype == "float32" else np.float64)
+    keep = traj.time_s >= cfg.transient - 1e-9 * cfg.dt
+    m = traj.m[keep, 0].astype(np.float64)  # (S, N, 3)
+    v = traj.tmr_voltage_v[keep, 0].astype(np.float64)  # (S, N)
+    mx = m[..., 0]
+    return {
+        "tmr_voltage_mean": float(v.mean()),
+        "tmr_voltage_std": float(v.std()),
+        "mx_mean": float(mx.mean()),
+        "mx_std": float(mx.std()),
+        "mx_amplitude": float(mx.std(axis=0).mean()),
+        "mx_mean_field_std": float(mx.mean(axis=1).std()),
+        "mz_mean": float(m[..., 2].mean()),
+        "measured_dynamical_snr": (math.nan if traj.measured_dynamical_snr_db is None
+                                   else float(traj.measured_dynamical_snr_db)),
+        "recorded_states": int(keep.sum()),
+    }
+
+
+_SIMULATE = PointKind(
+    name="simulate",
+    config=SimulatePoint,
+    run=_run_simulate,
+    outputs=(
+        Output("tmr_voltage_mean", "V", "TMR output voltage, mean over time (after the transient) and oscillators"),
+        Output("tmr_voltage_std", "V", "TMR output voltage, standard deviation over time and oscillators"),
+        Output("mx_mean", "1", "m_x, mean over time and oscillators"),
+        Output("mx_std", "1", "m_x, standard deviation over time and oscillators"),
+        Output("mx_amplitude", "1", "m_x, standard deviation over time, averaged over oscillators"),
+        Output("mx_mean_field_std", "1", "array-mean m_x, standard deviation over time (collective oscillation)"),
+        Output("mz_mean", "1", "m_z, mean over time and oscillators"),
+        Output("measured_dynamical_snr", "dB", "measured dynamical noise SNR (NaN without dynamical noise)"),
+        Output("recorded_states", "1", "recorded states in the statistics"),
+    ),
+    description="free run of a coupled STO array (stosim.simulate), summary statistics",
+)
+
+
+# --- registration point for the FTMLE kind (stosim.analysis.ftmle) -----------------------------
+# To add it: define FTMLEPoint (a pydantic model like MLEPoint), `_run_ftmle(cfg) -> {name: value}` that
+# calls stosim.analysis.ftmle.substrate_ftmle(...), and a PointKind(name="ftmle", ...) in the table below.
+
+
+@functools.lru_cache(maxsize=1)
+def point_kinds() -> Mapping[str, PointKind]:
+    """The point kinds by name (read-only)."""
+    kinds = {k.name: k for k in (_TRAIN, _MLE, _SIMULATE)}
+    return MappingProxyType(kinds)
+
+
+def get_kind(name: str) -> PointKind:
+    try:
+        return point_kinds()[name]
+    except KeyError:
+        raise ValueError(f"kind = {name!r}; valid: {', '.join(point_kinds())}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# execution in a worker
+# ----------------------------------------------------------------------------------------------
+
+def _one_thread() -> None:
+    """One compute thread for torch and Numba in this process (BLAS is limited around the run)."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    try:
+        import numba
+
+        numba.set_num_threads(1)
+    except (ImportError, ValueError):  # pragma: no cover
+        pass
+
+
+def execute_point(kind_name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Run one point in this process; never raises for a failing point.
+
+    Returns ``{"status": "done", "values": {...}, "wall_time_s": ...}`` or
+    ``{"status": "failed", "error": "ExceptionType: message", "wall_time_s": ...}``.
+    """
+    import traceback
+
+    from threadpoolctl import threadpool_limits
+
+    t0 = time.perf_counter()
+    try:
+        _one_thread()
+        kind = get_kind(kind_name)
+        cfg = kind.config.model_validate(config)
+        with threadpool_limits(limits=1):
+            values = kind.run(cfg)
+    except Exception as exc:  # noqa: BLE001  (recorded per point; the sweep goes on)
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:"
+                                             f"{where.lineno})", "wall_time_s": time.perf_counter() - t0}
+    return {"status": "done", "values": values, "wall_time_s": time.perf_counter() - t0}

@@ -1,0 +1,68 @@
+"""Noise and device-to-device variability in the coupled STO reservoir."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stosim.physics.array import STOArray, Variability
+from stosim.substrates.sto_array import CoupledSTOArray
+from stosim.training import TrainConfig, train
+
+SMALL = dict(dataset="digits", limit_train=150, limit_test=60, batch_size=50, n=8, duration="20 ps", epochs=2)
+
+
+def _readin(n: int, batch: int = 4) -> torch.Tensor:
+    return torch.randn(batch, 3 * n, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+
+def test_zero_noise_reproduces_the_noiseless_run_exactly():
+    clean = CoupledSTOArray(n=10, duration_s=50e-12, seed=2)
+    zero = CoupledSTOArray(n=10, duration_s=50e-12, seed=2, temperature_k=0.0, dynamical_snr_db=float("inf"),
+                           observation_snr_db=float("inf"), variability=0.0)
+    u = _readin(10)
+    np.testing.assert_array_equal(clean(u).numpy(), zero(u).numpy())
+
+
+def test_readout_observation_noise_has_the_requested_snr():
+    sub = CoupledSTOArray(n=50, duration_s=20e-12, seed=1, observation_snr_db=15.0)
+    u = _readin(50, batch=64)
+    sub.reset(0)
+    with torch.no_grad():
+        noisy = sub(u)
+        with sub.noise_suspended():
+            clean = sub(u)
+    measured = 10 * np.log10(clean.var(unbiased=False).item() / (noisy - clean).var(unbiased=False).item())
+    assert measured == pytest.approx(15.0, abs=0.2)
+
+
+def test_variability_zero_gives_identical_devices_and_spread_is_as_requested(device):
+    none = STOArray.generate(device, 500, 100.0, seed=0).oscillator_parameters()
+    zero = STOArray.generate(device, 500, 100.0, seed=0, variability=Variability.uniform(0.0)).oscillator_parameters()
+    np.testing.assert_array_equal(none, zero)
+    assert np.all(none == none[:, :1])  # every oscillator the same device
+    varied = STOArray.generate(device, 500, 100.0, seed=0, variability=Variability.uniform(0.05, seed=4))
+    table = varied.oscillator_parameters()
+    alpha = table[3] / device.damping
+    torque = table[2] / none[2]
+    assert np.std(alpha) == pytest.approx(0.05, rel=0.15)  # 500 draws: std known to ~3 %
+    assert np.std(torque) == pytest.approx(0.05, rel=0.15)
+    h_k = table[1] + 4 * np.pi * device.saturation_magnetization_emu_cm3
+    assert np.std(h_k / device.anisotropy_field_oe) == pytest.approx(0.05, rel=0.15)
+    again = STOArray.generate(device, 500, 100.0, seed=0, variability=Variability.uniform(0.05, seed=4))
+    np.testing.assert_array_equal(table, again.oscillator_parameters())
+    with pytest.raises(ValueError, match=r"variability of damping = 0.9"):
+        Variability(damping=0.9)
+
+
+def test_noiseless_training_evaluated_under_noise():
+    noisy_cfg = dict(SMALL, temperature=300.0, dynamical_snr=10.0, observation_snr=5.0)
+    plain = train(TrainConfig(**SMALL))
+    quiet = train(TrainConfig(**noisy_cfg, train_with_noise=False))
+    trained = [k for k, _ in plain.model.named_parameters()]
+    for k in trained:  # trained without noise: the same weights
+        assert torch.equal(plain.model.state_dict()[k], quiet.model.state_dict()[k]), k
+    # the final train accuracy is measured under noise too, so it differs from the noiseless run
+    noisy = train(TrainConfig(**noisy_cfg))
+    assert any(not torch.equal(plain.model.state_dict()[k], noisy.model.state_dict()[k]) for k in trained)
