@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=str, default=None, help="STO thermal noise, e.g. '300 K'")
     p.add_argument("--dynamical-snr", type=float, default=None, metavar="DB")
     p.add_argument("--observation-snr", type=float, default=None, metavar="DB")
+    p.add_argument("--variability", type=float, default=None, help="relative spread of each STO's H_K, alpha, I")
+    p.add_argument("--noiseless-training", action="store_false", dest="train_with_noise", default=None,
+                   help="train without the noise, evaluate with it (default: both with noise)")
     p.add_argument("--out", type=Path, default=Path("data/train"), help="output folder (default data/train)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print one final JSON line")
@@ -202,7 +205,8 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
 
 _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "limit_test", "epochs", "batch_size",
                "lr", "optimizer", "seed", "dtype", "readout_only", "n", "hidden", "coupling", "current", "duration",
-               "dt", "device", "spectral_radius", "steps", "forcing", "temperature", "dynamical_snr", "observation_snr")
+               "dt", "device", "spectral_radius", "steps", "forcing", "temperature", "dynamical_snr", "observation_snr",
+               "variability", "train_with_noise")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
