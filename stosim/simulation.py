@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, run_chunks
+from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, run_chunk, run_chunks
 from stosim.integrate.chunks import chunk_count as _chunk_count, from_chunks as _from_chunks, to_chunks as _to_chunks
 from stosim.integrate.threads import single_threaded_blas as _single_threaded_blas
 from stosim.physics.array import STOArray
@@ -171,7 +171,10 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
     method = METHOD_HEUN if thermal else METHOD_RK4
 
     per_step = 3 * n_batch * n_osc
-    chunk = max(1, NOISE_CHUNK_VALUES // per_step) if (thermal or dynamical) else max(1, -(-n_steps // 100))
+    if thermal or dynamical:
+        chunk = max(1, NOISE_CHUNK_VALUES // per_step)  # bounded memory for the random numbers
+    else:
+        chunk = n_steps if progress is None else max(1, -(-n_steps // 100))
     done = 0
     with _single_threaded_blas():
         while done < n_steps:
@@ -180,9 +183,14 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
                            if thermal else dummy)
             state_noise = (_to_chunks(rng_dyn.standard_normal((k, n_batch, n_osc, 3), dtype=dtype), n_chunks, lead=1)
                            if dynamical else dummy)
-            run_chunks(m, coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s), k, method,
-                       save_every if save_every else n_steps + 1, done, traj,
-                       field_noise, thermal, sigma_th, state_noise, dynamical, factor, stats, result)
+            args = (coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s), k, method,
+                    save_every if save_every else n_steps + 1, done)
+            if n_chunks == 1:  # no parallel region: it would wait on idle threads at every call
+                result[0] = run_chunk(m[0], *args, traj[0], field_noise[0], thermal, sigma_th, state_noise[0],
+                                      dynamical, factor, stats[0])
+            else:
+                run_chunks(m, *args, traj, field_noise, thermal, sigma_th, state_noise, dynamical, factor, stats,
+                           result)
             failed = np.flatnonzero(result[:, 0] >= 0)
             if failed.size:
                 c = int(failed[0])

@@ -73,8 +73,9 @@ class Lorenz96Tangent(TangentSystem):
 
     @classmethod
     def from_substrate(cls, substrate) -> "Lorenz96Tangent":
-        """The tangent system of a :class:`~stosim.substrates.lorenz96.Lorenz96` substrate (same N, F, dt)."""
-        return cls(substrate.n, substrate.forcing, dt=substrate.dt)
+        """The tangent system of a :class:`~stosim.substrates.lorenz96.Lorenz96` substrate: same N and F,
+        and the step its integrator actually takes, T / n_steps (= dt within a relative 1e-9)."""
+        return cls(substrate.n, substrate.forcing, dt=substrate.duration / substrate.n_steps)
 
     # -- vector field and its Jacobian-vector product (last axis = sites) ---------------------
     def vector_field(self, x: np.ndarray) -> np.ndarray:
@@ -82,7 +83,7 @@ class Lorenz96Tangent(TangentSystem):
         return (x[..., self._ip1] - x[..., self._im2]) * x[..., self._im1] - x + self.forcing
 
     def vector_field_jvp(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """(Df(x) v)_i = (v_{i+1} - v_{i-2}) x_{i-1} + (x_{i+1} - x_{i-2}) v_{i-1} - v_i; v of shape (..., N)."""
+        """(Df(x) v)_i = (v_{i+1} - v_{i-2}) x_{i-1} + (x_{i+1} - x_{i-2}) v_{i-1} - v_i; x (N,), v (..., N)."""
         ip1, im1, im2 = self._ip1, self._im1, self._im2
         return (v[..., ip1] - v[..., im2]) * x[im1] + (x[ip1] - x[im2]) * v[..., im1] - v
 

@@ -35,26 +35,27 @@ def _coupled_field(s, coupling_t, use_coupling, hx):
 def _step_vjp(m, g, coupling_t, coupling, use_coupling, osc, lam, p, dt, work, hxs, zero, g_hx, g_s, out):
     """out = (d m'/d m)^T g for one projected RK4 step from m (all (3, Bc, N))."""
     s2, s3, s4, k1, k2, k3, k4, gk = work[0], work[1], work[2], work[3], work[4], work[5], work[6], work[7]
-    half = dt * 0.5
+    consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(m.dtype)  # in working precision
+    half, c_zero, c_one = dt * consts[0], consts[3], consts[4]
     # recompute the stages (k_j via stage_accumulate with keep = 0, w = 1)
     _coupled_field(m, coupling_t, use_coupling, hxs[0])
-    stage_accumulate(m, m, hxs[0], zero, zero, osc, lam, p, half, 0.0, 1.0, k1, s2)
+    stage_accumulate(m, m, hxs[0], zero, zero, osc, lam, p, half, c_zero, c_one, k1, s2)
     _coupled_field(s2, coupling_t, use_coupling, hxs[1])
-    stage_accumulate(m, s2, hxs[1], zero, zero, osc, lam, p, half, 0.0, 1.0, k2, s3)
+    stage_accumulate(m, s2, hxs[1], zero, zero, osc, lam, p, half, c_zero, c_one, k2, s3)
     _coupled_field(s3, coupling_t, use_coupling, hxs[2])
-    stage_accumulate(m, s3, hxs[2], zero, zero, osc, lam, p, dt, 0.0, 1.0, k3, s4)
+    stage_accumulate(m, s3, hxs[2], zero, zero, osc, lam, p, dt, c_zero, c_one, k3, s4)
     _coupled_field(s4, coupling_t, use_coupling, hxs[3])
-    stage_accumulate(m, s4, hxs[3], zero, zero, osc, lam, p, 0.0, 0.0, 1.0, k4, gk)  # gk: scratch
+    stage_accumulate(m, s4, hxs[3], zero, zero, osc, lam, p, c_zero, c_zero, c_one, k4, gk)  # gk: scratch
     _, n_batch, n_osc = m.shape
-    sixth = dt / 6.0
-    third = dt / 3.0
+    sixth = dt * consts[1]
+    third = dt * consts[2]
     # g_u = (g - m'(m'.g))/|u|; out starts as g_u (the identity path m -> u)
     for b in range(n_batch):
         for i in range(n_osc):
             ux = m[0, b, i] + sixth * (k1[0, b, i] + k4[0, b, i]) + third * (k2[0, b, i] + k3[0, b, i])
             uy = m[1, b, i] + sixth * (k1[1, b, i] + k4[1, b, i]) + third * (k2[1, b, i] + k3[1, b, i])
             uz = m[2, b, i] + sixth * (k1[2, b, i] + k4[2, b, i]) + third * (k2[2, b, i] + k3[2, b, i])
-            inv = 1.0 / np.sqrt(ux * ux + uy * uy + uz * uz)
+            inv = c_one / np.sqrt(ux * ux + uy * uy + uz * uz)
             nx, ny, nz = ux * inv, uy * inv, uz * inv
             gx, gy, gz = g[0, b, i], g[1, b, i], g[2, b, i]
             dot = nx * gx + ny * gy + nz * gz

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from stosim.integrate.adjoint import adjoint_chunks
+from stosim.integrate.adjoint import adjoint_chunk, adjoint_chunks
 from stosim.integrate.chunks import chunk_count, from_chunks, to_chunks
 from stosim.integrate.sto_kernels import METHOD_RK4, run_chunks
 from stosim.integrate.threads import single_threaded_blas
@@ -85,8 +85,12 @@ class _STOFlow(torch.autograd.Function):
             flat[n_batch:] = 0.0
             g = np.ascontiguousarray(flat.reshape(g.shape[0], g.shape[2], 3, g.shape[3]).transpose(0, 2, 1, 3))
         with single_threaded_blas():
-            adjoint_chunks(ckpt, g, prm.coupling_t, prm.coupling, prm.use_coupling, prm.osc, prm.lam, prm.p, dt,
-                           n_steps, segment)
+            if n_chunks == 1:
+                adjoint_chunk(ckpt[0], g[0], prm.coupling_t, prm.coupling, prm.use_coupling, prm.osc, prm.lam, prm.p,
+                              dt, n_steps, segment)
+            else:
+                adjoint_chunks(ckpt, g, prm.coupling_t, prm.coupling, prm.use_coupling, prm.osc, prm.lam, prm.p, dt,
+                               n_steps, segment)
         grad_m0 = torch.from_numpy(from_chunks(g, n_batch)).to(grad_out.device)
         return grad_m0, None, None, None, None
 

@@ -94,9 +94,8 @@ def run_chunk(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
     acc = np.zeros_like(m)
     tmp = np.empty_like(m)
     tmp2 = np.empty_like(m)
-    half = dt * 0.5
-    sixth = 1.0 / 6.0
-    third = 1.0 / 3.0
+    consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(m.dtype)  # in working precision
+    half, sixth, third, zero, one = dt * consts[0], consts[1], consts[2], consts[3], consts[4]
     for k in range(n_steps):
         if has_field_noise:
             for b in range(n_batch):
@@ -106,18 +105,18 @@ def run_chunk(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
                     hz[b, i] = noise_sigma[i] * field_noise[k, 2, b, i]
         if method == METHOD_RK4:
             _coupling(m, coupling_t, use_coupling, hx, fx, has_field_noise)
-            stage_accumulate(m, m, hx, hy, hz, osc, lam, p, half, 0.0, sixth, acc, tmp)
+            stage_accumulate(m, m, hx, hy, hz, osc, lam, p, half, zero, sixth, acc, tmp)
             _coupling(tmp, coupling_t, use_coupling, hx, fx, has_field_noise)
-            stage_accumulate(m, tmp, hx, hy, hz, osc, lam, p, half, 1.0, third, acc, tmp2)
+            stage_accumulate(m, tmp, hx, hy, hz, osc, lam, p, half, one, third, acc, tmp2)
             _coupling(tmp2, coupling_t, use_coupling, hx, fx, has_field_noise)
-            stage_accumulate(m, tmp2, hx, hy, hz, osc, lam, p, dt, 1.0, third, acc, tmp)
+            stage_accumulate(m, tmp2, hx, hy, hz, osc, lam, p, dt, one, third, acc, tmp)
             _coupling(tmp, coupling_t, use_coupling, hx, fx, has_field_noise)
             bad = stage_final(m, tmp, hx, hy, hz, osc, lam, p, dt, sixth, acc, m)
         else:
             _coupling(m, coupling_t, use_coupling, hx, fx, has_field_noise)
-            stage_accumulate(m, m, hx, hy, hz, osc, lam, p, dt, 0.0, 0.5, acc, tmp)
+            stage_accumulate(m, m, hx, hy, hz, osc, lam, p, dt, zero, consts[0], acc, tmp)
             _coupling(tmp, coupling_t, use_coupling, hx, fx, has_field_noise)
-            bad = stage_final(m, tmp, hx, hy, hz, osc, lam, p, dt, 0.5, acc, m)
+            bad = stage_final(m, tmp, hx, hy, hz, osc, lam, p, dt, consts[0], acc, m)
         if bad >= 0:
             return k, bad
         if has_state_noise:

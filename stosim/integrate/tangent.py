@@ -23,19 +23,20 @@ def _tangent_step(m, t, coupling_t, use_coupling, osc, lam, p, dt, work, hx, thx
     """One projected RK4 step of (m, t) in place; m, t (3, B, N)."""
     s, ds, k1, k2, k3, k4, d1, d2, d3, d4, scratch = (work[0], work[1], work[2], work[3], work[4], work[5],
                                                       work[6], work[7], work[8], work[9], work[10])
-    half = dt * 0.5
+    consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(m.dtype)  # in working precision
+    half, c_zero, c_one = dt * consts[0], consts[3], consts[4]
     # stage 1
     if use_coupling:
         np.dot(m[0], coupling_t, hx)
         np.dot(t[0], coupling_t, thx)
-    stage_accumulate(m, m, hx, zero, zero, osc, lam, p, half, 0.0, 1.0, k1, s)
+    stage_accumulate(m, m, hx, zero, zero, osc, lam, p, half, c_zero, c_one, k1, s)
     stage_jvp(m, hx, zero, zero, t, thx, osc, lam, p, d1)
     ds[:] = t + half * d1
     # stage 2
     if use_coupling:
         np.dot(s[0], coupling_t, hx)
         np.dot(ds[0], coupling_t, thx)
-    stage_accumulate(m, s, hx, zero, zero, osc, lam, p, half, 0.0, 1.0, k2, scratch)
+    stage_accumulate(m, s, hx, zero, zero, osc, lam, p, half, c_zero, c_one, k2, scratch)
     stage_jvp(s, hx, zero, zero, ds, thx, osc, lam, p, d2)
     s[:] = scratch
     ds[:] = t + half * d2
@@ -43,7 +44,7 @@ def _tangent_step(m, t, coupling_t, use_coupling, osc, lam, p, dt, work, hx, thx
     if use_coupling:
         np.dot(s[0], coupling_t, hx)
         np.dot(ds[0], coupling_t, thx)
-    stage_accumulate(m, s, hx, zero, zero, osc, lam, p, dt, 0.0, 1.0, k3, scratch)
+    stage_accumulate(m, s, hx, zero, zero, osc, lam, p, dt, c_zero, c_one, k3, scratch)
     stage_jvp(s, hx, zero, zero, ds, thx, osc, lam, p, d3)
     s[:] = scratch
     ds[:] = t + dt * d3
@@ -51,11 +52,11 @@ def _tangent_step(m, t, coupling_t, use_coupling, osc, lam, p, dt, work, hx, thx
     if use_coupling:
         np.dot(s[0], coupling_t, hx)
         np.dot(ds[0], coupling_t, thx)
-    stage_accumulate(m, s, hx, zero, zero, osc, lam, p, 0.0, 0.0, 1.0, k4, scratch)
+    stage_accumulate(m, s, hx, zero, zero, osc, lam, p, c_zero, c_zero, c_one, k4, scratch)
     stage_jvp(s, hx, zero, zero, ds, thx, osc, lam, p, d4)
     _, n_batch, n_osc = m.shape
-    sixth = dt / 6.0
-    third = dt / 3.0
+    sixth = dt * consts[1]
+    third = dt * consts[2]
     for b in range(n_batch):
         for i in range(n_osc):
             ux = m[0, b, i] + sixth * (k1[0, b, i] + k4[0, b, i]) + third * (k2[0, b, i] + k3[0, b, i])
@@ -64,7 +65,7 @@ def _tangent_step(m, t, coupling_t, use_coupling, osc, lam, p, dt, work, hx, thx
             vx = t[0, b, i] + sixth * (d1[0, b, i] + d4[0, b, i]) + third * (d2[0, b, i] + d3[0, b, i])
             vy = t[1, b, i] + sixth * (d1[1, b, i] + d4[1, b, i]) + third * (d2[1, b, i] + d3[1, b, i])
             vz = t[2, b, i] + sixth * (d1[2, b, i] + d4[2, b, i]) + third * (d2[2, b, i] + d3[2, b, i])
-            inv = 1.0 / np.sqrt(ux * ux + uy * uy + uz * uz)
+            inv = c_one / np.sqrt(ux * ux + uy * uy + uz * uz)
             nx, ny, nz = ux * inv, uy * inv, uz * inv
             dot = nx * vx + ny * vy + nz * vz
             m[0, b, i] = nx

@@ -35,13 +35,14 @@ N_OSC_PARAMS = 5
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def llg_point(mx, my, mz, hx, hy, hz, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz):
+def llg_point(mx, my, mz, hx, hy, hz, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one):
     """dm/dt of one free layer (1/s); (hx, hy, hz) is the coupling + noise field in Oe.
 
-    The applied and anisotropy fields along z and the spin torque are added here.
+    The applied and anisotropy fields along z and the spin torque are added here. ``one`` is 1
+    in the working precision (float literals would promote float32 arithmetic to float64).
     """
     bz_h = hz + h_appl + hk_eff * mz
-    hs = hs0 / (1.0 + lam * (mx * px + my * py + mz * pz))
+    hs = hs0 / (one + lam * (mx * px + my * py + mz * pz))
     # B = H + H_s (p x m)
     bx = hx + hs * (py * mz - pz * my)
     by = hy + hs * (pz * mx - px * mz)
@@ -67,6 +68,7 @@ def stage_accumulate(m, ms, hx, hy, hz, osc, lam, p, a_next, keep, w, acc, nxt):
     _, n_batch, n_osc = m.shape
     h_appl, hk_eff, hs0, alpha, pref = osc[0], osc[1], osc[2], osc[3], osc[4]
     px, py, pz = p[0], p[1], p[2]
+    one = np.ones(1, dtype=m.dtype)[0]
     for b in range(n_batch):
         mx, my, mz = ms[0, b], ms[1, b], ms[2, b]
         m0x, m0y, m0z = m[0, b], m[1, b], m[2, b]
@@ -75,7 +77,7 @@ def stage_accumulate(m, ms, hx, hy, hz, osc, lam, p, a_next, keep, w, acc, nxt):
         fx, fy, fz = hx[b], hy[b], hz[b]
         for i in range(n_osc):
             kx, ky, kz = llg_point(mx[i], my[i], mz[i], fx[i], fy[i], fz[i],
-                                   h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz)
+                                   h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one)
             ax[i] = keep * ax[i] + w * kx
             ay[i] = keep * ay[i] + w * ky
             az[i] = keep * az[i] + w * kz
@@ -94,6 +96,7 @@ def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
     _, n_batch, n_osc = m.shape
     h_appl, hk_eff, hs0, alpha, pref = osc[0], osc[1], osc[2], osc[3], osc[4]
     px, py, pz = p[0], p[1], p[2]
+    one = np.ones(1, dtype=m.dtype)[0]
     for b in range(n_batch):
         mx, my, mz = ms[0, b], ms[1, b], ms[2, b]
         m0x, m0y, m0z = m[0, b], m[1, b], m[2, b]
@@ -103,11 +106,11 @@ def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
         n_bad = 0
         for i in range(n_osc):
             kx, ky, kz = llg_point(mx[i], my[i], mz[i], fx[i], fy[i], fz[i],
-                                   h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz)
+                                   h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one)
             x = m0x[i] + dt * (ax[i] + w * kx)
             y = m0y[i] + dt * (ay[i] + w * ky)
             z = m0z[i] + dt * (az[i] + w * kz)
-            inv = 1.0 / np.sqrt(x * x + y * y + z * z)
+            inv = one / np.sqrt(x * x + y * y + z * z)
             # inv is inf/NaN for a zero/NaN state and 0 when |.|^2 overflows: all are failures
             n_bad += (inv * 0.0 != 0.0) | (inv == 0.0)
             ox[i] = x * inv
@@ -116,7 +119,7 @@ def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
         if n_bad:
             for i in range(n_osc):
                 norm2 = ox[i] * ox[i] + oy[i] * oy[i] + oz[i] * oz[i]
-                if not abs(norm2 - 1.0) < 0.5:  # also catches NaN
+                if not abs(norm2 - one) < 0.5:  # also catches NaN
                     return b * n_osc + i
     return -1
 
@@ -131,7 +134,7 @@ def llg_rhs_batch(m, hx, osc, lam, p):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def llg_vjp_point(mx, my, mz, hx, hy, hz, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz):
+def llg_vjp_point(mx, my, mz, hx, hy, hz, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one):
     """Vector-Jacobian product of :func:`llg_point`: v^T (df/dm) and v^T (df/dh_x).
 
     f = -pref (a + alpha d), a = m x B, d = m x a, B = H + H_s q, q = p x m,
@@ -139,7 +142,7 @@ def llg_vjp_point(mx, my, mz, hx, hy, hz, vx, vy, vz, h_appl, hk_eff, hs0, alpha
     are g_u = w x g_c and g_w = g_c x u. Returns (g_mx, g_my, g_mz, g_hx).
     """
     mp = mx * px + my * py + mz * pz
-    den = 1.0 / (1.0 + lam * mp)
+    den = one / (one + lam * mp)
     hs = hs0 * den
     qx = py * mz - pz * my
     qy = pz * mx - px * mz
@@ -199,6 +202,7 @@ def stage_vjp(ms, hx, hy, hz, v, osc, lam, p, g_state, g_hx):
     _, n_batch, n_osc = ms.shape
     h_appl, hk_eff, hs0, alpha, pref = osc[0], osc[1], osc[2], osc[3], osc[4]
     px, py, pz = p[0], p[1], p[2]
+    one = np.ones(1, dtype=ms.dtype)[0]
     for b in range(n_batch):
         mx, my, mz = ms[0, b], ms[1, b], ms[2, b]
         vx, vy, vz = v[0, b], v[1, b], v[2, b]
@@ -206,7 +210,7 @@ def stage_vjp(ms, hx, hy, hz, v, osc, lam, p, g_state, g_hx):
         ox, oy, oz, oh = g_state[0, b], g_state[1, b], g_state[2, b], g_hx[b]
         for i in range(n_osc):
             a, bb, c, d = llg_vjp_point(mx[i], my[i], mz[i], fx[i], fy[i], fz[i], vx[i], vy[i], vz[i],
-                                        h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz)
+                                        h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one)
             ox[i] = a
             oy[i] = bb
             oz[i] = c
@@ -214,10 +218,10 @@ def stage_vjp(ms, hx, hy, hz, v, osc, lam, p, g_state, g_hx):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def llg_jvp_point(mx, my, mz, hx, hy, hz, tx, ty, tz, thx, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz):
+def llg_jvp_point(mx, my, mz, hx, hy, hz, tx, ty, tz, thx, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one):
     """Jacobian-vector product of :func:`llg_point`: (df/dm) t + (df/dh_x) t_hx, for a tangent (t, t_hx)."""
     mp = mx * px + my * py + mz * pz
-    den = 1.0 / (1.0 + lam * mp)
+    den = one / (one + lam * mp)
     hs = hs0 * den
     dhs = -hs * lam * den * (tx * px + ty * py + tz * pz)
     qx = py * mz - pz * my
@@ -252,6 +256,7 @@ def stage_jvp(ms, hx, hy, hz, t, thx, osc, lam, p, out):
     _, n_batch, n_osc = ms.shape
     h_appl, hk_eff, hs0, alpha, pref = osc[0], osc[1], osc[2], osc[3], osc[4]
     px, py, pz = p[0], p[1], p[2]
+    one = np.ones(1, dtype=ms.dtype)[0]
     for b in range(n_batch):
         mx, my, mz = ms[0, b], ms[1, b], ms[2, b]
         tx, ty, tz = t[0, b], t[1, b], t[2, b]
@@ -259,7 +264,7 @@ def stage_jvp(ms, hx, hy, hz, t, thx, osc, lam, p, out):
         ox, oy, oz = out[0, b], out[1, b], out[2, b]
         for i in range(n_osc):
             a, bb, c = llg_jvp_point(mx[i], my[i], mz[i], fx[i], fy[i], fz[i], tx[i], ty[i], tz[i], fh[i],
-                                     h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz)
+                                     h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one)
             ox[i] = a
             oy[i] = bb
             oz[i] = c
