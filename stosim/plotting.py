@@ -63,3 +63,25 @@ def plot_learning_curve(history: list[dict[str, float]], path: str | Path, *, ti
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_histogram(values_by_label: dict[str, "np.ndarray"], path: str | Path, *, xlabel: str, title: str = "",
+                   bins: int = 40) -> Path:
+    """Overlaid histograms (density) of one or more distributions; saved as PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    finite = [v[np.isfinite(v)] for v in values_by_label.values()]
+    lo = min(float(v.min()) for v in finite if v.size)
+    hi = max(float(v.max()) for v in finite if v.size)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+    for (label, _), v in zip(values_by_label.items(), finite):
+        ax.hist(v, bins=edges, density=True, alpha=0.5, label=f"{label} (mean {v.mean():.3g})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

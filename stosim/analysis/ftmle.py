@@ -29,6 +29,9 @@ Methods (``method=``)
 - ``"auto"``: ``"exact"`` when the state dimension D <= ``exact_max_dim`` (64), else
   ``"lanczos"``. Start vectors are drawn from ``torch.Generator().manual_seed(seed)``.
 
+Computations run in the dtype of x0; float64 is the reference (in float32 the residual floor
+is ~1e-6, so ask for ``tol`` >= 1e-5 there or the samples end with ``converged = False``).
+
 The operator protocol (:class:`FlowOperators`)
 ----------------------------------------------
 Anything that can apply J and J^T to a batch plugs in:
@@ -40,18 +43,21 @@ Anything that can apply J and J^T to a batch plugs in:
 - ``time`` (T, a float > 0) and ``time_unit`` (a string, e.g. "s", "step", "layer").
 - ``jacobian(x0) -> J`` (optional): the full, unprojected (B, D_out, D) Jacobian, if there is
   a faster way than D Jacobian-vector products.
+- ``linearize(x0) -> (jvp_at, vjp_at)`` (optional): v -> J v and u -> J^T u at this fixed batch,
+  e.g. sharing one recorded forward pass; the iterative methods prefer it.
 
 The operators must treat samples independently (row b of the result depends only on row b of
 the inputs) and may be called with any sub-batch; they are called with x0 repeated when the
 exact method stacks basis vectors. :func:`flow_operators_from_function` builds them from any
-torch function ``f(x0) -> x(T)`` acting on (B, D) batches: ``jvp`` by forward-mode
-``torch.func.jvp`` (or, with ``jvp_mode="double_vjp"``, by differentiating a vector-Jacobian
-product, for functions without forward-mode support but with a differentiable backward) and
-``vjp`` by ordinary reverse-mode ``torch.autograd.grad`` (which also works through custom
-``torch.autograd.Function`` s). Substrates whose evolution is not torch.func-friendly (the
-coupled STO array integrates with Numba inside a custom autograd Function without forward mode)
-provide their own operators through a ``flow_operators()`` method returning a
-:class:`FlowOperators`; :func:`substrate_ftmle` uses it when present.
+torch function ``f(x0) -> x(T)`` acting on (B, D) batches: ``vjp`` by ordinary reverse mode
+(``torch.autograd.grad``, which also works through custom ``torch.autograd.Function`` s) and
+``jvp`` by default by the double-vjp trick J v = d/du <J^T u, v> on a recorded forward pass
+(``linearize``: one forward pass per batch, then backward passes only; needs a differentiable
+backward), or with ``jvp_mode="forward"`` by ``torch.func.jvp``. Substrates that support
+neither (the coupled STO array integrates with Numba inside a custom autograd Function whose
+backward, a Numba adjoint, is not differentiable, and which has no forward mode) provide their
+own operators through a ``flow_operators()`` method returning a :class:`FlowOperators`;
+:func:`substrate_ftmle` uses it when present.
 
 Constrained states (unit spheres)
 ---------------------------------
@@ -152,6 +158,9 @@ class FlowOperators:
     - ``project_tangent(x0, v)``: orthogonal projector onto the tangent space at x0 (B, D) -> (B, D);
       identity by default. The exponent is that of J P.
     - ``jacobian(x0)``: optional full unprojected Jacobian (B, D_out, D), used by the exact method.
+    - ``linearize(x0)``: optional; returns ``(jvp_at, vjp_at)``, the maps v -> J v and u -> J^T u at
+      this fixed batch x0 (e.g. sharing one recorded forward pass). The iterative methods use it
+      when given, re-linearizing when the set of unconverged samples shrinks.
 
     Samples must be independent; the functions may be called with any sub-batch and with x0
     repeated. They receive tensors without a graph and should return tensors without one.
@@ -163,13 +172,15 @@ class FlowOperators:
     time_unit: str = "1"
     project_tangent: Callable[[Tensor, Tensor], Tensor] = identity_projection
     jacobian: Callable[[Tensor], Tensor] | None = None
+    linearize: Callable[[Tensor], tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] | None = None
 
     def __post_init__(self) -> None:
         for name in ("jvp", "vjp", "project_tangent"):
             if not callable(getattr(self, name)):
                 raise ValueError(f"FlowOperators.{name} must be callable; got {getattr(self, name)!r}")
-        if self.jacobian is not None and not callable(self.jacobian):
-            raise ValueError(f"FlowOperators.jacobian must be callable or None; got {self.jacobian!r}")
+        for name in ("jacobian", "linearize"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise ValueError(f"FlowOperators.{name} must be callable or None; got {getattr(self, name)!r}")
         _check_time(self.time)
         if not isinstance(self.time_unit, str) or not self.time_unit:
             raise ValueError(f"FlowOperators.time_unit must be a non-empty string; got {self.time_unit!r}")
@@ -183,62 +194,90 @@ def _check_time(time: object) -> float:
 
 def flow_operators_from_function(f: Callable[[Tensor], Tensor], *, time: float = 1.0, time_unit: str = "1",
                                  project_tangent: Callable[[Tensor, Tensor], Tensor] = identity_projection,
-                                 jvp_mode: str = "forward") -> FlowOperators:
+                                 jvp_mode: str = "reverse") -> FlowOperators:
     """:class:`FlowOperators` of a torch function ``f`` mapping (B, D) batches to (B, D_out), samples independent.
 
-    ``jvp_mode``: ``"forward"`` (``torch.func.jvp``, default) or ``"double_vjp"`` (J v as the
-    derivative of u -> J^T u, for functions with a differentiable backward but no forward mode).
-    The vjp uses ``torch.autograd.grad`` (works through custom autograd Functions). The exact
-    method's ``jacobian`` stacks min(D, D_out) basis vectors in one call (rows by vjp if D_out < D,
-    else columns by jvp).
+    ``vjp`` is one reverse-mode pass (``torch.autograd.grad``; works through custom autograd
+    Functions). ``jvp_mode`` chooses how J v is computed:
+
+    - ``"reverse"`` (default): J v = d/du <J^T u, v> (the "double-vjp" trick), which needs a
+      differentiable backward. ``linearize`` records the forward pass once per batch and then
+      applies J and J^T by backward passes only, which the iterative methods reuse.
+    - ``"forward"``: ``torch.func.jvp`` (forward mode). Beware: in torch 2.x forward mode is slow
+      for elementwise ops with Python scalars or 0-d tensors (each goes through a Python
+      decomposition), e.g. ~20x the forward pass for the Lorenz 96 RK4 map.
+
+    The exact method's ``jacobian`` stacks min(D, D_out) basis vectors of all samples into one
+    batch: rows by one vjp (D_out <= D in reverse mode, D_out < D in forward mode), else columns.
     """
     if not callable(f):
         raise ValueError(f"f must be callable; got {f!r}")
-    if jvp_mode not in ("forward", "double_vjp"):
-        raise ValueError(f"jvp_mode must be 'forward' or 'double_vjp'; got {jvp_mode!r}")
+    if jvp_mode not in ("reverse", "forward"):
+        raise ValueError(f"jvp_mode must be 'reverse' or 'forward'; got {jvp_mode!r}")
+
+    def forward_jvp(x0: Tensor, v: Tensor) -> Tensor:
+        try:
+            with warnings.catch_warnings():
+                # torch's first forward-mode call scripts its jvp decompositions with the deprecated
+                # torch.jit.script (torch >= 2.10 warns); that is torch-internal, not ours
+                warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                                        category=DeprecationWarning)
+                _, out = torch.func.jvp(f, (x0.detach(),), (v,))
+        except RuntimeError as err:
+            raise RuntimeError(f"forward-mode torch.func.jvp failed for {f!r}: {err}. Use jvp_mode='reverse' "
+                               "or provide FlowOperators with your own jvp") from err
+        return out.detach()
+
+    def record(x0: Tensor) -> tuple[Tensor, Tensor]:
+        x = x0.detach().requires_grad_(True)
+        y = _call_checked(f, x)
+        if not y.requires_grad:
+            raise ValueError("f(x0) has no autograd graph to x0: f is not differentiable by torch autograd "
+                             "(provide FlowOperators with your own jvp/vjp)")
+        return x, y
 
     def vjp(x0: Tensor, u: Tensor) -> Tensor:
         with torch.enable_grad():
-            x = x0.detach().requires_grad_(True)
-            y = _call_checked(f, x)
-            if not y.requires_grad:
-                raise ValueError("f(x0) has no autograd graph to x0: f is not differentiable by torch autograd "
-                                 "(provide FlowOperators with your own jvp/vjp)")
+            x, y = record(x0)
             (g,) = torch.autograd.grad(y, x, grad_outputs=u, allow_unused=True)
         return torch.zeros_like(x0) if g is None else g.detach()
 
-    if jvp_mode == "forward":
-        def jvp(x0: Tensor, v: Tensor) -> Tensor:
-            try:
-                with warnings.catch_warnings():
-                    # torch's first forward-mode call scripts its jvp decompositions with the deprecated
-                    # torch.jit.script (torch >= 2.10 warns); that is torch-internal, not ours
-                    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                                            category=DeprecationWarning)
-                    _, out = torch.func.jvp(f, (x0.detach(),), (v,))
-            except RuntimeError as err:
-                raise RuntimeError(f"forward-mode torch.func.jvp failed for {f!r}: {err}. Use "
-                                   "jvp_mode='double_vjp' or provide FlowOperators with your own jvp") from err
-            return out.detach()
-    else:
-        def jvp(x0: Tensor, v: Tensor) -> Tensor:
-            with torch.enable_grad():
-                x = x0.detach().requires_grad_(True)
-                y = _call_checked(f, x)
-                if not y.requires_grad:
-                    raise ValueError("f(x0) has no autograd graph to x0: f is not differentiable by torch autograd")
+    def linearize(x0: Tensor) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        with torch.enable_grad():
+            x, y = record(x0)
+            if jvp_mode == "reverse":
                 u = torch.zeros_like(y, requires_grad=True)
                 (g,) = torch.autograd.grad(y, x, grad_outputs=u, create_graph=True, allow_unused=True)
-                if g is None or not g.requires_grad:  # J is zero or constant-free in u: J^T u does not depend on u
-                    return torch.zeros_like(y).detach()
-                (jv,) = torch.autograd.grad(g, u, grad_outputs=v, allow_unused=True)
+                if g is not None and not g.requires_grad:
+                    raise RuntimeError(
+                        f"the backward pass of {f!r} is not differentiable (a custom autograd Function?), so "
+                        "jvp_mode='reverse' cannot form J v; use jvp_mode='forward' or provide FlowOperators with "
+                        "your own jvp (the exact method needs only vjp when D_out <= D)")
+
+        def vjp_at(w: Tensor) -> Tensor:
+            with torch.enable_grad():
+                (gx,) = torch.autograd.grad(y, x, grad_outputs=w, retain_graph=True, allow_unused=True)
+            return torch.zeros_like(x0) if gx is None else gx.detach()
+
+        def jvp_at(v: Tensor) -> Tensor:
+            if jvp_mode == "forward":
+                return forward_jvp(x0, v)
+            if g is None:  # x does not reach y: J = 0
+                return torch.zeros_like(y).detach()
+            with torch.enable_grad():
+                (jv,) = torch.autograd.grad(g, u, grad_outputs=v, retain_graph=True, allow_unused=True)
             return torch.zeros_like(y).detach() if jv is None else jv.detach()
+
+        return jvp_at, vjp_at
+
+    def jvp(x0: Tensor, v: Tensor) -> Tensor:
+        return forward_jvp(x0, v) if jvp_mode == "forward" else linearize(x0)[0](v)
 
     def jacobian(x0: Tensor) -> Tensor:
         n_batch, dim = x0.shape
         with torch.no_grad():
             d_out = _call_checked(f, x0[:1].detach()).shape[1]
-        if d_out < dim:
+        if d_out < dim or (d_out == dim and jvp_mode == "reverse"):
             xs = x0.repeat_interleave(d_out, dim=0)
             basis = torch.eye(d_out, dtype=x0.dtype, device=x0.device).repeat(n_batch, 1)
             return vjp(xs, basis).reshape(n_batch, d_out, dim)
@@ -247,7 +286,7 @@ def flow_operators_from_function(f: Callable[[Tensor], Tensor], *, time: float =
         return jvp(xs, basis).reshape(n_batch, dim, -1).transpose(1, 2)
 
     return FlowOperators(jvp=jvp, vjp=vjp, time=time, time_unit=time_unit, project_tangent=project_tangent,
-                         jacobian=jacobian)
+                         jacobian=jacobian, linearize=linearize)
 
 
 def _call_checked(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -416,13 +455,31 @@ def _project(ops: FlowOperators, x0: Tensor, v: Tensor) -> Tensor:
     return _checked("project_tangent", ops.project_tangent(x0, v), x0.shape[0], x0.shape[1], x0)
 
 
-def _apply_normal(ops: FlowOperators, x0: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
-    """(A q, |J P q|) with A = P J^T J P."""
-    n, d = x0.shape
-    pq = _project(ops, x0, q)
-    jv = _checked("jvp", ops.jvp(x0, pq), n, None, x0)
-    g = _checked("vjp", ops.vjp(x0, jv), n, d, x0)
-    return _project(ops, x0, g), jv.norm(dim=1)
+class _NormalOperator:
+    """A = P J^T J P on the active samples of a chunk x0 (re-linearized when the active set shrinks)."""
+
+    def __init__(self, ops: FlowOperators, x0: Tensor) -> None:
+        self.ops = ops
+        self.x0 = x0
+        self._n_linearized = -1
+        self._lin: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None = None
+
+    def __call__(self, active: Tensor, q: Tensor) -> Tensor:
+        xs = self.x0[active]
+        n, d = xs.shape
+        pq = _project(self.ops, xs, q)
+        if self.ops.linearize is not None:
+            if active.numel() != self._n_linearized:  # the active set only ever shrinks
+                self._lin = None  # free the old graph first
+                self._lin = self.ops.linearize(xs)
+                self._n_linearized = active.numel()
+            jvp_at, vjp_at = self._lin
+            jv = _checked("jvp", jvp_at(pq), n, None, xs)
+            g = _checked("vjp", vjp_at(jv), n, d, xs)
+        else:
+            jv = _checked("jvp", self.ops.jvp(xs, pq), n, None, xs)
+            g = _checked("vjp", self.ops.vjp(xs, jv), n, d, xs)
+        return _project(self.ops, xs, g)
 
 
 def _exact(ops: FlowOperators, x0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -467,9 +524,10 @@ def _lanczos(ops: FlowOperators, x0: Tensor, start: Tensor, tol: float,
     conv = torch.zeros(n, dtype=torch.bool)
     vec = q0.clone()
     active = torch.arange(n, device=x0.device)
+    apply = _NormalOperator(ops, x0)
     for j in range(kmax):
         q = basis[active, j]
-        w, _ = _apply_normal(ops, x0[active], q)
+        w = apply(active, q)
         a = (q * w).sum(dim=1)
         w = w - a[:, None] * q
         if j > 0:
@@ -517,9 +575,10 @@ def _power(ops: FlowOperators, x0: Tensor, start: Tensor, tol: float,
     conv = torch.zeros(n, dtype=torch.bool)
     active = torch.arange(n, device=x0.device)
     tiny = torch.finfo(x0.dtype).tiny
+    apply = _NormalOperator(ops, x0)
     for it in range(1, max_iter + 1):
         q = v[active]
-        w, _ = _apply_normal(ops, x0[active], q)
+        w = apply(active, q)
         th = (q * w).sum(dim=1).clamp_min(0.0)
         resid = (w - th[:, None] * q).norm(dim=1)
         wn = w.norm(dim=1)
@@ -557,10 +616,15 @@ def substrate_ftmle(substrate: nn.Module, readin: Tensor | None = None, *, state
     ``states`` (B, state_size; x(0) directly). Operators: ``substrate.flow_operators()`` if the
     substrate has that method (it must return a :class:`FlowOperators`, e.g. the coupled STO
     array's, with T = ``duration_s`` in s and the unit-sphere tangent projection), else built from
-    ``substrate.evolve`` with torch.func, with T = ``duration_s``, ``duration`` or ``steps`` (the
-    first attribute present; time unit from ``describe().time_unit``) and ``project_tangent``
-    from the substrate's own ``project_tangent(x0, v)`` method if it has one. Stochastic substrates
-    (noise on) raise ``ValueError``: the FTMLE of a noisy map is not defined here.
+    ``substrate.evolve`` by :func:`flow_operators_from_function`, with T = ``duration_s``,
+    ``duration`` or ``steps`` (the first attribute present; time unit from
+    ``describe().time_unit``) and ``project_tangent`` from the substrate's own
+    ``project_tangent(x0, v)`` method if it has one, :func:`unit_sphere_tangent_projection` for a
+    :class:`~stosim.substrates.sto_array.CoupledSTOArray`, else the identity. Without
+    ``flow_operators()`` the coupled STO array supports only the exact method (its custom autograd
+    Function gives J^T u but no J v); the iterative methods then raise ``RuntimeError``.
+    Stochastic substrates (noise on) raise ``ValueError``: the FTMLE of a noisy map is not defined
+    here.
     """
     if (readin is None) == (states is None):
         raise ValueError("give exactly one of readin or states")
@@ -583,9 +647,8 @@ def substrate_ftmle(substrate: nn.Module, readin: Tensor | None = None, *, state
     else:
         if not substrate.capabilities.differentiable:
             raise ValueError(f"substrate {desc.name} is not differentiable and has no flow_operators()")
-        proj = getattr(substrate, "project_tangent", None)
         ops = flow_operators_from_function(substrate.evolve, time=_substrate_time(substrate), time_unit=desc.time_unit,
-                                           project_tangent=proj if callable(proj) else identity_projection)
+                                           project_tangent=_substrate_projection(substrate))
     return flow_ftmle(ops, x0.detach(), method=method, tol=tol, max_iter=max_iter, exact_max_dim=exact_max_dim,
                       seed=seed, batch_size=batch_size)
 
@@ -596,6 +659,17 @@ def _check_batch(x: object, size: int, what: str, name: str) -> None:
         raise ValueError(f"{what} has shape {shape}; expected (batch >= 1, {size}) for {name}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{what} for {name} contains non-finite values")
+
+
+def _substrate_projection(substrate: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+    proj = getattr(substrate, "project_tangent", None)
+    if callable(proj):
+        return proj
+    from stosim.substrates.sto_array import CoupledSTOArray  # lazy: pulls in the Numba kernels
+
+    if isinstance(substrate, CoupledSTOArray):
+        return unit_sphere_tangent_projection
+    return identity_projection
 
 
 def _substrate_time(substrate: nn.Module) -> float:

@@ -181,6 +181,30 @@ class CoupledSTOArray(Substrate):
             out = torch.from_numpy(final).to(device=state.device, dtype=self.dtype)
         return out.reshape(state.shape)
 
+    def flow_operators(self):
+        """Exact J v (Numba tangent kernel) and J^T u (Numba adjoint) of the deterministic flow map
+        m(0) -> m(T) on flat (B, 3N) states, restricted to the tangent planes of the unit spheres;
+        time in seconds. Used by :func:`stosim.analysis.ftmle.substrate_ftmle`."""
+        from stosim.analysis.ftmle import FlowOperators, unit_sphere_tangent_projection
+        from stosim.integrate.flow import sto_jvp
+
+        n = self.array.n_oscillators
+
+        def jvp(x0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            _, jv = sto_jvp(x0.detach().cpu().numpy().reshape(-1, n, 3), v.detach().cpu().numpy().reshape(-1, n, 3),
+                            self.array, self.n_steps, self.dt_s, dtype=_DTYPES[x0.dtype])
+            return torch.from_numpy(jv.reshape(x0.shape[0], -1)).to(x0)
+
+        def vjp(x0: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                x = x0.detach().reshape(-1, n, 3).clone().requires_grad_(True)
+                out = sto_flow(x / x.norm(dim=-1, keepdim=True), self.array, self.n_steps, self.dt_s)
+                (grad,) = torch.autograd.grad(out, x, u.reshape(out.shape))
+            return grad.reshape(x0.shape[0], -1)
+
+        return FlowOperators(jvp=jvp, vjp=vjp, project_tangent=unit_sphere_tangent_projection, time=self.duration_s,
+                             time_unit="s")
+
     def readout(self, state: torch.Tensor) -> torch.Tensor:
         """The 3N components of m, with observation noise of variance var(state)/10^(SNR/10) when set."""
         snr = self.observation_snr_db
