@@ -5,6 +5,10 @@
     stosim simulate [options] --out FILE.h5 run a coupled STO array, write the trajectory
     stosim train [options]                  train a reservoir model (default: coupled STOs on digits)
     stosim lyapunov [options]               Lyapunov exponents, Kaplan-Yorke dimension, KS entropy
+    stosim ftmle [options] --out FILE.h5    per-sample FTMLE over a dataset (untrained or trained model)
+    stosim compare FILE.toml... --seeds ... several experiments over seeds -> Markdown table
+    stosim sweep SPEC.toml --out FILE.h5    a parameter sweep on dask.distributed (resumable)
+    stosim plot FILE.h5 --x DIM [--y DIM] --var NAME   heat map / line plot of a sweep
 """
 
 from __future__ import annotations
@@ -133,7 +137,89 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=Path("data/compare"), help="run folders (default data/compare)")
     p.add_argument("--markdown", type=Path, default=None, help="table file (default OUT/table.md)")
+    p = sub.add_parser("sweep", help="run a parameter sweep (TOML spec) on dask.distributed; resumable HDF5 output")
+    p.add_argument("spec", type=Path, help="sweep spec (experiments/*.toml with kind, [base], [grid])")
+    p.add_argument("--out", type=Path, default=None, help="output file (.h5); required unless --dry-run")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None,
+                       help="worker processes of a loopback LocalCluster, one thread each (default: CPU cores)")
+    where.add_argument("--scheduler", type=str, default=None, metavar="tcp://HOST:PORT",
+                       help="use an existing dask scheduler instead of a LocalCluster")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue --out: run only the points not yet done")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failing point (after saving)")
+    p.add_argument("--flush-seconds", type=float, default=1.0,
+                   help="save finished points at most this long after they finish (default 1 s)")
+    p.add_argument("--dry-run", action="store_true", help="validate the spec and list the dimensions; run nothing")
+    p.add_argument("--json", action="store_true", help="print one JSON line with the summary")
+    p = sub.add_parser("plot", help="plot a sweep file: heat map over --x and --y, or a line over --x")
+    p.add_argument("file", type=Path, help="sweep file (.h5) written by `stosim sweep`")
+    p.add_argument("--x", required=True, help="dimension on the x axis")
+    p.add_argument("--y", default=None, help="dimension on the y axis (a heat map, mean over seeds)")
+    p.add_argument("--var", required=True, help="variable to plot, e.g. test_accuracy or mle")
+    p.add_argument("--band", choices=["minmax", "std"], default="minmax",
+                   help="line plots: band over seeds, min-max (default) or mean +/- std")
+    p.add_argument("--out", type=Path, default=None, help="PNG (default: FILE-VAR-X[-Y].png beside FILE)")
+    p = sub.add_parser("ftmle", help="per-sample FTMLE of a reservoir over a dataset (untrained or trained)")
+    p.add_argument("--config", type=Path, default=None, help="experiment TOML; flags override it")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="a `stosim train` output folder or checkpoint.pt (its configuration and trained read-in)")
+    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96"], default=None)
+    p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default=None)
+    p.add_argument("--data-dir", type=str, default=None)
+    for flag, kind in (("--n", int), ("--seed", int), ("--spectral-radius", float), ("--steps", int),
+                       ("--forcing", float)):
+        p.add_argument(flag, type=kind, default=None)
+    for flag in ("--coupling", "--current", "--duration", "--dt"):
+        p.add_argument(flag, type=str, default=None)
+    p.add_argument("--limit", type=int, default=200, help="test samples (default 200)")
+    p.add_argument("--method", choices=["auto", "exact", "lanczos", "power"], default="auto")
+    p.add_argument("--out", type=Path, required=True, help="per-sample distribution (.h5)")
+    p.add_argument("--plot", type=Path, default=None, help="histogram PNG")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true")
     return parser
+
+
+def _cmd_ftmle(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from stosim.analysis.run_ftmle import dataset_ftmle
+    from stosim.plotting import plot_histogram
+    from stosim.storage import write_dataset_atomic
+    from stosim.training import load_train_config, validate_train_config
+
+    if args.out.exists() and not args.overwrite:
+        raise CLIError(f"--out {args.out} exists; pass --overwrite to replace it")
+    keys = ("substrate", "dataset", "data_dir", "n", "seed", "spectral_radius", "steps", "forcing", "coupling",
+            "current", "duration", "dt")
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    for key in ("duration", "dt"):  # plain numbers are Lorenz 96 model time
+        if key in overrides:
+            try:
+                overrides[key] = float(overrides[key])
+            except ValueError:
+                pass
+    if args.checkpoint is not None and overrides:
+        raise CLIError("--checkpoint takes its configuration from the checkpoint; drop the other model flags")
+    cfg = (load_train_config(args.config, **overrides) if args.config is not None
+           else validate_train_config(overrides, source="command line"))
+    ds = dataset_ftmle(cfg, args.checkpoint, limit=args.limit, method=args.method)
+    write_dataset_atomic(ds, args.out, overwrite=True)
+    values = ds["ftmle"].values
+    unit = ds["ftmle"].attrs["units"]
+    if args.plot is not None:
+        label = "trained" if ds.attrs["trained"] else "untrained"
+        plot_histogram({label: values}, args.plot, xlabel=f"FTMLE ({unit})",
+                       title=f"FTMLE over {values.size} test samples")
+    summary = {"mean": float(np.mean(values)), "std": float(np.std(values)), "median": float(np.median(values)),
+               "n_samples": int(values.size), "units": unit, "trained": bool(ds.attrs["trained"]),
+               "all_converged": bool(ds["converged"].values.all()), "out": str(args.out)}
+    print(json.dumps(summary) if args.json else
+          f"FTMLE over {values.size} samples: mean {summary['mean']:.4g} {unit}, std {summary['std']:.3g}, "
+          f"median {summary['median']:.4g}; wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+    return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -340,8 +426,71 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format_coords(coords: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in coords.items())
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from stosim.sweep import SweepFailedError, load_spec, run_sweep
+
+    sweep = load_spec(args.spec)
+    if args.dry_run:
+        dims = "; ".join(f"{d.name} = {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in d.values.tolist())}"
+                         f" ({d.attrs['units']})" for d in sweep.dims) or "none (one point)"
+        print(f"{args.spec}: valid; kind = {sweep.spec.kind}, {len(sweep)} points; {dims}")
+        return 0
+    if args.out is None:
+        raise CLIError("--out FILE.h5 is required (or pass --dry-run)")
+    if args.workers is not None and args.workers < 1:
+        raise CLIError(f"--workers {args.workers}: must be >= 1")
+    bar = tqdm(unit="point", desc=sweep.spec.name, disable=None, file=sys.stderr, dynamic_ncols=True)
+
+    def on_start(to_run: int, total: int) -> None:
+        bar.reset(total=to_run)
+        if to_run < total:
+            bar.write(f"resuming: {total - to_run} of {total} points done, {to_run} to run", file=sys.stderr)
+
+    def on_point(event) -> None:  # noqa: ANN001
+        bar.update(1)
+        if event.status != "done":
+            bar.write(f"point {_format_coords(event.point.coords)} failed: {event.error.splitlines()[0]}",
+                      file=sys.stderr)
+
+    try:
+        summary = run_sweep(sweep, args.out, workers=args.workers, scheduler=args.scheduler, resume=args.resume,
+                            overwrite=args.overwrite, fail_fast=args.fail_fast, flush_seconds=args.flush_seconds,
+                            on_start=on_start, on_point=on_point)
+    except SweepFailedError as exc:
+        bar.close()
+        print(f"stosim sweep: stopped: {exc}", file=sys.stderr)
+        return 1
+    except (ConnectionError, TimeoutError) as exc:
+        raise CLIError(f"cannot reach the dask scheduler {args.scheduler or '(local)'}: {exc}") from None
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps({**summary.as_dict(), "failures": len(summary.failures)}))
+    else:
+        rate = f", {summary.points_per_second:.3g} points/s" if summary.n_run else ""
+        print(f"wrote {args.out}: {summary.n_done} done, {summary.n_failed} failed, {summary.n_pending} pending of "
+              f"{summary.n_points} points ({summary.n_run} run now{rate}; {summary.wall_time_s:.1f} s in all, "
+              f"{summary.scheduler})")
+    return 1 if summary.n_failed else 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from stosim.sweep import plot_sweep
+
+    out = plot_sweep(args.file, args.var, args.x, args.y, args.out, band=args.band)
+    print(f"wrote {out}")
+    return 0
+
+
 _COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train,
-             "lyapunov": _cmd_lyapunov, "compare": _cmd_compare}
+             "lyapunov": _cmd_lyapunov, "compare": _cmd_compare, "sweep": _cmd_sweep, "plot": _cmd_plot,
+             "ftmle": _cmd_ftmle}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
