@@ -10,8 +10,9 @@ A :class:`PointKind` bundles
 - ``extra_dims(configs)``: coordinates of output dimensions beyond the grid (``epoch``, ``exponent``).
 
 Kinds: ``train`` (a :class:`~stosim.training.TrainConfig` run), ``mle`` (leading Lyapunov exponents of
-a substrate's autonomous dynamics), ``simulate`` (statistics of a coupled STO array's free run).
-Adding a kind (``ftmle``) is one ``run`` function and one entry in :func:`point_kinds`.
+a substrate's autonomous dynamics), ``simulate`` (statistics of a coupled STO array's free run),
+``ftmle`` (per-sample finite-time MLE of a substrate's map x(0) -> x(T)). Adding a kind is a point
+model, one ``run`` function and one entry in :func:`point_kinds`.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from stosim.training import TrainConfig
 from stosim.units import UnitError, parse_quantity
 
 __all__ = ["PointKind", "Output", "point_kinds", "get_kind", "parameter_metadata", "DeviceOverrides",
-           "TrainPoint", "MLEPoint", "SimulatePoint", "execute_point", "resolve_device", "device_toml",
+           "TrainPoint", "MLEPoint", "SimulatePoint", "FTMLEPoint", "execute_point", "resolve_device", "device_toml",
            "STO_SUBSTRATES", "TEXT_UNITS"]
 
 STO_SUBSTRATES = frozenset({"sto", "cnn-sto", "deep-sto"})
+MAX_ERROR_CHARS = 1500  # longer error messages are cut (numba typing errors run to pages)
 TEXT_UNITS = "n/a"  # the `units` attribute of text variables and categorical coordinates
 
 # dimension of each quantity that must carry a unit in a spec; "time" applies to STO substrates only
@@ -78,6 +80,11 @@ _PARAMETERS = MappingProxyType({
     "conv_channels": ("1", "convolution channels"),
     "n_exponents": ("1", "number of Lyapunov exponents"),
     "save_every": ("1", "steps between recorded states"),
+    "samples": ("1", "input samples"),
+    "readin_scale": ("1", "read-in standard deviation"),
+    "tol": ("1", "relative tolerance"),
+    "max_iter": ("1", "iteration limit"),
+    "method": (TEXT_UNITS, "method"),
     "substrate": (TEXT_UNITS, "substrate"),
     "dataset": (TEXT_UNITS, "dataset"),
     "optimizer": (TEXT_UNITS, "optimizer"),
@@ -93,7 +100,7 @@ def time_units(substrate: str, kind: str) -> str:
         return "s"
     if substrate == "lorenz96":
         return "model time unit"
-    if substrate == "ffesn" and kind == "mle":
+    if substrate == "ffesn" and kind in ("mle", "ftmle"):
         return "step"
     return "1"
 
@@ -268,7 +275,8 @@ class MLEPoint(DeviceOverrides, _STOPointMixin):
     @model_validator(mode="after")
     def _check(self) -> "MLEPoint":
         if self.device_overrides() and self.substrate != "sto":
-            raise ValueError(f"device parameters apply to substrate = 'sto' only, not {self.substrate!r}")
+            keys = ", ".join(k for k in DeviceOverrides.model_fields if getattr(self, k) is not None)
+            raise ValueError(f"{keys}: device parameters apply to substrate = 'sto' only, not {self.substrate!r}")
         return self
 
 
@@ -297,7 +305,7 @@ class SimulatePoint(DeviceOverrides, _STOPointMixin):
     @model_validator(mode="after")
     def _check(self) -> "SimulatePoint":
         if self.transient >= self.duration:
-            raise ValueError(f"transient = {self.transient:g} s must be shorter than duration = {self.duration:g} s")
+            raise ValueError(f"transient: {self.transient:g} s must be shorter than duration = {self.duration:g} s")
         return self
 
 
@@ -338,6 +346,7 @@ class PointKind:
 EXTRA_DIM_ATTRS = MappingProxyType({
     "epoch": {"units": "1", "long_name": "training epoch"},
     "exponent": {"units": "1", "long_name": "Lyapunov exponent index (1: the largest)"},
+    "sample": {"units": "1", "long_name": "input sample (random read-in)"},
 })
 
 
@@ -471,15 +480,102 @@ _SIMULATE = PointKind(
 )
 
 
-# --- registration point for the FTMLE kind (stosim.analysis.ftmle) -----------------------------
-# To add it: define FTMLEPoint (a pydantic model like MLEPoint), `_run_ftmle(cfg) -> {name: value}` that
-# calls stosim.analysis.ftmle.substrate_ftmle(...), and a PointKind(name="ftmle", ...) in the table below.
+class FTMLEPoint(DeviceOverrides, _STOPointMixin):
+    """An ``ftmle`` point: per-sample finite-time MLE ln sigma_max(dx(T)/dx(0)) / T of a substrate's map.
+
+    x(0) = ``substrate.initial_state(readin)`` for ``samples`` read-in vectors drawn standard normal
+    (times ``readin_scale``) from ``seed``; :func:`stosim.analysis.ftmle.substrate_ftmle`.
+    Times: STO in s (default T = 300 ps, dt = 1 ps), Lorenz 96 in model time (default 1.0, 0.01);
+    the FFESN map is ``steps`` steps.
+    """
+
+    substrate: Literal["sto", "ffesn", "lorenz96"] = "sto"
+    n: int | None = Field(default=None, ge=1, le=100_000)
+    dt: float | None = Field(default=None, gt=0)
+    duration: float | None = Field(default=None, gt=0)
+    coupling: float = Field(default=500.0, ge=-1e6, le=1e6, description="mu, Oe")
+    current: float | None = Field(default=None, ge=-1, le=1, description="A")
+    device: str | None = None
+    spectral_radius: float = Field(default=1.0, gt=0, le=10)
+    steps: int = Field(default=5, ge=1, le=10_000)
+    density: float = Field(default=0.5, gt=0, le=1)
+    forcing: float = Field(default=8.0, ge=-1e3, le=1e3)
+    samples: int = Field(default=16, ge=1, le=100_000)
+    readin_scale: float = Field(default=1.0, gt=0)
+    method: Literal["auto", "exact", "lanczos", "power"] = "auto"
+    tol: float = Field(default=1e-8, gt=0, lt=1)
+    max_iter: int = Field(default=300, ge=1)
+    seed: int = Field(default=0, ge=0)
+
+    _coupling = field_validator("coupling", mode="before")(_unit("field"))
+    _current = field_validator("current", mode="before")(_unit("current"))
+    _times = field_validator("dt", "duration", mode="before")(_time_validator)
+
+    @model_validator(mode="after")
+    def _check(self) -> "FTMLEPoint":
+        if self.device_overrides() and self.substrate != "sto":
+            keys = ", ".join(k for k in DeviceOverrides.model_fields if getattr(self, k) is not None)
+            raise ValueError(f"{keys}: device parameters apply to substrate = 'sto' only, not {self.substrate!r}")
+        return self
+
+
+def _run_ftmle(cfg: FTMLEPoint) -> dict[str, Any]:
+    import torch
+
+    from stosim.analysis.ftmle import substrate_ftmle
+
+    if cfg.substrate == "sto":
+        from stosim.substrates.sto_array import CoupledSTOArray
+
+        sub = CoupledSTOArray(n=cfg.n or 100, coupling_oe=cfg.coupling, duration_s=cfg.duration or 300e-12,
+                              dt_s=cfg.dt or 1e-12, current_a=cfg.current,
+                              device=resolve_device(cfg.device, cfg.device_overrides()), seed=cfg.seed)
+    elif cfg.substrate == "ffesn":
+        from stosim.substrates.ffesn import FFESN
+
+        sub = FFESN(n=cfg.n or 500, spectral_radius=cfg.spectral_radius, steps=cfg.steps, density=cfg.density,
+                    seed=cfg.seed)
+    else:
+        from stosim.substrates.lorenz96 import Lorenz96
+
+        sub = Lorenz96(n=cfg.n or 500, forcing=cfg.forcing, duration=cfg.duration or 1.0, dt=cfg.dt or 0.01)
+    size = sub.describe().readin_size
+    gen = torch.Generator().manual_seed(cfg.seed)
+    readin = cfg.readin_scale * torch.randn(cfg.samples, size, generator=gen, dtype=torch.float64)
+    result = substrate_ftmle(sub, readin.to(sub.dtype) if hasattr(sub, "dtype") else readin, method=cfg.method,
+                             tol=cfg.tol, max_iter=cfg.max_iter, seed=cfg.seed)
+    f = np.asarray(result.ftmle, dtype=np.float64)
+    return {
+        "ftmle_mean": float(f.mean()),
+        "ftmle_std": float(f.std()),
+        "ftmle_min": float(f.min()),
+        "ftmle_max": float(f.max()),
+        "ftmle_converged_fraction": float(np.mean(result.converged)),
+        "ftmle_samples": f,
+    }
+
+
+_FTMLE = PointKind(
+    name="ftmle",
+    config=FTMLEPoint,
+    run=_run_ftmle,
+    outputs=(
+        Output("ftmle_mean", _rate_units, "finite-time MLE, mean over samples"),
+        Output("ftmle_std", _rate_units, "finite-time MLE, standard deviation over samples"),
+        Output("ftmle_min", _rate_units, "finite-time MLE, smallest over samples"),
+        Output("ftmle_max", _rate_units, "finite-time MLE, largest over samples"),
+        Output("ftmle_converged_fraction", "1", "fraction of samples whose sigma_max iteration converged"),
+        Output("ftmle_samples", _rate_units, "finite-time MLE of each sample", ("sample",)),
+    ),
+    extra_dims=lambda configs: {"sample": np.arange(max(c.samples for c in configs))},
+    description="finite-time MLE of a substrate's map x(0) -> x(T) (stosim.analysis.ftmle)",
+)
 
 
 @functools.lru_cache(maxsize=1)
 def point_kinds() -> Mapping[str, PointKind]:
     """The point kinds by name (read-only)."""
-    kinds = {k.name: k for k in (_TRAIN, _MLE, _SIMULATE)}
+    kinds = {k.name: k for k in (_TRAIN, _MLE, _SIMULATE, _FTMLE)}
     return MappingProxyType(kinds)
 
 
@@ -500,12 +596,10 @@ def _one_thread() -> None:
 
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
-    try:
-        import numba
+    import numba
 
+    if numba.config.NUMBA_NUM_THREADS > 1:  # e.g. a worker of an external cluster without NUMBA_NUM_THREADS=1
         numba.set_num_threads(1)
-    except (ImportError, ValueError):  # pragma: no cover
-        pass
 
 
 def execute_point(kind_name: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -527,6 +621,9 @@ def execute_point(kind_name: str, config: dict[str, Any]) -> dict[str, Any]:
             values = kind.run(cfg)
     except Exception as exc:  # noqa: BLE001  (recorded per point; the sweep goes on)
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:"
+        message = str(exc)
+        if len(message) > MAX_ERROR_CHARS:
+            message = message[:MAX_ERROR_CHARS] + " [...]"
+        return {"status": "failed", "error": f"{type(exc).__name__}: {message} (at {Path(where.filename).name}:"
                                              f"{where.lineno})", "wall_time_s": time.perf_counter() - t0}
     return {"status": "done", "values": values, "wall_time_s": time.perf_counter() - t0}
