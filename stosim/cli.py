@@ -194,13 +194,7 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {args.out} exists; pass --overwrite to replace it")
     keys = ("substrate", "dataset", "data_dir", "n", "seed", "spectral_radius", "steps", "forcing", "coupling",
             "current", "duration", "dt")
-    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    for key in ("duration", "dt"):  # plain numbers are Lorenz 96 model time
-        if key in overrides:
-            try:
-                overrides[key] = float(overrides[key])
-            except ValueError:
-                pass
+    overrides = _config_overrides(args, keys)
     if args.checkpoint is not None and overrides:
         raise CLIError("--checkpoint takes its configuration from the checkpoint; drop the other model flags")
     cfg = (load_train_config(args.config, **overrides) if args.config is not None
@@ -289,6 +283,18 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict:
+    """The given flags as TrainConfig overrides; plain-number --duration/--dt are Lorenz 96 model time."""
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    for key in ("duration", "dt"):
+        if key in overrides:
+            try:
+                overrides[key] = float(overrides[key])
+            except ValueError:
+                pass  # a quantity with a unit ("300 ps"), parsed by the config
+    return overrides
+
+
 _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "limit_test", "epochs", "batch_size",
                "lr", "optimizer", "seed", "dtype", "readout_only", "n", "hidden", "coupling", "current", "duration",
                "dt", "device", "spectral_radius", "steps", "forcing", "temperature", "dynamical_snr", "observation_snr",
@@ -300,13 +306,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from stosim.training import load_train_config, train, validate_train_config
 
-    overrides = {k: getattr(args, k) for k in _TRAIN_KEYS if getattr(args, k) is not None}
-    for key in ("duration", "dt"):  # plain numbers are Lorenz 96 model time
-        if key in overrides:
-            try:
-                overrides[key] = float(overrides[key])
-            except ValueError:
-                pass
+    overrides = _config_overrides(args, _TRAIN_KEYS)
     cfg = (load_train_config(args.config, **overrides) if args.config is not None
            else validate_train_config(overrides, source="command line"))
     if (args.out / "checkpoint.pt").exists() and not args.resume:
