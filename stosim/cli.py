@@ -437,8 +437,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     sweep = load_spec(args.spec)
     if args.dry_run:
-        dims = "; ".join(f"{d.name} = {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in d.values.tolist())}"
-                         f" ({d.attrs['units']})" for d in sweep.dims) or "none (one point)"
+        values = {d.name: ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in d.values.tolist())
+                  for d in sweep.dims}
+        dims = "; ".join(f"{d.name} = {values[d.name]} ({d.attrs['units']})" for d in sweep.dims) or "one point"
         print(f"{args.spec}: valid; kind = {sweep.spec.kind}, {len(sweep)} points; {dims}")
         return 0
     if args.out is None:
@@ -466,8 +467,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         bar.close()
         print(f"stosim sweep: stopped: {exc}", file=sys.stderr)
         return 1
-    except (ConnectionError, TimeoutError) as exc:
-        raise CLIError(f"cannot reach the dask scheduler {args.scheduler or '(local)'}: {exc}") from None
+    except (ConnectionError, TimeoutError) as exc:  # no scheduler at --scheduler, or it has no workers
+        raise CLIError(str(exc)) from None
     finally:
         bar.close()
     if args.json:

@@ -34,7 +34,7 @@ from stosim.units import UnitError, parse_quantity
 
 __all__ = ["PointKind", "Output", "point_kinds", "get_kind", "parameter_metadata", "DeviceOverrides",
            "TrainPoint", "MLEPoint", "SimulatePoint", "FTMLEPoint", "execute_point", "resolve_device", "device_toml",
-           "STO_SUBSTRATES", "TEXT_UNITS"]
+           "STO_SUBSTRATES", "TEXT_UNITS", "normalize_raw"]
 
 STO_SUBSTRATES = frozenset({"sto", "cnn-sto", "deep-sto"})
 MAX_ERROR_CHARS = 1500  # longer error messages are cut (numba typing errors run to pages)
@@ -113,20 +113,34 @@ def parameter_metadata(key: str, substrate: str = "sto", kind: str = "train") ->
     return units, long_name
 
 
-def check_raw_quantity(key: str, value: Any, substrate: str) -> None:
-    """A dimensional value in a spec must be a string with a unit (STO times) or a plain number (other times).
+SNR_KEYS = frozenset({"dynamical_snr", "observation_snr"})
 
-    Raises ValueError naming the key and the accepted units.
+
+def normalize_raw(key: str, value: Any, substrate: str) -> Any:
+    """Check a spec value before validation; returns the value the point configuration gets.
+
+    Dimensional quantities must be strings with a unit ("500 Oe"; STO times "300 ps"), Lorenz 96 /
+    FFESN times plain numbers; SNRs are numbers of dB, written 20 or "20 dB". Raises ValueError
+    naming the key and what is accepted.
     """
+    if key in SNR_KEYS and isinstance(value, str):
+        text = value.strip()
+        if text.endswith("dB"):
+            try:
+                return float(text[:-2])
+            except ValueError:
+                pass
+        raise ValueError(f"{key}: expected a signal-to-noise ratio in dB such as 20 or '20 dB', got {value!r}")
     dimension = DIMENSIONAL.get(key)
     if dimension is None:
-        return
+        return value
     if key in TIME_KEYS and substrate not in STO_SUBSTRATES:
         if isinstance(value, str):
             raise ValueError(f"{key}: {substrate} time is a plain number ({time_units(substrate, 'mle')}s), "
                              f"not {value!r}")
-        return
+        return value
     parse_quantity(value, dimension, name=key)  # raises UnitError (a ValueError) naming the key
+    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,8 +224,8 @@ def device_toml(dev) -> str:  # noqa: ANN001
 
 
 class _STOPointMixin:
-    def check_device(self) -> None:
-        """Load the device file and apply the overrides (raises naming the parameter when out of range)."""
+    def check_point(self) -> None:
+        """Checks beyond the fields: load the device file and apply the overrides (raises when out of range)."""
         substrate = getattr(self, "substrate", "sto")
         if substrate in STO_SUBSTRATES:
             resolve_device(self.device, self.device_overrides())
@@ -227,6 +241,10 @@ class TrainPoint(TrainConfig, DeviceOverrides, _STOPointMixin):
             raise ValueError(f"{keys}: device parameters apply to STO substrates only, not substrate = "
                              f"{self.substrate!r}")
         return self
+
+    def check_point(self) -> None:
+        super().check_point()
+        self.train_config()  # the TrainConfig this point will run
 
     def train_config(self, device: str | None = None) -> TrainConfig:
         fields = {k: getattr(self, k) for k in TrainConfig.model_fields}

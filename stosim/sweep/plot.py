@@ -1,0 +1,190 @@
+"""Plots of sweep files: a heat map over two dimensions, a line with a band over one.
+
+Reduction (stated in the plot's title):
+
+- ``seed`` (when it is not an axis) is the spread dimension: the heat map shows the mean over
+  seeds; the line shows the mean over seeds with a band, min-max over seeds (``band="minmax"``,
+  the default) or mean +/- one standard deviation over seeds (``band="std"``).
+- every other dimension that is not an axis is averaged over (NaN-aware: failed or pending points
+  are left out); singleton dimensions are simply dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+
+__all__ = ["plot_sweep", "PlotError"]
+
+
+class PlotError(ValueError):
+    """Unknown dimension or variable, or a variable that cannot be plotted."""
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# display prefixes for coordinates stored in SI base units (the file keeps the internal unit)
+_PREFIXES = {"s": ((1e-15, "fs"), (1e-12, "ps"), (1e-9, "ns"), (1e-6, "us"), (1e-3, "ms"), (1.0, "s")),
+             "A": ((1e-6, "uA"), (1e-3, "mA"), (1.0, "A")),
+             "V": ((1e-3, "mV"), (1.0, "V"))}
+
+
+def _display_scale(obj) -> tuple[float, str]:  # noqa: ANN001
+    """(factor, unit) to show a coordinate stored in SI units with a readable prefix (e.g. s -> ps)."""
+    units = str(obj.attrs.get("units", ""))
+    if units in _PREFIXES and obj.dtype.kind in "iuf":
+        finite = np.abs(obj.values[np.isfinite(obj.values)])
+        largest = finite.max() if finite.size else 0.0
+        factor, unit = _PREFIXES[units][0]
+        for f, u in _PREFIXES[units]:
+            if largest >= f:
+                factor, unit = f, u
+        return factor, unit
+    return 1.0, units
+
+
+def _label(obj, name: str) -> str:  # noqa: ANN001
+    long_name = obj.attrs.get("long_name", name)
+    _, units = _display_scale(obj) if name in obj.dims else (1.0, obj.attrs.get("units", ""))
+    return f"{long_name} ({units})" if units and units not in ("1", "n/a") else str(long_name)
+
+
+def _axis_values(coord) -> tuple[np.ndarray, list[str], bool]:  # noqa: ANN001
+    """(positions in display units, tick labels, log-scale?) for a coordinate."""
+    values = coord.values
+    if values.dtype.kind in "iuf":
+        factor, _ = _display_scale(coord)
+        v = values.astype(float) / factor
+        positive = np.all(v > 0)
+        log = bool(positive and v.size >= 3 and v.max() / v.min() >= 50)
+        return v, [f"{x:.4g}" for x in v], log
+    return np.arange(values.size, dtype=float), [str(x) for x in values], False
+
+
+def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Path | None = None, *,
+               band: Literal["minmax", "std"] = "minmax") -> Path:
+    """Plot ``var`` of a sweep (Dataset or file) against ``x`` (line) or ``x`` and ``y`` (heat map); save a PNG.
+
+    Default ``out``: beside the file, ``<file stem>-<var>-<x>[-<y>].png``. Returns the PNG path.
+    """
+    from stosim.sweep.store import read_sweep
+
+    path = None
+    if isinstance(ds_or_path, (str, Path)):
+        path = Path(ds_or_path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        ds = read_sweep(path)
+    else:
+        ds = ds_or_path
+    numeric = [v for v in ds.data_vars if ds[v].dtype.kind in "iuf"]
+    if var not in ds.data_vars:
+        raise PlotError(f"--var {var!r}: no such variable; variables: {', '.join(numeric)}")
+    if var not in numeric:
+        raise PlotError(f"--var {var!r} is not numeric; variables: {', '.join(numeric)}")
+    da = ds[var]
+    for flag, dim in (("--x", x), ("--y", y)):
+        if dim is not None and dim not in da.dims:
+            raise PlotError(f"{flag} {dim!r} is not a dimension of {var}; dimensions: {', '.join(da.dims)}")
+    if y is not None and x == y:
+        raise PlotError(f"--x and --y are both {x!r}; give two different dimensions")
+    if band not in ("minmax", "std"):
+        raise PlotError(f"band = {band!r}; valid: minmax, std")
+    axes = [x] if y is None else [x, y]
+    spread = "seed" if "seed" in da.dims and "seed" not in axes else None
+    dropped = [d for d in da.dims if d not in axes and d != spread and da.sizes[d] == 1]
+    averaged = [d for d in da.dims if d not in axes and d != spread and da.sizes[d] > 1]
+    da = da.isel({d: 0 for d in dropped})
+    if averaged:
+        with _quiet():
+            da = da.mean(averaged, skipna=True, keep_attrs=True)
+    notes = []
+    if averaged:
+        notes.append("mean over " + ", ".join(f"{d} ({ds.sizes[d]})" for d in averaged))
+    fixed = [f"{d} = {ds[d].values[0]}" for d in dropped if d in ds.coords]
+    if fixed:
+        notes.append(", ".join(fixed))
+
+    plt = _pyplot()
+    if y is None:
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
+        pos, ticks, log = _axis_values(ds[x])
+        if spread:
+            values = da.transpose(x, spread).values
+            n_seeds = values.shape[1]
+            with _quiet():
+                mean = np.nanmean(values, axis=1)
+                if band == "minmax":
+                    lo, hi = np.nanmin(values, axis=1), np.nanmax(values, axis=1)
+                    band_label = f"min-max over {n_seeds} seeds"
+                else:
+                    sd = np.nanstd(values, axis=1)
+                    lo, hi = mean - sd, mean + sd
+                    band_label = f"mean +/- std over {n_seeds} seeds"
+            ax.fill_between(pos, lo, hi, alpha=0.25, label=band_label)
+            ax.plot(pos, mean, "o-", label=f"mean over {n_seeds} seeds")
+            ax.legend(fontsize=8)
+        else:
+            ax.plot(pos, da.transpose(x).values, "o-")
+        if log:
+            ax.set_xscale("log")
+        if ds[x].values.dtype.kind not in "iuf":
+            ax.set_xticks(pos, ticks)
+        ax.set_xlabel(_label(ds[x], x))
+        ax.set_ylabel(_label(ds[var], var))
+        ax.grid(alpha=0.3)
+    else:
+        if spread:
+            with _quiet():
+                da = da.mean(spread, skipna=True, keep_attrs=True)
+            notes.insert(0, f"mean over {ds.sizes['seed']} seeds")
+        values = da.transpose(y, x).values
+        nx, ny = values.shape[1], values.shape[0]
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * max(nx, 4), 1.0 + 0.7 * max(ny, 4)), constrained_layout=True)
+        mesh = ax.pcolormesh(np.arange(nx + 1) - 0.5, np.arange(ny + 1) - 0.5, np.ma.masked_invalid(values),
+                             cmap="viridis", shading="flat")
+        cbar = fig.colorbar(mesh, ax=ax)
+        cbar.set_label(_label(ds[var], var))
+        _, xticks, _ = _axis_values(ds[x])
+        _, yticks, _ = _axis_values(ds[y])
+        ax.set_xticks(np.arange(nx), xticks, rotation=45 if nx > 6 else 0)
+        ax.set_yticks(np.arange(ny), yticks)
+        ax.set_xlabel(_label(ds[x], x))
+        ax.set_ylabel(_label(ds[y], y))
+        if nx * ny <= 144:
+            finite = values[np.isfinite(values)]
+            mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+            for j in range(ny):
+                for i in range(nx):
+                    v = values[j, i]
+                    ax.text(i, j, "n/a" if not np.isfinite(v) else f"{v:.3g}", ha="center", va="center",
+                            fontsize=7, color="white" if np.isfinite(v) and v < mid else "black")
+    title = str(ds.attrs.get("sweep_name", "sweep"))
+    ax.set_title(title + (f"\n{'; '.join(notes)}" if notes else ""), fontsize=9)
+    if out is None:
+        stem = path.with_suffix("") if path is not None else Path(title)
+        out = Path(f"{stem}-{var}-{x}" + (f"-{y}" if y else "") + ".png")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence 'mean of empty slice' warnings for all-NaN cells (failed or pending points plot as gaps)."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield

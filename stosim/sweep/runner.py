@@ -1,0 +1,299 @@
+"""Running a sweep on dask.distributed with one writer.
+
+The points run as tasks on a ``LocalCluster`` (processes, one thread each, loopback only) or on
+an existing scheduler. The calling process is the only writer: it collects outcomes as they
+complete (``as_completed``) and rewrites the sweep file atomically at most every
+``flush_seconds`` (and at the end), so a sweep killed at any moment keeps every point that had
+been saved; ``resume=True`` runs only the points that are not done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from stosim.sweep.kinds import execute_point
+from stosim.sweep.spec import Point, ResolvedSweep
+from stosim.sweep.store import STATUS_DONE, STATUS_FAILED, SweepState, utc_now
+
+__all__ = ["run_sweep", "SweepSummary", "PointEvent", "SweepFailedError", "THREAD_ENV", "local_cluster"]
+
+# one compute thread per worker process (Numba, OpenMP, BLAS); torch is set in the task
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+              "MKL_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1"}
+SCHEDULER_WORKER_WAIT_S = 120.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PointEvent:
+    """A point finished (reported to ``on_point``)."""
+
+    point: Point
+    status: str
+    error: str
+    wall_time_s: float
+    finished: int  # points finished in this invocation so far
+    to_run: int  # points this invocation runs
+
+
+@dataclasses.dataclass
+class SweepSummary:
+    """Outcome of :func:`run_sweep`."""
+
+    path: Path
+    n_points: int
+    n_done: int
+    n_failed: int
+    n_pending: int
+    n_run: int  # points run by this invocation
+    n_resumed: int  # points taken as done from the file
+    workers: int | None
+    scheduler: str
+    startup_s: float  # cluster start (or connection) until the workers are ready
+    run_s: float  # first submission until the last outcome
+    wall_time_s: float
+    failures: list[tuple[dict[str, Any], str]]
+    n_saves: int = 0  # times the file was written by this invocation
+
+    @property
+    def points_per_second(self) -> float:
+        return self.n_run / self.run_s if self.run_s > 0 else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["path"] = str(self.path)
+        d["points_per_second"] = self.points_per_second
+        d["failures"] = [{"coords": c, "error": e} for c, e in self.failures]
+        return d
+
+
+class SweepFailedError(RuntimeError):
+    """``fail_fast``: a point failed; the file holds everything finished so far."""
+
+    def __init__(self, message: str, summary: SweepSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One writer per file: an advisory lock beside it (released by the OS if the process dies)."""
+    lock_path = path.parent / f".{path.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(f"{path} is being written by another sweep (lock {lock_path})") from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock_path.unlink()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int) -> Iterator[Any]:
+    """A loopback ``LocalCluster`` of ``workers`` single-threaded processes and its client."""
+    from dask.distributed import Client, LocalCluster
+
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers = {workers!r} must be an integer >= 1")
+    with tempfile.TemporaryDirectory(prefix="stosim-dask-") as scratch:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, env=dict(THREAD_ENV), local_directory=scratch,
+                               silence_logs=logging.ERROR,
+                               # no dashboard; the scheduler's small HTTP endpoint (health, metrics) on a
+                               # free loopback port rather than trying the shared default 8787 first
+                               scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+        try:
+            client = Client(cluster)
+            try:
+                client.wait_for_workers(workers)
+                yield client
+            finally:
+                client.close()
+        finally:
+            cluster.close()
+
+
+@contextlib.contextmanager
+def _client(workers: int | None, scheduler: str | None, client: Any) -> Iterator[tuple[Any, str]]:
+    if client is not None:
+        yield client, "given client"
+        return
+    if scheduler is not None:
+        from dask.distributed import Client
+
+        try:
+            c = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise ConnectionError(f"cannot connect to the dask scheduler {scheduler}: {exc}") from None
+        try:
+            try:
+                c.wait_for_workers(1, timeout=SCHEDULER_WORKER_WAIT_S)
+            except (TimeoutError, OSError):
+                raise ConnectionError(f"the dask scheduler {scheduler} has had no workers for "
+                                      f"{SCHEDULER_WORKER_WAIT_S:g} s; start some (dask worker {scheduler})") from None
+            yield c, scheduler
+        finally:
+            c.close()
+        return
+    with local_cluster(workers) as c:
+        yield c, f"LocalCluster({workers} workers)"
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover
+        return max(1, os.cpu_count() or 1)
+
+
+def run_sweep(sweep: ResolvedSweep, out: str | Path, *, workers: int | None = None, scheduler: str | None = None,
+              client: Any = None, resume: bool = False, overwrite: bool = False, fail_fast: bool = False,
+              flush_seconds: float = 1.0, on_start: Callable[[int, int], None] | None = None,
+              on_point: Callable[[PointEvent], None] | None = None) -> SweepSummary:
+    """Run the points of ``sweep`` not yet done and store them in ``out`` (HDF5).
+
+    - ``workers``: size of the LocalCluster (default: the CPU cores); ``scheduler``: address of an
+      existing scheduler instead (``tcp://HOST:PORT``); ``client``: an existing dask Client.
+    - An existing ``out`` needs ``resume`` (continue it: same resolved spec, run what is not done)
+      or ``overwrite`` (start again).
+    - A failing point is recorded (status "failed", its error message) and the sweep goes on;
+      ``fail_fast`` stops at the first failure instead (after saving) with :class:`SweepFailedError`.
+    - ``on_start(to_run, total)`` and ``on_point(event)`` report progress.
+    """
+    out = Path(out)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the file or replace it")
+    if sum(x is not None for x in (scheduler, client)) > 1 or (workers is not None and (scheduler or client)):
+        raise ValueError("give one of workers (a LocalCluster), scheduler (an address) or client")
+    if not math.isfinite(flush_seconds) or flush_seconds < 0:
+        raise ValueError(f"flush_seconds = {flush_seconds!r} must be >= 0")
+    if out.exists() and not (resume or overwrite):
+        raise FileExistsError(f"{out} exists; pass --resume to continue it or --overwrite to replace it")
+    if resume and not out.exists():
+        raise FileNotFoundError(f"--resume: {out} does not exist; run without --resume to start the sweep")
+    if workers is None and scheduler is None and client is None:
+        workers = default_workers()
+
+    t_start = time.perf_counter()
+    with _exclusive(out):
+        state = SweepState(sweep)
+        n_resumed = state.load_completed(out) if resume else 0
+        todo = [p for p in sweep.points if not state.is_done(p)]
+        state.started_utc = state.started_utc or utc_now()
+        run_record: dict[str, Any] = {"started_utc": utc_now(), "finished_utc": None, "points_to_run": len(todo),
+                                      "resumed_points": n_resumed,
+                                      "cluster": scheduler or (f"LocalCluster({workers})" if workers else "client")}
+        failures: list[tuple[dict[str, Any], str]] = []
+        startup_s = run_s = 0.0
+        stopped: tuple[Point, str] | None = None
+        cluster_name = "none (nothing to run)"
+        with contextlib.ExitStack() as stack:
+            if todo:  # connect (or start the cluster) before touching the file
+                t0 = time.perf_counter()
+                c, cluster_name = stack.enter_context(_client(workers, scheduler, client))
+                startup_s = time.perf_counter() - t0
+            state.runs.append(run_record)
+            try:
+                state.save(out)  # the file exists from here on: all points pending (or as resumed)
+                if on_start is not None:
+                    on_start(len(todo), len(sweep.points))
+                if todo:
+                    t1 = time.perf_counter()
+                    stopped = _collect(c, sweep, todo, state, out, failures, fail_fast, flush_seconds, on_point)
+                    run_s = time.perf_counter() - t1
+            finally:
+                run_record["finished_utc"] = utc_now()
+                state.save(out, finished=True)
+        counts = state.counts()
+        summary = SweepSummary(path=out, n_points=len(sweep.points), n_done=counts[STATUS_DONE],
+                               n_failed=counts[STATUS_FAILED], n_pending=counts["pending"],
+                               n_run=sum(1 for p in todo if state.status[p.index] != "pending"),
+                               n_resumed=n_resumed, workers=workers, scheduler=cluster_name, startup_s=startup_s,
+                               run_s=run_s, wall_time_s=time.perf_counter() - t_start, failures=failures,
+                               n_saves=state.saves)
+    if stopped is not None:
+        point, error = stopped
+        raise SweepFailedError(f"point {_where(point)} failed (--fail-fast): {error}; {summary.n_done} done points "
+                               f"saved in {out}, {summary.n_pending} pending", summary)
+    return summary
+
+
+def _where(point: Point) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in point.coords.items()) or "(the only point)"
+
+
+def _collect(client: Any, sweep: ResolvedSweep, todo: list[Point], state: SweepState, out: Path,
+             failures: list[tuple[dict[str, Any], str]], fail_fast: bool, flush_seconds: float,
+             on_point: Callable[[PointEvent], None] | None) -> tuple[Point, str] | None:
+    """Submit ``todo``, record outcomes as they complete, save every ``flush_seconds``."""
+    from dask.distributed import as_completed
+
+    token = os.urandom(4).hex()
+    futures = {}
+    for p in todo:
+        fut = client.submit(execute_point, sweep.kind.name, p.config, key=f"stosim-sweep-{sweep.spec.name}-{p.flat}-"
+                            f"{token}", priority=-p.flat, retries=0)
+        futures[fut.key] = (fut, p)
+    ac = as_completed([f for f, _ in futures.values()], with_results=False)
+    finished = 0
+    dirty = False
+    last_save = time.monotonic()
+    try:
+        while True:
+            now = time.monotonic()
+            if dirty and now - last_save >= flush_seconds:
+                state.save(out)
+                dirty, last_save = False, time.monotonic()
+            if ac.is_empty():
+                break
+            if not dirty:
+                batch = ac.next_batch(block=True)
+            elif ac.has_ready():
+                batch = ac.next_batch(block=False)
+            else:
+                time.sleep(min(0.05, max(0.0, last_save + flush_seconds - now)))
+                continue
+            for fut in batch:
+                _, point = futures[fut.key]
+                try:
+                    outcome = fut.result()
+                except Exception as exc:  # noqa: BLE001  (a lost worker, a cancelled task)
+                    outcome = {"status": STATUS_FAILED, "error": f"{type(exc).__name__}: {exc}",
+                               "wall_time_s": math.nan}
+                fut.release()
+                state.record(point, outcome)
+                dirty = True
+                finished += 1
+                error = outcome.get("error", "")
+                if outcome["status"] != STATUS_DONE:
+                    failures.append((dict(point.coords), error))
+                if on_point is not None:
+                    on_point(PointEvent(point=point, status=outcome["status"], error=error,
+                                        wall_time_s=float(outcome.get("wall_time_s", math.nan)), finished=finished,
+                                        to_run=len(todo)))
+                if fail_fast and outcome["status"] != STATUS_DONE:
+                    state.save(out)
+                    return point, error
+    finally:
+        pending = [f for f, _ in futures.values() if not f.done()]
+        if pending:
+            client.cancel(pending)
+    if dirty:
+        state.save(out)
+    return None

@@ -1,0 +1,200 @@
+"""Sweep results in memory and on disk (an xarray Dataset written as HDF5 via h5netcdf, atomically).
+
+Layout of a sweep file:
+
+- dimensions: the grid keys in spec order, then ``seed`` (when the spec lists seeds), then the
+  outputs' own dimensions (``epoch`` for learning curves, ``exponent`` for Lyapunov spectra); every
+  coordinate in internal units with ``units`` and ``long_name``;
+- one variable per output (NaN where a point is pending or failed), ``wall_time_s``, ``run_seed``
+  (the seed each point ran with), ``status`` ("done", "failed", "pending") and ``error`` (the
+  message of a failed point, "" otherwise); every variable has ``units`` and ``long_name``;
+- attributes: ``sweep_spec_json`` (the resolved spec), ``sweep_spec_sha256``, ``sweep_seeds``,
+  ``sweep_runs`` (JSON: start/end time and cluster of each invocation), point counts, package
+  versions and the creation time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stosim.storage import provenance_attrs, write_dataset_atomic
+from stosim.sweep.kinds import TEXT_UNITS
+from stosim.sweep.spec import Point, ResolvedSweep
+
+__all__ = ["SweepState", "read_sweep", "ResumeError", "STATUS_DONE", "STATUS_FAILED", "STATUS_PENDING",
+           "FORMAT_ATTR"]
+
+STATUS_DONE, STATUS_FAILED, STATUS_PENDING = "done", "failed", "pending"
+FORMAT_ATTR = "stosim_sweep_format"
+
+
+class ResumeError(ValueError):
+    """The file to resume does not belong to this spec (or is not a sweep file)."""
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_sweep(path: str | Path):
+    """The sweep file at ``path`` as an in-memory xarray Dataset (the file is closed again)."""
+    import xarray as xr
+
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        return ds.load()
+
+
+class SweepState:
+    """Results of every point of a sweep, kept by the single writer and saved as a Dataset."""
+
+    def __init__(self, sweep: ResolvedSweep) -> None:
+        self.sweep = sweep
+        shape = sweep.shape
+        self.values: dict[str, np.ndarray] = {}
+        for out in sweep.kind.outputs:
+            extra = tuple(len(d.values) for d in sweep.extra_dims if d.name in out.extra_dims)
+            self.values[out.name] = np.full(shape + extra, np.nan)
+        self.wall_time = np.full(shape, np.nan)
+        self.status = np.full(shape, STATUS_PENDING, dtype=object)
+        self.error = np.full(shape, "", dtype=object)
+        self.run_seed = np.zeros(shape, dtype=np.int64)
+        for p in sweep.points:
+            self.run_seed[p.index] = p.seed
+        self.runs: list[dict[str, Any]] = []
+        self.started_utc: str | None = None
+        self.saves = 0  # files written by this process
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        return {s: int(np.sum(self.status == s)) for s in (STATUS_DONE, STATUS_FAILED, STATUS_PENDING)}
+
+    def is_done(self, point: Point) -> bool:
+        return self.status[point.index] == STATUS_DONE
+
+    def record(self, point: Point, outcome: dict[str, Any]) -> None:
+        """Store the outcome of :func:`~stosim.sweep.kinds.execute_point` for ``point``."""
+        idx = point.index
+        self.wall_time[idx] = outcome.get("wall_time_s", np.nan)
+        if outcome["status"] != STATUS_DONE:
+            self.status[idx] = STATUS_FAILED
+            self.error[idx] = str(outcome.get("error", "unknown error")) or "unknown error"
+            for arr in self.values.values():
+                arr[idx] = np.nan
+            return
+        values = outcome["values"]
+        for out in self.sweep.kind.outputs:
+            value = np.asarray(values[out.name], dtype=np.float64)
+            if out.extra_dims:
+                row = np.full(self.values[out.name].shape[len(idx):], np.nan)
+                row[: value.shape[0]] = value
+                self.values[out.name][idx] = row
+            else:
+                self.values[out.name][idx] = float(value)
+        self.status[idx] = STATUS_DONE
+        self.error[idx] = ""
+
+    # -- dataset --------------------------------------------------------------------------------
+    def to_dataset(self, *, finished: bool = False):
+        import xarray as xr
+
+        sw = self.sweep
+        dims = sw.dim_names
+        coords = {d.name: (d.name, d.values, dict(d.attrs)) for d in sw.dims + sw.extra_dims}
+        data_vars: dict[str, Any] = {}
+        for out in sw.kind.outputs:
+            data_vars[out.name] = (dims + out.extra_dims, self.values[out.name],
+                                   {"units": sw.output_units[out.name], "long_name": out.long_name})
+        data_vars["wall_time_s"] = (dims, self.wall_time, {
+            "units": "s", "long_name": "wall-clock time of the point in its worker "
+                                       "(a worker's first point includes compilation and imports)"})
+        data_vars["run_seed"] = (dims, self.run_seed, {"units": "1", "long_name": "seed the point ran with"})
+        data_vars["status"] = (dims, self.status.astype(str).astype(object), {
+            "units": TEXT_UNITS, "long_name": "point status: done, failed or pending"})
+        data_vars["error"] = (dims, self.error.astype(str).astype(object), {
+            "units": TEXT_UNITS, "long_name": "error message of a failed point (empty otherwise)"})
+        ds = xr.Dataset(data_vars, coords=coords)
+        counts = self.counts()
+        spec = sw.spec
+        seeds_attr = (spec.seeds if spec.seeds is not None else
+                      f"derived: SeedSequence({0 if spec.seed is None else spec.seed}, spawn_key=(point index,)); "
+                      "see run_seed")
+        ds.attrs.update(provenance_attrs(**{
+            FORMAT_ATTR: 1,
+            "title": f"stosim sweep {spec.name} (kind = {spec.kind})",
+            "sweep_name": spec.name,
+            "sweep_kind": spec.kind,
+            "sweep_description": spec.description,
+            "sweep_spec_json": sw.resolved_json,
+            "sweep_spec_sha256": sw.spec_hash,
+            "sweep_spec_source": sw.source,
+            "sweep_seeds": seeds_attr,
+            "sweep_independent_seeds": spec.independent_seeds,
+            "sweep_dims": json.dumps(list(dims)),
+            "sweep_started_utc": self.started_utc or utc_now(),
+            "sweep_finished_utc": utc_now() if finished and counts[STATUS_PENDING] == 0 else "none",
+            "sweep_runs": json.dumps(self.runs),
+            "n_points": len(sw.points),
+            "n_done": counts[STATUS_DONE],
+            "n_failed": counts[STATUS_FAILED],
+            "n_pending": counts[STATUS_PENDING],
+        }))
+        return ds
+
+    def save(self, path: str | Path, *, finished: bool = False) -> Path:
+        """Rewrite ``path`` atomically (temporary file beside it, then rename)."""
+        self.saves += 1
+        return write_dataset_atomic(self.to_dataset(finished=finished), path, overwrite=True)
+
+    # -- resume -----------------------------------------------------------------------------------
+    def load_completed(self, path: str | Path) -> int:
+        """Take the done points of the sweep file ``path`` (same resolved spec); returns their number."""
+        try:
+            ds = read_sweep(path)
+        except (OSError, ValueError) as exc:
+            raise ResumeError(f"--resume: cannot read {path} as a sweep file ({exc})") from None
+        if FORMAT_ATTR not in ds.attrs or "sweep_spec_json" not in ds.attrs:
+            raise ResumeError(f"--resume: {path} is not a stosim sweep file")
+        saved = json.loads(ds.attrs["sweep_spec_json"])
+        mine = json.loads(self.sweep.resolved_json)
+        if saved != mine:
+            diff = _diff(saved, mine)
+            raise ResumeError(f"--resume: {path} was written by a different spec (differs in {', '.join(diff)}); "
+                              "resume with the same spec, or pass --overwrite to start again")
+        sw = self.sweep
+        if tuple(ds["status"].dims) != sw.dim_names:
+            raise ResumeError(f"--resume: {path} has dimensions {ds['status'].dims}, expected {sw.dim_names}")
+        status = ds["status"].values.astype(str)
+        for out in sw.kind.outputs:
+            if out.name not in ds:
+                raise ResumeError(f"--resume: {path} lacks the variable {out.name}")
+        done = status == STATUS_DONE
+        for out in sw.kind.outputs:
+            saved_values = ds[out.name].values
+            if saved_values.shape != self.values[out.name].shape:
+                raise ResumeError(f"--resume: {out.name} in {path} has shape {saved_values.shape}, "
+                                  f"expected {self.values[out.name].shape}")
+            self.values[out.name][done] = saved_values[done]
+        self.wall_time[done] = ds["wall_time_s"].values[done]
+        self.status[done] = STATUS_DONE
+        self.runs = json.loads(ds.attrs.get("sweep_runs", "[]"))
+        self.started_utc = str(ds.attrs.get("sweep_started_utc", "")) or None
+        return int(done.sum())
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in a or key not in b:
+                out.append(name)
+            else:
+                out.extend(_diff(a[key], b[key], name))
+        return out
+    return [] if a == b else [prefix or "(spec)"]
+

@@ -1,0 +1,356 @@
+"""Sweeps: spec validation, the dask runner with one writer, the file, kill-and-resume, failures, plots."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import tomllib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+
+from stosim.cli import main
+from stosim.config import load_device
+from stosim.sweep import (PlotError, ResumeError, SpecError, SweepFailedError, load_spec, parse_spec, plot_sweep,
+                          read_sweep, resolve_spec, run_sweep)
+from stosim.sweep.kinds import device_toml, execute_point
+from stosim.sweep.runner import local_cluster
+
+# 8 points: 2 couplings x 2 time steps x 2 seeds; dt = 5 ps does not divide 12 ps, so those 4 points fail
+TINY = """
+name = "tiny"
+kind = "train"
+seeds = [0, 1]
+[base]
+substrate = "sto"
+dataset = "digits"
+n = 4
+epochs = 1
+limit_train = 100
+limit_test = 50
+batch_size = 50
+duration = "12 ps"
+[grid]
+coupling = ["100 Oe", "1000 Oe"]
+dt = ["1 ps", "5 ps"]
+"""
+COMPARED = ["test_accuracy", "best_test_accuracy", "final_train_accuracy", "epochs_to_converge", "epochs_run",
+            "test_accuracy_curve", "run_seed", "status", "error"]
+
+
+def _write(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def client():
+    with local_cluster(2) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tiny_run(client, tmp_path_factory):
+    """The tiny sweep, uninterrupted, on the shared 2-worker LocalCluster."""
+    folder = tmp_path_factory.mktemp("tiny")
+    spec = _write(folder, TINY)
+    events = []
+    summary = run_sweep(load_spec(spec), folder / "tiny.h5", client=client, flush_seconds=0, on_point=events.append)
+    return spec, folder / "tiny.h5", summary, events
+
+
+# ---------------------------------------------------------------------------------------------
+# the spec
+# ---------------------------------------------------------------------------------------------
+BASE_OK = {"name": "t", "kind": "train", "base": {"n": 4, "epochs": 1}, "grid": {"coupling": ["100 Oe"]}}
+
+
+@pytest.mark.parametrize("change, names", [
+    ({"colour": "red"}, "colour: unknown key"),
+    ({"kind": "dance"}, "kind: unknown kind; valid: train, mle, simulate"),
+    ({"base": {"n": 4, "epochz": 1}}, "base.epochz: unknown key for kind = 'train'"),
+    ({"grid": {"coupling": []}}, "grid.coupling: empty list"),
+    ({"grid": {"coupling": ["100 Oe", "5 kg"]}}, "grid.coupling[1]: unit 'kg' in '5 kg' is not a field unit"),
+    ({"grid": {"duration": [300, 100]}}, "grid.duration[0]: 300 has no unit"),
+    ({"grid": {"coupling": ["100 Oe", "100 Oe"]}}, "grid.coupling: value '100 Oe' appears twice"),
+    ({"grid": {"limit_train": [100, 0]}}, "grid.limit_train[1]: Input should be greater than or equal to 1"),
+    ({"grid": {"damping": [0.01, 1.5]}}, "grid.damping[1]: Input should be less than 1"),
+    ({"base": {"n": 4, "seed": 3}}, "base.seed: set seeds with the top-level"),
+    ({"base": {"n": 4}, "grid": {"n": [4, 8]}}, "grid.n: also set in [base]"),
+    ({"seeds": []}, "seeds: empty list"),
+    ({"seed": 1, "seeds": [0, 1]}, "seed, seeds: give either seed"),
+    ({"independent_seeds": True}, "independent_seeds: needs seeds"),
+    ({"name": "a b"}, "name: use letters"),
+    ({"base": {"substrate": "mlp", "damping": 0.01}}, "base.damping: device parameters apply to STO substrates only"),
+    ({"grid": {"observation_snr": [20, "loud"]}}, "grid.observation_snr[1]: expected a signal-to-noise ratio in dB"),
+])
+def test_invalid_specs_fail_naming_the_key(change, names):
+    with pytest.raises(SpecError) as err:
+        resolve_spec(parse_spec({**BASE_OK, **change}, "spec.toml"), source="spec.toml")
+    assert names in str(err.value)
+    assert str(err.value).startswith("spec.toml: ")
+
+
+def test_spec_errors_from_files_and_cli(tmp_path, capsys):
+    bad = _write(tmp_path, 'name = "x"\nkind = "mle"\n[base]\nsubstrate = "sto"\n[grid]\ncoupling = ["1 Oe", "2 A"]\n')
+    with pytest.raises(SpecError, match=r"grid\.coupling\[1\]: unit 'A'"):
+        load_spec(bad)
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "x.h5")]) == 2
+    assert "grid.coupling[1]" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()  # validated before any work
+    smoke = Path(__file__).resolve().parents[1] / "experiments" / "smoke-sweep.toml"
+    assert main(["sweep", str(smoke), "--dry-run"]) == 0
+    assert "12 points; coupling = 100, 500, 1000 (Oe); duration = 1e-10, 3e-10 (s)" in capsys.readouterr().out
+    l96 = _write(tmp_path, 'name = "y"\nkind = "mle"\n[base]\nsubstrate = "lorenz96"\n[grid]\nduration = ["3 ps"]\n',
+                 "l96.toml")
+    with pytest.raises(SpecError, match=r"grid\.duration\[0\]: lorenz96 time is a plain number"):
+        load_spec(l96)
+
+
+def test_resolved_spec_coordinates_and_seeds(tmp_path):
+    sweep = load_spec(_write(tmp_path, TINY))
+    assert sweep.dim_names == ("coupling", "dt", "seed") and sweep.shape == (2, 2, 2) and len(sweep) == 8
+    coupling, dt, seed = sweep.dims
+    np.testing.assert_array_equal(coupling.values, [100.0, 1000.0])
+    np.testing.assert_allclose(dt.values, [1e-12, 5e-12], rtol=1e-15)
+    assert (coupling.attrs["units"], dt.attrs["units"], seed.attrs["units"]) == ("Oe", "s", "1")
+    assert [p.seed for p in sweep.points[:2]] == [0, 1]  # the seed coordinate, used as is
+    # units are parsed once: the same spec written in other units resolves to the same thing
+    other = load_spec(_write(tmp_path, TINY.replace('"100 Oe"', '"10 mT"').replace('"12 ps"', '"0.012 ns"'), "b.toml"))
+    assert other.resolved == sweep.resolved
+    assert sweep.resolved["base"]["epochs"] == 1 and sweep.resolved["base"]["lr"] == 0.01  # defaults filled in
+    # noise and device parameters: SNR in dB (plain or "20 dB"), temperature in K, current in A
+    noisy = resolve_spec(parse_spec({**BASE_OK, "grid": {"observation_snr": ["10 dB", 20, "inf dB"],
+                                                         "temperature": ["0 K", "300 K"], "current": ["2.5 mA"]}}))
+    snr, temperature, current = noisy.dims
+    assert snr.attrs["units"] == "dB" and snr.values.tolist() == [10.0, 20.0, float("inf")]
+    assert temperature.attrs["units"] == "K" and current.attrs["units"] == "A" and current.values[0] == 2.5e-3
+    assert noisy.resolved["grid"]["observation_snr"] == [10.0, 20.0, "inf"]
+    # without `seeds`: per-point seeds from SeedSequence(seed, spawn_key=(point index,)), reproducible
+    derived = TINY.replace("seeds = [0, 1]", "seed = 7")
+    a = load_spec(_write(tmp_path, derived, "c.toml"))
+    b = load_spec(_write(tmp_path, derived, "d.toml"))
+    assert a.dim_names == ("coupling", "dt")
+    seeds = [p.seed for p in a.points]
+    assert seeds == [p.seed for p in b.points] and len(set(seeds)) == 4
+    assert seeds[1] == int(np.random.SeedSequence(7, spawn_key=(1,)).generate_state(1)[0] >> 1)
+
+
+def test_device_override_file_round_trips_exactly(tmp_path):
+    dev = load_device().replace(damping=0.0123, applied_field_oe=345.6)
+    path = tmp_path / "dev.toml"
+    path.write_text(device_toml(dev), encoding="utf-8")
+    assert load_device(path) == dev
+
+
+def test_point_kinds_run_in_process():
+    sim = execute_point("simulate", {"n": 3, "duration": 50e-12, "dt": 1e-12, "save_every": 5, "applied_field": 300.0})
+    assert sim["status"] == "done", sim.get("error")
+    assert 0 < sim["values"]["tmr_voltage_mean"] and -1 <= sim["values"]["mz_mean"] <= 1
+    mle = execute_point("mle", {"substrate": "ffesn", "n": 30, "spectral_radius": 0.5, "duration": 200.0,
+                                "transient": 50.0})
+    assert mle["status"] == "done", mle.get("error")
+    assert mle["values"]["mle"] == pytest.approx(np.log(0.5), abs=1e-3)  # PHYSICS.md 6: MLE = ln(rho) for rho < 1
+    ftmle = execute_point("ftmle", {"substrate": "ffesn", "n": 20, "samples": 3, "spectral_radius": 0.5, "steps": 3})
+    assert ftmle["status"] == "done", ftmle.get("error")
+    assert ftmle["values"]["ftmle_samples"].shape == (3,) and ftmle["values"]["ftmle_max"] < 0  # contracting
+    bad = execute_point("simulate", {"n": 3, "duration": 10e-12, "dt": 3e-12})
+    assert bad["status"] == "failed" and "whole multiple" in bad["error"]
+    trained = execute_point("train", {"n": 4, "epochs": 1, "limit_train": 60, "limit_test": 30, "duration": 5e-12,
+                                      "dt": 1e-12, "damping": 0.02})  # via a written device file
+    assert trained["status"] == "done", trained.get("error")
+
+
+# ---------------------------------------------------------------------------------------------
+# running and storing
+# ---------------------------------------------------------------------------------------------
+def test_tiny_sweep_file_is_complete_and_readable(tiny_run):
+    spec, out, summary, events = tiny_run
+    assert (summary.n_points, summary.n_done, summary.n_failed, summary.n_pending) == (8, 4, 4, 0)
+    assert len(events) == 8 and events[-1].finished == 8
+    ds = xr.open_dataset(out, engine="h5netcdf")
+    try:
+        for name in list(ds.data_vars) + list(ds.coords):
+            assert ds[name].attrs.get("units") is not None and ds[name].attrs.get("long_name"), name
+        assert ds["coupling"].attrs["units"] == "Oe" and ds["dt"].attrs["units"] == "s"
+        assert ds["test_accuracy"].dims == ("coupling", "dt", "seed")
+        assert ds["test_accuracy_curve"].dims == ("coupling", "dt", "seed", "epoch")
+        status = ds["status"].values.astype(str)
+        ok = ds["dt"].values == 1e-12
+        assert (status[:, ok] == "done").all() and (status[:, ~ok] == "failed").all()
+        acc = ds["test_accuracy"].values
+        assert np.isfinite(acc[:, ok]).all() and np.isnan(acc[:, ~ok]).all()
+        assert ((acc[:, ok] >= 0) & (acc[:, ok] <= 1)).all()
+        errors = ds["error"].values.astype(str)
+        assert all("must be a whole multiple" in e for e in errors[:, ~ok].ravel())
+        assert all(e == "" for e in errors[:, ok].ravel())
+        spec_json = json.loads(ds.attrs["sweep_spec_json"])
+        assert spec_json["grid"]["coupling"] == [100.0, 1000.0] and spec_json["seeds"] == [0, 1]
+        assert ds.attrs["version_stosim"] and ds.attrs["sweep_finished_utc"] != "none"
+        assert ds.attrs["n_done"] == 4 and ds.attrs["n_failed"] == 4
+    finally:
+        ds.close()
+    with h5py.File(out, "r") as f:  # plain HDF5
+        assert f["test_accuracy"].attrs["units"] in ("1", b"1")
+        assert f["test_accuracy"].shape == (2, 2, 2)
+        status = f["status"][...]
+        assert {s.decode() if isinstance(s, bytes) else s for s in status.ravel()} == {"done", "failed"}
+        assert "sweep_spec_json" in f.attrs
+
+
+def _poll_finished(path: Path, timeout: float = 120.0) -> int:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            with h5py.File(path, "r") as f:
+                n = int(np.ravel(f.attrs["n_done"])[0]) + int(np.ravel(f.attrs["n_failed"])[0])
+            if n >= 1:
+                return n
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"no point of {path} finished within {timeout} s")
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(tiny_run, tmp_path, capsys):
+    spec, reference, _, _ = tiny_run
+    out = tmp_path / "killed.h5"
+    cmd = [sys.executable, "-m", "stosim", "sweep", str(spec), "--out", str(out), "--workers", "1",
+           "--flush-seconds", "0"]
+    with open(tmp_path / "killed.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+    try:
+        _poll_finished(out)
+        os.kill(proc.pid, signal.SIGKILL)  # the writer dies mid-run
+        proc.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # and the dask processes it started (same session)
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    partial = read_sweep(out)
+    status = partial["status"].values.astype(str)
+    assert (status == "pending").any(), "the sweep finished before it was killed; nothing left to resume"
+    assert (status != "pending").any()
+    kept = {name: partial[name].values.copy() for name in COMPARED}
+    capsys.readouterr()
+    rc = main(["sweep", str(spec), "--out", str(out), "--resume", "--workers", "1", "--json"])
+    captured = capsys.readouterr()
+    assert rc == 1, captured.err  # 1: some points failed (by design of the spec)
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["n_resumed"] == int((status == "done").sum()) and summary["n_pending"] == 0
+    resumed, full = read_sweep(out), read_sweep(reference)
+    for name in COMPARED:
+        np.testing.assert_array_equal(resumed[name].values, full[name].values, err_msg=name)
+    done = status == "done"
+    for name in COMPARED:  # points finished before the kill were kept, not rerun
+        np.testing.assert_array_equal(resumed[name].values[done], kept[name][done], err_msg=name)
+    runs = json.loads(resumed.attrs["sweep_runs"])
+    assert len(runs) == 2 and runs[0]["finished_utc"] is None and runs[1]["finished_utc"]
+
+
+def test_fail_fast_stops_after_saving(client, tmp_path):
+    spec = _write(tmp_path, TINY.replace('dt = ["1 ps", "5 ps"]', 'dt = ["5 ps", "1 ps"]')
+                  .replace('coupling = ["100 Oe", "1000 Oe"]', 'coupling = ["100 Oe", "300 Oe", "1000 Oe"]'))
+    out = tmp_path / "ff.h5"
+    with pytest.raises(SweepFailedError, match=r"coupling = 100.0, dt = 5e-12, seed = [01] failed .*whole multiple"
+                       ) as err:
+        run_sweep(load_spec(spec), out, client=client, fail_fast=True)
+    assert err.value.summary.n_failed >= 1 and err.value.summary.n_pending >= 6  # stopped at once: 12 points
+    ds = read_sweep(out)
+    assert ds.attrs["n_pending"] == err.value.summary.n_pending and ds.attrs["sweep_finished_utc"] == "none"
+    assert (ds["status"].values.astype(str)[0, 0] == "failed").any()
+
+
+def test_existing_output_resume_checks(client, tiny_run, tmp_path, capsys):
+    spec, reference, _, _ = tiny_run
+    out = tmp_path / "copy.h5"
+    out.write_bytes(reference.read_bytes())
+    sweep = load_spec(spec)
+    with pytest.raises(FileExistsError, match=r"pass --resume to continue it or --overwrite to replace it"):
+        run_sweep(sweep, out, workers=1)
+    with pytest.raises(ValueError, match="exclude each other"):
+        run_sweep(sweep, out, resume=True, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="run without --resume"):
+        run_sweep(sweep, tmp_path / "missing.h5", resume=True)
+    other = load_spec(_write(tmp_path, TINY.replace('"1000 Oe"', '"2000 Oe"'), "other.toml"))
+    with pytest.raises(ResumeError, match=r"different spec \(differs in grid.coupling\)"):
+        run_sweep(other, out, resume=True)
+    assert main(["sweep", str(spec), "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # a resumed sweep reruns the failed points only (here they fail again; no done point is rerun)
+    summary = run_sweep(sweep, out, resume=True, client=client)
+    assert (summary.n_resumed, summary.n_run, summary.n_done, summary.n_failed) == (4, 4, 4, 4)
+    a, b = read_sweep(out), read_sweep(reference)
+    for name in COMPARED + ["wall_time_s"]:
+        np.testing.assert_array_equal(a[name].values[a["status"].values.astype(str) == "done"],
+                                      b[name].values[b["status"].values.astype(str) == "done"], err_msg=name)
+
+
+def test_simulate_sweep_over_a_device_parameter(client, tmp_path):
+    spec = _write(tmp_path, """
+        name = "sim"
+        kind = "simulate"
+        seed = 3
+        [base]
+        n = 3
+        duration = "40 ps"
+        dt = "1 ps"
+        save_every = 4
+        [grid]
+        applied_field = ["100 Oe", "0.05 T"]
+        current = ["1 mA", "3 mA"]
+        """)
+    out = tmp_path / "sim.h5"
+    summary = run_sweep(load_spec(spec), out, client=client)
+    assert summary.n_done == 4
+    ds = read_sweep(out)
+    assert ds["applied_field"].attrs["units"] == "Oe" and list(ds["applied_field"].values) == [100.0, 500.0]
+    assert ds["current"].attrs["units"] == "A" and np.allclose(ds["current"].values, [1e-3, 3e-3])
+    assert ds["tmr_voltage_mean"].attrs["units"] == "V"
+    # same seeds, same numbers: a point rerun in this process agrees with the worker's result
+    point = load_spec(spec).points[3]
+    again = execute_point("simulate", point.config)["values"]
+    assert again["mx_std"] == ds["mx_std"].values[1, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------------------------
+def test_plots_1d_and_2d(tiny_run, tmp_path, capsys):
+    _, out, _, _ = tiny_run
+    line = plot_sweep(out, "test_accuracy", x="coupling", out=tmp_path / "line.png")
+    heat = plot_sweep(out, "test_accuracy", x="coupling", y="dt", out=tmp_path / "heat.png")
+    std = plot_sweep(read_sweep(out), "best_test_accuracy", x="dt", out=tmp_path / "std.png", band="std")
+    for png in (line, heat, std):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(out), "--x", "coupling", "--y", "seed", "--var", "test_accuracy",
+                 "--out", str(tmp_path / "cli.png")]) == 0
+    assert (tmp_path / "cli.png").exists()
+    with pytest.raises(PlotError, match=r"--x 'mu' is not a dimension of test_accuracy; dimensions: coupling, dt"):
+        plot_sweep(out, "test_accuracy", x="mu")
+    with pytest.raises(PlotError, match=r"--var 'accuracy': no such variable; variables: test_accuracy"):
+        plot_sweep(out, "accuracy", x="coupling")
+    capsys.readouterr()
+    assert main(["plot", str(out), "--x", "coupling", "--y", "nope", "--var", "test_accuracy"]) == 2
+    assert "--y 'nope' is not a dimension" in capsys.readouterr().err
+
+
+def test_experiment_specs_are_valid():
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    specs = sorted(p for p in root.rglob("*.toml") if "kind" in tomllib.loads(p.read_text(encoding="utf-8")))
+    names = {p.name for p in specs}
+    assert {"smoke-sweep.toml", "heatmap-sto-coupling-duration.toml", "heatmap-ffesn-rho-steps.toml",
+            "heatmap-lorenz96-forcing-duration.toml", "mle-vs-coupling-sto.toml", "mle-vs-rho-ffesn.toml",
+            "mle-vs-forcing-lorenz96.toml"} <= names
+    for path in specs:
+        assert len(load_spec(path)) >= 2, path
