@@ -69,6 +69,9 @@ def write_dataset_atomic(ds: "xr.Dataset", path: str | Path, *, overwrite: bool 
     os.close(fd)
     try:
         ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

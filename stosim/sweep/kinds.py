@@ -232,7 +232,11 @@ class _STOPointMixin:
 
 
 class TrainPoint(TrainConfig, DeviceOverrides, _STOPointMixin):
-    """A ``train`` point: every :class:`~stosim.training.TrainConfig` key plus device overrides."""
+    """A ``train`` point: every :class:`~stosim.training.TrainConfig` key plus device overrides, and
+    ``ftmle_samples``: the FTMLE of the substrate over that many test samples, for the model at
+    initialization (untrained read-in) and after training (reservoir substrates only; 0: none)."""
+
+    ftmle_samples: int = Field(default=0, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _overrides_need_sto(self) -> "TrainPoint":
@@ -368,6 +372,11 @@ EXTRA_DIM_ATTRS = MappingProxyType({
 })
 
 
+def _rate_units(cfg: BaseModel) -> str:
+    unit = time_units(cfg.substrate, "mle")
+    return {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step"}[unit]
+
+
 def _run_train(cfg: TrainPoint) -> dict[str, Any]:
     from stosim.training import train
 
@@ -377,9 +386,13 @@ def _run_train(cfg: TrainPoint) -> dict[str, Any]:
         if overrides and cfg.substrate in STO_SUBSTRATES:
             device = str(Path(tmp) / "device.toml")
             Path(device).write_text(device_toml(resolve_device(cfg.device, overrides)), encoding="utf-8")
-        result = train(cfg.train_config(device))
+        train_cfg = cfg.train_config(device)
+        run_dir = Path(tmp) / "run"
+        result = train(train_cfg, run_dir)
+        ftmle = _trained_untrained_ftmle(train_cfg, run_dir, cfg.ftmle_samples)
     history = result.history
     return {
+        **ftmle,
         "test_accuracy": result.test_accuracy,
         "best_test_accuracy": result.best_test_accuracy,
         "final_train_accuracy": history[-1]["train_accuracy"],
@@ -387,6 +400,19 @@ def _run_train(cfg: TrainPoint) -> dict[str, Any]:
         "epochs_run": result.epochs,
         "test_accuracy_curve": np.array([h["test_accuracy"] for h in history], dtype=np.float64),
     }
+
+
+def _trained_untrained_ftmle(train_cfg: TrainConfig, run_dir: Path, samples: int) -> dict[str, float]:
+    """Mean and std of the per-sample FTMLE before and after training (NaN when not requested)."""
+    keys = ("ftmle_untrained_mean", "ftmle_untrained_std", "ftmle_trained_mean", "ftmle_trained_std")
+    if samples == 0 or train_cfg.substrate not in ("sto", "ffesn", "lorenz96"):
+        return dict.fromkeys(keys, float("nan"))
+    from stosim.analysis.run_ftmle import dataset_ftmle
+
+    untrained = dataset_ftmle(train_cfg, None, limit=samples)["ftmle"].values
+    trained = dataset_ftmle(train_cfg, run_dir / "checkpoint.pt", limit=samples)["ftmle"].values
+    return dict(zip(keys, (float(np.mean(untrained)), float(np.std(untrained)), float(np.mean(trained)),
+                           float(np.std(trained)))))
 
 
 def _train_epochs(configs: list[TrainPoint]) -> dict[str, np.ndarray]:
@@ -404,15 +430,14 @@ _TRAIN = PointKind(
         Output("epochs_to_converge", "1", "first epoch with test accuracy within 0.5 percentage points of the best"),
         Output("epochs_run", "1", "epochs trained (1 for a ridge readout)"),
         Output("test_accuracy_curve", "1", "test accuracy after each epoch (fraction)", ("epoch",)),
+        Output("ftmle_untrained_mean", _rate_units, "mean FTMLE over test samples, untrained model"),
+        Output("ftmle_untrained_std", _rate_units, "standard deviation of the FTMLE, untrained model"),
+        Output("ftmle_trained_mean", _rate_units, "mean FTMLE over test samples, trained model"),
+        Output("ftmle_trained_std", _rate_units, "standard deviation of the FTMLE, trained model"),
     ),
     extra_dims=_train_epochs,
     description="train a reservoir model (stosim.training.train) and evaluate it",
 )
-
-
-def _rate_units(cfg: BaseModel) -> str:
-    unit = time_units(cfg.substrate, "mle")
-    return {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step"}[unit]
 
 
 def _run_mle(cfg: MLEPoint) -> dict[str, Any]:
