@@ -123,11 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coupling", type=_quantity("field", "--coupling"), default=500.0, help="STO mu (default 500 Oe)")
     p.add_argument("--current", type=_quantity("current", "--current"), default=None, help="STO bias current")
     p.add_argument("--device", type=Path, default=None, help="STO device file")
-    p.add_argument("--spectral-radius", type=float, default=1.2, help="FFESN rho (default 1.2)")
+    p.add_argument("--spectral-radius", type=float, default=1.5, help="FFESN rho (default 1.5)")
     p.add_argument("--forcing", type=float, default=8.0, help="Lorenz 96 F (default 8)")
     p.add_argument("--exponents", type=int, default=1, help="how many leading exponents (default 1: the MLE)")
     p.add_argument("--duration", type=str, default=None,
-                   help="averaging time (sto: '200 ns'; lorenz96: model time 200; ffesn: steps 2000)")
+                   help="averaging time (sto: '200 ns'; lorenz96: model time 1000; ffesn: steps 2000)")
     p.add_argument("--transient", type=str, default=None, help="discarded time before averaging, same units")
     p.add_argument("--dt", type=str, default=None, help="step (sto: '1 ps'; lorenz96: 0.01)")
     p.add_argument("--seed", type=int, default=0)

@@ -14,14 +14,14 @@ __all__ = ["LYAPUNOV_DEFAULTS", "substrate_tangent_system", "substrate_lyapunov"
 # per substrate: duration, transient and step in its time unit (STO: seconds), default size
 LYAPUNOV_DEFAULTS = {
     "sto": {"duration": 200e-9, "transient": 50e-9, "dt": 1e-12, "n": 200, "reorthonormalize_every": 10},
-    "lorenz96": {"duration": 200.0, "transient": 20.0, "dt": 0.01, "n": 40, "reorthonormalize_every": 10},
+    "lorenz96": {"duration": 1000.0, "transient": 50.0, "dt": 0.01, "n": 40, "reorthonormalize_every": 10},
     "ffesn": {"duration": 2000.0, "transient": 500.0, "dt": 1.0, "n": 500, "reorthonormalize_every": 1},
 }
 
 
 def substrate_tangent_system(substrate: str, *, n: int | None = None, dt: float | None = None, seed: int = 0,
                              coupling_oe: float = 500.0, current_a: float | None = None, device=None,
-                             spectral_radius: float = 1.2, density: float = 0.5, forcing: float = 8.0,
+                             spectral_radius: float = 1.5, density: float = 0.5, forcing: float = 8.0,
                              ) -> tuple[TangentSystem, np.ndarray]:
     """(tangent system, initial state) of ``substrate`` in {"sto", "ffesn", "lorenz96"} with seeded initial state."""
     defaults = LYAPUNOV_DEFAULTS.get(substrate)
