@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--var", required=True, help="variable to plot, e.g. test_accuracy or mle")
     p.add_argument("--band", choices=["minmax", "std"], default="minmax",
                    help="line plots: band over seeds, min-max (default) or mean +/- std")
+    p.add_argument("--hue", default=None, help="line plots: one line per value of this dimension")
     p.add_argument("--out", type=Path, default=None, help="PNG (default: FILE-VAR-X[-Y].png beside FILE)")
     p = sub.add_parser("ftmle", help="per-sample FTMLE of a reservoir over a dataset (untrained or trained)")
     p.add_argument("--config", type=Path, default=None, help="experiment TOML; flags override it")
@@ -484,7 +485,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from stosim.sweep import plot_sweep
 
-    out = plot_sweep(args.file, args.var, args.x, args.y, args.out, band=args.band)
+    out = plot_sweep(args.file, args.var, args.x, args.y, args.out, band=args.band, hue=args.hue)
     print(f"wrote {out}")
     return 0
 

@@ -354,3 +354,25 @@ def test_experiment_specs_are_valid():
             "mle-vs-forcing-lorenz96.toml"} <= names
     for path in specs:
         assert len(load_spec(path)) >= 2, path
+
+
+def test_plot_hue_draws_one_line_per_value(tmp_path):
+    import numpy as np
+    import xarray as xr
+
+    from stosim.sweep import PlotError, plot_sweep
+
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset(
+        {"test_accuracy": (("snr", "coupling", "seed"), rng.uniform(0.8, 1.0, (3, 2, 4)),
+                           {"units": "1", "long_name": "test accuracy"})},
+        coords={"snr": ("snr", [0.0, 10.0, 20.0], {"units": "dB", "long_name": "SNR"}),
+                "coupling": ("coupling", [1.0, 500.0], {"units": "Oe", "long_name": "coupling strength mu"}),
+                "seed": ("seed", np.arange(4), {"units": "1", "long_name": "seed"})},
+    )
+    out = plot_sweep(ds, "test_accuracy", "snr", out=tmp_path / "hue.png", hue="coupling")
+    assert out.stat().st_size > 5000
+    with pytest.raises(PlotError, match="--hue"):
+        plot_sweep(ds, "test_accuracy", "snr", y="coupling", out=tmp_path / "x.png", hue="coupling")
+    with pytest.raises(PlotError, match="--hue 'nope'"):
+        plot_sweep(ds, "test_accuracy", "snr", out=tmp_path / "x.png", hue="nope")

@@ -73,8 +73,10 @@ def _axis_values(coord) -> tuple[np.ndarray, list[str], bool]:  # noqa: ANN001
 
 
 def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Path | None = None, *,
-               band: Literal["minmax", "std"] = "minmax") -> Path:
+               band: Literal["minmax", "std"] = "minmax", hue: str | None = None) -> Path:
     """Plot ``var`` of a sweep (Dataset or file) against ``x`` (line) or ``x`` and ``y`` (heat map); save a PNG.
+
+    With ``hue`` (line plots only) one line, with its band over seeds, is drawn per value of that dimension.
 
     Default ``out``: beside the file, ``<file stem>-<var>-<x>[-<y>].png``. Returns the PNG path.
     """
@@ -94,7 +96,11 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
     if var not in numeric:
         raise PlotError(f"--var {var!r} is not numeric; variables: {', '.join(numeric)}")
     da = ds[var]
-    for flag, dim in (("--x", x), ("--y", y)):
+    if hue is not None and y is not None:
+        raise PlotError("--hue draws one line per value; it cannot be combined with --y (a heat map)")
+    if hue is not None and hue == x:
+        raise PlotError(f"--hue and --x are both {x!r}; give two different dimensions")
+    for flag, dim in (("--x", x), ("--y", y), ("--hue", hue)):
         if dim is not None and dim not in da.dims:
             raise PlotError(f"{flag} {dim!r} is not a dimension of {var}; dimensions: {', '.join(da.dims)}")
     if y is not None and x == y:
@@ -102,6 +108,8 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
     if band not in ("minmax", "std"):
         raise PlotError(f"band = {band!r}; valid: minmax, std")
     axes = [x] if y is None else [x, y]
+    if hue is not None:
+        axes.append(hue)
     spread = "seed" if "seed" in da.dims and "seed" not in axes else None
     dropped = [d for d in da.dims if d not in axes and d != spread and da.sizes[d] == 1]
     averaged = [d for d in da.dims if d not in axes and d != spread and da.sizes[d] > 1]
@@ -120,23 +128,29 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
     if y is None:
         fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
         pos, ticks, log = _axis_values(ds[x])
-        if spread:
-            values = da.transpose(x, spread).values
-            n_seeds = values.shape[1]
-            with _quiet():
-                mean = np.nanmean(values, axis=1)
-                if band == "minmax":
-                    lo, hi = np.nanmin(values, axis=1), np.nanmax(values, axis=1)
-                    band_label = f"min-max over {n_seeds} seeds"
-                else:
-                    sd = np.nanstd(values, axis=1)
-                    lo, hi = mean - sd, mean + sd
-                    band_label = f"mean +/- std over {n_seeds} seeds"
-            ax.fill_between(pos, lo, hi, alpha=0.25, label=band_label)
-            ax.plot(pos, mean, "o-", label=f"mean over {n_seeds} seeds")
+        lines = ([(None, da)] if hue is None else
+                 [(f"{_label(ds[hue], hue).split(' (')[0]} = {_format_value(ds[hue], v)}", da.isel({hue: k}))
+                  for k, v in enumerate(ds[hue].values)])
+        for name, line in lines:
+            prefix = f"{name}: " if name else ""
+            if spread:
+                values = line.transpose(x, spread).values
+                n_seeds = values.shape[1]
+                with _quiet():
+                    mean = np.nanmean(values, axis=1)
+                    if band == "minmax":
+                        lo, hi = np.nanmin(values, axis=1), np.nanmax(values, axis=1)
+                        band_label = f"min-max over {n_seeds} seeds"
+                    else:
+                        sd = np.nanstd(values, axis=1)
+                        lo, hi = mean - sd, mean + sd
+                        band_label = f"mean +/- std over {n_seeds} seeds"
+                (drawn,) = ax.plot(pos, mean, "o-", label=f"{prefix}mean over {n_seeds} seeds")
+                ax.fill_between(pos, lo, hi, alpha=0.25, color=drawn.get_color(), label=f"{prefix}{band_label}")
+            else:
+                ax.plot(pos, line.transpose(x).values, "o-", label=name)
+        if spread or hue is not None:
             ax.legend(fontsize=8)
-        else:
-            ax.plot(pos, da.transpose(x).values, "o-")
         if log:
             ax.set_xscale("log")
         if ds[x].values.dtype.kind not in "iuf":
@@ -188,3 +202,10 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         yield
+
+
+def _format_value(coord, value) -> str:
+    """A coordinate value with its unit, for legends."""
+    unit = coord.attrs.get("units", "")
+    text = f"{value:g}" if isinstance(value, (int, float, np.integer, np.floating)) else str(value)
+    return f"{text} {unit}".strip() if unit not in ("", "1") else text
