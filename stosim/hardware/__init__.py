@@ -1,0 +1,44 @@
+"""Real-hardware drivers behind the substrate interface (guide: ``docs/hardware.md``).
+
+- :class:`LabSTOArray`: an STO-array station driven over PyVISA (current source, field-pulse
+  source, digitizer) as a non-differentiable :class:`~stosim.substrates.base.Substrate`.
+- :func:`load_station`, :class:`Station`: station files (``devices/stations/*.toml``): which
+  instrument class sits at which VISA address, with the station's limits.
+- :mod:`stosim.hardware.instruments`: :class:`Command` (SCPI template, unit, limits) and the
+  instrument classes (limits checked before sending, bounded retries on timeouts).
+- :class:`DigitalTwin`, :class:`Mismatch`: fake instruments that answer by running the simulator
+  with parameters that differ from the model's, as a lab's do.
+- :class:`StationModel`: the differentiable simulator model of a station.
+- :class:`PhysicsAwareSubstrate`, :func:`compare_sim_vs_physics_aware`: physics-aware training
+  (hardware forward, simulator backward) and readout-only ridge training on hardware features.
+- Transport wrappers for tests: :class:`RecordingTransport`, :class:`FaultInjectingTransport`,
+  :class:`Fault`, :class:`WrappingResourceManager`.
+
+pyvisa-sim definitions of the instruments live in ``devices/instruments/*.yaml``.
+"""
+
+from stosim.hardware.instruments import (INSTRUMENTS, Command, CurrentSource2400, FieldPulseSource, Instrument,
+                                         InstrumentError, InstrumentTimeoutError, ListCommand, SegmentedDigitizer)
+from stosim.hardware.lab_array import DriverClosedError, HardwareSafetyError, LabSTOArray
+from stosim.hardware.model import StationModel, projection_from_voltage, tmr_voltage
+from stosim.hardware.physics_aware import (ComparisonResult, PhysicsAwareSubstrate, accuracy,
+                                           compare_sim_vs_physics_aware, fit_ridge_readout, physics_aware,
+                                           train_classifier)
+from stosim.hardware.station import (INSTRUMENTS_DIR, STATIONS_DIR, InstrumentSpec, Station, StationFileError,
+                                     load_station, station_from_dict)
+from stosim.hardware.transport import (Fault, FaultInjectingTransport, RecordingTransport, WrappingResourceManager,
+                                       is_timeout)
+from stosim.hardware.twin import DigitalTwin, Mismatch, TwinResourceManager
+
+__all__ = [
+    "LabSTOArray", "HardwareSafetyError", "DriverClosedError",
+    "Station", "InstrumentSpec", "StationFileError", "load_station", "station_from_dict", "STATIONS_DIR",
+    "INSTRUMENTS_DIR",
+    "Command", "ListCommand", "Instrument", "InstrumentError", "InstrumentTimeoutError", "CurrentSource2400",
+    "FieldPulseSource", "SegmentedDigitizer", "INSTRUMENTS",
+    "DigitalTwin", "Mismatch", "TwinResourceManager",
+    "StationModel", "tmr_voltage", "projection_from_voltage",
+    "PhysicsAwareSubstrate", "physics_aware", "train_classifier", "accuracy", "fit_ridge_readout",
+    "ComparisonResult", "compare_sim_vs_physics_aware",
+    "RecordingTransport", "FaultInjectingTransport", "Fault", "WrappingResourceManager", "is_timeout",
+]
