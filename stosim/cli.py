@@ -1,6 +1,6 @@
 """Command-line interface: the only place that parses flags, prints and shows progress.
 
-    stosim validate FILE...                 check device files without running
+    stosim validate FILE...                 check device/experiment/sweep/station files without running
     stosim describe [FILE]                  resolved device parameters with units
     stosim simulate [options] --out FILE.h5 run a coupled STO array, write the trajectory
     stosim train [options]                  train a reservoir model (default: coupled STOs on digits)
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stosim", description="Spin-torque-oscillator reservoir simulator")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("validate", help="check device files without running")
+    p = sub.add_parser("validate", help="check device files, experiment configs, sweep specs and station files without running")
     p.add_argument("files", nargs="+", type=Path)
 
     p = sub.add_parser("describe", help="print a device file's resolved parameters with units")
@@ -338,18 +338,55 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
-    from stosim.config import DeviceFileError, load_device
+def _file_kind(path: Path) -> str:
+    """What a TOML file holds, from its top-level keys: device, sweep spec, experiment or station."""
+    import tomllib
 
+    try:
+        keys = set(tomllib.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return "device"  # the device loader reports the read or syntax error with its context
+    if "grid" in keys or ("kind" in keys and "base" in keys):
+        return "sweep spec"
+    if "current_source" in keys or "digitizer" in keys:
+        return "station"
+    if "substrate" in keys:
+        return "experiment"
+    return "device"
+
+
+def _validate_one(path: Path) -> str:
+    """Load ``path`` with the validator of its kind; returns a description, raises ValueError."""
+    kind = _file_kind(path)
+    if kind == "sweep spec":
+        from stosim.sweep.spec import load_spec
+
+        sweep = load_spec(path)
+        return f"sweep spec {sweep.spec.name!r}: {sweep.kind.name} points, {len(sweep.points)} of them"
+    if kind == "station":
+        from stosim.hardware.station import load_station
+
+        return f"station {load_station(path).name!r}"
+    if kind == "experiment":
+        from stosim.training import load_train_config
+
+        cfg = load_train_config(path)
+        return f"experiment: {cfg.substrate} on {cfg.dataset}"
+    from stosim.config import load_device
+
+    return f"device {load_device(path).name!r}"
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
         try:
-            device = load_device(path)
-        except DeviceFileError as exc:
+            what = _validate_one(path)
+        except ValueError as exc:  # DeviceFileError, SpecError, ConfigError, StationFileError
             failed += 1
-            print(f"INVALID {exc}", file=sys.stderr)
+            print(f"INVALID {path}: {exc}" if str(path) not in str(exc) else f"INVALID {exc}", file=sys.stderr)
         else:
-            print(f"ok      {path} ({device.name})")
+            print(f"ok      {path} ({what})")
     return 1 if failed else 0
 
 

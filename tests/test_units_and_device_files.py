@@ -119,3 +119,23 @@ def test_cli_validate_and_describe(tmp_path, capsys):
     assert main(["describe", str(good)]) == 0
     out = capsys.readouterr().out
     assert "416.125 Oe" in out and "critical_current" in out and "emu/cm^3" in out
+
+
+def test_cli_validate_recognizes_every_shipped_toml(capsys):
+    """Device files, experiment configs, sweep specs and station files: each checked by its own schema."""
+    files = sorted(p for folder in ("devices", "experiments") for p in (REPO_ROOT / folder).rglob("*.toml")
+                   if p.name != "reference.toml")
+    assert len(files) > 20
+    assert main(["validate", *map(str, files)]) == 0
+    out = capsys.readouterr().out
+    for kind in ("(device ", "(sweep spec ", "(experiment: ", "(station "):
+        assert kind in out
+
+
+def test_cli_validate_names_the_bad_key_of_a_sweep_spec(tmp_path, capsys):
+    spec = tmp_path / "bad-sweep.toml"
+    spec.write_text('name = "x"\nkind = "train"\nseeds = [0]\n[base]\nsubstrate = "sto"\nepochz = 3\n'
+                    '[grid]\ncoupling = ["1 Oe"]\n')
+    assert main(["validate", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert "epochz" in err and "epochs" in err
