@@ -25,13 +25,13 @@ from stosim.physics.llg import stage_accumulate, stage_final, stage_vjp
 __all__ = ["adjoint_chunks"]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _coupled_field(s, coupling_t, use_coupling, hx):
     if use_coupling:
         np.dot(s[0], coupling_t, hx)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _step_vjp(m, g, coupling_t, coupling, use_coupling, osc, lam, p, dt, work, hxs, zero, g_hx, g_s, out):
     """out = (d m'/d m)^T g for one projected RK4 step from m (all (3, Bc, N))."""
     s2, s3, s4, k1, k2, k3, k4, gk = work[0], work[1], work[2], work[3], work[4], work[5], work[6], work[7]
@@ -84,7 +84,7 @@ def _step_vjp(m, g, coupling_t, coupling, use_coupling, osc, lam, p, dt, work, h
         out[c] += g_s[c]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _stage_back(s, hx, zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s):
     """g_s = J_m(s)^T g_k + e_x (g_hx @ mu W), g_hx = J_hx(s)^T g_k."""
     stage_vjp(s, hx, zero, zero, gk, osc, lam, p, g_s, g_hx)
@@ -92,7 +92,7 @@ def _stage_back(s, hx, zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
         g_s[0] += np.dot(g_hx, coupling)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, n_steps, segment):
     """Gradient of the projected RK4 flow over ``n_steps`` w.r.t. the initial state of one chunk.
 
@@ -126,7 +126,7 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
     return grad
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
 def adjoint_chunks(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, n_steps, segment):
     """:func:`adjoint_chunk` over chunks in parallel: ckpt (C, J + 1, 3, Bc, N), grad (C, 3, Bc, N)."""
     for c in prange(grad.shape[0]):

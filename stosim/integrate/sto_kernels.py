@@ -27,7 +27,7 @@ METHOD_RK4 = 0
 METHOD_HEUN = 1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _coupling(ms, coupling_t, use_coupling, hx, field_x, has_field):
     """hx = m_x @ (mu W)^T (+ the random field along x)."""
     if use_coupling:
@@ -38,7 +38,7 @@ def _coupling(ms, coupling_t, use_coupling, hx, field_x, has_field):
         hx[:] = field_x
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _add_state_noise(m, xi, factor, stats):
     """m <- normalize(m + s_b xi), s_b = std(m[:, b, :]) * factor; stats += (signal var, noise var, count)."""
     _, n_batch, n_osc = m.shape
@@ -74,7 +74,7 @@ def _add_state_noise(m, xi, factor, stats):
         stats[2] += 1.0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def run_chunk(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
               save_every, save_offset, traj, field_noise, has_field_noise, noise_sigma,
               state_noise, has_state_noise, state_noise_factor, stats):
@@ -128,7 +128,7 @@ def run_chunk(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
     return -1, -1
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
 def run_chunks(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
                save_every, save_offset, traj, field_noise, has_field_noise, noise_sigma,
                state_noise, has_state_noise, state_noise_factor, stats, result):

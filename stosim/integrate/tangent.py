@@ -18,7 +18,7 @@ from stosim.physics.llg import stage_accumulate, stage_jvp
 __all__ = ["tangent_run", "tangent_run_chunks"]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _tangent_step(m, t, coupling_t, use_coupling, osc, lam, p, dt, work, hx, thx, zero):
     """One projected RK4 step of (m, t) in place; m, t (3, B, N)."""
     s, ds, k1, k2, k3, k4, d1, d2, d3, d4, scratch = (work[0], work[1], work[2], work[3], work[4], work[5],
@@ -76,7 +76,7 @@ def _tangent_step(m, t, coupling_t, use_coupling, osc, lam, p, dt, work, hx, thx
             t[2, b, i] = (vz - nz * dot) * inv
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def tangent_run(m, t, coupling_t, use_coupling, osc, lam, p, dt, n_steps):
     """Advance states m (3, B, N) and their tangents t (3, B, N) in place by ``n_steps`` steps."""
     _, n_batch, n_osc = m.shape
@@ -88,7 +88,7 @@ def tangent_run(m, t, coupling_t, use_coupling, osc, lam, p, dt, n_steps):
         _tangent_step(m, t, coupling_t, use_coupling, osc, lam, p, dt, work, hx, thx, zero)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
 def tangent_run_chunks(m, t, coupling_t, use_coupling, osc, lam, p, dt, n_steps):
     """:func:`tangent_run` over chunks (C, 3, Bc, N) in parallel."""
     for c in prange(m.shape[0]):

@@ -34,7 +34,7 @@ OSC_PREFACTOR = 4
 N_OSC_PARAMS = 5
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def llg_point(mx, my, mz, hx, hy, hz, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one):
     """dm/dt of one free layer (1/s); (hx, hy, hz) is the coupling + noise field in Oe.
 
@@ -58,7 +58,7 @@ def llg_point(mx, my, mz, hx, hy, hz, h_appl, hk_eff, hs0, alpha, pref, lam, px,
     return -pref * (ax + alpha * dx), -pref * (ay + alpha * dy), -pref * (az + alpha * dz)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def stage_accumulate(m, ms, hx, hy, hz, osc, lam, p, a_next, keep, w, acc, nxt):
     """Runge-Kutta stage: k = f(ms); acc = keep * acc + w k; nxt = m + a_next k.
 
@@ -86,7 +86,7 @@ def stage_accumulate(m, ms, hx, hy, hz, osc, lam, p, a_next, keep, w, acc, nxt):
             nz[i] = m0z[i] + a_next * kz
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
     """Last stage: out = (m + dt (acc + w f(ms))) / |...| (projection onto the unit sphere).
 
@@ -124,7 +124,7 @@ def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
     return -1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def llg_rhs_batch(m, hx, osc, lam, p):
     """dm/dt (3, B, N) in 1/s for states m (3, B, N) and coupling field hx (B, N) in Oe (no other field)."""
     out = np.zeros_like(m)
@@ -133,7 +133,7 @@ def llg_rhs_batch(m, hx, osc, lam, p):
     return out
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def llg_vjp_point(mx, my, mz, hx, hy, hz, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one):
     """Vector-Jacobian product of :func:`llg_point`: v^T (df/dm) and v^T (df/dh_x).
 
@@ -193,7 +193,7 @@ def llg_vjp_point(mx, my, mz, hx, hy, hz, vx, vy, vz, h_appl, hk_eff, hs0, alpha
     return gmx, gmy, gmz, gbx
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def stage_vjp(ms, hx, hy, hz, v, osc, lam, p, g_state, g_hx):
     """Cotangents of one stage evaluation k = f(ms, hx): g_state = v^T df/dm, g_hx = v^T df/dh_x.
 
@@ -217,7 +217,7 @@ def stage_vjp(ms, hx, hy, hz, v, osc, lam, p, g_state, g_hx):
             oh[i] = d
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def llg_jvp_point(mx, my, mz, hx, hy, hz, tx, ty, tz, thx, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one):
     """Jacobian-vector product of :func:`llg_point`: (df/dm) t + (df/dh_x) t_hx, for a tangent (t, t_hx)."""
     mp = mx * px + my * py + mz * pz
@@ -250,7 +250,7 @@ def llg_jvp_point(mx, my, mz, hx, hy, hz, tx, ty, tz, thx, h_appl, hk_eff, hs0, 
     return -pref * (dax + alpha * ddx), -pref * (day + alpha * ddy), -pref * (daz + alpha * ddz)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def stage_jvp(ms, hx, hy, hz, t, thx, osc, lam, p, out):
     """out = (df/dm)(ms) t + (df/dh_x) thx for every oscillator; (3, B, N) arrays, hx/hy/hz/thx (B, N)."""
     _, n_batch, n_osc = ms.shape
