@@ -54,9 +54,11 @@ def _references(configs: list[Path]) -> dict[str, str]:
 
 
 def comparison_table(results: dict[str, list[dict]], configs: list[Path]) -> str:
-    """Markdown table: best / mean (+/- std) test accuracy in %, epochs to converge, wall time."""
+    """Markdown table: best test accuracy (over epochs and seeds), mean +/- std of the final test accuracy
+    over seeds (%), epochs to converge, wall time."""
     refs = _references(configs)
-    lines = ["| model | seeds | best test acc. (%) | mean +/- std (%) | epochs to converge (mean) | "
+    lines = ["| model | seeds | best test acc. over epochs and seeds (%) | final test acc., mean +/- std over seeds (%) | "
+             "epochs to converge (mean) | "
              "wall time per run (s, mean) | seed study best / mean (%) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, runs in results.items():
