@@ -174,10 +174,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _unit_field(dimension: str):
-    """Validator factory: parse a unit string of ``dimension`` into a float (internal unit)."""
+def unit_field_validator(dimension: str):
+    """Validator factory for pydantic fields: parse a unit string of ``dimension`` into a float in
+    the internal unit (None passes through for optional fields); errors name the field."""
 
-    def validate(cls, value: Any, info) -> float:  # noqa: ANN001
+    def validate(cls, value: Any, info) -> float | None:  # noqa: ANN001
+        if value is None:
+            return None
         try:
             return parse_quantity(value, dimension, name=info.field_name)
         except UnitError as exc:
@@ -194,10 +197,10 @@ class FreeLayerSection(_Section):
     thickness: Annotated[float, Field(gt=0, le=1e-4, description="cm (<= 1 um)")]
     gyromagnetic_ratio: Annotated[float, Field(gt=0, description="rad/(Oe s)")] = 1.764e7
 
-    _m = field_validator("saturation_magnetization", mode="before")(_unit_field("magnetization"))
-    _hk = field_validator("anisotropy_field", mode="before")(_unit_field("field"))
-    _len = field_validator("radius", "thickness", mode="before")(_unit_field("length"))
-    _gamma = field_validator("gyromagnetic_ratio", mode="before")(_unit_field("gyromagnetic"))
+    _m = field_validator("saturation_magnetization", mode="before")(unit_field_validator("magnetization"))
+    _hk = field_validator("anisotropy_field", mode="before")(unit_field_validator("field"))
+    _len = field_validator("radius", "thickness", mode="before")(unit_field_validator("length"))
+    _gamma = field_validator("gyromagnetic_ratio", mode="before")(unit_field_validator("gyromagnetic"))
 
 
 class SpinTorqueSection(_Section):
@@ -205,7 +208,7 @@ class SpinTorqueSection(_Section):
     asymmetry: Annotated[float, Field(gt=-1, lt=1, description="torque asymmetry lambda")]
     current: Annotated[float, Field(ge=-1.0, le=1.0, description="A")]
 
-    _i = field_validator("current", mode="before")(_unit_field("current"))
+    _i = field_validator("current", mode="before")(unit_field_validator("current"))
 
 
 class ReferenceLayerSection(_Section):
@@ -223,14 +226,14 @@ class ReferenceLayerSection(_Section):
 class AppliedFieldSection(_Section):
     z: Annotated[float, Field(ge=-1e5, le=1e5, description="H_appl along +z, Oe")]
 
-    _z = field_validator("z", mode="before")(_unit_field("field"))
+    _z = field_validator("z", mode="before")(unit_field_validator("field"))
 
 
 class TMRSection(_Section):
     parallel_resistance: Annotated[float, Field(gt=0, description="R_P, Ohm")]
     tmr_ratio: Annotated[float, Field(ge=0, le=10, description="(R_AP - R_P)/R_P")]
 
-    _r = field_validator("parallel_resistance", mode="before")(_unit_field("resistance"))
+    _r = field_validator("parallel_resistance", mode="before")(unit_field_validator("resistance"))
 
 
 class DeviceFile(_Section):

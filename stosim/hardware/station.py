@@ -53,9 +53,8 @@ from typing import Annotated, Any, ClassVar, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from stosim.config import DEVICES_DIR, DeviceParameters, format_validation_error, load_device
+from stosim.config import DEVICES_DIR, DeviceParameters, format_validation_error, load_device, unit_field_validator
 from stosim.hardware.instruments import Instrument, instrument_class
-from stosim.units import UnitError, parse_quantity
 
 __all__ = ["Station", "InstrumentSpec", "StationFileError", "load_station", "station_from_dict", "STATIONS_DIR",
            "INSTRUMENTS_DIR",
@@ -70,16 +69,6 @@ class StationFileError(ValueError):
     """A station file is missing, unreadable or invalid; the message names the key."""
 
 
-def _unit(dimension: str):
-    def validate(cls, value: Any, info) -> Any:  # noqa: ANN001
-        if value is None:
-            return None
-        try:
-            return parse_quantity(value, dimension, name=info.field_name)
-        except UnitError as exc:
-            raise ValueError(str(exc)) from None
-
-    return validate
 
 
 class _Section(BaseModel):
@@ -93,7 +82,7 @@ class _InstrumentSection(_Section):
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     retry_delay: Annotated[float, Field(ge=0, le=60, description="s")] = 0.0
 
-    _t = field_validator("timeout", "retry_delay", mode="before")(_unit("time"))
+    _t = field_validator("timeout", "retry_delay", mode="before")(unit_field_validator("time"))
 
     role: ClassVar[str] = ""  # set by the subclasses; not a file key
 
@@ -112,9 +101,9 @@ class CurrentSourceSection(_InstrumentSection):
     ramp_step: Annotated[float, Field(gt=0, description="A")] = 0.5e-3
     ramp_dwell: Annotated[float, Field(ge=0, le=60, description="s")] = 0.01
 
-    _i = field_validator("max_current", "ramp_step", mode="before")(_unit("current"))
-    _v = field_validator("compliance", mode="before")(_unit("voltage"))
-    _d = field_validator("ramp_dwell", mode="before")(_unit("time"))
+    _i = field_validator("max_current", "ramp_step", mode="before")(unit_field_validator("current"))
+    _v = field_validator("compliance", mode="before")(unit_field_validator("voltage"))
+    _d = field_validator("ramp_dwell", mode="before")(unit_field_validator("time"))
 
 
 class FieldSourceSection(_InstrumentSection):
@@ -122,7 +111,7 @@ class FieldSourceSection(_InstrumentSection):
     driver: str = "field-pulse-awg"
     max_field: Annotated[float, Field(gt=0, description="Oe")]
 
-    _h = field_validator("max_field", mode="before")(_unit("field"))
+    _h = field_validator("max_field", mode="before")(unit_field_validator("field"))
 
 
 class DigitizerSection(_InstrumentSection):
@@ -130,7 +119,7 @@ class DigitizerSection(_InstrumentSection):
     driver: str = "segmented-digitizer"
     voltage_range: Annotated[float, Field(gt=0, description="V")]
 
-    _v = field_validator("voltage_range", mode="before")(_unit("voltage"))
+    _v = field_validator("voltage_range", mode="before")(unit_field_validator("voltage"))
 
 
 class ArraySection(_Section):
@@ -145,9 +134,9 @@ class ArraySection(_Section):
     preparation_field: Annotated[float, Field(gt=0, description="Oe")]
     max_batch: Annotated[int, Field(ge=1)] = 256
 
-    _h = field_validator("coupling", "preparation_field", mode="before")(_unit("field"))
-    _i = field_validator("bias_current", mode="before")(_unit("current"))
-    _t = field_validator("duration", "sample_interval", mode="before")(_unit("time"))
+    _h = field_validator("coupling", "preparation_field", mode="before")(unit_field_validator("field"))
+    _i = field_validator("bias_current", mode="before")(unit_field_validator("current"))
+    _t = field_validator("duration", "sample_interval", mode="before")(unit_field_validator("time"))
 
 
 class StationFile(_Section):
