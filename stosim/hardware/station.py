@@ -69,8 +69,6 @@ class StationFileError(ValueError):
     """A station file is missing, unreadable or invalid; the message names the key."""
 
 
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
