@@ -3,7 +3,8 @@
 Each experiment file is trained once per seed into ``OUT/<name>/seed<k>`` (a finished run is
 reused, an interrupted one resumed), then the table lists best and mean test accuracy over the
 seeds, the spread, epochs to converge and wall time, next to published values when a
-``reference.toml`` (name -> text) lies beside the experiment files.
+``reference.toml`` (name -> text) lies beside the experiment files. ``collect_finished`` builds the
+same table from the runs already finished (different seed counts per experiment, nothing trained).
 """
 
 from __future__ import annotations
@@ -16,16 +17,27 @@ from typing import Callable
 
 from stosim.training import TrainResult, load_train_config, train
 
-__all__ = ["run_comparison", "comparison_table"]
+__all__ = ["REFERENCE_FILE", "run_comparison", "collect_finished", "comparison_table"]
+
+REFERENCE_FILE = "reference.toml"  # published values (experiment name -> text) beside the experiment files
 
 
-def _run_one(config: Path, seed: int, out: Path, on_epoch: Callable | None) -> dict:
+def _finished(config: Path, seed: int, out: Path) -> dict | None:
+    """The saved summary of a finished run of ``config`` with ``seed`` in ``out``, if its config matches."""
     cfg = load_train_config(config, seed=seed)
     metrics = out / "metrics.json"
     if metrics.exists():
         saved = json.loads(metrics.read_text())
         if saved.get("config") == json.loads(json.dumps(cfg.resolved(), default=str)):
             return saved
+    return None
+
+
+def _run_one(config: Path, seed: int, out: Path, on_epoch: Callable | None) -> dict:
+    saved = _finished(config, seed, out)
+    if saved is not None:
+        return saved
+    cfg = load_train_config(config, seed=seed)
     result: TrainResult = train(cfg, out, resume=(out / "checkpoint.pt").exists(), on_epoch=on_epoch)
     return {**result.summary(), "config": cfg.resolved()}
 
@@ -44,10 +56,30 @@ def run_comparison(configs: list[Path], seeds: list[int], out_dir: Path,
     return results
 
 
+def collect_finished(configs: list[Path], out_dir: Path) -> dict[str, list[dict]]:
+    """Summaries of the finished runs ``OUT/<name>/seed<k>`` of every config (any seeds; none trained).
+
+    A run counts when its ``metrics.json`` exists and was made with the config as it is now; configs
+    without a finished run are left out of the result.
+    """
+    results: dict[str, list[dict]] = {}
+    for config in configs:
+        name = Path(config).stem
+        folders = sorted((out_dir / name).glob("seed*"), key=lambda f: (len(f.name), f.name))
+        for folder in folders:
+            seed_text = folder.name.removeprefix("seed")
+            if not seed_text.isdigit():
+                continue
+            saved = _finished(Path(config), int(seed_text), folder)
+            if saved is not None:
+                results.setdefault(name, []).append(saved)
+    return results
+
+
 def _references(configs: list[Path]) -> dict[str, str]:
     refs: dict[str, str] = {}
     for folder in {Path(c).resolve().parent for c in configs}:
-        path = folder / "reference.toml"
+        path = folder / REFERENCE_FILE
         if path.exists():
             refs.update({k: str(v) for k, v in tomllib.loads(path.read_text()).items()})
     return refs

@@ -35,3 +35,28 @@ def test_compare_writes_a_markdown_table_and_reuses_runs(tmp_path, capsys):
     assert main(args) == 0  # second call reuses the finished runs
     assert (tmp_path / "runs" / "sto" / "seed1" / "metrics.json").stat().st_mtime_ns == mtime
     assert md.read_text() == table
+
+
+def test_compare_finished_only_tabulates_existing_runs_and_skips_the_reference_file(tmp_path, capsys):
+    a, b = tmp_path / "lin.toml", tmp_path / "mlp.toml"
+    a.write_text('substrate = "linear"\ndataset = "digits"\nepochs = 1\nlr = 0.05\nlimit_train = 100\nlimit_test = 50\n')
+    b.write_text('substrate = "mlp"\ndataset = "digits"\nn = 4\nepochs = 1\nlimit_train = 100\nlimit_test = 50\n')
+    ref = tmp_path / "reference.toml"
+    ref.write_text('lin = "92.5 / 92.4"\n')
+    runs = tmp_path / "runs"
+    # the glob experiments/*.toml includes reference.toml: it is not trained
+    assert main(["compare", str(a), str(ref), "--seeds", "0", "1", "--out", str(runs)]) == 0
+    assert main(["compare", str(b), "--seeds", "3", "--out", str(runs)]) == 0
+    capsys.readouterr()
+    md = tmp_path / "finished.md"
+    assert main(["compare", str(a), str(b), str(ref), "--finished-only", "--out", str(runs), "--markdown", str(md)]) == 0
+    table = md.read_text()
+    assert "| lin | 2 |" in table and "| mlp | 1 |" in table
+    # an experiment whose file changed since its runs is not tabulated, and nothing is trained
+    b.write_text(b.read_text().replace("epochs = 1", "epochs = 2"))
+    assert main(["compare", str(a), str(b), "--finished-only", "--out", str(runs), "--markdown", str(md)]) == 0
+    assert "| mlp |" not in md.read_text()
+    assert "(left out): mlp" in capsys.readouterr().err
+    assert not (runs / "mlp" / "seed0").exists()
+    assert main(["compare", str(b), "--finished-only", "--out", str(tmp_path / "empty")]) != 0
+    assert "no finished run" in capsys.readouterr().err
