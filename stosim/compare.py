@@ -87,18 +87,20 @@ def _references(configs: list[Path]) -> dict[str, str]:
 
 def comparison_table(results: dict[str, list[dict]], configs: list[Path]) -> str:
     """Markdown table: best test accuracy (over epochs and seeds), mean +/- std of the final test accuracy
-    over seeds (%), epochs to converge, wall time."""
+    over seeds (%), mean final training accuracy (%, the gap to test shows overfitting), epochs to
+    converge, wall time."""
     refs = _references(configs)
     lines = ["| model | seeds | best test acc. over epochs and seeds (%) | final test acc., mean +/- std over seeds (%) | "
-             "epochs to converge (mean) | "
+             "final train acc. (%, mean) | epochs to converge (mean) | "
              "wall time per run (s, mean) | seed study best / mean (%) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, runs in results.items():
         best = [100 * r["best_test_accuracy"] for r in runs]
         final = [100 * r["test_accuracy"] for r in runs]
         std = statistics.stdev(final) if len(final) > 1 else 0.0
         lines.append(
             f"| {name} | {len(runs)} | {max(best):.2f} | {statistics.mean(final):.2f} +/- {std:.2f} | "
+            f"{statistics.mean(100 * r['final_train_accuracy'] for r in runs):.2f} | "
             f"{statistics.mean(r['epochs_to_converge'] for r in runs):.1f} | "
             f"{statistics.mean(r['wall_time_s'] for r in runs):.0f} | {refs.get(name, '')} |")
     return "\n".join(lines) + "\n"
