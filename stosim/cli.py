@@ -220,7 +220,7 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from stosim.compare import REFERENCE_FILE, collect_finished, comparison_table, run_comparison
+    from stosim.compare import REFERENCE_FILE, collect_finished, comparison_table, experiment_files, run_comparison
 
     def on_run(name: str, seed: int) -> None:
         print(f"== {name}, seed {seed}", file=sys.stderr)
@@ -229,20 +229,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"   epoch {rec['epoch']:3d}  test acc {100 * rec['test_accuracy']:6.2f}%  ({rec['epoch_time_s']:.0f} s)",
               file=sys.stderr)
 
-    # reference.toml holds published values beside the experiment files (a glob picks it up too)
-    args.configs = [c for c in args.configs if c.name != REFERENCE_FILE]
-    if not args.configs:
+    configs = experiment_files(args.configs)
+    if not configs:
         raise CLIError(f"compare: no experiment files given (only {REFERENCE_FILE})")
     if args.finished_only:
-        results = collect_finished(args.configs, args.out)
+        results = collect_finished(configs, args.out)
         if not results:
             raise CLIError(f"--finished-only: no finished run of these experiments in {args.out}")
-        missing = [Path(c).stem for c in args.configs if Path(c).stem not in results]
+        missing = [c.stem for c in configs if c.stem not in results]
         if missing:
             print(f"no finished run yet (left out): {', '.join(missing)}", file=sys.stderr)
     else:
-        results = run_comparison(args.configs, args.seeds, args.out, on_run=on_run, on_epoch=on_epoch)
-    table = comparison_table(results, args.configs)
+        results = run_comparison(configs, args.seeds, args.out, on_run=on_run, on_epoch=on_epoch)
+    table = comparison_table(results, configs)
     path = args.markdown or args.out / "table.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(table)

@@ -15,16 +15,21 @@ import tomllib
 from pathlib import Path
 from typing import Callable
 
-from stosim.training import TrainResult, load_train_config, train
+from stosim.training import TrainConfig, TrainResult, load_train_config, train
 
-__all__ = ["REFERENCE_FILE", "run_comparison", "collect_finished", "comparison_table"]
+__all__ = ["REFERENCE_FILE", "experiment_files", "run_comparison", "collect_finished", "comparison_table"]
 
 REFERENCE_FILE = "reference.toml"  # published values (experiment name -> text) beside the experiment files
 
 
-def _finished(config: Path, seed: int, out: Path) -> dict | None:
-    """The saved summary of a finished run of ``config`` with ``seed`` in ``out``, if its config matches."""
-    cfg = load_train_config(config, seed=seed)
+def experiment_files(paths: list[Path]) -> list[Path]:
+    """The experiment files among ``paths``: a glob such as ``experiments/table1/*.toml`` also
+    matches the reference file of published values, which is not an experiment."""
+    return [Path(p) for p in paths if Path(p).name != REFERENCE_FILE]
+
+
+def _finished(cfg: TrainConfig, out: Path) -> dict | None:
+    """The saved summary of a finished run in ``out``, if it was made with ``cfg`` (seed included)."""
     metrics = out / "metrics.json"
     if metrics.exists():
         saved = json.loads(metrics.read_text())
@@ -34,10 +39,10 @@ def _finished(config: Path, seed: int, out: Path) -> dict | None:
 
 
 def _run_one(config: Path, seed: int, out: Path, on_epoch: Callable | None) -> dict:
-    saved = _finished(config, seed, out)
+    cfg = load_train_config(config, seed=seed)
+    saved = _finished(cfg, out)
     if saved is not None:
         return saved
-    cfg = load_train_config(config, seed=seed)
     result: TrainResult = train(cfg, out, resume=(out / "checkpoint.pt").exists(), on_epoch=on_epoch)
     return {**result.summary(), "config": cfg.resolved()}
 
@@ -70,7 +75,7 @@ def collect_finished(configs: list[Path], out_dir: Path) -> dict[str, list[dict]
             seed_text = folder.name.removeprefix("seed")
             if not seed_text.isdigit():
                 continue
-            saved = _finished(Path(config), int(seed_text), folder)
+            saved = _finished(load_train_config(config, seed=int(seed_text)), folder)
             if saved is not None:
                 results.setdefault(name, []).append(saved)
     return results
