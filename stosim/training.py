@@ -233,11 +233,13 @@ def _atomic_write_text(text: str, path: Path) -> None:
 
 
 def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """Fraction of ``x`` classified as ``y``, evaluated in chunks of max(batch_size, 256) images."""
     model.eval()
     correct = 0
+    chunk = max(batch_size, 256)
     with torch.no_grad():
-        for i in range(0, x.shape[0], max(batch_size, 256)):
-            correct += int((model(x[i:i + 256]).argmax(1) == y[i:i + 256]).sum())
+        for i in range(0, x.shape[0], chunk):
+            correct += int((model(x[i:i + chunk]).argmax(1) == y[i:i + chunk]).sum())
     return correct / x.shape[0]
 
 

@@ -42,6 +42,22 @@ def test_every_model_trains_above_chance(substrate):
     assert logits.shape == (3, 10)
 
 
+@pytest.mark.parametrize("batch_size", [50, 300, 700])
+def test_reported_accuracy_counts_every_test_image(batch_size):
+    # the evaluation chunks must tile the test set for any batch size (also one above the 256-image chunk)
+    cfg = TrainConfig(dataset="digits", substrate="mlp", n=10, limit_train=600, limit_test=797,
+                      batch_size=batch_size, epochs=10, lr=0.05)
+    result = train(cfg)
+    from stosim.training import load_dataset
+    _, test_ds = load_dataset("digits", None, False, seed=0, limit_train=600, limit_test=797)
+    x = torch.as_tensor(test_ds.flat(), dtype=torch.float64)
+    y = torch.as_tensor(test_ds.labels)
+    with torch.no_grad():
+        direct = float((result.model(x).argmax(1) == y).double().mean())
+    assert result.test_accuracy == pytest.approx(direct, abs=1e-12)
+    assert result.test_accuracy > 0.5
+
+
 def test_model_hidden_sizes_are_equal():
     cfg = TrainConfig(substrate="mlp", n=30)
     mlp = build_model(cfg, 64, 10, (8, 8))
