@@ -10,6 +10,7 @@ import torch
 from sklearn.linear_model import Ridge
 
 from stosim.cli import main
+from stosim.datasets import load_dataset
 from stosim.ridge import RidgeAccumulator
 from stosim.training import ConfigError, TrainConfig, build_model, load_train_config, train
 
@@ -48,7 +49,6 @@ def test_reported_accuracy_counts_every_test_image(batch_size):
     cfg = TrainConfig(dataset="digits", substrate="mlp", n=10, limit_train=600, limit_test=797,
                       batch_size=batch_size, epochs=10, lr=0.05)
     result = train(cfg)
-    from stosim.training import load_dataset
     _, test_ds = load_dataset("digits", None, False, seed=0, limit_train=600, limit_test=797)
     x = torch.as_tensor(test_ds.flat(), dtype=torch.float64)
     y = torch.as_tensor(test_ds.labels)
