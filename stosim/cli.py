@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--optimizer", choices=["adam", "sgd"], default=None)
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="adam: decoupled weight decay (AdamW); sgd: L2 coefficient (default 0)")
+    p.add_argument("--input-offset", type=float, default=None,
+                   help="subtracted from every pixel before the read-in (0.5 centres them; default 0)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--float32", action="store_const", const="float32", dest="dtype", default=None)
     p.add_argument("--readout-only", action="store_true", default=None, help="fixed read-in, ridge readout")
@@ -310,7 +314,7 @@ def _config_overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict:
 
 
 _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "limit_test", "epochs", "batch_size",
-               "lr", "optimizer", "seed", "dtype", "readout_only", "n", "hidden", "coupling", "current", "duration",
+               "lr", "optimizer", "weight_decay", "input_offset", "seed", "dtype", "readout_only", "n", "hidden", "coupling", "current", "duration",
                "dt", "device", "spectral_radius", "steps", "forcing", "temperature", "dynamical_snr", "observation_snr",
                "variability", "train_with_noise")
 

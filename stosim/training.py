@@ -29,7 +29,8 @@ from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoir
 from stosim.ridge import RidgeAccumulator
 from stosim.units import UnitError, parse_quantity
 
-__all__ = ["TrainConfig", "train", "TrainResult", "build_model", "load_train_config", "ConfigError", "SUBSTRATES"]
+__all__ = ["TrainConfig", "train", "TrainResult", "build_model", "load_train_config", "with_defaults", "ConfigError",
+           "SUBSTRATES"]
 
 SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto")
 CHECKPOINT = "checkpoint.pt"
@@ -64,6 +65,11 @@ class TrainConfig(BaseModel):
     lr: float = Field(default=0.01, gt=0, le=10)
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0, le=10,
+                                description="adam: decoupled weight decay (AdamW); sgd: L2 penalty coefficient")
+    input_offset: float = Field(default=0.0, ge=-1, le=1,
+                                description="subtracted from every input value (pixels in [0, 1]) before the read-in; "
+                                            "0.5 centres the pixels")
     seed: int = Field(default=0, ge=0)
     dtype: Literal["float32", "float64"] = "float64"
     readout_only: bool = False
@@ -112,6 +118,14 @@ class TrainConfig(BaseModel):
 
     def resolved(self) -> dict[str, Any]:
         return self.model_dump()
+
+
+def with_defaults(saved_config: dict[str, Any]) -> dict[str, Any]:
+    """A configuration saved by an earlier version, completed with today's defaults for the keys it
+    lacks (keys added later, such as ``weight_decay``, default to the behaviour of that version)."""
+    filled = {name: field.default for name, field in TrainConfig.model_fields.items()}
+    filled.update(saved_config)
+    return json.loads(json.dumps(filled, default=str))
 
 
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
@@ -299,6 +313,16 @@ def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: 
     return loss_sum, train_correct
 
 
+def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam (AdamW when ``weight_decay`` > 0: w <- w - lr wd w besides the Adam step) or SGD with
+    momentum (``weight_decay`` adds wd w to the gradient, the L2 penalty wd |w|^2 / 2)."""
+    if cfg.optimizer == "adam":
+        if cfg.weight_decay > 0:
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
 def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False,
           on_batch: Callable[[int, int], None] | None = None,
           on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
@@ -316,11 +340,12 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     dtype = _torch_dtype(cfg)
     x_train, y_train = _tensors(train_ds, dtype)
     x_test, y_test = _tensors(test_ds, dtype)
+    if cfg.input_offset:
+        x_train, x_test = x_train - cfg.input_offset, x_test - cfg.input_offset
     n_classes = train_ds.n_classes
     model = build_model(cfg, x_train.shape[1], n_classes, train_ds.image_shape)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = (torch.optim.Adam(params, lr=cfg.lr) if cfg.optimizer == "adam"
-                 else torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum))
+    optimizer = _optimizer(cfg, params)
     history: list[dict[str, float]] = []
     start_epoch = 1
     elapsed_before = 0.0
@@ -328,10 +353,11 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
         if out is None or not (out / CHECKPOINT).exists():
             raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out}; start without --resume")
         state = torch.load(out / CHECKPOINT, weights_only=False)
-        saved_cfg = dict(state["config"])
-        if {k: v for k, v in saved_cfg.items() if k != "epochs"} != {k: v for k, v in cfg.resolved().items()
+        saved_cfg = with_defaults(dict(state["config"]))
+        current_cfg = json.loads(json.dumps(cfg.resolved(), default=str))
+        if {k: v for k, v in saved_cfg.items() if k != "epochs"} != {k: v for k, v in current_cfg.items()
                                                                       if k != "epochs"}:
-            diff = sorted(k for k in saved_cfg if saved_cfg[k] != cfg.resolved().get(k) and k != "epochs")
+            diff = sorted(k for k in saved_cfg if saved_cfg[k] != current_cfg.get(k) and k != "epochs")
             raise ConfigError(f"--resume: the checkpoint in {out} was made with a different configuration ({diff})")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

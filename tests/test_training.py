@@ -144,3 +144,67 @@ def test_cli_train_with_config_file(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["substrate"] == "ffesn"
     assert main(["train", "--config", str(cfg), "--lr", "-1", "--out", str(tmp_path / "p")]) == 2
     assert "lr" in capsys.readouterr().err
+
+
+def test_weight_decay_is_decoupled_for_adam_and_l2_for_sgd():
+    from stosim.training import _optimizer
+
+    w0 = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    for optimizer, expected in (
+        # AdamW with a zero gradient: w <- w (1 - lr wd); the Adam step itself is 0
+        ("adam", w0 * (1 - 0.1 * 0.5)),
+        # SGD: the gradient becomes wd w, first step w <- w - lr wd w
+        ("sgd", w0 - 0.1 * 0.5 * w0),
+    ):
+        w = torch.nn.Parameter(w0.clone())
+        opt = _optimizer(TrainConfig(optimizer=optimizer, lr=0.1, weight_decay=0.5), [w])
+        w.grad = torch.zeros_like(w)
+        opt.step()
+        torch.testing.assert_close(w.detach(), expected, rtol=1e-15, atol=0)
+    plain = _optimizer(TrainConfig(optimizer="adam", lr=0.1), [torch.nn.Parameter(w0.clone())])
+    assert type(plain) is torch.optim.Adam
+    with pytest.raises(Exception, match="weight_decay"):
+        TrainConfig(weight_decay=-1e-3)
+
+
+def test_input_offset_shifts_the_inputs_seen_by_the_model(monkeypatch):
+    import stosim.training as training
+
+    seen: list[torch.Tensor] = []
+    cfg = TrainConfig(dataset="digits", substrate="linear", limit_train=50, limit_test=20, epochs=1,
+                      batch_size=50, input_offset=0.5)
+    model = build_model(cfg, 64, 10, (8, 8))
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    monkeypatch.setattr(training, "build_model", lambda *a, **k: model)
+    train(cfg)
+    train_ds, test_ds = load_dataset("digits", None, False, seed=0, limit_train=50, limit_test=20)
+    expected = torch.as_tensor(np.concatenate([train_ds.flat(), test_ds.flat()]), dtype=torch.float64) - 0.5
+    # every training and test image reaches the model shifted by -0.5 (in some order)
+    torch.testing.assert_close(torch.cat(seen).sum(0), expected.sum(0), rtol=1e-12, atol=1e-12)
+    assert float(torch.cat(seen).min()) == pytest.approx(-0.5, abs=1e-12)
+    with pytest.raises(Exception, match="input_offset"):
+        TrainConfig(input_offset=2.0)
+
+
+def test_runs_saved_before_a_config_key_existed_still_match(tmp_path):
+    # a checkpoint / metrics file written before weight_decay and input_offset existed lacks those keys;
+    # it is the same configuration as today's with their defaults
+    from stosim.compare import _finished
+    from stosim.training import with_defaults
+
+    cfg = TrainConfig(**{**SMALL, "epochs": 1})
+    saved = {k: v for k, v in json.loads(json.dumps(cfg.resolved(), default=str)).items()
+             if k not in ("weight_decay", "input_offset")}
+    assert with_defaults(saved) == json.loads(json.dumps(cfg.resolved(), default=str))
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": saved, "test_accuracy": 0.5}))
+    assert _finished(cfg, tmp_path) is not None
+    assert _finished(TrainConfig(**{**SMALL, "epochs": 1, "weight_decay": 0.1}), tmp_path) is None
+
+    train(TrainConfig(**{**SMALL, "epochs": 1}), tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    state["config"] = {k: v for k, v in state["config"].items() if k not in ("weight_decay", "input_offset")}
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    result = train(TrainConfig(**{**SMALL, "epochs": 2}), tmp_path / "run", resume=True)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    with pytest.raises(ConfigError, match="weight_decay"):
+        train(TrainConfig(**{**SMALL, "epochs": 3, "weight_decay": 0.1}), tmp_path / "run", resume=True)
