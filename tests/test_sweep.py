@@ -296,6 +296,27 @@ def test_existing_output_resume_checks(client, tiny_run, tmp_path, capsys):
                                       b[name].values[b["status"].values.astype(str) == "done"], err_msg=name)
 
 
+def test_a_sweep_file_from_before_a_config_key_existed_resumes(client, tiny_run, tmp_path):
+    # train points gained weight_decay and input_offset; a file written before lacks them in its spec
+    import h5py
+
+    spec, reference, _, _ = tiny_run
+    out = tmp_path / "old.h5"
+    out.write_bytes(reference.read_bytes())
+    with h5py.File(out, "r+") as f:
+        saved = json.loads(f.attrs["sweep_spec_json"])
+        assert saved["base"]["weight_decay"] == 0.0 and saved["base"]["input_offset"] == 0.0
+        for key in ("weight_decay", "input_offset"):
+            del saved["base"][key]
+        f.attrs["sweep_spec_json"] = json.dumps(saved, sort_keys=True)
+    summary = run_sweep(load_spec(spec), out, resume=True, client=client)
+    assert summary.n_resumed == 4  # the done points are kept
+    # a spec that sets a new key away from its default is a different spec
+    changed = load_spec(_write(tmp_path, TINY.replace("[base]", "[base]\nweight_decay = 0.1"), "wd.toml"))
+    with pytest.raises(ResumeError, match="base.weight_decay"):
+        run_sweep(changed, out, resume=True, client=client)
+
+
 def test_simulate_sweep_over_a_device_parameter(client, tmp_path):
     spec = _write(tmp_path, """
         name = "sim"

@@ -151,6 +151,19 @@ class SweepState:
         return write_dataset_atomic(self.to_dataset(finished=finished), path, overwrite=True)
 
     # -- resume -----------------------------------------------------------------------------------
+    def _with_new_defaults(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """A spec saved by an earlier version lacks the point-configuration keys added since; such a
+        key is the same spec when this sweep leaves it at its default (the earlier behaviour)."""
+        mine = json.loads(self.sweep.resolved_json)
+        fields = self.sweep.kind.config.model_fields
+        saved_base, my_base = saved.get("base"), mine.get("base")
+        if isinstance(saved_base, dict) and isinstance(my_base, dict):
+            for key, value in my_base.items():
+                if (key not in saved_base and key in fields and key not in saved.get("grid", {})
+                        and json.loads(json.dumps(fields[key].default, default=str)) == value):
+                    saved_base[key] = value
+        return saved
+
     def load_completed(self, path: str | Path) -> int:
         """Take the done points of the sweep file ``path`` (same resolved spec); returns their number."""
         try:
@@ -159,7 +172,7 @@ class SweepState:
             raise ResumeError(f"--resume: cannot read {path} as a sweep file ({exc})") from None
         if FORMAT_ATTR not in ds.attrs or "sweep_spec_json" not in ds.attrs:
             raise ResumeError(f"--resume: {path} is not a stosim sweep file")
-        saved = json.loads(ds.attrs["sweep_spec_json"])
+        saved = self._with_new_defaults(json.loads(ds.attrs["sweep_spec_json"]))
         mine = json.loads(self.sweep.resolved_json)
         if saved != mine:
             diff = _diff(saved, mine)
