@@ -314,9 +314,9 @@ def _config_overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict:
 
 
 _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "limit_test", "epochs", "batch_size",
-               "lr", "optimizer", "weight_decay", "input_offset", "seed", "dtype", "readout_only", "n", "hidden", "coupling", "current", "duration",
-               "dt", "device", "spectral_radius", "steps", "forcing", "temperature", "dynamical_snr", "observation_snr",
-               "variability", "train_with_noise")
+               "lr", "optimizer", "weight_decay", "input_offset", "seed", "dtype", "readout_only", "n", "hidden",
+               "coupling", "current", "duration", "dt", "device", "spectral_radius", "steps", "forcing",
+               "temperature", "dynamical_snr", "observation_snr", "variability", "train_with_noise")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
