@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Callable
 
-from stosim.training import TrainConfig, TrainResult, load_train_config, train, with_defaults
+from stosim.training import TrainConfig, TrainResult, config_differences, load_train_config, train
 
 __all__ = ["REFERENCE_FILE", "experiment_files", "run_comparison", "collect_finished", "comparison_table"]
 
@@ -33,8 +33,7 @@ def _finished(cfg: TrainConfig, out: Path) -> dict | None:
     metrics = out / "metrics.json"
     if metrics.exists():
         saved = json.loads(metrics.read_text())
-        if ("config" in saved and with_defaults(saved["config"])
-                == json.loads(json.dumps(cfg.resolved(), default=str))):
+        if "config" in saved and not config_differences(saved["config"], cfg):
             return saved
     return None
 

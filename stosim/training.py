@@ -29,8 +29,8 @@ from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoir
 from stosim.ridge import RidgeAccumulator
 from stosim.units import UnitError, parse_quantity
 
-__all__ = ["TrainConfig", "train", "TrainResult", "build_model", "load_train_config", "with_defaults", "ConfigError",
-           "SUBSTRATES"]
+__all__ = ["TrainConfig", "train", "TrainResult", "build_model", "load_train_config", "with_defaults",
+           "config_differences", "model_inputs", "ConfigError", "SUBSTRATES"]
 
 SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto")
 CHECKPOINT = "checkpoint.pt"
@@ -120,12 +120,23 @@ class TrainConfig(BaseModel):
         return self.model_dump()
 
 
+def _as_json(config: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(config, default=str))
+
+
 def with_defaults(saved_config: dict[str, Any]) -> dict[str, Any]:
     """A configuration saved by an earlier version, completed with today's defaults for the keys it
     lacks (keys added later, such as ``weight_decay``, default to the behaviour of that version)."""
     filled = {name: field.default for name, field in TrainConfig.model_fields.items()}
     filled.update(saved_config)
-    return json.loads(json.dumps(filled, default=str))
+    return _as_json(filled)
+
+
+def config_differences(saved_config: dict[str, Any], cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The keys (sorted, less ``ignore``) in which a saved configuration (a checkpoint's or
+    ``metrics.json``'s, completed by :func:`with_defaults`) differs from ``cfg``; empty if the same run."""
+    saved, current = with_defaults(saved_config), _as_json(cfg.resolved())
+    return sorted(k for k in set(saved) | set(current) if k not in ignore and saved.get(k) != current.get(k))
 
 
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
@@ -257,8 +268,13 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     return correct / x.shape[0]
 
 
-def _tensors(ds: ImageDataset, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.as_tensor(ds.flat(), dtype=dtype), torch.as_tensor(ds.labels, dtype=torch.int64)
+def model_inputs(cfg: TrainConfig, ds: ImageDataset, dtype: torch.dtype) -> torch.Tensor:
+    """The images of ``ds`` as a model trained with ``cfg`` sees them: flattened, minus ``input_offset``."""
+    return torch.as_tensor(ds.flat() - cfg.input_offset, dtype=dtype)
+
+
+def _tensors(cfg: TrainConfig, ds: ImageDataset, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return model_inputs(cfg, ds, dtype), torch.as_tensor(ds.labels, dtype=torch.int64)
 
 
 def _reset_noise(model: torch.nn.Module, seed: int, epoch: int, phase: int) -> None:
@@ -338,10 +354,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     train_ds, test_ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.seed,
                                      limit_train=cfg.limit_train, limit_test=cfg.limit_test)
     dtype = _torch_dtype(cfg)
-    x_train, y_train = _tensors(train_ds, dtype)
-    x_test, y_test = _tensors(test_ds, dtype)
-    if cfg.input_offset:
-        x_train, x_test = x_train - cfg.input_offset, x_test - cfg.input_offset
+    x_train, y_train = _tensors(cfg, train_ds, dtype)
+    x_test, y_test = _tensors(cfg, test_ds, dtype)
     n_classes = train_ds.n_classes
     model = build_model(cfg, x_train.shape[1], n_classes, train_ds.image_shape)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -353,11 +367,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
         if out is None or not (out / CHECKPOINT).exists():
             raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out}; start without --resume")
         state = torch.load(out / CHECKPOINT, weights_only=False)
-        saved_cfg = with_defaults(dict(state["config"]))
-        current_cfg = json.loads(json.dumps(cfg.resolved(), default=str))
-        if {k: v for k, v in saved_cfg.items() if k != "epochs"} != {k: v for k, v in current_cfg.items()
-                                                                      if k != "epochs"}:
-            diff = sorted(k for k in saved_cfg if saved_cfg[k] != current_cfg.get(k) and k != "epochs")
+        diff = config_differences(state["config"], cfg, ignore=("epochs",))
+        if diff:
             raise ConfigError(f"--resume: the checkpoint in {out} was made with a different configuration ({diff})")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -16,7 +16,7 @@ import torch
 from stosim.analysis.ftmle import substrate_ftmle
 from stosim.datasets import load_dataset
 from stosim.models import ReservoirClassifier
-from stosim.training import ConfigError, TrainConfig, build_model
+from stosim.training import ConfigError, TrainConfig, build_model, model_inputs
 
 __all__ = ["dataset_ftmle"]
 
@@ -48,7 +48,7 @@ def dataset_ftmle(cfg: TrainConfig, checkpoint: Path | None = None, *, limit: in
         model.load_state_dict(state["model"])
     assert isinstance(model, ReservoirClassifier)
     dtype = model.substrate.dtype
-    x = torch.as_tensor(test.flat() - cfg.input_offset, dtype=dtype)  # as the model was trained
+    x = model_inputs(cfg, test, dtype)  # as the model was trained
     with torch.no_grad():
         readin = model.read_in(x)
     result = substrate_ftmle(model.substrate, readin, method=method, batch_size=batch_size)

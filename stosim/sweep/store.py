@@ -151,10 +151,9 @@ class SweepState:
         return write_dataset_atomic(self.to_dataset(finished=finished), path, overwrite=True)
 
     # -- resume -----------------------------------------------------------------------------------
-    def _with_new_defaults(self, saved: dict[str, Any]) -> dict[str, Any]:
+    def _with_new_defaults(self, saved: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:
         """A spec saved by an earlier version lacks the point-configuration keys added since; such a
-        key is the same spec when this sweep leaves it at its default (the earlier behaviour)."""
-        mine = json.loads(self.sweep.resolved_json)
+        key is the same spec when this sweep (``mine``) leaves it at its default (the earlier behaviour)."""
         fields = self.sweep.kind.config.model_fields
         saved_base, my_base = saved.get("base"), mine.get("base")
         if isinstance(saved_base, dict) and isinstance(my_base, dict):
@@ -172,8 +171,8 @@ class SweepState:
             raise ResumeError(f"--resume: cannot read {path} as a sweep file ({exc})") from None
         if FORMAT_ATTR not in ds.attrs or "sweep_spec_json" not in ds.attrs:
             raise ResumeError(f"--resume: {path} is not a stosim sweep file")
-        saved = self._with_new_defaults(json.loads(ds.attrs["sweep_spec_json"]))
         mine = json.loads(self.sweep.resolved_json)
+        saved = self._with_new_defaults(json.loads(ds.attrs["sweep_spec_json"]), mine)
         if saved != mine:
             diff = _diff(saved, mine)
             raise ResumeError(f"--resume: {path} was written by a different spec (differs in {', '.join(diff)}); "
