@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--optimizer", choices=["adam", "sgd"], default=None)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                   help="cosine: decay the lr to 0 over the run (default constant)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="adam: decoupled weight decay (AdamW); sgd: L2 coefficient (default 0)")
     p.add_argument("--input-offset", type=float, default=None,
@@ -314,8 +316,8 @@ def _config_overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict:
 
 
 _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "limit_test", "epochs", "batch_size",
-               "lr", "optimizer", "weight_decay", "input_offset", "seed", "dtype", "readout_only", "n", "hidden",
-               "coupling", "current", "duration", "dt", "device", "spectral_radius", "steps", "forcing",
+               "lr", "optimizer", "lr_schedule", "weight_decay", "input_offset", "seed", "dtype", "readout_only",
+               "n", "hidden", "coupling", "current", "duration", "dt", "device", "spectral_radius", "steps", "forcing",
                "temperature", "dynamical_snr", "observation_snr", "variability", "train_with_noise")
 
 

@@ -64,6 +64,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(default=64, ge=1, le=65_536)
     lr: float = Field(default=0.01, gt=0, le=10)
     optimizer: Literal["adam", "sgd"] = "adam"
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="constant", description="cosine: lr decays to 0 over the run, lr_k = lr (1 + cos(pi k / K)) / 2 "
+                                        "at step k of K = epochs x batches per epoch")
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0, le=10,
                                 description="adam: decoupled weight decay (AdamW); sgd: L2 penalty coefficient")
@@ -314,6 +317,8 @@ def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: 
     for k in range(n_batches):
         idx = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
         xb, yb = x_train[idx], y_train[idx]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, (epoch - 1) * n_batches + k, cfg.epochs * n_batches)
         optimizer.zero_grad()
         logits = model(xb)
         loss = torch.nn.functional.cross_entropy(logits, yb)
@@ -339,12 +344,27 @@ def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.opti
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``total_steps``.
+
+    constant: ``cfg.lr``; cosine: lr_k = lr (1 + cos(pi k / K)) / 2 (k = step, K = total_steps), from
+    ``lr`` at the first step towards 0 at the last. A function of the step alone, so a resumed run
+    continues the same schedule.
+    """
+    if not 0 <= step < total_steps:
+        raise ValueError(f"step = {step} must lie in [0, total_steps = {total_steps})")
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / total_steps))
+
+
 def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False,
           on_batch: Callable[[int, int], None] | None = None,
           on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train ``cfg``; with ``out_dir``: checkpoint every epoch, ``metrics.json`` and a learning-curve PNG.
 
-    ``resume`` continues from ``out_dir/checkpoint.pt`` (same configuration except ``epochs``).
+    ``resume`` continues from ``out_dir/checkpoint.pt`` (same configuration except ``epochs``, which
+    may change only with a constant learning rate).
     ``on_batch(done, total)`` and ``on_epoch(record)`` report progress.
     """
     t_start = time.perf_counter()
@@ -367,7 +387,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
         if out is None or not (out / CHECKPOINT).exists():
             raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out}; start without --resume")
         state = torch.load(out / CHECKPOINT, weights_only=False)
-        diff = config_differences(state["config"], cfg, ignore=("epochs",))
+        # more epochs extend a constant-lr run; a cosine schedule is fixed by its epoch count
+        diff = config_differences(state["config"], cfg, ignore=("epochs",) if cfg.lr_schedule == "constant" else ())
         if diff:
             raise ConfigError(f"--resume: the checkpoint in {out} was made with a different configuration ({diff})")
         model.load_state_dict(state["model"])

@@ -186,6 +186,56 @@ def test_input_offset_shifts_the_inputs_seen_by_the_model(monkeypatch):
         TrainConfig(input_offset=2.0)
 
 
+def test_cosine_schedule_sets_the_lr_of_every_step(monkeypatch):
+    import stosim.training as training
+    from stosim.training import learning_rate
+
+    cfg = TrainConfig(lr=0.2, lr_schedule="cosine")
+    # lr_k = lr (1 + cos(pi k / K)) / 2: lr at k = 0, lr / 2 at k = K / 2, lr (1 + cos(pi 3/4)) / 2 at k = 3K / 4
+    assert learning_rate(cfg, 0, 8) == 0.2
+    assert learning_rate(cfg, 4, 8) == pytest.approx(0.1, rel=1e-15)
+    assert learning_rate(cfg, 6, 8) == pytest.approx(0.1 * (1 - 2 ** -0.5), rel=1e-14)
+    assert learning_rate(TrainConfig(lr=0.2), 6, 8) == 0.2
+    with pytest.raises(ValueError, match="step"):
+        learning_rate(cfg, 8, 8)
+    with pytest.raises(Exception, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+
+    # the training loop applies it at every optimizer step: 2 epochs x 4 batches of 50 images
+    seen: list[float] = []
+    make = training._optimizer
+
+    def recording(c, params):
+        opt = make(c, params)
+        opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(o.param_groups[0]["lr"]))
+        return opt
+
+    monkeypatch.setattr(training, "_optimizer", recording)
+    train(TrainConfig(dataset="digits", substrate="linear", limit_train=200, limit_test=50, batch_size=50,
+                      epochs=2, lr=0.2, lr_schedule="cosine"))
+    expected = [0.1 * (1 + np.cos(np.pi * k / 8)) for k in range(8)]
+    np.testing.assert_allclose(seen, expected, rtol=1e-14, atol=0)
+
+
+def test_a_resumed_cosine_run_continues_its_schedule(tmp_path):
+    cfg = TrainConfig(**{**SMALL, "epochs": 3, "lr_schedule": "cosine"})
+    full = _weights(train(cfg, tmp_path / "full").model)
+
+    def interrupt(done: int, total: int) -> None:  # stops in the middle of epoch 3
+        if calls.append(done) or len(calls) == 10:
+            raise KeyboardInterrupt
+
+    calls: list[int] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", on_batch=interrupt)
+    resumed = _weights(train(cfg, tmp_path / "run", resume=True).model)
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    # the epoch count fixes a cosine schedule: extending the run would change every lr it used
+    with pytest.raises(ConfigError, match="epochs"):
+        train(TrainConfig(**{**SMALL, "epochs": 4, "lr_schedule": "cosine"}), tmp_path / "run", resume=True)
+
+
 def test_runs_saved_before_a_config_key_existed_still_match(tmp_path):
     # a checkpoint / metrics file written before weight_decay and input_offset existed lacks those keys;
     # it is the same configuration as today's with their defaults
