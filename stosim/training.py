@@ -30,7 +30,7 @@ from stosim.ridge import RidgeAccumulator
 from stosim.units import UnitError, parse_quantity
 
 __all__ = ["TrainConfig", "train", "TrainResult", "build_model", "load_train_config", "with_defaults",
-           "config_differences", "model_inputs", "ConfigError", "SUBSTRATES"]
+           "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
 
 SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto")
 CHECKPOINT = "checkpoint.pt"

@@ -76,6 +76,18 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+def _interrupt_at_batch(n: int):
+    """An ``on_batch`` callback that raises KeyboardInterrupt at the n-th training batch (a crash)."""
+    calls: list[int] = []
+
+    def interrupt(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+
+    return interrupt
+
+
 def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     cfg = TrainConfig(**{**SMALL, "epochs": 3, "temperature": 300.0})  # noisy: noise streams must resume too
     full = _weights(train(cfg, tmp_path / "full").model)
@@ -87,14 +99,9 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
 
-    # interrupted in the middle of epoch 3: the checkpoint of epoch 2 survives
-    def interrupt(done: int, total: int) -> None:
-        if calls.append(done) or len(calls) == 10:
-            raise KeyboardInterrupt
-
-    calls: list[int] = []
+    # interrupted in the middle of epoch 3 (4 batches per epoch): the checkpoint of epoch 2 survives
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "b", on_batch=interrupt)
+        train(cfg, tmp_path / "b", on_batch=_interrupt_at_batch(10))
     metrics_missing = not (tmp_path / "b" / "metrics.json").exists()
     assert metrics_missing
     again = _weights(train(cfg, tmp_path / "b", resume=True).model)
@@ -221,13 +228,8 @@ def test_a_resumed_cosine_run_continues_its_schedule(tmp_path):
     cfg = TrainConfig(**{**SMALL, "epochs": 3, "lr_schedule": "cosine"})
     full = _weights(train(cfg, tmp_path / "full").model)
 
-    def interrupt(done: int, total: int) -> None:  # stops in the middle of epoch 3
-        if calls.append(done) or len(calls) == 10:
-            raise KeyboardInterrupt
-
-    calls: list[int] = []
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "run", on_batch=interrupt)
+    with pytest.raises(KeyboardInterrupt):  # stops in the middle of epoch 3
+        train(cfg, tmp_path / "run", on_batch=_interrupt_at_batch(10))
     resumed = _weights(train(cfg, tmp_path / "run", resume=True).model)
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
