@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Callable
 
-from stosim.training import TrainConfig, TrainResult, config_differences, load_train_config, train
+from stosim.training import ConfigError, TrainConfig, TrainResult, config_differences, load_train_config, train
 
 __all__ = ["REFERENCE_FILE", "experiment_files", "run_comparison", "collect_finished", "comparison_table"]
 
@@ -26,6 +26,17 @@ def experiment_files(paths: list[Path]) -> list[Path]:
     """The experiment files among ``paths``: a glob such as ``experiments/table1/*.toml`` also
     matches the reference file of published values, which is not an experiment."""
     return [Path(p) for p in paths if Path(p).name != REFERENCE_FILE]
+
+
+def _experiment_names(configs: list[Path]) -> list[str]:
+    """The run-folder names (file names without ``.toml``) of ``configs``; they must be distinct, since
+    every experiment's runs go to ``OUT/<name>``."""
+    names = [Path(c).stem for c in configs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"configs: the experiment files must have distinct names (runs go to OUT/<name>); "
+                          f"{', '.join(repeated)} appear(s) more than once")
+    return names
 
 
 def _finished(cfg: TrainConfig, out: Path) -> dict | None:
@@ -50,11 +61,11 @@ def _run_one(config: Path, seed: int, out: Path, on_epoch: Callable | None) -> d
 def run_comparison(configs: list[Path], seeds: list[int], out_dir: Path,
                    on_run: Callable[[str, int], None] | None = None,
                    on_epoch: Callable[[dict], None] | None = None) -> dict[str, list[dict]]:
-    """Train every config for every seed; returns name -> list of per-seed summaries."""
+    """Train every config for every seed (a seed given twice counts once); returns name -> list of
+    per-seed summaries."""
     results: dict[str, list[dict]] = {}
-    for config in configs:
-        name = Path(config).stem
-        for seed in seeds:
+    for name, config in zip(_experiment_names(configs), configs):
+        for seed in dict.fromkeys(seeds):
             if on_run:
                 on_run(name, seed)
             results.setdefault(name, []).append(_run_one(Path(config), seed, out_dir / name / f"seed{seed}", on_epoch))
@@ -68,8 +79,7 @@ def collect_finished(configs: list[Path], out_dir: Path) -> dict[str, list[dict]
     without a finished run are left out of the result.
     """
     results: dict[str, list[dict]] = {}
-    for config in configs:
-        name = Path(config).stem
+    for name, config in zip(_experiment_names(configs), configs):
         folders = sorted((out_dir / name).glob("seed*"), key=lambda f: (len(f.name), f.name))
         for folder in folders:
             seed_text = folder.name.removeprefix("seed")
@@ -92,11 +102,12 @@ def _references(configs: list[Path]) -> dict[str, str]:
 
 def comparison_table(results: dict[str, list[dict]], configs: list[Path]) -> str:
     """Markdown table: best test accuracy (over epochs and seeds), mean +/- std of the final test accuracy
-    over seeds (%), mean final training accuracy (%, the gap to test shows overfitting), epochs to
-    converge, wall time."""
+    over seeds (%), training accuracy in the last epoch (%, mean over seeds: the fraction of training
+    images classified correctly by the model of each step as it trained; with the test accuracy it
+    shows overfitting), epochs to converge, wall time."""
     refs = _references(configs)
     lines = ["| model | seeds | best test acc. over epochs and seeds (%) | final test acc., mean +/- std over seeds (%) | "
-             "final train acc. (%, mean) | epochs to converge (mean) | "
+             "train acc. in the last epoch (%, mean) | epochs to converge (mean) | "
              "wall time per run (s, mean) | seed study best / mean (%) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, runs in results.items():

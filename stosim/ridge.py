@@ -4,9 +4,10 @@ For features X (n x F) and one-hot targets Y (n x K), the readout with an unpena
 
     W = (X_c^T X_c + alpha I)^-1 X_c^T Y_c,   b = mean(Y) - mean(X) W,
 
-with X_c, Y_c centred. Only sums are kept (n, sum X, sum Y, X^T X, X^T Y, in float64), so any
+with X_c, Y_c centred; without a bias (``fit_intercept=False``, for bias-free readouts such as the
+FFESN's) W = (X^T X + alpha I)^-1 X^T Y, b = 0. Only sums are kept (n, sum X, sum Y, X^T X, X^T Y, in float64), so any
 number of batches, from any substrate (also non-differentiable hardware), can be streamed.
-This equals scikit-learn's ``Ridge(alpha, fit_intercept=True)``.
+This equals scikit-learn's ``Ridge(alpha, fit_intercept=...)``.
 """
 
 from __future__ import annotations
@@ -51,12 +52,15 @@ class RidgeAccumulator:
         self.xtx += x.T @ x
         self.xty += x.T @ y
 
-    def solve(self, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-        """(W (F x K), b (K,)) for ridge strength ``alpha`` > 0."""
+    def solve(self, alpha: float, fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(W (F x K), b (K,)) for ridge strength ``alpha`` > 0; b = 0 without ``fit_intercept``."""
         if not alpha > 0:
             raise ValueError(f"ridge alpha = {alpha!r} must be > 0")
         if self.count == 0:
             raise ValueError("no data accumulated; call update() first")
+        if not fit_intercept:
+            w = scipy.linalg.solve(self.xtx + alpha * np.eye(self.n_features), self.xty, assume_a="pos")
+            return w, np.zeros(self.n_classes)
         mx, my = self.sum_x / self.count, self.sum_y / self.count
         xtx_c = self.xtx - self.count * np.outer(mx, mx)
         xty_c = self.xty - self.count * np.outer(mx, my)

@@ -79,7 +79,7 @@ class TrainConfig(BaseModel):
     ridge_alpha: float = Field(default=1e-2, gt=0)
     # substrate parameters (None: the substrate's default)
     n: int | None = Field(default=None, ge=1, le=100_000, description="oscillators / nodes / sites")
-    hidden: int | None = Field(default=None, ge=1, description="hidden units of mlp/cnn (default 3 x 100, the STO feature count)")
+    hidden: int | None = Field(default=None, ge=1, le=100_000, description="hidden units of mlp/cnn (default 3 x 100, the STO feature count)")
     coupling: float = Field(default=500.0, description="mu, Oe")
     current: float | None = Field(default=None, description="A")
     duration: float | None = Field(default=None, gt=0, description="sto: s; lorenz96: model time")
@@ -242,22 +242,27 @@ def _epochs_to_converge(history: list[dict[str, float]]) -> int:
     return next(int(h["epoch"]) for h in history if h["test_accuracy"] >= best - 0.005)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def _atomic_write(write: Callable[[Any], None], path: Path, mode: str) -> None:
+    """Write ``path`` through a temporary file in the same folder, flushed to disk, then renamed over
+    ``path``: a crash leaves the old file or the new one, never a partial one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _atomic_save(obj: Any, path: Path) -> None:
+    _atomic_write(lambda f: torch.save(obj, f), path, "wb")
+
+
 def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    _atomic_write(lambda f: f.write(text), path, "w")
 
 
 def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
@@ -298,19 +303,20 @@ def _fit_ridge(model: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, y: tor
             acc.update(model.features(x[i:i + cfg.batch_size]), y[i:i + cfg.batch_size])
             if on_batch:
                 on_batch(k + 1, n_batches)
-        w, b = acc.solve(cfg.ridge_alpha)
+        w, b = acc.solve(cfg.ridge_alpha, fit_intercept=readout.bias is not None)
         readout.weight.copy_(torch.as_tensor(w.T, dtype=readout.weight.dtype))
-        readout.bias.copy_(torch.as_tensor(b, dtype=readout.bias.dtype))
+        if readout.bias is not None:
+            readout.bias.copy_(torch.as_tensor(b, dtype=readout.bias.dtype))
 
 
 def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, x_train: torch.Tensor,
                  y_train: torch.Tensor, n_classes: int, epoch: int, n_batches: int, readout_only: bool,
-                 on_batch: Callable[[int, int], None] | None) -> tuple[float, int | None]:
+                 on_batch: Callable[[int, int], None] | None) -> tuple[float | None, int | None]:
     """One pass over the training data (shuffled from (seed, epoch)); returns (summed loss, correct) or,
-    for a ridge readout, (nan, None)."""
+    for a ridge readout, (None, None)."""
     if readout_only:
         _fit_ridge(model, cfg, x_train, y_train, n_classes, on_batch)
-        return float("nan"), None
+        return None, None
     model.train()
     order = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
     loss_sum, train_correct = 0.0, 0
@@ -385,14 +391,18 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     elapsed_before = 0.0
     if resume:
         if out is None or not (out / CHECKPOINT).exists():
-            raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out}; start without --resume")
+            raise FileNotFoundError(f"resuming: no {CHECKPOINT} in {out}; start without resuming")
         state = torch.load(out / CHECKPOINT, weights_only=False)
         # more epochs extend a constant-lr run; a cosine schedule is fixed by its epoch count
         diff = config_differences(state["config"], cfg, ignore=("epochs",) if cfg.lr_schedule == "constant" else ())
         if diff:
-            raise ConfigError(f"--resume: the checkpoint in {out} was made with a different configuration ({diff})")
+            raise ConfigError(f"resuming: the checkpoint in {out} was made with a different configuration ({diff}); "
+                              f"train into another folder or delete {out / CHECKPOINT}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if cfg.epochs < state["epoch"]:
+            raise ConfigError(f"resuming: epochs = {cfg.epochs}, but the checkpoint in {out} has already "
+                              f"trained {state['epoch']} epochs; epochs must be >= {state['epoch']}")
         history = state["history"]
         start_epoch = state["epoch"] + 1
         elapsed_before = state["wall_time_s"]
@@ -400,7 +410,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     differentiable = all(s.capabilities.differentiable for s in _substrates(model))
     readout_only = cfg.readout_only or not differentiable
     n_batches = math.ceil(x_train.shape[0] / cfg.batch_size)
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    last_epoch = 1 if readout_only else cfg.epochs  # a ridge readout is exact after one pass over the data
+    for epoch in range(start_epoch, last_epoch + 1):
         t_epoch = time.perf_counter()
         _reset_noise(model, cfg.seed, epoch, 0)
         quiet = contextlib.ExitStack()
@@ -415,7 +426,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
         train_acc = (train_correct / x_train.shape[0] if train_correct is not None
                      else _evaluate(model, x_train, y_train, cfg.batch_size))
         test_acc = _evaluate(model, x_test, y_test, cfg.batch_size)
-        record = {"epoch": epoch, "train_loss": loss_sum / x_train.shape[0], "train_accuracy": train_acc,
+        record = {"epoch": epoch, "train_loss": None if loss_sum is None else loss_sum / x_train.shape[0],
+                  "train_accuracy": train_acc,
                   "test_accuracy": test_acc, "epoch_time_s": time.perf_counter() - t_epoch}
         history.append(record)
         if out is not None:
@@ -424,8 +436,6 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
                           "wall_time_s": elapsed_before + time.perf_counter() - t_start}, out / CHECKPOINT)
         if on_epoch:
             on_epoch(record)
-        if readout_only:
-            break  # a ridge readout is exact after one pass over the data
     wall = elapsed_before + time.perf_counter() - t_start
     result = TrainResult(history=history, test_accuracy=history[-1]["test_accuracy"],
                          best_test_accuracy=max(h["test_accuracy"] for h in history), epochs=len(history),

@@ -60,3 +60,19 @@ def test_compare_finished_only_tabulates_existing_runs_and_skips_the_reference_f
     assert not (runs / "mlp" / "seed0").exists()
     assert main(["compare", str(b), "--finished-only", "--out", str(tmp_path / "empty")]) != 0
     assert "no finished run" in capsys.readouterr().err
+
+
+def test_compare_refuses_two_experiments_of_one_name_and_counts_a_repeated_seed_once(tmp_path, capsys):
+    text = 'substrate = "linear"\ndataset = "digits"\nepochs = 1\nlr = 0.05\nlimit_train = 100\nlimit_test = 50\n'
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "lin.toml").write_text(text)
+    runs = tmp_path / "runs"
+    # both would train into runs/lin/seed0
+    assert main(["compare", str(tmp_path / "a" / "lin.toml"), str(tmp_path / "b" / "lin.toml"),
+                 "--out", str(runs)]) == 2
+    assert "distinct names" in capsys.readouterr().err and not runs.exists()
+    md = tmp_path / "table.md"
+    assert main(["compare", str(tmp_path / "a" / "lin.toml"), "--seeds", "0", "0", "--out", str(runs),
+                 "--markdown", str(md)]) == 0
+    assert "| lin | 1 |" in md.read_text()

@@ -30,6 +30,10 @@ def test_ridge_readout_equals_scikit_learn():
     np.testing.assert_allclose(b, ref.intercept_, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="alpha"):
         acc.solve(0.0)
+    w0, b0 = acc.solve(alpha=0.7, fit_intercept=False)  # for bias-free readouts (FFESN)
+    ref0 = Ridge(alpha=0.7, fit_intercept=False).fit(x, np.eye(4)[labels])
+    np.testing.assert_allclose(w0, ref0.coef_.T, rtol=1e-10, atol=1e-12)
+    assert not b0.any()
 
 
 @pytest.mark.parametrize("substrate", ["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto"])
@@ -65,11 +69,31 @@ def test_model_hidden_sizes_are_equal():
     assert mlp.net[0].out_features == sto.readout.in_features == 90
 
 
-def test_readout_only_ridge_training_for_a_fixed_reservoir():
+def _strict_json(path) -> dict:
+    """``path`` parsed as standard JSON (NaN / Infinity are not JSON and fail here)."""
+    def refuse(constant: str):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_readout_only_ridge_training_for_a_fixed_reservoir(tmp_path):
     cfg = TrainConfig(**{**SMALL, "n": 30, "readout_only": True, "epochs": 5})
-    result = train(cfg)
+    result = train(cfg, tmp_path / "run")
     assert result.epochs == 1  # exact after one pass
     assert result.test_accuracy > 0.6
+    assert _strict_json(tmp_path / "run" / "metrics.json")["history"][0]["train_loss"] is None
+    # resuming a finished ridge run fits nothing again
+    resumed = train(cfg, tmp_path / "run", resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1]
+    assert torch.equal(resumed.model.readout.weight, result.model.readout.weight)
+
+
+def test_readout_only_for_a_bias_free_readout():
+    # the FFESN's readout has no bias (y = W_out x_K): the ridge fit has no intercept either
+    cfg = TrainConfig(**{**SMALL, "substrate": "ffesn", "n": 60, "duration": None, "dt": None, "readout_only": True})
+    result = train(cfg)
+    assert result.model.readout.bias is None
+    assert result.test_accuracy > 0.5
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -112,6 +136,8 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
 
     with pytest.raises(ConfigError, match="different configuration"):
         train(TrainConfig(**{**SMALL, "epochs": 4, "lr": 0.5}), tmp_path / "b", resume=True)
+    with pytest.raises(ConfigError, match="epochs = 2.*already trained 3 epochs"):
+        train(TrainConfig(**{**SMALL, "epochs": 2, "temperature": 300.0}), tmp_path / "b", resume=True)
 
 
 def test_config_validation_names_the_key(tmp_path):
