@@ -142,10 +142,10 @@ def test_protocol_sends_the_expected_commands_and_converts_voltages(station, sim
                              ":SOUR:CURR?", *ramp_down, ":OUTP OFF"]
     assert sent(log, DG) == ["*IDN?", ":SYST:ERR?", ":CHAN:COUN 2", ":ACQ:POIN 3", ":ACQ:SINT 2.500000E-11",
                              ":TRIG:DEL 1.000000E-10", ":VOLT:RANG 5.000000E+00", ":ACQ:SEGM 1", ":SYST:ERR?",
-                             ":INIT", ":FETC?", ":SYST:ERR?", ":ABOR"]
+                             ":SYST:ERR?", ":INIT", ":FETC?", ":SYST:ERR?", ":ABOR"]  # errors read before arming
     fs = sent(log, FS)
     assert fs[:6] == ["*IDN?", ":SYST:ERR?", ":WAV:POIN 6", ":WAV:SEGM 1", ":OUTP ON", ":SYST:ERR?"]
-    assert fs[6].startswith(":WAV:DATA ") and fs[7:] == [":INIT", "*OPC?", ":SYST:ERR?", ":OUTP OFF"]
+    assert fs[6].startswith(":WAV:DATA ") and fs[7:] == [":SYST:ERR?", ":INIT", "*OPC?", ":SYST:ERR?", ":OUTP OFF"]
     # the trigger order: arm the digitizer, play the field pulses, then fetch
     order = [(a, m) for a, kind, m in log if m in (":INIT", ":FETC?")]
     assert order == [(DG, ":INIT"), (FS, ":INIT"), (DG, ":FETC?")]
@@ -161,8 +161,10 @@ def test_setpoints_out_of_range_are_refused_before_anything_is_sent(station, sim
             cs.set("current", 6e-3)  # station limit 5 mA (the instrument's own: 1.05 A)
         with pytest.raises(ValueError, match=r"current = 2 A .*valid: \[-0\.005 A, 0\.005 A\]"):
             cs.ramp_to(2.0, 5e-4)
-        with pytest.raises(ValueError, match="current = nan A is out of range"):
+        with pytest.raises(ValueError, match=r"current = nan is not finite; valid: \[-0\.005 A, 0\.005 A\]"):
             cs.set("current", float("nan"))
+        with pytest.raises(ValueError, match=r"points = inf is not finite; valid: \[1, "):
+            fs.set("points", float("inf"))  # an integer setting: no bare OverflowError from int(inf)
         with pytest.raises(ValueError, match=r"waveform\[1\] = 2500 Oe is out of range .*valid: \[-2000 Oe, 2000 Oe\]"):
             fs.load_waveform(np.array([0.0, 2500.0, 0, 0, 0, 0]))
         with pytest.raises(ValueError, match="waveform has 3 values; expected points x segments = 6"):
@@ -353,7 +355,8 @@ def _raw() -> dict:
     ({"array": {"preparation_field": "3 kOe"}}, "array.preparation_field", "exceeds field_source.max_field"),
     ({"field_source": {"max_field": "9 kOe"}}, "field_source.max_field", "beyond the field-pulse-awg range"),
     ({"digitizer": {"voltage_range": "1 V"}}, "digitizer.voltage_range", "below the devices' largest TMR voltage"),
-    ({"current_source": {"compliance": "1 V"}}, "current_source.compliance", "below one device's largest voltage"),
+    # 2 devices in series, 2.2 V each at most: 4 V covers one device but not the chain
+    ({"current_source": {"compliance": "4 V"}}, "current_source.compliance", "across the 2 devices in series, N I R_AP = 4.4 V"),
     ({"array": {"duration": "40 ps"}}, "array.duration", "must exceed 2 x array.sample_interval"),
     ({"array": {"n": 2000}}, "array.n", "less than or equal to 1024"),
     ({"array": {"max_batch": 5000}}, "array.max_batch", "segment memory"),
@@ -430,6 +433,97 @@ def test_twin_speaks_scpi_like_an_instrument() -> None:
         twin.current_source.write(":OUTP OFF")
         assert float(hw.evolve(hw.initial_state(readin(4))).abs().max()) < 1e-9
         twin.current_source.write(":OUTP ON")
+
+
+class LateAnswers:
+    """A transport whose first answer to each of ``patterns`` arrives after the timeout: the query
+    times out, but the answer stays in the instrument's output buffer."""
+
+    def __init__(self, inner, patterns: tuple[str, ...]) -> None:
+        self.inner, self.pending = inner, set(patterns)
+        self.timeout = inner.timeout
+
+    def write(self, message: str):
+        return self.inner.write(message)
+
+    def query(self, message: str) -> str:
+        if message in self.pending:
+            self.pending.discard(message)
+            self.inner.write(message)  # answered, too late
+            raise pyvisa.errors.VisaIOError(pyvisa.constants.StatusCode.error_timeout)
+        return self.inner.query(message)
+
+    def clear(self) -> None:
+        self.inner.clear()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_late_answer_is_cleared_before_the_query_is_sent_again() -> None:
+    st = twin_station()
+    twin = DigitalTwin(st)
+    cs = CurrentSource2400(LateAnswers(twin.resource_manager().open_resource(st.current_source.address), ("*IDN?",)),
+                           address=st.current_source.address, retries=2)
+    assert cs.identify().startswith("KEITHLEY")
+    assert cs.attempts_failed == 1
+    assert cs.get("current") == 0.0  # not the late *IDN? answer
+
+
+def test_a_timed_out_error_query_is_not_sent_again() -> None:
+    # a second :SYST:ERR? would read the next entry of the queue and drop the first
+    st = twin_station()
+    twin = DigitalTwin(st)
+    transport = LateAnswers(twin.resource_manager().open_resource(st.current_source.address), (":SYST:ERR?",))
+    cs = CurrentSource2400(transport, address=st.current_source.address, retries=2)
+    cs.write(":BOGUS 1")
+    with pytest.raises(InstrumentTimeoutError, match=r"':SYST:ERR\?' \(not re-sent"):
+        cs.check_errors()
+
+
+def test_a_refused_acquisition_setting_is_reported_as_the_instruments_error() -> None:
+    # the twin's field source holds fewer segments than the station allows: the refusal, not a
+    # fetch timeout, is what the user sees
+    st = twin_station(max_batch=8)
+    twin = DigitalTwin(st)
+    with LabSTOArray(st, twin.resource_manager()) as hw:
+        hw.evolve(hw.initial_state(readin(4, batch=2)))
+        twin.field_source._setters[":WAV:SEGM"] = ("int", 1, 2, 1)
+        with pytest.raises(InstrumentError, match=r"field_source.*-222"):
+            hw.evolve(hw.initial_state(readin(4, batch=3)))
+
+
+def test_a_state_at_the_norm_tolerance_is_prepared_at_the_field_limit() -> None:
+    # preparation field = the field limit: a unit vector 5e-7 too long is accepted and prepared
+    # at exactly the limit, not refused inside the safety wrapper (which would shut the setup down)
+    st = twin_station(preparation_field="2 kOe")
+    twin = DigitalTwin(st)
+    state = torch.zeros(1, 12, dtype=torch.float64)
+    state[0, 0::3] = 1.0 + 5e-7
+    with LabSTOArray(st, twin.resource_manager()) as hw:
+        volts = hw.evolve(state)
+        assert hw.is_open and torch.isfinite(volts).all()
+        sent_pulses = np.array([float(x) for x in twin.field_source.query(":WAV:DATA?").split(",")])
+    assert np.abs(sent_pulses).max() <= 2000.0
+
+
+def test_a_wrong_address_names_the_instrument_and_the_key() -> None:
+    st = twin_station()
+    rm = DigitalTwin(st).resource_manager()  # knows only the station's three addresses
+    bad = load_station("twin-lab", overrides={"array": {"n": 4}, "digitizer": {"address": "TCPIP0::10.9.9.9::inst0::INSTR"}})
+    hw = LabSTOArray(bad, rm)
+    with pytest.raises(InstrumentError, match=r"digitizer \(segmented-digitizer\): cannot open address "
+                                              r"'TCPIP0::10\.9\.9\.9::inst0::INSTR'.*\[digitizer\] address"):
+        hw.open()
+    assert not hw.is_open
+
+
+def test_the_station_model_takes_a_read_in_of_any_float_dtype(station) -> None:
+    for dtype in (torch.float32, torch.float64):
+        model = StationModel(station, dtype=dtype)
+        other = torch.float64 if dtype == torch.float32 else torch.float32
+        state = model.initial_state(readin(station.n).to(other))
+        assert state.dtype == dtype and model.evolve(state).dtype == dtype
 
 
 # ---------------------------------------------------------------------------------------

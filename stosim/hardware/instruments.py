@@ -48,6 +48,11 @@ class InstrumentTimeoutError(InstrumentError, TimeoutError):
     """An instrument did not answer within its timeout, every one of the bounded attempts."""
 
 
+# messages that act each time they arrive: after a timeout they are not sent again (the first may have
+# arrived: a second :SYST:ERR? would drop the error it read from the queue, a second :INIT fire twice)
+NOT_RETRIED = frozenset({":SYST:ERR?", ":INIT"})
+
+
 def _format_limit(value: float | None, unit: str) -> str:
     return "unbounded" if value is None else f"{value:g} {unit}".rstrip()
 
@@ -89,6 +94,10 @@ class Command:
             return text
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise ValueError(f"{who}: {self.name} = {value!r} must be a number ({self.unit or 'dimensionless'})")
+        if not math.isfinite(value):
+            raise ValueError(
+                f"{who}: {self.name} = {value!r} is not finite; valid: "
+                f"[{_format_limit(lo, self.unit)}, {_format_limit(hi, self.unit)}]")
         if self.kind == "int":
             if int(value) != value:
                 raise ValueError(f"{who}: {self.name} = {value!r} must be an integer")
@@ -201,9 +210,16 @@ class Instrument:
 
     # -- I/O with bounded retries ----------------------------------------------------
     def _retrying(self, op: str, message: str) -> Any:
+        """Send ``message``; a timeout is retried up to ``retries`` times, except for the messages
+        that act each time they arrive (:data:`NOT_RETRIED`). Before a query is sent again, the
+        transport's output buffer is cleared (when it can be), so that a late answer to the first
+        attempt is not read as the answer to a later query."""
         last: BaseException | None = None
-        for attempt in range(self.retries + 1):
+        attempts = 1 if message.split(" ", 1)[0].upper() in NOT_RETRIED else self.retries + 1
+        for attempt in range(attempts):
             try:
+                if attempt > 0 and op == "query":
+                    self._clear_output()
                 if op == "write":
                     return self.transport.write(message)
                 return self.transport.query(message)
@@ -216,9 +232,19 @@ class Instrument:
                     time.sleep(self.retry_delay_s)
         short = message if len(message) <= 60 else message[:57] + "..."
         timeout = f" (timeout {self.timeout_s:g} s each)" if self.timeout_s else ""
+        tries = f"after {attempts} attempts" if attempts > 1 else "(not re-sent: it acts each time it arrives)"
         raise InstrumentTimeoutError(
-            f"{self.label}: no answer to {op} {short!r} after {self.retries + 1} attempts{timeout}; "
+            f"{self.label}: no answer to {op} {short!r} {tries}{timeout}; "
             "check the connection and that the instrument is on") from last
+
+    def _clear_output(self) -> None:
+        """Device clear (pyvisa's ``clear()``: discards unread answers), where the transport has one."""
+        clear = getattr(self.transport, "clear", None)
+        if callable(clear):
+            try:
+                clear()
+            except NotImplementedError:  # e.g. pyvisa-sim sessions: nothing to discard there
+                pass
 
     def write(self, message: str) -> None:
         """Send one command (timeouts retried ``retries`` times)."""
@@ -285,13 +311,13 @@ class Instrument:
 # ---------------------------------------------------------------------------------------
 
 
-def _on_off(text: str) -> bool:
+def _on_off(text: str, who: str) -> bool:
     t = text.strip().upper()
     if t in ("1", "ON"):
         return True
     if t in ("0", "OFF"):
         return False
-    raise InstrumentError(f"output state {text!r} is neither ON/1 nor OFF/0")
+    raise InstrumentError(f"{who}: output state {text!r} is neither ON/1 nor OFF/0")
 
 
 class CurrentSource2400(Instrument):
@@ -326,7 +352,7 @@ class CurrentSource2400(Instrument):
         self.set("output", "ON" if on else "OFF")
 
     def output_is_on(self) -> bool:
-        return _on_off(self.query(":OUTP?"))
+        return _on_off(self.query(":OUTP?"), self.label)
 
     def ramp_to(self, target_a: float, step_a: float, dwell_s: float = 0.0, start_a: float | None = None) -> None:
         """Step the current from ``start_a`` (default: the last value set, else the instrument's) to

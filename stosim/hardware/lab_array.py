@@ -285,6 +285,11 @@ class LabSTOArray(Substrate):
         if not self._open:
             raise DriverClosedError(f"station {self.station.name}: the driver is not open; use `with LabSTOArray(...)"
                                     " as hw:` or call open() (a driver shut down after an error must be reopened)")
+        # exactly unit length, so that the pulses H_prep m stay within the field limit H_prep <= max_field
+        # (checked before anything is sent: a refused state leaves the driver open)
+        m = m / np.linalg.norm(m, axis=-1, keepdims=True)
+        assert self.field_source is not None
+        self.field_source.check("waveform", self.station.preparation_field_oe * m.reshape(-1))
         out = np.empty_like(m)
         with self._guard():
             for start in range(0, m.shape[0], self.station.max_batch):
@@ -304,6 +309,9 @@ class LabSTOArray(Substrate):
         if dg.values.get("segments") != segments:
             dg.set_segments(segments)
         fs.load_waveform(waveform)
+        # a setting the instruments refused (segment memory, waveform) is reported now, not as a fetch timeout
+        fs.check_errors()
+        dg.check_errors()
         dg.arm()
         fs.fire()
         volts = dg.fetch((segments, st.n, SAMPLES_PER_DEVICE))

@@ -125,7 +125,7 @@ class StationModel(Substrate):
 
     def initial_state(self, readin: torch.Tensor) -> torch.Tensor:
         self._check_readin(readin)
-        return prepare_unit_vectors(readin)
+        return prepare_unit_vectors(readin.to(self._dtype))
 
     def _advance(self, m: torch.Tensor, n_steps: int) -> torch.Tensor:
         if torch.is_grad_enabled() and m.requires_grad:

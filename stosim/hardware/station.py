@@ -54,7 +54,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stosim.config import DEVICES_DIR, DeviceParameters, format_validation_error, load_device, unit_field_validator
-from stosim.hardware.instruments import Instrument, instrument_class
+from stosim.hardware.instruments import Instrument, InstrumentError, instrument_class
 
 __all__ = ["Station", "InstrumentSpec", "StationFileError", "load_station", "station_from_dict", "STATIONS_DIR",
            "INSTRUMENTS_DIR",
@@ -166,7 +166,12 @@ class InstrumentSpec:
 
     def connect(self, resource_manager: Any, name: str | None = None) -> Instrument:
         """Open the address with ``resource_manager`` and wrap it in the driver class (limits applied)."""
-        transport = resource_manager.open_resource(self.address, read_termination="\n", write_termination="\n")
+        try:
+            transport = resource_manager.open_resource(self.address, read_termination="\n", write_termination="\n")
+        except Exception as exc:  # noqa: BLE001 - VisaIOError (no such resource), OSError, ...: name the instrument
+            raise InstrumentError(f"{name or self.role} ({self.driver}): cannot open address {self.address!r}: {exc}; "
+                                  f"check [{self.role}] address in the station file and that the instrument is "
+                                  "connected") from exc
         try:
             return self.cls(transport, name=name or self.role, address=self.address, retries=self.retries,
                             timeout_s=self.timeout_s, retry_delay_s=self.retry_delay_s, limits=self.limits)
@@ -321,8 +326,9 @@ def station_from_dict(raw: Mapping[str, Any], base_dir: str | Path | None = None
         _check(problems, v_max < dg.voltage_range, "digitizer.voltage_range",
                f"{dg.voltage_range:g} V is below the devices' largest TMR voltage I R_AP = {v_max:.4g} V at the "
                f"bias current {bias:g} A")
-        _check(problems, v_max <= cs.compliance, "current_source.compliance",
-               f"{cs.compliance:g} V is below one device's largest voltage I R_AP = {v_max:.4g} V")
+        _check(problems, a.n * v_max <= cs.compliance, "current_source.compliance",
+               f"{cs.compliance:g} V is below the largest voltage across the {a.n} devices in series, "
+               f"N I R_AP = {a.n * v_max:.4g} V (the source would limit the current below {bias:g} A)")
     if problems:
         raise StationFileError("\n".join(f"{where}: {p}" for p in problems))
     assert device is not None
