@@ -77,12 +77,14 @@ BASE_OK = {"name": "t", "kind": "train", "base": {"n": 4, "epochs": 1}, "grid": 
 
 @pytest.mark.parametrize("change, names", [
     ({"colour": "red"}, "colour: unknown key"),
-    ({"kind": "dance"}, "kind: unknown kind; valid: train, mle, simulate"),
+    ({"kind": "dance"}, "kind: unknown kind; valid: train, mle, simulate, ftmle"),
     ({"base": {"n": 4, "epochz": 1}}, "base.epochz: unknown key for kind = 'train'"),
     ({"grid": {"coupling": []}}, "grid.coupling: empty list"),
     ({"grid": {"coupling": ["100 Oe", "5 kg"]}}, "grid.coupling[1]: unit 'kg' in '5 kg' is not a field unit"),
     ({"grid": {"duration": [300, 100]}}, "grid.duration[0]: 300 has no unit"),
     ({"grid": {"coupling": ["100 Oe", "100 Oe"]}}, "grid.coupling: value '100 Oe' appears twice"),
+    ({"grid": {"coupling": ["500 Oe", "0.5 kOe"]}}, "grid.coupling[0] and grid.coupling[1] are the same value"),
+    ({"grid": {"spectral_radius": [1, 1.0]}}, "grid.spectral_radius[0] and grid.spectral_radius[1] are the same"),
     ({"grid": {"limit_train": [100, 0]}}, "grid.limit_train[1]: Input should be greater than or equal to 1"),
     ({"grid": {"damping": [0.01, 1.5]}}, "grid.damping[1]: Input should be less than 1"),
     ({"base": {"n": 4, "seed": 3}}, "base.seed: set seeds with the top-level"),
@@ -99,6 +101,25 @@ def test_invalid_specs_fail_naming_the_key(change, names):
         resolve_spec(parse_spec({**BASE_OK, **change}, "spec.toml"), source="spec.toml")
     assert names in str(err.value)
     assert str(err.value).startswith("spec.toml: ")
+
+
+def test_rules_across_keys_are_checked_on_whole_points():
+    # transient < duration holds at every point, though not for [base] with the default duration
+    ok = {"name": "s", "kind": "simulate", "base": {"transient": "30 ns"}, "grid": {"duration": ["40 ns", "50 ns"]}}
+    assert len(resolve_spec(parse_spec(ok))) == 2
+    both = {"name": "s", "kind": "simulate", "grid": {"transient": ["30 ns"], "duration": ["40 ns", "50 ns"]}}
+    assert len(resolve_spec(parse_spec(both))) == 2
+    bad = {**ok, "grid": {"duration": ["20 ns", "50 ns"]}}
+    with pytest.raises(SpecError, match=r"base\.transient: 3e-08 s must be shorter than duration = 2e-08 s"):
+        resolve_spec(parse_spec(bad))
+
+
+@pytest.mark.parametrize("substrate", ["linear", "mlp", "cnn"])
+def test_train_sweeps_of_the_baselines_resolve(substrate):
+    # no dynamics, so no FTMLE (NaN outputs, unit "1")
+    sweep = resolve_spec(parse_spec({"name": "b", "kind": "train", "base": {"substrate": substrate, "epochs": 1},
+                                     "grid": {"lr": [0.1, 0.01]}}))
+    assert len(sweep) == 2 and sweep.output_units["ftmle_trained_mean"] == "1"
 
 
 def test_spec_errors_from_files_and_cli(tmp_path, capsys):

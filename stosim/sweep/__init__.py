@@ -7,7 +7,7 @@
 >>> plot_sweep(ds, "test_accuracy", x="coupling", y="duration", out="smoke.png")
 
 Modules: :mod:`~stosim.sweep.spec` (the TOML format), :mod:`~stosim.sweep.kinds` (what a point runs:
-``train``, ``mle``, ``simulate``), :mod:`~stosim.sweep.store` (the file), :mod:`~stosim.sweep.runner`
+``train``, ``mle``, ``simulate``, ``ftmle``), :mod:`~stosim.sweep.store` (the file), :mod:`~stosim.sweep.runner`
 (the cluster and the single writer), :mod:`~stosim.sweep.plot`.
 """
 

@@ -373,8 +373,10 @@ EXTRA_DIM_ATTRS = MappingProxyType({
 
 
 def _rate_units(cfg: BaseModel) -> str:
+    """Units of an exponent (1/time unit); "1" for the baselines (linear, mlp, cnn), which have no
+    dynamics and whose FTMLE outputs are NaN."""
     unit = time_units(cfg.substrate, "mle")
-    return {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step"}[unit]
+    return {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step", "1": "1"}[unit]
 
 
 def _run_train(cfg: TrainPoint) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 ::
 
     name = "smoke"
-    kind = "train"                  # train | mle | simulate  (see stosim.sweep.kinds)
+    kind = "train"                  # train | mle | simulate | ftmle  (see stosim.sweep.kinds)
     seeds = [0, 1]                  # a `seed` dimension; or `seed = 0`: per-point seeds derived from it
     [base]                          # fixed parameters: keys of the kind's point configuration
     substrate = "sto"
@@ -296,16 +296,10 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
 
     base = dict(spec.base)
     where_base = {k: f"base.{k}" for k in base}
-    validate(base, where_base)
-    # each grid value on its own first, so that errors name grid.KEY[i]; its coordinate in internal units
-    coordinates: dict[str, list[Any]] = {}
     for key, values in spec.grid.items():
-        coordinates[key] = []
         for i, value in enumerate(values):
             if isinstance(value, (list, dict)):
                 raise SpecError(f"{source}: grid.{key}[{i}]: expected a single value, got {value!r}")
-            cfg = validate({**base, key: value}, {**where_base, key: f"grid.{key}[{i}]"})
-            coordinates[key].append(getattr(cfg, key))
 
     grid_keys = list(spec.grid)
     grid_shape = [len(spec.grid[k]) for k in grid_keys]
@@ -316,17 +310,28 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
 
     configs: list[BaseModel] = []
     grid_configs: list[dict[str, Any]] = []
+    coordinates: dict[str, dict[int, Any]] = {k: {} for k in grid_keys}  # in internal units
+    # whole points only: [base] alone, or one grid value with it, may break a rule across keys
+    # (transient < duration, ...) that every point keeps; errors name base.KEY / grid.KEY[i]
     for combo in itertools.product(*[range(s) for s in grid_shape]):
         values = {**base, **{k: spec.grid[k][i] for k, i in zip(grid_keys, combo)}}
         where = {**where_base, **{k: f"grid.{k}[{i}]" for k, i in zip(grid_keys, combo)}}
         cfg = validate(values, where)
         configs.append(cfg)
         grid_configs.append(cfg.model_dump())
+        for k, i in zip(grid_keys, combo):
+            coordinates[k].setdefault(i, getattr(cfg, k))
 
-    # coordinates in internal units, read back from the validated configurations
+    # coordinates in internal units, read back from the validated configurations; two values that
+    # convert to the same one ("500 Oe", "0.5 kOe") would be two points at one coordinate
     dims: list[Dimension] = []
     for key in grid_keys:
-        coord_values = coordinates[key]
+        coord_values = [coordinates[key][i] for i in range(len(spec.grid[key]))]
+        for j, value in enumerate(coord_values):
+            first = next((i for i, v in enumerate(coord_values) if v == value), j)  # (NaN equals nothing)
+            if first != j:
+                raise SpecError(f"{source}: grid.{key}[{first}] and grid.{key}[{j}] are the same value "
+                                f"({spec.grid[key][first]!r}, {spec.grid[key][j]!r}); grid values must be distinct")
         units = {parameter_metadata(key, getattr(c, "substrate", kind.substrate_default), kind.name)[0]
                  for c in configs}
         if len(units) > 1:
@@ -370,8 +375,13 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
                             "sweep one substrate family per spec")
         output_units[out.name] = units.pop()
 
-    base_resolved = {k: _json_safe(v) for k, v in validate(base, where_base).model_dump().items()
-                     if k not in grid_keys and k != "seed"}
+    # the base keys as validated alone where they can be (as sweep files written before store them),
+    # else as in the first point (they are the same in every point)
+    try:
+        base_config = validate(base, where_base).model_dump()
+    except SpecError:
+        base_config = grid_configs[0]
+    base_resolved = {k: _json_safe(v) for k, v in base_config.items() if k not in grid_keys and k != "seed"}
     resolved = {
         "format": SPEC_FORMAT,
         "name": spec.name,
