@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -504,9 +505,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers {args.workers}: must be >= 1")
     bar = tqdm(unit="point", desc=sweep.spec.name, disable=None, file=sys.stderr, dynamic_ncols=True)
+    # without a terminal (a batch job, a log file) the bar is off: a plain line every 5 % or minute instead
+    plain = {"last_s": time.monotonic(), "every": 1}
 
     def on_start(to_run: int, total: int) -> None:
         bar.reset(total=to_run)
+        plain["every"] = max(1, to_run // 20)
         if to_run < total:
             bar.write(f"resuming: {total - to_run} of {total} points done, {to_run} to run", file=sys.stderr)
 
@@ -515,6 +519,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if event.status != "done":
             bar.write(f"point {_format_coords(event.point.coords)} failed: {event.error.splitlines()[0]}",
                       file=sys.stderr)
+        now = time.monotonic()
+        if bar.disable and (event.finished % plain["every"] == 0 or event.finished == event.to_run
+                            or now - plain["last_s"] >= 60):
+            plain["last_s"] = now
+            print(f"{sweep.spec.name}: {event.finished} / {event.to_run} points run", file=sys.stderr, flush=True)
 
     try:
         summary = run_sweep(sweep, args.out, workers=args.workers, scheduler=args.scheduler, resume=args.resume,

@@ -60,7 +60,8 @@ def provenance_attrs(**extra: Any) -> dict[str, Any]:
 
 
 def write_dataset_atomic(ds: "xr.Dataset", path: str | Path, *, overwrite: bool = True) -> Path:
-    """Write ``ds`` as HDF5 via h5netcdf to a temporary file beside ``path``, then rename it into place."""
+    """Write ``ds`` as HDF5 via h5netcdf to a temporary file beside ``path``, flush it to disk, then
+    rename it into place: a crash (or power loss) leaves the old file or the new one, never a partial one."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
@@ -72,6 +73,8 @@ def write_dataset_atomic(ds: "xr.Dataset", path: str | Path, *, overwrite: bool 
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from stosim.datasets import ImageDataset, load_dataset
 from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoirClassifier, LinearClassifier,
                            MLPClassifier, ReservoirClassifier)
 from stosim.ridge import RidgeAccumulator
+from stosim.physics.noise import check_snr_db
 from stosim.units import UnitError, parse_quantity
 
 __all__ = ["TrainConfig", "train", "TrainResult", "build_model", "load_train_config", "with_defaults",
@@ -90,8 +91,8 @@ class TrainConfig(BaseModel):
     forcing: float = Field(default=8.0, ge=-1e3, le=1e3)
     conv_channels: int = Field(default=8, ge=1, le=256)
     temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
-    dynamical_snr: float | None = None
-    observation_snr: float | None = None
+    dynamical_snr: float | None = Field(default=None, description="dB; +inf: no noise")
+    observation_snr: float | None = Field(default=None, description="dB; +inf: no noise")
     variability: float = Field(default=0.0, ge=0, le=0.5, description="relative spread of H_K, alpha, I")
     train_with_noise: bool = Field(default=True, description="False: train noiselessly, evaluate with the noise")
 
@@ -109,6 +110,11 @@ class TrainConfig(BaseModel):
     @classmethod
     def _temperature(cls, v: Any) -> Any:
         return _parse(v, "temperature", "temperature") if isinstance(v, str) else v
+
+    @field_validator("dynamical_snr", "observation_snr")
+    @classmethod
+    def _snr(cls, v: float | None, info) -> float | None:  # noqa: ANN001
+        return None if v is None else check_snr_db(v, info.field_name)
 
     @field_validator("duration", "dt", mode="before")
     @classmethod

@@ -95,6 +95,9 @@ BASE_OK = {"name": "t", "kind": "train", "base": {"n": 4, "epochs": 1}, "grid": 
     ({"name": "a b"}, "name: use letters"),
     ({"base": {"substrate": "mlp", "damping": 0.01}}, "base.damping: device parameters apply to STO substrates only"),
     ({"grid": {"observation_snr": [20, "loud"]}}, "grid.observation_snr[1]: expected a signal-to-noise ratio in dB"),
+    ({"base": {"n": 4, "observation_snr": float("nan")}}, "base.observation_snr: observation_snr = nan dB must be a finite"),
+    ({"kind": "simulate", "base": {"dynamical_snr": float("nan")}}, "base.dynamical_snr: dynamical_snr = nan dB must be"),
+    ({"kind": "ftmle", "base": {"n": 4, "readin_scale": float("inf")}}, "base.readin_scale: Input should be a finite"),
 ])
 def test_invalid_specs_fail_naming_the_key(change, names):
     with pytest.raises(SpecError) as err:
@@ -269,6 +272,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tiny_run, tmp_path, capsys)
     assert rc == 1, captured.err  # 1: some points failed (by design of the spec)
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["n_resumed"] == int((status == "done").sum()) and summary["n_pending"] == 0
+    to_run = int((status != "done").sum())  # without a terminal: plain progress lines instead of a bar
+    assert f"tiny: {to_run} / {to_run} points run" in captured.err, captured.err
     resumed, full = read_sweep(out), read_sweep(reference)
     for name in COMPARED:
         np.testing.assert_array_equal(resumed[name].values, full[name].values, err_msg=name)

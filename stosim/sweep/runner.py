@@ -85,7 +85,9 @@ class SweepFailedError(RuntimeError):
 
 @contextlib.contextmanager
 def _exclusive(path: Path) -> Iterator[None]:
-    """One writer per file: an advisory lock beside it (released by the OS if the process dies)."""
+    """One writer per file: an advisory lock on a file beside it (released by the OS if the process
+    dies). The lock file stays: removing it would let a process that opened it before the removal
+    and one that creates it anew both hold "the" lock."""
     lock_path = path.parent / f".{path.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -97,8 +99,6 @@ def _exclusive(path: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            with contextlib.suppress(OSError):
-                lock_path.unlink()
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
@@ -252,6 +252,28 @@ def _collect(client: Any, sweep: ResolvedSweep, todo: list[Point], state: SweepS
         futures[fut.key] = (fut, p)
     ac = as_completed([f for f, _ in futures.values()], with_results=False)
     finished = 0
+    stopped: tuple[Point, str] | None = None
+
+    def record(fut: Any) -> tuple[Point, str | None]:
+        """Store the outcome of a finished future; returns its point and its error (None if done)."""
+        nonlocal finished
+        _, point = futures[fut.key]
+        try:
+            outcome = fut.result()
+        except Exception as exc:  # noqa: BLE001  (a lost worker, a cancelled task)
+            outcome = {"status": STATUS_FAILED, "error": f"{type(exc).__name__}: {exc}", "wall_time_s": math.nan}
+        fut.release()
+        state.record(point, outcome)
+        finished += 1
+        error = outcome.get("error", "")
+        if outcome["status"] != STATUS_DONE:
+            failures.append((dict(point.coords), error))
+        if on_point is not None:
+            on_point(PointEvent(point=point, status=outcome["status"], error=error,
+                                wall_time_s=float(outcome.get("wall_time_s", math.nan)), finished=finished,
+                                to_run=len(todo)))
+        return point, (error if outcome["status"] != STATUS_DONE else None)
+
     dirty = False
     last_save = time.monotonic()
     try:
@@ -270,26 +292,16 @@ def _collect(client: Any, sweep: ResolvedSweep, todo: list[Point], state: SweepS
                 time.sleep(min(0.05, max(0.0, last_save + flush_seconds - now)))
                 continue
             for fut in batch:
-                _, point = futures[fut.key]
-                try:
-                    outcome = fut.result()
-                except Exception as exc:  # noqa: BLE001  (a lost worker, a cancelled task)
-                    outcome = {"status": STATUS_FAILED, "error": f"{type(exc).__name__}: {exc}",
-                               "wall_time_s": math.nan}
-                fut.release()
-                state.record(point, outcome)
+                point, error = record(fut)
                 dirty = True
-                finished += 1
-                error = outcome.get("error", "")
-                if outcome["status"] != STATUS_DONE:
-                    failures.append((dict(point.coords), error))
-                if on_point is not None:
-                    on_point(PointEvent(point=point, status=outcome["status"], error=error,
-                                        wall_time_s=float(outcome.get("wall_time_s", math.nan)), finished=finished,
-                                        to_run=len(todo)))
-                if fail_fast and outcome["status"] != STATUS_DONE:
-                    state.save(out)
-                    return point, error
+                if fail_fast and error is not None and stopped is None:
+                    stopped = point, error  # the rest of the batch is finished too: record it as well
+            if stopped is not None:
+                while ac.has_ready():  # and whatever else has finished by now
+                    for fut in ac.next_batch(block=False):
+                        record(fut)
+                state.save(out)
+                return stopped
     finally:
         pending = [f for f, _ in futures.values() if not f.done()]
         if pending:
