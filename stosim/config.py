@@ -51,6 +51,11 @@ def default_device_path() -> Path:
     return DEVICES_DIR / DEFAULT_DEVICE_NAME
 
 
+def _finite(value: float) -> float:
+    """``value``, or NaN (which fails every range check) when it is not finite."""
+    return value if math.isfinite(value) else math.nan
+
+
 @dataclasses.dataclass(frozen=True)
 class DeviceParameters:
     """Resolved parameters of one MTJ spin-torque oscillator, CGS units.
@@ -76,18 +81,18 @@ class DeviceParameters:
 
     def __post_init__(self) -> None:
         checks = [
-            ("saturation_magnetization", self.saturation_magnetization_emu_cm3 > 0, "> 0 emu/cm^3"),
-            ("anisotropy_field", self.anisotropy_field_oe >= 0, ">= 0 Oe"),
+            ("saturation_magnetization", _finite(self.saturation_magnetization_emu_cm3) > 0, "finite, > 0 emu/cm^3"),
+            ("anisotropy_field", _finite(self.anisotropy_field_oe) >= 0, "finite, >= 0 Oe"),
             ("applied_field", math.isfinite(self.applied_field_oe), "a finite value in Oe"),
             ("damping", 0 <= self.damping < 1, "in [0, 1)"),
-            ("gyromagnetic_ratio", self.gyromagnetic_ratio_rad_per_oe_s > 0, "> 0 rad/(Oe s)"),
-            ("radius", self.radius_cm > 0, "> 0"),
-            ("thickness", self.thickness_cm > 0, "> 0"),
+            ("gyromagnetic_ratio", 0 < self.gyromagnetic_ratio_rad_per_oe_s <= 1e10, "in (0, 1e10] rad/(Oe s)"),
+            ("radius", 0 < self.radius_cm <= 1e-3, "in (0, 1e-3] cm (<= 10 um)"),
+            ("thickness", 0 < self.thickness_cm <= 1e-4, "in (0, 1e-4] cm (<= 1 um)"),
             ("polarization", 0 <= self.polarization <= 1, "in [0, 1]"),
             ("torque_asymmetry", -1 < self.torque_asymmetry < 1, "in (-1, 1)"),
             ("current", math.isfinite(self.current_a) and abs(self.current_a) <= 1.0, "|I| <= 1 A"),
-            ("parallel_resistance", self.parallel_resistance_ohm > 0, "> 0 Ohm"),
-            ("tmr_ratio", self.tmr_ratio >= 0, ">= 0"),
+            ("parallel_resistance", _finite(self.parallel_resistance_ohm) > 0, "finite, > 0 Ohm"),
+            ("tmr_ratio", _finite(self.tmr_ratio) >= 0, "finite, >= 0"),
         ]
         for name, ok, valid in checks:
             if not ok:
@@ -115,7 +120,10 @@ class DeviceParameters:
 
     @property
     def critical_current_a(self) -> float:
-        """I_c = 4 alpha e M V (H_appl + H_K') / (hbar eta lambda) in A (PHYSICS.md section 7)."""
+        """I_c = 4 alpha e M V (H_appl + H_K') / (hbar eta lambda) in A (PHYSICS.md section 7); inf when
+        eta lambda = 0 (the torque has no angular asymmetry: no current destabilizes the z axis)."""
+        if self.polarization * self.torque_asymmetry == 0:
+            return math.inf
         m_v = self.saturation_magnetization_emu_cm3 * self.volume_cm3
         return (
             4 * self.damping * ELEMENTARY_CHARGE_C * m_v * (self.applied_field_oe + self.effective_anisotropy_field_oe)

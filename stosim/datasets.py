@@ -468,8 +468,11 @@ def load_digits_dataset(seed: int = 0, test_fraction: float = 0.2) -> tuple[Imag
     the test set (0.2: 1,437 train / 360 test). Pixel values 0..16 are scaled to [0, 1]
     (value / 16), float32, shape ``(n, 8, 8)``.
     """
-    if not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}")
+    # every class (10) needs at least one image in each split: 10 of the 1,797 images at least
+    lo, hi = 10 / 1797, 1 - 10 / 1797
+    if not lo <= float(test_fraction) <= hi:
+        raise ValueError(f"test_fraction = {test_fraction!r} is out of range; valid: [{lo:.4f}, {hi:.4f}] "
+                         "(at least 10 of the 1,797 digits, one per class, in each split)")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -662,6 +665,10 @@ def load_dataset(
                 _download_file(key, folder, f"{stem}.gz")
         train = load_idx_dataset(folder, key, "train")
         test = load_idx_dataset(folder, key, "test")
+        if train.image_shape != test.image_shape:
+            raise DatasetError(f"{key} in {folder}: the training images are {train.image_shape[0]} x "
+                               f"{train.image_shape[1]} pixels, the test images {test.image_shape[0]} x "
+                               f"{test.image_shape[1]}; both splits must come from one dataset")
     if limit_train is not None:
         train = train.head(limit_train)
     if limit_test is not None:

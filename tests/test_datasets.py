@@ -131,6 +131,18 @@ def test_load_dataset_mnist_limits(tmp_path: Path) -> None:
         load_dataset("mnist", data_dir=tmp_path, limit_train=0)
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("cifar10", data_dir=tmp_path)
+    # a test set of another image shape (16 x 49 = 784 pixels, as many as 28 x 28) is refused, not reshaped
+    write_idx_split(tmp_path, "test", *random_split(rng, 12, rows=16, cols=49), compress=False)
+    with pytest.raises(DatasetError, match="training images are 28 x 28 pixels, the test images 16 x 49"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_digits_test_fraction_keeps_every_class_in_both_splits() -> None:
+    train, test = load_dataset("digits", None, test_fraction=10 / 1797)
+    assert len(test) == 10 and len(train) == 1787
+    for bad in (0.001, 0.999, 0.0, float("nan")):
+        with pytest.raises(ValueError, match=r"test_fraction = .* is out of range; valid: \[0\.0056, 0\.9944\]"):
+            load_dataset("digits", None, test_fraction=bad)
 
 
 def test_to_tensor_dataset(tmp_path: Path) -> None:

@@ -322,9 +322,11 @@ def test_lorenz96_blow_up_raises() -> None:
 
 def test_lorenz96_blow_up_names_first_bad_step() -> None:
     sub = Lorenz96(n=6, forcing=8.0, duration=0.1, dt=0.01)
-    x = torch.full((1, 6), 8.0, dtype=F64)
-    x[0, 0] = float("inf")  # evolve itself does not check its input: the first step is bad
+    x = torch.tensor([[1e200, -1e200] * 3], dtype=F64)  # finite, but (x_{i+1} - x_{i-2}) x_{i-1} overflows
     with pytest.raises(FloatingPointError, match="step 1 of 10"):
+        sub.evolve(x)
+    x[0, 0] = float("inf")  # a non-finite input is refused before any step
+    with pytest.raises(ValueError, match="state contains non-finite values"):
         sub.evolve(x)
 
 

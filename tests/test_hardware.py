@@ -28,7 +28,7 @@ from stosim.hardware import (INSTRUMENTS_DIR, STATIONS_DIR, CurrentSource2400, D
 from stosim.substrates.base import Capabilities
 from test_substrate_conformance import (test_capabilities_type, test_describe_sizes_match_what_the_substrate_returns,
                                         test_gradients_reach_the_readin, test_non_finite_readin_raises,
-                                        test_outputs_finite_and_float64, test_read_configuration_is_flat,
+                                        test_non_finite_state_raises, test_outputs_finite_and_float64, test_read_configuration_is_flat,
                                         test_reset_makes_runs_repeatable, test_stochastic_substrates_depend_on_the_seed,
                                         test_wrong_readin_shape_raises)
 
@@ -42,7 +42,8 @@ SIM_RECORD_MP = np.array([1.0, 0.5, 0.0, -0.5, -1.0, 0.0])
 
 # the conformance suite, collected here with this module's `substrate` fixture
 _CONFORMANCE = (test_capabilities_type, test_describe_sizes_match_what_the_substrate_returns,
-                test_gradients_reach_the_readin, test_non_finite_readin_raises, test_outputs_finite_and_float64,
+                test_gradients_reach_the_readin, test_non_finite_readin_raises, test_non_finite_state_raises,
+                test_outputs_finite_and_float64,
                 test_read_configuration_is_flat, test_reset_makes_runs_repeatable,
                 test_stochastic_substrates_depend_on_the_seed, test_wrong_readin_shape_raises)
 

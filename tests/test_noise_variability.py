@@ -54,6 +54,20 @@ def test_variability_zero_gives_identical_devices_and_spread_is_as_requested(dev
     np.testing.assert_array_equal(table, again.oscillator_parameters())
     with pytest.raises(ValueError, match=r"variability of damping = 0.9"):
         Variability(damping=0.9)
+    # a current spread of 0.5 draws factors 1 + 0.5 xi <= 0 among 200 devices: refused, not a reversed current
+    with pytest.raises(ValueError, match="reversed current"):
+        STOArray.generate(device, 200, 100.0, seed=0, variability=Variability(current=0.5))
+
+
+@pytest.mark.parametrize("key", ["observation_snr_db", "dynamical_snr_db"])
+def test_snr_out_of_range_names_the_key_and_range(key):
+    name = key.removesuffix("_db")
+    for bad in (float("nan"), -1e4, float("-inf")):
+        with pytest.raises(ValueError, match=rf"{name} = .* dB is out of range; valid: \[-100 dB, inf dB\]"):
+            CoupledSTOArray(n=4, duration_s=10e-12, **{key: bad})
+    CoupledSTOArray(n=4, duration_s=10e-12, **{key: -100.0})  # the limit itself is valid
+    with pytest.raises(ValueError, match=r"seed = -1 must be an integer >= 0"):
+        CoupledSTOArray(n=4, duration_s=10e-12, seed=-1)
 
 
 def test_noiseless_training_evaluated_under_noise():

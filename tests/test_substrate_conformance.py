@@ -117,6 +117,14 @@ def test_non_finite_readin_raises(substrate: Substrate, value: float) -> None:
         substrate(u)
 
 
+def test_non_finite_state_raises(substrate: Substrate) -> None:
+    # evolve refuses a non-finite state before it runs (never a NaN result, never a crash inside a kernel)
+    state = substrate.initial_state(_readin(substrate)).detach().clone()
+    state[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        substrate.evolve(state)
+
+
 def test_gradients_reach_the_readin(substrate: Substrate) -> None:
     if not substrate.capabilities.differentiable:
         pytest.skip("substrate is not differentiable")

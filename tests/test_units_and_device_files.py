@@ -63,6 +63,23 @@ def test_seed_device_resolves_to_the_published_parameters(device):
     assert device.reference_direction == (1.0, 0.0, 0.0)
 
 
+
+@pytest.mark.parametrize("key", ["saturation_magnetization_emu_cm3", "anisotropy_field_oe", "radius_cm", "thickness_cm",
+                                 "gyromagnetic_ratio_rad_per_oe_s", "parallel_resistance_ohm", "tmr_ratio"])
+def test_device_parameters_built_in_code_refuse_infinite_values(device, key):
+    # an infinite radius would give H_s0 = 0 (no torque) without a word
+    name = key.removesuffix("_emu_cm3").removesuffix("_oe").removesuffix("_cm").removesuffix("_rad_per_oe_s")
+    with pytest.raises(ValueError, match=rf"device parameter {name.removesuffix('_ohm')} = inf is out of range"):
+        device.replace(**{key: math.inf})
+
+
+def test_critical_current_without_torque_asymmetry_is_infinite(device):
+    # I_c = 4 alpha e M V (H_appl + H_K') / (hbar eta lambda): no threshold when eta lambda = 0
+    assert device.replace(torque_asymmetry=0.0).critical_current_a == math.inf
+    assert device.replace(polarization=0.0).critical_current_a == math.inf
+    assert dict(device.replace(torque_asymmetry=0.0).describe())["critical_current I_c"] == "inf mA"
+
+
 @pytest.mark.parametrize("path", DEVICE_FILES, ids=[p.name for p in DEVICE_FILES])
 def test_every_device_file_is_valid(path):
     dev = load_device(path)

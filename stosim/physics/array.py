@@ -25,7 +25,8 @@ class Variability:
     """Device-to-device variability: each oscillator's H_K, alpha and I drawn as x (1 + s xi),
     xi standard normal, s the relative spread of that parameter (0: identical devices), from ``seed``.
 
-    A draw outside the physical range (alpha <= 0 or >= 1, H_K < 0) raises rather than being clipped.
+    A draw outside the physical range (alpha < 0 or >= 1, H_K < 0, a current factor <= 0, which would
+    reverse that device's current) raises rather than being clipped.
     """
 
     anisotropy_field: float = 0.0
@@ -70,9 +71,9 @@ def oscillator_parameters(device: DeviceParameters, n_oscillators: int, current_
         name: ones for name in VARIABLE_PARAMETERS}
     alpha = device.damping * f["damping"]
     h_k = device.anisotropy_field_oe * f["anisotropy_field"]
-    if np.any(alpha < 0) or np.any(alpha >= 1) or np.any(h_k < 0):
-        raise ValueError("device variability drew a damping outside [0, 1) or a negative anisotropy field; "
-                         "reduce the spread (or change its seed)")
+    if np.any(alpha < 0) or np.any(alpha >= 1) or np.any(h_k < 0) or np.any(f["current"] <= 0):
+        raise ValueError("device variability drew a damping outside [0, 1), a negative anisotropy field or a "
+                         "reversed current (factor 1 + s xi <= 0); reduce the spread (or change its seed)")
     table = np.empty((N_OSC_PARAMS, n_oscillators))
     table[0] = device.applied_field_oe
     table[1] = h_k - 4 * math.pi * device.saturation_magnetization_emu_cm3
@@ -111,6 +112,7 @@ class STOArray:
             if not np.all(np.isfinite(self.coupling_oe * self.coupling_matrix)):
                 raise ValueError(f"coupling = {self.coupling_oe!r} Oe times coupling_matrix overflows; "
                                  "the product mu W must be finite")
+        self.oscillator_parameters()  # variability draws outside the physical range raise here, at construction
 
     @classmethod
     def generate(cls, device: DeviceParameters, n_oscillators: int, coupling_oe: float, *,

@@ -15,14 +15,19 @@ import numpy as np
 
 from stosim.physics.constants import BOLTZMANN_ERG_K
 
-__all__ = ["snr_noise_factor", "measured_snr_db", "thermal_field_sigma_oe", "add_observation_noise", "check_snr_db"]
+__all__ = ["snr_noise_factor", "measured_snr_db", "thermal_field_sigma_oe", "add_observation_noise", "check_snr_db",
+           "MIN_SNR_DB"]
+
+
+MIN_SNR_DB = -100.0  # noise amplitude 1e5 times the signal's: below it the signal is gone (and 10^(-SNR/20) overflows)
 
 
 def check_snr_db(snr_db: float, name: str) -> float:
-    """Validate an SNR in dB (finite; +inf means no noise)."""
+    """Validate an SNR in dB: in [MIN_SNR_DB, inf), or +inf for no noise."""
     value = float(snr_db)
-    if math.isnan(value) or value == -math.inf:
-        raise ValueError(f"{name} = {snr_db!r} dB must be a finite number (or +inf for no noise)")
+    if math.isnan(value) or value < MIN_SNR_DB:
+        raise ValueError(f"{name} = {snr_db!r} dB is out of range; valid: [{MIN_SNR_DB:g} dB, inf dB] "
+                         "(a finite number, or inf for no noise)")
     return value
 
 

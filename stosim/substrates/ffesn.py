@@ -184,6 +184,8 @@ class FFESN(Substrate):
             raise ValueError(f"{what} has shape {tuple(state.shape)}; expected (batch, {self.n}) for ffesn")
         if state.dtype != self.dtype:
             raise ValueError(f"{what} has dtype {state.dtype}; this ffesn substrate uses {self.dtype}")
+        if not bool(torch.isfinite(state).all()):
+            raise ValueError(f"{what} contains non-finite values (NaN or inf)")
 
     def extra_repr(self) -> str:
         return (

@@ -195,6 +195,8 @@ class Lorenz96(Substrate):
             raise ValueError(f"{what} has shape {tuple(state.shape)}; expected (batch, {self.n}) for lorenz96")
         if state.dtype != self.dtype:
             raise ValueError(f"{what} has dtype {state.dtype}; this lorenz96 substrate uses {self.dtype}")
+        if not bool(torch.isfinite(state).all()):
+            raise ValueError(f"{what} contains non-finite values (NaN or inf)")
 
     def extra_repr(self) -> str:
         return f"n={self.n}, forcing={self.forcing:g}, duration={self.duration:g}, dt={self.dt:g}, n_steps={self.n_steps}"

@@ -53,6 +53,8 @@ class CoupledSTOArray(Substrate):
         super().__init__()
         if dtype not in _DTYPES:
             raise ValueError(f"dtype = {dtype!r} must be torch.float64 or torch.float32")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed = {seed!r} must be an integer >= 0")
         dev = device if isinstance(device, DeviceParameters) else load_device(device)
         spread = Variability.uniform(variability, seed=seed) if variability else None
         if coupling_matrix is not None:
