@@ -28,9 +28,9 @@ from stosim.hardware import (INSTRUMENTS_DIR, STATIONS_DIR, CurrentSource2400, D
 from stosim.substrates.base import Capabilities
 from test_substrate_conformance import (test_capabilities_type, test_describe_sizes_match_what_the_substrate_returns,
                                         test_gradients_reach_the_readin, test_non_finite_readin_raises,
-                                        test_non_finite_state_raises, test_outputs_finite_and_float64, test_read_configuration_is_flat,
-                                        test_reset_makes_runs_repeatable, test_stochastic_substrates_depend_on_the_seed,
-                                        test_wrong_readin_shape_raises)
+                                        test_non_finite_state_raises, test_outputs_finite_and_float64,
+                                        test_read_configuration_is_flat, test_reset_makes_runs_repeatable,
+                                        test_stochastic_substrates_depend_on_the_seed, test_wrong_readin_shape_raises)
 
 pytestmark = pytest.mark.hardware_sim
 
@@ -357,7 +357,8 @@ def _raw() -> dict:
     ({"field_source": {"max_field": "9 kOe"}}, "field_source.max_field", "beyond the field-pulse-awg range"),
     ({"digitizer": {"voltage_range": "1 V"}}, "digitizer.voltage_range", "below the devices' largest TMR voltage"),
     # 2 devices in series, 2.2 V each at most: 4 V covers one device but not the chain
-    ({"current_source": {"compliance": "4 V"}}, "current_source.compliance", "across the 2 devices in series, N I R_AP = 4.4 V"),
+    ({"current_source": {"compliance": "4 V"}}, "current_source.compliance",
+     "across the 2 devices in series, N I R_AP = 4.4 V"),
     ({"array": {"duration": "40 ps"}}, "array.duration", "must exceed 2 x array.sample_interval"),
     ({"array": {"n": 2000}}, "array.n", "less than or equal to 1024"),
     ({"array": {"max_batch": 5000}}, "array.max_batch", "segment memory"),
@@ -511,7 +512,8 @@ def test_a_state_at_the_norm_tolerance_is_prepared_at_the_field_limit() -> None:
 def test_a_wrong_address_names_the_instrument_and_the_key() -> None:
     st = twin_station()
     rm = DigitalTwin(st).resource_manager()  # knows only the station's three addresses
-    bad = load_station("twin-lab", overrides={"array": {"n": 4}, "digitizer": {"address": "TCPIP0::10.9.9.9::inst0::INSTR"}})
+    bad = load_station("twin-lab", overrides={"array": {"n": 4},
+                                              "digitizer": {"address": "TCPIP0::10.9.9.9::inst0::INSTR"}})
     hw = LabSTOArray(bad, rm)
     with pytest.raises(InstrumentError, match=r"digitizer \(segmented-digitizer\): cannot open address "
                                               r"'TCPIP0::10\.9\.9\.9::inst0::INSTR'.*\[digitizer\] address"):

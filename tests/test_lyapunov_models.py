@@ -144,6 +144,15 @@ def test_lorenz96_qr_mle_agrees_with_two_trajectories(l96_chaotic):
     assert abs(fd - res.mle) < 0.05 * res.mle
 
 
+def test_two_trajectory_estimate_reports_a_diverging_orbit_and_a_collapsed_perturbation():
+    # RK4 with dt = 5 is unstable for Lorenz 96: the orbits overflow
+    with pytest.raises(FloatingPointError, match="distance of the two trajectories became"):
+        two_trajectory_mle(Lorenz96Tangent(8, 8.0, dt=5.0), 8.0 + np.arange(8.0), 50)
+    # W = 0 maps every state to 0: the two trajectories coincide
+    with pytest.raises(FloatingPointError, match=r"became 0\.0 by step 1"):
+        two_trajectory_mle(FFESNTangent(np.zeros((3, 3))), np.ones(3), 5)
+
+
 def test_lorenz96_stable_fixed_point_spectrum_is_analytic():
     """F = 0.5: x_i = F is a stable fixed point (f(F) = 0 exactly in floating point, so the orbit
     never leaves it) and the exponents are the real parts of the circulant Jacobian's eigenvalues,

@@ -53,6 +53,57 @@ def test_single_free_running_sto_is_not_chaotic(device):
     assert res.exponents[0] < 3 * res.standard_error[0] + 1e6
 
 
+def test_a_single_sto_flow_leaves_its_input_alone_and_has_the_gradient_of_a_batch(device):
+    # B = N = 1: the chunked arrays have the input's memory layout, yet must be copies
+    array = STOArray.generate(device, 1, 500.0)
+    z = torch.tensor([[[0.3, -0.5, 0.8]], [[0.1, 0.2, -0.9]]], dtype=torch.float64, requires_grad=True)
+    grads = []
+    for batch in (z[:1], z):
+        m0 = torch.tanh(batch)
+        m0 = m0 / m0.norm(dim=-1, keepdim=True)
+        before = m0.detach().clone()
+        out = sto_flow(m0, array, 10, 1e-12)
+        assert torch.equal(m0.detach(), before) and not np.shares_memory(out.detach().numpy(), m0.detach().numpy())
+        (g,) = torch.autograd.grad(out[0, 0, 0], z)
+        grads.append(g[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=0)
+    # the single STO's MLE, one exponent (the check "a single STO cannot be chaotic" in its smallest form)
+    res = lyapunov_spectrum(STOArrayTangent(array.__class__.generate(device, 1, 0.0), 1e-12),
+                            random_initial_state(1, 0).reshape(-1), 1, 20_000, transient_steps=5_000,
+                            reorthonormalize_every=10)
+    assert np.isfinite(res.mle) and res.mle < 3 * res.standard_error[0] + 1e6
+
+
+def test_flow_and_jvp_inputs_are_checked(device):
+    array = STOArray.generate(device, 2, 500.0)
+    m0 = random_initial_state(2, 0, batch=1)
+    for kwargs, match in (({"n_steps": -3}, "n_steps = -3 must be an integer >= 1"),
+                          ({"dt_s": -1e-12}, "dt = -1e-12 s must be a finite number > 0 s"),
+                          ({"dt_s": float("inf")}, "dt = inf s must be a finite number > 0 s")):
+        run = {"n_steps": 5, "dt_s": 1e-12, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            sto_flow(torch.tensor(m0), array, run["n_steps"], run["dt_s"])
+        with pytest.raises(ValueError, match=match):
+            sto_jvp(m0, np.zeros_like(m0), array, run["n_steps"], run["dt_s"])
+    zero = m0.copy()
+    zero[0, 1] = 0.0
+    with pytest.raises(ValueError, match="m0 of sample 0, oscillator 1 is the zero vector"):
+        sto_flow(torch.tensor(zero), array, 5, 1e-12)
+    with pytest.raises(ValueError, match="m0 of sample 0, oscillator 1 is the zero vector"):
+        sto_jvp(zero, np.zeros_like(zero), array, 5, 1e-12)
+    nan = m0.copy()
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="m0 contains non-finite values"):
+        sto_flow(torch.tensor(nan), array, 5, 1e-12)
+    system = STOArrayTangent(array, 1e-12)
+    with pytest.raises(ValueError, match="x0 must be 6 finite numbers"):
+        two_trajectory_mle(system, nan.reshape(-1), 10)
+    with pytest.raises(ValueError, match="n_steps = 0 must be >= 1"):
+        two_trajectory_mle(system, m0.reshape(-1), 0)
+    with pytest.raises(ValueError, match="dt = inf s must be a finite number > 0 s"):
+        STOArrayTangent(array, float("inf"))
+
+
 def test_uncoupled_array_has_no_positive_exponent_and_coupling_makes_it_chaotic(device):
     x0 = random_initial_state(4, 1).reshape(-1)
     free = lyapunov_spectrum(STOArrayTangent(STOArray.generate(device, 4, 0.0), 1e-12), x0, 1, 60_000,

@@ -95,8 +95,10 @@ BASE_OK = {"name": "t", "kind": "train", "base": {"n": 4, "epochs": 1}, "grid": 
     ({"name": "a b"}, "name: use letters"),
     ({"base": {"substrate": "mlp", "damping": 0.01}}, "base.damping: device parameters apply to STO substrates only"),
     ({"grid": {"observation_snr": [20, "loud"]}}, "grid.observation_snr[1]: expected a signal-to-noise ratio in dB"),
-    ({"base": {"n": 4, "observation_snr": float("nan")}}, "base.observation_snr: observation_snr = nan dB is out of range; valid: [-100 dB, inf dB]"),
-    ({"kind": "simulate", "base": {"dynamical_snr": float("nan")}}, "base.dynamical_snr: dynamical_snr = nan dB is out of range"),
+    ({"base": {"n": 4, "observation_snr": float("nan")}},
+     "base.observation_snr: observation_snr = nan dB is out of range; valid: [-100 dB, inf dB]"),
+    ({"kind": "simulate", "base": {"dynamical_snr": float("nan")}},
+     "base.dynamical_snr: dynamical_snr = nan dB is out of range"),
     ({"kind": "ftmle", "base": {"n": 4, "readin_scale": float("inf")}}, "base.readin_scale: Input should be a finite"),
 ])
 def test_invalid_specs_fail_naming_the_key(change, names):

@@ -20,10 +20,11 @@ Methods (``method=``)
   Jacobian-vector product followed by one vector-Jacobian product; J is never formed. Batched
   over samples: every iteration applies the operators once to the samples that have not
   converged yet. Per sample, it stops when the top Ritz pair (theta, y) has relative residual
-  ||A y - theta y|| / theta <= ``tol`` (so |theta - sigma_max^2| <= tol sigma_max^2 and the
-  FTMLE is off by at most about tol / (2 T)), when the Krylov space is invariant, or when it
-  spans the whole space (then theta is exact); otherwise after ``max_iter`` iterations with
-  ``converged = False``.
+  ||A y - theta y|| / theta <= ``tol`` (then theta lies within tol theta of an eigenvalue of A,
+  which is sigma_max^2 unless the random start vector is (almost) orthogonal to the top singular
+  vector; the FTMLE is then off by about tol / (2 T) at most), when the Krylov space is invariant,
+  or when it spans the whole space (then theta is exact); otherwise after ``max_iter`` iterations
+  with ``converged = False``.
 - ``"power"``: plain power iteration on the same operator with the same stopping rule (slower
   when sigma_1 and sigma_2 are close; kept as a simple cross-check).
 - ``"auto"``: ``"exact"`` when the state dimension D <= ``exact_max_dim`` (64), else

@@ -203,8 +203,15 @@ def two_trajectory_mle(system: TangentSystem, x0: np.ndarray, n_steps: int, tran
                        epsilon: float = 1e-8, renormalize_every: int = 1, seed: int = 0) -> float:
     """Maximum Lyapunov exponent from two nearby trajectories (finite differences), renormalized
     to distance ``epsilon`` every ``renormalize_every`` steps (the classical cross-check)."""
+    if n_steps < 1 or transient_steps < 0 or renormalize_every < 1:
+        raise ValueError(f"n_steps = {n_steps!r} must be >= 1, transient_steps = {transient_steps!r} >= 0 and "
+                         f"renormalize_every = {renormalize_every!r} >= 1")
+    if not 0 < epsilon < math.inf:
+        raise ValueError(f"epsilon = {epsilon!r} must be a finite number > 0")
     rng = np.random.default_rng(seed)
     x = np.array(x0, dtype=float).reshape(-1)
+    if x.size != system.ambient_dimension or not np.all(np.isfinite(x)):
+        raise ValueError(f"x0 must be {system.ambient_dimension} finite numbers")
     if transient_steps:
         x = system.steps(x, transient_steps)
     d = system.project_tangent(x, rng.standard_normal((1, x.size)))[0]
@@ -213,9 +220,14 @@ def two_trajectory_mle(system: TangentSystem, x0: np.ndarray, n_steps: int, tran
     done = 0
     while done < n_steps:
         k = min(renormalize_every, n_steps - done)
-        x, y = system.steps(x, k), system.steps(y, k)
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging orbit is reported just below
+            x, y = system.steps(x, k), system.steps(y, k)
+            dist = np.linalg.norm(y - x)
         done += k
-        dist = np.linalg.norm(y - x)
+        if not 0 < dist < math.inf:
+            raise FloatingPointError(f"the distance of the two trajectories became {float(dist)!r} by step {done} "
+                                     "(an orbit diverged, or the perturbation collapsed); reduce dt or "
+                                     "renormalize_every")
         log_sum += math.log(dist / epsilon)
         y = _perturb(system, x, (y - x), epsilon)
     return log_sum / (n_steps * system.step_time)

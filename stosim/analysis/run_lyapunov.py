@@ -27,8 +27,10 @@ def substrate_tangent_system(substrate: str, *, n: int | None = None, dt: float 
     defaults = LYAPUNOV_DEFAULTS.get(substrate)
     if defaults is None:
         raise ValueError(f"substrate = {substrate!r}; valid: {', '.join(LYAPUNOV_DEFAULTS)}")
-    n = n or defaults["n"]
-    dt = dt or defaults["dt"]
+    n = defaults["n"] if n is None else n
+    dt = defaults["dt"] if dt is None else dt
+    if substrate == "ffesn" and dt != defaults["dt"]:
+        raise ValueError(f"dt = {dt!r}: the FFESN is a map (one step per layer); leave dt unset")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
     if substrate == "sto":
         from stosim.analysis.tangent_sto import STOArrayTangent

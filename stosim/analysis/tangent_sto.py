@@ -8,6 +8,8 @@ most 2N exponents exist; exponents are in 1/s.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from stosim.analysis.lyapunov import TangentSystem
@@ -24,8 +26,8 @@ class STOArrayTangent(TangentSystem):
     """Tangent dynamics of a deterministic coupled STO array (RK4 step ``dt_s`` seconds)."""
 
     def __init__(self, array: STOArray, dt_s: float = 1e-12) -> None:
-        if not dt_s > 0:
-            raise ValueError(f"dt = {dt_s!r} s must be > 0")
+        if isinstance(dt_s, bool) or not isinstance(dt_s, (int, float, np.floating)) or not 0 < dt_s < math.inf:
+            raise ValueError(f"dt = {dt_s!r} s must be a finite number > 0 s")
         self.array = array
         self.n = array.n_oscillators
         self.dimension = 2 * self.n
@@ -46,8 +48,10 @@ class STOArrayTangent(TangentSystem):
 
     def steps_with_tangents(self, x: np.ndarray, q: np.ndarray, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
         k = q.shape[0]
-        m = np.ascontiguousarray(np.broadcast_to(x.reshape(self.n, 3).T[:, None, :], (3, k, self.n)))
-        t = np.ascontiguousarray(q.reshape(k, self.n, 3).transpose(2, 0, 1))
+        # new, writable arrays: the kernel writes into them (a broadcast view is read-only, and for k = 1
+        # the transposed q would be a view of the caller's array)
+        m = np.broadcast_to(x.reshape(self.n, 3).T[:, None, :], (3, k, self.n)).copy(order="C")
+        t = q.reshape(k, self.n, 3).transpose(2, 0, 1).copy(order="C")
         prm = self._prm
         with single_threaded_blas():
             tangent_run(m, t, prm.coupling_t, prm.use_coupling, prm.osc, prm.lam, prm.p, self.step_time, n_steps)

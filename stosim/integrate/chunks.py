@@ -24,7 +24,9 @@ def chunk_count(n_batch: int, n_osc: int) -> int:
 
 
 def to_chunks(x: np.ndarray, n_chunks: int, lead: int = 0) -> np.ndarray:
-    """(..., B, N, 3) with ``lead`` leading axes -> (C, ..., 3, Bc, N), padded with copies of sample 0."""
+    """(..., B, N, 3) with ``lead`` leading axes -> (C, ..., 3, Bc, N), padded with copies of sample 0.
+
+    Always a new array (the kernels write into it; a view would write into the caller's input)."""
     n_batch = x.shape[lead]
     per = -(-n_batch // n_chunks)
     pad = n_chunks * per - n_batch
@@ -34,15 +36,15 @@ def to_chunks(x: np.ndarray, n_chunks: int, lead: int = 0) -> np.ndarray:
     shape = x.shape[:lead] + (n_chunks, per) + x.shape[lead + 1:]
     x = x.reshape(shape)  # (..., C, Bc, N, 3)
     axes = (lead,) + tuple(range(lead)) + (lead + 3, lead + 1, lead + 2)
-    return np.ascontiguousarray(x.transpose(axes))
+    return x.transpose(axes).copy(order="C")
 
 
 def from_chunks(x: np.ndarray, n_batch: int) -> np.ndarray:
-    """(C, ..., 3, Bc, N) -> (..., B, N, 3)."""
+    """(C, ..., 3, Bc, N) -> (..., B, N, 3), always a new array (never sharing memory with ``x``)."""
     n_lead = x.ndim - 4
     axes = tuple(range(1, 1 + n_lead)) + (0, n_lead + 2, n_lead + 3, n_lead + 1)
     y = x.transpose(axes)  # (..., C, Bc, N, 3)
     y = y.reshape(y.shape[:n_lead] + (-1,) + y.shape[-2:])
-    return np.ascontiguousarray(y[..., :n_batch, :, :])
+    return y[..., :n_batch, :, :].copy(order="C")
 
 
