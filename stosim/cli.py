@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="simulate a coupled STO array and write its trajectory (HDF5)")
     p.add_argument("--device", type=Path, default=None, help="device TOML (default: devices/seed-pmtj.toml)")
-    p.add_argument("--n", type=int, default=10, help="number of oscillators N (default 10)")
+    p.add_argument("--n", type=int, default=None, help="number of oscillators N (default 10, or the size of "
+                   "--coupling-matrix)")
     p.add_argument("--coupling", type=_quantity("field", "--coupling"), default=500.0,
                    help="coupling magnitude mu, e.g. '500 Oe' (default 500 Oe)")
     p.add_argument("--current", type=_quantity("current", "--current"), default=None,
@@ -205,10 +207,12 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     keys = ("substrate", "dataset", "data_dir", "n", "seed", "spectral_radius", "steps", "forcing", "coupling",
             "current", "duration", "dt")
     overrides = _config_overrides(args, keys)
-    if args.checkpoint is not None and overrides:
-        raise CLIError("--checkpoint takes its configuration from the checkpoint; drop the other model flags")
+    if args.checkpoint is not None and (overrides or args.config is not None):
+        raise CLIError("--checkpoint takes its configuration from the checkpoint; drop --config and the other "
+                       "model flags")
     cfg = (load_train_config(args.config, **overrides) if args.config is not None
            else validate_train_config(overrides, source="command line"))
+    _check_plain_times(args, cfg)
     ds = dataset_ftmle(cfg, args.checkpoint, limit=args.limit, method=args.method)
     write_dataset_atomic(ds, args.out, overwrite=True)
     values = ds["ftmle"].values
@@ -220,7 +224,7 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     summary = {"mean": float(np.mean(values)), "std": float(np.std(values)), "median": float(np.median(values)),
                "n_samples": int(values.size), "units": unit, "trained": bool(ds.attrs["trained"]),
                "all_converged": bool(ds["converged"].values.all()), "out": str(args.out)}
-    print(json.dumps(summary) if args.json else
+    print(_json_line(summary) if args.json else
           f"FTMLE over {values.size} samples: mean {summary['mean']:.4g} {unit}, std {summary['std']:.3g}, "
           f"median {summary['median']:.4g}; wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
     return 0
@@ -289,7 +293,7 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
     unit = {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step"}.get(result.time_unit,
                                                                                        f"1/{result.time_unit}")
     if args.json:
-        print(json.dumps({**result.as_dict(), "units": unit, "substrate": args.substrate}))
+        print(_json_line({**result.as_dict(), "units": unit, "substrate": args.substrate}))
         return 0
     print(f"Lyapunov exponents of {args.substrate} ({unit}), averaged over {result.duration:g} "
           f"{result.time_unit} after a transient of {result.transient:g}:")
@@ -302,6 +306,36 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
     print(f"Kaplan-Yorke dimension: {result.kaplan_yorke_dimension:.4g}{partial}")
     print(f"KS entropy (sum of positive exponents): {result.ks_entropy:.6g} {unit}")
     return 0
+
+
+def _json_line(obj: Any) -> str:
+    """``obj`` as one line of standard JSON: non-finite numbers (not JSON) become null."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    return json.dumps(clean(obj), allow_nan=False)
+
+
+def _check_plain_times(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
+    """Plain-number --duration / --dt are Lorenz 96 model time; every other substrate needs a unit
+    (a plain 300 would otherwise be 300 s for the STOs)."""
+    if cfg.substrate == "lorenz96":
+        return
+    for key in ("duration", "dt"):
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        try:
+            float(value)
+        except ValueError:
+            continue
+        raise CLIError(f"--{key} {value}: give a time with its unit for substrate {cfg.substrate} "
+                       "(e.g. '300 ps'); plain numbers are Lorenz 96 model time")
 
 
 def _config_overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict:
@@ -330,6 +364,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = _config_overrides(args, _TRAIN_KEYS)
     cfg = (load_train_config(args.config, **overrides) if args.config is not None
            else validate_train_config(overrides, source="command line"))
+    _check_plain_times(args, cfg)
     if (args.out / "checkpoint.pt").exists() and not args.resume:
         raise CLIError(f"--out {args.out} holds a checkpoint; pass --resume to continue it or choose another --out")
     bar = tqdm(unit="batch", disable=None, file=sys.stderr, leave=False)
@@ -350,7 +385,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         bar.close()
     summary = result.summary()
     if args.json:
-        print(json.dumps({**summary, "out": str(args.out), "substrate": cfg.substrate, "dataset": cfg.dataset}))
+        print(_json_line({**summary, "out": str(args.out), "substrate": cfg.substrate, "dataset": cfg.dataset}))
     else:
         print(f"{cfg.substrate} on {cfg.dataset}: test accuracy {100 * result.test_accuracy:.2f}% "
               f"(best {100 * result.best_test_accuracy:.2f}%), {result.epochs} epochs, {result.wall_time_s:.0f} s; "
@@ -359,13 +394,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _file_kind(path: Path) -> str:
-    """What a TOML file holds, from its top-level keys: device, sweep spec, experiment or station."""
+    """What a TOML file holds, from its name and top-level keys: device, sweep spec, experiment, station or
+    the published reference values beside experiment files."""
     import tomllib
 
     try:
         keys = set(tomllib.loads(path.read_text()))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return "device"  # the device loader reports the read or syntax error with its context
+    from stosim.compare import REFERENCE_FILE
+
+    if path.name == REFERENCE_FILE:
+        return "reference"
     if "grid" in keys or ("kind" in keys and "base" in keys):
         return "sweep spec"
     if "current_source" in keys or "digitizer" in keys:
@@ -378,6 +418,14 @@ def _file_kind(path: Path) -> str:
 def _validate_one(path: Path) -> str:
     """Load ``path`` with the validator of its kind; returns a description, raises ValueError."""
     kind = _file_kind(path)
+    if kind == "reference":
+        import tomllib
+
+        values = tomllib.loads(path.read_text())
+        not_text = [k for k, v in values.items() if not isinstance(v, str)]
+        if not_text:
+            raise ValueError(f"{path}: {', '.join(not_text)}: reference values must be text (experiment name = \"...\")")
+        return f"published reference values of {len(values)} experiments"
     if kind == "sweep spec":
         from stosim.sweep.spec import load_spec
 
@@ -437,10 +485,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     device = load_device(args.device)
     if args.coupling_matrix is not None:
         array = STOArray.with_matrix(device, args.coupling_matrix, args.coupling, current_a=args.current)
-        if args.n not in (10, array.n_oscillators) and args.n != array.n_oscillators:
-            raise CLIError(f"--n {args.n} does not match the {array.n_oscillators} x {array.n_oscillators} --coupling-matrix")
+        if args.n is not None and args.n != array.n_oscillators:
+            raise CLIError(f"--n {args.n} does not match the {array.n_oscillators} x {array.n_oscillators} "
+                           "--coupling-matrix")
     else:
-        array = STOArray.generate(device, args.n, args.coupling, seed=args.seed, current_a=args.current)
+        array = STOArray.generate(device, 10 if args.n is None else args.n, args.coupling, seed=args.seed,
+                                  current_a=args.current)
     n = array.n_oscillators
     if args.initial is not None:
         initial = np.load(args.initial, allow_pickle=False)
@@ -477,7 +527,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         "measured_observation_snr_db": traj.measured_observation_snr_db or None,
     }
     if args.json:
-        print(json.dumps(summary))
+        print(_json_line(summary))
     else:
         print(f"wrote {args.out} ({traj.time_s.size} recorded states of {n} oscillators, {total} steps)"
               + (f" and {args.plot}" if args.plot else ""))
@@ -538,7 +588,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if args.json:
-        print(json.dumps({**summary.as_dict(), "failures": len(summary.failures)}))
+        print(_json_line({**summary.as_dict(), "failures": len(summary.failures)}))
     else:
         rate = f", {summary.points_per_second:.3g} points/s" if summary.n_run else ""
         print(f"wrote {args.out}: {summary.n_done} done, {summary.n_failed} failed, {summary.n_pending} pending of "
@@ -572,6 +622,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, DeviceFileError, DatasetError, ValueError, FileExistsError, FileNotFoundError,
             FloatingPointError) as exc:
         print(f"stosim {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a directory where a file belongs, no permission, a full disk, ...
+        print(f"stosim {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"stosim {args.command}: error: out of memory; reduce the size of the run (--n, the batch, the "
+              "number of saved steps)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"stosim {args.command}: interrupted", file=sys.stderr)

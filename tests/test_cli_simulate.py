@@ -13,6 +13,8 @@ import xarray as xr
 
 from stosim.cli import main
 
+from conftest import REPO_ROOT
+
 
 def test_simulate_writes_trajectory_and_plot(tmp_path, capsys):
     out, png = tmp_path / "traj.h5", tmp_path / "traj.png"
@@ -76,6 +78,8 @@ def test_simulate_with_noise_initial_angles_and_matrix(tmp_path, capsys):
         (["--duration", "-1 ns"], "duration"),
         (["--initial-angles", "200,0"], "theta = 200.0 deg must be in [0, 180]"),
         (["--temperature", "-5 K"], "temperature = -5.0 K"),
+        # mu = 1e5 Oe turns m by radians per picosecond: a 50 ps step would be silently wrong
+        (["--coupling", "1e5 Oe", "--dt", "5 ps", "--save-every", "1"], "dt = 5e-12 s is too large for this array"),
     ],
 )
 def test_simulate_bad_input_exits_2_with_message(tmp_path, capsys, extra, message):
@@ -87,6 +91,33 @@ def test_simulate_bad_input_exits_2_with_message(tmp_path, capsys, extra, messag
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_simulate_n_must_match_the_coupling_matrix_and_os_errors_are_messages(tmp_path, capsys):
+    np.save(tmp_path / "w.npy", np.random.default_rng(0).uniform(-1, 1, (20, 20)))
+    base = ["simulate", "--coupling-matrix", str(tmp_path / "w.npy"), "--duration", "10 ps"]
+    assert main([*base, "--n", "10", "--out", str(tmp_path / "a.h5")]) == 2  # 10 is no longer taken for "not given"
+    assert "--n 10 does not match the 20 x 20 --coupling-matrix" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b.h5"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_oscillators"] == 20
+    (tmp_path / "adir").mkdir()  # a folder where the output file belongs
+    assert main([*base, "--out", str(tmp_path / "adir"), "--overwrite"]) == 2
+    assert "stosim simulate: error:" in capsys.readouterr().err
+
+
+def test_train_and_ftmle_need_units_for_sto_times(tmp_path, capsys):
+    # a plain number is Lorenz 96 model time; for the STOs it would be seconds (300 s: 3e14 steps)
+    for extra in (["--duration", "300"], ["--dt", "1"]):
+        assert main(["train", "--n", "4", "--limit-train", "20", "--limit-test", "10", *extra,
+                     "--out", str(tmp_path / "t")]) == 2
+        assert f"{extra[0]} {extra[1]}: give a time with its unit for substrate sto" in capsys.readouterr().err
+        assert main(["ftmle", "--n", "4", "--limit", "2", *extra, "--out", str(tmp_path / "f.h5")]) == 2
+        assert "give a time with its unit" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists() and not (tmp_path / "f.h5").exists()
+    # --config beside --checkpoint would be ignored: refused
+    assert main(["ftmle", "--config", str(REPO_ROOT / "experiments" / "digits-sto.toml"), "--checkpoint", str(tmp_path),
+                 "--out", str(tmp_path / "g.h5")]) == 2
+    assert "drop --config" in capsys.readouterr().err
 
 
 def test_python_m_stosim_runs():

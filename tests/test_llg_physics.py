@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize
 
-from stosim.physics.array import STOArray
+from stosim.physics.array import STOArray, check_time_step
 from stosim.physics.constants import BOLTZMANN_ERG_K
 from stosim.physics.llg import llg_rhs_batch
 from stosim.simulation import evolve, initial_state_from_angles, simulate, NoiseSettings
@@ -239,3 +239,28 @@ def test_auto_oscillation_above_critical_current(device):
     traj_b = simulate(below, initial_state_from_angles(1, 5.0, 0.0), 20e-9, 1e-12, save_every=10)
     late_b = traj_b.m[-500:, 0, 0]
     assert late_b[:, 0].max() - late_b[:, 0].min() < 0.1 * (late[:, 0].max() - late[:, 0].min())
+
+
+def test_time_step_bound_holds_for_every_state_and_is_nearly_attained(device):
+    """check_time_step uses an upper bound of |dm/dt|: no state exceeds it (random states), and the
+    state that lines every m_j up with sign(W_ij) of the most coupled device comes within a factor 2."""
+    array = STOArray.generate(device, 50, 2000.0, seed=3)
+    osc, lam = array.oscillator_parameters(), device.torque_asymmetry
+    p = np.asarray(device.reference_direction)
+    coupling_t = array.coupling_transposed_oe()
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((400, 50, 3))
+    m /= np.linalg.norm(m, axis=-1, keepdims=True)
+    i = int(np.argmax(np.abs(array.coupling_matrix).sum(axis=1)))
+    aligned = np.zeros((1, 50, 3))
+    aligned[0, :, 0] = np.sign(array.coupling_matrix[i])
+    aligned[0, i] = (0.0, 1.0, 0.0)  # W_ii = 0: oscillator i feels the full sum, perpendicular to it
+    m = np.concatenate([m, aligned])
+    rates = np.linalg.norm(llg_rhs_batch(np.ascontiguousarray(m.transpose(2, 0, 1)), m[..., 0] @ coupling_t, osc,
+                                         lam, p), axis=0)
+    bound = array.max_precession_rate_rad_s
+    assert rates.max() <= bound
+    assert rates[-1, i] >= 0.5 * bound
+    check_time_step(array, 1e-12)  # 0.25 rad per 1 ps step: accepted
+    with pytest.raises(ValueError, match="dt = 5e-12 s is too large for this array"):
+        check_time_step(array, 5e-12)

@@ -134,3 +134,7 @@ def test_cli_lyapunov_json(capsys):
     assert out["exponents"] == sorted(out["exponents"], reverse=True)
     assert main(["lyapunov", "--substrate", "sto", "--n", "4", "--exponents", "9"]) == 2
     assert "n_exponents = 9 must be in [1, 8]" in capsys.readouterr().err
+    # one block: no standard error; --json stays standard JSON (null, not NaN)
+    assert main(["lyapunov", "--substrate", "lorenz96", "--n", "10", "--duration", "0.01", "--json"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "NaN" not in line and json.loads(line)["standard_error"] == [None]

@@ -16,7 +16,7 @@ from stosim.analysis.lyapunov import TangentSystem
 from stosim.integrate.flow import _ArrayTensors
 from stosim.integrate.tangent import tangent_run
 from stosim.integrate.threads import single_threaded_blas
-from stosim.physics.array import STOArray
+from stosim.physics.array import STOArray, check_time_step
 from stosim.simulation import evolve
 
 __all__ = ["STOArrayTangent"]
@@ -28,6 +28,7 @@ class STOArrayTangent(TangentSystem):
     def __init__(self, array: STOArray, dt_s: float = 1e-12) -> None:
         if isinstance(dt_s, bool) or not isinstance(dt_s, (int, float, np.floating)) or not 0 < dt_s < math.inf:
             raise ValueError(f"dt = {dt_s!r} s must be a finite number > 0 s")
+        check_time_step(array, dt_s)
         self.array = array
         self.n = array.n_oscillators
         self.dimension = 2 * self.n

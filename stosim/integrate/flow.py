@@ -17,7 +17,7 @@ from stosim.integrate.adjoint import adjoint_chunk, adjoint_chunks
 from stosim.integrate.chunks import chunk_count, from_chunks, to_chunks
 from stosim.integrate.sto_kernels import METHOD_RK4, run_chunks
 from stosim.integrate.threads import single_threaded_blas
-from stosim.physics.array import STOArray
+from stosim.physics.array import STOArray, check_time_step
 
 __all__ = ["sto_flow", "checkpoint_segment", "DEFAULT_CHECKPOINT_BYTES"]
 
@@ -122,6 +122,7 @@ def sto_flow(m0: torch.Tensor, array: STOArray, n_steps: int, dt_s: float,
     if m0.ndim != 3 or m0.shape[1:] != (array.n_oscillators, 3):
         raise ValueError(f"m0 has shape {tuple(m0.shape)}; expected (batch, {array.n_oscillators}, 3)")
     _check_run(n_steps, dt_s)
+    check_time_step(array, dt_s)
     with torch.no_grad():
         _check_states(m0.detach().norm(dim=-1).cpu().numpy(), bool(torch.isfinite(m0).all()), "m0")
     return _STOFlow.apply(m0, array, int(n_steps), float(dt_s), int(checkpoint_bytes))
@@ -141,6 +142,7 @@ def sto_jvp(m0: np.ndarray, tangent: np.ndarray, array: STOArray, n_steps: int, 
     if m0.shape != t0.shape or m0.ndim != 3 or m0.shape[1:] != (array.n_oscillators, 3):
         raise ValueError(f"m0 {m0.shape} and tangent {t0.shape} must both be (batch, {array.n_oscillators}, 3)")
     _check_run(n_steps, dt_s)
+    check_time_step(array, dt_s)
     _check_states(np.linalg.norm(m0, axis=-1), bool(np.all(np.isfinite(m0))), "m0")
     if not np.all(np.isfinite(t0)):
         raise ValueError("tangent contains non-finite values (NaN or inf)")

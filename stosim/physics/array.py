@@ -12,9 +12,12 @@ from stosim.config import DeviceParameters, spin_torque_field_oe
 from stosim.physics.coupling import load_coupling_matrix, random_coupling_matrix, validate_coupling_matrix
 from stosim.physics.llg import N_OSC_PARAMS
 
-__all__ = ["STOArray", "Variability", "oscillator_parameters"]
+__all__ = ["STOArray", "Variability", "oscillator_parameters", "check_time_step", "MAX_ROTATION_PER_STEP_RAD"]
 
 MAX_OSCILLATORS = 100_000
+# the largest turn of m per integration step that check_time_step accepts (RK4 loses its accuracy, and
+# soon its stability, as the precession angle per step approaches 1 rad)
+MAX_ROTATION_PER_STEP_RAD = 1.0
 
 
 VARIABLE_PARAMETERS = ("anisotropy_field", "damping", "current")
@@ -113,6 +116,8 @@ class STOArray:
                 raise ValueError(f"coupling = {self.coupling_oe!r} Oe times coupling_matrix overflows; "
                                  "the product mu W must be finite")
         self.oscillator_parameters()  # variability draws outside the physical range raise here, at construction
+        # rad/s, for check_time_step (computed once: the array is immutable)
+        object.__setattr__(self, "max_precession_rate_rad_s", max_precession_rate(self))
 
     @classmethod
     def generate(cls, device: DeviceParameters, n_oscillators: int, coupling_oe: float, *,
@@ -151,3 +156,28 @@ class STOArray:
             **({f"variability_{k}": getattr(self.variability, k) for k in (*VARIABLE_PARAMETERS, "seed")}
                if self.variability is not None else {}),
         }
+
+
+def max_precession_rate(array: STOArray) -> float:
+    """Upper bound of |dm/dt| in rad/s over every state of ``array``.
+
+    |dm/dt| = gamma/(1 + alpha^2) |m x B + alpha m x (m x B)| <= gamma/(1 + alpha^2) (1 + alpha) |B|,
+    |B| <= |H_appl| + |H_K'| + |mu| sum_j |W_ij| + |H_s0| / (1 - |lambda|)  (|H_s| = |H_s0 / (1 + lambda m.p)|).
+    """
+    osc = array.oscillator_parameters()
+    h_coupling = abs(array.coupling_oe) * np.abs(array.coupling_matrix).sum(axis=1)
+    h_torque = np.abs(osc[2]) / (1.0 - abs(array.device.torque_asymmetry))
+    field = np.abs(osc[0]) + np.abs(osc[1]) + h_coupling + h_torque
+    return float(np.max(osc[4] * (1.0 + osc[3]) * field))
+
+
+def check_time_step(array: STOArray, dt_s: float) -> None:
+    """Refuse a step ``dt_s`` (s) over which m could turn by more than MAX_ROTATION_PER_STEP_RAD:
+    the integration would be silently wrong (the projection onto the sphere hides any blow-up)."""
+    rate = array.max_precession_rate_rad_s
+    if rate * dt_s > MAX_ROTATION_PER_STEP_RAD:
+        raise ValueError(f"dt = {dt_s:g} s is too large for this array: its fastest precession, up to "
+                         f"{rate:.3g} rad/s (fields up to mu sum_j |W_ij| = "
+                         f"{abs(array.coupling_oe) * np.abs(array.coupling_matrix).sum(axis=1).max():.4g} Oe of "
+                         f"coupling), turns m by up to {rate * dt_s:.3g} rad per step; use "
+                         f"dt <= {MAX_ROTATION_PER_STEP_RAD / rate:.3g} s")
