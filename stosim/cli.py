@@ -254,8 +254,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         results = run_comparison(configs, args.seeds, args.out, on_run=on_run, on_epoch=on_epoch)
     table = comparison_table(results, configs)
     path = args.markdown or args.out / "table.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(table)
+    from stosim.storage import write_text_atomic
+
+    write_text_atomic(table, path)
     print(table)
     print(f"wrote {path}")
     return 0

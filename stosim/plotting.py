@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stosim.storage import atomic_output
+
 __all__ = ["plot_trajectory"]
 
 
@@ -42,7 +44,8 @@ def plot_trajectory(ds, path: str | Path, *, max_oscillators: int = 4) -> Path:
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -60,7 +63,8 @@ def plot_learning_curve(history: list[dict[str, float]], path: str | Path, *, ti
     ax.grid(alpha=0.3)
     ax.legend()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -82,6 +86,7 @@ def plot_histogram(values_by_label: dict[str, "np.ndarray"], path: str | Path, *
     ax.legend()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

@@ -7,13 +7,14 @@ same folder and renamed into place, so a crash never leaves a half-written file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -22,7 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from stosim.simulation import Trajectory
 
-__all__ = ["write_dataset_atomic", "package_versions", "trajectory_dataset", "provenance_attrs"]
+__all__ = ["write_dataset_atomic", "atomic_output", "write_text_atomic", "package_versions", "trajectory_dataset",
+           "provenance_attrs"]
 
 _PACKAGES = ("stosim", "numpy", "numba", "scipy", "torch", "xarray", "h5netcdf", "h5py")
 
@@ -59,17 +61,17 @@ def provenance_attrs(**extra: Any) -> dict[str, Any]:
     return attrs
 
 
-def write_dataset_atomic(ds: "xr.Dataset", path: str | Path, *, overwrite: bool = True) -> Path:
-    """Write ``ds`` as HDF5 via h5netcdf to a temporary file beside ``path``, flush it to disk, then
-    rename it into place: a crash (or power loss) leaves the old file or the new one, never a partial one."""
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix, so writers pick the format from it); once the
+    ``with`` block has written it, it is flushed to disk and renamed over ``path``. On an error the
+    temporary file is removed and ``path`` is left as it was: never a partial file."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True)
+        yield Path(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
@@ -79,6 +81,23 @@ def write_dataset_atomic(ds: "xr.Dataset", path: str | Path, *, overwrite: bool 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_output`."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_dataset_atomic(ds: "xr.Dataset", path: str | Path, *, overwrite: bool = True) -> Path:
+    """Write ``ds`` as HDF5 via h5netcdf to a temporary file beside ``path``, flush it to disk, then
+    rename it into place: a crash (or power loss) leaves the old file or the new one, never a partial one."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    with atomic_output(path) as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True)
     return path
 
 

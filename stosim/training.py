@@ -12,8 +12,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -27,6 +25,7 @@ from stosim.datasets import ImageDataset, load_dataset
 from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoirClassifier, LinearClassifier,
                            MLPClassifier, ReservoirClassifier)
 from stosim.ridge import RidgeAccumulator
+from stosim.storage import atomic_output, write_text_atomic
 from stosim.physics.noise import check_snr_db
 from stosim.units import UnitError, parse_quantity
 
@@ -248,27 +247,9 @@ def _epochs_to_converge(history: list[dict[str, float]]) -> int:
     return next(int(h["epoch"]) for h in history if h["test_accuracy"] >= best - 0.005)
 
 
-def _atomic_write(write: Callable[[Any], None], path: Path, mode: str) -> None:
-    """Write ``path`` through a temporary file in the same folder, flushed to disk, then renamed over
-    ``path``: a crash leaves the old file or the new one, never a partial one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
-    _atomic_write(lambda f: torch.save(obj, f), path, "wb")
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    _atomic_write(lambda f: f.write(text), path, "w")
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
@@ -450,7 +431,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
         metrics = {**result.summary(), "config": cfg.resolved(), "history": history,
                    "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]),
                    "n_parameters": sum(p.numel() for p in params)}
-        _atomic_write_text(json.dumps(metrics, indent=2, default=str), out / METRICS)
+        write_text_atomic(json.dumps(metrics, indent=2, default=str), out / METRICS)
         from stosim.plotting import plot_learning_curve
 
         plot_learning_curve(history, out / CURVE, title=f"{cfg.substrate} on {cfg.dataset}")

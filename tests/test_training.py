@@ -286,3 +286,18 @@ def test_runs_saved_before_a_config_key_existed_still_match(tmp_path):
     assert [h["epoch"] for h in result.history] == [1, 2]
     with pytest.raises(ConfigError, match="weight_decay"):
         train(TrainConfig(**{**SMALL, "epochs": 3, "weight_decay": 0.1}), tmp_path / "run", resume=True)
+
+
+def test_atomic_output_leaves_no_partial_file(tmp_path):
+    from stosim.storage import atomic_output, write_text_atomic
+
+    target = tmp_path / "table.md"
+    write_text_atomic("old\n", target)
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("the writer failed")
+    assert target.read_text() == "old\n"  # untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["table.md"]  # no temporary file left behind
+    write_text_atomic("new\n", target)
+    assert target.read_text() == "new\n"

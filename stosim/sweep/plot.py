@@ -18,6 +18,8 @@ from typing import Iterator, Literal
 
 import numpy as np
 
+from stosim.storage import atomic_output
+
 __all__ = ["plot_sweep", "PlotError"]
 
 
@@ -191,7 +193,8 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
         out = Path(f"{stem}-{var}-{x}" + (f"-{y}" if y else "") + ".png")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
 
