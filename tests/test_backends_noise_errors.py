@@ -141,12 +141,18 @@ def test_bad_input_gets_clear_errors(device):
         simulate(array, m0, 1e-11, 1e-12, save_every=0)
 
 
-def test_non_finite_state_during_a_run_raises_with_step_and_oscillator(device):
-    """Fields beyond float range (a measured W in wrong units, say) overflow the state:
-    the run stops at the first such step and names where, instead of spreading NaN or zeros."""
+def test_non_finite_state_during_a_run_raises_with_step_and_oscillator(device, monkeypatch):
+    """Fields beyond float range (a measured W in wrong units, say): the step-size check refuses
+    them before any work; past it, the kernel's own check stops the run at the first step whose
+    state overflowed and names where, instead of spreading NaN or zeros."""
+    import stosim.simulation
+
     w = np.zeros((6, 6))
     w[3, 0] = 1e200  # oscillator 3 feels an absurd field (its stage values then reach every other one)
     array = STOArray.with_matrix(device, w, 1.0)
+    with pytest.raises(ValueError, match=r"dt = 1e-12 s is too large for this array"):
+        evolve(array, _state(6, 1, 0), 50, 1e-12)
+    monkeypatch.setattr(stosim.simulation, "check_time_step", lambda array, dt_s: None)  # the safety net below it
     with pytest.raises(SimulationDivergedError, match=r"non-finite at step 1 .* sample 0, oscillator \d"):
         evolve(array, _state(6, 1, 0), 50, 1e-12)
     w[3, 0] = 1e308
