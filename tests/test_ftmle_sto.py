@@ -61,4 +61,4 @@ def test_cli_ftmle_untrained_and_trained(tmp_path, capsys):
         ds.close()
         assert (tmp_path / f"{name}.png").stat().st_size > 5000
     assert main(["ftmle", "--checkpoint", str(run), "--n", "5", "--out", str(tmp_path / "x.h5")]) == 2
-    assert "drop the other model flags" in capsys.readouterr().err
+    assert "drop --config and the other model flags" in capsys.readouterr().err
