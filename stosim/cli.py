@@ -335,6 +335,8 @@ def _check_plain_times(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
             float(value)
         except ValueError:
             continue
+        if cfg.substrate == "ffesn":
+            raise CLIError(f"--{key} {value}: the FFESN is a map of --steps layers; it has no {key}")
         raise CLIError(f"--{key} {value}: give a time with its unit for substrate {cfg.substrate} "
                        "(e.g. '300 ps'); plain numbers are Lorenz 96 model time")
 
@@ -394,6 +396,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+_REFERENCE_FILE = "reference.toml"  # stosim.compare.REFERENCE_FILE, named here without importing torch
+
+
 def _file_kind(path: Path) -> str:
     """What a TOML file holds, from its name and top-level keys: device, sweep spec, experiment, station or
     the published reference values beside experiment files."""
@@ -403,9 +408,7 @@ def _file_kind(path: Path) -> str:
         keys = set(tomllib.loads(path.read_text()))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return "device"  # the device loader reports the read or syntax error with its context
-    from stosim.compare import REFERENCE_FILE
-
-    if path.name == REFERENCE_FILE:
+    if path.name == _REFERENCE_FILE:
         return "reference"
     if "grid" in keys or ("kind" in keys and "base" in keys):
         return "sweep spec"

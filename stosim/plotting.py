@@ -8,7 +8,18 @@ import numpy as np
 
 from stosim.storage import atomic_output
 
-__all__ = ["plot_trajectory"]
+__all__ = ["plot_trajectory", "plot_learning_curve", "plot_histogram", "save_figure"]
+
+
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:  # noqa: ANN001
+    """Save ``fig`` atomically; the format comes from the suffix (none: PNG, and ``.png`` is appended,
+    as matplotlib does). Returns the path written."""
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:].lower(), **savefig_kwargs)
+    return path
 
 
 def _pyplot():
@@ -44,8 +55,7 @@ def plot_trajectory(ds, path: str | Path, *, max_oscillators: int = 4) -> Path:
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110)
+    path = save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -63,8 +73,7 @@ def plot_learning_curve(history: list[dict[str, float]], path: str | Path, *, ti
     ax.grid(alpha=0.3)
     ax.legend()
     path = Path(path)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110)
+    path = save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -86,7 +95,6 @@ def plot_histogram(values_by_label: dict[str, "np.ndarray"], path: str | Path, *
     ax.legend()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110)
+    path = save_figure(fig, path)
     plt.close(fig)
     return path

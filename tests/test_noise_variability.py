@@ -80,3 +80,9 @@ def test_noiseless_training_evaluated_under_noise():
     # the final train accuracy is measured under noise too, so it differs from the noiseless run
     noisy = train(TrainConfig(**noisy_cfg))
     assert any(not torch.equal(plain.model.state_dict()[k], noisy.model.state_dict()[k]) for k in trained)
+
+
+def test_a_too_large_step_is_refused_when_the_layer_is_built():
+    # also for the noisy gradient path, which integrates in torch and never reaches the Numba entry checks
+    with pytest.raises(ValueError, match=r"dt = 1e-10 s is too large for this array"):
+        CoupledSTOArray(n=10, duration_s=1e-9, dt_s=1e-10, temperature_k=300.0)

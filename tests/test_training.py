@@ -301,3 +301,15 @@ def test_atomic_output_leaves_no_partial_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["table.md"]  # no temporary file left behind
     write_text_atomic("new\n", target)
     assert target.read_text() == "new\n"
+
+
+def test_plots_take_their_format_from_the_suffix_and_default_to_png(tmp_path):
+    from stosim.plotting import plot_learning_curve
+
+    history = [{"epoch": 1, "train_accuracy": 0.5, "test_accuracy": 0.4},
+               {"epoch": 2, "train_accuracy": 0.7, "test_accuracy": 0.6}]
+    written = plot_learning_curve(history, tmp_path / "curve")  # no suffix: PNG, as matplotlib does
+    assert written == tmp_path / "curve.png" and written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pdf = plot_learning_curve(history, tmp_path / "curve.pdf")
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.pdf", "curve.png"]  # no temporary files left

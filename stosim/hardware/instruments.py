@@ -228,7 +228,7 @@ class Instrument:
                     raise
                 self.attempts_failed += 1
                 last = exc
-                if attempt < self.retries and self.retry_delay_s > 0:
+                if attempt < attempts - 1 and self.retry_delay_s > 0:
                     time.sleep(self.retry_delay_s)
         short = message if len(message) <= 60 else message[:57] + "..."
         timeout = f" (timeout {self.timeout_s:g} s each)" if self.timeout_s else ""

@@ -25,7 +25,7 @@ import torch
 
 from stosim.hardware.station import SAMPLES_PER_DEVICE, Station
 from stosim.integrate.flow import sto_flow
-from stosim.physics.array import STOArray
+from stosim.physics.array import STOArray, check_time_step
 from stosim.simulation import evolve, steps_for_duration
 from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
 
@@ -83,6 +83,7 @@ class StationModel(Substrate):
             self.array = STOArray.generate(dev, station.n, station.coupling_oe, seed=station.coupling_seed,
                                            current_a=station.bias_current_a)
         self.dt_s = float(dt_s)
+        check_time_step(self.array, self.dt_s)
         first = station.duration_s - (SAMPLES_PER_DEVICE - 1) * station.sample_interval_s
         try:
             self.steps_first = steps_for_duration(first, self.dt_s)

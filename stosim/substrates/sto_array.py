@@ -24,7 +24,7 @@ import torch
 from stosim.config import DeviceParameters, load_device
 from stosim.integrate.flow import sto_flow
 from stosim.integrate.torch_steps import evolve_torch
-from stosim.physics.array import STOArray, Variability
+from stosim.physics.array import STOArray, Variability, check_time_step
 from stosim.physics.noise import check_snr_db, snr_noise_factor, thermal_field_sigma_oe
 from stosim.simulation import NoiseSettings, evolve, steps_for_duration
 from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
@@ -65,6 +65,7 @@ class CoupledSTOArray(Substrate):
             array = STOArray.generate(dev, n, coupling_oe, seed=seed, current_a=current_a, variability=spread)
         self.array = array
         self.n_steps = steps_for_duration(duration_s, dt_s)
+        check_time_step(array, dt_s)  # every integration path (Numba, adjoint, torch with noise) runs at dt_s
         self.duration_s = float(duration_s)
         self.dt_s = float(dt_s)
         self.seed = int(seed)

@@ -18,7 +18,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from stosim.storage import atomic_output
+from stosim.plotting import save_figure
 
 __all__ = ["plot_sweep", "PlotError"]
 
@@ -193,8 +193,7 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
         out = Path(f"{stem}-{var}-{x}" + (f"-{y}" if y else "") + ".png")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    out = save_figure(fig, out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
 
