@@ -224,6 +224,10 @@ def test_tiny_sweep_file_is_complete_and_readable(tiny_run):
         assert spec_json["grid"]["coupling"] == [100.0, 1000.0] and spec_json["seeds"] == [0, 1]
         assert ds.attrs["version_stosim"] and ds.attrs["sweep_finished_utc"] != "none"
         assert ds.attrs["n_done"] == 4 and ds.attrs["n_failed"] == 4
+        # done points with an undefined value are counted: no FTMLE was asked for (ftmle_samples = 0)
+        assert ds["ftmle_trained_mean"].attrs["n_done_not_finite"] == 4
+        assert ds["test_accuracy"].attrs["n_done_not_finite"] == 0
+        assert "n_done_not_finite" not in ds["test_accuracy_curve"].attrs
     finally:
         ds.close()
     with h5py.File(out, "r") as f:  # plain HDF5

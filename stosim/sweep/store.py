@@ -106,9 +106,13 @@ class SweepState:
         dims = sw.dim_names
         coords = {d.name: (d.name, d.values, dict(d.attrs)) for d in sw.dims + sw.extra_dims}
         data_vars: dict[str, Any] = {}
+        done = self.status == STATUS_DONE
         for out in sw.kind.outputs:
-            data_vars[out.name] = (dims + out.extra_dims, self.values[out.name],
-                                   {"units": sw.output_units[out.name], "long_name": out.long_name})
+            attrs: dict[str, Any] = {"units": sw.output_units[out.name], "long_name": out.long_name}
+            if not out.extra_dims:  # (curves are NaN-padded by design)
+                # done points whose value is NaN / inf (undefined there, e.g. a standard error from one block)
+                attrs["n_done_not_finite"] = int(np.sum(done & ~np.isfinite(self.values[out.name])))
+            data_vars[out.name] = (dims + out.extra_dims, self.values[out.name], attrs)
         data_vars["wall_time_s"] = (dims, self.wall_time, {
             "units": "s", "long_name": "wall-clock time of the point in its worker "
                                        "(a worker's first point includes compilation and imports)"})
