@@ -21,7 +21,7 @@ import numpy as np
 from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, run_chunk, run_chunks
 from stosim.integrate.chunks import chunk_count as _chunk_count, from_chunks as _from_chunks, to_chunks as _to_chunks
 from stosim.integrate.threads import single_threaded_blas as _single_threaded_blas
-from stosim.physics.array import STOArray, check_time_step
+from stosim.physics.array import STOArray, check_step_count, check_time_step
 from stosim.physics.noise import add_observation_noise, check_snr_db, snr_noise_factor, thermal_field_sigma_oe
 from stosim.physics.tmr import voltage_at_bias_current_v
 
@@ -131,10 +131,7 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
     ``progress(done, total)`` is called after each chunk of steps.
     """
     dtype = _check_dtype(dtype)
-    if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
-        raise ValueError(f"n_steps = {n_steps!r} must be an integer >= 1")
-    if not (math.isfinite(dt_s) and dt_s > 0):
-        raise ValueError(f"dt = {dt_s!r} s must be a finite number > 0 s")
+    check_step_count(n_steps)
     check_time_step(array, dt_s)
     if not isinstance(save_every, (int, np.integer)) or save_every < 0:
         raise ValueError(f"save_every = {save_every!r} must be an integer >= 0 (0: save nothing)")

@@ -15,11 +15,11 @@ import math
 import time
 import tomllib
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from stosim.datasets import ImageDataset, load_dataset
 from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoirClassifier, LinearClassifier,
@@ -47,6 +47,15 @@ def _parse(value: Any, dimension: str, name: str) -> float:
         return parse_quantity(value, dimension, name=name)
     except UnitError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _check_optional_snr_db(v: float | None, info: ValidationInfo) -> float | None:
+    return None if v is None else check_snr_db(v, info.field_name)
+
+
+# a noise SNR field of a config (dB; None or +inf: no noise), validated by check_snr_db
+OptionalSNRdB = Annotated[float | None, AfterValidator(_check_optional_snr_db),
+                          Field(description="dB; +inf: no noise")]
 
 
 class TrainConfig(BaseModel):
@@ -90,8 +99,8 @@ class TrainConfig(BaseModel):
     forcing: float = Field(default=8.0, ge=-1e3, le=1e3)
     conv_channels: int = Field(default=8, ge=1, le=256)
     temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
-    dynamical_snr: float | None = Field(default=None, description="dB; +inf: no noise")
-    observation_snr: float | None = Field(default=None, description="dB; +inf: no noise")
+    dynamical_snr: OptionalSNRdB = None
+    observation_snr: OptionalSNRdB = None
     variability: float = Field(default=0.0, ge=0, le=0.5, description="relative spread of H_K, alpha, I")
     train_with_noise: bool = Field(default=True, description="False: train noiselessly, evaluate with the noise")
 
@@ -109,11 +118,6 @@ class TrainConfig(BaseModel):
     @classmethod
     def _temperature(cls, v: Any) -> Any:
         return _parse(v, "temperature", "temperature") if isinstance(v, str) else v
-
-    @field_validator("dynamical_snr", "observation_snr")
-    @classmethod
-    def _snr(cls, v: float | None, info) -> float | None:  # noqa: ANN001
-        return None if v is None else check_snr_db(v, info.field_name)
 
     @field_validator("duration", "dt", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from stosim.analysis.tangent_sto import STOArrayTangent
 from stosim.cli import main
 from stosim.integrate.flow import sto_flow, sto_jvp
 from stosim.physics.array import STOArray
-from stosim.simulation import random_initial_state
+from stosim.simulation import evolve, random_initial_state
 
 
 def test_jvp_is_the_exact_derivative_and_the_transpose_of_the_adjoint(device):
@@ -78,13 +78,23 @@ def test_flow_and_jvp_inputs_are_checked(device):
     array = STOArray.generate(device, 2, 500.0)
     m0 = random_initial_state(2, 0, batch=1)
     for kwargs, match in (({"n_steps": -3}, "n_steps = -3 must be an integer >= 1"),
+                          ({"n_steps": 2.5}, "n_steps = 2.5 must be an integer >= 1"),
+                          ({"n_steps": True}, "n_steps = True must be an integer >= 1"),
                           ({"dt_s": -1e-12}, "dt = -1e-12 s must be a finite number > 0 s"),
+                          ({"dt_s": float("nan")}, "dt = nan s must be a finite number > 0 s"),
+                          ({"dt_s": True}, "dt = True s must be a finite number > 0 s"),
                           ({"dt_s": float("inf")}, "dt = inf s must be a finite number > 0 s")):
         run = {"n_steps": 5, "dt_s": 1e-12, **kwargs}
+        # one check (stosim.physics.array.check_step_count / check_time_step) behind every entry point
         with pytest.raises(ValueError, match=match):
             sto_flow(torch.tensor(m0), array, run["n_steps"], run["dt_s"])
         with pytest.raises(ValueError, match=match):
             sto_jvp(m0, np.zeros_like(m0), array, run["n_steps"], run["dt_s"])
+        with pytest.raises(ValueError, match=match):
+            evolve(array, m0, run["n_steps"], run["dt_s"])
+        if "dt_s" in kwargs:
+            with pytest.raises(ValueError, match=match):
+                STOArrayTangent(array, run["dt_s"])
     zero = m0.copy()
     zero[0, 1] = 0.0
     with pytest.raises(ValueError, match="m0 of sample 0, oscillator 1 is the zero vector"):

@@ -17,7 +17,7 @@ from stosim.integrate.adjoint import adjoint_chunk, adjoint_chunks
 from stosim.integrate.chunks import chunk_count, from_chunks, to_chunks
 from stosim.integrate.sto_kernels import METHOD_RK4, run_chunks
 from stosim.integrate.threads import single_threaded_blas
-from stosim.physics.array import STOArray, check_time_step
+from stosim.physics.array import STOArray, check_step_count, check_time_step
 
 __all__ = ["sto_flow", "checkpoint_segment", "DEFAULT_CHECKPOINT_BYTES"]
 
@@ -95,13 +95,6 @@ class _STOFlow(torch.autograd.Function):
         return grad_m0, None, None, None, None
 
 
-def _check_run(n_steps: int, dt_s: float) -> None:
-    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
-        raise ValueError(f"n_steps = {n_steps!r} must be an integer >= 1")
-    if isinstance(dt_s, bool) or not isinstance(dt_s, (int, float, np.floating)) or not 0 < dt_s < math.inf:
-        raise ValueError(f"dt = {dt_s!r} s must be a finite number > 0 s")
-
-
 def _check_states(norms: np.ndarray, finite: bool, what: str) -> None:
     """States must be finite with non-zero 3-vectors (their directions are what the map uses)."""
     if not finite:
@@ -121,7 +114,7 @@ def sto_flow(m0: torch.Tensor, array: STOArray, n_steps: int, dt_s: float,
         raise ValueError(f"m0 dtype {m0.dtype} must be torch.float64 or torch.float32")
     if m0.ndim != 3 or m0.shape[1:] != (array.n_oscillators, 3):
         raise ValueError(f"m0 has shape {tuple(m0.shape)}; expected (batch, {array.n_oscillators}, 3)")
-    _check_run(n_steps, dt_s)
+    check_step_count(n_steps)
     check_time_step(array, dt_s)
     with torch.no_grad():
         _check_states(m0.detach().norm(dim=-1).cpu().numpy(), bool(torch.isfinite(m0).all()), "m0")
@@ -141,7 +134,7 @@ def sto_jvp(m0: np.ndarray, tangent: np.ndarray, array: STOArray, n_steps: int, 
     t0 = np.asarray(tangent, dtype=dtype)
     if m0.shape != t0.shape or m0.ndim != 3 or m0.shape[1:] != (array.n_oscillators, 3):
         raise ValueError(f"m0 {m0.shape} and tangent {t0.shape} must both be (batch, {array.n_oscillators}, 3)")
-    _check_run(n_steps, dt_s)
+    check_step_count(n_steps)
     check_time_step(array, dt_s)
     _check_states(np.linalg.norm(m0, axis=-1), bool(np.all(np.isfinite(m0))), "m0")
     if not np.all(np.isfinite(t0)):

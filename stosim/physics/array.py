@@ -12,7 +12,8 @@ from stosim.config import DeviceParameters, spin_torque_field_oe
 from stosim.physics.coupling import load_coupling_matrix, random_coupling_matrix, validate_coupling_matrix
 from stosim.physics.llg import N_OSC_PARAMS
 
-__all__ = ["STOArray", "Variability", "oscillator_parameters", "check_time_step", "MAX_ROTATION_PER_STEP_RAD"]
+__all__ = ["STOArray", "Variability", "oscillator_parameters", "check_step_count", "check_time_step",
+           "MAX_ROTATION_PER_STEP_RAD"]
 
 MAX_OSCILLATORS = 100_000
 # the largest turn of m per integration step that check_time_step accepts (RK4 loses its accuracy, and
@@ -171,9 +172,19 @@ def max_precession_rate(array: STOArray) -> float:
     return float(np.max(osc[4] * (1.0 + osc[3]) * field))
 
 
+def check_step_count(n_steps: int) -> None:
+    """Refuse a number of integration steps that is not an integer >= 1."""
+    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
+        raise ValueError(f"n_steps = {n_steps!r} must be an integer >= 1")
+
+
 def check_time_step(array: STOArray, dt_s: float) -> None:
-    """Refuse a step ``dt_s`` (s) over which m could turn by more than MAX_ROTATION_PER_STEP_RAD:
-    the integration would be silently wrong (the projection onto the sphere hides any blow-up)."""
+    """Refuse a step ``dt_s`` (s) that is not a finite number > 0, or over which m could turn by more
+    than MAX_ROTATION_PER_STEP_RAD: the integration would be silently wrong (the projection onto the
+    sphere hides any blow-up)."""
+    if (isinstance(dt_s, bool) or not isinstance(dt_s, (int, float, np.integer, np.floating))
+            or not 0 < dt_s < math.inf):
+        raise ValueError(f"dt = {dt_s!r} s must be a finite number > 0 s")
     rate = array.max_precession_rate_rad_s
     if rate * dt_s > MAX_ROTATION_PER_STEP_RAD:
         raise ValueError(f"dt = {dt_s:g} s is too large for this array: its fastest precession, up to "

@@ -29,8 +29,7 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stosim.physics.noise import check_snr_db
-from stosim.training import TrainConfig
+from stosim.training import OptionalSNRdB, TrainConfig
 from stosim.units import UnitError, parse_quantity
 
 __all__ = ["PointKind", "Output", "point_kinds", "get_kind", "parameter_metadata", "DeviceOverrides",
@@ -314,8 +313,8 @@ class SimulatePoint(DeviceOverrides, _STOPointMixin):
     transient: float = Field(default=0.0, ge=0, description="s, excluded from the statistics")
     save_every: int = Field(default=10, ge=1)
     temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
-    dynamical_snr: float | None = Field(default=None, description="dB; +inf: no noise")
-    observation_snr: float | None = Field(default=None, description="dB; +inf: no noise")
+    dynamical_snr: OptionalSNRdB = None
+    observation_snr: OptionalSNRdB = None
     device: str | None = None
     dtype: Literal["float32", "float64"] = "float64"
     seed: int = Field(default=0, ge=0)
@@ -324,11 +323,6 @@ class SimulatePoint(DeviceOverrides, _STOPointMixin):
     _current = field_validator("current", mode="before")(_unit("current"))
     _temperature = field_validator("temperature", mode="before")(_unit("temperature"))
     _times = field_validator("dt", "duration", "transient", mode="before")(_time_validator)
-
-    @field_validator("dynamical_snr", "observation_snr")
-    @classmethod
-    def _snr(cls, v: float | None, info) -> float | None:  # noqa: ANN001
-        return None if v is None else check_snr_db(v, info.field_name)
 
     @model_validator(mode="after")
     def _check(self) -> "SimulatePoint":
