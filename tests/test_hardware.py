@@ -53,6 +53,9 @@ _CONFORMANCE = (test_capabilities_type, test_describe_sizes_match_what_the_subst
 # ---------------------------------------------------------------------------------------
 
 
+_VISA_RESOURCE_MANAGER = pyvisa.ResourceManager  # the class itself, also where a test replaces pyvisa's
+
+
 @pytest.fixture
 def sim_rm(tmp_path: Path):
     """Factory of pyvisa-sim resource managers with fresh instrument states.
@@ -68,7 +71,7 @@ def sim_rm(tmp_path: Path):
         folder.mkdir()
         for f in INSTRUMENTS_DIR.glob("*.yaml"):
             shutil.copy(f, folder / f.name)
-        return pyvisa.ResourceManager(f"{folder / SIM_YAML.name}@sim")
+        return _VISA_RESOURCE_MANAGER(f"{folder / SIM_YAML.name}@sim")
 
     return make
 
@@ -77,6 +80,14 @@ def probe(rm, address: str, message: str) -> str:
     """Ask a simulated instrument directly (after the driver closed its session)."""
     res = rm.open_resource(address, read_termination="\n", write_termination="\n")
     return res.query(message).strip()
+
+
+def is_closed(rm: pyvisa.ResourceManager) -> bool:
+    try:
+        rm.session
+    except pyvisa.errors.InvalidSession:
+        return True
+    return False
 
 
 def recording(rm, log: list, faults: dict[str, list[Fault]] | None = None) -> WrappingResourceManager:
@@ -292,6 +303,37 @@ def test_an_error_during_open_leaves_the_setup_safe(station, sim_rm) -> None:
     assert sent(log, CS)[-1] == ":OUTP OFF" and sent(log, FS)[-1] == ":OUTP OFF"
     assert all(":SOUR:CURR " not in m or m.endswith(" 0.000000E+00") for m in sent(log, CS))
     assert_safe(rm)
+
+
+def test_a_resource_manager_the_driver_opened_is_closed_and_one_passed_in_is_not(station, sim_rm,
+                                                                                  monkeypatch) -> None:
+    """Without a resource manager the driver opens pyvisa.ResourceManager() and closes it on close
+    (also when open fails); a manager passed in belongs to the caller and stays open."""
+    made: list[pyvisa.ResourceManager] = []
+
+    def system_manager() -> pyvisa.ResourceManager:
+        made.append(sim_rm())
+        return made[-1]
+
+    monkeypatch.setattr(pyvisa, "ResourceManager", system_manager)
+    hw = LabSTOArray(station)
+    with hw:
+        hw.readout(hw.evolve(hw.initial_state(readin(station.n))))
+    assert len(made) == 1 and is_closed(made[0])
+    with hw:  # reopening opens a new manager
+        pass
+    assert len(made) == 2 and is_closed(made[1])
+    # open fails (the digitizer never answers): the setup is made safe and the manager closed all the same
+    monkeypatch.setattr(pyvisa, "ResourceManager",
+                        lambda: made.append(recording(sim_rm(), [], {DG: [Fault("*IDN?", times=None)]})) or made[-1])
+    with pytest.raises(InstrumentTimeoutError):
+        LabSTOArray(station).open()
+    assert is_closed(made[2].inner)
+    own = sim_rm()
+    with LabSTOArray(station, own):
+        pass
+    assert not is_closed(own)
+    assert_safe(own)
 
 
 def test_close_reports_an_unconfirmed_safe_state(station, sim_rm) -> None:

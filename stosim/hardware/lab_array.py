@@ -67,7 +67,8 @@ class LabSTOArray(Substrate):
 
     ``station``: a :class:`Station` or a station file path / name. ``resource_manager``:
     anything with ``open_resource(address, **kwargs)``; None opens ``pyvisa.ResourceManager()``
-    (the system's VISA library) on :meth:`open`.
+    (the system's VISA library) on :meth:`open` and closes it again on :meth:`close` (a manager
+    passed in is left open: it belongs to the caller).
     """
 
     def __init__(self, station: Station | str | Path, resource_manager: Any | None = None) -> None:
@@ -76,6 +77,7 @@ class LabSTOArray(Substrate):
         dev = self.station.device
         projection_from_voltage(1.0, self.station.bias_current_a, dev.parallel_resistance_ohm, dev.tmr_ratio)  # checks
         self._resource_manager = resource_manager
+        self._owns_resource_manager = False  # True while a manager opened by open() itself is held
         self.current_source: CurrentSource2400 | None = None
         self.field_source: FieldPulseSource | None = None
         self.digitizer: SegmentedDigitizer | None = None
@@ -103,6 +105,7 @@ class LabSTOArray(Substrate):
                 import pyvisa
 
                 rm = self._resource_manager = pyvisa.ResourceManager()
+                self._owns_resource_manager = True
             self.current_source = st.current_source.connect(rm, "current_source")
             self.field_source = st.field_source.connect(rm, "field_source")
             self.digitizer = st.digitizer.connect(rm, "digitizer")
@@ -183,6 +186,8 @@ class LabSTOArray(Substrate):
         for inst in (cs, fs, dg):
             if inst is not None:
                 steps.append((f"{inst.name}: close", inst.close))
+        if self._owns_resource_manager:  # the VISA session opened by open(); a caller's manager stays open
+            steps.append(("VISA resource manager: close", self._close_own_resource_manager))
         problems: list[str] = []
         pending: BaseException | None = None
         for label, step in steps:
@@ -199,6 +204,10 @@ class LabSTOArray(Substrate):
                 pending.add_note("while making the setup safe: " + "; ".join(problems))
             raise pending
         return problems
+
+    def _close_own_resource_manager(self) -> None:
+        rm, self._resource_manager, self._owns_resource_manager = self._resource_manager, None, False
+        rm.close()
 
     @staticmethod
     def _present_current(cs: CurrentSource2400) -> float | None:

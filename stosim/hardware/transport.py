@@ -178,3 +178,9 @@ class WrappingResourceManager:
 
     def open_resource(self, resource_name: str, **kwargs: Any) -> Any:
         return self.wrap(resource_name, self.inner.open_resource(resource_name, **kwargs))
+
+    def close(self) -> None:
+        """Close the wrapped manager (where it can be closed)."""
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
