@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import http.client
 import os
 import struct
 import tempfile
@@ -199,8 +200,9 @@ class ImageDataset:
             raise DatasetError(
                 f"{self.name}: {images.shape[0]} images but {labels.shape[0]} labels"
             )
-        if isinstance(self.n_classes, bool) or int(self.n_classes) != self.n_classes or self.n_classes < 1:
-            raise DatasetError(f"{self.name}: n_classes must be a positive integer, got {self.n_classes!r}")
+        n_classes = self.n_classes
+        if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
+            raise DatasetError(f"{self.name}: n_classes must be a positive integer, got {n_classes!r}")
         if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
             raise DatasetError(
                 f"{self.name}: labels must lie in 0..{self.n_classes - 1}; found "
@@ -351,7 +353,11 @@ def read_idx_labels(path: str | os.PathLike[str], n_classes: int = _N_CLASSES_ID
     Raises:
         DatasetError: missing/unreadable file, corrupt gzip, wrong magic number, a byte
             length that disagrees with the header, or labels out of range.
+        ValueError: ``n_classes`` not an integer in 1..256.
     """
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or not 1 <= n_classes <= 256:
+        raise ValueError(f"n_classes = {n_classes!r} is out of range; valid: an integer in 1..256 "
+                         "(IDX labels are uint8)")
     path = Path(path)
     data = _read_maybe_gzip(path)
     _check_magic(path, data, LABELS_MAGIC, "labels")
@@ -463,11 +469,14 @@ def load_idx_dataset(
 def load_digits_dataset(seed: int = 0, test_fraction: float = 0.2) -> tuple[ImageDataset, ImageDataset]:
     """scikit-learn's 8x8 digits (1,797 images, 10 classes), split into (train, test).
 
-    The split is stratified by class and deterministic for a given ``seed``
-    (``sklearn.model_selection.train_test_split``); ``test_fraction`` of the images go to
-    the test set (0.2: 1,437 train / 360 test). Pixel values 0..16 are scaled to [0, 1]
-    (value / 16), float32, shape ``(n, 8, 8)``.
+    The split is stratified by class and deterministic for a given ``seed`` (an integer in
+    ``[0, 2**32 - 1]``; ``sklearn.model_selection.train_test_split``); ``test_fraction`` of
+    the images go to the test set (0.2: 1,437 train / 360 test). Pixel values 0..16 are
+    scaled to [0, 1] (value / 16), float32, shape ``(n, 8, 8)``.
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed = {seed!r} is out of range; valid: an integer in [0, 2**32 - 1] "
+                         "(the digits train/test split seed)")
     # every class (10) needs at least one image in each split: 10 of the 1,797 images at least
     lo, hi = 10 / 1797, 1 - 10 / 1797
     if not lo <= float(test_fraction) <= hi:
@@ -567,7 +576,8 @@ def _download_file(name: str, folder: Path, filename: str) -> Path:
         url = base + filename
         try:
             data = _fetch(url)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+            # HTTPException: e.g. IncompleteRead when the connection drops mid-transfer
             errors.append(f"{url}: {exc}")
             continue
         try:

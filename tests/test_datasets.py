@@ -283,7 +283,33 @@ def test_image_dataset_validation() -> None:
         ImageDataset(images=images, labels=np.array([0, 2]), n_classes=2, name="x")
 
 
+def test_n_classes_must_be_an_integer(tmp_path: Path) -> None:
+    images = np.zeros((2, 3, 3), np.float32)
+    labels = np.zeros(2, np.int64)
+    # 10.0 used to be accepted and then crash np.bincount in class_counts()
+    for bad in (10.0, float("nan"), None, "10"):
+        with pytest.raises(DatasetError, match="n_classes must be a positive integer"):
+            ImageDataset(images=images, labels=labels, n_classes=bad, name="x")  # type: ignore[arg-type]
+    assert ImageDataset(images=images, labels=labels, n_classes=np.int64(3), name="x").class_counts().tolist() == [2, 0, 0]
+    # a bad n_classes is blamed on the parameter, not on the (valid) file
+    path = write_file(tmp_path / "labs", idx_labels_bytes(np.array([0, 1, 2], np.uint8)), compress=False)
+    for bad in (0, -1, 257, 2.5):
+        with pytest.raises(ValueError, match=r"n_classes = .* is out of range; valid: an integer in 1\.\.256"):
+            read_idx_labels(path, bad)  # type: ignore[arg-type]
+    assert read_idx_labels(path, 3).tolist() == [0, 1, 2]
+
+
 # ---------------------------------------------------------------------------- digits
+
+
+def test_digits_seed_must_be_an_integer_in_range() -> None:
+    # 1.7 used to be truncated to 1 silently (two "different" seeds, one split); out-of-range
+    # seeds failed inside scikit-learn with a message about random_state
+    for bad in (1.7, -1, 2**32, None, True):
+        with pytest.raises(ValueError, match=r"seed = .* is out of range; valid: an integer in \[0, 2\*\*32 - 1\]"):
+            load_dataset("digits", seed=bad)  # type: ignore[arg-type]
+    train, _ = load_dataset("digits", seed=np.int64(2**32 - 1), limit_train=5)
+    assert len(train) == 5
 
 
 def test_digits_split() -> None:
@@ -427,6 +453,35 @@ def test_no_network_error_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(DatasetError, match=r"could not download train-images-idx3-ubyte\.gz.*no route"):
         download_idx_dataset("mnist", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_tries_next_mirror_after_dropped_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import http.client
+
+    payloads = fake_payloads(np.random.default_rng(16))
+    table = {name: hashlib.md5(data).hexdigest() for name, data in payloads.items()}
+    monkeypatch.setattr(datasets, "IDX_MD5", {"mnist": table})
+    first, second = datasets.IDX_MIRRORS["mnist"][:2]
+    calls: list[str] = []
+
+    def fetch(url: str) -> bytes:
+        calls.append(url)
+        if url.startswith(first):  # the connection drops mid-transfer
+            raise http.client.IncompleteRead(b"partial", 1000)
+        return payloads[url.rsplit("/", 1)[1]]
+
+    monkeypatch.setattr(datasets, "_fetch", fetch)
+    folder = download_idx_dataset("mnist", tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(payloads)
+    assert sum(url.startswith(second) for url in calls) == 4
+
+    # every mirror drops the connection: a DatasetError naming the file, nothing left behind
+    monkeypatch.setattr(datasets, "_fetch", lambda url: fetch(first))
+    with pytest.raises(DatasetError, match=r"could not download train-images-idx3-ubyte\.gz.*IncompleteRead"):
+        download_idx_dataset("mnist", tmp_path / "again")
+    assert list((tmp_path / "again").iterdir()) == []
 
 
 # ---------------------------------------------------------------------------- real MNIST
