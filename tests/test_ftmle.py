@@ -345,3 +345,15 @@ def test_bad_inputs_raise_clear_errors():
         unit_sphere_tangent_projection(good, good)
     with pytest.raises(ValueError, match="x has shape"):
         model_ftmle(_mlp(0), torch.zeros(5, dtype=F64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_raise_a_value_error(dtype):
+    """torch.linalg.svd / eigh have no half-precision kernels: x0 in float16 used to pass the input
+    checks and fail inside the solver (NotImplementedError), after the operators had run."""
+    x0 = torch.ones(2, 3, dtype=dtype)
+    for method in ("exact", "lanczos", "power"):
+        with pytest.raises(ValueError, match="x0 must be a float32 or float64 tensor"):
+            flow_ftmle(lambda z: 2.0 * z, x0, method=method)
+    with pytest.raises(ValueError, match="x must be a finite float32 or float64 tensor"):
+        model_ftmle([lambda z: 2.0 * z], x0)

@@ -16,11 +16,13 @@ import pytest
 import torch
 
 from stosim.analysis.lyapunov import (
+    TangentSystem,
     kaplan_yorke_dimension,
     ks_entropy,
     lyapunov_spectrum,
     two_trajectory_mle,
 )
+from stosim.analysis.run_lyapunov import substrate_lyapunov
 from stosim.analysis.tangent_models import FFESNTangent, Lorenz96Tangent
 from stosim.integrate.threads import single_threaded_blas
 from stosim.substrates.ffesn import FFESN
@@ -239,6 +241,116 @@ def test_ffesn_rho_2_has_a_positive_mle():
 def test_kaplan_yorke_and_ks_entropy_on_hand_made_spectra(spectrum, d_ky, h_ks):
     assert kaplan_yorke_dimension(np.array(spectrum)) == pytest.approx(d_ky, abs=1e-12)
     assert ks_entropy(np.array(spectrum)) == pytest.approx(h_ks, abs=1e-12)
+
+
+@pytest.mark.parametrize("spectrum", [[math.nan, 0.5], [0.5, math.inf], [], [[1.0, -1.0]]])
+def test_kaplan_yorke_and_ks_entropy_reject_nan_and_empty_spectra(spectrum):
+    """A NaN exponent used to drop out of the KS sum silently (ks_entropy([nan, 0.5]) = 0.5) and to
+    crash the Kaplan-Yorke formula with a NumPy reduction error; an empty spectrum gave an IndexError."""
+    with pytest.raises(ValueError, match="exponents must be a non-empty 1-D array"):
+        ks_entropy(np.array(spectrum))
+    with pytest.raises(ValueError, match="exponents must be a non-empty 1-D array"):
+        kaplan_yorke_dimension(np.array(spectrum))
+
+
+def test_kaplan_yorke_and_ks_entropy_accept_minus_infinity():
+    """ln 0 = -inf (a direction collapsed in one step) is a legitimate exponent: it contributes nothing
+    to h_KS and its partial-sum term lambda/|-inf| is 0, so D_KY = 1 for (1, -inf)."""
+    assert kaplan_yorke_dimension(np.array([1.0, -math.inf])) == 1.0
+    assert ks_entropy(np.array([1.0, -math.inf])) == 1.0
+
+
+class _CounterSystem(TangentSystem):
+    """1-D test map: x counts steps (x -> x + 1) and the tangent grows by ln g = x + 1 per step, so after
+    s0 discarded and e averaged steps the running exponent is exactly mean(s0+1 .. s0+e) / step_time."""
+
+    dimension = 1
+    ambient_dimension = 1
+    step_time = 0.5
+    time_unit = "tick"
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        return x + 1.0
+
+    def step_with_tangents(self, x: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x + 1.0, q * np.exp(x[0] + 1.0)
+
+
+@pytest.mark.parametrize(
+    ("n_steps", "transient", "every", "quarter_steps"),
+    [
+        (4, 0, 1, 3),  # records after 1, 2, 3, 4 steps: 3/4 of the run is the third one
+        (4, 2, 1, 3),  # the same after a 2-step transient (growth rates 3 .. 6)
+        (8, 0, 2, 6),  # records after 2, 4, 6, 8 steps
+        (7, 0, 2, 4),  # records after 2, 4, 6, 7: the last one at or before 5.25 steps is at 4
+        (100, 0, 1, 75),
+    ],
+)
+def test_relative_change_last_quarter_uses_the_estimate_at_three_quarters(n_steps, transient, every,
+                                                                          quarter_steps):
+    """rel = |lambda(T) - lambda(3T/4)| / |lambda(T)| with exact running estimates (see _CounterSystem).
+
+    The old index (3 n_records) // 4 took the record one interval after 3/4 of the run: with 4 records
+    it was the final estimate itself, so the reported change was always 0. Tolerance 1e-12 (round-off)."""
+    def running(e: int) -> float:  # exact running estimate after e averaged steps, in 1/tick
+        return float(np.mean(np.arange(transient + 1, transient + e + 1))) / 0.5
+
+    res = lyapunov_spectrum(_CounterSystem(), np.zeros(1), 1, n_steps, transient_steps=transient,
+                            reorthonormalize_every=every)
+    assert res.mle == pytest.approx(running(n_steps), rel=1e-12)
+    want = abs(running(n_steps) - running(quarter_steps)) / running(n_steps)
+    assert want > 0.01
+    assert res.relative_change_last_quarter[0] == pytest.approx(want, rel=1e-12)
+
+
+def test_relative_change_last_quarter_is_nan_without_a_record_before_three_quarters():
+    """One re-orthonormalization at the very end: there is no earlier estimate to compare with."""
+    res = lyapunov_spectrum(_CounterSystem(), np.zeros(1), 1, 4, reorthonormalize_every=4)
+    assert res.mle == pytest.approx(2.5 / 0.5, rel=1e-12)
+    assert np.isnan(res.relative_change_last_quarter[0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_steps": 2.5}, "n_steps = 2.5 must be >= 1"),
+        ({"n_steps": True}, "n_steps = True must be >= 1"),
+        ({"transient_steps": 1.5}, "transient_steps = 1.5 must be >= 0"),
+        ({"reorthonormalize_every": 2.0}, "reorthonormalize_every = 2.0 must be >= 1"),
+        ({"n_exponents": 2.0}, r"n_exponents = 2.0 must be in \[1, 6\] \(an integer"),
+    ],
+)
+def test_lyapunov_spectrum_rejects_non_integer_counts(kwargs, match):
+    """Non-integer step counts used to reach range() inside the stepping loop (TypeError), and True
+    passed as one step."""
+    run = {"n_exponents": 2, "n_steps": 10, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        lyapunov_spectrum(Lorenz96Tangent(6, 8.0), np.full(6, 8.0) + np.arange(6), run.pop("n_exponents"),
+                          run.pop("n_steps"), **run)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_steps": 2.5}, "n_steps = 2.5 must be >= 1"),
+        ({"transient_steps": 0.5}, "transient_steps = 0.5 must be >= 0"),
+        ({"renormalize_every": 1.5}, "renormalize_every = 1.5 must be >= 1"),
+        ({"epsilon": True}, "epsilon = True must be a finite number > 0"),
+    ],
+)
+def test_two_trajectory_mle_rejects_non_integer_counts(kwargs, match):
+    run = {"n_steps": 10, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        two_trajectory_mle(Lorenz96Tangent(6, 8.0), np.full(6, 8.0) + np.arange(6), run.pop("n_steps"), **run)
+
+
+@pytest.mark.parametrize("duration", [0.0, 0.004])
+def test_substrate_lyapunov_rejects_a_duration_shorter_than_one_step(duration):
+    """duration = 0 (or under half a step) used to be run silently as one step of dt = 0.01."""
+    with pytest.raises(ValueError, match=f"duration = {duration!r} model time unit must be at least one step"):
+        substrate_lyapunov("lorenz96", n=6, duration=duration, transient=0.0)
+    res = substrate_lyapunov("lorenz96", n=6, duration=0.05, transient=0.0)
+    assert res.duration == pytest.approx(0.05, rel=1e-12) and res.running_time.size == 1  # 5 steps, 1 record
 
 
 # -- published values (slow) ----------------------------------------------------------------------

@@ -30,8 +30,9 @@ Methods (``method=``)
 - ``"auto"``: ``"exact"`` when the state dimension D <= ``exact_max_dim`` (64), else
   ``"lanczos"``. Start vectors are drawn from ``torch.Generator().manual_seed(seed)``.
 
-Computations run in the dtype of x0; float64 is the reference (in float32 the residual floor
-is ~1e-6, so ask for ``tol`` >= 1e-5 there or the samples end with ``converged = False``).
+Computations run in the dtype of x0 (float32 or float64, else ``ValueError``); float64 is the
+reference (in float32 the residual floor is ~1e-6, so ask for ``tol`` >= 1e-5 there or the
+samples end with ``converged = False``).
 
 The operator protocol (:class:`FlowOperators`)
 ----------------------------------------------
@@ -116,6 +117,8 @@ DEFAULT_EXACT_MAX_DIM = 64
 # Rows of one stacked operator call in the exact method, and bytes of Lanczos bases per chunk.
 _EXACT_STACK_ROWS = 4096
 _LANCZOS_BASIS_BYTES = 256 << 20
+# dtypes torch.linalg.svd / eigh accept (half precision is not implemented there)
+_SOLVER_DTYPES = (torch.float32, torch.float64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,8 +415,8 @@ def _check_x0(x0: object) -> Tensor:
         raise ValueError(f"x0 must be a torch.Tensor of shape (batch, D); got {type(x0).__name__}")
     if x0.ndim != 2 or x0.shape[0] < 1 or x0.shape[1] < 1:
         raise ValueError(f"x0 has shape {tuple(x0.shape)}; expected (batch, D) with batch >= 1 and D >= 1")
-    if not x0.is_floating_point():
-        raise ValueError(f"x0 must be a floating-point tensor; got {x0.dtype}")
+    if x0.dtype not in _SOLVER_DTYPES:
+        raise ValueError(f"x0 must be a float32 or float64 tensor (the SVD and eigensolvers need them); got {x0.dtype}")
     if not bool(torch.isfinite(x0).all()):
         bad = int(torch.nonzero(~torch.isfinite(x0).all(dim=1))[0, 0])
         raise ValueError(f"x0 contains non-finite values (first in sample {bad})")
@@ -705,8 +708,10 @@ def model_ftmle(model_or_layers: nn.Module | Sequence[Callable[[Tensor], Tensor]
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] < 1 or x.numel() == 0:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x has shape {shape}; expected (batch >= 1, ...) with at least one feature")
-    if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
-        raise ValueError("x must be a finite floating-point tensor")
+    if x.dtype not in _SOLVER_DTYPES:
+        raise ValueError(f"x must be a finite float32 or float64 tensor; got {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be a finite float32 or float64 tensor; it has non-finite values")
     method = _check_method(method)
     exact_max_dim = _check_int("exact_max_dim", exact_max_dim, 1)
     kwargs = dict(tol=tol, max_iter=max_iter, exact_max_dim=exact_max_dim, seed=seed, batch_size=batch_size)

@@ -12,7 +12,9 @@ The running estimate is recorded at every re-orthonormalization, so convergence 
 the reported spread is a standard error: the run (after the transient) is cut into
 ``N_BLOCKS`` = 20 consecutive blocks, each gives its own estimate, and the spread is their
 standard deviation over sqrt(20). The relative change of the running estimate over the last
-quarter of the run is reported as well.
+quarter of the run, |lambda(t_end) - lambda(t_q)| / |lambda(t_end)| with t_q the last
+re-orthonormalization at or before 3/4 of the averaging time, is reported as well (NaN when no
+re-orthonormalization falls there, e.g. a single one at the end).
 
 Derived quantities: Kaplan-Yorke dimension D_KY = j + sum_{i <= j} lambda_i / |lambda_{j+1}|
 (j the largest index with a non-negative cumulative sum) and the Kolmogorov-Sinai entropy rate
@@ -24,6 +26,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import numbers
 from typing import Callable
 
 import numpy as np
@@ -116,8 +119,11 @@ class LyapunovResult:
 
 
 def kaplan_yorke_dimension(exponents: np.ndarray) -> float:
-    """D_KY = j + sum_{i<=j} lambda_i / |lambda_{j+1}|; the number of exponents when all partial sums are >= 0."""
-    lam = np.sort(np.asarray(exponents, dtype=float))[::-1]
+    """D_KY = j + sum_{i<=j} lambda_i / |lambda_{j+1}|; the number of exponents when all partial sums are >= 0.
+
+    Raises ``ValueError`` for an empty spectrum or one with NaN or +inf (-inf, ln 0, is allowed).
+    """
+    lam = np.sort(_check_exponents(exponents))[::-1]
     csum = np.cumsum(lam)
     if csum[0] < 0:
         return 0.0
@@ -128,9 +134,28 @@ def kaplan_yorke_dimension(exponents: np.ndarray) -> float:
 
 
 def ks_entropy(exponents: np.ndarray) -> float:
-    """Sum of the positive exponents (Pesin's bound on the Kolmogorov-Sinai entropy rate)."""
-    lam = np.asarray(exponents, dtype=float)
+    """Sum of the positive exponents (Pesin's bound on the Kolmogorov-Sinai entropy rate).
+
+    Raises ``ValueError`` for an empty spectrum or one with NaN or +inf (-inf, ln 0, is allowed).
+    """
+    lam = _check_exponents(exponents)
     return float(lam[lam > 0].sum())
+
+
+def _check_exponents(exponents: np.ndarray) -> np.ndarray:
+    """The exponents as a float64 1-D array, non-empty, without NaN or +inf (a NaN would drop out silently)."""
+    lam = np.asarray(exponents, dtype=np.float64)
+    if lam.ndim != 1 or lam.size == 0 or np.any(np.isnan(lam)) or np.any(lam == np.inf):
+        raise ValueError(f"exponents must be a non-empty 1-D array of numbers in [-inf, inf) (no NaN, no +inf); "
+                         f"got {exponents!r}")
+    return lam
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; ``ValueError`` naming ``name`` otherwise (bools and floats too)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ValueError(f"{name} = {value!r} must be >= {minimum} (an integer)")
+    return int(value)
 
 
 def lyapunov_spectrum(system: TangentSystem, x0: np.ndarray, n_exponents: int, n_steps: int,
@@ -141,10 +166,14 @@ def lyapunov_spectrum(system: TangentSystem, x0: np.ndarray, n_exponents: int, n
     ``transient_steps`` steps are run first and discarded (the tangent vectors are aligned
     during the transient too); the exponents are averaged over the next ``n_steps`` steps.
     """
-    if not 1 <= n_exponents <= system.dimension:
-        raise ValueError(f"n_exponents = {n_exponents} must be in [1, {system.dimension}] (the tangent dimension)")
-    if n_steps < 1 or transient_steps < 0 or reorthonormalize_every < 1:
-        raise ValueError("n_steps must be >= 1, transient_steps >= 0 and reorthonormalize_every >= 1")
+    if (isinstance(n_exponents, bool) or not isinstance(n_exponents, numbers.Integral)
+            or not 1 <= n_exponents <= system.dimension):
+        raise ValueError(f"n_exponents = {n_exponents!r} must be in [1, {system.dimension}] "
+                         "(an integer; the tangent dimension)")
+    n_exponents = int(n_exponents)
+    n_steps = _check_int("n_steps", n_steps, 1)
+    transient_steps = _check_int("transient_steps", transient_steps, 0)
+    reorthonormalize_every = _check_int("reorthonormalize_every", reorthonormalize_every, 1)
     x = np.array(x0, dtype=float).reshape(-1)
     if x.size != system.ambient_dimension or not np.all(np.isfinite(x)):
         raise ValueError(f"x0 must be {system.ambient_dimension} finite numbers")
@@ -154,6 +183,7 @@ def lyapunov_spectrum(system: TangentSystem, x0: np.ndarray, n_exponents: int, n
     total = transient_steps + n_steps
     log_sums = np.zeros(n_exponents)
     block_logs: list[np.ndarray] = []
+    elapsed_steps: list[int] = []
     times: list[float] = []
     running: list[np.ndarray] = []
     step = 0
@@ -177,6 +207,7 @@ def lyapunov_spectrum(system: TangentSystem, x0: np.ndarray, n_exponents: int, n
             log_sums += logs
             block_logs.append(logs)
             elapsed = (step - transient_steps) * system.step_time
+            elapsed_steps.append(step - transient_steps)
             times.append(elapsed)
             running.append(log_sums / elapsed)
         if progress is not None:
@@ -189,9 +220,7 @@ def lyapunov_spectrum(system: TangentSystem, x0: np.ndarray, n_exponents: int, n
     blocks = np.array([records[g].sum(0) / record_times[g].sum() for g in groups])
     sem = blocks.std(axis=0, ddof=1) / math.sqrt(len(groups)) if len(groups) > 1 else np.full(n_exponents, np.nan)
     run = np.array(running)
-    q3 = run[(3 * run.shape[0]) // 4]
-    scale = np.maximum(np.abs(exponents), 1e-300)
-    rel = np.abs(exponents - q3) / scale
+    rel = _relative_change_last_quarter(np.array(elapsed_steps), run, n_steps)
     order = np.argsort(-exponents, kind="stable")
     return LyapunovResult(exponents=exponents[order], standard_error=sem[order], running_time=np.array(times),
                           running_estimates=run[:, order], relative_change_last_quarter=rel[order],
@@ -199,14 +228,27 @@ def lyapunov_spectrum(system: TangentSystem, x0: np.ndarray, n_exponents: int, n
                           transient=transient_steps * system.step_time)
 
 
+def _relative_change_last_quarter(elapsed_steps: np.ndarray, running: np.ndarray, n_steps: int) -> np.ndarray:
+    """|lambda(T) - lambda(t_q)| / |lambda(T)| per exponent (dimensionless).
+
+    ``running[i]`` is the running estimate after ``elapsed_steps[i]`` averaged steps (the last at
+    T = ``n_steps``); t_q is the last record with elapsed steps <= 3/4 T. NaN when there is none.
+    """
+    final = running[-1]
+    i = int(np.searchsorted(4 * elapsed_steps, 3 * n_steps, side="right")) - 1  # last with 4 e <= 3 T
+    if i < 0:
+        return np.full(final.shape, np.nan)
+    return np.abs(final - running[i]) / np.maximum(np.abs(final), 1e-300)
+
+
 def two_trajectory_mle(system: TangentSystem, x0: np.ndarray, n_steps: int, transient_steps: int = 0,
                        epsilon: float = 1e-8, renormalize_every: int = 1, seed: int = 0) -> float:
     """Maximum Lyapunov exponent from two nearby trajectories (finite differences), renormalized
     to distance ``epsilon`` every ``renormalize_every`` steps (the classical cross-check)."""
-    if n_steps < 1 or transient_steps < 0 or renormalize_every < 1:
-        raise ValueError(f"n_steps = {n_steps!r} must be >= 1, transient_steps = {transient_steps!r} >= 0 and "
-                         f"renormalize_every = {renormalize_every!r} >= 1")
-    if not 0 < epsilon < math.inf:
+    n_steps = _check_int("n_steps", n_steps, 1)
+    transient_steps = _check_int("transient_steps", transient_steps, 0)
+    renormalize_every = _check_int("renormalize_every", renormalize_every, 1)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not 0 < epsilon < math.inf:
         raise ValueError(f"epsilon = {epsilon!r} must be a finite number > 0")
     rng = np.random.default_rng(seed)
     x = np.array(x0, dtype=float).reshape(-1)

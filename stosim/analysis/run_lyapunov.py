@@ -68,7 +68,17 @@ def substrate_lyapunov(substrate: str, *, n_exponents: int = 1, duration: float 
     for name, value in (("duration", duration), ("transient", transient)):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} = {value!r} must be finite and >= 0")
-    n_steps = max(1, round(duration / system.step_time))
+    n_steps = _averaging_steps(duration, system)
     n_transient = round(transient / system.step_time)
     return lyapunov_spectrum(system, x0, n_exponents, n_steps, transient_steps=n_transient,
                              reorthonormalize_every=defaults["reorthonormalize_every"], seed=seed, progress=progress)
+
+
+def _averaging_steps(duration: float, system: TangentSystem) -> int:
+    """round(duration / step_time) steps, at least one: a duration shorter than half a step raises
+    ``ValueError`` (it would silently become one step)."""
+    n_steps = round(duration / system.step_time)
+    if n_steps < 1:
+        raise ValueError(f"duration = {duration!r} {system.time_unit} must be at least one step "
+                         f"({system.step_time!r} {system.time_unit}); it sets the averaging time")
+    return int(n_steps)
