@@ -305,7 +305,9 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
     partial = " (a lower bound: all computed partial sums are positive; ask for more --exponents)" if (
         result.exponents.sum() > 0) else ""
     print(f"Kaplan-Yorke dimension: {result.kaplan_yorke_dimension:.4g}{partial}")
-    print(f"KS entropy (sum of positive exponents): {result.ks_entropy:.6g} {unit}")
+    ks_partial = (" (a lower bound: the last computed exponent is positive; ask for more --exponents)"
+                  if result.exponents[-1] > 0 else "")
+    print(f"KS entropy (sum of positive exponents): {result.ks_entropy:.6g} {unit}{ks_partial}")
     return 0
 
 

@@ -148,3 +148,20 @@ def test_cli_lyapunov_json(capsys):
     assert main(["lyapunov", "--substrate", "lorenz96", "--n", "10", "--duration", "0.01", "--json"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "NaN" not in line and json.loads(line)["standard_error"] == [None]
+
+
+def test_cli_lyapunov_says_when_ks_entropy_is_a_lower_bound(capsys):
+    """Lorenz 96 with N = 10, F = 8 is chaotic: with one exponent computed (positive) the KS entropy is
+    only a lower bound and the text says so; with the whole spectrum (its last exponent negative) not."""
+    from stosim.analysis.run_lyapunov import LYAPUNOV_DEFAULTS
+
+    run = ["lyapunov", "--substrate", "lorenz96", "--n", "10", "--duration", "20"]
+    assert main([*run, "--exponents", "1"]) == 0
+    text = capsys.readouterr().out
+    ks = next(line for line in text.splitlines() if line.startswith("KS entropy"))
+    assert float(ks.split(":")[1].split()[0]) > 0 and "a lower bound" in ks
+    assert main([*run, "--exponents", "10"]) == 0
+    ks = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("KS entropy"))
+    assert "lower bound" not in ks
+    with pytest.raises(TypeError):
+        LYAPUNOV_DEFAULTS["lorenz96"]["n"] = 3  # the defaults are read-only

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -12,11 +13,12 @@ from stosim.analysis.lyapunov import LyapunovResult, TangentSystem, lyapunov_spe
 __all__ = ["LYAPUNOV_DEFAULTS", "substrate_tangent_system", "substrate_lyapunov"]
 
 # per substrate: duration, transient and step in its time unit (STO: seconds), default size
-LYAPUNOV_DEFAULTS = {
-    "sto": {"duration": 200e-9, "transient": 50e-9, "dt": 1e-12, "n": 200, "reorthonormalize_every": 10},
-    "lorenz96": {"duration": 1000.0, "transient": 50.0, "dt": 0.01, "n": 40, "reorthonormalize_every": 10},
-    "ffesn": {"duration": 2000.0, "transient": 500.0, "dt": 1.0, "n": 500, "reorthonormalize_every": 1},
-}
+LYAPUNOV_DEFAULTS: Mapping[str, Mapping[str, float]] = MappingProxyType({
+    name: MappingProxyType(values) for name, values in {
+        "sto": {"duration": 200e-9, "transient": 50e-9, "dt": 1e-12, "n": 200, "reorthonormalize_every": 10},
+        "lorenz96": {"duration": 1000.0, "transient": 50.0, "dt": 0.01, "n": 40, "reorthonormalize_every": 10},
+        "ffesn": {"duration": 2000.0, "transient": 500.0, "dt": 1.0, "n": 500, "reorthonormalize_every": 1},
+    }.items()})  # read-only
 
 
 def substrate_tangent_system(substrate: str, *, n: int | None = None, dt: float | None = None, seed: int = 0,

@@ -469,8 +469,10 @@ _MLE = PointKind(
         Output("mle_standard_error", _rate_units, "standard error of the MLE (20 blocks)"),
         Output("mle_relative_change_last_quarter", "1", "relative change of the running MLE over the last quarter"),
         Output("lyapunov_exponents", _rate_units, "leading Lyapunov exponents (descending)", ("exponent",)),
-        Output("kaplan_yorke_dimension", "1", "Kaplan-Yorke dimension of the computed exponents"),
-        Output("ks_entropy", _rate_units, "KS entropy bound (sum of the positive computed exponents)"),
+        Output("kaplan_yorke_dimension", "1", "Kaplan-Yorke dimension of the computed exponents (a lower bound "
+               "when their sum is positive)"),
+        Output("ks_entropy", _rate_units, "KS entropy bound (sum of the positive computed exponents; a lower "
+               "bound when the last computed exponent is positive)"),
     ),
     extra_dims=lambda configs: {"exponent": np.arange(1, max(c.n_exponents for c in configs) + 1)},
     description="Lyapunov exponents of a substrate's autonomous dynamics (stosim.analysis.run_lyapunov)",
