@@ -202,6 +202,23 @@ def test_ffesn_configuration_and_description() -> None:
     assert "tanh(W x_k)" in d.summary
 
 
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        ((8, float("nan"), 0.5, 0), "spectral_radius"),
+        ((8, -2.0, 0.5, 0), "spectral_radius"),
+        ((8, 1.0, 1.5, 0), "density"),
+        ((8, 1.0, float("nan"), 0), "density"),
+        ((0, 1.0, 0.5, 0), "n"),
+        ((8, 1.0, 0.5, -1), "seed"),
+    ],
+)
+def test_draw_ffesn_matrix_validates_its_arguments(args: tuple, name: str) -> None:
+    # the public draw function refuses what the constructor refuses (never a NaN or sign-flipped W)
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        draw_ffesn_matrix(*args)
+
+
 # ============================================================================ Lorenz 96
 
 

@@ -86,3 +86,72 @@ def test_a_too_large_step_is_refused_when_the_layer_is_built():
     # also for the noisy gradient path, which integrates in torch and never reaches the Numba entry checks
     with pytest.raises(ValueError, match=r"dt = 1e-10 s is too large for this array"):
         CoupledSTOArray(n=10, duration_s=1e-9, dt_s=1e-10, temperature_k=300.0)
+
+
+def test_observation_noise_level_is_per_sample_not_per_batch():
+    """y_b = x_b + s_b xi, s_b = std(x_b) 10^(-SNR/20): each sample's SNR is the requested one, whatever
+    the other samples of its batch. Sample 0 is random (var over its 600 components ~ 1/3); the other 63
+    all point along (1, 1, 1)/sqrt(3), so the variance over the whole batch is ~0.01, 15 dB below it."""
+    n, snr = 200, 20.0
+    sub = CoupledSTOArray(n=n, duration_s=10e-12, seed=0, observation_snr_db=snr)
+    rng = torch.Generator().manual_seed(5)
+    first = sub.initial_state(torch.randn(1, 3 * n, dtype=torch.float64, generator=rng))
+    aligned = torch.full((63, 3 * n), 3.0**-0.5, dtype=torch.float64)
+    for batch in (first, torch.cat([first, aligned])):
+        sub.reset(0)
+        noise = sub.readout(batch)[0] - batch[0]
+        measured = 10 * np.log10(batch[0].var(unbiased=False).item() / noise.var(unbiased=False).item())
+        # 600 draws: the noise variance is known to sqrt(2/600) = 5.8 % (0.25 dB) at 1 sigma; allow 4 sigma
+        assert measured == pytest.approx(snr, abs=1.0)
+
+
+def test_evolve_uses_the_directions_of_the_state_on_every_path():
+    """evolve(c m) = evolve(m) for c > 0 on the Numba, Numba-adjoint and noisy torch paths (the map acts on
+    directions, as sto_jvp does); rounding of one extra division: 1e-14 absolute on unit vectors."""
+    u = _readin(4, batch=3)
+    for kwargs in ({}, {"temperature_k": 300.0, "dynamical_snr_db": 30.0}):
+        sub = CoupledSTOArray(n=4, duration_s=10e-12, seed=1, **kwargs)
+        m = sub.initial_state(u)
+        scale = torch.tensor([0.5, 2.0, 7.0], dtype=torch.float64)[:, None]
+        for graph in (False, True):
+            sub.reset(3)
+            unit = sub.evolve(m.clone().requires_grad_(graph)).detach()
+            sub.reset(3)
+            scaled = sub.evolve((scale * m).requires_grad_(graph)).detach()
+            np.testing.assert_allclose(scaled.numpy(), unit.numpy(), rtol=0, atol=1e-14)
+
+
+def test_zero_state_on_the_noisy_gradient_path_raises():
+    sub = CoupledSTOArray(n=4, duration_s=10e-12, seed=1, temperature_k=300.0)
+    with pytest.raises(ValueError, match=r"sample 0, oscillator 0 is the zero vector"):
+        sub.evolve(torch.zeros(2, 12, dtype=torch.float64, requires_grad=True))
+
+
+def test_infinite_snr_is_not_stochastic():
+    sub = CoupledSTOArray(n=4, duration_s=10e-12, dynamical_snr_db=float("inf"), observation_snr_db=float("inf"))
+    assert not sub.capabilities.stochastic
+    assert CoupledSTOArray(n=4, duration_s=10e-12, observation_snr_db=40.0).capabilities.stochastic
+    assert CoupledSTOArray(n=4, duration_s=10e-12, dynamical_snr_db=40.0).capabilities.stochastic
+
+
+@pytest.mark.parametrize("key", ["observation_snr_db", "dynamical_snr_db"])
+@pytest.mark.parametrize("bad", ["20", True])
+def test_snr_that_is_not_a_number_is_refused_at_construction(key, bad):
+    # refused when the layer is built, not a TypeError (or 1 dB for True) at the first forward pass
+    with pytest.raises(ValueError, match=rf"{key.removesuffix('_db')} = .* must be a real number of dB"):
+        CoupledSTOArray(n=4, duration_s=10e-12, **{key: bad})
+
+
+def test_add_observation_noise_has_the_snr_for_integer_signals_and_checks_the_snr():
+    from stosim.physics.noise import add_observation_noise
+
+    signal = np.arange(100_000) % 7  # int64, var = 4
+    noisy = add_observation_noise(signal, 20.0, np.random.default_rng(0))
+    assert noisy.dtype == np.float64
+    measured = 10 * np.log10(np.var(signal) / np.var(noisy - signal))
+    # 1e5 draws: the noise variance is known to 0.45 % (0.02 dB) at 1 sigma; allow 5 sigma
+    assert measured == pytest.approx(20.0, abs=0.1)
+    f32 = add_observation_noise(signal.astype(np.float32), 20.0, np.random.default_rng(0))
+    assert f32.dtype == np.float32
+    with pytest.raises(ValueError, match=r"snr_db = nan dB is out of range"):
+        add_observation_noise(signal.astype(np.float64), float("nan"), np.random.default_rng(0))

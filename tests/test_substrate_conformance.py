@@ -22,6 +22,9 @@ FACTORIES: list[tuple[str, Callable[[], Substrate]]] = [
     ("sto", lambda: CoupledSTOArray(n=6, coupling_oe=500.0, duration_s=20e-12, dt_s=1e-12, seed=1)),
     ("sto-noisy", lambda: CoupledSTOArray(n=6, coupling_oe=500.0, duration_s=20e-12, dt_s=1e-12, seed=1,
                                           temperature_k=300.0, dynamical_snr_db=20.0, observation_snr_db=20.0)),
+    # SNR = inf dB means no noise: deterministic, so it must not claim to be stochastic
+    ("sto-inf-snr", lambda: CoupledSTOArray(n=6, coupling_oe=500.0, duration_s=20e-12, dt_s=1e-12, seed=1,
+                                            dynamical_snr_db=float("inf"), observation_snr_db=float("inf"))),
 ]
 
 BATCH = 3
@@ -117,12 +120,21 @@ def test_non_finite_readin_raises(substrate: Substrate, value: float) -> None:
         substrate(u)
 
 
-def test_non_finite_state_raises(substrate: Substrate) -> None:
-    # evolve refuses a non-finite state before it runs (never a NaN result, never a crash inside a kernel)
+@pytest.mark.parametrize("graph", [False, True], ids=["no_graph", "graph"])
+def test_non_finite_state_raises(substrate: Substrate, graph: bool) -> None:
+    # evolve refuses a non-finite state before it runs (never a NaN result, never a crash inside a kernel),
+    # also when a graph is recorded (the differentiable paths differ from the plain ones)
     state = substrate.initial_state(_readin(substrate)).detach().clone()
     state[1, 0] = float("nan")
     with pytest.raises(ValueError, match="finite"):
-        substrate.evolve(state)
+        substrate.evolve(state.requires_grad_(graph))
+
+
+def test_integer_readin_raises(substrate: Substrate) -> None:
+    # a ValueError naming the dtype, not a RuntimeError from inside torch
+    size = substrate.describe().readin_size
+    with pytest.raises(ValueError, match="dtype"):
+        substrate(torch.ones(BATCH, size, dtype=torch.int64))
 
 
 def test_gradients_reach_the_readin(substrate: Substrate) -> None:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -23,7 +24,13 @@ MIN_SNR_DB = -100.0  # noise amplitude 1e5 times the signal's: below it the sign
 
 
 def check_snr_db(snr_db: float, name: str) -> float:
-    """Validate an SNR in dB: in [MIN_SNR_DB, inf), or +inf for no noise."""
+    """Validate an SNR in dB: a real number in [MIN_SNR_DB, inf), or +inf for no noise. Returns it as a float.
+
+    Strings, booleans and None are refused (a ValueError naming ``name``), not converted.
+    """
+    if isinstance(snr_db, bool) or not isinstance(snr_db, numbers.Real):
+        raise ValueError(f"{name} = {snr_db!r} must be a real number of dB in [{MIN_SNR_DB:g} dB, inf dB] "
+                         "(a finite number, or inf for no noise)")
     value = float(snr_db)
     if math.isnan(value) or value < MIN_SNR_DB:
         raise ValueError(f"{name} = {snr_db!r} dB is out of range; valid: [{MIN_SNR_DB:g} dB, inf dB] "
@@ -52,6 +59,13 @@ def thermal_field_sigma_oe(damping: np.ndarray | float, temperature_k: float, gy
 
 
 def add_observation_noise(signal: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
-    """signal + xi with var(xi) = var(signal) / 10^(SNR/10), the variance over all samples of ``signal``."""
+    """signal + xi with var(xi) = var(signal) / 10^(SNR/10), the variance over all samples of ``signal``.
+
+    The noise has the floating dtype of ``signal`` (float64 for an integer signal, whose noise must
+    not be truncated to integers); ``snr_db`` is checked with :func:`check_snr_db` (+inf: no noise).
+    """
+    snr_db = check_snr_db(snr_db, "snr_db")
+    signal = np.asarray(signal)
+    dtype = signal.dtype if np.issubdtype(signal.dtype, np.floating) else np.dtype(np.float64)
     sigma = float(np.std(signal)) * snr_noise_factor(snr_db)
-    return signal + sigma * rng.standard_normal(signal.shape).astype(signal.dtype, copy=False)
+    return signal + sigma * rng.standard_normal(signal.shape).astype(dtype, copy=False)

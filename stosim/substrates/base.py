@@ -101,8 +101,13 @@ class Substrate(torch.nn.Module, abc.ABC):
         return self.readout(self.evolve(self.initial_state(readin)))
 
     def _check_readin(self, readin: torch.Tensor) -> None:
-        size = self.describe().readin_size
+        """Read-in must be a floating (B, readin_size) tensor of finite values, else ``ValueError``."""
+        desc = self.describe()
+        size = desc.readin_size
         if readin.ndim != 2 or readin.shape[1] != size:
-            raise ValueError(f"read-in has shape {tuple(readin.shape)}; expected (batch, {size}) for {self.describe().name}")
+            raise ValueError(f"read-in has shape {tuple(readin.shape)}; expected (batch, {size}) for {desc.name}")
+        if not readin.is_floating_point():
+            raise ValueError(f"read-in for {desc.name} has dtype {readin.dtype}; it must be a floating dtype "
+                             "(torch.float64 or torch.float32)")
         if not torch.isfinite(readin).all():
-            raise ValueError(f"read-in for {self.describe().name} contains non-finite values")
+            raise ValueError(f"read-in for {desc.name} contains non-finite values")

@@ -53,13 +53,28 @@ def _check_dtype(dtype: object) -> torch.dtype:
     return dtype  # type: ignore[return-value]
 
 
+def _check_matrix_arguments(n: object, spectral_radius: object, density: object,
+                            seed: object) -> tuple[int, float, float, int]:
+    """Validated (n, rho, density, seed) of W: n >= 1, rho in (0, 10], density in (0, 1], seed >= 0."""
+    n = _check_int("n", n, 1)
+    rho = _check_real("spectral_radius", spectral_radius)
+    if not 0.0 < rho <= _MAX_SPECTRAL_RADIUS:
+        raise ValueError(f"spectral_radius must be in (0, {_MAX_SPECTRAL_RADIUS:g}]; got {spectral_radius!r}")
+    dens = _check_real("density", density)
+    if not 0.0 < dens <= 1.0:
+        raise ValueError(f"density must be in (0, 1]; got {density!r}")
+    return n, rho, dens, _check_int("seed", seed, 0)
+
+
 def draw_ffesn_matrix(n: int, spectral_radius: float, density: float, seed: int) -> np.ndarray:
     """The fixed FFESN matrix W (float64, shape (n, n)) drawn from ``seed``.
 
     Mask: each entry kept independently with probability ``density``; kept entries uniform in
     [-1, 1]; the matrix is then multiplied by ``spectral_radius / max|eig(W_raw)|``.
-    Raises ``ValueError`` if the raw matrix has spectral radius 0 (e.g. everything masked).
+    Raises ``ValueError`` for arguments outside n >= 1, spectral_radius in (0, 10], density in
+    (0, 1], seed >= 0, and if the raw matrix has spectral radius 0 (e.g. everything masked).
     """
+    n, spectral_radius, density, seed = _check_matrix_arguments(n, spectral_radius, density, seed)
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed)))
     mask = rng.random((n, n)) < density
     values = rng.uniform(-1.0, 1.0, size=(n, n))
@@ -108,17 +123,9 @@ class FFESN(Substrate):
         dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()
-        self.n = _check_int("n", n, 1)
-        rho = _check_real("spectral_radius", spectral_radius)
-        if not 0.0 < rho <= _MAX_SPECTRAL_RADIUS:
-            raise ValueError(f"spectral_radius must be in (0, {_MAX_SPECTRAL_RADIUS:g}]; got {spectral_radius!r}")
-        self.spectral_radius = rho
+        self.n, self.spectral_radius, self.density, self.seed = _check_matrix_arguments(
+            n, spectral_radius, density, seed)
         self.steps = _check_int("steps", steps, 1)
-        dens = _check_real("density", density)
-        if not 0.0 < dens <= 1.0:
-            raise ValueError(f"density must be in (0, 1]; got {density!r}")
-        self.density = dens
-        self.seed = _check_int("seed", seed, 0)
         dtype = _check_dtype(dtype)
         w = draw_ffesn_matrix(self.n, self.spectral_radius, self.density, self.seed)
         self.register_buffer("W", torch.as_tensor(w, dtype=dtype))

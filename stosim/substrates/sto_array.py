@@ -70,9 +70,8 @@ class CoupledSTOArray(Substrate):
         self.dt_s = float(dt_s)
         self.seed = int(seed)
         self.noise = NoiseSettings(temperature_k=float(temperature_k), dynamical_snr_db=dynamical_snr_db)
-        if observation_snr_db is not None:
-            check_snr_db(observation_snr_db, "observation_snr")
-        self.observation_snr_db = observation_snr_db
+        self.observation_snr_db = (None if observation_snr_db is None
+                                   else check_snr_db(observation_snr_db, "observation_snr"))
         self._dtype = dtype
         self.register_buffer("coupling_t", torch.as_tensor(array.coupling_transposed_oe(), dtype=dtype))
         self.register_buffer("osc", torch.as_tensor(array.oscillator_parameters(), dtype=dtype))
@@ -95,8 +94,9 @@ class CoupledSTOArray(Substrate):
 
     @property
     def _stochastic(self) -> bool:
-        return (self.noise.temperature_k > 0 or self.noise.dynamical_snr_db is not None
-                or self.observation_snr_db is not None)
+        """True when some noise is on: T > 0 K, or a finite dynamical or observation SNR (inf dB: no noise)."""
+        return (self.noise.temperature_k > 0 or _finite_snr(self.noise.dynamical_snr_db)
+                or _finite_snr(self.observation_snr_db))
 
     @contextlib.contextmanager
     def noise_suspended(self) -> Iterator[None]:
@@ -156,13 +156,17 @@ class CoupledSTOArray(Substrate):
         return (v / norm).reshape(readin.shape)
 
     def evolve(self, state: torch.Tensor) -> torch.Tensor:
-        """Evolve (B, 3N) unit-vector states for the duration; differentiable when a graph is recorded."""
+        """Evolve (B, 3N) states for the duration; differentiable when a graph is recorded.
+
+        Each oscillator's 3-vector is used through its direction m / |m| on every path (Numba,
+        Numba adjoint, torch with noise); non-finite or zero 3-vectors raise ``ValueError``.
+        """
         n = self.array.n_oscillators
         if state.ndim != 2 or state.shape[1] != 3 * n:
             raise ValueError(f"state has shape {tuple(state.shape)}; expected (batch, {3 * n})")
         if state.dtype != self.dtype:
             raise ValueError(f"state dtype {state.dtype} differs from the substrate's {self.dtype}")
-        m = state.reshape(state.shape[0], n, 3)
+        m = _directions(state.reshape(state.shape[0], n, 3))
         seed = self._next_seed()
         noise = self.noise if self.noise_enabled else NoiseSettings()
         dyn = noise.dynamical_snr_db
@@ -209,10 +213,32 @@ class CoupledSTOArray(Substrate):
                              time_unit="s")
 
     def readout(self, state: torch.Tensor) -> torch.Tensor:
-        """The 3N components of m, with observation noise of variance var(state)/10^(SNR/10) when set."""
+        """The 3N components of m, with observation noise when an SNR is set.
+
+        y_b = x_b + s_b xi_b, xi_b standard normal, s_b = std(x_b) 10^(-SNR/20) with std(x_b) over
+        the 3N components of sample b: var(x_b)/var(noise_b) = 10^(SNR/10) for every sample, as for
+        the dynamical noise, so a sample's noise level does not depend on the rest of its batch.
+        """
         snr = self.observation_snr_db
         if snr is None or not math.isfinite(snr) or not self.noise_enabled:
             return state
         gen = torch.Generator(device=state.device).manual_seed(self._next_seed())
-        sigma = state.detach().std(unbiased=False) * snr_noise_factor(snr)
+        sigma = state.detach().std(dim=-1, unbiased=False, keepdim=True) * snr_noise_factor(snr)
         return state + sigma * torch.randn(state.shape, generator=gen, dtype=state.dtype, device=state.device)
+
+
+def _finite_snr(snr_db: float | None) -> bool:
+    """Whether an SNR setting adds noise (None and +inf dB add none)."""
+    return snr_db is not None and math.isfinite(snr_db)
+
+
+def _directions(m: torch.Tensor) -> torch.Tensor:
+    """m / |m| for states (B, N, 3); ValueError for a non-finite or zero 3-vector (never a NaN result)."""
+    if not bool(torch.isfinite(m).all()):
+        b, i = (int(x) for x in torch.nonzero(~torch.isfinite(m).all(dim=-1))[0])
+        raise ValueError(f"state is not finite at sample {b}, oscillator {i} (NaN or inf); states must be finite")
+    norm = m.norm(dim=-1, keepdim=True)
+    if bool((norm == 0).any()):
+        b, i = (int(x) for x in torch.nonzero(norm[..., 0] == 0)[0])
+        raise ValueError(f"state of sample {b}, oscillator {i} is the zero vector; it has no direction")
+    return m / norm
