@@ -41,6 +41,12 @@ __all__ = [
 DEVICES_DIR = Path(__file__).resolve().parent.parent / "devices"
 DEFAULT_DEVICE_NAME = "seed-pmtj.toml"
 
+# upper limits of the device parameters (files and DeviceParameters alike). M: 4 pi M <= 126 kOe, five times
+# that of FeCo (~1950 emu/cm^3), the largest known; an M in A/m written as emu/cm^3 (1000 times too large) fails
+MAX_MAGNETIZATION_EMU_CM3 = 1e4
+MAX_ANISOTROPY_FIELD_OE = 1e6  # 100 T, as for the sweep's device overrides
+MAX_GYROMAGNETIC_RAD_PER_OE_S = 1e10
+
 
 class DeviceFileError(ValueError):
     """A device file is missing, unreadable or invalid; the message names the key."""
@@ -81,11 +87,14 @@ class DeviceParameters:
 
     def __post_init__(self) -> None:
         checks = [
-            ("saturation_magnetization", _finite(self.saturation_magnetization_emu_cm3) > 0, "finite, > 0 emu/cm^3"),
-            ("anisotropy_field", _finite(self.anisotropy_field_oe) >= 0, "finite, >= 0 Oe"),
+            ("saturation_magnetization", 0 < self.saturation_magnetization_emu_cm3 <= MAX_MAGNETIZATION_EMU_CM3,
+             f"in (0, {MAX_MAGNETIZATION_EMU_CM3:g}] emu/cm^3"),
+            ("anisotropy_field", 0 <= self.anisotropy_field_oe <= MAX_ANISOTROPY_FIELD_OE,
+             f"in [0, {MAX_ANISOTROPY_FIELD_OE:g}] Oe"),
             ("applied_field", math.isfinite(self.applied_field_oe), "a finite value in Oe"),
             ("damping", 0 <= self.damping < 1, "in [0, 1)"),
-            ("gyromagnetic_ratio", 0 < self.gyromagnetic_ratio_rad_per_oe_s <= 1e10, "in (0, 1e10] rad/(Oe s)"),
+            ("gyromagnetic_ratio", 0 < self.gyromagnetic_ratio_rad_per_oe_s <= MAX_GYROMAGNETIC_RAD_PER_OE_S,
+             f"in (0, {MAX_GYROMAGNETIC_RAD_PER_OE_S:g}] rad/(Oe s)"),
             ("radius", 0 < self.radius_cm <= 1e-3, "in (0, 1e-3] cm (<= 10 um)"),
             ("thickness", 0 < self.thickness_cm <= 1e-4, "in (0, 1e-4] cm (<= 1 um)"),
             ("polarization", 0 <= self.polarization <= 1, "in [0, 1]"),
@@ -198,12 +207,13 @@ def unit_field_validator(dimension: str):
 
 
 class FreeLayerSection(_Section):
-    saturation_magnetization: Annotated[float, Field(gt=0, description="M, emu/cm^3")]
-    anisotropy_field: Annotated[float, Field(ge=0, description="H_K, Oe")]
+    saturation_magnetization: Annotated[float, Field(gt=0, le=MAX_MAGNETIZATION_EMU_CM3, description="M, emu/cm^3")]
+    anisotropy_field: Annotated[float, Field(ge=0, le=MAX_ANISOTROPY_FIELD_OE, description="H_K, Oe")]
     damping: Annotated[float, Field(gt=0, lt=1, description="Gilbert damping alpha")]
     radius: Annotated[float, Field(gt=0, le=1e-3, description="cm (<= 10 um)")]
     thickness: Annotated[float, Field(gt=0, le=1e-4, description="cm (<= 1 um)")]
-    gyromagnetic_ratio: Annotated[float, Field(gt=0, description="rad/(Oe s)")] = 1.764e7
+    gyromagnetic_ratio: Annotated[float, Field(gt=0, le=MAX_GYROMAGNETIC_RAD_PER_OE_S,
+                                               description="rad/(Oe s)")] = 1.764e7
 
     _m = field_validator("saturation_magnetization", mode="before")(unit_field_validator("magnetization"))
     _hk = field_validator("anisotropy_field", mode="before")(unit_field_validator("field"))
@@ -226,7 +236,7 @@ class ReferenceLayerSection(_Section):
     @classmethod
     def _unit(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
         norm = math.sqrt(sum(c * c for c in value))
-        if abs(norm - 1.0) > 1e-9:
+        if not abs(norm - 1.0) <= 1e-9:  # (NaN components fail too)
             raise ValueError(f"|p| must be 1 (a unit vector); got |{list(value)}| = {norm:.6g}")
         return value
 

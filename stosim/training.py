@@ -27,7 +27,7 @@ from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoir
 from stosim.ridge import RidgeAccumulator
 from stosim.storage import atomic_output, write_text_atomic
 from stosim.physics.noise import check_snr_db
-from stosim.units import UnitError, parse_quantity
+from stosim.units import UnitError, parse_quantity, values_agree
 
 __all__ = ["TrainConfig", "train", "TrainResult", "build_model", "load_train_config", "with_defaults",
            "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
@@ -148,7 +148,9 @@ def config_differences(saved_config: dict[str, Any], cfg: TrainConfig, ignore: t
     """The keys (sorted, less ``ignore``) in which a saved configuration (a checkpoint's or
     ``metrics.json``'s, completed by :func:`with_defaults`) differs from ``cfg``; empty if the same run."""
     saved, current = with_defaults(saved_config), _as_json(cfg.resolved())
-    return sorted(k for k in set(saved) | set(current) if k not in ignore and saved.get(k) != current.get(k))
+    # floats within a relative 1e-12: a quantity parsed by an earlier version may differ in its last bit
+    return sorted(k for k in set(saved) | set(current)
+                  if k not in ignore and not values_agree(saved.get(k), current.get(k)))
 
 
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:

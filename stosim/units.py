@@ -23,12 +23,13 @@ dimensionless      1                    (no unit)
 
 from __future__ import annotations
 
+import decimal
 import math
 import re
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
-__all__ = ["UNITS", "INTERNAL_UNIT", "parse_quantity", "format_quantity", "UnitError"]
+__all__ = ["UNITS", "INTERNAL_UNIT", "parse_quantity", "format_quantity", "UnitError", "values_agree", "VALUE_RTOL"]
 
 
 class UnitError(ValueError):
@@ -101,16 +102,52 @@ def parse_quantity(value: str | float | int, dimension: str, *, name: str = "val
         match = _NUMBER.match(value)
         if match is None:
             raise UnitError(f"{name}: cannot read a number from {value!r}; expected e.g. '1.5 {INTERNAL_UNIT[dimension]}'")
-        number = float(match.group(1))
+        number = match.group(1)
         unit = _ALIASES.get(match.group(2), match.group(2))
     else:
         raise UnitError(f"{name}: expected a string with a unit, got {type(value).__name__}")
     if unit not in table:
         raise UnitError(f"{name}: unit {unit!r} in {value!r} is not a {dimension} unit; accepted: {accepted}")
-    result = number * table[unit]
+    result = _scaled(number, table[unit])
     if not math.isfinite(result):
         raise UnitError(f"{name}: {value!r} is not finite")
     return result
+
+
+def _scaled(number: str | float, factor: float) -> float:
+    """``number * factor`` rounded once: the double nearest the exact decimal product.
+
+    The factors are powers of ten; multiplying two doubles would round twice, so that "0.1 ns" gave
+    1.0000000000000002e-10 s but "100 ps" 1e-10 s, and "200 ns" 2.0000000000000002e-07 s. Rounded
+    once, equal quantities in any accepted unit give the same double, the one ``float("1e-10")`` gives.
+    Non-finite results (a number beyond the double range) come back as inf.
+    """
+    if isinstance(number, float):
+        return number * factor
+    with decimal.localcontext() as ctx:
+        ctx.prec = len(number) + 40  # the product of the two decimals is exact
+        ctx.Emax, ctx.Emin = decimal.MAX_EMAX, decimal.MIN_EMIN
+        return float(decimal.Decimal(number) * decimal.Decimal(repr(factor)))
+
+
+# values that agree within this relative tolerance are the same setting: a quantity converted by
+# an earlier version (e.g. "200 ns" as 2.0000000000000002e-07 s) may differ in its last bit
+VALUE_RTOL = 1e-12
+
+
+def values_agree(a: Any, b: Any, rel_tol: float = VALUE_RTOL) -> bool:
+    """Whether two settings (numbers, strings, lists, dicts, nested) are the same: floats within a
+    relative ``rel_tol`` (|a - b| <= rel_tol max(|a|, |b|)), integers, booleans and text exactly."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(values_agree(a[k], b[k], rel_tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(values_agree(x, y, rel_tol) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    numbers = all(isinstance(v, (int, float)) for v in (a, b))
+    if numbers and (isinstance(a, float) or isinstance(b, float)):
+        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=0.0)
+    return a == b
 
 
 def format_quantity(value: float, dimension: str) -> str:

@@ -24,6 +24,7 @@ from stosim.sweep import (PlotError, ResumeError, SpecError, SweepFailedError, l
                           read_sweep, resolve_spec, run_sweep)
 from stosim.sweep.kinds import device_toml, execute_point
 from stosim.sweep.runner import local_cluster
+from stosim.sweep.store import SweepState
 
 # 8 points: 2 couplings x 2 time steps x 2 seeds; dt = 5 ps does not divide 12 ps, so those 4 points fail
 TINY = """
@@ -85,6 +86,9 @@ BASE_OK = {"name": "t", "kind": "train", "base": {"n": 4, "epochs": 1}, "grid": 
     ({"grid": {"coupling": ["100 Oe", "100 Oe"]}}, "grid.coupling: value '100 Oe' appears twice"),
     ({"grid": {"coupling": ["500 Oe", "0.5 kOe"]}}, "grid.coupling[0] and grid.coupling[1] are the same value"),
     ({"grid": {"spectral_radius": [1, 1.0]}}, "grid.spectral_radius[0] and grid.spectral_radius[1] are the same"),
+    # equal after unit conversion, bit for bit ("0.1 ns" once gave 1.0000000000000002e-10 s, "100 ps" 1e-10 s)
+    ({"grid": {"duration": ["0.1 ns", "100 ps"]}}, "grid.duration[0] and grid.duration[1] are the same value"),
+    ({"grid": {"coupling": ["0.07 T", "700 Oe"]}}, "grid.coupling[0] and grid.coupling[1] are the same value"),
     ({"grid": {"limit_train": [100, 0]}}, "grid.limit_train[1]: Input should be greater than or equal to 1"),
     ({"grid": {"damping": [0.01, 1.5]}}, "grid.damping[1]: Input should be less than 1"),
     ({"base": {"n": 4, "seed": 3}}, "base.seed: set seeds with the top-level"),
@@ -106,6 +110,16 @@ def test_invalid_specs_fail_naming_the_key(change, names):
         resolve_spec(parse_spec({**BASE_OK, **change}, "spec.toml"), source="spec.toml")
     assert names in str(err.value)
     assert str(err.value).startswith("spec.toml: ")
+
+
+def test_point_count_limit_holds_for_grids_beyond_int64():
+    # 8 keys x 256 values = 2**64 points: a product in int64 wraps around to 0 and would pass the limit
+    # (then the first point's error, or an endless loop); counted exactly, the spec fails at once
+    keys = ["lr", "momentum", "weight_decay", "input_offset", "ridge_alpha", "spectral_radius", "forcing",
+            "variability"]
+    grid = {k: [-1.0] + [float(i) / 256 for i in range(1, 256)] for k in keys}
+    with pytest.raises(SpecError, match=r"spec\.toml: grid: 18446744073709551616 points, more than 1000000"):
+        resolve_spec(parse_spec({"name": "big", "kind": "train", "grid": grid}), source="spec.toml")
 
 
 def test_rules_across_keys_are_checked_on_whole_points():
@@ -349,6 +363,32 @@ def test_a_sweep_file_from_before_a_config_key_existed_resumes(client, tiny_run,
         run_sweep(changed, out, resume=True, client=client)
 
 
+def test_resume_takes_a_spec_whose_numbers_differ_in_the_last_bit_only(tmp_path):
+    # a file written before quantities were rounded once stores "200 ns" as 2.0000000000000002e-07 s:
+    # the same spec (numbers equal within a relative 1e-12); a real change is still refused
+    sweep = resolve_spec(parse_spec({"name": "r", "kind": "simulate", "seed": 1, "base": {"n": 2, "dt": "1 ps"},
+                                     "grid": {"duration": ["100 ns", "200 ns"]}}))
+    assert sweep.dims[0].values.tolist() == [1e-7, 2e-7] and not sweep.extra_dims
+    state = SweepState(sweep)
+    state.record(sweep.points[0], {"status": "done", "values": {o.name: 0.5 for o in sweep.kind.outputs},
+                                   "wall_time_s": 1.0})
+    out = state.save(tmp_path / "r.h5")
+
+    def rewrite(durations: list[float]) -> None:
+        with h5py.File(out, "r+") as f:
+            saved = json.loads(f.attrs["sweep_spec_json"])
+            saved["grid"]["duration"] = durations
+            f.attrs["sweep_spec_json"] = json.dumps(saved, sort_keys=True)
+
+    rewrite([1e-7, 2.0000000000000002e-07])
+    resumed = SweepState(sweep)
+    assert resumed.load_completed(out) == 1
+    assert resumed.values["mx_mean"][0] == 0.5 and np.isnan(resumed.values["mx_mean"][1])
+    rewrite([1e-7, 2.000001e-07])
+    with pytest.raises(ResumeError, match=r"different spec \(differs in grid\.duration\)"):
+        SweepState(sweep).load_completed(out)
+
+
 def test_simulate_sweep_over_a_device_parameter(client, tmp_path):
     spec = _write(tmp_path, """
         name = "sim"
@@ -429,3 +469,29 @@ def test_plot_hue_draws_one_line_per_value(tmp_path):
         plot_sweep(ds, "test_accuracy", "snr", y="coupling", out=tmp_path / "x.png", hue="coupling")
     with pytest.raises(PlotError, match="--hue 'nope'"):
         plot_sweep(ds, "test_accuracy", "snr", out=tmp_path / "x.png", hue="nope")
+
+
+def test_line_plot_keeps_a_point_at_an_infinite_coordinate(tmp_path, monkeypatch):
+    # observation_snr = "inf dB" (the noise-free reference) is a grid value: at x = inf matplotlib draws
+    # nothing, so the axis becomes categorical (positions 0, 1, 2; the values as tick labels)
+    import stosim.sweep.plot as sweep_plot
+
+    drawn = {}
+
+    def capture(fig, out, **kwargs):  # noqa: ANN001, ANN003
+        ax = fig.axes[0]
+        drawn["x"] = np.asarray(ax.lines[0].get_xdata(), dtype=np.float64)
+        drawn["ticks"] = [t.get_text() for t in ax.get_xticklabels()]
+        drawn["scale"] = ax.get_xscale()
+        return save_figure(fig, out, **kwargs)
+
+    save_figure = sweep_plot.save_figure
+    monkeypatch.setattr(sweep_plot, "save_figure", capture)
+    ds = xr.Dataset(
+        {"test_accuracy": (("observation_snr", "seed"), np.array([[0.5, 0.6], [0.8, 0.9], [0.95, 0.97]]),
+                           {"units": "1", "long_name": "test accuracy"})},
+        coords={"observation_snr": ("observation_snr", [10.0, 20.0, np.inf], {"units": "dB", "long_name": "SNR"}),
+                "seed": ("seed", np.arange(2), {"units": "1", "long_name": "seed"})})
+    plot_sweep(ds, "test_accuracy", "observation_snr", out=tmp_path / "snr.png")
+    np.testing.assert_array_equal(drawn["x"], [0.0, 1.0, 2.0])
+    assert drawn["ticks"] == ["10", "20", "inf"] and drawn["scale"] == "linear"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -53,6 +54,24 @@ def test_parse_quantity_errors_name_value_and_units(text, dimension, match):
         parse_quantity(text, dimension, name="applied_field")
 
 
+@pytest.mark.parametrize(
+    ("spellings", "dimension", "expected"),
+    [
+        (("0.1 ns", "100 ps", "1e-10 s"), "time", 1e-10),
+        (("200 ns", "0.2 us", "2e-7 s"), "time", 2e-7),
+        (("7 ns", "7000 ps", "7e-9 s"), "time", 7e-9),
+        (("0.3 us", "300 ns"), "time", 3e-7),
+        (("0.07 T", "70 mT", "700 Oe", "0.7 kOe"), "field", 700.0),
+        (("1.1 kA/m", "1100 A/m", "1.1 emu/cm^3"), "magnetization", 1.1),
+    ],
+)
+def test_equal_quantities_in_any_unit_parse_to_the_same_double(spellings, dimension, expected):
+    # rounded once (the double nearest the exact decimal product): bit-equal, so sweep coordinates
+    # written in different units compare equal and equal the value written in the internal unit
+    for text in spellings:
+        assert parse_quantity(text, dimension) == expected, text
+
+
 def test_seed_device_resolves_to_the_published_parameters(device):
     assert device.saturation_magnetization_emu_cm3 == 1448.3
     # PHYSICS.md: H_K - 4 pi M = 416.1 Oe
@@ -71,6 +90,16 @@ def test_device_parameters_built_in_code_refuse_infinite_values(device, key):
     name = key.removesuffix("_emu_cm3").removesuffix("_oe").removesuffix("_cm").removesuffix("_rad_per_oe_s")
     with pytest.raises(ValueError, match=rf"device parameter {name.removesuffix('_ohm')} = inf is out of range"):
         device.replace(**{key: math.inf})
+
+
+@pytest.mark.parametrize(("key", "value", "valid"), [
+    ("saturation_magnetization_emu_cm3", 1.4483e6, r"in \(0, 10000\] emu/cm\^3"),
+    ("anisotropy_field_oe", 1e9, r"in \[0, 1e\+06\] Oe"),
+])
+def test_device_parameters_built_in_code_refuse_values_out_of_physical_range(device, key, value, valid):
+    name = key.removesuffix("_emu_cm3").removesuffix("_oe")
+    with pytest.raises(ValueError, match=rf"device parameter {name} = {value!r} is out of range; valid: {valid}"):
+        device.replace(**{key: value})
 
 
 def test_critical_current_without_torque_asymmetry_is_infinite(device):
@@ -109,6 +138,16 @@ def _write_device(tmp_path: Path, replace: tuple[str, str] | None = None, append
         (None, "\n[extra]\nfoo = 1\n", r"extra.*Extra inputs are not permitted"),
         (("damping = 0.005", "damping = 0.005\ndampingg = 0.1"), "", r"free_layer\.dampingg"),
         (("[tmr]", "[tmr_]"), "", r"tmr"),
+        # out of physical range: M in A/m written as emu/cm^3 (1000 times too large), H_K of 1e5 T,
+        # gamma 1e5 times the electron's; a NaN component of p
+        (('saturation_magnetization = "1448.3 emu/cm^3"', 'saturation_magnetization = "1.4483e6 emu/cm^3"'), "",
+         r"free_layer\.saturation_magnetization: Input should be less than or equal to 10000"),
+        (('anisotropy_field = "18.616 kOe"', 'anisotropy_field = "1e9 Oe"'), "",
+         r"free_layer\.anisotropy_field: Input should be less than or equal to 1000000"),
+        (('"1.764e7 rad/(Oe s)"', '"1.764e12 rad/(Oe s)"'), "",
+         r"free_layer\.gyromagnetic_ratio: Input should be less than or equal to 10000000000"),
+        (("direction = [1.0, 0.0, 0.0]", "direction = [nan, 0.0, 0.0]"), "",
+         r"reference_layer\.direction: \|p\| must be 1"),
     ],
 )
 def test_invalid_device_files_name_the_key(tmp_path, replace, append, match):
@@ -156,3 +195,19 @@ def test_cli_validate_names_the_bad_key_of_a_sweep_spec(tmp_path, capsys):
     assert main(["validate", str(spec)]) == 1
     err = capsys.readouterr().err
     assert "epochz" in err and "epochs" in err
+
+
+def test_settings_that_differ_in_the_last_bit_are_the_same_run():
+    """A training run saved with a duration parsed by an earlier version (one bit off) is the same
+    run; a real change, an integer change or a different text is not."""
+    from stosim.training import TrainConfig, config_differences
+    from stosim.units import values_agree
+
+    cfg = TrainConfig(duration="200 ns", dt="1 ps", n=4)
+    saved = json.loads(json.dumps(cfg.resolved(), default=str))
+    assert config_differences({**saved, "duration": 2.0000000000000002e-07}, cfg) == []
+    assert config_differences({**saved, "duration": 2.000001e-07}, cfg) == ["duration"]
+    assert config_differences({**saved, "n": 5}, cfg) == ["n"]
+    assert values_agree({"a": [1.0, "x"]}, {"a": [1.0 + 1e-15, "x"]})
+    assert not values_agree({"a": [1.0, "x"]}, {"a": [1.0, "y"]})
+    assert not values_agree(1, True) and not values_agree([1.0], [1.0, 2.0]) and not values_agree(0.0, 1e-300)

@@ -62,16 +62,24 @@ def _label(obj, name: str) -> str:  # noqa: ANN001
     return f"{long_name} ({units})" if units and units not in ("1", "n/a") else str(long_name)
 
 
-def _axis_values(coord) -> tuple[np.ndarray, list[str], bool]:  # noqa: ANN001
-    """(positions in display units, tick labels, log-scale?) for a coordinate."""
+def _axis_values(coord) -> tuple[np.ndarray, list[str], bool, bool]:  # noqa: ANN001
+    """(positions, tick labels, log-scale?, categorical?) for a coordinate.
+
+    Numbers sit at their values in display units; text, and numbers with a non-finite one (an SNR of
+    ``inf`` dB, the noise-free reference), sit at 0, 1, 2, ... with the values as tick labels
+    (categorical), since a point at x = inf is not drawn.
+    """
     values = coord.values
     if values.dtype.kind in "iuf":
         factor, _ = _display_scale(coord)
         v = values.astype(float) / factor
+        ticks = [f"{x:.4g}" for x in v]
+        if not np.all(np.isfinite(v)):
+            return np.arange(v.size, dtype=float), ticks, False, True
         positive = np.all(v > 0)
         log = bool(positive and v.size >= 3 and v.max() / v.min() >= 50)
-        return v, [f"{x:.4g}" for x in v], log
-    return np.arange(values.size, dtype=float), [str(x) for x in values], False
+        return v, ticks, log, False
+    return np.arange(values.size, dtype=float), [str(x) for x in values], False, True
 
 
 def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Path | None = None, *,
@@ -129,7 +137,7 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
     plt = _pyplot()
     if y is None:
         fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
-        pos, ticks, log = _axis_values(ds[x])
+        pos, ticks, log, categorical = _axis_values(ds[x])
         lines = ([(None, da)] if hue is None else
                  [(f"{_label(ds[hue], hue).split(' (')[0]} = {_format_value(ds[hue], v)}", da.isel({hue: k}))
                   for k, v in enumerate(ds[hue].values)])
@@ -155,7 +163,7 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
             ax.legend(fontsize=8)
         if log:
             ax.set_xscale("log")
-        if ds[x].values.dtype.kind not in "iuf":
+        if categorical:
             ax.set_xticks(pos, ticks)
         ax.set_xlabel(_label(ds[x], x))
         ax.set_ylabel(_label(ds[var], var))
@@ -172,8 +180,7 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
                              cmap="viridis", shading="flat")
         cbar = fig.colorbar(mesh, ax=ax)
         cbar.set_label(_label(ds[var], var))
-        _, xticks, _ = _axis_values(ds[x])
-        _, yticks, _ = _axis_values(ds[y])
+        xticks, yticks = _axis_values(ds[x])[1], _axis_values(ds[y])[1]
         ax.set_xticks(np.arange(nx), xticks, rotation=45 if nx > 6 else 0)
         ax.set_yticks(np.arange(ny), yticks)
         ax.set_xlabel(_label(ds[x], x))

@@ -303,7 +303,7 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
 
     grid_keys = list(spec.grid)
     grid_shape = [len(spec.grid[k]) for k in grid_keys]
-    n_grid = int(np.prod(grid_shape)) if grid_shape else 1
+    n_grid = math.prod(grid_shape)  # Python integers: np.prod wraps around (256 values x 8 keys gave 0)
     n_seeds = len(spec.seeds) if spec.seeds is not None else 1
     if n_grid * n_seeds > MAX_POINTS:
         raise SpecError(f"{source}: grid: {n_grid * n_seeds} points, more than {MAX_POINTS}; split the sweep")

@@ -25,6 +25,7 @@ import numpy as np
 from stosim.storage import provenance_attrs, write_dataset_atomic
 from stosim.sweep.kinds import TEXT_UNITS
 from stosim.sweep.spec import Point, ResolvedSweep
+from stosim.units import values_agree
 
 __all__ = ["SweepState", "read_sweep", "ResumeError", "STATUS_DONE", "STATUS_FAILED", "STATUS_PENDING",
            "FORMAT_ATTR"]
@@ -177,8 +178,8 @@ class SweepState:
             raise ResumeError(f"--resume: {path} is not a stosim sweep file")
         mine = json.loads(self.sweep.resolved_json)
         saved = self._with_new_defaults(json.loads(ds.attrs["sweep_spec_json"]), mine)
-        if saved != mine:
-            diff = _diff(saved, mine)
+        diff = _diff(saved, mine)
+        if diff:
             raise ResumeError(f"--resume: {path} was written by a different spec (differs in {', '.join(diff)}); "
                               "resume with the same spec, or pass --overwrite to start again")
         sw = self.sweep
@@ -203,6 +204,8 @@ class SweepState:
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Keys (``grid.coupling``, ``base.lr``, ...) where two resolved specs differ
+    (:func:`stosim.units.values_agree`: floats within a relative 1e-12, integers exactly)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[str] = []
         for key in sorted(set(a) | set(b)):
@@ -212,5 +215,5 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
             else:
                 out.extend(_diff(a[key], b[key], name))
         return out
-    return [] if a == b else [prefix or "(spec)"]
+    return [] if values_agree(a, b) else [prefix or "(spec)"]
 
