@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import xarray as xr
 
 from stosim.cli import main
-from stosim.config import load_device
+from stosim.config import DEVICES_DIR, load_device
 from stosim.sweep import (PlotError, ResumeError, SpecError, SweepFailedError, load_spec, parse_spec, plot_sweep,
                           read_sweep, resolve_spec, run_sweep)
 from stosim.sweep.kinds import device_toml, execute_point
@@ -387,6 +388,33 @@ def test_resume_takes_a_spec_whose_numbers_differ_in_the_last_bit_only(tmp_path)
     rewrite([1e-7, 2.000001e-07])
     with pytest.raises(ResumeError, match=r"different spec \(differs in grid\.duration\)"):
         SweepState(sweep).load_completed(out)
+
+
+def test_resume_refuses_a_device_file_edited_between_the_runs(tmp_path):
+    """The resolved spec records the parameters of the device files the points load: editing the file
+    and resuming would mix two devices in one result file, so it is refused naming the parameter; a
+    file written before the parameters were recorded resumes (taken to use today's files)."""
+    device = tmp_path / "dev.toml"
+    device.write_text((DEVICES_DIR / "seed-pmtj.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    raw = {"name": "d", "kind": "simulate", "seed": 1, "base": {"n": 2, "dt": "1 ps", "device": str(device)},
+           "grid": {"duration": ["10 ps", "20 ps"]}}
+    sweep = resolve_spec(parse_spec(raw))
+    assert sweep.resolved["devices"][str(device)]["damping"] == load_device(device).damping
+    state = SweepState(sweep)
+    state.record(sweep.points[0], {"status": "done", "values": {o.name: 0.5 for o in sweep.kind.outputs},
+                                   "wall_time_s": 1.0})
+    out = state.save(tmp_path / "d.h5")
+    assert SweepState(resolve_spec(parse_spec(raw))).load_completed(out) == 1
+    text = device.read_text(encoding="utf-8")
+    damping = re.search(r"^damping = .*$", text, flags=re.M).group(0)
+    device.write_text(text.replace(damping, "damping = 0.02"), encoding="utf-8")
+    with pytest.raises(ResumeError, match=rf"differs in devices\.{re.escape(str(device))}\.damping"):
+        SweepState(resolve_spec(parse_spec(raw))).load_completed(out)
+    with h5py.File(out, "r+") as f:  # as written before the device parameters were recorded
+        saved = json.loads(f.attrs["sweep_spec_json"])
+        del saved["devices"]
+        f.attrs["sweep_spec_json"] = json.dumps(saved, sort_keys=True)
+    assert SweepState(resolve_spec(parse_spec(raw))).load_completed(out) == 1
 
 
 def test_simulate_sweep_over_a_device_parameter(client, tmp_path):

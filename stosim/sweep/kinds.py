@@ -180,8 +180,21 @@ class DeviceOverrides(BaseModel):
         return {names[k]: float(getattr(self, k)) for k in names if getattr(self, k) is not None}
 
 
-@functools.lru_cache(maxsize=32)
 def _load_device(path: str | None):
+    """The device file ``path`` (None: the default), read again whenever the file changed (cached per
+    modification time and size, so a device file edited in a long-lived session is not served stale)."""
+    from stosim.config import default_device_path
+
+    try:
+        st = (Path(path) if path is not None else default_device_path()).stat()
+        version = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        version = None  # load_device reports the unreadable file
+    return _load_device_version(path, version)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_device_version(path: str | None, version: tuple[int, int] | None):
     from stosim.config import load_device
 
     return load_device(path)

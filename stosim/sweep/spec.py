@@ -40,13 +40,14 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from stosim.sweep.kinds import (EXTRA_DIM_ATTRS, TEXT_UNITS, DeviceOverrides, PointKind, normalize_raw,
-                                get_kind, parameter_metadata, point_kinds)
+from stosim.sweep.kinds import (EXTRA_DIM_ATTRS, STO_SUBSTRATES, TEXT_UNITS, DeviceOverrides, PointKind,
+                                get_kind, normalize_raw, parameter_metadata, point_kinds, resolve_device)
 
 __all__ = ["SweepSpec", "SpecError", "load_spec", "parse_spec", "resolve_spec", "ResolvedSweep", "Point",
            "MAX_POINTS", "SPEC_FORMAT"]
 
 MAX_POINTS = 1_000_000
+DEFAULT_DEVICE_KEY = "(default)"  # the device of points that name none (the seed study's pMTJ)
 SPEC_FORMAT = 1
 Scalar = str | bool | int | float
 
@@ -392,9 +393,20 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
         "base": base_resolved,
         "grid": {d.name: [_json_safe(v) for v in d.values.tolist()] for d in dims if d.name != "seed"},
         "grid_units": {d.name: d.attrs["units"] for d in dims if d.name != "seed"},
+        "devices": _device_records(grid_configs),
     }
     return ResolvedSweep(spec=spec, kind=kind, dims=tuple(dims), points=tuple(points), extra_dims=extra,
                          output_units=output_units, resolved=resolved, source=source)
+
+
+def _device_records(configs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The parameters of every device file the STO points load (key: the file or name as given,
+    "(default)" for the seed study's pMTJ), before overrides: a resumed sweep compares them, so a
+    device file edited between the runs is not mixed into one result file."""
+    names = sorted({c.get("device") or DEFAULT_DEVICE_KEY for c in configs
+                    if "device" in c and c.get("substrate", "sto") in STO_SUBSTRATES})
+    return {name: {k: _json_safe(v) for k, v in dataclasses.asdict(
+        resolve_device(None if name == DEFAULT_DEVICE_KEY else name, {})).items()} for name in names}
 
 
 def _describe(values: dict[str, Any], where: dict[str, str]) -> str:

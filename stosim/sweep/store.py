@@ -158,7 +158,11 @@ class SweepState:
     # -- resume -----------------------------------------------------------------------------------
     def _with_new_defaults(self, saved: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:
         """A spec saved by an earlier version lacks the point-configuration keys added since; such a
-        key is the same spec when this sweep (``mine``) leaves it at its default (the earlier behaviour)."""
+        key is the same spec when this sweep (``mine``) leaves it at its default (the earlier behaviour).
+        One saved before the device parameters were recorded (no ``devices``) is taken to have used
+        today's device files."""
+        if "devices" not in saved and "devices" in mine:
+            saved["devices"] = mine["devices"]
         fields = self.sweep.kind.config.model_fields
         saved_base, my_base = saved.get("base"), mine.get("base")
         if isinstance(saved_base, dict) and isinstance(my_base, dict):
