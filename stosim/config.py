@@ -27,7 +27,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from stosim.physics.constants import ELEMENTARY_CHARGE_C, HBAR_ERG_S
+from stosim.physics.constants import BOHR_MAGNETON_ERG_G, ELEMENTARY_CHARGE_C, HBAR_ERG_S
 from stosim.units import UnitError, format_quantity, parse_quantity
 
 __all__ = [
@@ -45,7 +45,11 @@ DEFAULT_DEVICE_NAME = "seed-pmtj.toml"
 # that of FeCo (~1950 emu/cm^3), the largest known; an M in A/m written as emu/cm^3 (1000 times too large) fails
 MAX_MAGNETIZATION_EMU_CM3 = 1e4
 MAX_ANISOTROPY_FIELD_OE = 1e6  # 100 T, as for the sweep's device overrides
-MAX_GYROMAGNETIC_RAD_PER_OE_S = 1e10
+# gamma = g mu_B / hbar with a g-factor in [1, 3] (ferromagnets: 1.9-2.2): a gamma / 2 pi in Hz/Oe (2.8e6)
+# written as rad/(Oe s) fails, as does a gamma in SI units (1.76e11 rad/(T s))
+GYROMAGNETIC_PER_G_FACTOR_RAD_PER_OE_S = BOHR_MAGNETON_ERG_G / HBAR_ERG_S
+MIN_GYROMAGNETIC_RAD_PER_OE_S = 1.0 * GYROMAGNETIC_PER_G_FACTOR_RAD_PER_OE_S
+MAX_GYROMAGNETIC_RAD_PER_OE_S = 3.0 * GYROMAGNETIC_PER_G_FACTOR_RAD_PER_OE_S
 
 
 class DeviceFileError(ValueError):
@@ -93,8 +97,9 @@ class DeviceParameters:
              f"in [0, {MAX_ANISOTROPY_FIELD_OE:g}] Oe"),
             ("applied_field", math.isfinite(self.applied_field_oe), "a finite value in Oe"),
             ("damping", 0 <= self.damping < 1, "in [0, 1)"),
-            ("gyromagnetic_ratio", 0 < self.gyromagnetic_ratio_rad_per_oe_s <= MAX_GYROMAGNETIC_RAD_PER_OE_S,
-             f"in (0, {MAX_GYROMAGNETIC_RAD_PER_OE_S:g}] rad/(Oe s)"),
+            ("gyromagnetic_ratio", MIN_GYROMAGNETIC_RAD_PER_OE_S <= self.gyromagnetic_ratio_rad_per_oe_s
+             <= MAX_GYROMAGNETIC_RAD_PER_OE_S, f"in [{MIN_GYROMAGNETIC_RAD_PER_OE_S:.4g}, "
+             f"{MAX_GYROMAGNETIC_RAD_PER_OE_S:.4g}] rad/(Oe s) (g-factor 1 to 3)"),
             ("radius", 0 < self.radius_cm <= 1e-3, "in (0, 1e-3] cm (<= 10 um)"),
             ("thickness", 0 < self.thickness_cm <= 1e-4, "in (0, 1e-4] cm (<= 1 um)"),
             ("polarization", 0 <= self.polarization <= 1, "in [0, 1]"),
@@ -212,8 +217,8 @@ class FreeLayerSection(_Section):
     damping: Annotated[float, Field(gt=0, lt=1, description="Gilbert damping alpha")]
     radius: Annotated[float, Field(gt=0, le=1e-3, description="cm (<= 10 um)")]
     thickness: Annotated[float, Field(gt=0, le=1e-4, description="cm (<= 1 um)")]
-    gyromagnetic_ratio: Annotated[float, Field(gt=0, le=MAX_GYROMAGNETIC_RAD_PER_OE_S,
-                                               description="rad/(Oe s)")] = 1.764e7
+    gyromagnetic_ratio: Annotated[float, Field(ge=MIN_GYROMAGNETIC_RAD_PER_OE_S, le=MAX_GYROMAGNETIC_RAD_PER_OE_S,
+                                               description="rad/(Oe s), g mu_B / hbar with g in [1, 3]")] = 1.764e7
 
     _m = field_validator("saturation_magnetization", mode="before")(unit_field_validator("magnetization"))
     _hk = field_validator("anisotropy_field", mode="before")(unit_field_validator("field"))

@@ -97,7 +97,10 @@ def parse_quantity(value: str | float | int, dimension: str, *, name: str = "val
                 f"{name}: {value!r} has no unit; write it with one of {accepted} "
                 f"(e.g. '{value} {INTERNAL_UNIT[dimension]}')"
             )
-        number, unit = float(value), ""
+        try:
+            number, unit = float(value), ""
+        except OverflowError:  # an integer beyond the double range
+            raise UnitError(f"{name}: {value!r} is not finite") from None
     elif isinstance(value, str):
         match = _NUMBER.match(value)
         if match is None:

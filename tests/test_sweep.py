@@ -417,6 +417,16 @@ def test_resume_refuses_a_device_file_edited_between_the_runs(tmp_path):
     assert SweepState(resolve_spec(parse_spec(raw))).load_completed(out) == 1
 
 
+def test_resume_from_a_file_without_status_is_a_resume_error(tmp_path):
+    sweep = resolve_spec(parse_spec({"name": "s", "kind": "simulate", "seed": 1, "base": {"n": 2, "dt": "1 ps"},
+                                     "grid": {"duration": ["10 ps", "20 ps"]}}))
+    out = SweepState(sweep).save(tmp_path / "s.h5")
+    with h5py.File(out, "r+") as f:
+        del f["wall_time_s"]
+    with pytest.raises(ResumeError, match=r"lacks the variable wall_time_s"):
+        SweepState(sweep).load_completed(out)
+
+
 def test_simulate_sweep_over_a_device_parameter(client, tmp_path):
     spec = _write(tmp_path, """
         name = "sim"

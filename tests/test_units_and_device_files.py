@@ -47,6 +47,7 @@ def test_parse_quantity(text, dimension, expected):
         ("2.5 mA", "field", "not a field unit"),
         ("abc Oe", "field", "cannot read a number"),
         ("1e400 Oe", "field", "not finite"),
+        (10**400, "dimensionless", "not finite"),
     ],
 )
 def test_parse_quantity_errors_name_value_and_units(text, dimension, match):
@@ -95,9 +96,10 @@ def test_device_parameters_built_in_code_refuse_infinite_values(device, key):
 @pytest.mark.parametrize(("key", "value", "valid"), [
     ("saturation_magnetization_emu_cm3", 1.4483e6, r"in \(0, 10000\] emu/cm\^3"),
     ("anisotropy_field_oe", 1e9, r"in \[0, 1e\+06\] Oe"),
+    ("gyromagnetic_ratio_rad_per_oe_s", 2.8e6, r"in \[8\.794e\+06, 2\.638e\+07\] rad/\(Oe s\) \(g-factor 1 to 3\)"),
 ])
 def test_device_parameters_built_in_code_refuse_values_out_of_physical_range(device, key, value, valid):
-    name = key.removesuffix("_emu_cm3").removesuffix("_oe")
+    name = key.removesuffix("_emu_cm3").removesuffix("_oe").removesuffix("_rad_per_oe_s")
     with pytest.raises(ValueError, match=rf"device parameter {name} = {value!r} is out of range; valid: {valid}"):
         device.replace(**{key: value})
 
@@ -145,7 +147,10 @@ def _write_device(tmp_path: Path, replace: tuple[str, str] | None = None, append
         (('anisotropy_field = "18.616 kOe"', 'anisotropy_field = "1e9 Oe"'), "",
          r"free_layer\.anisotropy_field: Input should be less than or equal to 1000000"),
         (('"1.764e7 rad/(Oe s)"', '"1.764e12 rad/(Oe s)"'), "",
-         r"free_layer\.gyromagnetic_ratio: Input should be less than or equal to 10000000000"),
+         r"free_layer\.gyromagnetic_ratio: Input should be less than or equal to 26382300\.1"),
+        # gamma / 2 pi in Hz/Oe written as rad/(Oe s): g = 0.32
+        (('"1.764e7 rad/(Oe s)"', '"2.8e6 rad/(Oe s)"'), "",
+         r"free_layer\.gyromagnetic_ratio: Input should be greater than or equal to 8794100\.0"),
         (("direction = [1.0, 0.0, 0.0]", "direction = [nan, 0.0, 0.0]"), "",
          r"reference_layer\.direction: \|p\| must be 1"),
     ],

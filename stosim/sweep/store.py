@@ -187,6 +187,9 @@ class SweepState:
             raise ResumeError(f"--resume: {path} was written by a different spec (differs in {', '.join(diff)}); "
                               "resume with the same spec, or pass --overwrite to start again")
         sw = self.sweep
+        for name in ("status", "wall_time_s"):
+            if name not in ds:
+                raise ResumeError(f"--resume: {path} lacks the variable {name}; it is not a complete sweep file")
         if tuple(ds["status"].dims) != sw.dim_names:
             raise ResumeError(f"--resume: {path} has dimensions {ds['status'].dims}, expected {sw.dim_names}")
         status = ds["status"].values.astype(str)
