@@ -29,7 +29,7 @@ from stosim.storage import atomic_output, write_text_atomic
 from stosim.physics.noise import check_snr_db
 from stosim.units import UnitError, parse_quantity, values_agree
 
-__all__ = ["TrainConfig", "train", "TrainResult", "build_model", "load_train_config", "with_defaults",
+__all__ = ["TrainConfig", "STO_SUBSTRATES", "train", "TrainResult", "build_model", "load_train_config", "with_defaults",
            "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
 
 SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto")
@@ -47,6 +47,9 @@ def _parse(value: Any, dimension: str, name: str) -> float:
         return parse_quantity(value, dimension, name=name)
     except UnitError as exc:
         raise ValueError(str(exc)) from None
+
+
+STO_SUBSTRATES = frozenset({"sto", "cnn-sto", "deep-sto"})  # the substrates built on coupled STOs
 
 
 def _check_optional_snr_db(v: float | None, info: ValidationInfo) -> float | None:
@@ -162,8 +165,26 @@ def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    _check_file_units(raw, str(path))
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return validate_train_config(raw, source=str(path))
+
+
+# keys of an experiment file that carry a unit (the time keys for the STO substrates only: Lorenz 96
+# model time is a plain number), with an example of how to write them
+_UNIT_KEYS = {"coupling": "500 Oe", "current": "2.5 mA", "temperature": "300 K"}
+_STO_TIME_KEYS = {"duration": "300 ps", "dt": "1 ps"}
+
+
+def _check_file_units(raw: dict[str, Any], source: str) -> None:
+    """Refuse a plain number where an experiment file needs a quantity with a unit ("duration = 300"
+    for the STOs would be 300 s)."""
+    keys = {**_UNIT_KEYS, **(_STO_TIME_KEYS if raw.get("substrate", "sto") in STO_SUBSTRATES else {})}
+    for key, example in keys.items():
+        value = raw.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} = {value!r} has no unit; write it with one, e.g. "
+                              f'{key} = "{example}"')
 
 
 def validate_train_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:

@@ -150,6 +150,17 @@ def test_config_validation_names_the_key(tmp_path):
     bad.write_text('substrate = "sto"\nepochs = 0\n')
     with pytest.raises(ConfigError, match="epochs"):
         load_train_config(bad)
+    # a plain number where a unit is needed (300 would be 300 s for the STOs); Lorenz 96 time is plain
+    for text, match in (('substrate = "sto"\nduration = 300\n', r'duration = 300 has no unit.*"300 ps"'),
+                        ('substrate = "deep-sto"\ndt = 1e-12\n', r"dt = 1e-12 has no unit"),
+                        ('substrate = "sto"\ncoupling = 500\n', r'coupling = 500 has no unit.*"500 Oe"'),
+                        ('substrate = "lorenz96"\ntemperature = 0\n', r"temperature = 0 has no unit")):
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_train_config(bad)
+    good = tmp_path / "l96.toml"
+    good.write_text('substrate = "lorenz96"\nduration = 1.0\ndt = 0.01\n')
+    assert load_train_config(good).duration == 1.0
 
 
 def test_cli_train_writes_metrics_curve_and_checkpoint(tmp_path, capsys):

@@ -29,14 +29,13 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stosim.training import OptionalSNRdB, TrainConfig
+from stosim.training import STO_SUBSTRATES, OptionalSNRdB, TrainConfig
 from stosim.units import UnitError, parse_quantity
 
 __all__ = ["PointKind", "Output", "point_kinds", "get_kind", "parameter_metadata", "DeviceOverrides",
            "TrainPoint", "MLEPoint", "SimulatePoint", "FTMLEPoint", "execute_point", "resolve_device", "device_toml",
            "STO_SUBSTRATES", "TEXT_UNITS", "normalize_raw"]
 
-STO_SUBSTRATES = frozenset({"sto", "cnn-sto", "deep-sto"})
 MAX_ERROR_CHARS = 1500  # longer error messages are cut (numba typing errors run to pages)
 TEXT_UNITS = "n/a"  # the `units` attribute of text variables and categorical coordinates
 
