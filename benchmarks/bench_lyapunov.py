@@ -14,7 +14,7 @@ The orbit is first run onto the attractor (untimed); each timed run then include
 tangent-alignment transient and the same averaging window. Every method is repeated R times
 (5; 1 with --quick), interleaved (each round runs every method once, rotated order), and the
 figures are medians with min and max. BLAS is limited to one thread (threadpoolctl) for all
-methods, as on the 2 shared cores this project runs on (DESIGN.md). The load average before
+methods (multi-threaded BLAS crawls on small products on loaded machines). The load average before
 and after is printed: other jobs on the machine slow every figure alike.
 
 Reported: seconds per run and per step, the ratios ``qr_full / two_traj`` (what the whole

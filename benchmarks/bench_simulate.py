@@ -7,7 +7,7 @@ The unit is **device-steps per second**: batch x N x time steps advanced per wal
 (one "device-step" = one oscillator advanced by one RK4 step). Higher is better.
 
 Three implementations of the same deterministic RK4 step of the coupled LLG-Slonczewski array
-(PHYSICS.md sections 1 and 3) are timed:
+(docs/physics.md sections 1 and 3) are timed:
 
 1. ``stosim``      -- ``stosim.evolve(array, m0, n_steps, dt_s, dtype=...)`` (Numba kernels,
    ``prange`` over batch chunks, single-threaded BLAS per chunk). JIT warm-up excluded.
@@ -38,7 +38,7 @@ Cases:
     The **peak** of a dtype is the best figure over methods, both shapes and all repeats (the
     best this machine achieved with the k cores stosim uses). From it, the matmul-bound limit of
     the coupled step is ``peak / (4 (2N + 60))`` device-steps/s (a forward RK4 step costs about
-    4 (2N + 60) flops per device, DESIGN.md) and ``fraction_of_matmul_peak`` = stosim's
+    4 (2N + 60) flops per device) and ``fraction_of_matmul_peak`` = stosim's
     device-steps/s (case a, float64) / that limit. 1.0 would mean stosim runs at the speed of its
     matrix products alone, with the pointwise LLG work free.
 
@@ -106,7 +106,7 @@ DTYPES = {"float64": (np.float64, torch.float64), "float32": (np.float32, torch.
 
 def numpy_rk4(m0: np.ndarray, n_steps: int, dt_s: float, coupling_t: np.ndarray, osc: np.ndarray,
               lam: float, p, dtype) -> np.ndarray:
-    """Plain NumPy RK4 of the coupled array (PHYSICS.md 1 + 3), projected onto |m| = 1 each step.
+    """Plain NumPy RK4 of the coupled array (docs/physics.md 1 + 3), projected onto |m| = 1 each step.
 
     m0 (B, N, 3); ``coupling_t`` = (mu W)^T in Oe; ``osc`` rows H_appl, H_K - 4 pi M, H_s0 (Oe),
     alpha, gamma/(1 + alpha^2) (rad/(Oe s)). Returns the final state (B, N, 3).

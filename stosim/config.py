@@ -1,6 +1,6 @@
 """Device parameter files: TOML with unit strings, validated once on load.
 
-A device file describes one magnetic tunnel junction (PHYSICS.md sections 1-2)::
+A device file describes one magnetic tunnel junction (docs/physics.md sections 1-2)::
 
     name = "seed-pmtj"
     [free_layer]
@@ -134,7 +134,7 @@ class DeviceParameters:
 
     @property
     def critical_current_a(self) -> float:
-        """I_c = 4 alpha e M V (H_appl + H_K') / (hbar eta lambda) in A (PHYSICS.md section 7); inf when
+        """I_c = 4 alpha e M V (H_appl + H_K') / (hbar eta lambda) in A (docs/physics.md section 7); inf when
         eta lambda = 0 (the torque has no angular asymmetry: no current destabilizes the z axis)."""
         if self.polarization * self.torque_asymmetry == 0:
             return math.inf

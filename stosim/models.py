@@ -1,7 +1,7 @@
 """Reservoir models (read-in -> substrate -> readout) and the baselines of equal hidden size.
 
 - :class:`ReservoirClassifier`: Linear read-in -> fixed substrate -> Linear readout
-  (PHYSICS.md section 5); the substrate's parameters are buffers, never trained.
+  (docs/physics.md section 5); the substrate's parameters are buffers, never trained.
 - :class:`DeepReservoirClassifier`: read-in -> substrate -> Linear -> substrate -> readout,
   the inner linear layer trainable (the seed study's deep coupled STOs).
 - :class:`ConvReservoirClassifier`: one conv layer (+ ReLU, 2x2 max-pool) as the front end of

@@ -44,7 +44,7 @@ class SimulationDivergedError(FloatingPointError):
 
 @dataclasses.dataclass(frozen=True)
 class NoiseSettings:
-    """Noise of a run (PHYSICS.md section 4); None / 0 K means none of that kind.
+    """Noise of a run (docs/physics.md section 4); None / 0 K means none of that kind.
 
     - ``temperature_k``: thermal field at this temperature (K), stochastic Heun.
     - ``dynamical_snr_db``: state noise added after every step, SNR relative to the

@@ -1,4 +1,4 @@
-"""The device layer against physics (PHYSICS.md section 7), float64, with stated tolerances."""
+"""The device layer against physics (docs/physics.md section 7), float64, with stated tolerances."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from stosim.substrates.lorenz96 import Lorenz96
 
 @pytest.fixture(autouse=True)
 def _one_blas_thread():
-    """Small products and QRs: one BLAS thread (DESIGN.md, shared 2-core machines)."""
+    """Small products and QRs: one BLAS thread (multi-threaded BLAS crawls on small, loaded machines)."""
     with single_threaded_blas():
         yield
 
@@ -216,7 +216,7 @@ def test_ffesn_spectrum_at_the_origin_is_log_eigenvalue_moduli():
 
 
 def test_ffesn_rho_2_has_a_positive_mle():
-    """rho = 2 (PHYSICS.md: chaotic tendencies for rho > 1): positive MLE. Measured 0.118 +- 0.0025
+    """rho = 2 (docs/physics.md: chaotic tendencies for rho > 1): positive MLE. Measured 0.118 +- 0.0025
     (N = 100, 2000 steps after 200). Required: > 0.05 and > 10 standard errors."""
     system = FFESNTangent.from_substrate(FFESN(n=100, spectral_radius=2.0, seed=0))
     x0 = np.random.default_rng(0).uniform(-1, 1, 100)

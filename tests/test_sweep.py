@@ -201,7 +201,7 @@ def test_point_kinds_run_in_process():
     mle = execute_point("mle", {"substrate": "ffesn", "n": 30, "spectral_radius": 0.5, "duration": 200.0,
                                 "transient": 50.0})
     assert mle["status"] == "done", mle.get("error")
-    assert mle["values"]["mle"] == pytest.approx(np.log(0.5), abs=1e-3)  # PHYSICS.md 6: MLE = ln(rho) for rho < 1
+    assert mle["values"]["mle"] == pytest.approx(np.log(0.5), abs=1e-3)  # docs/physics.md 6: MLE = ln(rho) for rho < 1
     ftmle = execute_point("ftmle", {"substrate": "ffesn", "n": 20, "samples": 3, "spectral_radius": 0.5, "steps": 3})
     assert ftmle["status"] == "done", ftmle.get("error")
     assert ftmle["values"]["ftmle_samples"].shape == (3,) and ftmle["values"]["ftmle_max"] < 0  # contracting

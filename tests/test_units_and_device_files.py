@@ -75,10 +75,10 @@ def test_equal_quantities_in_any_unit_parse_to_the_same_double(spellings, dimens
 
 def test_seed_device_resolves_to_the_published_parameters(device):
     assert device.saturation_magnetization_emu_cm3 == 1448.3
-    # PHYSICS.md: H_K - 4 pi M = 416.1 Oe
+    # docs/physics.md: H_K - 4 pi M = 416.1 Oe
     assert abs(device.effective_anisotropy_field_oe - 416.1) < 0.05
     assert math.isclose(device.volume_cm3, math.pi * (60e-7) ** 2 * 2e-7, rel_tol=1e-14)
-    # PHYSICS.md section 7: I_c about 0.40 mA for the default device
+    # docs/physics.md section 7: I_c about 0.40 mA for the default device
     assert abs(device.critical_current_a * 1e3 - 0.40) < 0.01
     assert device.reference_direction == (1.0, 0.0, 0.0)
 

@@ -1,4 +1,4 @@
-"""Finite-time maximum Lyapunov exponents (FTMLE) of maps x(0) -> x(T) (PHYSICS.md section 6).
+"""Finite-time maximum Lyapunov exponents (FTMLE) of maps x(0) -> x(T) (docs/physics.md section 6).
 
 Definition
 ----------

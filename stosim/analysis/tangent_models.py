@@ -3,7 +3,7 @@
 Both propagate the state and k tangent vectors at once, vectorized over the k vectors (rows of
 q, shape (k, N)); no torch in the hot loop.
 
-Lorenz 96 (PHYSICS.md section 5), dx_i/dt = f(x)_i = (x_{i+1} - x_{i-2}) x_{i-1} - x_i + F with
+Lorenz 96 (docs/physics.md section 5), dx_i/dt = f(x)_i = (x_{i+1} - x_{i-2}) x_{i-1} - x_i + F with
 periodic indices. One step is one classical RK4 step of ``dt`` model time units (the substrate's
 integrator, ``Lorenz96.rk4_step``). Tangent vectors follow the RK4 discretization of the
 variational equation dv/dt = Df(x) v, stage by stage::
@@ -49,7 +49,7 @@ class Lorenz96Tangent(TangentSystem):
     forcing:
         F (model units), finite.
     dt:
-        RK4 step in model time units, > 0. Default 0.01 (PHYSICS.md section 5).
+        RK4 step in model time units, > 0. Default 0.01 (docs/physics.md section 5).
     """
 
     def __init__(self, n: int, forcing: float, dt: float = 0.01) -> None:
@@ -122,7 +122,7 @@ class FFESNTangent(TangentSystem):
     """The FFESN map x -> tanh(W x) with tangents q -> diag(1 - x'^2) W q (time unit: one step).
 
     Multi-step calls (``steps``, ``steps_with_tangents``) run their matrix products on one BLAS
-    thread (DESIGN.md: multi-threaded BLAS on small products crawls on loaded machines).
+    thread (multi-threaded BLAS on small products crawls on loaded machines).
 
     Parameters
     ----------

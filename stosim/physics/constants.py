@@ -1,7 +1,7 @@
 """Physical constants in the units the kernels use (from scipy.constants, never hand-typed).
 
 - ``HBAR_ERG_S``: reduced Planck constant in erg s (1 J = 1e7 erg).
-- ``ELEMENTARY_CHARGE_C``: elementary charge in C (I/e is a rate in 1/s, PHYSICS.md section 1).
+- ``ELEMENTARY_CHARGE_C``: elementary charge in C (I/e is a rate in 1/s, docs/physics.md section 1).
 - ``BOLTZMANN_ERG_K``: Boltzmann constant in erg/K.
 - ``BOHR_MAGNETON_ERG_G``: Bohr magneton in erg/G (1 J/T = 1e3 erg/G).
 """

@@ -1,4 +1,4 @@
-"""Ampere-law field coupling of an STO array (PHYSICS.md section 3).
+"""Ampere-law field coupling of an STO array (docs/physics.md section 3).
 
 The coupling field on oscillator i is H_coupling,i = mu sum_j W_ij m_x,j e_x (Oe), with
 mu the coupling magnitude in Oe and W either

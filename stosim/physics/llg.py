@@ -1,4 +1,4 @@
-"""Landau-Lifshitz-Gilbert-Slonczewski right-hand side as Numba kernels (PHYSICS.md section 1).
+"""Landau-Lifshitz-Gilbert-Slonczewski right-hand side as Numba kernels (docs/physics.md section 1).
 
 For one free layer with unit magnetization m, the explicit Landau-Lifshitz form is
 

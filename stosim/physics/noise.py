@@ -1,4 +1,4 @@
-"""Noise amplitudes (PHYSICS.md section 4).
+"""Noise amplitudes (docs/physics.md section 4).
 
 - SNR in dB: SNR = 10 log10(var(signal) / var(noise)), so a noise standard deviation
   sigma = sqrt(var(signal)) 10^(-SNR/20).

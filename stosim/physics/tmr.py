@@ -1,4 +1,4 @@
-"""Tunnel magnetoresistance readout (PHYSICS.md section 2).
+"""Tunnel magnetoresistance readout (docs/physics.md section 2).
 
 R(m) = R_P + (R_AP - R_P) (1 - m.p) / 2 = R_P [1 + TMR (1 - m.p) / 2],  TMR = (R_AP - R_P)/R_P.
 

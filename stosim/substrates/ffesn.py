@@ -7,7 +7,7 @@ discrete steps (the time unit is one "step")::
     x_{k+1} = tanh(W x_k),   k = 0, ..., K-1
     readout = x_K
 
-W is drawn once from ``seed`` (PHYSICS.md section 5): a Bernoulli mask of the given density
+W is drawn once from ``seed`` (docs/physics.md section 5): a Bernoulli mask of the given density
 (entries kept with probability ``density``), kept entries uniform in [-1, 1], then the whole
 matrix rescaled so that its spectral radius (largest eigenvalue modulus) is exactly
 ``spectral_radius`` (computed with ``numpy.linalg.eigvals`` in float64). Random numbers come
@@ -79,7 +79,7 @@ def draw_ffesn_matrix(n: int, spectral_radius: float, density: float, seed: int)
     mask = rng.random((n, n)) < density
     values = rng.uniform(-1.0, 1.0, size=(n, n))
     w = np.where(mask, values, 0.0)
-    # One BLAS thread: multi-threaded OpenBLAS eigensolvers crawl on small loaded machines (DESIGN.md).
+    # One BLAS thread: multi-threaded OpenBLAS eigensolvers crawl on small, loaded machines.
     with single_threaded_blas():
         radius = float(np.max(np.abs(np.linalg.eigvals(w))))
     if not radius > 0.0:
@@ -100,7 +100,7 @@ class FFESN(Substrate):
     spectral_radius:
         rho, the spectral radius W is rescaled to, in (0, 10]. Default 1.0.
     steps:
-        K, the number of tanh(W x) steps, integer >= 1. Default 5 (PHYSICS.md does not fix K).
+        K, the number of tanh(W x) steps, integer >= 1. Default 5.
     density:
         Probability that an entry of W is nonzero, in (0, 1]. Default 0.5.
     seed:

@@ -5,7 +5,7 @@ continuous model time t (dimensionless "model time units")::
 
     dx_i/dt = (x_{i+1} - x_{i-2}) x_{i-1} - x_i + F,       i = 0, ..., N-1
 
-for a duration T with T/dt steps of classical fourth-order Runge-Kutta (PHYSICS.md section 5:
+for a duration T with T/dt steps of classical fourth-order Runge-Kutta (docs/physics.md section 5:
 N = 500, F = 8, RK4 step 0.01, T from 0.2 to 5). ``x_i = F`` for all i is a fixed point; it is
 stable for small F, then periodic and chaotic behaviour appears as F grows.
 

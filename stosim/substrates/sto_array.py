@@ -1,4 +1,4 @@
-"""The coupled STO array as a substrate (PHYSICS.md section 5).
+"""The coupled STO array as a substrate (docs/physics.md section 5).
 
 Read-in: 3N numbers; each device's 3-vector is normalized onto the unit sphere to give
 m_i(0). The array evolves for the duration T (RK4, step dt; stochastic Heun with a thermal
