@@ -14,18 +14,48 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 __all__ = ["main", "build_parser"]
 
 
 class CLIError(Exception):
     """A user error reported as one line on stderr with exit status 2."""
+
+
+PLAIN_PROGRESS_S = 30.0  # without a terminal, a long run reports its progress as a plain line this often (s)
+
+
+@contextlib.contextmanager
+def _step_progress(desc: str, total: int | None = None) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback for a run of steps, shown on stderr: a tqdm bar on a terminal;
+    without one (a batch job, a log file; the bar is off there) a plain line every PLAIN_PROGRESS_S seconds,
+    so that a long run shows it is alive and how far it got (a short one prints nothing)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="step", desc=desc, disable=None, file=sys.stderr, leave=False)
+    last = {"s": time.monotonic()}
+
+    def progress(done: int, n_total: int) -> None:
+        if not bar.disable:
+            bar.total = n_total
+            bar.update(done - bar.n)
+            return
+        now = time.monotonic()
+        if now - last["s"] >= PLAIN_PROGRESS_S:
+            last["s"] = now
+            print(f"{desc}: {done} / {n_total} steps ({100 * done / n_total:.0f} %)", file=sys.stderr, flush=True)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
 
 
 def _quantity(dimension: str, flag: str):
@@ -49,6 +79,22 @@ def _angles(text: str) -> tuple[float, float]:
     return theta, phi
 
 
+def _seed(flag: str):
+    """Parser of a seed flag: an integer >= 0 (the entropy of a numpy.random.SeedSequence), refused when
+    parsed, before any work, with the flag named."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: a seed must be an integer >= 0")
+        return value
+
+    parse.__name__ = "seed"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stosim", description="Spin-torque-oscillator reservoir simulator")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bias current, e.g. '2.5 mA' (default: the device file's)")
     p.add_argument("--duration", type=_quantity("time", "--duration"), default=20e-9, help="e.g. '20 ns' (default)")
     p.add_argument("--dt", type=_quantity("time", "--dt"), default=1e-12, help="time step, e.g. '1 ps' (default)")
-    p.add_argument("--seed", type=int, default=0, help="seed of W, initial state and noise (default 0)")
+    p.add_argument("--seed", type=_seed("--seed"), default=0, help="seed of W, initial state and noise (default 0)")
     init = p.add_mutually_exclusive_group()
     init.add_argument("--initial-angles", type=_angles, default=None, metavar="THETA_DEG,PHI_DEG",
                       help="all oscillators start at these polar/azimuthal angles (default: random, seeded)")
@@ -80,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="thermal noise at this temperature, e.g. '300 K' (default 0 K: none)")
     p.add_argument("--observation-snr", type=float, default=None, metavar="DB", help="observation noise SNR in dB")
     p.add_argument("--dynamical-snr", type=float, default=None, metavar="DB", help="dynamical noise SNR in dB")
-    p.add_argument("--save-every", type=int, default=10, metavar="K", help="record every K steps (default 10)")
+    p.add_argument("--save-every", type=int, default=None, metavar="K",
+                   help="record every K steps (default 10, or the number of steps of a shorter run: its start and end)")
     p.add_argument("--float32", action="store_true", help="simulate in float32 (default float64)")
     p.add_argument("--out", type=Path, required=True, help="output trajectory file (.h5)")
     p.add_argument("--plot", type=Path, default=None, help="also draw m(t) and the TMR signal to this PNG")
@@ -104,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adam: decoupled weight decay (AdamW); sgd: L2 coefficient (default 0)")
     p.add_argument("--input-offset", type=float, default=None,
                    help="subtracted from every pixel before the read-in (0.5 centres them; default 0)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_seed("--seed"), default=None)
     p.add_argument("--float32", action="store_const", const="float32", dest="dtype", default=None)
     p.add_argument("--readout-only", action="store_true", default=None, help="fixed read-in, ridge readout")
     p.add_argument("--n", type=int, default=None, help="oscillators / nodes / sites")
@@ -129,21 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lyapunov", help="Lyapunov exponents of a substrate's autonomous dynamics (QR method)")
     p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96"], default="sto")
     p.add_argument("--n", type=int, default=None, help="oscillators / nodes / sites (sto 200, ffesn 500, lorenz96 40)")
-    p.add_argument("--coupling", type=_quantity("field", "--coupling"), default=500.0, help="STO mu (default 500 Oe)")
+    p.add_argument("--coupling", type=_quantity("field", "--coupling"), default=None, help="STO mu (default 500 Oe)")
     p.add_argument("--current", type=_quantity("current", "--current"), default=None, help="STO bias current")
     p.add_argument("--device", type=Path, default=None, help="STO device file")
-    p.add_argument("--spectral-radius", type=float, default=1.5, help="FFESN rho (default 1.5)")
-    p.add_argument("--forcing", type=float, default=8.0, help="Lorenz 96 F (default 8)")
+    p.add_argument("--spectral-radius", type=float, default=None, help="FFESN rho (default 1.5)")
+    p.add_argument("--forcing", type=float, default=None, help="Lorenz 96 F (default 8)")
     p.add_argument("--exponents", type=int, default=1, help="how many leading exponents (default 1: the MLE)")
     p.add_argument("--duration", type=str, default=None,
                    help="averaging time (sto: '200 ns'; lorenz96: model time 1000; ffesn: steps 2000)")
     p.add_argument("--transient", type=str, default=None, help="discarded time before averaging, same units")
     p.add_argument("--dt", type=str, default=None, help="step (sto: '1 ps'; lorenz96: 0.01)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed("--seed"), default=0)
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p = sub.add_parser("compare", help="train several experiment files over seeds and write a Markdown table")
     p.add_argument("configs", nargs="+", type=Path, help="experiment TOML files (e.g. experiments/table1/*.toml)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=_seed("--seeds"), nargs="+", default=None, help="seeds to train (default 0 1 2)")
     p.add_argument("--out", type=Path, default=Path("data/compare"), help="run folders (default data/compare)")
     p.add_argument("--markdown", type=Path, default=None, help="table file (default OUT/table.md)")
     p.add_argument("--finished-only", action="store_true",
@@ -180,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96"], default=None)
     p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default=None)
     p.add_argument("--data-dir", type=str, default=None)
-    for flag, kind in (("--n", int), ("--seed", int), ("--spectral-radius", float), ("--steps", int),
+    for flag, kind in (("--n", int), ("--seed", _seed("--seed")), ("--spectral-radius", float), ("--steps", int),
                        ("--forcing", float)):
         p.add_argument(flag, type=kind, default=None)
     for flag in ("--coupling", "--current", "--duration", "--dt"):
@@ -243,6 +290,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     configs = experiment_files(args.configs)
     if not configs:
         raise CLIError(f"compare: no experiment files given (only {REFERENCE_FILE})")
+    if args.finished_only and args.seeds is not None:
+        raise CLIError("--seeds: --finished-only trains nothing and tabulates the finished runs of every seed in "
+                       "--out; drop --seeds (or drop --finished-only to train these seeds)")
     if args.finished_only:
         results = collect_finished(configs, args.out)
         if not results:
@@ -251,7 +301,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if missing:
             print(f"no finished run yet (left out): {', '.join(missing)}", file=sys.stderr)
     else:
-        results = run_comparison(configs, args.seeds, args.out, on_run=on_run, on_epoch=on_epoch)
+        seeds = [0, 1, 2] if args.seeds is None else args.seeds
+        results = run_comparison(configs, seeds, args.out, on_run=on_run, on_epoch=on_epoch)
     table = comparison_table(results, configs)
     path = args.markdown or args.out / "table.md"
     from stosim.storage import write_text_atomic
@@ -274,19 +325,32 @@ def _substrate_time(text: str | None, substrate: str, flag: str) -> float | None
         raise CLIError(f"{flag} {text!r}: {exc}") from None
 
 
-def _cmd_lyapunov(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+# flags of `stosim lyapunov` that set one substrate's parameter: flag -> (substrate, keyword of substrate_lyapunov)
+_LYAPUNOV_SUBSTRATE_FLAGS = {"coupling": ("sto", "coupling_oe"), "current": ("sto", "current_a"),
+                             "device": ("sto", "device"), "spectral_radius": ("ffesn", "spectral_radius"),
+                             "forcing": ("lorenz96", "forcing")}
 
+
+def _lyapunov_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The substrate parameters given on the command line (the others keep the substrate's defaults); a flag
+    of another substrate, which would be silently ignored, is refused."""
+    params = {}
+    for key, (substrate, keyword) in _LYAPUNOV_SUBSTRATE_FLAGS.items():
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if substrate != args.substrate:
+            raise CLIError(f"--{key.replace('_', '-')} applies to --substrate {substrate} only, not to "
+                           f"{args.substrate}; drop it")
+        params[keyword] = value
+    return params
+
+
+def _cmd_lyapunov(args: argparse.Namespace) -> int:
     from stosim.analysis.run_lyapunov import substrate_lyapunov
 
-    params = {"n": args.n, "dt": _substrate_time(args.dt, args.substrate, "--dt"), "coupling_oe": args.coupling,
-              "current_a": args.current, "device": args.device, "spectral_radius": args.spectral_radius,
-              "forcing": args.forcing}
-    with tqdm(unit="step", disable=None, file=sys.stderr, leave=False) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    params = {"n": args.n, "dt": _substrate_time(args.dt, args.substrate, "--dt"), **_lyapunov_parameters(args)}
+    with _step_progress("lyapunov") as progress:
         result = substrate_lyapunov(args.substrate, n_exponents=args.exponents,
                                     duration=_substrate_time(args.duration, args.substrate, "--duration"),
                                     transient=_substrate_time(args.transient, args.substrate, "--transient"),
@@ -476,9 +540,35 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_initial(path: Path):  # noqa: ANN202 (numpy is imported lazily)
+    """The initial states in ``path``: one numeric array of shape (N, 3) or (batch, N, 3) saved by numpy.save.
+    A file numpy cannot read as one such array raises CLIError naming --initial and the file."""
+    import numpy as np
+
+    try:
+        initial = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"--initial {path}: cannot read a .npy array ({exc})") from None
+    if not isinstance(initial, np.ndarray) or not np.issubdtype(initial.dtype, np.number):
+        if hasattr(initial, "close"):  # an .npz archive holds its file open
+            initial.close()
+        raise CLIError(f"--initial {path}: expected one numeric array of shape (N, 3) or (batch, N, 3) saved with "
+                       "numpy.save (.npy), not an archive of several arrays (.npz) or non-numeric data")
+    return initial
+
+
+def _save_every(given: int | None, total: int) -> int:
+    """Steps between recorded states: ``--save-every`` in [1, total steps]; when not given min(10, total), so
+    that the default does not refuse a run of fewer than 10 steps (it records its start and end)."""
+    if given is None:
+        return min(10, total)
+    if not 1 <= given <= total:
+        raise CLIError(f"--save-every {given}: must be an integer in [1, {total}] (the steps of --duration / --dt)")
+    return given
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import numpy as np
-    from tqdm import tqdm
 
     from stosim.config import load_device
     from stosim.physics.array import STOArray
@@ -499,7 +589,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                                   current_a=args.current)
     n = array.n_oscillators
     if args.initial is not None:
-        initial = np.load(args.initial, allow_pickle=False)
+        initial = _load_initial(args.initial)
     elif args.initial_angles is not None:
         initial = initial_state_from_angles(n, *args.initial_angles)
     else:
@@ -508,12 +598,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from stosim.simulation import steps_for_duration
 
     total = steps_for_duration(args.duration, args.dt)
-    with tqdm(total=total, unit="step", desc="simulate", disable=None, file=sys.stderr) as bar:
-        def progress(done: int, _total: int) -> None:
-            bar.update(done - bar.n)
-
+    save_every = _save_every(args.save_every, total)
+    with _step_progress("simulate", total) as progress:
         traj = simulate(
-            array, initial, args.duration, args.dt, save_every=args.save_every, temperature_k=args.temperature,
+            array, initial, args.duration, args.dt, save_every=save_every, temperature_k=args.temperature,
             dynamical_snr_db=args.dynamical_snr, observation_snr_db=args.observation_snr, seed=args.seed,
             dtype=np.float32 if args.float32 else np.float64, progress=progress,
         )
@@ -542,6 +630,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _format_coords(coords: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in coords.items())
+
+
+def _sweep_json(summary) -> str:  # noqa: ANN001
+    """The ``--json`` line of a sweep: its summary, the failures counted."""
+    return _json_line({**summary.as_dict(), "failures": len(summary.failures)})
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -588,13 +681,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except SweepFailedError as exc:
         bar.close()
         print(f"stosim sweep: stopped: {exc}", file=sys.stderr)
+        if args.json:  # the promised JSON line, also when --fail-fast stopped the sweep
+            print(_sweep_json(exc.summary))
         return 1
     except (ConnectionError, TimeoutError) as exc:  # no scheduler at --scheduler, or it has no workers
         raise CLIError(str(exc)) from None
     finally:
         bar.close()
     if args.json:
-        print(_json_line({**summary.as_dict(), "failures": len(summary.failures)}))
+        print(_sweep_json(summary))
     else:
         rate = f", {summary.points_per_second:.3g} points/s" if summary.n_run else ""
         print(f"wrote {args.out}: {summary.n_done} done, {summary.n_failed} failed, {summary.n_pending} pending of "

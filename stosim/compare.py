@@ -100,11 +100,19 @@ def _references(configs: list[Path]) -> dict[str, str]:
     return refs
 
 
+def _mean_std(values: list[float]) -> str:
+    """"mean +/- std" of ``values`` (%, two decimals), std the sample standard deviation
+    sqrt(sum (x - mean)^2 / (n - 1)); one value has no spread to show, so it is given alone (a
+    "+/- 0.00" would claim a spread of zero that no second seed measured)."""
+    mean = statistics.mean(values)
+    return f"{mean:.2f} +/- {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
 def comparison_table(results: dict[str, list[dict]], configs: list[Path]) -> str:
     """Markdown table: best test accuracy (over epochs and seeds), mean +/- std of the final test accuracy
-    over seeds (%), training accuracy in the last epoch (%, mean over seeds: the fraction of training
-    images classified correctly by the model of each step as it trained; with the test accuracy it
-    shows overfitting), epochs to converge, wall time."""
+    over seeds (%; the mean alone for one seed), training accuracy in the last epoch (%, mean over seeds:
+    the fraction of training images classified correctly by the model of each step as it trained; with
+    the test accuracy it shows overfitting), epochs to converge, wall time."""
     refs = _references(configs)
     lines = ["| model | seeds | best test acc. over epochs and seeds (%) | final test acc., mean +/- std over seeds (%) | "
              "train acc. in the last epoch (%, mean) | epochs to converge (mean) | "
@@ -113,9 +121,8 @@ def comparison_table(results: dict[str, list[dict]], configs: list[Path]) -> str
     for name, runs in results.items():
         best = [100 * r["best_test_accuracy"] for r in runs]
         final = [100 * r["test_accuracy"] for r in runs]
-        std = statistics.stdev(final) if len(final) > 1 else 0.0
         lines.append(
-            f"| {name} | {len(runs)} | {max(best):.2f} | {statistics.mean(final):.2f} +/- {std:.2f} | "
+            f"| {name} | {len(runs)} | {max(best):.2f} | {_mean_std(final)} | "
             f"{statistics.mean(100 * r['final_train_accuracy'] for r in runs):.2f} | "
             f"{statistics.mean(r['epochs_to_converge'] for r in runs):.1f} | "
             f"{statistics.mean(r['wall_time_s'] for r in runs):.0f} | {refs.get(name, '')} |")

@@ -215,7 +215,8 @@ class Trajectory:
 
     - ``time_s`` (S,): times of the recorded states in s, starting at 0.
     - ``m`` (S, B, N, 3): recorded magnetization (with observation noise if requested).
-    - ``tmr_voltage_v`` (S, B, N): TMR output voltage V = I R(m) at the bias (drive) current.
+    - ``tmr_voltage_v`` (S, B, N): TMR output voltage V_i = I_i R(m_i) in V at each device's bias (drive)
+      current I_i (the array's current, times the device's factor under variability).
     - ``final_state`` (B, N, 3): the noiseless end state of the evolution.
     """
 
@@ -242,6 +243,14 @@ class Trajectory:
         return trajectory_dataset(self)
 
 
+def _bias_currents_a(array: STOArray) -> np.ndarray:
+    """(N,) bias current of each device in A: I_i = I (1 + s_I xi_i) with device variability (the
+    current that drives device i's spin torque), I for identical devices. Its TMR voltage is I_i R(m_i)."""
+    factor = (array.variability.factors(array.n_oscillators)["current"] if array.variability is not None
+              else np.ones(array.n_oscillators))
+    return array.current_a * factor
+
+
 def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s: float, *,
              save_every: int = 1, temperature_k: float = 0.0, dynamical_snr_db: float | None = None,
              observation_snr_db: float | None = None, seed: int = 0, dtype=np.float64,
@@ -266,7 +275,7 @@ def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s
     p = np.asarray(array.device.reference_direction)
     dev = array.device
     voltage = voltage_at_bias_current_v(m @ p.astype(m.dtype), dev.parallel_resistance_ohm, dev.tmr_ratio,
-                                        array.current_a).astype(m.dtype)
+                                        _bias_currents_a(array)).astype(m.dtype)
     measured_obs: dict[str, float] = {}
     if observation_snr_db is not None and math.isfinite(observation_snr_db):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_OBSERVATION,)))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from stosim.physics.array import STOArray
+from stosim.config import spin_torque_field_oe
+from stosim.physics.array import STOArray, Variability
 from stosim.physics.llg import llg_rhs_batch
 from stosim.physics.tmr import current_at_bias_voltage_a, resistance_ohm, voltage_at_bias_current_v
 from stosim.physics.torch_llg import llg_rhs_torch, rk4_step_torch
@@ -77,6 +78,17 @@ def test_trajectory_tmr_voltage_is_the_readout_of_m(device):
     expected = voltage_at_bias_current_v(traj.m[..., 0], device.parallel_resistance_ohm, device.tmr_ratio,
                                          device.current_a)
     np.testing.assert_allclose(traj.tmr_voltage_v, expected, rtol=1e-15)
+
+
+def test_tmr_voltage_uses_each_devices_own_current_under_variability(device):
+    """With current variability device i is driven by I_i = I (1 + s xi_i) (its spin-torque field H_s0,i is
+    proportional to I_i), so its output is V_i = I_i R(m_i), not I R(m_i); float64, 1e-14 relative."""
+    array = STOArray.generate(device, 5, 300.0, seed=1, variability=Variability(current=0.2, seed=4))
+    traj = simulate(array, _state(5, 1, 3)[0], 20e-12, 1e-12, save_every=5)
+    currents = device.current_a * array.oscillator_parameters()[2] / spin_torque_field_oe(device, device.current_a)
+    assert np.ptp(currents) > 0.05 * device.current_a  # the devices do differ
+    expected = voltage_at_bias_current_v(traj.m[..., 0], device.parallel_resistance_ohm, device.tmr_ratio, currents)
+    np.testing.assert_allclose(traj.tmr_voltage_v, expected, rtol=1e-14)
 
 
 @pytest.mark.parametrize("snr_db", [0.0, 10.0, 25.0])

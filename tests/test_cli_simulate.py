@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -78,6 +79,9 @@ def test_simulate_with_noise_initial_angles_and_matrix(tmp_path, capsys):
         (["--duration", "-1 ns"], "duration"),
         (["--initial-angles", "200,0"], "theta = 200.0 deg must be in [0, 180]"),
         (["--temperature", "-5 K"], "temperature = -5.0 K"),
+        (["--seed", "-1"], "--seed '-1': a seed must be an integer >= 0"),
+        (["--save-every", "0"], "--save-every 0: must be an integer in [1, 10]"),
+        (["--save-every", "11"], "--save-every 11: must be an integer in [1, 10]"),
         # mu = 1e5 Oe turns m by radians per picosecond: a 50 ps step would be silently wrong
         (["--coupling", "1e5 Oe", "--dt", "5 ps", "--save-every", "1"], "dt = 5e-12 s is too large for this array"),
     ],
@@ -123,3 +127,75 @@ def test_train_and_ftmle_need_units_for_sto_times(tmp_path, capsys):
 def test_python_m_stosim_runs():
     res = subprocess.run([sys.executable, "-m", "stosim", "describe"], capture_output=True, text=True, check=False)
     assert res.returncode == 0 and "seed-pmtj" in res.stdout
+
+
+def test_lyapunov_refuses_a_flag_of_another_substrate_and_uses_its_own(capsys):
+    small = {"sto": ["--n", "2", "--duration", "10 ps", "--transient", "0 ps"],
+             "ffesn": ["--n", "4", "--duration", "5", "--transient", "0"],
+             "lorenz96": ["--n", "4", "--duration", "1", "--transient", "0"]}
+    # each would be silently ignored by the substrate it is given to
+    for substrate, flag, value in (("lorenz96", "--spectral-radius", "2"), ("sto", "--forcing", "4"),
+                                   ("ffesn", "--coupling", "100 Oe"), ("lorenz96", "--current", "1 mA"),
+                                   ("ffesn", "--device", "devices/seed-pmtj.toml")):
+        assert main(["lyapunov", "--substrate", substrate, *small[substrate], flag, value]) == 2
+        assert f"{flag} applies to --substrate" in capsys.readouterr().err
+    # on its own substrate a flag is used: the FFESN at rho = 0.5 without input has MLE ln(0.5) per step
+    assert main(["lyapunov", "--substrate", "ffesn", "--n", "5", "--spectral-radius", "0.5", "--duration", "50",
+                 "--transient", "50", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["mle"] == pytest.approx(math.log(0.5), abs=0.01)
+
+
+def test_simulate_default_save_every_fits_a_run_shorter_than_10_steps(tmp_path, capsys):
+    # the default (10) is not refused for a 5-step run: it records the start and the end, 0 and 5 ps
+    assert main(["simulate", "--n", "2", "--duration", "5 ps", "--out", str(tmp_path / "s.h5"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["recorded"] == 2
+    ds = xr.open_dataset(tmp_path / "s.h5", engine="h5netcdf")
+    np.testing.assert_allclose(ds["time"].values, [0.0, 5e-12], rtol=1e-12)
+    ds.close()
+
+
+def test_sweep_json_gives_its_line_also_when_fail_fast_stops_it(tmp_path, capsys, monkeypatch):
+    import stosim.sweep
+    from stosim.sweep import SweepFailedError
+    from stosim.sweep.runner import SweepSummary
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "s"\nkind = "simulate"\n[base]\nn = 2\nduration = "10 ps"\ndt = "1 ps"\n'
+                    '[grid]\ncoupling = ["100 Oe", "200 Oe"]\n')
+    summary = SweepSummary(path=tmp_path / "s.h5", n_points=2, n_done=1, n_failed=1, n_pending=0, n_run=2,
+                           n_resumed=0, workers=1, scheduler="local", startup_s=0.1, run_s=1.0, wall_time_s=1.2,
+                           failures=[({"coupling": 200.0}, "ValueError: boom")])
+
+    def stopped(*args, **kwargs):  # a --fail-fast sweep whose second point failed (no cluster needed)
+        raise SweepFailedError("point coupling=200 failed (--fail-fast): boom", summary)
+
+    monkeypatch.setattr(stosim.sweep, "run_sweep", stopped)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "s.h5"), "--fail-fast", "--json"]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["n_failed"] == 1 and json.loads(lines[0])["failures"] == 1
+    assert "stopped: point coupling=200 failed" in captured.err
+
+
+def test_simulate_and_lyapunov_report_progress_without_a_terminal(tmp_path, capsys, monkeypatch):
+    """Under pytest stderr is no terminal, so the tqdm bar is off (as in a batch job): a long run must still
+    say how far it got, in plain lines (here every call, instead of every PLAIN_PROGRESS_S seconds)."""
+    import stosim.cli
+
+    monkeypatch.setattr(stosim.cli, "PLAIN_PROGRESS_S", 0.0)
+    assert main(["simulate", "--n", "2", "--duration", "20 ps", "--out", str(tmp_path / "p.h5")]) == 0
+    assert "simulate: 20 / 20 steps (100 %)" in capsys.readouterr().err
+    assert main(["lyapunov", "--substrate", "lorenz96", "--n", "4", "--duration", "1", "--transient", "0"]) == 0
+    assert "lyapunov: 100 / 100 steps (100 %)" in capsys.readouterr().err
+
+
+def test_simulate_initial_file_errors_name_the_option(tmp_path, capsys):
+    np.savez(tmp_path / "two.npz", a=np.ones((3, 3)), b=np.ones((3, 3)))
+    (tmp_path / "text.npy").write_text("not an array\n")
+    np.save(tmp_path / "words.npy", np.array([["a", "b", "c"]] * 3))
+    for name in ("two.npz", "text.npy", "words.npy", "missing.npy"):
+        out = tmp_path / f"{name}.h5"
+        assert main(["simulate", "--n", "3", "--duration", "10 ps", "--initial", str(tmp_path / name),
+                     "--out", str(out)]) == 2
+        assert f"--initial {tmp_path / name}: " in capsys.readouterr().err
+        assert not out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stosim.cli import main
+from stosim.compare import comparison_table
 from stosim.training import load_train_config
 
 from conftest import REPO_ROOT
@@ -76,3 +77,36 @@ def test_compare_refuses_two_experiments_of_one_name_and_counts_a_repeated_seed_
     assert main(["compare", str(tmp_path / "a" / "lin.toml"), "--seeds", "0", "0", "--out", str(runs),
                  "--markdown", str(md)]) == 0
     assert "| lin | 1 |" in md.read_text()
+
+
+def _summary(final: float, best: float) -> dict:
+    return {"test_accuracy": final, "best_test_accuracy": best, "final_train_accuracy": 0.99, "epochs_to_converge": 3,
+            "wall_time_s": 10.0}
+
+
+def test_table_gives_no_spread_for_one_seed_and_the_sample_std_for_more(tmp_path):
+    results = {"one": [_summary(0.90, 0.91)], "two": [_summary(0.90, 0.91), _summary(0.92, 0.93)]}
+    table = comparison_table(results, [tmp_path / "one.toml", tmp_path / "two.toml"])
+    # one seed measures no spread: the mean alone, not "+/- 0.00"
+    assert "| one | 1 | 91.00 | 90.00 | 99.00 | 3.0 | 10 |" in table
+    # 90 and 92 %: sample std sqrt(((90 - 91)^2 + (92 - 91)^2) / (2 - 1)) = 1.41
+    assert "| two | 2 | 93.00 | 91.00 +/- 1.41 | 99.00 | 3.0 | 10 |" in table
+
+
+def test_finished_only_refuses_seeds_it_would_ignore(tmp_path, capsys):
+    a = tmp_path / "lin.toml"
+    a.write_text('substrate = "linear"\ndataset = "digits"\nepochs = 1\nlimit_train = 100\nlimit_test = 50\n')
+    # --finished-only tabulates every finished seed: a --seeds beside it would be silently ignored
+    assert main(["compare", str(a), "--finished-only", "--seeds", "0", "--out", str(tmp_path / "runs")]) == 2
+    assert "--seeds: --finished-only" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_negative_seed_is_refused_before_anything_trains(tmp_path, capsys):
+    a = tmp_path / "lin.toml"
+    a.write_text('substrate = "linear"\ndataset = "digits"\nepochs = 1\nlimit_train = 100\nlimit_test = 50\n')
+    with pytest.raises(SystemExit) as exc:  # not after seed 0 has trained (hours, for a real experiment)
+        main(["compare", str(a), "--seeds", "0", "-1", "--out", str(tmp_path / "runs")])
+    assert exc.value.code == 2
+    assert "--seeds '-1': a seed must be an integer >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
