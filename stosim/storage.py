@@ -11,6 +11,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import stat
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -41,16 +42,37 @@ def package_versions() -> dict[str, str]:
 
 
 def _attr_value(value: Any) -> Any:
-    """HDF5-storable attribute value (nested structures become JSON text)."""
+    """HDF5-storable attribute value (nested structures become JSON text). Booleans, Python's or NumPy's,
+    scalar or in a sequence, are stored as integers 0/1 (HDF5 has no boolean type; h5py would write an
+    enum that netCDF readers reject); flat numeric sequences and arrays stay arrays."""
     if value is None:
         return "none"
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return int(value)
+    if isinstance(value, np.dtype):
+        return value.name
+    if isinstance(value, int) and not isinstance(value, np.integer) and not -(2**63) <= value < 2**63:
+        return str(value)  # beyond HDF5's integers: keep every digit as text
     if isinstance(value, (int, float, str, np.integer, np.floating)):
         return value
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
-        return np.asarray(value)
-    return json.dumps(value, default=str)
+    flat_numbers = (isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, np.number, np.bool_))
+                                                            for v in value))
+    if flat_numbers or (isinstance(value, np.ndarray) and value.ndim == 1):
+        array = np.asarray(value)
+        if array.dtype.kind in "biuf":
+            return array.astype(np.int64) if array.dtype.kind == "b" else array
+    return json.dumps(value, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    """JSON form of the NumPy values (and dtypes) that ``json`` does not know; anything else as text."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.dtype):
+        return value.name
+    return str(value)
 
 
 def provenance_attrs(**extra: Any) -> dict[str, Any]:
@@ -64,23 +86,44 @@ def provenance_attrs(**extra: Any) -> dict[str, Any]:
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` (same suffix, so writers pick the format from it); once the
-    ``with`` block has written it, it is flushed to disk and renamed over ``path``. On an error the
-    temporary file is removed and ``path`` is left as it was: never a partial file."""
+    ``with`` block has written it, it is flushed to disk and renamed over ``path``, and the rename is
+    flushed too (through the folder). The file gets the permissions a plain write would give it: those
+    of the file it replaces, else 0666 less the umask. On an error the temporary file is removed and
+    ``path`` is left as it was: never a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
+        os.chmod(tmp, _plain_write_mode(path))  # mkstemp creates 0600
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
+
+
+def _plain_write_mode(path: Path) -> int:
+    """Permission bits ``open(path, "w")`` would leave: an existing file keeps its own, a new one gets
+    0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk, so that a rename into it survives a power loss."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:

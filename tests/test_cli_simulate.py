@@ -199,3 +199,75 @@ def test_simulate_initial_file_errors_name_the_option(tmp_path, capsys):
                      "--out", str(out)]) == 2
         assert f"--initial {tmp_path / name}: " in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_atomic_output_flushes_the_folder_and_keeps_the_mode_of_the_file_it_replaces(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from stosim.storage import write_text_atomic
+
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    target.chmod(0o640)
+    synced_folders = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced_folders.append(target.read_text())  # what the folder held when it was flushed
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_text_atomic("new", target)
+    assert synced_folders == ["new"]  # the rename itself was flushed
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # as open(target, "w") would have left it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_provenance_attrs_of_numpy_values_read_back_as_written(tmp_path):
+    from stosim.storage import provenance_attrs, write_dataset_atomic
+
+    attrs = provenance_attrs(flag=np.bool_(True), flags=[True, False], spins=np.array([0.5, -1.0]),
+                             dtype=np.dtype("float32"), big=2**70, mixed={"n": np.int64(3)}, nothing=None)
+    ds = xr.Dataset({"x": ("t", np.arange(2.0), {"units": "1", "long_name": "x"})}, attrs=attrs)
+    write_dataset_atomic(ds, tmp_path / "a.h5")
+    with xr.open_dataset(tmp_path / "a.h5", engine="h5netcdf") as back:
+        got = back.attrs
+    assert got["flag"] == 1 and np.issubdtype(np.asarray(got["flag"]).dtype, np.integer)
+    np.testing.assert_array_equal(got["flags"], [1, 0])
+    assert np.asarray(got["flags"]).dtype == np.int64
+    np.testing.assert_array_equal(got["spins"], [0.5, -1.0])
+    assert got["dtype"] == "float32"
+    assert got["big"] == str(2**70)
+    assert json.loads(got["mixed"]) == {"n": 3}
+    assert got["nothing"] == "none"
+
+
+def _trajectory_like(m: np.ndarray, attrs: dict) -> xr.Dataset:
+    n_t, n_osc = m.shape[:2]
+    return xr.Dataset({"m": (("time", "oscillator", "component"), m),
+                       "tmr_voltage": (("time", "oscillator"), np.ones((n_t, n_osc)))},
+                      coords={"time": np.arange(n_t) * 1e-9}, attrs=attrs)
+
+
+def test_plots_of_non_finite_or_constant_values_work_and_close_their_figures(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from stosim.plotting import plot_histogram, plot_learning_curve, plot_trajectory
+
+    before = set(plt.get_fignums())
+    plot_histogram({"diverged": np.array([np.nan, np.inf])}, tmp_path / "nan.png", xlabel="x")
+    plot_histogram({"a": np.array([1.0, 2.0]), "b": np.array([np.nan])}, tmp_path / "one.png", xlabel="x")
+    plot_histogram({"constant": np.full(5, 1e20)}, tmp_path / "const.png", xlabel="x")
+    all_nan = _trajectory_like(np.full((5, 2, 3), np.nan), {"coupling_oe": "none", "current_a": 1e-3})
+    plot_trajectory(all_nan, tmp_path / "traj.png")
+    for name in ("nan.png", "one.png", "const.png", "traj.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    history = [{"epoch": 1, "train_accuracy": 0.5, "test_accuracy": 0.4}]
+    with pytest.raises(ValueError):  # a format matplotlib does not write
+        plot_learning_curve(history, tmp_path / "curve.notaformat")
+    with pytest.raises(ValueError):
+        plot_histogram({"a": np.ones(3)}, tmp_path / "h.notaformat", xlabel="x")
+    assert set(plt.get_fignums()) == before
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
