@@ -14,26 +14,14 @@ Every model maps flat images (B, rows * cols) to class scores (B, classes).
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
 
+from stosim.checks import check_count
 from stosim.substrates.base import Substrate
 
 __all__ = ["ReservoirClassifier", "DeepReservoirClassifier", "ConvReservoirClassifier", "LinearClassifier",
            "MLPClassifier", "CNNClassifier", "ConvFrontEnd"]
-
-
-def _check_size(value: int, name: str, minimum: int = 1) -> int:
-    """``value`` as an int, or ValueError naming ``name`` unless it is an integer >= ``minimum``.
-
-    Sizes of zero would build layers that torch accepts but that cannot learn (a 0-unit hidden
-    layer gives constant scores), so they are refused here rather than deep inside torch.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} = {value!r} is out of range; valid: an integer >= {minimum}")
-    return int(value)
 
 
 def _check_image_shape(image_shape: tuple[int, int]) -> tuple[int, int]:
@@ -41,8 +29,8 @@ def _check_image_shape(image_shape: tuple[int, int]) -> tuple[int, int]:
     shape = tuple(image_shape)
     if len(shape) != 2:
         raise ValueError(f"image_shape = {image_shape!r} is out of range; valid: (rows, cols), each an integer >= 2")
-    rows = _check_size(shape[0], "image_shape rows", 2)
-    cols = _check_size(shape[1], "image_shape cols", 2)
+    rows = check_count(shape[0], "image_shape rows", 2)
+    cols = check_count(shape[1], "image_shape cols", 2)
     return rows, cols
 
 
@@ -52,7 +40,7 @@ class ReservoirClassifier(nn.Module):
     def __init__(self, n_inputs: int, n_classes: int, substrate: Substrate, *, readin_bias: bool = True,
                  readout_bias: bool = True) -> None:
         super().__init__()
-        n_inputs, n_classes = _check_size(n_inputs, "n_inputs"), _check_size(n_classes, "n_classes", 2)
+        n_inputs, n_classes = check_count(n_inputs, "n_inputs"), check_count(n_classes, "n_classes", 2)
         desc = substrate.describe()
         dtype = substrate.dtype
         self.read_in = nn.Linear(n_inputs, desc.readin_size, bias=readin_bias, dtype=dtype)
@@ -72,7 +60,7 @@ class DeepReservoirClassifier(nn.Module):
 
     def __init__(self, n_inputs: int, n_classes: int, first: Substrate, second: Substrate) -> None:
         super().__init__()
-        n_inputs, n_classes = _check_size(n_inputs, "n_inputs"), _check_size(n_classes, "n_classes", 2)
+        n_inputs, n_classes = check_count(n_inputs, "n_inputs"), check_count(n_classes, "n_classes", 2)
         d1, d2 = first.describe(), second.describe()
         dtype = first.dtype
         self.read_in = nn.Linear(n_inputs, d1.readin_size, dtype=dtype)
@@ -94,7 +82,7 @@ class ConvFrontEnd(nn.Module):
     def __init__(self, image_shape: tuple[int, int], channels: int, dtype: torch.dtype) -> None:
         super().__init__()
         image_shape = _check_image_shape(image_shape)
-        channels = _check_size(channels, "channels")
+        channels = check_count(channels, "channels")
         self.image_shape = image_shape
         self.conv = nn.Conv2d(1, channels, kernel_size=3, padding=1, dtype=dtype)
         self.pool = nn.MaxPool2d(2)
@@ -126,7 +114,7 @@ class LinearClassifier(nn.Module):
 
     def __init__(self, n_inputs: int, n_classes: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        n_inputs, n_classes = _check_size(n_inputs, "n_inputs"), _check_size(n_classes, "n_classes", 2)
+        n_inputs, n_classes = check_count(n_inputs, "n_inputs"), check_count(n_classes, "n_classes", 2)
         self.linear = nn.Linear(n_inputs, n_classes, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,8 +126,8 @@ class MLPClassifier(nn.Module):
 
     def __init__(self, n_inputs: int, n_classes: int, hidden: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        n_inputs, n_classes = _check_size(n_inputs, "n_inputs"), _check_size(n_classes, "n_classes", 2)
-        hidden = _check_size(hidden, "hidden")
+        n_inputs, n_classes = check_count(n_inputs, "n_inputs"), check_count(n_classes, "n_classes", 2)
+        hidden = check_count(hidden, "hidden")
         self.net = nn.Sequential(nn.Linear(n_inputs, hidden, dtype=dtype), nn.ReLU(),
                                  nn.Linear(hidden, n_classes, dtype=dtype))
 

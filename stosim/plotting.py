@@ -11,14 +11,14 @@ from stosim.storage import atomic_output
 __all__ = ["plot_trajectory", "plot_learning_curve", "plot_histogram", "save_figure"]
 
 
-def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:  # noqa: ANN001
-    """Save ``fig`` atomically; the format comes from the suffix (none: PNG, and ``.png`` is appended,
-    as matplotlib does). Returns the path written."""
+def save_figure(fig, path: str | Path, *, dpi: float = 110, **savefig_kwargs) -> Path:  # noqa: ANN001
+    """Save ``fig`` atomically at ``dpi`` (the resolution of every stosim figure); the format comes from
+    the suffix (none: PNG, and ``.png`` is appended, as matplotlib does). Returns the path written."""
     path = Path(path)
     if not path.suffix:
         path = path.with_suffix(".png")
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format=path.suffix[1:].lower(), **savefig_kwargs)
+        fig.savefig(tmp, format=path.suffix[1:].lower(), dpi=dpi, **savefig_kwargs)
     return path
 
 
@@ -69,8 +69,6 @@ def plot_trajectory(ds, path: str | Path, *, max_oscillators: int = 4) -> Path:
         axes[0].legend(loc="upper right", fontsize=8, ncol=n_show)
         axes[0].set_title(f"{ds.attrs.get('n_oscillators', '?')} coupled STOs, mu = {_attr_text(ds, 'coupling_oe')} Oe, "
                           f"I = {_attr_text(ds, 'current_a', 1e3)} mA")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         return save_figure(fig, path)
     finally:
         plt.close(fig)  # also on an error: a long sweep must not pile up open figures
@@ -89,7 +87,7 @@ def plot_learning_curve(history: list[dict[str, float]], path: str | Path, *, ti
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-        return save_figure(fig, Path(path))
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
 
@@ -131,8 +129,6 @@ def plot_histogram(values_by_label: dict[str, "np.ndarray"], path: str | Path, *
         ax.set_ylabel("density")
         ax.set_title(title)
         ax.legend()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         return save_figure(fig, path)
     finally:
         plt.close(fig)

@@ -23,14 +23,9 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from stosim.checks import check_count
+
 __all__ = ["RidgeAccumulator"]
-
-
-def _check_count(value: int, name: str, minimum: int) -> int:
-    """``value`` as an int, or ValueError naming ``name`` unless it is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} = {value!r} is out of range; valid: an integer >= {minimum}")
-    return int(value)
 
 
 def _as_numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -47,8 +42,8 @@ class RidgeAccumulator:
     """
 
     def __init__(self, n_features: int, n_classes: int) -> None:
-        self.n_features = _check_count(n_features, "n_features", 1)
-        self.n_classes = _check_count(n_classes, "n_classes", 2)
+        self.n_features = check_count(n_features, "n_features", 1)
+        self.n_classes = check_count(n_classes, "n_classes", 2)
         self.count = 0
         self.mean_x = np.zeros(self.n_features)
         self.mean_y = np.zeros(self.n_classes)

@@ -15,6 +15,7 @@ import math
 import time
 import tomllib
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
@@ -29,8 +30,8 @@ from stosim.storage import atomic_output, write_text_atomic
 from stosim.physics.noise import check_snr_db
 from stosim.units import UnitError, parse_quantity, values_agree
 
-__all__ = ["TrainConfig", "STO_SUBSTRATES", "train", "TrainResult", "build_model", "load_train_config", "with_defaults",
-           "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
+__all__ = ["TrainConfig", "STO_SUBSTRATES", "STO_TIME_KEYS", "UNIT_DIMENSIONS", "train", "TrainResult", "build_model",
+           "load_train_config", "with_defaults", "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
 
 SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto")
 CHECKPOINT = "checkpoint.pt"
@@ -170,21 +171,25 @@ def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
     return validate_train_config(raw, source=str(path))
 
 
-# keys of an experiment file that carry a unit (the time keys for the STO substrates only: Lorenz 96
-# model time is a plain number), with an example of how to write them
-_UNIT_KEYS = {"coupling": "500 Oe", "current": "2.5 mA", "temperature": "300 K"}
-_STO_TIME_KEYS = {"duration": "300 ps", "dt": "1 ps"}
+# dimension of each quantity that must carry a unit in experiment files and sweep specs; "time" applies to
+# the STO substrates only (Lorenz 96 time is in model time units, FFESN time in steps: plain numbers there)
+UNIT_DIMENSIONS = MappingProxyType({
+    "coupling": "field", "current": "current", "temperature": "temperature", "applied_field": "field",
+    "anisotropy_field": "field", "duration": "time", "dt": "time", "transient": "time",
+})
+STO_TIME_KEYS = frozenset({"duration", "dt", "transient"})
+_UNIT_EXAMPLES = MappingProxyType({"field": "500 Oe", "current": "2.5 mA", "temperature": "300 K", "time": "300 ps"})
 
 
 def _check_file_units(raw: dict[str, Any], source: str) -> None:
     """Refuse a plain number where an experiment file needs a quantity with a unit ("duration = 300"
     for the STOs would be 300 s)."""
-    keys = {**_UNIT_KEYS, **(_STO_TIME_KEYS if raw.get("substrate", "sto") in STO_SUBSTRATES else {})}
-    for key, example in keys.items():
+    sto = raw.get("substrate", "sto") in STO_SUBSTRATES
+    for key, dimension in UNIT_DIMENSIONS.items():
         value = raw.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (key not in STO_TIME_KEYS or sto) and isinstance(value, (int, float)) and not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} = {value!r} has no unit; write it with one, e.g. "
-                              f'{key} = "{example}"')
+                              f'{key} = "{_UNIT_EXAMPLES[dimension]}"')
 
 
 def validate_train_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:

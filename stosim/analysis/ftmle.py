@@ -98,6 +98,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from stosim.checks import check_count
+
 __all__ = [
     "FlowOperators",
     "FTMLEResult",
@@ -371,11 +373,11 @@ def flow_ftmle(flow: FlowOperators | Callable[[Tensor], Tensor], x0: Tensor, *, 
     x0 = _check_x0(x0)
     method = _check_method(method)
     tol = _check_tol(tol)
-    max_iter = _check_int("max_iter", max_iter, 1)
-    exact_max_dim = _check_int("exact_max_dim", exact_max_dim, 1)
-    seed = _check_int("seed", seed, 0)
+    max_iter = check_count(max_iter, "max_iter", 1)
+    exact_max_dim = check_count(exact_max_dim, "exact_max_dim", 1)
+    seed = check_count(seed, "seed", 0)
     if batch_size is not None:
-        batch_size = _check_int("batch_size", batch_size, 1)
+        batch_size = check_count(batch_size, "batch_size", 1)
     n_batch, dim = x0.shape
     if method == "auto":
         method = "exact" if dim <= exact_max_dim else "lanczos"
@@ -433,12 +435,6 @@ def _check_tol(tol: object) -> float:
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0.0 < float(tol) < 1.0:
         raise ValueError(f"tol must be a number in (0, 1); got {tol!r}")
     return float(tol)
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
 
 
 def _checked(name: str, out: object, n_batch: int, dim: int | None, like: Tensor) -> Tensor:
@@ -713,7 +709,7 @@ def model_ftmle(model_or_layers: nn.Module | Sequence[Callable[[Tensor], Tensor]
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be a finite float32 or float64 tensor; it has non-finite values")
     method = _check_method(method)
-    exact_max_dim = _check_int("exact_max_dim", exact_max_dim, 1)
+    exact_max_dim = check_count(exact_max_dim, "exact_max_dim", 1)
     kwargs = dict(tol=tol, max_iter=max_iter, exact_max_dim=exact_max_dim, seed=seed, batch_size=batch_size)
     x = x.detach()
     h = x

@@ -26,6 +26,7 @@ import numbers
 import numpy as np
 import torch
 
+from stosim.checks import check_count
 from stosim.integrate.threads import single_threaded_blas
 from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
 
@@ -33,12 +34,6 @@ __all__ = ["FFESN", "draw_ffesn_matrix"]
 
 _DTYPES = {torch.float64: "float64", torch.float32: "float32"}
 _MAX_SPECTRAL_RADIUS = 10.0
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
 
 
 def _check_real(name: str, value: object) -> float:
@@ -56,14 +51,14 @@ def _check_dtype(dtype: object) -> torch.dtype:
 def _check_matrix_arguments(n: object, spectral_radius: object, density: object,
                             seed: object) -> tuple[int, float, float, int]:
     """Validated (n, rho, density, seed) of W: n >= 1, rho in (0, 10], density in (0, 1], seed >= 0."""
-    n = _check_int("n", n, 1)
+    n = check_count(n, "n", 1)
     rho = _check_real("spectral_radius", spectral_radius)
     if not 0.0 < rho <= _MAX_SPECTRAL_RADIUS:
         raise ValueError(f"spectral_radius must be in (0, {_MAX_SPECTRAL_RADIUS:g}]; got {spectral_radius!r}")
     dens = _check_real("density", density)
     if not 0.0 < dens <= 1.0:
         raise ValueError(f"density must be in (0, 1]; got {density!r}")
-    return n, rho, dens, _check_int("seed", seed, 0)
+    return n, rho, dens, check_count(seed, "seed", 0)
 
 
 def draw_ffesn_matrix(n: int, spectral_radius: float, density: float, seed: int) -> np.ndarray:
@@ -125,7 +120,7 @@ class FFESN(Substrate):
         super().__init__()
         self.n, self.spectral_radius, self.density, self.seed = _check_matrix_arguments(
             n, spectral_radius, density, seed)
-        self.steps = _check_int("steps", steps, 1)
+        self.steps = check_count(steps, "steps", 1)
         dtype = _check_dtype(dtype)
         w = draw_ffesn_matrix(self.n, self.spectral_radius, self.density, self.seed)
         self.register_buffer("W", torch.as_tensor(w, dtype=dtype))
@@ -168,7 +163,7 @@ class FFESN(Substrate):
 
     def reset(self, seed: int) -> None:
         """No-op: the FFESN has no noise. W is fixed by the constructor's ``seed``, not by this one."""
-        _check_int("seed", seed, 0)
+        check_count(seed, "seed", 0)
 
     def initial_state(self, readin: torch.Tensor) -> torch.Tensor:
         """x_0 = readin (the read-in Linear layer of the model already computed W_in u)."""

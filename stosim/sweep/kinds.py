@@ -29,7 +29,7 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stosim.training import STO_SUBSTRATES, OptionalSNRdB, TrainConfig
+from stosim.training import STO_SUBSTRATES, STO_TIME_KEYS, UNIT_DIMENSIONS, OptionalSNRdB, TrainConfig
 from stosim.units import UnitError, parse_quantity
 
 __all__ = ["PointKind", "Output", "point_kinds", "get_kind", "parameter_metadata", "DeviceOverrides",
@@ -38,14 +38,6 @@ __all__ = ["PointKind", "Output", "point_kinds", "get_kind", "parameter_metadata
 
 MAX_ERROR_CHARS = 1500  # longer error messages are cut (numba typing errors run to pages)
 TEXT_UNITS = "n/a"  # the `units` attribute of text variables and categorical coordinates
-
-# dimension of each quantity that must carry a unit in a spec; "time" applies to STO substrates only
-# (Lorenz 96 time is in model time units, FFESN time in steps: plain numbers there)
-DIMENSIONAL = MappingProxyType({
-    "coupling": "field", "current": "current", "temperature": "temperature", "applied_field": "field",
-    "anisotropy_field": "field", "duration": "time", "dt": "time", "transient": "time",
-})
-TIME_KEYS = frozenset({"duration", "dt", "transient"})
 
 # units (internal) and long names of parameters; "time" units depend on the substrate
 _PARAMETERS = MappingProxyType({
@@ -130,10 +122,10 @@ def normalize_raw(key: str, value: Any, substrate: str) -> Any:
             except ValueError:
                 pass
         raise ValueError(f"{key}: expected a signal-to-noise ratio in dB such as 20 or '20 dB', got {value!r}")
-    dimension = DIMENSIONAL.get(key)
+    dimension = UNIT_DIMENSIONS.get(key)
     if dimension is None:
         return value
-    if key in TIME_KEYS and substrate not in STO_SUBSTRATES:
+    if key in STO_TIME_KEYS and substrate not in STO_SUBSTRATES:
         if isinstance(value, str):
             raise ValueError(f"{key}: {substrate} time is a plain number ({time_units(substrate, 'mle')}s), "
                              f"not {value!r}")

@@ -200,7 +200,7 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
         out = Path(f"{stem}-{var}-{x}" + (f"-{y}" if y else "") + ".png")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out = save_figure(fig, out, dpi=110, bbox_inches="tight")
+    out = save_figure(fig, out, bbox_inches="tight")
     plt.close(fig)
     return out
 
