@@ -148,12 +148,7 @@ class CoupledSTOArray(Substrate):
     def initial_state(self, readin: torch.Tensor) -> torch.Tensor:
         """Normalize each device's 3-vector of the read-in onto the unit sphere: (B, 3N) -> (B, 3N)."""
         self._check_readin(readin)
-        v = readin.reshape(readin.shape[0], -1, 3)
-        norm = v.norm(dim=-1, keepdim=True)
-        if bool((norm == 0).any()):
-            b, i = (int(x) for x in torch.nonzero(norm[..., 0] == 0)[0])
-            raise ValueError(f"read-in of sample {b} gives the zero vector for oscillator {i}; it has no direction")
-        return (v / norm).reshape(readin.shape)
+        return _directions(readin.reshape(readin.shape[0], -1, 3), "read-in").reshape(readin.shape)
 
     def evolve(self, state: torch.Tensor) -> torch.Tensor:
         """Evolve (B, 3N) states for the duration; differentiable when a graph is recorded.
@@ -166,11 +161,11 @@ class CoupledSTOArray(Substrate):
             raise ValueError(f"state has shape {tuple(state.shape)}; expected (batch, {3 * n})")
         if state.dtype != self.dtype:
             raise ValueError(f"state dtype {state.dtype} differs from the substrate's {self.dtype}")
-        m = _directions(state.reshape(state.shape[0], n, 3))
+        m = _directions(state.reshape(state.shape[0], n, 3), "state")
         seed = self._next_seed()
         noise = self.noise if self.noise_enabled else NoiseSettings()
         dyn = noise.dynamical_snr_db
-        dyn_on = dyn is not None and math.isfinite(dyn)
+        dyn_on = _finite_snr(dyn)
         dynamics_noisy = noise.temperature_k > 0 or dyn_on
         if torch.is_grad_enabled() and state.requires_grad and not dynamics_noisy:
             # exact gradient of the discrete RK4 map through the Numba adjoint
@@ -220,7 +215,7 @@ class CoupledSTOArray(Substrate):
         the dynamical noise, so a sample's noise level does not depend on the rest of its batch.
         """
         snr = self.observation_snr_db
-        if snr is None or not math.isfinite(snr) or not self.noise_enabled:
+        if not _finite_snr(snr) or not self.noise_enabled:
             return state
         gen = torch.Generator(device=state.device).manual_seed(self._next_seed())
         sigma = state.detach().std(dim=-1, unbiased=False, keepdim=True) * snr_noise_factor(snr)
@@ -232,13 +227,14 @@ def _finite_snr(snr_db: float | None) -> bool:
     return snr_db is not None and math.isfinite(snr_db)
 
 
-def _directions(m: torch.Tensor) -> torch.Tensor:
-    """m / |m| for states (B, N, 3); ValueError for a non-finite or zero 3-vector (never a NaN result)."""
+def _directions(m: torch.Tensor, what: str) -> torch.Tensor:
+    """m / |m| for 3-vectors (B, N, 3) of ``what`` (the read-in, a state); ValueError naming the sample and
+    oscillator of a non-finite or zero 3-vector (never a NaN result)."""
     if not bool(torch.isfinite(m).all()):
         b, i = (int(x) for x in torch.nonzero(~torch.isfinite(m).all(dim=-1))[0])
-        raise ValueError(f"state is not finite at sample {b}, oscillator {i} (NaN or inf); states must be finite")
+        raise ValueError(f"{what} is not finite at sample {b}, oscillator {i} (NaN or inf); it must be finite")
     norm = m.norm(dim=-1, keepdim=True)
     if bool((norm == 0).any()):
         b, i = (int(x) for x in torch.nonzero(norm[..., 0] == 0)[0])
-        raise ValueError(f"state of sample {b}, oscillator {i} is the zero vector; it has no direction")
+        raise ValueError(f"{what} of sample {b}, oscillator {i} is the zero vector; it has no direction")
     return m / norm
