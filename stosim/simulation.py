@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from stosim.config import DeviceParameters
 from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, run_chunk, run_chunks
 from stosim.integrate.chunks import chunk_count as _chunk_count, from_chunks as _from_chunks, to_chunks as _to_chunks
 from stosim.integrate.threads import single_threaded_blas as _single_threaded_blas
@@ -28,7 +29,7 @@ from stosim.physics.tmr import voltage_at_bias_current_v
 
 __all__ = ["simulate", "evolve", "Trajectory", "SimulationDivergedError", "NoiseSettings", "initial_state_from_angles",
            "random_initial_state", "check_initial_state", "steps_for_duration", "DeviceLimitError",
-           "DeviceLimitWarning", "check_device_limits"]
+           "DeviceLimitWarning", "check_device_limits", "check_current_limits"]
 
 # random streams (spawn keys under the run's seed)
 STREAM_INITIAL = 1
@@ -68,10 +69,16 @@ def check_device_limits(array: STOArray, *, allow_beyond_limits: bool = False, w
     Beyond a limit: :class:`DeviceLimitError` naming it, unless ``allow_beyond_limits``; then a
     :class:`DeviceLimitWarning` is issued and the messages are returned (to be stored with the output).
     """
+    current = float(np.max(np.abs(_bias_currents_a(array))))
+    return check_current_limits(array.device, current, allow_beyond_limits=allow_beyond_limits, what=what)
+
+
+def check_current_limits(dev: DeviceParameters, current_a: float, *, allow_beyond_limits: bool = False,
+                         what: str = "run") -> tuple[str, ...]:
+    """:func:`check_device_limits` for one device at the bias current ``current_a`` (A)."""
     if not isinstance(allow_beyond_limits, bool):
         raise TypeError(f"allow_beyond_limits = {allow_beyond_limits!r} must be True or False")
-    dev = array.device
-    current = float(np.max(np.abs(_bias_currents_a(array))))
+    current = abs(float(current_a))
     problems = []
     if current > dev.current_limit_a:
         source = "limits.max_current" if dev.max_current_a is not None else "V_bd / R_P"

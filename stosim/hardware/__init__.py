@@ -18,8 +18,9 @@ pyvisa-sim definitions of the instruments live in ``devices/instruments/*.yaml``
 """
 
 from stosim.hardware.instruments import (INSTRUMENTS, Command, CurrentSource2400, FieldPulseSource, Instrument,
-                                         InstrumentError, InstrumentTimeoutError, ListCommand, SegmentedDigitizer)
-from stosim.hardware.lab_array import DriverClosedError, HardwareSafetyError, LabSTOArray
+                                         InstrumentError, InstrumentFaultError, InstrumentIdentityError,
+                                         InstrumentTimeoutError, ListCommand, SegmentedDigitizer)
+from stosim.hardware.lab_array import DriverClosedError, HardwareSafetyError, LabSTOArray, physical_voltage_window
 from stosim.hardware.model import StationModel, projection_from_voltage, tmr_voltage
 from stosim.hardware.physics_aware import (ComparisonResult, PhysicsAwareSubstrate, accuracy,
                                            compare_sim_vs_physics_aware, fit_ridge_readout, physics_aware,
@@ -31,10 +32,11 @@ from stosim.hardware.transport import (Fault, FaultInjectingTransport, Recording
 from stosim.hardware.twin import DigitalTwin, Mismatch, TwinResourceManager
 
 __all__ = [
-    "LabSTOArray", "HardwareSafetyError", "DriverClosedError",
+    "LabSTOArray", "HardwareSafetyError", "DriverClosedError", "physical_voltage_window",
     "Station", "InstrumentSpec", "StationFileError", "load_station", "station_from_dict", "STATIONS_DIR",
     "INSTRUMENTS_DIR",
-    "Command", "ListCommand", "Instrument", "InstrumentError", "InstrumentTimeoutError", "CurrentSource2400",
+    "Command", "ListCommand", "Instrument", "InstrumentError", "InstrumentTimeoutError", "InstrumentFaultError",
+    "InstrumentIdentityError", "CurrentSource2400",
     "FieldPulseSource", "SegmentedDigitizer", "INSTRUMENTS",
     "DigitalTwin", "Mismatch", "TwinResourceManager",
     "StationModel", "tmr_voltage", "projection_from_voltage",
