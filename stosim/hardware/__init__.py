@@ -11,7 +11,8 @@
 - :class:`StationModel`: the differentiable simulator model of a station.
 - :class:`PhysicsAwareSubstrate`, :func:`compare_sim_vs_physics_aware`: physics-aware training
   (hardware forward, simulator backward) and readout-only ridge training on hardware features.
-- Transport wrappers for tests: :class:`RecordingTransport`, :class:`FaultInjectingTransport`,
+- Transport wrappers for tests: :class:`RecordingTransport`, :class:`JournalTransport` (to a file),
+  :class:`FaultInjectingTransport`,
   :class:`Fault`, :class:`WrappingResourceManager`.
 
 pyvisa-sim definitions of the instruments live in ``devices/instruments/*.yaml``.
@@ -27,8 +28,8 @@ from stosim.hardware.physics_aware import (ComparisonResult, PhysicsAwareSubstra
                                            train_classifier)
 from stosim.hardware.station import (INSTRUMENTS_DIR, STATIONS_DIR, InstrumentSpec, Station, StationFileError,
                                      load_station, station_from_dict)
-from stosim.hardware.transport import (Fault, FaultInjectingTransport, RecordingTransport, WrappingResourceManager,
-                                       is_timeout)
+from stosim.hardware.transport import (Fault, FaultInjectingTransport, JournalTransport, RecordingTransport,
+                                       WrappingResourceManager, is_timeout, read_journal)
 from stosim.hardware.twin import DigitalTwin, Mismatch, TwinResourceManager
 
 __all__ = [
@@ -42,5 +43,6 @@ __all__ = [
     "StationModel", "tmr_voltage", "projection_from_voltage",
     "PhysicsAwareSubstrate", "physics_aware", "train_classifier", "accuracy", "fit_ridge_readout",
     "ComparisonResult", "compare_sim_vs_physics_aware",
-    "RecordingTransport", "FaultInjectingTransport", "Fault", "WrappingResourceManager", "is_timeout",
+    "RecordingTransport", "JournalTransport", "read_journal", "FaultInjectingTransport", "Fault",
+    "WrappingResourceManager", "is_timeout",
 ]

@@ -171,7 +171,7 @@ class _Connection:
 
     def at_collection(self) -> None:
         """The safe-state sequence when the driver is garbage-collected (its ``weakref.finalize``)."""
-        self.finalize("garbage collection" if not sys.is_finalizing() else "interpreter exit")
+        self.finalize("garbage collection (or interpreter exit)")
 
     def finalize(self, when: str) -> None:
         """The safe-state sequence of a driver nobody closed: nothing may propagate from here, so problems
