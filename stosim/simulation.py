@@ -69,20 +69,25 @@ def check_device_limits(array: STOArray, *, allow_beyond_limits: bool = False, w
     Beyond a limit: :class:`DeviceLimitError` naming it, unless ``allow_beyond_limits``; then a
     :class:`DeviceLimitWarning` is issued and the messages are returned (to be stored with the output).
     """
-    current = float(np.max(np.abs(_bias_currents_a(array))))
-    return check_current_limits(array.device, current, allow_beyond_limits=allow_beyond_limits, what=what)
+    currents = np.abs(_bias_currents_a(array))
+    k = int(np.argmax(currents))
+    note = "" if array.variability is None or currents[k] == abs(array.current_a) else (
+        f" (device {k} of the array under variability, I_i = I (1 + s_I xi_i) with I = {array.current_a * 1e3:.4g} mA)")
+    return check_current_limits(array.device, float(currents[k]), allow_beyond_limits=allow_beyond_limits, what=what,
+                                note=note)
 
 
 def check_current_limits(dev: DeviceParameters, current_a: float, *, allow_beyond_limits: bool = False,
-                         what: str = "run") -> tuple[str, ...]:
-    """:func:`check_device_limits` for one device at the bias current ``current_a`` (A)."""
+                         what: str = "run", note: str = "") -> tuple[str, ...]:
+    """:func:`check_device_limits` for one device at the bias current ``current_a`` (A); ``note`` is added
+    after the current in the messages."""
     if not isinstance(allow_beyond_limits, bool):
         raise TypeError(f"allow_beyond_limits = {allow_beyond_limits!r} must be True or False")
     current = abs(float(current_a))
     problems = []
     if current > dev.current_limit_a:
         source = "limits.max_current" if dev.max_current_a is not None else "V_bd / R_P"
-        problems.append(f"bias current |I| = {current * 1e3:.4g} mA exceeds the maximum current of device "
+        problems.append(f"bias current |I| = {current * 1e3:.4g} mA{note} exceeds the maximum current of device "
                         f"{dev.name}, I_max = {dev.current_limit_a * 1e3:.4g} mA ({source})")
     voltage = current * dev.parallel_resistance_ohm
     if voltage > dev.breakdown_limit_v:
