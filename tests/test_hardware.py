@@ -475,11 +475,11 @@ def test_twin_speaks_scpi_like_an_instrument() -> None:
         rm.open_resource("GPIB0::1::INSTR")
     # with the bias current turned off behind the driver's back the devices give 0 V: not a voltage a junction
     # biased at 2.5 mA can show, so an instrument fault (and the setup is made safe), not data
+    hw = LabSTOArray(st, twin.resource_manager())
     with pytest.raises(InstrumentFaultError, match=r"reading 0 V of device 0 .* outside the voltage the junctions "
-                                                   r"can produce at I = 0.0025 A, \[0.3667 V, 6.6 V\]"):
-        with LabSTOArray(st, twin.resource_manager()) as hw:
-            twin.current_source.write(":OUTP OFF")
-            hw.evolve(hw.initial_state(readin(4)))
+                                                   r"can produce at I = 0.0025 A, \[0.3667 V, 6.6 V\]"), hw:
+        twin.current_source.write(":OUTP OFF")
+        hw.evolve(hw.initial_state(readin(4)))
     assert not hw.is_open and twin.current_source.values[":SOUR:CURR"] == 0.0
 
 
