@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="also draw m(t) and the TMR signal to this PNG")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print one JSON line with the run's summary")
+    p.add_argument("--allow-beyond-limits", action="store_true",
+                   help="run even beyond the device's maximum current / breakdown voltage (recorded in the output)")
     p = sub.add_parser("train", help="train a reservoir model (or a baseline) and evaluate it")
     p.add_argument("--config", type=Path, default=None, help="experiment TOML (experiments/...); flags override it")
     p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto"])
@@ -173,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("data/train"), help="output folder (default data/train)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print one final JSON line")
+    p.add_argument("--allow-beyond-limits", action="store_true",
+                   help="train even beyond the device's maximum current / breakdown voltage (recorded in metrics.json)")
     p = sub.add_parser("lyapunov", help="Lyapunov exponents of a substrate's autonomous dynamics (QR method)")
     p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96"], default="sto")
     p.add_argument("--n", type=int, default=None, help="oscillators / nodes / sites (sto 200, ffesn 500, lorenz96 40)")
@@ -449,7 +453,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         (bar.write(line, file=sys.stderr) if args.json else bar.write(line))
 
     try:
-        result = train(cfg, args.out, resume=args.resume, on_batch=on_batch, on_epoch=on_epoch)
+        result = train(cfg, args.out, resume=args.resume, on_batch=on_batch, on_epoch=on_epoch,
+                       allow_beyond_limits=args.allow_beyond_limits)
     finally:
         bar.close()
     summary = result.summary()
@@ -604,6 +609,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             array, initial, args.duration, args.dt, save_every=save_every, temperature_k=args.temperature,
             dynamical_snr_db=args.dynamical_snr, observation_snr_db=args.observation_snr, seed=args.seed,
             dtype=np.float32 if args.float32 else np.float64, progress=progress,
+            allow_beyond_limits=args.allow_beyond_limits,
         )
     ds = traj.to_dataset()
     write_dataset_atomic(ds, args.out, overwrite=True)

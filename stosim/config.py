@@ -51,6 +51,23 @@ GYROMAGNETIC_PER_G_FACTOR_RAD_PER_OE_S = BOHR_MAGNETON_ERG_G / HBAR_ERG_S
 MIN_GYROMAGNETIC_RAD_PER_OE_S = 1.0 * GYROMAGNETIC_PER_G_FACTOR_RAD_PER_OE_S
 MAX_GYROMAGNETIC_RAD_PER_OE_S = 3.0 * GYROMAGNETIC_PER_G_FACTOR_RAD_PER_OE_S
 
+# -- device limits (docs/hardware.md "Device limits") ------------------------------------------------
+# Resistance-area product RA = R_P pi r^2 of the junction. MgO tunnel barriers span about 0.3 Ohm um^2
+# (~0.8 nm, STT-MRAM and STOs) to 1e4 Ohm um^2 and more (2-3 nm, sensors); RA grows exponentially with the
+# barrier thickness. The bounds below are more than a decade wider on each side; an R_P outside them (1e300 Ohm, or
+# 440 mOhm written for 440 Ohm) is not a tunnel junction of this radius. Seed device: 440 Ohm x pi (60 nm)^2
+# = 4.98 Ohm um^2, the RA ~ 5 Ohm um^2 its file states.
+MIN_RA_OHM_UM2 = 0.01
+MAX_RA_OHM_UM2 = 1e6
+# Dielectric breakdown of the barrier. MgO barriers of ~1 nm (RA of a few Ohm um^2) break down at about
+# 1-2 V under DC or slowly ramped stress (breakdown fields of order 1 V/nm; see e.g. Schaefers et al., "Electric
+# breakdown in ultrathin MgO tunnel barrier junctions for spin-transfer torque switching", arXiv:0907.3579
+# (2009): breakdown not much above the switching voltages of such junctions). We take the middle of that
+# range, 1.5 V, as the default of a device file that gives no breakdown_voltage: a literature-typical value,
+# not a measurement of the seed device; give the measured one in the file's [limits] when it is known.
+DEFAULT_BREAKDOWN_VOLTAGE_V = 1.5
+MAX_BREAKDOWN_VOLTAGE_V = 10.0  # no tunnel barrier of a few nm holds 10 V (~10 V/nm even at 1 nm)
+
 
 class DeviceFileError(ValueError):
     """A device file is missing, unreadable or invalid; the message names the key."""
@@ -88,6 +105,9 @@ class DeviceParameters:
     reference_direction: tuple[float, float, float]  # p, unit vector
     parallel_resistance_ohm: float  # R_P
     tmr_ratio: float  # (R_AP - R_P) / R_P
+    # device limits; None: derived (see current_limit_a, breakdown_limit_v)
+    max_current_a: float | None = None
+    breakdown_voltage_v: float | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -106,7 +126,13 @@ class DeviceParameters:
             ("torque_asymmetry", -1 < self.torque_asymmetry < 1, "in (-1, 1)"),
             ("current", math.isfinite(self.current_a) and abs(self.current_a) <= 1.0, "|I| <= 1 A"),
             ("parallel_resistance", _finite(self.parallel_resistance_ohm) > 0, "finite, > 0 Ohm"),
-            ("tmr_ratio", _finite(self.tmr_ratio) >= 0, "finite, >= 0"),
+            ("tmr_ratio", 0 < _finite(self.tmr_ratio) <= 10,
+             "in (0, 10] (a TMR ratio of 0 means R_AP = R_P: the TMR voltage carries no signal of m)"),
+            ("max_current", self.max_current_a is None or 0 < _finite(self.max_current_a) <= 1.0,
+             "in (0, 1] A, or None (derived: breakdown voltage / R_P)"),
+            ("breakdown_voltage", self.breakdown_voltage_v is None
+             or 0 < _finite(self.breakdown_voltage_v) <= MAX_BREAKDOWN_VOLTAGE_V,
+             f"in (0, {MAX_BREAKDOWN_VOLTAGE_V:g}] V, or None (default {DEFAULT_BREAKDOWN_VOLTAGE_V:g} V)"),
         ]
         for name, ok, valid in checks:
             if not ok:
@@ -115,6 +141,41 @@ class DeviceParameters:
         p = self.reference_direction
         if len(p) != 3 or not all(math.isfinite(c) for c in p) or abs(math.sqrt(sum(c * c for c in p)) - 1) > 1e-9:
             raise ValueError(f"device parameter reference_direction = {p!r} must be a unit 3-vector (|p| = 1)")
+        ra = self.resistance_area_ohm_um2
+        if not MIN_RA_OHM_UM2 <= ra <= MAX_RA_OHM_UM2:
+            area_um2 = math.pi * (self.radius_cm * 1e4) ** 2
+            raise ValueError(
+                f"device parameter parallel_resistance = {self.parallel_resistance_ohm!r} Ohm is out of range: it "
+                f"gives RA = R_P pi r^2 = {ra:.4g} Ohm um^2 over the junction area {area_um2:.4g} um^2; valid: RA in "
+                f"[{MIN_RA_OHM_UM2:g}, {MAX_RA_OHM_UM2:g}] Ohm um^2 (MgO tunnel barriers), i.e. R_P in "
+                f"[{MIN_RA_OHM_UM2 / area_um2:.4g}, {MAX_RA_OHM_UM2 / area_um2:.4g}] Ohm for this radius")
+
+    # device limits ------------------------------------------------------------------
+    @property
+    def resistance_area_ohm_um2(self) -> float:
+        """RA = R_P pi r^2 in Ohm um^2 (the junction's area is the free layer's, pi r^2)."""
+        return self.parallel_resistance_ohm * math.pi * (self.radius_cm * 1e4) ** 2
+
+    @property
+    def breakdown_limit_v(self) -> float:
+        """Largest voltage across the barrier, V_bd in V: the file's ``limits.breakdown_voltage``, else
+        :data:`DEFAULT_BREAKDOWN_VOLTAGE_V` = 1.5 V, typical of MgO barriers of ~1 nm (RA of a few Ohm um^2;
+        the literature's hard-breakdown voltages lie at 1-2 V, fields of order 1 V/nm)."""
+        return DEFAULT_BREAKDOWN_VOLTAGE_V if self.breakdown_voltage_v is None else self.breakdown_voltage_v
+
+    @property
+    def current_limit_a(self) -> float:
+        """Largest bias current |I| in A: the file's ``limits.max_current``, else I_max = V_bd / R_P, the
+        current at which the parallel (lowest-resistance) state reaches the breakdown voltage
+        (seed device: 1.5 V / 440 Ohm = 3.41 mA; its operating point, 2.5 mA, is 73 % of it).
+
+        The voltage limit is applied to I R_P rather than to the model's I R_AP: the model's TMR ratio does
+        not depend on the bias, while that of MgO junctions halves at V_half ~ 0.4-0.6 V, so at volt-scale
+        bias R_AP(V) approaches R_P and the barrier sees about I R_P (the AP side of the model's V = I R(m)
+        overstates it)."""
+        if self.max_current_a is not None:
+            return self.max_current_a
+        return self.breakdown_limit_v / self.parallel_resistance_ohm
 
     # derived quantities -------------------------------------------------------------
     @property
@@ -169,6 +230,11 @@ class DeviceParameters:
             ("reference_direction p", "(" + ", ".join(f"{c:g}" for c in self.reference_direction) + ")"),
             ("parallel_resistance R_P", format_quantity(self.parallel_resistance_ohm, "resistance")),
             ("tmr_ratio (R_AP - R_P)/R_P", f"{self.tmr_ratio:g}"),
+            ("resistance_area RA", f"{self.resistance_area_ohm_um2:.4g} Ohm um^2"),
+            ("breakdown_voltage V_bd", f"{self.breakdown_limit_v:g} V"
+             + (" (default)" if self.breakdown_voltage_v is None else "")),
+            ("max_current I_max", f"{self.current_limit_a * 1e3:.6g} mA"
+             + (" (V_bd / R_P)" if self.max_current_a is None else "")),
         ]
         return rows
 
@@ -178,6 +244,8 @@ class DeviceParameters:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             out[f"device_{f.name}"] = list(value) if isinstance(value, tuple) else value
+        out["device_current_limit_a"] = self.current_limit_a
+        out["device_breakdown_limit_v"] = self.breakdown_limit_v
         return out
 
 
@@ -254,9 +322,20 @@ class AppliedFieldSection(_Section):
 
 class TMRSection(_Section):
     parallel_resistance: Annotated[float, Field(gt=0, description="R_P, Ohm")]
-    tmr_ratio: Annotated[float, Field(ge=0, le=10, description="(R_AP - R_P)/R_P")]
+    tmr_ratio: Annotated[float, Field(gt=0, le=10, description="(R_AP - R_P)/R_P; 0 would leave no readout signal")]
 
     _r = field_validator("parallel_resistance", mode="before")(unit_field_validator("resistance"))
+
+
+class LimitsSection(_Section):
+    """Optional ``[limits]``: the largest bias current and the barrier's breakdown voltage (defaults:
+    :attr:`DeviceParameters.current_limit_a`, :attr:`DeviceParameters.breakdown_limit_v`)."""
+
+    max_current: Annotated[float | None, Field(gt=0, le=1.0, description="A")] = None
+    breakdown_voltage: Annotated[float | None, Field(gt=0, le=MAX_BREAKDOWN_VOLTAGE_V, description="V")] = None
+
+    _i = field_validator("max_current", mode="before")(unit_field_validator("current"))
+    _v = field_validator("breakdown_voltage", mode="before")(unit_field_validator("voltage"))
 
 
 class DeviceFile(_Section):
@@ -270,6 +349,7 @@ class DeviceFile(_Section):
     reference_layer: ReferenceLayerSection = ReferenceLayerSection()
     applied_field: AppliedFieldSection
     tmr: TMRSection
+    limits: LimitsSection = LimitsSection()
 
     def resolve(self) -> DeviceParameters:
         fl, st = self.free_layer, self.spin_torque
@@ -288,6 +368,8 @@ class DeviceFile(_Section):
             reference_direction=tuple(float(c) for c in self.reference_layer.direction),
             parallel_resistance_ohm=self.tmr.parallel_resistance,
             tmr_ratio=self.tmr.tmr_ratio,
+            max_current_a=self.limits.max_current,
+            breakdown_voltage_v=self.limits.breakdown_voltage,
         )
 
 

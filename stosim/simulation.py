@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Callable
 
 import numpy as np
 
+from stosim.config import DeviceParameters
 from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, run_chunk, run_chunks
 from stosim.integrate.chunks import chunk_count as _chunk_count, from_chunks as _from_chunks, to_chunks as _to_chunks
 from stosim.integrate.threads import single_threaded_blas as _single_threaded_blas
@@ -26,7 +28,8 @@ from stosim.physics.noise import add_observation_noise, check_snr_db, snr_noise_
 from stosim.physics.tmr import voltage_at_bias_current_v
 
 __all__ = ["simulate", "evolve", "Trajectory", "SimulationDivergedError", "NoiseSettings", "initial_state_from_angles",
-           "random_initial_state", "check_initial_state", "steps_for_duration"]
+           "random_initial_state", "check_initial_state", "steps_for_duration", "DeviceLimitError",
+           "DeviceLimitWarning", "check_device_limits", "check_current_limits"]
 
 # random streams (spawn keys under the run's seed)
 STREAM_INITIAL = 1
@@ -40,6 +43,63 @@ MAX_TRAJECTORY_BYTES = 8 << 30
 
 class SimulationDivergedError(FloatingPointError):
     """The state became non-finite during a run (names step, time, sample and oscillator)."""
+
+
+class DeviceLimitError(ValueError):
+    """A run would drive the device beyond its limits (maximum current, breakdown voltage)."""
+
+
+class DeviceLimitWarning(UserWarning):
+    """A run beyond the device's limits, made because the caller insisted (``allow_beyond_limits``)."""
+
+
+OVERRIDE_HINT = "pass --allow-beyond-limits (Python: allow_beyond_limits=True) to run it anyway"
+
+
+def check_device_limits(array: STOArray, *, allow_beyond_limits: bool = False, what: str = "run") -> tuple[str, ...]:
+    """Check the array's bias currents against its device's limits; returns the limits exceeded (messages).
+
+    Every device i carries I_i = I (1 + s_I xi_i) (with variability); with I_max = ``current_limit_a`` and
+    V_bd = ``breakdown_limit_v`` of the device (:class:`stosim.config.DeviceParameters`):
+
+    - maximum current: max_i |I_i| <= I_max;
+    - breakdown voltage: max_i |I_i| R_P <= V_bd (the parallel state's voltage; see
+      :attr:`~stosim.config.DeviceParameters.current_limit_a` for why R_P, not the model's R_AP).
+
+    Beyond a limit: :class:`DeviceLimitError` naming it, unless ``allow_beyond_limits``; then a
+    :class:`DeviceLimitWarning` is issued and the messages are returned (to be stored with the output).
+    """
+    currents = np.abs(_bias_currents_a(array))
+    k = int(np.argmax(currents))
+    note = "" if array.variability is None or currents[k] == abs(array.current_a) else (
+        f" (device {k} of the array under variability, I_i = I (1 + s_I xi_i) with I = {array.current_a * 1e3:.4g} mA)")
+    return check_current_limits(array.device, float(currents[k]), allow_beyond_limits=allow_beyond_limits, what=what,
+                                note=note)
+
+
+def check_current_limits(dev: DeviceParameters, current_a: float, *, allow_beyond_limits: bool = False,
+                         what: str = "run", note: str = "") -> tuple[str, ...]:
+    """:func:`check_device_limits` for one device at the bias current ``current_a`` (A); ``note`` is added
+    after the current in the messages."""
+    if not isinstance(allow_beyond_limits, bool):
+        raise TypeError(f"allow_beyond_limits = {allow_beyond_limits!r} must be True or False")
+    current = abs(float(current_a))
+    problems = []
+    if current > dev.current_limit_a:
+        source = "limits.max_current" if dev.max_current_a is not None else "V_bd / R_P"
+        problems.append(f"bias current |I| = {current * 1e3:.4g} mA{note} exceeds the maximum current of device "
+                        f"{dev.name}, I_max = {dev.current_limit_a * 1e3:.4g} mA ({source})")
+    voltage = current * dev.parallel_resistance_ohm
+    if voltage > dev.breakdown_limit_v:
+        source = "limits.breakdown_voltage" if dev.breakdown_voltage_v is not None else "default for MgO barriers"
+        problems.append(f"junction voltage |I| R_P = {voltage:.4g} V exceeds the breakdown voltage of device "
+                        f"{dev.name}, V_bd = {dev.breakdown_limit_v:.4g} V ({source}); the model would report up to "
+                        f"|I| R_AP = {voltage * (1 + dev.tmr_ratio):.4g} V")
+    if problems and not allow_beyond_limits:
+        raise DeviceLimitError(f"{what} refused: " + "; ".join(problems) + f"; {OVERRIDE_HINT}")
+    for message in problems:
+        warnings.warn(f"{what} beyond the device limits: {message}", DeviceLimitWarning, stacklevel=3)
+    return tuple(problems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,15 +292,21 @@ class Trajectory:
     measured_observation_snr_db: dict[str, float]
     measured_dynamical_snr_db: float | None
     dtype: str
+    limit_warnings: tuple[str, ...] = ()  # device limits exceeded (run with allow_beyond_limits)
 
     def to_dataset(self):
         """The trajectory as an xarray Dataset (units and long_name on every variable, provenance attrs).
 
         Dims: (time, oscillator, component) for one sample, (time, sample, oscillator, component) for more.
+        A run beyond the device limits carries them in the attribute ``device_limit_warnings`` ("none"
+        when within them).
         """
         from stosim.storage import trajectory_dataset
 
-        return trajectory_dataset(self)
+        ds = trajectory_dataset(self)
+        ds.attrs["device_limit_warnings"] = "; ".join(self.limit_warnings) if self.limit_warnings else "none"
+        ds.attrs["beyond_device_limits"] = int(bool(self.limit_warnings))
+        return ds
 
 
 def _bias_currents_a(array: STOArray) -> np.ndarray:
@@ -254,13 +320,18 @@ def _bias_currents_a(array: STOArray) -> np.ndarray:
 def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s: float, *,
              save_every: int = 1, temperature_k: float = 0.0, dynamical_snr_db: float | None = None,
              observation_snr_db: float | None = None, seed: int = 0, dtype=np.float64,
-             progress: Callable[[int, int], None] | None = None) -> Trajectory:
+             progress: Callable[[int, int], None] | None = None, allow_beyond_limits: bool = False) -> Trajectory:
     """Run ``array`` from ``initial_state`` ((N, 3) or (B, N, 3)) for ``duration_s`` in steps of ``dt_s``.
 
     The state is recorded at t = 0 and after every ``save_every`` steps. With
     ``observation_snr_db`` the recorded m and TMR voltage carry Gaussian observation noise of
     variance var(signal)/10^(SNR/10), the variance over all recorded samples of each.
+
+    A bias current beyond the device's limits (:func:`check_device_limits`) raises
+    :class:`DeviceLimitError`; with ``allow_beyond_limits`` the run is made, a
+    :class:`DeviceLimitWarning` issued and the exceeded limits kept in ``Trajectory.limit_warnings``.
     """
+    limit_warnings = check_device_limits(array, allow_beyond_limits=allow_beyond_limits, what="simulation")
     n_steps = steps_for_duration(duration_s, dt_s)
     if not isinstance(save_every, (int, np.integer)) or not 1 <= save_every <= n_steps:
         raise ValueError(f"save_every = {save_every!r} must be an integer in [1, {n_steps}] (the number of steps)")
@@ -289,4 +360,4 @@ def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s
     return Trajectory(time_s=time_s, m=m, tmr_voltage_v=voltage, final_state=final, array=array, dt_s=float(dt_s),
                       seed=int(seed), noise=noise, observation_snr_db=observation_snr_db,
                       measured_observation_snr_db=measured_obs, measured_dynamical_snr_db=measured_dyn,
-                      dtype=np.dtype(dtype).name)
+                      dtype=np.dtype(dtype).name, limit_warnings=limit_warnings)

@@ -248,6 +248,18 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tu
     raise ConfigError(f"substrate = {kind!r}; valid: {', '.join(SUBSTRATES)}")  # pragma: no cover
 
 
+def _device_limit_warnings(model: torch.nn.Module, allow_beyond_limits: bool) -> tuple[str, ...]:
+    """The device limits the model's STO arrays exceed (``check_device_limits``: refused unless allowed)."""
+    from stosim.simulation import check_device_limits
+    from stosim.substrates.sto_array import CoupledSTOArray
+
+    found: list[str] = []
+    for sub in _substrates(model):
+        if isinstance(sub, CoupledSTOArray):
+            found += check_device_limits(sub.array, allow_beyond_limits=allow_beyond_limits, what="training")
+    return tuple(dict.fromkeys(found))
+
+
 def _substrates(model: torch.nn.Module):
     from stosim.substrates.base import Substrate
 
@@ -385,12 +397,16 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False,
           on_batch: Callable[[int, int], None] | None = None,
-          on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict[str, float]], None] | None = None,
+          allow_beyond_limits: bool = False) -> TrainResult:
     """Train ``cfg``; with ``out_dir``: checkpoint every epoch, ``metrics.json`` and a learning-curve PNG.
 
     ``resume`` continues from ``out_dir/checkpoint.pt`` (same configuration except ``epochs``, which
     may change only with a constant learning rate).
     ``on_batch(done, total)`` and ``on_epoch(record)`` report progress.
+    An STO bias current beyond the device's limits raises ``DeviceLimitError``
+    (:func:`stosim.simulation.check_device_limits`); with ``allow_beyond_limits`` training runs with a
+    warning, and ``metrics.json`` lists the limits exceeded under ``device_limit_warnings``.
     """
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
@@ -403,6 +419,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     x_test, y_test = _tensors(cfg, test_ds, dtype)
     n_classes = train_ds.n_classes
     model = build_model(cfg, x_train.shape[1], n_classes, train_ds.image_shape)
+    limit_warnings = _device_limit_warnings(model, allow_beyond_limits)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(cfg, params)
     history: list[dict[str, float]] = []
@@ -462,7 +479,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     if out is not None:
         metrics = {**result.summary(), "config": cfg.resolved(), "history": history,
                    "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]),
-                   "n_parameters": sum(p.numel() for p in params)}
+                   "n_parameters": sum(p.numel() for p in params), "device_limit_warnings": list(limit_warnings)}
         write_text_atomic(json.dumps(metrics, indent=2, default=str), out / METRICS)
         from stosim.plotting import plot_learning_curve
 

@@ -21,7 +21,8 @@ import pyvisa
 import torch
 
 from stosim.hardware import (INSTRUMENTS_DIR, STATIONS_DIR, CurrentSource2400, DigitalTwin, DriverClosedError, Fault,
-                             FaultInjectingTransport, HardwareSafetyError, InstrumentError, InstrumentTimeoutError,
+                             FaultInjectingTransport, HardwareSafetyError, InstrumentError, InstrumentFaultError,
+                             InstrumentTimeoutError,
                              LabSTOArray, Mismatch, PhysicsAwareSubstrate, RecordingTransport, StationFileError,
                              StationModel, WrappingResourceManager, compare_sim_vs_physics_aware, load_station,
                              station_from_dict)
@@ -472,11 +473,14 @@ def test_twin_speaks_scpi_like_an_instrument() -> None:
         dg.query(":FETC?")
     with pytest.raises(pyvisa.errors.VisaIOError):
         rm.open_resource("GPIB0::1::INSTR")
-    # with the bias current off the devices give no voltage
-    with LabSTOArray(st, twin.resource_manager()) as hw:
+    # with the bias current turned off behind the driver's back the devices give 0 V: not a voltage a junction
+    # biased at 2.5 mA can show, so an instrument fault (and the setup is made safe), not data
+    hw = LabSTOArray(st, twin.resource_manager())
+    with pytest.raises(InstrumentFaultError, match=r"reading 0 V of device 0 .* outside the voltage the junctions "
+                                                   r"can produce at I = 0.0025 A, \[0.3667 V, 6.6 V\]"), hw:
         twin.current_source.write(":OUTP OFF")
-        assert float(hw.evolve(hw.initial_state(readin(4))).abs().max()) < 1e-9
-        twin.current_source.write(":OUTP ON")
+        hw.evolve(hw.initial_state(readin(4)))
+    assert not hw.is_open and twin.current_source.values[":SOUR:CURR"] == 0.0
 
 
 class LateAnswers:

@@ -11,34 +11,38 @@
 - :class:`StationModel`: the differentiable simulator model of a station.
 - :class:`PhysicsAwareSubstrate`, :func:`compare_sim_vs_physics_aware`: physics-aware training
   (hardware forward, simulator backward) and readout-only ridge training on hardware features.
-- Transport wrappers for tests: :class:`RecordingTransport`, :class:`FaultInjectingTransport`,
+- Transport wrappers for tests: :class:`RecordingTransport`, :class:`JournalTransport` (to a file),
+  :class:`FaultInjectingTransport`,
   :class:`Fault`, :class:`WrappingResourceManager`.
 
 pyvisa-sim definitions of the instruments live in ``devices/instruments/*.yaml``.
 """
 
 from stosim.hardware.instruments import (INSTRUMENTS, Command, CurrentSource2400, FieldPulseSource, Instrument,
-                                         InstrumentError, InstrumentTimeoutError, ListCommand, SegmentedDigitizer)
-from stosim.hardware.lab_array import DriverClosedError, HardwareSafetyError, LabSTOArray
+                                         InstrumentError, InstrumentFaultError, InstrumentIdentityError,
+                                         InstrumentTimeoutError, ListCommand, SegmentedDigitizer)
+from stosim.hardware.lab_array import DriverClosedError, HardwareSafetyError, LabSTOArray, physical_voltage_window
 from stosim.hardware.model import StationModel, projection_from_voltage, tmr_voltage
 from stosim.hardware.physics_aware import (ComparisonResult, PhysicsAwareSubstrate, accuracy,
                                            compare_sim_vs_physics_aware, fit_ridge_readout, physics_aware,
                                            train_classifier)
 from stosim.hardware.station import (INSTRUMENTS_DIR, STATIONS_DIR, InstrumentSpec, Station, StationFileError,
                                      load_station, station_from_dict)
-from stosim.hardware.transport import (Fault, FaultInjectingTransport, RecordingTransport, WrappingResourceManager,
-                                       is_timeout)
+from stosim.hardware.transport import (Fault, FaultInjectingTransport, JournalTransport, RecordingTransport,
+                                       WrappingResourceManager, is_timeout, read_journal)
 from stosim.hardware.twin import DigitalTwin, Mismatch, TwinResourceManager
 
 __all__ = [
-    "LabSTOArray", "HardwareSafetyError", "DriverClosedError",
+    "LabSTOArray", "HardwareSafetyError", "DriverClosedError", "physical_voltage_window",
     "Station", "InstrumentSpec", "StationFileError", "load_station", "station_from_dict", "STATIONS_DIR",
     "INSTRUMENTS_DIR",
-    "Command", "ListCommand", "Instrument", "InstrumentError", "InstrumentTimeoutError", "CurrentSource2400",
+    "Command", "ListCommand", "Instrument", "InstrumentError", "InstrumentTimeoutError", "InstrumentFaultError",
+    "InstrumentIdentityError", "CurrentSource2400",
     "FieldPulseSource", "SegmentedDigitizer", "INSTRUMENTS",
     "DigitalTwin", "Mismatch", "TwinResourceManager",
     "StationModel", "tmr_voltage", "projection_from_voltage",
     "PhysicsAwareSubstrate", "physics_aware", "train_classifier", "accuracy", "fit_ridge_readout",
     "ComparisonResult", "compare_sim_vs_physics_aware",
-    "RecordingTransport", "FaultInjectingTransport", "Fault", "WrappingResourceManager", "is_timeout",
+    "RecordingTransport", "JournalTransport", "read_journal", "FaultInjectingTransport", "Fault",
+    "WrappingResourceManager", "is_timeout",
 ]

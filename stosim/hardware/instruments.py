@@ -36,8 +36,9 @@ import numpy as np
 
 from stosim.hardware.transport import is_timeout
 
-__all__ = ["Command", "ListCommand", "Instrument", "InstrumentError", "InstrumentTimeoutError", "CurrentSource2400",
-           "FieldPulseSource", "SegmentedDigitizer", "INSTRUMENTS", "instrument_class"]
+__all__ = ["Command", "ListCommand", "Instrument", "InstrumentError", "InstrumentTimeoutError", "InstrumentFaultError",
+           "InstrumentIdentityError", "CurrentSource2400", "FieldPulseSource", "SegmentedDigitizer", "INSTRUMENTS",
+           "instrument_class", "idn_model"]
 
 
 class InstrumentError(RuntimeError):
@@ -46,6 +47,22 @@ class InstrumentError(RuntimeError):
 
 class InstrumentTimeoutError(InstrumentError, TimeoutError):
     """An instrument did not answer within its timeout, every one of the bounded attempts."""
+
+
+class InstrumentFaultError(InstrumentError):
+    """A reading that cannot be data: beyond the instrument's configured range, or outside what the
+    device can physically produce. The message names the reading, the range and the instrument."""
+
+
+class InstrumentIdentityError(InstrumentError):
+    """The instrument at an address is not the model the station file expects (``*IDN?``)."""
+
+
+def idn_model(idn: str) -> str:
+    """The manufacturer and model fields of an ``*IDN?`` answer (``"MAKER,MODEL,SERIAL,FIRMWARE"``), normalized
+    for comparison: the first two comma-separated fields, stripped, upper case, inner blanks collapsed."""
+    fields = [" ".join(f.split()).upper() for f in str(idn).split(",")[:2]]
+    return ",".join(fields)
 
 
 # messages that act each time they arrive: after a timeout they are not sent again (the first may have
@@ -156,6 +173,9 @@ class Instrument:
 
     role: ClassVar[str] = ""
     model: ClassVar[str] = ""
+    #: the manufacturer and model of ``*IDN?`` that this driver is written for (``"MAKER,MODEL"``); a station
+    #: file's ``model`` key replaces it. Empty: the station file must name one.
+    idn: ClassVar[str] = ""
     commands: ClassVar[Mapping[str, Command | ListCommand]] = MappingProxyType({})
     error_query: ClassVar[str | None] = ":SYST:ERR?"
 
@@ -284,6 +304,23 @@ class Instrument:
         """``*IDN?``."""
         return self.query("*IDN?")
 
+    def check_identity(self, expected: str | None = None) -> str:
+        """``*IDN?``, checked: its manufacturer and model fields must be those of ``expected`` (``"MAKER,MODEL"``,
+        default: the class's :attr:`idn`), compared by :func:`idn_model`. Returns the whole answer; raises
+        :class:`InstrumentIdentityError` naming the instrument, the expected and the answered model, before any
+        setting is sent (a wrong instrument at the address must not be driven as this one)."""
+        want = expected if expected is not None else self.idn
+        if not idn_model(want).strip(","):
+            raise InstrumentIdentityError(f"{self.label}: no expected model to check *IDN? against; give the "
+                                          f"station file's [{self.role}] model = \"MAKER,MODEL\"")
+        answer = self.identify()
+        if idn_model(answer) != idn_model(want):
+            raise InstrumentIdentityError(
+                f"{self.label}: *IDN? answered {answer!r}, manufacturer and model {idn_model(answer)!r}; the station "
+                f"expects {idn_model(want)!r} ([{self.role}] model). Check the address, or the station file's model "
+                "if this instrument is meant to be used")
+        return answer
+
     def check_errors(self) -> None:
         """Read the SCPI error queue until it is empty; raise :class:`InstrumentError` listing what it held."""
         if self.error_query is None:
@@ -330,6 +367,7 @@ class CurrentSource2400(Instrument):
 
     role = "current_source"
     model = "Keithley 2400 (SCPI)"
+    idn = "KEITHLEY INSTRUMENTS INC.,MODEL 2400"
     commands = MappingProxyType({
         "function": Command("function", ":SOUR:FUNC {value}", kind="choice", choices=("CURR", "VOLT"),
                             description="source function"),
@@ -392,6 +430,7 @@ class FieldPulseSource(Instrument):
 
     role = "field_source"
     model = "multi-channel field-pulse AWG (SCPI)"
+    idn = "STOSIM,FIELD-PULSE-AWG"
     commands = MappingProxyType({
         "points": Command("points", ":WAV:POIN {value:d}", "", 1, 3072, query=":WAV:POIN?", kind="int",
                           description="values per segment (3 per device)"),
@@ -440,6 +479,7 @@ class SegmentedDigitizer(Instrument):
 
     role = "digitizer"
     model = "multi-channel segmented digitizer (SCPI)"
+    idn = "STOSIM,SEGMENTED-DIGITIZER"
     OVERFLOW = 9.9e37
     commands = MappingProxyType({
         "channels": Command("channels", ":CHAN:COUN {value:d}", "", 1, 1024, query=":CHAN:COUN?", kind="int",
@@ -476,7 +516,10 @@ class SegmentedDigitizer(Instrument):
         self.write(":ABOR")
 
     def fetch(self, shape: Sequence[int]) -> np.ndarray:
-        """The recorded volts as an array of ``shape`` (segments, channels, points); checks count and range."""
+        """The recorded volts as an array of ``shape`` (segments, channels, points); checks count and range.
+
+        A reading beyond the configured input range +-``voltage_range`` (or the overload marker 9.9E37,
+        or a non-finite value) raises :class:`InstrumentFaultError`: it is a fault, never data."""
         text = self.query(":FETC?")
         expected = int(np.prod(shape))
         try:
@@ -486,11 +529,22 @@ class SegmentedDigitizer(Instrument):
         if values.size != expected:
             raise InstrumentError(f"{self.label}: :FETC? returned {values.size} values; expected {expected} "
                                   f"(segments x channels x points = {' x '.join(map(str, shape))})")
+        full_scale = self.values.get("voltage_range")
+        if full_scale is None:  # never configured: the widest range the instrument has
+            full_scale = self.commands["voltage_range"].maximum
         over = ~np.isfinite(values) | (np.abs(values) >= self.OVERFLOW / 10)
         if over.any():
             seg, ch, pt = np.unravel_index(int(np.flatnonzero(over)[0]), tuple(shape))
-            raise InstrumentError(f"{self.label}: overload on channel {ch} (segment {seg}, sample {pt}): the voltage "
-                                  f"exceeds the input range +-{self.values.get('voltage_range', float('nan')):g} V")
+            raise InstrumentFaultError(f"{self.label}: overload on channel {ch} (segment {seg}, sample {pt}): the "
+                                       f"voltage exceeds the input range +-{full_scale:g} V")
+        outside = np.abs(values) > full_scale
+        if outside.any():
+            k = int(np.flatnonzero(outside)[0])
+            seg, ch, pt = np.unravel_index(k, tuple(shape))
+            raise InstrumentFaultError(
+                f"{self.label}: reading {values[k]:g} V on channel {ch} (segment {seg}, sample {pt}) is outside the "
+                f"configured input range [-{full_scale:g} V, {full_scale:g} V] ({int(outside.sum())} of {values.size} "
+                "readings): an instrument fault, not data")
         return values.reshape(tuple(shape))
 
 

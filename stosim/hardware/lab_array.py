@@ -24,11 +24,25 @@ States and features:
   the bias-current setpoint (m.p = m_x for the default p = e_x). A lab's calibration errors
   therefore show up as per-device affine errors of the features.
 
-Safety: :meth:`open` ramps the current up in steps; any exception (a timeout after the bounded
-retries, an instrument error, ``KeyboardInterrupt``) during :meth:`open` or a measurement ramps
-the current back to 0 A in steps, turns every output off and marks the driver closed before the
-exception propagates; :meth:`close` (also ``__exit__``) does the same. Use it as a context
-manager::
+Safety (the *safe state*: current ramped to 0 A in steps, current output off, field source off,
+digitizer aborted, sessions closed). :meth:`open` ramps the current up in steps; the safe state is
+reached
+
+- on :meth:`close` (also ``__exit__``);
+- on any exception (a timeout after the bounded retries, an instrument error or fault,
+  ``KeyboardInterrupt``) during :meth:`open` or a measurement, before the exception propagates;
+- when the driver is garbage-collected while open, and at interpreter exit while open (a
+  ``weakref.finalize`` registered by :meth:`open`: an exception in *your* code, outside a ``with``
+  block and without :meth:`close`, still leaves the setup safe when the program ends).
+
+Refused before anything is sent: a station whose bias current is beyond the device file's limits
+(maximum current, breakdown voltage: :func:`stosim.simulation.check_device_limits`), an instrument
+whose ``*IDN?`` is not the model the station file names. Refused as instrument faults
+(:class:`~stosim.hardware.instruments.InstrumentFaultError`, the setup made safe): a reading beyond
+the digitizer's configured range, or outside the window the devices can physically produce,
+[|I| R_P / (1 + tol), |I| R_AP (1 + tol)] (sign of I), tol = ``reading_tolerance``.
+
+Use it as a context manager::
 
     with LabSTOArray("devices/stations/my-lab.toml") as hw:
         features = hw(readin)
@@ -36,22 +50,43 @@ manager::
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
+import sys
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from stosim.hardware.instruments import CurrentSource2400, FieldPulseSource, Instrument, SegmentedDigitizer
+from stosim.hardware.instruments import (CurrentSource2400, FieldPulseSource, Instrument, InstrumentFaultError,
+                                         SegmentedDigitizer)
 from stosim.hardware.model import READOUT_UNITS, prepare_unit_vectors, projection_from_voltage, state_units
 from stosim.hardware.station import SAMPLES_PER_DEVICE, Station, load_station
 from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
 
-__all__ = ["LabSTOArray", "HardwareSafetyError", "DriverClosedError"]
+__all__ = ["LabSTOArray", "HardwareSafetyError", "DriverClosedError", "physical_voltage_window"]
 
 UNIT_NORM_TOLERANCE = 1e-6
+# readings may lie a factor (1 + tol) beyond the nominal window [I R_P, I R_AP]: junctions of one wafer differ in
+# R_P by tens of % (spreads of RA and diameter), in the TMR ratio by ~10 %, the delivered current by a few %, and
+# the readings carry noise. tol = 2 (a factor 3) holds the digital twin's Mismatch.lab(2.0) (30 % R_P spread);
+# -0.5 V or 1e6 V from a 2.5 mA bias on 440 Ohm (window [0.37 V, 6.6 V]) stay refused.
+DEFAULT_READING_TOLERANCE = 2.0
+
+
+def physical_voltage_window(current_a: float, parallel_resistance_ohm: float, tmr_ratio: float,
+                            tolerance: float = DEFAULT_READING_TOLERANCE) -> tuple[float, float]:
+    """(lowest, highest) voltage in V a junction can show at the bias ``current_a``: V = I R(m) lies between
+    I R_P and I R_AP = I R_P (1 + TMR), widened by the factor (1 + ``tolerance``) on each side (for calibration
+    spreads and noise); for I < 0 the window is mirrored."""
+    if not (math.isfinite(tolerance) and 0 <= tolerance <= 100):
+        raise ValueError(f"reading tolerance = {tolerance!r} must be in [0, 100] (a relative widening)")
+    lo = abs(current_a) * parallel_resistance_ohm / (1.0 + tolerance)
+    hi = abs(current_a) * parallel_resistance_ohm * (1.0 + tmr_ratio) * (1.0 + tolerance)
+    return (lo, hi) if current_a >= 0 else (-hi, -lo)
 
 
 class HardwareSafetyError(RuntimeError):
@@ -62,62 +97,190 @@ class DriverClosedError(RuntimeError):
     """The driver is not open (never opened, closed, or shut down after an error)."""
 
 
+class _Connection:
+    """The open instruments of a driver and how to make them safe: what the driver's finalizer holds (it must
+    not hold the driver itself, or the driver would never be collected)."""
+
+    def __init__(self, station: Station, resource_manager: Any | None) -> None:
+        self.station = station
+        self.resource_manager = resource_manager
+        self.owns_resource_manager = False  # True while a manager opened by open() itself is held
+        self.current_source: CurrentSource2400 | None = None
+        self.field_source: FieldPulseSource | None = None
+        self.digitizer: SegmentedDigitizer | None = None
+        self.open = False
+
+    def instruments(self) -> list[Instrument]:
+        return [i for i in (self.current_source, self.field_source, self.digitizer) if i is not None]
+
+    def shutdown(self) -> list[str]:
+        """Ramp to 0 A in steps, current output off; field source off; digitizer aborted; sessions closed.
+
+        Every step is attempted even if an earlier one failed or was interrupted; returns the
+        problems met. A ``KeyboardInterrupt`` (or ``SystemExit``) during a step is re-raised
+        after all steps ran.
+        """
+        st = self.station
+        self.open = False
+        cs, fs, dg = self.current_source, self.field_source, self.digitizer
+
+        def ramp_down() -> None:
+            start = _present_current(cs)
+            if start is None:
+                cs.set_current(0.0)  # unknown present value: step straight down, never up
+            else:
+                cs.ramp_to(0.0, st.ramp_step_a, st.ramp_dwell_s, start_a=start)
+
+        steps = []
+        if cs is not None:
+            steps += [("current source: ramp to 0 A", ramp_down), ("current source: output off",
+                                                                    lambda: cs.set_output(False))]
+        if fs is not None:
+            steps.append(("field source: output off", lambda: fs.set_output(False)))
+        if dg is not None:
+            steps.append(("digitizer: abort", dg.abort))
+        for inst in (cs, fs, dg):
+            if inst is not None:
+                steps.append((f"{inst.name}: close", inst.close))
+        if self.owns_resource_manager:  # the VISA session opened by open(); a caller's manager stays open
+            steps.append(("VISA resource manager: close", self._close_own_resource_manager))
+        problems: list[str] = []
+        pending: BaseException | None = None
+        for label, step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - collect, keep going
+                problems.append(f"{label}: {exc}")
+            except BaseException as exc:  # KeyboardInterrupt: finish making the setup safe first
+                problems.append(f"{label}: interrupted ({type(exc).__name__})")
+                pending = pending or exc
+        self.current_source = self.field_source = self.digitizer = None
+        if pending is not None:
+            if problems:
+                pending.add_note("while making the setup safe: " + "; ".join(problems))
+            raise pending
+        return problems
+
+    def _close_own_resource_manager(self) -> None:
+        rm, self.resource_manager, self.owns_resource_manager = self.resource_manager, None, False
+        rm.close()
+
+    def at_exit(self) -> None:
+        """The safe-state sequence at interpreter exit (an ``atexit`` function, see :meth:`LabSTOArray.open`)."""
+        self.finalize("interpreter exit")
+
+    def at_collection(self) -> None:
+        """The safe-state sequence when the driver is garbage-collected (its ``weakref.finalize``)."""
+        self.finalize("garbage collection (or interpreter exit)")
+
+    def finalize(self, when: str) -> None:
+        """The safe-state sequence of a driver nobody closed: nothing may propagate from here, so problems
+        are written to stderr."""
+        if not self.instruments():
+            return
+        try:
+            problems = self.shutdown()
+        except BaseException as exc:  # noqa: BLE001 - a finalizer cannot raise; say so
+            problems = [f"interrupted ({type(exc).__name__})"]
+        if problems:
+            sys.stderr.write(f"stosim: station {self.station.name}: LabSTOArray left open was closed at {when}; the "
+                             f"safe state could not be confirmed: {'; '.join(problems)} -- check the setup by hand\n")
+
+
+def _present_current(cs: CurrentSource2400) -> float | None:
+    try:
+        value = cs.get("current")
+    except Exception:  # noqa: BLE001 - fall back to the last value set
+        value = cs.values.get("current")
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
 class LabSTOArray(Substrate):
     """An STO array in the lab, driven over PyVISA, as a (non-differentiable) substrate.
 
     ``station``: a :class:`Station` or a station file path / name. ``resource_manager``:
     anything with ``open_resource(address, **kwargs)``; None opens ``pyvisa.ResourceManager()``
     (the system's VISA library) on :meth:`open` and closes it again on :meth:`close` (a manager
-    passed in is left open: it belongs to the caller).
+    passed in is left open: it belongs to the caller). ``reading_tolerance``: how far (relative)
+    readings may lie beyond the devices' physical window (see :func:`physical_voltage_window`).
+
+    The station's bias current must be within the device's limits (``DeviceLimitError`` otherwise,
+    no override: a real junction does not survive its breakdown).
     """
 
-    def __init__(self, station: Station | str | Path, resource_manager: Any | None = None) -> None:
+    def __init__(self, station: Station | str | Path, resource_manager: Any | None = None, *,
+                 reading_tolerance: float = DEFAULT_READING_TOLERANCE) -> None:
         super().__init__()
+        from stosim.simulation import check_current_limits
+
         self.station = station if isinstance(station, Station) else load_station(station)
-        dev = self.station.device
-        projection_from_voltage(1.0, self.station.bias_current_a, dev.parallel_resistance_ohm, dev.tmr_ratio)  # checks
-        self._resource_manager = resource_manager
-        self._owns_resource_manager = False  # True while a manager opened by open() itself is held
-        self.current_source: CurrentSource2400 | None = None
-        self.field_source: FieldPulseSource | None = None
-        self.digitizer: SegmentedDigitizer | None = None
+        st = self.station
+        dev = st.device
+        projection_from_voltage(1.0, st.bias_current_a, dev.parallel_resistance_ohm, dev.tmr_ratio)  # checks
+        check_current_limits(dev, st.bias_current_a, what=f"station {st.name}")
+        self.voltage_window_v = physical_voltage_window(st.bias_current_a, dev.parallel_resistance_ohm, dev.tmr_ratio,
+                                                        reading_tolerance)
+        self.reading_tolerance = float(reading_tolerance)
+        self._conn = _Connection(st, resource_manager)
+        self._finalizer: weakref.finalize | None = None
         self.identities: dict[str, str] = {}
         self.acquisitions = 0
-        self._open = False
         self._seed = 0
 
     # -- lifecycle -------------------------------------------------------------------
     @property
     def is_open(self) -> bool:
-        return self._open
+        return self._conn.open
+
+    @property
+    def current_source(self) -> CurrentSource2400 | None:
+        return self._conn.current_source
+
+    @property
+    def field_source(self) -> FieldPulseSource | None:
+        return self._conn.field_source
+
+    @property
+    def digitizer(self) -> SegmentedDigitizer | None:
+        return self._conn.digitizer
 
     def open(self) -> "LabSTOArray":
-        """Connect, identify and configure the instruments, ramp the bias current up; idempotent.
+        """Connect, identify (``*IDN?`` checked against the station's models) and configure the instruments,
+        ramp the bias current up; idempotent.
 
-        On any error the setup is made safe (see :meth:`close`) before the error propagates.
+        On any error the setup is made safe (see :meth:`close`) before the error propagates. From here
+        until :meth:`close`, a finalizer makes the setup safe if the driver is garbage-collected or the
+        interpreter exits.
         """
-        if self._open:
+        if self._conn.open:
             return self
-        st = self.station
+        st, conn = self.station, self._conn
+        if self._finalizer is None or not self._finalizer.alive:
+            self._finalizer = weakref.finalize(self, conn.at_collection)
         with self._guard():
-            rm = self._resource_manager
+            rm = conn.resource_manager
             if rm is None:
                 import pyvisa
 
-                rm = self._resource_manager = pyvisa.ResourceManager()
-                self._owns_resource_manager = True
-            self.current_source = st.current_source.connect(rm, "current_source")
-            self.field_source = st.field_source.connect(rm, "field_source")
-            self.digitizer = st.digitizer.connect(rm, "digitizer")
-            for inst in self._instruments():
-                self.identities[inst.name] = inst.identify()
+                rm = conn.resource_manager = pyvisa.ResourceManager()
+                conn.owns_resource_manager = True
+            # atexit runs its functions last-registered first: registered now, after the resource manager was
+            # made, the safe state is reached before pyvisa's own exit handler closes the VISA sessions (the
+            # finalizer's exit hook may have been registered before that manager, and would come too late)
+            atexit.unregister(conn.at_exit)
+            atexit.register(conn.at_exit)
+            conn.current_source = st.current_source.connect(rm, "current_source")
+            conn.field_source = st.field_source.connect(rm, "field_source")
+            conn.digitizer = st.digitizer.connect(rm, "digitizer")
+            for inst, spec in zip(self._instruments(), st.instruments):
+                self.identities[inst.name] = inst.check_identity(spec.model)
                 inst.check_errors()
             self._configure()
-            self._open = True
+            conn.open = True
         return self
 
     def _instruments(self) -> list[Instrument]:
-        return [i for i in (self.current_source, self.field_source, self.digitizer) if i is not None]
+        return self._conn.instruments()
 
     def _configure(self) -> None:
         st = self.station
@@ -158,64 +321,13 @@ class LabSTOArray(Substrate):
             raise
 
     def _shutdown(self) -> list[str]:
-        """Ramp to 0 A in steps, current output off; field source off; digitizer aborted; sessions closed.
-
-        Every step is attempted even if an earlier one failed or was interrupted; returns the
-        problems met. A ``KeyboardInterrupt`` (or ``SystemExit``) during a step is re-raised
-        after all steps ran.
-        """
-        st = self.station
-        self._open = False
-        cs, fs, dg = self.current_source, self.field_source, self.digitizer
-
-        def ramp_down() -> None:
-            start = self._present_current(cs)
-            if start is None:
-                cs.set_current(0.0)  # unknown present value: step straight down, never up
-            else:
-                cs.ramp_to(0.0, st.ramp_step_a, st.ramp_dwell_s, start_a=start)
-
-        steps = []
-        if cs is not None:
-            steps += [("current source: ramp to 0 A", ramp_down), ("current source: output off",
-                                                                    lambda: cs.set_output(False))]
-        if fs is not None:
-            steps.append(("field source: output off", lambda: fs.set_output(False)))
-        if dg is not None:
-            steps.append(("digitizer: abort", dg.abort))
-        for inst in (cs, fs, dg):
-            if inst is not None:
-                steps.append((f"{inst.name}: close", inst.close))
-        if self._owns_resource_manager:  # the VISA session opened by open(); a caller's manager stays open
-            steps.append(("VISA resource manager: close", self._close_own_resource_manager))
-        problems: list[str] = []
-        pending: BaseException | None = None
-        for label, step in steps:
-            try:
-                step()
-            except Exception as exc:  # noqa: BLE001 - collect, keep going
-                problems.append(f"{label}: {exc}")
-            except BaseException as exc:  # KeyboardInterrupt: finish making the setup safe first
-                problems.append(f"{label}: interrupted ({type(exc).__name__})")
-                pending = pending or exc
-        self.current_source = self.field_source = self.digitizer = None
-        if pending is not None:
-            if problems:
-                pending.add_note("while making the setup safe: " + "; ".join(problems))
-            raise pending
-        return problems
-
-    def _close_own_resource_manager(self) -> None:
-        rm, self._resource_manager, self._owns_resource_manager = self._resource_manager, None, False
-        rm.close()
-
-    @staticmethod
-    def _present_current(cs: CurrentSource2400) -> float | None:
+        """The safe-state sequence (:meth:`_Connection.shutdown`); the finalizer is no longer needed after it."""
         try:
-            value = cs.get("current")
-        except Exception:  # noqa: BLE001 - fall back to the last value set
-            value = cs.values.get("current")
-        return None if value is None or not math.isfinite(value) else float(value)
+            return self._conn.shutdown()
+        finally:
+            atexit.unregister(self._conn.at_exit)
+            if self._finalizer is not None:
+                self._finalizer.detach()
 
     def close(self) -> None:
         """Make the setup safe (ramp to 0 A, outputs off) and close the instruments; idempotent.
@@ -223,7 +335,7 @@ class LabSTOArray(Substrate):
         Raises :class:`HardwareSafetyError` if a step of the safe-state sequence failed.
         """
         if not self._instruments():
-            self._open = False
+            self._conn.open = False
             return
         problems = self._shutdown()
         if problems:
@@ -291,7 +403,7 @@ class LabSTOArray(Substrate):
             b, i = np.unravel_index(int(np.argmax(norm_error)), norm_error.shape)
             raise ValueError(f"state of sample {b}, device {i} has |m| = {np.linalg.norm(m[b, i]):.6g}; evolve "
                              "expects the unit vectors of initial_state")
-        if not self._open:
+        if not self._conn.open:
             raise DriverClosedError(f"station {self.station.name}: the driver is not open; use `with LabSTOArray(...)"
                                     " as hw:` or call open() (a driver shut down after an error must be reopened)")
         # exactly unit length, so that the pulses H_prep m stay within the field limit H_prep <= max_field
@@ -324,13 +436,33 @@ class LabSTOArray(Substrate):
         dg.arm()
         fs.fire()
         volts = dg.fetch((segments, st.n, SAMPLES_PER_DEVICE))
+        self._check_physical(volts, dg.label)
         fs.check_errors()
         dg.check_errors()
         self.acquisitions += 1
         return volts
 
+    def _check_physical(self, volts: np.ndarray, who: str) -> None:
+        """Refuse readings outside the devices' physical window (:class:`InstrumentFaultError`)."""
+        lo, hi = self.voltage_window_v
+        v = np.asarray(volts, dtype=np.float64).reshape(-1, self.station.n, SAMPLES_PER_DEVICE)
+        bad = ~np.isfinite(v) | (v < lo) | (v > hi)
+        if bad.any():
+            b, i, k = (int(x) for x in np.argwhere(bad)[0])
+            st, dev = self.station, self.station.device
+            raise InstrumentFaultError(
+                f"{who}: reading {v[b, i, k]:g} V of device {i} (sample {b}, time {k}) is outside the voltage the "
+                f"junctions can produce at I = {st.bias_current_a:g} A, [{lo:.4g} V, {hi:.4g} V] (I R_P = "
+                f"{st.bias_current_a * dev.parallel_resistance_ohm:.4g} V to I R_AP = "
+                f"{st.bias_current_a * dev.parallel_resistance_ohm * (1 + dev.tmr_ratio):.4g} V, widened by the factor "
+                f"1 + {self.reading_tolerance:g}; {int(bad.sum())} of {bad.size} readings): an instrument or wiring "
+                "fault (open or shorted junction, wrong channel), not data")
+
     def readout(self, state: torch.Tensor) -> torch.Tensor:
-        """Measured TMR voltages (B, 3N) -> m.p estimates (nominal affine TMR relation)."""
+        """Measured TMR voltages (B, 3N) -> m.p estimates (nominal affine TMR relation).
+
+        Voltages outside the devices' physical window raise :class:`InstrumentFaultError`."""
+        self._check_physical(state.detach().cpu().to(torch.float64).numpy(), f"station {self.station.name}")
         dev = self.station.device
         return projection_from_voltage(state, self.station.bias_current_a, dev.parallel_resistance_ohm,
                                        dev.tmr_ratio)

@@ -17,6 +17,7 @@ A station file (``devices/stations/*.toml``) describes one lab setup::
 
     [current_source]
     driver = "keithley2400"
+    model = "KEITHLEY INSTRUMENTS INC.,MODEL 2400"  # expected *IDN? maker,model (default: the driver's)
     address = "GPIB0::24::INSTR"
     max_current = "5 mA"                  # station limit (never above the instrument's)
     compliance = "5 V"
@@ -79,6 +80,7 @@ class _InstrumentSection(_Section):
     timeout: Annotated[float, Field(gt=0, le=600, description="s")] = 2.0
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     retry_delay: Annotated[float, Field(ge=0, le=60, description="s")] = 0.0
+    model: Annotated[str | None, Field(min_length=3, description="expected *IDN? 'MAKER,MODEL'")] = None
 
     _t = field_validator("timeout", "retry_delay", mode="before")(unit_field_validator("time"))
 
@@ -159,6 +161,7 @@ class InstrumentSpec:
     retries: int
     retry_delay_s: float
     limits: Mapping[str, tuple[float | None, float | None]]
+    model: str | None = None  # expected *IDN? "MAKER,MODEL" (None: the driver class's)
 
     @property
     def cls(self) -> type[Instrument]:
@@ -335,7 +338,7 @@ def station_from_dict(raw: Mapping[str, Any], base_dir: str | Path | None = None
 
     def spec(s: _InstrumentSection, limits: dict) -> InstrumentSpec:
         return InstrumentSpec(role=s.role, driver=s.driver, address=s.address, timeout_s=s.timeout, retries=s.retries,
-                              retry_delay_s=s.retry_delay, limits=limits)
+                              retry_delay_s=s.retry_delay, limits=limits, model=s.model)
 
     return Station(
         name=f.name, description=f.description, path=Path(path) if path is not None else None, n=a.n, device=device,

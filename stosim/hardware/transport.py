@@ -15,6 +15,8 @@ manager* is anything with ``open_resource(address, **kwargs) -> transport`` (a
 For tests and for the diagnosis of a flaky lab:
 
 - :class:`RecordingTransport` logs every message sent (and every answer),
+- :class:`JournalTransport` appends them to a text file, flushed line by line, so that the record
+  survives the process (what a driver sent at exit, or before a crash),
 - :class:`FaultInjectingTransport` raises a timeout (``VisaIOError`` with the VISA timeout
   status) or a ``KeyboardInterrupt`` on chosen messages, the first k times,
 - :class:`WrappingResourceManager` applies such wrappers to every resource it opens.
@@ -24,13 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
+import re
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from pyvisa import constants
 from pyvisa.errors import VisaIOError
 
 __all__ = ["Transport", "ResourceManagerLike", "is_timeout", "visa_timeout_error", "RecordingTransport",
-           "FaultInjectingTransport", "Fault", "WrappingResourceManager"]
+           "JournalTransport", "read_journal", "FaultInjectingTransport", "Fault", "WrappingResourceManager"]
 
 
 @runtime_checkable
@@ -114,6 +118,56 @@ class RecordingTransport(_Delegating):
     def sent(self) -> list[str]:
         """Every message sent (writes and queries), in order."""
         return [e[-1] for e in self.log if e[-2] in ("write", "query")]
+
+
+class JournalTransport(_Delegating):
+    """Appends one line per event to the text file ``path``: ``LABEL<TAB>KIND<TAB>MESSAGE``, KIND one of
+    write, query, answer, close and error (the exception a write, query or close raised); tabs, newlines and
+    backslashes in messages are escaped (\\t, \\n, \\\\). Each line is written and flushed at once (the
+    file is opened for each line), so the journal is complete up to the last event even if the process
+    ends right after it."""
+
+    def __init__(self, inner: Any, path: str | os.PathLike, label: str = "") -> None:
+        super().__init__(inner)
+        object.__setattr__(self, "path", os.fspath(path))
+        object.__setattr__(self, "label", label)
+
+    def _record(self, kind: str, message: str) -> None:
+        text = str(message).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"{self.label}\t{kind}\t{text}\n")
+
+    def _call(self, kind: str, message: str, action: Callable[[], Any]) -> Any:
+        self._record(kind, message)
+        try:
+            return action()
+        except BaseException as exc:
+            self._record("error", f"{type(exc).__name__}: {exc}")
+            raise
+
+    def write(self, message: str) -> Any:
+        return self._call("write", message, lambda: self.inner.write(message))
+
+    def query(self, message: str) -> str:
+        answer = self._call("query", message, lambda: self.inner.query(message))
+        self._record("answer", answer)
+        return answer
+
+    def close(self) -> None:
+        self._call("close", "", self.inner.close)
+
+
+_UNESCAPE = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def read_journal(path: str | os.PathLike) -> list[tuple[str, str, str]]:
+    """The (label, kind, message) entries of a :class:`JournalTransport` file, in order."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            label, kind, text = line.rstrip("\n").split("\t", 2)
+            out.append((label, kind, re.sub(r"\\(.)", lambda m: _UNESCAPE.get(m.group(1), m.group(1)), text)))
+    return out
 
 
 @dataclasses.dataclass
