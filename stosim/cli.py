@@ -95,8 +95,124 @@ def _seed(flag: str):
     return parse
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help with each option's default shown (unless its text already states it), examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and default not in (None, argparse.SUPPRESS) and not isinstance(default, bool)
+                and "default" not in text and action.nargs != 0):
+            text += f" (default: {default})"
+        return text
+
+
+_EPILOGS = {
+    "stosim": """examples:
+  stosim simulate --n 10 --coupling "500 Oe" --duration "2 ns" --out data/traj.h5 --plot data/traj.png
+  stosim train --substrate sto --n 50 --coupling "500 Oe" --epochs 5 --out data/train-sto
+  stosim train --config experiments/digits-sto.toml
+  stosim COMMAND --help     options, units and examples of one command
+
+quantities take units: "500 Oe", "2.5 mA", "300 ps", "300 K" (Lorenz 96 times are plain model time)""",
+    "validate": """examples:
+  stosim validate devices/*.toml experiments/*.toml experiments/table1/*.toml""",
+    "describe": """examples:
+  stosim describe
+  stosim describe devices/seed-pmtj.toml""",
+    "simulate": """examples:
+  stosim simulate --n 10 --coupling "500 Oe" --duration "20 ns" --dt "1 ps" --out data/traj.h5
+  stosim simulate --n 4 --temperature "300 K" --initial-angles 30,0 --out data/hot.h5 --plot data/hot.png
+
+the file holds m (noisy when --observation-snr is set), m_noiseless, tmr_voltage, the coupling matrix W
+and the resolved configuration (attribute "config") with the package versions and the seed""",
+    "train": """examples:
+  stosim train --substrate sto --n 50 --coupling "500 Oe" --duration "300 ps" --epochs 5 --out data/train-sto
+  stosim train --substrate ffesn --spectral-radius 1.5 --readout-only --out data/train-ffesn
+  stosim train --config experiments/table1/sto.toml --out data/table1-sto --resume
+
+substrate flags apply to their substrate only (sto: --coupling --current --duration --dt --device
+--temperature --dynamical-snr --observation-snr --variability; ffesn: --spectral-radius --steps;
+lorenz96: --forcing --duration --dt; mlp/cnn: --hidden); others are refused.
+writes OUT/metrics.json (resolved configuration with units, seeds, versions), learning_curve.png, checkpoint.pt""",
+    "lyapunov": """examples:
+  stosim lyapunov --substrate sto --n 50 --coupling "500 Oe" --duration "50 ns" --exponents 3
+  stosim lyapunov --substrate lorenz96 --n 40 --forcing 8 --duration 1000 --dt 0.01""",
+    "compare": """examples:
+  stosim compare experiments/table1/*.toml --seeds 0 1 --out data/compare
+  stosim compare experiments/table1/*.toml --finished-only --out data/compare""",
+    "sweep": """examples:
+  stosim sweep experiments/smoke-sweep.toml --dry-run
+  stosim sweep experiments/smoke-sweep.toml --out data/smoke.h5 --workers 2
+  stosim sweep experiments/smoke-sweep.toml --out data/smoke.h5 --resume""",
+    "plot": """examples:
+  stosim plot data/smoke.h5 --x coupling --var test_accuracy
+  stosim plot data/heat.h5 --x coupling --y duration --var test_accuracy --out data/heat.png""",
+    "ftmle": """examples:
+  stosim ftmle --substrate sto --n 20 --coupling "500 Oe" --limit 50 --out data/ftmle.h5 --plot data/ftmle.png
+  stosim ftmle --checkpoint data/train-sto --out data/ftmle-trained.h5""",
+}
+
+# help of the flags of `stosim train` and `stosim ftmle` that take their default from the configuration
+_CONFIG_FLAG_HELP = {
+    "dataset": "dataset (default digits: the built-in 8 x 8 digits)",
+    "limit_train": "use only the first N training images (default: all)",
+    "limit_test": "use only the first N test images (default: all)",
+    "epochs": "passes over the training data (default 20; a ridge readout needs one)",
+    "batch_size": "images per optimizer step (default 64)",
+    "lr": "learning rate (default 0.01)",
+    "optimizer": "optimizer (default adam)",
+    "seed": "seed of the initialization, data order, noise and the substrate's matrix (default 0)",
+    "dtype": "train in float32 (default float64)",
+    "substrate": "model: a reservoir (sto, ffesn, lorenz96, cnn-sto, deep-sto) or a baseline (default sto)",
+    "n": "oscillators (sto, default 100) / nodes (ffesn, default 500) / sites (lorenz96, default 500)",
+    "spectral_radius": "FFESN spectral radius rho of W (default 1.0)",
+    "steps": "FFESN steps K (default 5)",
+    "forcing": "Lorenz 96 forcing F (default 8)",
+    "coupling": "STO coupling mu with its unit, e.g. '500 Oe' (default 500 Oe)",
+    "current": "STO bias current, e.g. '2.5 mA' (default: the device file's)",
+    "duration": "evolution time T: STO with a unit, e.g. '300 ps' (default); Lorenz 96 model time (default 1.0)",
+    "dt": "time step: STO with a unit, e.g. '1 ps' (default); Lorenz 96 model time (default 0.01)",
+    "device": "STO device TOML (default devices/seed-pmtj.toml)",
+    "temperature": "STO thermal noise, e.g. '300 K' (default 0 K: none)",
+    "dynamical_snr": "STO dynamical noise SNR in dB (default: none)",
+    "observation_snr": "STO observation noise SNR in dB (default: none)",
+    "hidden": "hidden units of mlp / cnn (default 3 n, the feature count of n STOs)",
+    "variability": "relative spread of each STO's H_K, alpha and I (default 0: identical devices)",
+    "readout_only": "fixed random read-in, ridge readout (default: train read-in and readout through the "
+                    "substrate; non-differentiable substrates always use the ridge readout)",
+    "download": "fetch missing IDX files, checksummed (default: no network)",
+    "method": "largest singular value of the flow Jacobian: exact SVD, lanczos, power (default auto: by size)",
+    "overwrite": "replace an existing --out",
+    "json": "print one JSON line with the summary",
+    "data_dir": "folder with the IDX files of mnist / fashion-mnist (default: the cache folder; relative "
+                "paths in --config files are relative to the file)",
+}
+
+
+def _finish_parser(sub: argparse._SubParsersAction) -> None:
+    """Every command's help: defaults shown, examples (epilog), and a text for each flag of `train` and
+    `ftmle` that takes its default from the configuration."""
+    for name, command in sub.choices.items():
+        command.formatter_class = _HelpFormatter
+        command.epilog = _EPILOGS.get(name, command.epilog)
+        if name not in ("train", "ftmle"):
+            continue
+        for action in command._actions:
+            if action.dest in _CONFIG_FLAG_HELP and "default" not in (action.help or ""):
+                action.help = _CONFIG_FLAG_HELP[action.dest]
+            elif not action.help and action.option_strings:
+                action.help = " "  # documented by the epilog; keeps the flag listed with its metavar
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stosim", description="Spin-torque-oscillator reservoir simulator")
+    from stosim import __version__
+
+    parser = argparse.ArgumentParser(prog="stosim", description="Spin-torque-oscillator reservoir simulator",
+                                     epilog=_EPILOGS["stosim"], formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"stosim {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more diagnostics on stderr (-v: info, -vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check device files, experiment configs, sweep specs and station files without running")
@@ -238,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="histogram PNG")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true")
+    _finish_parser(sub)
     return parser
 
 
@@ -259,6 +376,7 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
                        "model flags")
     cfg = (load_train_config(args.config, **overrides) if args.config is not None
            else validate_train_config(overrides, source="command line"))
+    _refuse_other_substrate_flags(args, keys, cfg.substrate)
     _check_plain_times(args, cfg)
     ds = dataset_ftmle(cfg, args.checkpoint, limit=args.limit, method=args.method)
     write_dataset_atomic(ds, args.out, overwrite=True)
@@ -425,6 +543,23 @@ _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "l
                "temperature", "dynamical_snr", "observation_snr", "variability", "train_with_noise")
 
 
+def _flag(key: str) -> str:
+    return {"train_with_noise": "--noiseless-training", "dtype": "--float32"}.get(key, "--" + key.replace("_", "-"))
+
+
+def _refuse_other_substrate_flags(args: argparse.Namespace, keys: Sequence[str], substrate: str) -> None:
+    """A substrate flag given for a substrate it does not apply to (``--coupling`` with ``--substrate ffesn``)
+    would be recorded and silently ignored: refuse it, naming the flags."""
+    from stosim.training import SUBSTRATE_KEYS, substrate_keys
+
+    applies = set(SUBSTRATE_KEYS[substrate])
+    stray = [_flag(k) for k in keys if k in substrate_keys() and k not in applies and getattr(args, k, None) is not None]
+    if stray:
+        valid = " ".join(_flag(k) for k in SUBSTRATE_KEYS[substrate]) or "none"
+        raise CLIError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to --substrate {substrate}; "
+                       f"drop {'it' if len(stray) == 1 else 'them'} (flags of {substrate}: {valid})")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -433,6 +568,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = _config_overrides(args, _TRAIN_KEYS)
     cfg = (load_train_config(args.config, **overrides) if args.config is not None
            else validate_train_config(overrides, source="command line"))
+    _refuse_other_substrate_flags(args, _TRAIN_KEYS, cfg.substrate)
     _check_plain_times(args, cfg)
     if (args.out / "checkpoint.pt").exists() and not args.resume:
         raise CLIError(f"--out {args.out} holds a checkpoint; pass --resume to continue it or choose another --out")
