@@ -32,30 +32,84 @@ class CLIError(Exception):
 PLAIN_PROGRESS_S = 30.0  # without a terminal, a long run reports its progress as a plain line this often (s)
 
 
-@contextlib.contextmanager
-def _step_progress(desc: str, total: int | None = None) -> Iterator[Callable[[int, int], None]]:
-    """A ``progress(done, total)`` callback for a run of steps, shown on stderr: a tqdm bar on a terminal;
-    without one (a batch job, a log file; the bar is off there) a plain line every PLAIN_PROGRESS_S seconds,
-    so that a long run shows it is alive and how far it got (a short one prints nothing)."""
-    from tqdm import tqdm
+class _Progress:
+    """The one progress display of the CLI: a tqdm bar on stderr when it is a terminal; without one (a batch
+    job, a log file; the bar is off there) a plain line every PLAIN_PROGRESS_S seconds, so that a long run
+    shows it is alive and how far it got (a short one prints nothing). Call it as ``progress(done, total)``."""
 
-    bar = tqdm(total=total, unit="step", desc=desc, disable=None, file=sys.stderr, leave=False)
-    last = {"s": time.monotonic()}
+    def __init__(self, desc: str, total: int | None, unit: str) -> None:
+        from tqdm import tqdm
 
-    def progress(done: int, n_total: int) -> None:
-        if not bar.disable:
-            bar.total = n_total
-            bar.update(done - bar.n)
+        self.desc, self.unit = desc, unit
+        self.bar = tqdm(total=total, unit=unit, desc=desc, disable=None, file=sys.stderr, leave=False)
+        self.last_s = time.monotonic()
+
+    def __call__(self, done: int, n_total: int) -> None:
+        if not self.bar.disable:
+            self.bar.total = n_total
+            self.bar.update(done - self.bar.n)
             return
         now = time.monotonic()
-        if now - last["s"] >= PLAIN_PROGRESS_S:
-            last["s"] = now
-            print(f"{desc}: {done} / {n_total} steps ({100 * done / n_total:.0f} %)", file=sys.stderr, flush=True)
+        if now - self.last_s >= PLAIN_PROGRESS_S:
+            self.last_s = now
+            units = self.unit + ("es" if self.unit.endswith("ch") else "s")
+            print(f"{self.desc}: {done} / {n_total} {units} ({100 * done / n_total:.0f} %)", file=sys.stderr, flush=True)
 
+    def start(self, desc: str) -> None:
+        """A new pass (an epoch): the bar starts again under ``desc``."""
+        self.desc = desc
+        self.bar.set_description(desc)
+        self.bar.reset()
+
+    def write(self, line: str, file=None) -> None:  # noqa: ANN001
+        """Print a line without breaking the bar (stdout unless ``file``)."""
+        self.bar.write(line, file=file)
+
+
+@contextlib.contextmanager
+def _step_progress(desc: str, total: int | None = None, unit: str = "step") -> Iterator[_Progress]:
+    """A :class:`_Progress` for a run of ``unit`` s, closed at the end of the block."""
+    progress = _Progress(desc, total, unit)
     try:
         yield progress
     finally:
-        bar.close()
+        progress.bar.close()
+
+
+def _kernel_dispatchers(*modules: str) -> list:
+    """The Numba entry kernels (dispatchers) of ``modules``."""
+    import importlib
+
+    from numba.core.registry import CPUDispatcher
+
+    out = []
+    for name in modules:
+        module = importlib.import_module(name)
+        out += [v for k, v in vars(module).items() if isinstance(v, CPUDispatcher) and not k.startswith("_")]
+    return out
+
+
+def _announce_compilation(*modules: str) -> None:
+    """One line on stderr before the first run that compiles the Numba kernels (tens of seconds to minutes):
+    when none of the entry kernels of ``modules`` is compiled in this process or has a valid entry in
+    Numba's on-disk cache (the cache's index is read; a changed source file invalidates it)."""
+    try:
+        kernels = _kernel_dispatchers(*modules)
+        warm = False
+        for kernel in kernels:
+            cache = getattr(kernel, "_cache", None)
+            if kernel.signatures or (cache is not None and cache._cache_file._load_index()):
+                warm = True
+                break
+    except Exception:  # noqa: BLE001 (a Numba internals change must not stop a run; say nothing then)
+        return
+    if kernels and not warm:
+        print("compiling kernels (first run only; about a minute) ...", file=sys.stderr, flush=True)
+
+
+_STO_KERNELS = ("stosim.integrate.sto_kernels",)
+_STO_GRADIENT_KERNELS = ("stosim.integrate.sto_kernels", "stosim.integrate.adjoint")
+_STO_TANGENT_KERNELS = ("stosim.integrate.tangent",)
 
 
 def _quantity(dimension: str, flag: str):
@@ -378,6 +432,8 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
            else validate_train_config(overrides, source="command line"))
     _refuse_other_substrate_flags(args, keys, cfg.substrate)
     _check_plain_times(args, cfg)
+    if cfg.substrate == "sto":
+        _announce_compilation(*_STO_TANGENT_KERNELS)
     ds = dataset_ftmle(cfg, args.checkpoint, limit=args.limit, method=args.method)
     write_dataset_atomic(ds, args.out, overwrite=True)
     values = ds["ftmle"].values
@@ -468,6 +524,8 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
     from stosim.analysis.run_lyapunov import substrate_lyapunov
 
     params = {"n": args.n, "dt": _substrate_time(args.dt, args.substrate, "--dt"), **_lyapunov_parameters(args)}
+    if args.substrate == "sto":
+        _announce_compilation(*_STO_TANGENT_KERNELS)
     with _step_progress("lyapunov") as progress:
         result = substrate_lyapunov(args.substrate, n_exponents=args.exponents,
                                     duration=_substrate_time(args.duration, args.substrate, "--duration"),
@@ -561,8 +619,6 @@ def _refuse_other_substrate_flags(args: argparse.Namespace, keys: Sequence[str],
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from stosim.training import load_train_config, train, validate_train_config
 
     overrides = _config_overrides(args, _TRAIN_KEYS)
@@ -572,22 +628,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_plain_times(args, cfg)
     if (args.out / "checkpoint.pt").exists() and not args.resume:
         raise CLIError(f"--out {args.out} holds a checkpoint; pass --resume to continue it or choose another --out")
-    bar = tqdm(unit="batch", disable=None, file=sys.stderr, leave=False)
+    from stosim.training import STO_SUBSTRATES
 
-    def on_batch(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n if done >= bar.n else done)
+    if cfg.substrate in STO_SUBSTRATES:
+        _announce_compilation(*(_STO_KERNELS if cfg.readout_only else _STO_GRADIENT_KERNELS))
 
-    def on_epoch(rec: dict) -> None:
-        bar.reset()
-        line = (f"epoch {rec['epoch']:3d}  train acc {100 * rec['train_accuracy']:6.2f}%  "
-                f"test acc {100 * rec['test_accuracy']:6.2f}%  ({rec['epoch_time_s']:.1f} s)")
-        (bar.write(line, file=sys.stderr) if args.json else bar.write(line))
+    with _step_progress("epoch 1", unit="batch") as bar:
+        def on_epoch(rec: dict) -> None:
+            line = (f"epoch {rec['epoch']:3d}  train acc {100 * rec['train_accuracy']:6.2f}%  "
+                    f"test acc {100 * rec['test_accuracy']:6.2f}%  ({rec['epoch_time_s']:.1f} s)")
+            bar.write(line, file=sys.stderr if args.json else None)
+            bar.start(f"epoch {rec['epoch'] + 1}")
 
-    try:
-        result = train(cfg, args.out, resume=args.resume, on_batch=on_batch, on_epoch=on_epoch)
-    finally:
-        bar.close()
+        result = train(cfg, args.out, resume=args.resume, on_batch=bar, on_epoch=on_epoch)
     summary = result.summary()
     if args.json:
         print(_json_line({**summary, "out": str(args.out), "substrate": cfg.substrate, "dataset": cfg.dataset}))
@@ -735,6 +788,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     total = steps_for_duration(args.duration, args.dt)
     save_every = _save_every(args.save_every, total)
+    _announce_compilation(*_STO_KERNELS)
     with _step_progress("simulate", total) as progress:
         traj = simulate(
             array, initial, args.duration, args.dt, save_every=save_every, temperature_k=args.temperature,
@@ -847,6 +901,20 @@ _COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _
              "ftmle": _cmd_ftmle}
 
 
+def _configure_logging(verbose: int) -> None:
+    """The library's diagnostics (``logging.getLogger("stosim...")``) on stderr: warnings by default,
+    info with -v, debug with -vv."""
+    import logging
+
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("stosim: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("stosim")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stosim`` console script; returns the exit status."""
     from stosim.config import DeviceFileError
@@ -854,6 +922,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
     try:
         return _COMMANDS[args.command](args)
     except (CLIError, DeviceFileError, DatasetError, ValueError, FileExistsError, FileNotFoundError,

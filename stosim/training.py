@@ -310,6 +310,9 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
         out["data_dir"] = "(built in: the 8 x 8 digits)"
     elif cfg.data_dir is None:
         out["data_dir"] = str(default_data_dir(cfg.dataset))
+    for key in ("limit_train", "limit_test"):
+        if out[key] is None:
+            out[key] = "all"
     if not cfg.readout_only:
         out.pop("ridge_alpha")
     if cfg.optimizer != "sgd":
