@@ -244,12 +244,22 @@ _CONFIG_FLAG_HELP = {
 }
 
 
+# help of flags added without one, per (command, flag destination)
+_MISSING_HELP = {
+    ("lyapunov", "substrate"): "dynamical system: coupled STOs (time in s), FFESN (steps) or Lorenz 96 (model time)",
+    ("lyapunov", "seed"): "seed of the initial state, the tangent vectors and the substrate's matrix",
+}
+
+
 def _finish_parser(sub: argparse._SubParsersAction) -> None:
     """Every command's help: defaults shown, examples (epilog), and a text for each flag of `train` and
     `ftmle` that takes its default from the configuration."""
     for name, command in sub.choices.items():
         command.formatter_class = _HelpFormatter
         command.epilog = _EPILOGS.get(name, command.epilog)
+        for action in command._actions:
+            if not action.help and (name, action.dest) in _MISSING_HELP:
+                action.help = _MISSING_HELP[(name, action.dest)]
         if name not in ("train", "ftmle"):
             continue
         for action in command._actions:

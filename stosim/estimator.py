@@ -219,6 +219,7 @@ class ReservoirEstimator:
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted labels (n_samples,), from ``classes_``."""
+        self._check_fitted()
         return self.classes_[np.argmax(self.decision_function(X), axis=1)]
 
     def score(self, X: Any, y: Any) -> float:
