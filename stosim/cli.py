@@ -450,15 +450,27 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     unit = ds["ftmle"].attrs["units"]
     if args.plot is not None:
         label = "trained" if ds.attrs["trained"] else "untrained"
-        plot_histogram({label: values}, args.plot, xlabel=f"FTMLE ({unit})",
+        shown, shown_unit = _rate_display(values, unit)
+        plot_histogram({label: shown}, args.plot, xlabel=f"FTMLE ({shown_unit})",
                        title=f"FTMLE over {values.size} test samples")
     summary = {"mean": float(np.mean(values)), "std": float(np.std(values)), "median": float(np.median(values)),
                "n_samples": int(values.size), "units": unit, "trained": bool(ds.attrs["trained"]),
                "all_converged": bool(ds["converged"].values.all()), "out": str(args.out)}
+    shown, shown_unit = _rate_display(values, unit)
     print(_json_line(summary) if args.json else
-          f"FTMLE over {values.size} samples: mean {summary['mean']:.4g} {unit}, std {summary['std']:.3g}, "
-          f"median {summary['median']:.4g}; wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+          f"FTMLE over {values.size} samples: mean {np.mean(shown):.4g} {shown_unit}, std {np.std(shown):.3g}, "
+          f"median {np.median(shown):.4g}; wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
     return 0
+
+
+def _rate_display(values, unit: str):  # noqa: ANN001, ANN202 (numpy is imported lazily)
+    """Rates in 1/s shown in 1/ns (the STOs' exponents are ~1e9 1/s); other units as they are."""
+    return (values * 1e-9, "1/ns") if unit == "1/s" else (values, unit)
+
+
+def _consistent_with_zero(value: float, standard_error: float) -> bool:
+    """Whether an estimate lies within 2 standard errors of zero (|value| <= 2 SE)."""
+    return math.isfinite(standard_error) and abs(value) <= 2 * standard_error
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -550,8 +562,9 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
           f"{result.time_unit} after a transient of {result.transient:g}:")
     for i, (lam, se, rel) in enumerate(zip(result.exponents, result.standard_error,
                                            result.relative_change_last_quarter)):
+        zero = "; consistent with zero within 2 standard errors" if _consistent_with_zero(lam, se) else ""
         print(f"  lambda_{i + 1:<3d} = {lam: .6g} +/- {se:.2g}  (running estimate moved {100 * rel:.2g} % "
-              "over the last quarter)")
+              f"over the last quarter{zero})")
     partial = " (a lower bound: all computed partial sums are positive; ask for more --exponents)" if (
         result.exponents.sum() > 0) else ""
     print(f"Kaplan-Yorke dimension: {result.kaplan_yorke_dimension:.4g}{partial}")

@@ -214,7 +214,10 @@ def _quiet() -> Iterator[None]:
 
 
 def _format_value(coord, value) -> str:
-    """A coordinate value with its unit, for legends."""
-    unit = coord.attrs.get("units", "")
-    text = f"{value:g}" if isinstance(value, (int, float, np.integer, np.floating)) else str(value)
-    return f"{text} {unit}".strip() if unit not in ("", "1") else text
+    """A coordinate value with its unit, for legends: in the unit the axes show it in (300 ps, not 3e-10 s)."""
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        factor, unit = _display_scale(coord)
+        text = f"{value / factor:.4g}"
+    else:
+        unit, text = coord.attrs.get("units", ""), str(value)
+    return f"{text} {unit}".strip() if unit not in ("", "1", "n/a") else text
