@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["build_docs", "main", "DEFAULT_MODULES"]
+__all__ = ["DEFAULT_MODULES", "build_docs", "main"]
 
 # the package: pdoc documents it and its submodules; the lab drivers and sweeps are included
 DEFAULT_MODULES = ("stosim",)

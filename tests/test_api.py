@@ -27,12 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
     ("500 Oe", "field", 500.0), ("0.05 T", "field", 500.0), (500, "field", 500.0), ("300 ps", "time", 3e-10),
     (3e-10, "time", 3e-10), ("2.5 mA", "current", 2.5e-3), (np.float32(2.0), "temperature", 2.0),
 ])
-def test_quantity_takes_unit_strings_and_plain_numbers(value, dimension, expected) -> None:  # noqa: ANN001
+def test_quantity_takes_unit_strings_and_plain_numbers(value, dimension, expected) -> None:
     assert quantity(value, dimension, "x") == pytest.approx(expected, rel=1e-15)
 
 
 @pytest.mark.parametrize("value", [None, [500.0], float("nan"), True, "500", "500 ps", "Oe"])
-def test_quantity_refuses_the_rest_naming_the_parameter(value) -> None:  # noqa: ANN001
+def test_quantity_refuses_the_rest_naming_the_parameter(value) -> None:
     with pytest.raises(UnitError, match="coupling"):
         quantity(value, "field", "coupling")
 
@@ -189,11 +189,11 @@ def test_import_stosim_is_lazy() -> None:
 
 def test_every_command_has_examples_and_defaults_in_its_help() -> None:
     parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    commands = parser._subparsers._group_actions[0].choices
     for name, command in commands.items():
         text = command.format_help()
         assert "examples:" in text and f"stosim {name}" in text, name
-        for action in command._actions:  # noqa: SLF001
+        for action in command._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help and action.help.strip(), f"stosim {name} {action.option_strings[0]} has no help"
     train_help = " ".join(commands["train"].format_help().split())
@@ -206,7 +206,7 @@ def test_every_command_has_examples_and_defaults_in_its_help() -> None:
      "--spectral-radius, --temperature do not apply to --substrate lorenz96"),
     (["--substrate", "linear", "--hidden", "10"], "--hidden does not apply to --substrate linear"),
 ])
-def test_train_refuses_flags_of_other_substrates(flags, named, tmp_path: Path,  # noqa: ANN001
+def test_train_refuses_flags_of_other_substrates(flags, named, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", *flags, "--out", str(tmp_path / "run")]) == 2
     assert named in capsys.readouterr().err

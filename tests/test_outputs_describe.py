@@ -69,11 +69,11 @@ def test_trajectory_file_has_the_coupling_matrix_the_noise_free_state_and_the_co
         assert ds.attrs["version_stosim"] == stosim.__version__
 
 
-def _captured_figures(monkeypatch: pytest.MonkeyPatch, module) -> list:  # noqa: ANN001
+def _captured_figures(monkeypatch: pytest.MonkeyPatch, module) -> list:
     """Figures passed to ``module.save_figure`` (drawn, so that tick labels exist), saved nowhere."""
     figures = []
 
-    def capture(fig, path, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    def capture(fig, path, **kwargs):
         fig.canvas.draw()
         figures.append(fig)
         return Path(path)
@@ -118,7 +118,7 @@ def test_lyapunov_exponents_within_two_standard_errors_read_as_zero(monkeypatch:
     from stosim.analysis import run_lyapunov
     from stosim.analysis.lyapunov import LyapunovResult
 
-    def fake(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def fake(*args, **kwargs):
         return LyapunovResult(exponents=np.array([0.9, 7.5e-5, -1.2]), standard_error=np.array([0.05, 1.4e-4, 0.05]),
                               running_time=np.array([1.0]), running_estimates=np.zeros((1, 3)),
                               relative_change_last_quarter=np.zeros(3), time_unit="model time unit", duration=10.0,
