@@ -128,3 +128,25 @@ def test_lyapunov_exponents_within_two_standard_errors_read_as_zero(monkeypatch:
     assert main(["lyapunov", "--substrate", "lorenz96", "--exponents", "3"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "lambda_" in line]
     assert ["consistent with zero" in line for line in lines] == [False, True, False]
+
+
+def test_sweep_plots_show_accuracy_in_percent_and_legends_in_the_axis_unit(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    from stosim.sweep import plot as sweep_plot
+
+    figures = _captured_figures(monkeypatch, sweep_plot)
+    acc = np.array([[[0.5, 0.7], [0.6, 0.8]], [[0.55, 0.75], [0.65, 0.85]]])  # (coupling, duration, seed)
+    ds = xr.Dataset(
+        {"test_accuracy": (("coupling", "duration", "seed"), acc,
+                           {"units": "1", "long_name": "test accuracy after the last epoch (fraction)"})},
+        coords={"coupling": ("coupling", [200.0, 500.0], {"units": "Oe", "long_name": "coupling"}),
+                "duration": ("duration", [1e-10, 3e-10], {"units": "s", "long_name": "duration"}),
+                "seed": ("seed", [0, 1], {"units": "1", "long_name": "seed"})})
+    sweep_plot.plot_sweep(ds, "test_accuracy", "coupling", hue="duration", out=tmp_path / "line.png")
+    ax = figures[0].axes[0]
+    assert ax.get_ylabel() == "test accuracy after the last epoch (%)"
+    means = [line.get_ydata() for line in ax.get_lines()]
+    np.testing.assert_allclose(means[0], 100 * acc[:, 0].mean(axis=1), rtol=1e-12)  # duration 100 ps
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("duration = 100 ps" in t for t in legend) and any("duration = 300 ps" in t for t in legend)
+    assert not any("e-10" in t for t in legend)
