@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import time
 import tomllib
@@ -34,6 +35,7 @@ __all__ = ["TrainConfig", "STO_SUBSTRATES", "STO_TIME_KEYS", "UNIT_DIMENSIONS", 
            "load_train_config", "with_defaults", "resolved_config", "run_seeds", "SUBSTRATE_KEYS", "substrate_keys", "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
 
 SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto")
+log = logging.getLogger(__name__)  # diagnostics; the CLI shows them with -v
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 CURVE = "learning_curve.png"
@@ -511,6 +513,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     x_test, y_test = _tensors(cfg, test_ds, dtype)
     n_classes = train_ds.n_classes
     model = build_model(cfg, x_train.shape[1], n_classes, train_ds.image_shape)
+    log.info("training %s on %s (%d train, %d test images): %s", cfg.substrate, cfg.dataset, x_train.shape[0],
+             x_test.shape[0], resolved_config(cfg))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(cfg, params)
     history: list[dict[str, float]] = []
@@ -557,6 +561,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
                   "train_accuracy": train_acc,
                   "test_accuracy": test_acc, "epoch_time_s": time.perf_counter() - t_epoch}
         history.append(record)
+        log.info("%s epoch %d: train accuracy %.4f, test accuracy %.4f (%.1f s)", cfg.substrate, epoch, train_acc,
+                 test_acc, record["epoch_time_s"])
         if out is not None:
             _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                           "history": history, "config": cfg.resolved(),
