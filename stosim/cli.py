@@ -445,6 +445,7 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     if cfg.substrate == "sto":
         _announce_compilation(*_STO_TANGENT_KERNELS)
     ds = dataset_ftmle(cfg, args.checkpoint, limit=args.limit, method=args.method)
+    _describe_ftmle_run(ds, cfg)
     write_dataset_atomic(ds, args.out, overwrite=True)
     values = ds["ftmle"].values
     unit = ds["ftmle"].attrs["units"]
@@ -461,6 +462,18 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
           f"FTMLE over {values.size} samples: mean {np.mean(shown):.4g} {shown_unit}, std {np.std(shown):.3g}, "
           f"median {np.median(shown):.4g}; wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
     return 0
+
+
+def _describe_ftmle_run(ds, cfg) -> None:  # noqa: ANN001
+    """Attributes of an FTMLE file: the configuration that ran (a checkpoint's, when given) resolved with
+    units, its seeds and the stosim version."""
+    from stosim import __version__
+    from stosim.training import TrainConfig, resolved_config, run_seeds
+
+    saved = ds.attrs.get("config")
+    used = TrainConfig.model_validate(json.loads(saved)) if isinstance(saved, str) else cfg
+    ds.attrs.update(resolved_config=json.dumps(resolved_config(used)), seeds=json.dumps(run_seeds(used)),
+                    stosim_version=__version__)
 
 
 def _rate_display(values, unit: str):  # noqa: ANN001, ANN202 (numpy is imported lazily)
