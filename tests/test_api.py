@@ -259,3 +259,14 @@ def test_compilation_notice_only_before_the_first_compilation(tmp_path: Path, mo
     assert h23_fresh_kernels.twice(2.0) == 4.0
     _announce_compilation("h23_fresh_kernels")
     assert capsys.readouterr().err == ""
+
+
+def test_training_reports_progress_within_epochs_without_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import stosim.cli
+
+    monkeypatch.setattr(stosim.cli, "PLAIN_PROGRESS_S", 0.0)  # a plain line at every batch instead of every 30 s
+    assert main(["train", "--substrate", "linear", "--epochs", "2", "--limit-train", "100", "--limit-test", "20",
+                 "--batch-size", "32", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "epoch 1: 1 / 4 batches (25 %)" in err and "epoch 2: 4 / 4 batches (100 %)" in err
