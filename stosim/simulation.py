@@ -55,6 +55,10 @@ class NoiseSettings:
     dynamical_snr_db: float | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.temperature_k, str):  # "300 K"
+            from stosim.quantities import quantity
+
+            object.__setattr__(self, "temperature_k", quantity(self.temperature_k, "temperature", "temperature"))
         t = self.temperature_k
         if not (isinstance(t, (int, float)) and math.isfinite(t) and 0 <= t <= 1e4):
             raise ValueError(f"temperature = {t!r} K must be finite and in [0, 1e4] K")
@@ -132,6 +136,10 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
     the flat state of the substrates (:class:`stosim.CoupledSTOArray`), the same memory order.
     ``progress(done, total)`` is called after each chunk of steps.
     """
+    if isinstance(dt_s, str):  # "1 ps"
+        from stosim.quantities import quantity
+
+        dt_s = quantity(dt_s, "time", "dt")
     dtype = _check_dtype(dtype)
     check_step_count(n_steps)
     check_time_step(array, dt_s)

@@ -270,3 +270,24 @@ def test_training_reports_progress_within_epochs_without_a_terminal(tmp_path: Pa
                  "--batch-size", "32", "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert "epoch 1: 1 / 4 batches (25 %)" in err and "epoch 2: 4 / 4 batches (100 %)" in err
+
+
+def test_api_reference_builds_from_the_docstrings(tmp_path: Path) -> None:
+    pytest.importorskip("pdoc")
+    from stosim.docs import build_docs
+
+    index = build_docs(tmp_path / "api", ["stosim.estimator", "stosim.quantities"])
+    page = (tmp_path / "api" / "stosim" / "estimator.html").read_text(encoding="utf-8")
+    assert index.exists() and "ReservoirEstimator" in page and "partial_fit" in page
+    assert (tmp_path / "api" / "tutorial.md").exists()
+
+
+def test_evolve_and_noise_settings_take_unit_strings() -> None:
+    array = stosim.CoupledSTOArray(n=3, seed=1).array
+    m0 = np.tile([0.6, 0.0, 0.8], (2, 3, 1))
+    a, _, _ = stosim.evolve(array, m0, 20, "1 ps")
+    b, _, _ = stosim.evolve(array, m0, 20, 1e-12)
+    np.testing.assert_array_equal(a, b)
+    assert stosim.NoiseSettings(temperature_k="300 K").temperature_k == 300.0
+    with pytest.raises(ValueError, match="temperature"):
+        stosim.NoiseSettings(temperature_k="300 Oe")
