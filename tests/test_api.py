@@ -291,3 +291,18 @@ def test_evolve_and_noise_settings_take_unit_strings() -> None:
     assert stosim.NoiseSettings(temperature_k="300 K").temperature_k == 300.0
     with pytest.raises(ValueError, match="temperature"):
         stosim.NoiseSettings(temperature_k="300 Oe")
+
+
+def test_help_examples_parse() -> None:
+    """Every example command in the help texts is accepted by the parser (flags, choices, units)."""
+    import shlex
+
+    from stosim.cli import _EPILOGS
+
+    parser = build_parser()
+    examples = [line.strip() for text in _EPILOGS.values() for line in text.splitlines()
+                if line.strip().startswith("stosim ") and "COMMAND" not in line]
+    assert len(examples) >= 15
+    for line in examples:
+        args = parser.parse_args(shlex.split(line)[1:])
+        assert args.command == shlex.split(line)[1], line
