@@ -42,7 +42,7 @@ from stosim.models import ReservoirClassifier
 from stosim.ridge import RidgeAccumulator
 from stosim.substrates.base import Substrate
 
-__all__ = ["SUBSTRATE_NAMES", "ReservoirEstimator", "build_substrate"]
+__all__ = ["SUBSTRATE_NAMES", "ReservoirEstimator", "build_substrate", "dataset_arrays"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,18 @@ def build_substrate(name: str, params: dict[str, Any] | None = None, *, seed: in
         return Lorenz96(**kwargs)
     raise ValueError(f"substrate = {name!r} is not known; valid: one of {', '.join(SUBSTRATE_NAMES)} or a "
                      "Substrate instance")
+
+
+def dataset_arrays(name: str = "digits", *, data_dir: str | None = None, download: bool = False, seed: int = 0,
+                   limit_train: int | None = None, limit_test: int | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(X_train, y_train, X_test, y_test)`` of a named dataset ("digits", "mnist", "fashion-mnist"), the
+    images flattened to rows of pixels in [0, 1] (float32), the labels int64: what ``stosim train --dataset``
+    trains on, as arrays for :meth:`ReservoirEstimator.fit`."""
+    from stosim.datasets import load_dataset
+
+    train, test = load_dataset(name, data_dir, download, seed=seed, limit_train=limit_train, limit_test=limit_test)
+    return train.flat(), train.labels, test.flat(), test.labels
 
 
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
