@@ -20,7 +20,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -61,7 +61,7 @@ class _Progress:
         self.bar.set_description(desc)
         self.bar.reset()
 
-    def write(self, line: str, file=None) -> None:  # noqa: ANN001
+    def write(self, line: str, file=None) -> None:
         """Print a line without breaking the bar (stdout unless ``file``)."""
         self.bar.write(line, file=file)
 
@@ -470,7 +470,7 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_ftmle_run(ds, cfg) -> None:  # noqa: ANN001
+def _describe_ftmle_run(ds, cfg) -> None:
     """Attributes of an FTMLE file: the configuration that ran (a checkpoint's, when given) resolved with
     units, its seeds and the stosim version."""
     from stosim import __version__
@@ -482,7 +482,7 @@ def _describe_ftmle_run(ds, cfg) -> None:  # noqa: ANN001
                     stosim_version=__version__)
 
 
-def _rate_display(values, unit: str):  # noqa: ANN001, ANN202 (numpy is imported lazily)
+def _rate_display(values, unit: str):  # (numpy is imported lazily: no annotations)
     """Rates in 1/s shown in 1/ns (the STOs' exponents are ~1e9 1/s); other units as they are."""
     return (values * 1e-9, "1/ns") if unit == "1/s" else (values, unit)
 

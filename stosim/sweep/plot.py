@@ -62,7 +62,7 @@ def _label(obj, name: str) -> str:  # noqa: ANN001
     return f"{long_name} ({units})" if units and units not in ("1", "n/a") else str(long_name)
 
 
-def _value_display(obj, name: str) -> tuple[float, str]:  # noqa: ANN001
+def _value_display(obj, name: str) -> tuple[float, str]:
     """(factor, axis label) of a plotted variable: accuracies stored as fractions are shown in percent, the
     convention of every other stosim output (tables, training logs, learning curves)."""
     long_name = str(obj.attrs.get("long_name", name))
