@@ -266,6 +266,8 @@ def _finish_parser(sub: argparse._SubParsersAction) -> None:
         for action in command._actions:
             if not action.help and (name, action.dest) in _MISSING_HELP:
                 action.help = _MISSING_HELP[(name, action.dest)]
+            if action.dest.endswith("_snr") and action.help and "default" not in action.help:
+                action.help += " (default: none, no noise)"
         if name not in ("train", "ftmle"):
             continue
         for action in command._actions:
