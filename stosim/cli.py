@@ -91,25 +91,23 @@ def _kernel_dispatchers(*modules: str) -> list:
 
 def _announce_compilation(*modules: str) -> None:
     """One line on stderr before the first run that compiles the Numba kernels (tens of seconds to minutes):
-    when none of the entry kernels of ``modules`` is compiled in this process or has an index in Numba's
-    on-disk cache at least as new as its source file (Numba drops entries older than the source). Only
+    when, in one of ``modules``, none of the entry kernels is compiled in this process or has an index in
+    Numba's on-disk cache at least as new as its source file (Numba drops entries older than the source). Only
     file times are looked at; nothing is read."""
     import os
 
-    try:
-        kernels = _kernel_dispatchers(*modules)
-        warm = False
-        for kernel in kernels:
-            cache = getattr(kernel, "_cache", None)
-            index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
-            source = getattr(getattr(getattr(cache, "_impl", None), "locator", None), "_py_file", None)
-            if kernel.signatures or (index and source and os.path.exists(index)
-                                     and os.path.getmtime(index) >= os.path.getmtime(source)):
-                warm = True
-                break
+    def warm(kernel) -> bool:
+        cache = getattr(kernel, "_cache", None)
+        index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
+        source = getattr(getattr(getattr(cache, "_impl", None), "locator", None), "_py_file", None)
+        return bool(kernel.signatures) or bool(index and source and os.path.exists(index)
+                                               and os.path.getmtime(index) >= os.path.getmtime(source))
+
+    try:  # a module is cold when none of its entry kernels is warm
+        cold = [m for m in modules if (kernels := _kernel_dispatchers(m)) and not any(warm(k) for k in kernels)]
     except Exception:  # noqa: BLE001 (a Numba internals change must not stop a run; say nothing then)
         return
-    if kernels and not warm:
+    if cold:
         print("compiling kernels (first run only; about a minute) ...", file=sys.stderr, flush=True)
 
 
