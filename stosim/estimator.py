@@ -236,8 +236,11 @@ class ReservoirEstimator:
 
     def score(self, X: Any, y: Any) -> float:
         """Mean accuracy on (X, y) as a fraction in [0, 1] (scikit-learn's convention)."""
-        labels = np.asarray(y)
-        return float(np.mean(self.predict(X) == labels))
+        labels = np.asarray(y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else y)
+        predicted = self.predict(X)
+        if labels.shape != predicted.shape:
+            raise ValueError(f"y has shape {labels.shape}; expected ({predicted.shape[0]},), one label per row of X")
+        return float(np.mean(predicted == labels))
 
     # -- internals ---------------------------------------------------------------------------------
     def _check_settings(self) -> None:

@@ -306,3 +306,11 @@ def test_help_examples_parse() -> None:
     for line in examples:
         args = parser.parse_args(shlex.split(line)[1:])
         assert args.command == shlex.split(line)[1], line
+
+
+def test_score_refuses_labels_of_another_length() -> None:
+    x, y = _blobs(30)
+    clf = ReservoirEstimator("ffesn", substrate_params={"n": 8}).fit(x, y)
+    with pytest.raises(ValueError, match="one label per row"):
+        clf.score(x, y[:-3])
+    assert clf.score(x, torch.as_tensor(y)) == clf.score(x, y)
