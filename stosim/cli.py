@@ -959,12 +959,12 @@ def _configure_logging(verbose: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stosim`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # --help and --version answer before the heavy imports below
+    _configure_logging(args.verbose)
     from stosim.config import DeviceFileError
     from stosim.datasets import DatasetError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
     try:
         return _COMMANDS[args.command](args)
     except (CLIError, DeviceFileError, DatasetError, ValueError, FileExistsError, FileNotFoundError,
