@@ -20,7 +20,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -32,30 +32,88 @@ class CLIError(Exception):
 PLAIN_PROGRESS_S = 30.0  # without a terminal, a long run reports its progress as a plain line this often (s)
 
 
-@contextlib.contextmanager
-def _step_progress(desc: str, total: int | None = None) -> Iterator[Callable[[int, int], None]]:
-    """A ``progress(done, total)`` callback for a run of steps, shown on stderr: a tqdm bar on a terminal;
-    without one (a batch job, a log file; the bar is off there) a plain line every PLAIN_PROGRESS_S seconds,
-    so that a long run shows it is alive and how far it got (a short one prints nothing)."""
-    from tqdm import tqdm
+class _Progress:
+    """The one progress display of the CLI: a tqdm bar on stderr when it is a terminal; without one (a batch
+    job, a log file; the bar is off there) a plain line every PLAIN_PROGRESS_S seconds, so that a long run
+    shows it is alive and how far it got (a short one prints nothing). Call it as ``progress(done, total)``."""
 
-    bar = tqdm(total=total, unit="step", desc=desc, disable=None, file=sys.stderr, leave=False)
-    last = {"s": time.monotonic()}
+    def __init__(self, desc: str, total: int | None, unit: str) -> None:
+        from tqdm import tqdm
 
-    def progress(done: int, n_total: int) -> None:
-        if not bar.disable:
-            bar.total = n_total
-            bar.update(done - bar.n)
+        self.desc, self.unit = desc, unit
+        self.bar = tqdm(total=total, unit=unit, desc=desc, disable=None, file=sys.stderr, leave=False)
+        self.last_s = time.monotonic()
+
+    def __call__(self, done: int, n_total: int) -> None:
+        if not self.bar.disable:
+            self.bar.total = n_total
+            self.bar.update(done - self.bar.n)
             return
         now = time.monotonic()
-        if now - last["s"] >= PLAIN_PROGRESS_S:
-            last["s"] = now
-            print(f"{desc}: {done} / {n_total} steps ({100 * done / n_total:.0f} %)", file=sys.stderr, flush=True)
+        if now - self.last_s >= PLAIN_PROGRESS_S:
+            self.last_s = now
+            units = self.unit + ("es" if self.unit.endswith("ch") else "s")
+            print(f"{self.desc}: {done} / {n_total} {units} ({100 * done / n_total:.0f} %)", file=sys.stderr, flush=True)
 
+    def start(self, desc: str) -> None:
+        """A new pass (an epoch): the bar starts again under ``desc``."""
+        self.desc = desc
+        self.bar.set_description(desc)
+        self.bar.reset()
+
+    def write(self, line: str, file=None) -> None:
+        """Print a line without breaking the bar (stdout unless ``file``)."""
+        self.bar.write(line, file=file)
+
+
+@contextlib.contextmanager
+def _step_progress(desc: str, total: int | None = None, unit: str = "step") -> Iterator[_Progress]:
+    """A :class:`_Progress` for a run of ``unit`` s, closed at the end of the block."""
+    progress = _Progress(desc, total, unit)
     try:
         yield progress
     finally:
-        bar.close()
+        progress.bar.close()
+
+
+def _kernel_dispatchers(*modules: str) -> list:
+    """The Numba entry kernels (dispatchers) of ``modules``."""
+    import importlib
+
+    from numba.core.registry import CPUDispatcher
+
+    out = []
+    for name in modules:
+        module = importlib.import_module(name)
+        out += [v for k, v in vars(module).items() if isinstance(v, CPUDispatcher) and not k.startswith("_")]
+    return out
+
+
+def _announce_compilation(*modules: str) -> None:
+    """One line on stderr before the first run that compiles the Numba kernels (tens of seconds to minutes):
+    when, in one of ``modules``, none of the entry kernels is compiled in this process or has an index in
+    Numba's on-disk cache at least as new as its source file (Numba drops entries older than the source). Only
+    file times are looked at; nothing is read."""
+    import os
+
+    def warm(kernel) -> bool:
+        cache = getattr(kernel, "_cache", None)
+        index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
+        source = getattr(getattr(getattr(cache, "_impl", None), "locator", None), "_py_file", None)
+        return bool(kernel.signatures) or bool(index and source and os.path.exists(index)
+                                               and os.path.getmtime(index) >= os.path.getmtime(source))
+
+    try:  # a module is cold when none of its entry kernels is warm
+        cold = [m for m in modules if (kernels := _kernel_dispatchers(m)) and not any(warm(k) for k in kernels)]
+    except Exception:  # noqa: BLE001 (a Numba internals change must not stop a run; say nothing then)
+        return
+    if cold:
+        print("compiling kernels (first run only; about a minute) ...", file=sys.stderr, flush=True)
+
+
+_STO_KERNELS = ("stosim.integrate.sto_kernels",)
+_STO_GRADIENT_KERNELS = ("stosim.integrate.sto_kernels", "stosim.integrate.adjoint")
+_STO_TANGENT_KERNELS = ("stosim.integrate.tangent",)
 
 
 def _quantity(dimension: str, flag: str):
@@ -95,8 +153,136 @@ def _seed(flag: str):
     return parse
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help with each option's default shown (unless its text already states it), examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and default not in (None, argparse.SUPPRESS) and not isinstance(default, bool)
+                and "default" not in text and action.nargs != 0):
+            text += f" (default: {default})"
+        return text
+
+
+_EPILOGS = {
+    "stosim": """examples:
+  stosim simulate --n 10 --coupling "500 Oe" --duration "2 ns" --out data/traj.h5 --plot data/traj.png
+  stosim train --substrate sto --n 50 --coupling "500 Oe" --epochs 5 --out data/train-sto
+  stosim train --config experiments/digits-sto.toml
+  stosim COMMAND --help     options, units and examples of one command
+
+quantities take units: "500 Oe", "2.5 mA", "300 ps", "300 K" (Lorenz 96 times are plain model time)""",
+    "validate": """examples:
+  stosim validate devices/*.toml experiments/*.toml experiments/table1/*.toml""",
+    "describe": """examples:
+  stosim describe
+  stosim describe devices/seed-pmtj.toml""",
+    "simulate": """examples:
+  stosim simulate --n 10 --coupling "500 Oe" --duration "20 ns" --dt "1 ps" --out data/traj.h5
+  stosim simulate --n 4 --temperature "300 K" --initial-angles 30,0 --out data/hot.h5 --plot data/hot.png
+
+the file holds m (noisy when --observation-snr is set), m_noiseless, tmr_voltage, the coupling matrix W
+and the resolved configuration (attribute "config") with the package versions and the seed""",
+    "train": """examples:
+  stosim train --substrate sto --n 50 --coupling "500 Oe" --duration "300 ps" --epochs 5 --out data/train-sto
+  stosim train --substrate ffesn --spectral-radius 1.5 --readout-only --out data/train-ffesn
+  stosim train --config experiments/table1/sto.toml --out data/table1-sto --resume
+
+substrate flags apply to their substrate only (sto: --coupling --current --duration --dt --device
+--temperature --dynamical-snr --observation-snr --variability; ffesn: --spectral-radius --steps;
+lorenz96: --forcing --duration --dt; mlp/cnn: --hidden); others are refused.
+writes OUT/metrics.json (resolved configuration with units, seeds, versions), learning_curve.png, checkpoint.pt""",
+    "lyapunov": """examples:
+  stosim lyapunov --substrate sto --n 50 --coupling "500 Oe" --duration "50 ns" --exponents 3
+  stosim lyapunov --substrate lorenz96 --n 40 --forcing 8 --duration 1000 --dt 0.01""",
+    "compare": """examples:
+  stosim compare experiments/table1/*.toml --seeds 0 1 --out data/compare
+  stosim compare experiments/table1/*.toml --finished-only --out data/compare""",
+    "sweep": """examples:
+  stosim sweep experiments/smoke-sweep.toml --dry-run
+  stosim sweep experiments/smoke-sweep.toml --out data/smoke.h5 --workers 2
+  stosim sweep experiments/smoke-sweep.toml --out data/smoke.h5 --resume""",
+    "plot": """examples:
+  stosim plot data/smoke.h5 --x coupling --var test_accuracy
+  stosim plot data/heat.h5 --x coupling --y duration --var test_accuracy --out data/heat.png""",
+    "ftmle": """examples:
+  stosim ftmle --substrate sto --n 20 --coupling "500 Oe" --limit 50 --out data/ftmle.h5 --plot data/ftmle.png
+  stosim ftmle --checkpoint data/train-sto --out data/ftmle-trained.h5""",
+}
+
+# help of the flags of `stosim train` and `stosim ftmle` that take their default from the configuration
+_CONFIG_FLAG_HELP = {
+    "dataset": "dataset (default digits: the built-in 8 x 8 digits)",
+    "limit_train": "use only the first N training images (default: all)",
+    "limit_test": "use only the first N test images (default: all)",
+    "epochs": "passes over the training data (default 20; a ridge readout needs one)",
+    "batch_size": "images per optimizer step (default 64)",
+    "lr": "learning rate (default 0.01)",
+    "optimizer": "optimizer (default adam)",
+    "seed": "seed of the initialization, data order, noise and the substrate's matrix (default 0)",
+    "dtype": "train in float32 (default float64)",
+    "substrate": "model: a reservoir (sto, ffesn, lorenz96, cnn-sto, deep-sto) or a baseline (default sto)",
+    "n": "oscillators (sto, default 100) / nodes (ffesn, default 500) / sites (lorenz96, default 500)",
+    "spectral_radius": "FFESN spectral radius rho of W (default 1.0)",
+    "steps": "FFESN steps K (default 5)",
+    "forcing": "Lorenz 96 forcing F (default 8)",
+    "coupling": "STO coupling mu with its unit, e.g. '500 Oe' (default 500 Oe)",
+    "current": "STO bias current, e.g. '2.5 mA' (default: the device file's)",
+    "duration": "evolution time T: STO with a unit, e.g. '300 ps' (default); Lorenz 96 model time (default 1.0)",
+    "dt": "time step: STO with a unit, e.g. '1 ps' (default); Lorenz 96 model time (default 0.01)",
+    "device": "STO device TOML (default devices/seed-pmtj.toml)",
+    "temperature": "STO thermal noise, e.g. '300 K' (default 0 K: none)",
+    "dynamical_snr": "STO dynamical noise SNR in dB (default: none)",
+    "observation_snr": "STO observation noise SNR in dB (default: none)",
+    "hidden": "hidden units of mlp / cnn (default 3 n, the feature count of n STOs)",
+    "variability": "relative spread of each STO's H_K, alpha and I (default 0: identical devices)",
+    "readout_only": "fixed random read-in, ridge readout (default: train read-in and readout through the "
+                    "substrate; non-differentiable substrates always use the ridge readout)",
+    "download": "fetch missing IDX files, checksummed (default: no network)",
+    "method": "largest singular value of the flow Jacobian: exact SVD, lanczos, power (default auto: by size)",
+    "overwrite": "replace an existing --out",
+    "json": "print one JSON line with the summary",
+    "data_dir": "folder with the IDX files of mnist / fashion-mnist (default: the cache folder; relative "
+                "paths in --config files are relative to the file)",
+}
+
+
+# help of flags added without one, per (command, flag destination)
+_MISSING_HELP = {
+    ("lyapunov", "substrate"): "dynamical system: coupled STOs (time in s), FFESN (steps) or Lorenz 96 (model time)",
+    ("lyapunov", "seed"): "seed of the initial state, the tangent vectors and the substrate's matrix",
+}
+
+
+def _finish_parser(sub: argparse._SubParsersAction) -> None:
+    """Every command's help: defaults shown, examples (epilog), and a text for each flag of `train` and
+    `ftmle` that takes its default from the configuration."""
+    for name, command in sub.choices.items():
+        command.formatter_class = _HelpFormatter
+        command.epilog = _EPILOGS.get(name, command.epilog)
+        for action in command._actions:
+            if not action.help and (name, action.dest) in _MISSING_HELP:
+                action.help = _MISSING_HELP[(name, action.dest)]
+            if action.dest.endswith("_snr") and action.help and "default" not in action.help:
+                action.help += " (default: none, no noise)"
+        if name not in ("train", "ftmle"):
+            continue
+        for action in command._actions:
+            if action.dest in _CONFIG_FLAG_HELP and "default" not in (action.help or ""):
+                action.help = _CONFIG_FLAG_HELP[action.dest]
+            elif not action.help and action.option_strings:
+                action.help = " "  # documented by the epilog; keeps the flag listed with its metavar
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stosim", description="Spin-torque-oscillator reservoir simulator")
+    from stosim import __version__
+
+    parser = argparse.ArgumentParser(prog="stosim", description="Spin-torque-oscillator reservoir simulator",
+                                     epilog=_EPILOGS["stosim"], formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"stosim {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more diagnostics on stderr (-v: info, -vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check device files, experiment configs, sweep specs and station files without running")
@@ -242,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="histogram PNG")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true")
+    _finish_parser(sub)
     return parser
 
 
@@ -263,22 +450,50 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
                        "model flags")
     cfg = (load_train_config(args.config, **overrides) if args.config is not None
            else validate_train_config(overrides, source="command line"))
+    _refuse_other_substrate_flags(args, keys, cfg.substrate)
     _check_plain_times(args, cfg)
+    if cfg.substrate == "sto":
+        _announce_compilation(*_STO_TANGENT_KERNELS)
     ds = dataset_ftmle(cfg, args.checkpoint, limit=args.limit, method=args.method)
+    _describe_ftmle_run(ds, cfg)
     write_dataset_atomic(ds, args.out, overwrite=True)
     values = ds["ftmle"].values
     unit = ds["ftmle"].attrs["units"]
     if args.plot is not None:
         label = "trained" if ds.attrs["trained"] else "untrained"
-        plot_histogram({label: values}, args.plot, xlabel=f"FTMLE ({unit})",
+        shown, shown_unit = _rate_display(values, unit)
+        plot_histogram({label: shown}, args.plot, xlabel=f"FTMLE ({shown_unit})",
                        title=f"FTMLE over {values.size} test samples")
     summary = {"mean": float(np.mean(values)), "std": float(np.std(values)), "median": float(np.median(values)),
                "n_samples": int(values.size), "units": unit, "trained": bool(ds.attrs["trained"]),
                "all_converged": bool(ds["converged"].values.all()), "out": str(args.out)}
+    shown, shown_unit = _rate_display(values, unit)
     print(_json_line(summary) if args.json else
-          f"FTMLE over {values.size} samples: mean {summary['mean']:.4g} {unit}, std {summary['std']:.3g}, "
-          f"median {summary['median']:.4g}; wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+          f"FTMLE over {values.size} samples: mean {np.mean(shown):.4g} {shown_unit}, std {np.std(shown):.3g}, "
+          f"median {np.median(shown):.4g}; wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
     return 0
+
+
+def _describe_ftmle_run(ds, cfg) -> None:
+    """Attributes of an FTMLE file: the configuration that ran (a checkpoint's, when given) resolved with
+    units, its seeds and the stosim version."""
+    from stosim import __version__
+    from stosim.training import TrainConfig, resolved_config, run_seeds
+
+    saved = ds.attrs.get("config")
+    used = TrainConfig.model_validate(json.loads(saved)) if isinstance(saved, str) else cfg
+    ds.attrs.update(resolved_config=json.dumps(resolved_config(used)), seeds=json.dumps(run_seeds(used)),
+                    stosim_version=__version__)
+
+
+def _rate_display(values, unit: str):  # (numpy is imported lazily: no annotations)
+    """Rates in 1/s shown in 1/ns (the STOs' exponents are ~1e9 1/s); other units as they are."""
+    return (values * 1e-9, "1/ns") if unit == "1/s" else (values, unit)
+
+
+def _consistent_with_zero(value: float, standard_error: float) -> bool:
+    """Whether an estimate lies within 2 standard errors of zero (|value| <= 2 SE)."""
+    return math.isfinite(standard_error) and abs(value) <= 2 * standard_error
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -354,6 +569,8 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
     from stosim.analysis.run_lyapunov import substrate_lyapunov
 
     params = {"n": args.n, "dt": _substrate_time(args.dt, args.substrate, "--dt"), **_lyapunov_parameters(args)}
+    if args.substrate == "sto":
+        _announce_compilation(*_STO_TANGENT_KERNELS)
     with _step_progress("lyapunov") as progress:
         result = substrate_lyapunov(args.substrate, n_exponents=args.exponents,
                                     duration=_substrate_time(args.duration, args.substrate, "--duration"),
@@ -368,8 +585,9 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
           f"{result.time_unit} after a transient of {result.transient:g}:")
     for i, (lam, se, rel) in enumerate(zip(result.exponents, result.standard_error,
                                            result.relative_change_last_quarter)):
+        zero = "; consistent with zero within 2 standard errors" if _consistent_with_zero(lam, se) else ""
         print(f"  lambda_{i + 1:<3d} = {lam: .6g} +/- {se:.2g}  (running estimate moved {100 * rel:.2g} % "
-              "over the last quarter)")
+              f"over the last quarter{zero})")
     partial = " (a lower bound: all computed partial sums are positive; ask for more --exponents)" if (
         result.exponents.sum() > 0) else ""
     print(f"Kaplan-Yorke dimension: {result.kaplan_yorke_dimension:.4g}{partial}")
@@ -429,34 +647,47 @@ _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "l
                "temperature", "dynamical_snr", "observation_snr", "variability", "train_with_noise")
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _flag(key: str) -> str:
+    return {"train_with_noise": "--noiseless-training", "dtype": "--float32"}.get(key, "--" + key.replace("_", "-"))
 
+
+def _refuse_other_substrate_flags(args: argparse.Namespace, keys: Sequence[str], substrate: str) -> None:
+    """A substrate flag given for a substrate it does not apply to (``--coupling`` with ``--substrate ffesn``)
+    would be recorded and silently ignored: refuse it, naming the flags."""
+    from stosim.training import SUBSTRATE_KEYS, substrate_keys
+
+    applies = set(SUBSTRATE_KEYS[substrate])
+    stray = [_flag(k) for k in keys if k in substrate_keys() and k not in applies and getattr(args, k, None) is not None]
+    if stray:
+        valid = " ".join(_flag(k) for k in SUBSTRATE_KEYS[substrate]) or "none"
+        raise CLIError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to --substrate {substrate}; "
+                       f"drop {'it' if len(stray) == 1 else 'them'} (flags of {substrate}: {valid})")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     from stosim.training import load_train_config, train, validate_train_config
 
     overrides = _config_overrides(args, _TRAIN_KEYS)
     cfg = (load_train_config(args.config, **overrides) if args.config is not None
            else validate_train_config(overrides, source="command line"))
+    _refuse_other_substrate_flags(args, _TRAIN_KEYS, cfg.substrate)
     _check_plain_times(args, cfg)
     if (args.out / "checkpoint.pt").exists() and not args.resume:
         raise CLIError(f"--out {args.out} holds a checkpoint; pass --resume to continue it or choose another --out")
-    bar = tqdm(unit="batch", disable=None, file=sys.stderr, leave=False)
+    from stosim.training import STO_SUBSTRATES
 
-    def on_batch(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n if done >= bar.n else done)
+    if cfg.substrate in STO_SUBSTRATES:
+        _announce_compilation(*(_STO_KERNELS if cfg.readout_only else _STO_GRADIENT_KERNELS))
 
-    def on_epoch(rec: dict) -> None:
-        bar.reset()
-        line = (f"epoch {rec['epoch']:3d}  train acc {100 * rec['train_accuracy']:6.2f}%  "
-                f"test acc {100 * rec['test_accuracy']:6.2f}%  ({rec['epoch_time_s']:.1f} s)")
-        (bar.write(line, file=sys.stderr) if args.json else bar.write(line))
+    with _step_progress("epoch 1", unit="batch") as bar:
+        def on_epoch(rec: dict) -> None:
+            line = (f"epoch {rec['epoch']:3d}  train acc {100 * rec['train_accuracy']:6.2f}%  "
+                    f"test acc {100 * rec['test_accuracy']:6.2f}%  ({rec['epoch_time_s']:.1f} s)")
+            bar.write(line, file=sys.stderr if args.json else None)
+            bar.start(f"epoch {rec['epoch'] + 1}")
 
-    try:
-        result = train(cfg, args.out, resume=args.resume, on_batch=on_batch, on_epoch=on_epoch,
+        result = train(cfg, args.out, resume=args.resume, on_batch=bar, on_epoch=on_epoch,
                        allow_beyond_limits=args.allow_beyond_limits)
-    finally:
-        bar.close()
     summary = result.summary()
     if args.json:
         print(_json_line({**summary, "out": str(args.out), "substrate": cfg.substrate, "dataset": cfg.dataset}))
@@ -604,6 +835,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     total = steps_for_duration(args.duration, args.dt)
     save_every = _save_every(args.save_every, total)
+    _announce_compilation(*_STO_KERNELS)
     with _step_progress("simulate", total) as progress:
         traj = simulate(
             array, initial, args.duration, args.dt, save_every=save_every, temperature_k=args.temperature,
@@ -717,13 +949,28 @@ _COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _
              "ftmle": _cmd_ftmle}
 
 
+def _configure_logging(verbose: int) -> None:
+    """The library's diagnostics (``logging.getLogger("stosim...")``) on stderr: warnings by default,
+    info with -v, debug with -vv."""
+    import logging
+
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("stosim: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("stosim")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stosim`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # --help and --version answer before the heavy imports below
+    _configure_logging(args.verbose)
     from stosim.config import DeviceFileError
     from stosim.datasets import DatasetError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
     except (CLIError, DeviceFileError, DatasetError, ValueError, FileExistsError, FileNotFoundError,

@@ -9,7 +9,9 @@
 - Baselines: :class:`LinearClassifier` (logistic regression), :class:`MLPClassifier` (one
   hidden layer), :class:`CNNClassifier` (one conv layer and one hidden fully-connected layer).
 
-Every model maps flat images (B, rows * cols) to class scores (B, classes).
+Every model maps flat images (B, rows * cols) to class scores (B, classes). Inputs of another
+dtype (torch's default float32, integer pixels, NumPy arrays) are cast to the model's dtype
+(float64 unless built otherwise) first: see :func:`as_model_input`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ from stosim.checks import check_count
 from stosim.substrates.base import Substrate
 
 __all__ = ["ReservoirClassifier", "DeepReservoirClassifier", "ConvReservoirClassifier", "LinearClassifier",
-           "MLPClassifier", "CNNClassifier", "ConvFrontEnd"]
+           "MLPClassifier", "CNNClassifier", "ConvFrontEnd", "as_model_input"]
+
+
+def as_model_input(x: object, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` (a tensor, NumPy array or nested list of numbers) as a tensor of the model's ``dtype``;
+    ValueError for non-numeric input (complex, bool or object values)."""
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    if t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"model input has dtype {t.dtype}; expected real numbers (cast to the model's {dtype})")
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _check_image_shape(image_shape: tuple[int, int]) -> tuple[int, int]:
@@ -49,7 +60,7 @@ class ReservoirClassifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """What the readout sees: substrate(read_in(x)), (B, readout_size)."""
-        return self.substrate(self.read_in(x))
+        return self.substrate(self.read_in(as_model_input(x, self.read_in.weight.dtype)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.readout(self.features(x))
@@ -70,6 +81,7 @@ class DeepReservoirClassifier(nn.Module):
         self.readout = nn.Linear(d2.readout_size, n_classes, dtype=dtype)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = as_model_input(x, self.read_in.weight.dtype)
         return self.second(self.inner(self.first(self.read_in(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +101,7 @@ class ConvFrontEnd(nn.Module):
         self.n_outputs = channels * (image_shape[0] // 2) * (image_shape[1] // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = as_model_input(x, self.conv.weight.dtype)
         img = x.reshape(x.shape[0], 1, *self.image_shape)
         return self.pool(torch.relu(self.conv(img))).flatten(1)
 
@@ -118,7 +131,7 @@ class LinearClassifier(nn.Module):
         self.linear = nn.Linear(n_inputs, n_classes, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
+        return self.linear(as_model_input(x, self.linear.weight.dtype))
 
 
 class MLPClassifier(nn.Module):
@@ -132,7 +145,7 @@ class MLPClassifier(nn.Module):
                                  nn.Linear(hidden, n_classes, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(as_model_input(x, self.net[0].weight.dtype))
 
 
 class CNNClassifier(nn.Module):

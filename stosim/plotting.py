@@ -83,6 +83,7 @@ def plot_learning_curve(history: list[dict[str, float]], path: str | Path, *, ti
         ax.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train")
         ax.plot(epochs, [100 * h["test_accuracy"] for h in history], "s-", label="test")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(_integer_locator())  # epochs are whole numbers: no 1.5 ticks
         ax.set_ylabel("accuracy (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -90,6 +91,12 @@ def plot_learning_curve(history: list[dict[str, float]], path: str | Path, *, ti
         return save_figure(fig, path)
     finally:
         plt.close(fig)
+
+
+def _integer_locator():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 
 def _histogram_edges(finite: list[np.ndarray], bins: int) -> np.ndarray:
@@ -125,6 +132,7 @@ def plot_histogram(values_by_label: dict[str, "np.ndarray"], path: str | Path, *
         for label, v, all_v in zip(values_by_label, finite, arrays):
             ax.hist(v, bins=edges, density=bool(v.size), alpha=0.5,
                     label=_histogram_label(label, v, all_v.size - v.size))
+        ax.ticklabel_format(axis="x", useOffset=False)  # values as they are, no "+1e9" offset to add back
         ax.set_xlabel(xlabel)
         ax.set_ylabel("density")
         ax.set_title(title)

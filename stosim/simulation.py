@@ -115,6 +115,10 @@ class NoiseSettings:
     dynamical_snr_db: float | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.temperature_k, str):  # "300 K"
+            from stosim.quantities import quantity
+
+            object.__setattr__(self, "temperature_k", quantity(self.temperature_k, "temperature", "temperature"))
         t = self.temperature_k
         if not (isinstance(t, (int, float)) and math.isfinite(t) and 0 <= t <= 1e4):
             raise ValueError(f"temperature = {t!r} K must be finite and in [0, 1e4] K")
@@ -188,8 +192,14 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
 
     Returns (final state (B, N, 3), saved states (S, B, N, 3) after every ``save_every``
     steps or None when ``save_every`` is 0, measured dynamical SNR in dB or None).
+    Layout: oscillator i of sample b is ``final[b, i]`` = (m_x, m_y, m_z); ``final.reshape(B, 3 * N)`` is
+    the flat state of the substrates (:class:`stosim.CoupledSTOArray`), the same memory order.
     ``progress(done, total)`` is called after each chunk of steps.
     """
+    if isinstance(dt_s, str):  # "1 ps"
+        from stosim.quantities import quantity
+
+        dt_s = quantity(dt_s, "time", "dt")
     dtype = _check_dtype(dtype)
     check_step_count(n_steps)
     check_time_step(array, dt_s)
@@ -293,20 +303,65 @@ class Trajectory:
     measured_dynamical_snr_db: float | None
     dtype: str
     limit_warnings: tuple[str, ...] = ()  # device limits exceeded (run with allow_beyond_limits)
+    m_noiseless: np.ndarray | None = None  # (S, B, N, 3) m before observation noise (None: no observation noise)
+    tmr_voltage_noiseless_v: np.ndarray | None = None  # (S, B, N) likewise
 
     def to_dataset(self):
         """The trajectory as an xarray Dataset (units and long_name on every variable, provenance attrs).
 
         Dims: (time, oscillator, component) for one sample, (time, sample, oscillator, component) for more.
+        Variables: ``m`` and ``tmr_voltage`` (as observed: with observation noise when it is on), with noise on
+        also ``m_noiseless`` and ``tmr_voltage_noiseless``; ``coupling_matrix`` W (oscillator, oscillator_j)
+        of H_coupling,i = mu sum_j W_ij m_x,j. Attributes: the resolved configuration with units
+        (``config``, JSON), the seed, the package versions.
         A run beyond the device limits carries them in the attribute ``device_limit_warnings`` ("none"
         when within them).
         """
+        import json
+
         from stosim.storage import trajectory_dataset
 
         ds = trajectory_dataset(self)
+        single = self.m.shape[1] == 1
+        lead = ("time",) if single else ("time", "sample")
+        if self.m_noiseless is not None:
+            note = "before observation noise"
+            ds["m_noiseless"] = (lead + ("oscillator", "component"), self.m_noiseless[:, 0] if single else
+                                 self.m_noiseless, {"units": "1", "long_name": f"free-layer unit magnetization, {note}"})
+            v = self.tmr_voltage_noiseless_v
+            ds["tmr_voltage_noiseless"] = (lead + ("oscillator",), v[:, 0] if single else v,
+                                           {"units": "V", "long_name": f"TMR output voltage I R(m), {note}"})
+        ds["coupling_matrix"] = (("oscillator", "oscillator_j"), np.asarray(self.array.coupling_matrix),
+                                 {"units": "1", "long_name": "coupling matrix W: H_coupling,i = mu sum_j W_ij m_x,j"})
+        ds.attrs["config"] = json.dumps(self.resolved_config())
         ds.attrs["device_limit_warnings"] = "; ".join(self.limit_warnings) if self.limit_warnings else "none"
         ds.attrs["beyond_device_limits"] = int(bool(self.limit_warnings))
         return ds
+
+    def resolved_config(self) -> dict[str, object]:
+        """The run's settings as text with units (every one resolved, none left at "default")."""
+        array, dev = self.array, self.array.device
+        steps = round((self.time_s[-1] if self.time_s.size > 1 else 0.0) / self.dt_s)
+        snr = {None: "off"}
+        return {
+            "device": dev.name, "n": int(array.n_oscillators), "coupling": f"{array.coupling_oe:.6g} Oe",
+            "current": f"{array.current_a * 1e3:.6g} mA", "duration": _time_text(steps * self.dt_s),
+            "dt": _time_text(self.dt_s), "save_every": (round(self.time_s[1] / self.dt_s) if self.time_s.size > 1
+                                                        else 1),
+            "samples": int(self.m.shape[1]), "temperature": f"{self.noise.temperature_k:g} K",
+            "dynamical_snr": snr.get(self.noise.dynamical_snr_db, f"{self.noise.dynamical_snr_db} dB"),
+            "observation_snr": snr.get(self.observation_snr_db, f"{self.observation_snr_db} dB"),
+            "integrator": "stochastic Heun (Stratonovich)" if self.noise.temperature_k > 0 else "RK4",
+            "seed": self.seed, "dtype": self.dtype,
+        }
+
+
+def _time_text(seconds: float) -> str:
+    """A time in s as text in the unit that reads best: 3e-10 -> '300 ps'."""
+    for unit, factor in (("fs", 1e-15), ("ps", 1e-12), ("ns", 1e-9), ("us", 1e-6), ("ms", 1e-3)):
+        if abs(seconds) < 1000 * factor:
+            return f"{seconds / factor:.6g} {unit}"
+    return f"{seconds:.6g} s"
 
 
 def _bias_currents_a(array: STOArray) -> np.ndarray:
@@ -326,11 +381,16 @@ def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s
     The state is recorded at t = 0 and after every ``save_every`` steps. With
     ``observation_snr_db`` the recorded m and TMR voltage carry Gaussian observation noise of
     variance var(signal)/10^(SNR/10), the variance over all recorded samples of each.
+    ``duration_s``, ``dt_s`` and ``temperature_k`` may be unit strings ("20 ns", "1 ps", "300 K").
 
     A bias current beyond the device's limits (:func:`check_device_limits`) raises
     :class:`DeviceLimitError`; with ``allow_beyond_limits`` the run is made, a
     :class:`DeviceLimitWarning` issued and the exceeded limits kept in ``Trajectory.limit_warnings``.
     """
+    from stosim.quantities import quantity
+
+    duration_s, dt_s = quantity(duration_s, "time", "duration"), quantity(dt_s, "time", "dt")
+    temperature_k = quantity(temperature_k, "temperature", "temperature")
     limit_warnings = check_device_limits(array, allow_beyond_limits=allow_beyond_limits, what="simulation")
     n_steps = steps_for_duration(duration_s, dt_s)
     if not isinstance(save_every, (int, np.integer)) or not 1 <= save_every <= n_steps:
@@ -348,6 +408,7 @@ def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s
     voltage = voltage_at_bias_current_v(m @ p.astype(m.dtype), dev.parallel_resistance_ohm, dev.tmr_ratio,
                                         _bias_currents_a(array)).astype(m.dtype)
     measured_obs: dict[str, float] = {}
+    m_clean = v_clean = None
     if observation_snr_db is not None and math.isfinite(observation_snr_db):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_OBSERVATION,)))
         m_obs = add_observation_noise(m, observation_snr_db, rng)
@@ -356,8 +417,10 @@ def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s
             "m": float(10 * np.log10(np.var(m) / np.var(m_obs - m))),
             "tmr_voltage": float(10 * np.log10(np.var(voltage) / np.var(v_obs - voltage))),
         }
+        m_clean, v_clean = m, voltage
         m, voltage = m_obs, v_obs
     return Trajectory(time_s=time_s, m=m, tmr_voltage_v=voltage, final_state=final, array=array, dt_s=float(dt_s),
                       seed=int(seed), noise=noise, observation_snr_db=observation_snr_db,
                       measured_observation_snr_db=measured_obs, measured_dynamical_snr_db=measured_dyn,
-                      dtype=np.dtype(dtype).name, limit_warnings=limit_warnings)
+                      dtype=np.dtype(dtype).name, limit_warnings=limit_warnings,
+                      m_noiseless=m_clean, tmr_voltage_noiseless_v=v_clean)

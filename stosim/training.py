@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import time
 import tomllib
@@ -28,12 +29,13 @@ from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoir
 from stosim.ridge import RidgeAccumulator
 from stosim.storage import atomic_output, write_text_atomic
 from stosim.physics.noise import check_snr_db
-from stosim.units import UnitError, parse_quantity, values_agree
+from stosim.units import UnitError, format_quantity, parse_quantity, values_agree
 
 __all__ = ["TrainConfig", "STO_SUBSTRATES", "STO_TIME_KEYS", "UNIT_DIMENSIONS", "train", "TrainResult", "build_model",
-           "load_train_config", "with_defaults", "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
+           "load_train_config", "with_defaults", "resolved_config", "run_seeds", "SUBSTRATE_KEYS", "substrate_keys", "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
 
 SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto")
+log = logging.getLogger(__name__)  # diagnostics; the CLI shows them with -v
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 CURVE = "learning_curve.png"
@@ -152,6 +154,7 @@ def config_differences(saved_config: dict[str, Any], cfg: TrainConfig, ignore: t
     """The keys (sorted, less ``ignore``) in which a saved configuration (a checkpoint's or
     ``metrics.json``'s, completed by :func:`with_defaults`) differs from ``cfg``; empty if the same run."""
     saved, current = with_defaults(saved_config), _as_json(cfg.resolved())
+    ignore = (*ignore, *LOCATION_KEYS)  # where the (checksummed) data lives does not change the run
     # floats within a relative 1e-12: a quantity parsed by an earlier version may differ in its last bit
     return sorted(k for k in set(saved) | set(current)
                   if k not in ignore and not values_agree(saved.get(k), current.get(k)))
@@ -167,8 +170,28 @@ def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     _check_file_units(raw, str(path))
+    _resolve_file_paths(raw, path)
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return validate_train_config(raw, source=str(path))
+
+
+# keys that say where something is, not what the run is (config_differences ignores them)
+LOCATION_KEYS = ("data_dir", "download")
+PATH_KEYS = ("data_dir", "device")  # paths in an experiment file, relative to the file's folder
+
+
+def _resolve_file_paths(raw: dict[str, Any], path: Path) -> None:
+    """Relative paths in an experiment file (``data_dir``, ``device``) are relative to the file's folder, so
+    the file works from any working directory; they become absolute. A relative ``device`` that names no
+    file there but does from the working directory (files written before this rule) is kept as it is."""
+    for key in PATH_KEYS:
+        value = raw.get(key)
+        if not isinstance(value, str) or Path(value).expanduser().is_absolute():
+            continue
+        beside = (path.parent / value).resolve()
+        if key == "device" and not beside.exists() and Path(value).exists():
+            continue
+        raw[key] = str(beside)
 
 
 # dimension of each quantity that must carry a unit in experiment files and sweep specs; "time" applies to
@@ -199,7 +222,8 @@ def validate_train_config(raw: dict[str, Any], source: str = "config") -> TrainC
         lines = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            lines.append(f"{source}: {key}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
+            msg = err["msg"].removeprefix("Value error, ").removeprefix(f"{key}: ")  # the key is named once
+            lines.append(f"{source}: {key}: {msg} (got {err.get('input')!r})")
         raise ConfigError("\n".join(lines)) from None
 
 
@@ -258,6 +282,92 @@ def _device_limit_warnings(model: torch.nn.Module, allow_beyond_limits: bool) ->
         if isinstance(sub, CoupledSTOArray):
             found += check_device_limits(sub.array, allow_beyond_limits=allow_beyond_limits, what="training")
     return tuple(dict.fromkeys(found))
+
+
+# the TrainConfig keys that set a substrate's (or a baseline's) parameters, per substrate; the other
+# substrate keys do not apply to it (the command line refuses them, the resolved configuration omits them)
+_STO_KEYS = ("n", "coupling", "current", "duration", "dt", "device", "temperature", "dynamical_snr",
+             "observation_snr", "variability", "train_with_noise")
+SUBSTRATE_KEYS: MappingProxyType = MappingProxyType({
+    "sto": _STO_KEYS, "deep-sto": _STO_KEYS, "cnn-sto": (*_STO_KEYS, "conv_channels"),
+    "ffesn": ("n", "spectral_radius", "steps"), "lorenz96": ("n", "forcing", "duration", "dt"),
+    "linear": (), "mlp": ("n", "hidden"), "cnn": ("n", "hidden", "conv_channels"),
+})
+_ALL_SUBSTRATE_KEYS = frozenset(k for keys in SUBSTRATE_KEYS.values() for k in keys)
+_GENERAL_KEYS = ("substrate", "dataset", "data_dir", "limit_train", "limit_test", "epochs", "batch_size", "lr",
+                 "optimizer", "lr_schedule", "momentum", "weight_decay", "input_offset", "seed", "dtype",
+                 "readout_only", "ridge_alpha")
+
+
+def substrate_keys() -> frozenset[str]:
+    """Every key that sets a parameter of some substrate or baseline (see :data:`SUBSTRATE_KEYS`)."""
+    return _ALL_SUBSTRATE_KEYS
+
+
+def _time_text(seconds: float) -> str:
+    """A time in s as text in the unit that reads best: 300e-12 -> '300 ps', 2e-8 -> '20 ns'."""
+    for unit, factor in (("fs", 1e-15), ("ps", 1e-12), ("ns", 1e-9), ("us", 1e-6), ("ms", 1e-3)):
+        if abs(seconds) < 1000 * factor:
+            return f"{seconds / factor:.6g} {unit}"
+    return f"{seconds:.6g} s"
+
+
+def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's configuration as it ran: every default filled in (no None), quantities as text with their
+    unit ("500 Oe", "300 ps", "2.5 mA", "0 K"), only the substrate keys that apply to ``cfg.substrate``;
+    noise SNRs left unset read "off". For ``metrics.json`` and file attributes (``config`` keeps the keys as
+    given)."""
+    from stosim.datasets import default_data_dir
+
+    out: dict[str, Any] = {k: getattr(cfg, k) for k in _GENERAL_KEYS}
+    if cfg.dataset == "digits":
+        out["data_dir"] = "(built in: the 8 x 8 digits)"
+    elif cfg.data_dir is None:
+        out["data_dir"] = str(default_data_dir(cfg.dataset))
+    for key in ("limit_train", "limit_test"):
+        if out[key] is None:
+            out[key] = "all"
+    if not cfg.readout_only:
+        out.pop("ridge_alpha")
+    if cfg.optimizer != "sgd":
+        out.pop("momentum")
+    n = cfg.n or cfg.default_n
+    sto = cfg.substrate in STO_SUBSTRATES
+    values: dict[str, Any] = {"n": n, "hidden": cfg.hidden or 3 * n, "spectral_radius": cfg.spectral_radius,
+                              "steps": cfg.steps, "forcing": cfg.forcing, "conv_channels": cfg.conv_channels,
+                              "variability": cfg.variability, "train_with_noise": cfg.train_with_noise,
+                              "coupling": format_quantity(cfg.coupling, "field"),
+                              "temperature": format_quantity(cfg.temperature, "temperature")}
+    for key in ("dynamical_snr", "observation_snr"):
+        value = getattr(cfg, key)
+        values[key] = "off" if value is None or math.isinf(value) else f"{value:g} dB"
+    if sto:
+        from stosim.config import default_device_path, load_device
+
+        device_path = cfg.device or str(default_device_path())
+        device = load_device(device_path)
+        values["device"] = f"{device.name} ({device_path})"
+        values["current"] = f"{(cfg.current if cfg.current is not None else device.current_a) * 1e3:.6g} mA"
+        values["duration"] = _time_text(cfg.duration or 300e-12)
+        values["dt"] = _time_text(cfg.dt or 1e-12)
+    else:
+        values["duration"] = cfg.duration or 1.0  # Lorenz 96 model time
+        values["dt"] = cfg.dt or 0.01
+    for key in SUBSTRATE_KEYS[cfg.substrate]:
+        out[key] = values[key]
+    return out
+
+
+def run_seeds(cfg: TrainConfig) -> dict[str, int]:
+    """Every seed of a run (all derived from ``cfg.seed``): what each one draws."""
+    seeds = {"seed": cfg.seed, "initialization": cfg.seed, "data_order": cfg.seed, "noise": cfg.seed}
+    if cfg.dataset == "digits":
+        seeds["digits_split"] = cfg.seed
+    if cfg.substrate in STO_SUBSTRATES or cfg.substrate == "ffesn":
+        seeds["substrate_matrix"] = cfg.seed
+    if cfg.substrate == "deep-sto":
+        seeds["second_substrate_matrix"] = cfg.seed + 1
+    return seeds
 
 
 def _substrates(model: torch.nn.Module):
@@ -420,6 +530,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     n_classes = train_ds.n_classes
     model = build_model(cfg, x_train.shape[1], n_classes, train_ds.image_shape)
     limit_warnings = _device_limit_warnings(model, allow_beyond_limits)
+    log.info("training %s on %s (%d train, %d test images): %s", cfg.substrate, cfg.dataset, x_train.shape[0],
+             x_test.shape[0], resolved_config(cfg))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(cfg, params)
     history: list[dict[str, float]] = []
@@ -466,6 +578,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
                   "train_accuracy": train_acc,
                   "test_accuracy": test_acc, "epoch_time_s": time.perf_counter() - t_epoch}
         history.append(record)
+        log.info("%s epoch %d: train accuracy %.4f, test accuracy %.4f (%.1f s)", cfg.substrate, epoch, train_acc,
+                 test_acc, record["epoch_time_s"])
         if out is not None:
             _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                           "history": history, "config": cfg.resolved(),
@@ -477,7 +591,12 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
                          best_test_accuracy=max(h["test_accuracy"] for h in history), epochs=len(history),
                          epochs_to_converge=_epochs_to_converge(history), wall_time_s=wall, out_dir=out, model=model)
     if out is not None:
-        metrics = {**result.summary(), "config": cfg.resolved(), "history": history,
+        from stosim.storage import package_versions
+
+        versions = package_versions()
+        metrics = {**result.summary(), "accuracy_units": "fraction (0 to 1)", "config": cfg.resolved(),
+                   "resolved_config": resolved_config(cfg), "seeds": run_seeds(cfg),
+                   "stosim_version": versions["stosim"], "versions": versions, "history": history,
                    "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]),
                    "n_parameters": sum(p.numel() for p in params), "device_limit_warnings": list(limit_warnings)}
         write_text_atomic(json.dumps(metrics, indent=2, default=str), out / METRICS)

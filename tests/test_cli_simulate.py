@@ -27,7 +27,7 @@ def test_simulate_writes_trajectory_and_plot(tmp_path, capsys):
     ds = xr.open_dataset(out, engine="h5netcdf")
     assert ds["m"].dims == ("time", "oscillator", "component")
     assert list(ds["component"].values) == ["x", "y", "z"]
-    assert ds.sizes == {"time": 41, "oscillator": 6, "component": 3}
+    assert ds.sizes == {"time": 41, "oscillator": 6, "component": 3, "oscillator_j": 6}  # oscillator_j: of W
     np.testing.assert_allclose(ds["time"].values, np.arange(41) * 5e-12, rtol=1e-12)
     for name in list(ds.data_vars) + list(ds.coords):
         assert "units" in ds[name].attrs and "long_name" in ds[name].attrs, name

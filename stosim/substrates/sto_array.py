@@ -26,12 +26,14 @@ from stosim.integrate.flow import sto_flow
 from stosim.integrate.torch_steps import evolve_torch
 from stosim.physics.array import STOArray, Variability, check_time_step
 from stosim.physics.noise import check_snr_db, snr_noise_factor, thermal_field_sigma_oe
+from stosim.quantities import either, optional_quantity, quantity
 from stosim.simulation import NoiseSettings, evolve, steps_for_duration
 from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
 
 __all__ = ["CoupledSTOArray"]
 
 _DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
+_DTYPE_NAMES = {"float64": torch.float64, "float32": torch.float32}
 
 
 class CoupledSTOArray(Substrate):
@@ -43,14 +45,31 @@ class CoupledSTOArray(Substrate):
     are seeded by :meth:`reset`), ``coupling_matrix`` (explicit N x N W instead of a random
     one), ``temperature_k``, ``dynamical_snr_db``, ``observation_snr_db``, ``variability``
     (relative spread of each device's H_K, alpha and I, drawn from ``seed``), ``dtype``.
+
+    Every quantity may be a unit string, parsed as in the files, or a plain number in the unit its
+    keyword names; ``coupling``, ``duration``, ``dt``, ``current`` and ``temperature`` are the same
+    settings without the unit suffix (give one of the two)::
+
+        CoupledSTOArray(n=100, coupling="500 Oe", duration="300 ps", dt="1 ps", current="2.5 mA")
+        CoupledSTOArray(n=100, coupling_oe=500.0, duration_s=300e-12, dt_s=1e-12)   # the same array
     """
 
-    def __init__(self, n: int = 50, coupling_oe: float = 500.0, duration_s: float = 300e-12, dt_s: float = 1e-12, *,
-                 current_a: float | None = None, device: DeviceParameters | str | Path | None = None, seed: int = 0,
-                 coupling_matrix: np.ndarray | str | Path | None = None, temperature_k: float = 0.0,
+    def __init__(self, n: int = 50, coupling_oe: float | str = 500.0, duration_s: float | str = 300e-12,
+                 dt_s: float | str = 1e-12, *,
+                 current_a: float | str | None = None, device: DeviceParameters | str | Path | None = None, seed: int = 0,
+                 coupling_matrix: np.ndarray | str | Path | None = None, temperature_k: float | str = 0.0,
                  dynamical_snr_db: float | None = None, observation_snr_db: float | None = None,
-                 variability: float = 0.0, dtype: torch.dtype = torch.float64) -> None:
+                 variability: float = 0.0, dtype: torch.dtype | str = torch.float64,
+                 coupling: float | str | None = None, duration: float | str | None = None, dt: float | str | None = None,
+                 current: float | str | None = None, temperature: float | str | None = None) -> None:
         super().__init__()
+        coupling_oe = quantity(either(coupling, "coupling", coupling_oe, "coupling_oe", 500.0), "field", "coupling")
+        duration_s = quantity(either(duration, "duration", duration_s, "duration_s", 300e-12), "time", "duration")
+        dt_s = quantity(either(dt, "dt", dt_s, "dt_s", 1e-12), "time", "dt")
+        current_a = optional_quantity(either(current, "current", current_a, "current_a", None), "current", "current")
+        temperature_k = quantity(either(temperature, "temperature", temperature_k, "temperature_k", 0.0),
+                                 "temperature", "temperature")
+        dtype = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, str) else dtype
         if dtype not in _DTYPES:
             raise ValueError(f"dtype = {dtype!r} must be torch.float64 or torch.float32")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:

@@ -62,6 +62,15 @@ def _label(obj, name: str) -> str:  # noqa: ANN001
     return f"{long_name} ({units})" if units and units not in ("1", "n/a") else str(long_name)
 
 
+def _value_display(obj, name: str) -> tuple[float, str]:
+    """(factor, axis label) of a plotted variable: accuracies stored as fractions are shown in percent, the
+    convention of every other stosim output (tables, training logs, learning curves)."""
+    long_name = str(obj.attrs.get("long_name", name))
+    if "accuracy" in name and str(obj.attrs.get("units", "")) == "1" and "(fraction)" in long_name:
+        return 100.0, f"{long_name.replace(' (fraction)', '')} (%)"
+    return 1.0, _label(obj, name)
+
+
 def _axis_values(coord) -> tuple[np.ndarray, list[str], bool, bool]:  # noqa: ANN001
     """(positions, tick labels, log-scale?, categorical?) for a coordinate.
 
@@ -106,6 +115,9 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
     if var not in numeric:
         raise PlotError(f"--var {var!r} is not numeric; variables: {', '.join(numeric)}")
     da = ds[var]
+    scale, var_label = _value_display(ds[var], var)
+    if scale != 1.0:
+        da = da * scale
     if hue is not None and y is not None:
         raise PlotError("--hue draws one line per value; it cannot be combined with --y (a heat map)")
     if hue is not None and hue == x:
@@ -166,7 +178,7 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
         if categorical:
             ax.set_xticks(pos, ticks)
         ax.set_xlabel(_label(ds[x], x))
-        ax.set_ylabel(_label(ds[var], var))
+        ax.set_ylabel(var_label)
         ax.grid(alpha=0.3)
     else:
         if spread:
@@ -179,7 +191,7 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
         mesh = ax.pcolormesh(np.arange(nx + 1) - 0.5, np.arange(ny + 1) - 0.5, np.ma.masked_invalid(values),
                              cmap="viridis", shading="flat")
         cbar = fig.colorbar(mesh, ax=ax)
-        cbar.set_label(_label(ds[var], var))
+        cbar.set_label(var_label)
         xticks, yticks = _axis_values(ds[x])[1], _axis_values(ds[y])[1]
         ax.set_xticks(np.arange(nx), xticks, rotation=45 if nx > 6 else 0)
         ax.set_yticks(np.arange(ny), yticks)
@@ -214,7 +226,10 @@ def _quiet() -> Iterator[None]:
 
 
 def _format_value(coord, value) -> str:
-    """A coordinate value with its unit, for legends."""
-    unit = coord.attrs.get("units", "")
-    text = f"{value:g}" if isinstance(value, (int, float, np.integer, np.floating)) else str(value)
-    return f"{text} {unit}".strip() if unit not in ("", "1") else text
+    """A coordinate value with its unit, for legends: in the unit the axes show it in (300 ps, not 3e-10 s)."""
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        factor, unit = _display_scale(coord)
+        text = f"{value / factor:.4g}"
+    else:
+        unit, text = coord.attrs.get("units", ""), str(value)
+    return f"{text} {unit}".strip() if unit not in ("", "1", "n/a") else text
