@@ -39,9 +39,9 @@ def check_seed(value: object, name: str = "seed") -> int:
     return int(value)
 
 
-def check_steps(n_steps: int, duration: str = "duration", dt: str = "dt") -> int:
+def check_steps(n_steps: float, duration: str = "duration", dt: str = "dt") -> float:
     """``n_steps`` (= duration / dt) unless it exceeds MAX_STEPS; the ValueError names both keys."""
-    if n_steps > MAX_STEPS:
+    if not n_steps <= MAX_STEPS:
         raise ValueError(f"{duration} / {dt} = {n_steps:.3g} integration steps is out of range; valid: at most "
                          f"{MAX_STEPS:.0e} steps (choose a larger {dt} or a shorter {duration})")
     return n_steps

@@ -234,6 +234,12 @@ def check_train_run(cfg: TrainConfig, source: str = "config", device: Any = None
         raise ConfigError(text if text.startswith(f"{source}:") else f"{source}: {text}") from None
 
 
+def _check_step_ratio(duration: float, dt: float) -> None:
+    """Refuse duration / dt beyond MAX_STEPS before a substrate rounds it (an inf ratio cannot be rounded)."""
+    if math.isfinite(duration) and math.isfinite(dt) and dt > 0:
+        check_steps(duration / dt)
+
+
 def _check_substrates(cfg: TrainConfig, device: Any) -> None:
     n = cfg.n or cfg.default_n
     if cfg.substrate in STO_SUBSTRATES:
@@ -244,6 +250,7 @@ def _check_substrates(cfg: TrainConfig, device: Any) -> None:
 
         dev = device if isinstance(device, DeviceParameters) else load_device(cfg.device)
         seeds = (cfg.seed, cfg.seed + 1) if cfg.substrate == "deep-sto" else (cfg.seed,)
+        _check_step_ratio(cfg.duration or 300e-12, cfg.dt or 1e-12)
         check_steps(steps_for_duration(cfg.duration or 300e-12, cfg.dt or 1e-12))
         if n <= EXACT_CHECK_MAX_N:
             for seed in seeds:  # as _sto builds them
@@ -262,6 +269,7 @@ def _check_substrates(cfg: TrainConfig, device: Any) -> None:
     elif cfg.substrate == "lorenz96":
         from stosim.substrates.lorenz96 import Lorenz96
 
+        _check_step_ratio(cfg.duration or 1.0, cfg.dt or 0.01)
         check_steps(Lorenz96(n=n, forcing=cfg.forcing, duration=cfg.duration or 1.0, dt=cfg.dt or 0.01,
                              dtype=_torch_dtype(cfg)).n_steps)
 

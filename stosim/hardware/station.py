@@ -281,7 +281,7 @@ def _hardware_range(cls: type[Instrument], command: str) -> tuple[float | None, 
 
 
 class _UncheckedRange:
-    minimum = None
+    minimum = -float("inf")
     maximum = float("inf")
 
 
