@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -217,6 +218,9 @@ def validate_train_config(raw: dict[str, Any], source: str = "config") -> TrainC
 # (W and its spectral radius: ~0.1 s at 1000); beyond, they check a lower bound of the STOs' precession rate
 # (the coupling row sum sum_j |W_ij| >= the spectral radius 1), which refuses only what the run refuses
 EXACT_CHECK_MAX_N = 1024
+# the FFESN's build can fail beyond its fields only when the masked W has spectral radius 0, which a
+# matrix of more than a few dozen rows at density 0.5 never has (all-zero mask: probability 2**-(n * n))
+FFESN_CHECK_MAX_N = 32
 
 
 def check_train_run(cfg: TrainConfig, source: str = "config", device: Any = None) -> None:
@@ -225,13 +229,28 @@ def check_train_run(cfg: TrainConfig, source: str = "config", device: Any = None
     (coupling, current and the device-to-device variability in range, duration a whole multiple of dt) and
     the STO time step resolves the fastest precession (physics.array.check_time_step: the turn of m per
     step |dm/dt|_max dt <= 1 rad). Raises :class:`ConfigError` naming ``source`` and the key."""
+    from threadpoolctl import threadpool_limits
+
     try:
-        _check_substrates(cfg, device)
+        with threadpool_limits(1):  # small eigenvalue problems: BLAS threads only cost on a shared machine
+            _check_substrates(cfg, device)
     except ConfigError:
         raise
     except (ValueError, OSError, ArithmeticError) as exc:  # ArithmeticError: T / dt beyond the float range
         text = str(exc)
         raise ConfigError(text if text.startswith(f"{source}:") else f"{source}: {text}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _build_sto(n: int, coupling: float, dt: float, current: float | None, device: Any, seed: int, temperature: float,
+               dynamical_snr: float | None, observation_snr: float | None, variability: float, dtype: str) -> None:
+    """Build the CoupledSTOArray of these settings over one step (raises what the run's build raises);
+    remembered, so that the points of a sweep that differ only in their duration build it once."""
+    from stosim.substrates.sto_array import CoupledSTOArray
+
+    CoupledSTOArray(n=n, coupling_oe=coupling, duration_s=dt, dt_s=dt, current_a=current, device=device, seed=seed,
+                    temperature_k=temperature, dynamical_snr_db=dynamical_snr, observation_snr_db=observation_snr,
+                    variability=variability, dtype=torch.float64 if dtype == "float64" else torch.float32)
 
 
 def _check_step_ratio(duration: float, dt: float) -> None:
@@ -246,23 +265,19 @@ def _check_substrates(cfg: TrainConfig, device: Any) -> None:
         from stosim.config import DeviceParameters, load_device
         from stosim.physics.array import STOArray, check_time_step
         from stosim.simulation import steps_for_duration
-        from stosim.substrates.sto_array import CoupledSTOArray
 
         dev = device if isinstance(device, DeviceParameters) else load_device(cfg.device)
         seeds = (cfg.seed, cfg.seed + 1) if cfg.substrate == "deep-sto" else (cfg.seed,)
         _check_step_ratio(cfg.duration or 300e-12, cfg.dt or 1e-12)
         check_steps(steps_for_duration(cfg.duration or 300e-12, cfg.dt or 1e-12))
         if n <= EXACT_CHECK_MAX_N:
-            for seed in seeds:  # as _sto builds them
-                CoupledSTOArray(
-                    n=n, coupling_oe=cfg.coupling, duration_s=cfg.duration or 300e-12, dt_s=cfg.dt or 1e-12,
-                    current_a=cfg.current, device=dev, seed=seed, temperature_k=cfg.temperature,
-                    dynamical_snr_db=cfg.dynamical_snr, observation_snr_db=cfg.observation_snr,
-                    variability=cfg.variability, dtype=_torch_dtype(cfg))
+            for seed in seeds:  # as _sto builds them (duration checked above: one step of dt here)
+                _build_sto(n, cfg.coupling, cfg.dt or 1e-12, cfg.current, dev, seed, cfg.temperature,
+                           cfg.dynamical_snr, cfg.observation_snr, cfg.variability, cfg.dtype)
         else:
             bound = STOArray.with_matrix(dev, np.array([[0.0, 1.0], [1.0, 0.0]]), cfg.coupling, current_a=cfg.current)
             check_time_step(bound, cfg.dt or 1e-12)
-    elif cfg.substrate == "ffesn" and n <= EXACT_CHECK_MAX_N:
+    elif cfg.substrate == "ffesn" and n <= FFESN_CHECK_MAX_N:
         from stosim.substrates.ffesn import FFESN
 
         FFESN(n=n, spectral_radius=cfg.spectral_radius, steps=cfg.steps, seed=cfg.seed, dtype=_torch_dtype(cfg))

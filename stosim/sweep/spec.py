@@ -424,8 +424,11 @@ def _check_run(kind: PointKind, cfg: BaseModel, source: str, where: str) -> None
     """The checks the point's run applies when it starts (the substrate builds with this point's seed, the
     STO time step resolves the fastest precession, the step count is bounded), so that a spec validates if
     and only if every point starts; raises SpecError naming the point."""
+    from threadpoolctl import threadpool_limits
+
     try:
-        _run_checks(kind.name, cfg)
+        with threadpool_limits(1):  # small eigenvalue problems: BLAS threads only cost on a shared machine
+            _run_checks(kind.name, cfg)
     except (ValueError, OSError, ArithmeticError) as exc:
         text = str(exc)
         if text.startswith("config: "):
@@ -435,7 +438,7 @@ def _check_run(kind: PointKind, cfg: BaseModel, source: str, where: str) -> None
 
 def _run_checks(kind: str, cfg: Any) -> None:
     from stosim.checks import check_steps
-    from stosim.training import EXACT_CHECK_MAX_N, check_train_run
+    from stosim.training import EXACT_CHECK_MAX_N, FFESN_CHECK_MAX_N, check_train_run
 
     sto = getattr(cfg, "substrate", "sto") in STO_SUBSTRATES
     device = resolve_device(cfg.device, cfg.device_overrides()) if sto else None
@@ -455,7 +458,8 @@ def _run_checks(kind: str, cfg: Any) -> None:
     elif kind == "mle":
         from stosim.analysis.run_lyapunov import LYAPUNOV_DEFAULTS, substrate_tangent_system
 
-        if (cfg.n or LYAPUNOV_DEFAULTS[cfg.substrate]["n"]) <= EXACT_CHECK_MAX_N:
+        limit = FFESN_CHECK_MAX_N if cfg.substrate == "ffesn" else EXACT_CHECK_MAX_N
+        if (cfg.n or LYAPUNOV_DEFAULTS[cfg.substrate]["n"]) <= limit:
             substrate_tangent_system(cfg.substrate, seed=cfg.seed, n=cfg.n, dt=cfg.dt, coupling_oe=cfg.coupling,
                                      current_a=cfg.current, device=device, spectral_radius=cfg.spectral_radius,
                                      density=cfg.density, forcing=cfg.forcing)
@@ -466,7 +470,7 @@ def _run_checks(kind: str, cfg: Any) -> None:
             sub = CoupledSTOArray(n=cfg.n or 100, coupling_oe=cfg.coupling, duration_s=cfg.duration or 300e-12,
                                   dt_s=cfg.dt or 1e-12, current_a=cfg.current, device=device, seed=cfg.seed)
             check_steps(sub.n_steps)
-        elif cfg.substrate == "ffesn" and (cfg.n or 500) <= EXACT_CHECK_MAX_N:
+        elif cfg.substrate == "ffesn" and (cfg.n or 500) <= FFESN_CHECK_MAX_N:
             from stosim.substrates.ffesn import FFESN
 
             FFESN(n=cfg.n or 500, spectral_radius=cfg.spectral_radius, steps=cfg.steps, density=cfg.density,
