@@ -46,8 +46,13 @@ def read_sweep(path: str | Path):
     """The sweep file at ``path`` as an in-memory xarray Dataset (the file is closed again)."""
     import xarray as xr
 
-    with xr.open_dataset(path, engine="h5netcdf") as ds:
-        return ds.load()
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            return ds.load()
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # h5py on a damaged file raises any
+        raise ValueError(f"{path}: cannot read as a sweep file ({type(exc).__name__}: {exc})") from None
 
 
 class SweepState:
