@@ -514,6 +514,8 @@ def campaign(per_kind: int, folder: Path, seed0: int = 1) -> dict[str, Any]:
     t0 = time.perf_counter()
     counts: dict[str, dict[str, int]] = {}
     failures: list[str] = []
+    # an exception raised in a destructor after a refusal (pytest turns these into errors) is a failure too
+    sys.unraisablehook = lambda u: failures.append(f"unraisable {u.exc_type.__name__}: {u.exc_value} in {u.object!r}")
 
     def tally(kind: str, fn: Callable[[int], Any]) -> None:
         c = counts.setdefault(kind, {"accepted": 0, "refused": 0, "failed": 0})

@@ -7,6 +7,7 @@ or `validate` judged it by the wrong schema, or imported code named in it.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -208,3 +209,42 @@ def test_seed_flags_have_the_configs_range(capsys) -> None:
         main(["train", "--seed", str(2**64)])
     assert stop.value.code == 2
     assert "--seed" in capsys.readouterr().err
+
+
+# defects the fuzzer (tests/test_fuzz_files.py) found, each as it first showed
+
+
+def test_a_file_that_is_not_utf8_is_refused_naming_it(tmp_path) -> None:
+    from stosim.cli import _validate_one
+
+    path = tmp_path / "dev.toml"
+    path.write_bytes(b'name = "seed-pmtj"\ndescription = "\x04CoFeB \xbe"\n')
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*not UTF-8"):
+        _validate_one(path)
+
+
+def test_a_table_where_a_value_belongs_is_refused_naming_the_key(tmp_path, capsys) -> None:
+    path = tmp_path / "e.toml"  # was TypeError: unhashable type: 'dict' (substrate looked up in a frozenset)
+    path.write_text('n = 8\nepochs = 1\n[substrate]\n')
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "substrate" in err and "Traceback" not in err
+
+
+def test_huge_sweep_seeds_are_refused_naming_the_key(tmp_path, capsys) -> None:
+    spec = tmp_path / "s.toml"  # was OverflowError: Python int too large to convert to C long
+    spec.write_text(f'name = "x"\nkind = "simulate"\nseeds = [{2**100}, 1]\n[base]\nn = 4\n')
+    assert main(["validate", str(spec)]) == 1
+    assert "seeds[0]" in capsys.readouterr().err
+
+
+def test_a_damaged_sweep_file_is_refused_naming_it(tmp_path, capsys) -> None:
+    """h5py raised RuntimeError / KeyError (past `stosim plot` and `--resume`) on damaged metadata."""
+    from stosim.sweep.store import read_sweep
+
+    path = tmp_path / "bad.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 8)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        read_sweep(path)
+    assert main(["plot", str(path), "--x", "coupling", "--var", "mx_mean"]) == 2
+    assert str(path) in capsys.readouterr().err

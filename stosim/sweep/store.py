@@ -46,7 +46,13 @@ def read_sweep(path: str | Path):
     """The sweep file at ``path`` as an in-memory xarray Dataset (the file is closed again)."""
     import xarray as xr
 
+    import h5py
+
     try:
+        # h5py first: a file HDF5 cannot open, or whose root attributes it cannot read, leaves h5netcdf a
+        # half-made File whose destructor raises (an "exception ignored" after the refusal)
+        with h5py.File(path, "r") as f:
+            f.attrs.get("_nc3_strict")
         with xr.open_dataset(path, engine="h5netcdf") as ds:
             return ds.load()
     except FileNotFoundError:
