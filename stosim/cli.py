@@ -604,9 +604,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     else:
         initial = random_initial_state(n, args.seed)
 
-    from stosim.simulation import steps_for_duration
-
     from stosim.checks import check_steps
+    from stosim.simulation import steps_for_duration
 
     try:
         total = check_steps(steps_for_duration(args.duration, args.dt), "--duration", "--dt")

@@ -23,8 +23,9 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -275,12 +276,12 @@ def check_toml(path: Path, data: bytes, kind: str) -> str:
     except ValueError as exc:
         _refusal_names_file(exc, path, data)
         return "refused"
-    except Exception as exc:  # noqa: BLE001 - the defect the fuzzer looks for
+    except Exception as exc:  # the defect the fuzzer looks for
         raise Failure(f"{kind} mutant raised {type(exc).__name__}: {exc}\nmutant: {data[:400]!r}") from exc
     if what.startswith("experiment"):
         try:
             _accepted_experiment_runs(path)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise Failure(f"validated, but the run refuses it: {exc!r}\nmutant: {data[:400]!r}") from exc
     return "accepted"
 
@@ -340,7 +341,7 @@ def run_idx_mutant(seed: int, folder: Path) -> str:
     except ValueError as exc:
         _refusal_names_file(exc, path, data)
         return "refused"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise Failure(f"IDX mutant raised {type(exc).__name__}: {exc}\nmutant: {data[:200]!r}") from exc
     if array.nbytes > len(data):
         raise Failure(f"an IDX file of {len(data)} bytes gave an array of {array.nbytes} bytes")
@@ -375,7 +376,7 @@ def run_h5_mutant(seed: int, folder: Path, seed_file: Path, sweep: Any) -> str:
     except (ValueError, OSError) as exc:
         _refusal_names_file(exc, path, data[:64])
         outcome = "refused"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise Failure(f"sweep file mutant (resume) raised {type(exc).__name__}: {exc}") from exc
     else:
         outcome = "accepted"
@@ -387,7 +388,7 @@ def run_h5_mutant(seed: int, folder: Path, seed_file: Path, sweep: Any) -> str:
             status = main(["plot", str(path), "--x", "coupling", "--var", "mx_mean", "--out", str(folder / "p.png")])
         except SystemExit as exc:  # argparse
             status = exc.code
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise Failure(f"sweep file mutant (plot) raised {type(exc).__name__}: {exc}") from exc
         finally:
             sys.stderr = old_err
@@ -483,7 +484,7 @@ def run_checkpoint_mutant(seed: int, folder: Path, seed_bytes: bytes) -> int:
         old_out, old_err, sys.stdout, sys.stderr = sys.stdout, sys.stderr, sink, sink
         try:
             status = main([*TRAIN_ARGS, "--out", str(out), "--resume"])
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             raise Failure(f"train --resume on a checkpoint mutant raised {type(exc).__name__}: {exc}") from exc
         finally:
             sys.stdout, sys.stderr = old_out, old_err
@@ -551,6 +552,20 @@ def test_fuzz_campaign_over_every_file_kind(tmp_path) -> None:
     assert report["peak_rss_bytes"] < 1 << 30, report["peak_rss_bytes"]
     for kind, c in report["counts"].items():  # the mutants reach both outcomes, not only the parser
         assert c["refused"] > 0, kind
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="checkpoints are still read with torch.load(weights_only=False): a mutated "
+                   "pickle raises UnpicklingError / RuntimeError past the CLI (about 1 in 2 mutants); the checkpoint "
+                   "loader is being rewritten to read data only, which turns this test green")
+def test_checkpoint_campaign(checkpoint_bytes, tmp_path) -> None:
+    failures = []
+    for seed in range(200):
+        try:
+            run_checkpoint_mutant(seed, tmp_path, checkpoint_bytes)
+        except Failure as exc:
+            failures.append(f"seed {seed}: {exc}")
+    assert failures == [], f"{len(failures)} of 200 checkpoint mutants:\n" + "\n".join(failures[:10])
 
 
 if __name__ == "__main__":

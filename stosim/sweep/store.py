@@ -44,9 +44,8 @@ def utc_now() -> str:
 
 def read_sweep(path: str | Path):
     """The sweep file at ``path`` as an in-memory xarray Dataset (the file is closed again)."""
-    import xarray as xr
-
     import h5py
+    import xarray as xr
 
     try:
         # h5py first: a file HDF5 cannot open, or whose root attributes it cannot read, leaves h5netcdf a
