@@ -90,7 +90,7 @@ def _seed(flag: str):
         except ValueError:
             value = -1
         if not 0 <= value <= MAX_SEED:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: a seed must be an integer in [0, 2**32 - 1]")
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: a seed must be an integer >= 0 and <= 2**32 - 1")
         return value
 
     parse.__name__ = "seed"
@@ -252,7 +252,6 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     from stosim.analysis.run_ftmle import dataset_ftmle
     from stosim.plotting import plot_histogram
     from stosim.storage import write_dataset_atomic
-    from stosim.training import load_train_config, validate_train_config
 
     if args.out.exists() and not args.overwrite:
         raise CLIError(f"--out {args.out} exists; pass --overwrite to replace it")
@@ -262,8 +261,7 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and (overrides or args.config is not None):
         raise CLIError("--checkpoint takes its configuration from the checkpoint; drop --config and the other "
                        "model flags")
-    cfg = (load_train_config(args.config, **overrides) if args.config is not None
-           else validate_train_config(overrides, source="command line"))
+    cfg = _train_config(args, overrides)
     _check_plain_times(args, cfg)
     ds = dataset_ftmle(cfg, args.checkpoint, limit=args.limit, method=args.method)
     write_dataset_atomic(ds, args.out, overwrite=True)
@@ -393,6 +391,27 @@ def _json_line(obj: Any) -> str:
     return json.dumps(clean(obj), allow_nan=False)
 
 
+def _train_config(args: argparse.Namespace, overrides: dict):  # noqa: ANN202 (torch is imported lazily)
+    """The TrainConfig of --config and the flags, validated with the run's checks; a refusal that a plain-number
+    --duration / --dt explains (300 would be 300 s for the STOs) is reported as that."""
+    import types
+
+    from stosim.training import ConfigError, load_train_config, validate_train_config
+
+    try:
+        return (load_train_config(args.config, **overrides) if args.config is not None
+                else validate_train_config(overrides, source="command line"))
+    except ConfigError:
+        substrate = overrides.get("substrate")
+        if substrate is None and args.config is not None:
+            from stosim.checks import read_toml
+
+            with contextlib.suppress(ValueError):
+                substrate = read_toml(args.config).get("substrate")
+        _check_plain_times(args, types.SimpleNamespace(substrate=substrate if isinstance(substrate, str) else "sto"))
+        raise
+
+
 def _check_plain_times(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
     """Plain-number --duration / --dt are Lorenz 96 model time; every other substrate needs a unit
     (a plain 300 would otherwise be 300 s for the STOs)."""
@@ -433,11 +452,10 @@ _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "l
 def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from stosim.training import load_train_config, train, validate_train_config
+    from stosim.training import train
 
     overrides = _config_overrides(args, _TRAIN_KEYS)
-    cfg = (load_train_config(args.config, **overrides) if args.config is not None
-           else validate_train_config(overrides, source="command line"))
+    cfg = _train_config(args, overrides)
     _check_plain_times(args, cfg)
     if (args.out / "checkpoint.pt").exists() and not args.resume:
         raise CLIError(f"--out {args.out} holds a checkpoint; pass --resume to continue it or choose another --out")

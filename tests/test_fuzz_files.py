@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEVICE = REPO_ROOT / "devices" / "seed-pmtj.toml"
 STATION = REPO_ROOT / "devices" / "stations" / "sim-lab.toml"
-DEFAULT_EXAMPLES = 12  # mutants per kind in the default run (each kind takes a few seconds)
+DEFAULT_EXAMPLES = 8  # mutants per kind in the default run (each kind takes a few seconds)
 
 # ----------------------------------------------------------------------------------------------
 # seed documents (small, so that an accepted mutant is cheap to check)
@@ -497,7 +497,7 @@ def run_checkpoint_mutant(seed: int, folder: Path, seed_bytes: bytes) -> int:
                    "pickle raises UnpicklingError / RuntimeError / EOFError past the CLI; the checkpoint loader is "
                    "being rewritten to read data only, which turns this test green")
 def test_checkpoint_mutants_are_refused_cleanly(checkpoint_bytes, tmp_path) -> None:
-    @settings(derandomize=True, max_examples=6, deadline=None, database=None,
+    @settings(derandomize=True, max_examples=4, deadline=None, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(seed=SEED)
     def prop(seed: int) -> None:
