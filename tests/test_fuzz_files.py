@@ -266,6 +266,24 @@ def _accepted_experiment_runs(path: Path) -> None:
     build_model(cfg, shape[0] * shape[1], 10, shape)
 
 
+def _accepted_train_sweep_runs(path: Path) -> None:
+    """An accepted train sweep: every point's model builds as its run builds it (points without device
+    overrides, which the run writes to a temporary device file)."""
+    from stosim.sweep.spec import load_spec
+    from stosim.training import build_model
+
+    sweep = load_spec(path)
+    if sweep.kind.name != "train":
+        return
+    for point in sweep.points:
+        cfg = sweep.kind.config.model_validate(point.config)
+        n = cfg.n or cfg.default_n
+        if cfg.device_overrides() or n > 256 or (cfg.hidden or 3 * n) > 1024:
+            continue
+        shape = (8, 8) if cfg.dataset == "digits" else (28, 28)
+        build_model(cfg.train_config(), shape[0] * shape[1], 10, shape)
+
+
 def check_toml(path: Path, data: bytes, kind: str) -> str:
     """Write ``data`` to ``path`` and validate it as `stosim validate` does; returns "accepted" / "refused"."""
     from stosim.cli import _validate_one
@@ -278,9 +296,9 @@ def check_toml(path: Path, data: bytes, kind: str) -> str:
         return "refused"
     except Exception as exc:  # the defect the fuzzer looks for
         raise Failure(f"{kind} mutant raised {type(exc).__name__}: {exc}\nmutant: {data[:400]!r}") from exc
-    if what.startswith("experiment"):
+    if what.startswith(("experiment", "sweep spec")):
         try:
-            _accepted_experiment_runs(path)
+            (_accepted_experiment_runs if what.startswith("experiment") else _accepted_train_sweep_runs)(path)
         except Exception as exc:
             raise Failure(f"validated, but the run refuses it: {exc!r}\nmutant: {data[:400]!r}") from exc
     return "accepted"
