@@ -54,7 +54,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from stosim.checks import MAX_SEED, read_toml
-
 from stosim.config import DEVICES_DIR, DeviceParameters, format_validation_error, load_device, unit_field_validator
 from stosim.hardware.instruments import INSTRUMENTS, Instrument, InstrumentError, instrument_class
 
