@@ -141,12 +141,14 @@ def _seed(flag: str):
     """Parser of a seed flag: an integer >= 0 (the entropy of a numpy.random.SeedSequence), refused when
     parsed, before any work, with the flag named."""
     def parse(text: str) -> int:
+        from stosim.checks import MAX_SEED
+
         try:
             value = int(text)
         except ValueError:
             value = -1
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: a seed must be an integer >= 0")
+        if not 0 <= value <= MAX_SEED:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: a seed must be an integer >= 0 and <= 2**32 - 1")
         return value
 
     parse.__name__ = "seed"
@@ -287,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check device files, experiment configs, sweep specs and station files without running")
     p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--allow-driver", action="append", default=[], metavar="MODULE:CLASS",
+                   help="station files: accept this user driver class by name (validation never imports it; "
+                        "its hardware limits are checked when the station is loaded to run)")
 
     p = sub.add_parser("describe", help="print a device file's resolved parameters with units")
     p.add_argument("file", nargs="?", type=Path, default=None, help="device TOML (default: the seed study's pMTJ)")
@@ -438,7 +443,6 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     from stosim.analysis.run_ftmle import dataset_ftmle
     from stosim.plotting import plot_histogram
     from stosim.storage import write_dataset_atomic
-    from stosim.training import load_train_config, validate_train_config
 
     if args.out.exists() and not args.overwrite:
         raise CLIError(f"--out {args.out} exists; pass --overwrite to replace it")
@@ -448,8 +452,7 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and (overrides or args.config is not None):
         raise CLIError("--checkpoint takes its configuration from the checkpoint; drop --config and the other "
                        "model flags")
-    cfg = (load_train_config(args.config, **overrides) if args.config is not None
-           else validate_train_config(overrides, source="command line"))
+    cfg = _train_config(args, overrides)
     _refuse_other_substrate_flags(args, keys, cfg.substrate)
     _check_plain_times(args, cfg)
     if cfg.substrate == "sto":
@@ -610,6 +613,27 @@ def _json_line(obj: Any) -> str:
     return json.dumps(clean(obj), allow_nan=False)
 
 
+def _train_config(args: argparse.Namespace, overrides: dict):  # noqa: ANN202 (torch is imported lazily)
+    """The TrainConfig of --config and the flags, validated with the run's checks; a refusal that a plain-number
+    --duration / --dt explains (300 would be 300 s for the STOs) is reported as that."""
+    import types
+
+    from stosim.training import ConfigError, load_train_config, validate_train_config
+
+    try:
+        return (load_train_config(args.config, **overrides) if args.config is not None
+                else validate_train_config(overrides, source="command line"))
+    except ConfigError:
+        substrate = overrides.get("substrate")
+        if substrate is None and args.config is not None:
+            from stosim.checks import read_toml
+
+            with contextlib.suppress(ValueError):
+                substrate = read_toml(args.config).get("substrate")
+        _check_plain_times(args, types.SimpleNamespace(substrate=substrate if isinstance(substrate, str) else "sto"))
+        raise
+
+
 def _check_plain_times(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
     """Plain-number --duration / --dt are Lorenz 96 model time; every other substrate needs a unit
     (a plain 300 would otherwise be 300 s for the STOs)."""
@@ -665,11 +689,10 @@ def _refuse_other_substrate_flags(args: argparse.Namespace, keys: Sequence[str],
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from stosim.training import load_train_config, train, validate_train_config
+    from stosim.training import train
 
     overrides = _config_overrides(args, _TRAIN_KEYS)
-    cfg = (load_train_config(args.config, **overrides) if args.config is not None
-           else validate_train_config(overrides, source="command line"))
+    cfg = _train_config(args, overrides)
     _refuse_other_substrate_flags(args, _TRAIN_KEYS, cfg.substrate)
     _check_plain_times(args, cfg)
     if (args.out / "checkpoint.pt").exists() and not args.resume:
@@ -701,37 +724,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
 _REFERENCE_FILE = "reference.toml"  # stosim.compare.REFERENCE_FILE, named here without importing torch
 
 
-def _file_kind(path: Path) -> str:
-    """What a TOML file holds, from its name and top-level keys: device, sweep spec, experiment, station or
-    the published reference values beside experiment files."""
-    import tomllib
+# top-level keys that only one kind of file has (experiment files: the keys of training.TrainConfig)
+_KIND_KEYS = {
+    "device": frozenset({"free_layer", "spin_torque", "reference_layer", "applied_field", "tmr", "source"}),
+    "station": frozenset({"array", "current_source", "field_source", "digitizer"}),
+    "sweep spec": frozenset({"kind", "base", "grid", "seeds", "independent_seeds"}),
+}
 
-    try:
-        keys = set(tomllib.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return "device"  # the device loader reports the read or syntax error with its context
+
+def _file_kind(path: Path, raw: dict) -> str:
+    """What a TOML file holds, from its name and top-level keys: device, sweep spec, experiment, station or
+    the published reference values beside experiment files. The kind whose own keys the file has most of;
+    a file with none of them (``epochs = 3``, or a misspelt key) is an experiment file when it has any key
+    at all besides ``name`` and ``description``, else a device file (whose loader lists what is missing)."""
     if path.name == _REFERENCE_FILE:
         return "reference"
-    if "grid" in keys or ("kind" in keys and "base" in keys):
-        return "sweep spec"
-    if "current_source" in keys or "digitizer" in keys:
-        return "station"
-    if "substrate" in keys:
-        return "experiment"
-    return "device"
+    keys = set(raw)
+    scores = {kind: len(keys & own) for kind, own in _KIND_KEYS.items()}
+    best = max(scores.values())
+    if best > 0:
+        return next(kind for kind, score in scores.items() if score == best)
+    return "experiment" if keys - {"name", "description"} else "device"
 
 
-def _validate_one(path: Path) -> str:
-    """Load ``path`` with the validator of its kind; returns a description, raises ValueError."""
-    kind = _file_kind(path)
+def _validate_one(path: Path, allow_drivers: Sequence[str] = ()) -> str:
+    """Load ``path`` with the validator of its kind, the checks its run applies included; returns a
+    description, raises ValueError (a message naming the file and the key). Imports nothing named in it."""
+    from stosim.checks import read_toml
+
+    raw = read_toml(path, ValueError, "file")
+    kind = _file_kind(path, raw)
     if kind == "reference":
-        import tomllib
-
-        values = tomllib.loads(path.read_text())
-        not_text = [k for k, v in values.items() if not isinstance(v, str)]
+        not_text = [k for k, v in raw.items() if not isinstance(v, str)]
         if not_text:
             raise ValueError(f"{path}: {', '.join(not_text)}: reference values must be text (experiment name = \"...\")")
-        return f"published reference values of {len(values)} experiments"
+        return f"published reference values of {len(raw)} experiments"
     if kind == "sweep spec":
         from stosim.sweep.spec import load_spec
 
@@ -740,7 +767,7 @@ def _validate_one(path: Path) -> str:
     if kind == "station":
         from stosim.hardware.station import load_station
 
-        return f"station {load_station(path).name!r}"
+        return f"station {load_station(path, allow_drivers=allow_drivers, import_drivers=False).name!r}"
     if kind == "experiment":
         from stosim.training import load_train_config
 
@@ -755,7 +782,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
         try:
-            what = _validate_one(path)
+            what = _validate_one(path, args.allow_driver)
         except ValueError as exc:  # DeviceFileError, SpecError, ConfigError, StationFileError
             failed += 1
             print(f"INVALID {path}: {exc}" if str(path) not in str(exc) else f"INVALID {exc}", file=sys.stderr)
@@ -831,9 +858,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     else:
         initial = random_initial_state(n, args.seed)
 
+    from stosim.checks import check_steps
     from stosim.simulation import steps_for_duration
 
-    total = steps_for_duration(args.duration, args.dt)
+    try:
+        total = check_steps(steps_for_duration(args.duration, args.dt), "--duration", "--dt")
+    except ArithmeticError:  # --duration / --dt beyond the float range
+        raise CLIError(f"--duration / --dt = {args.duration!r} s / {args.dt!r} s: too many steps") from None
     save_every = _save_every(args.save_every, total)
     _announce_compilation(*_STO_KERNELS)
     with _step_progress("simulate", total) as progress:

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from stosim.checks import read_toml
 from stosim.physics.constants import BOHR_MAGNETON_ERG_G, ELEMENTARY_CHARGE_C, HBAR_ERG_S
 from stosim.units import UnitError, format_quantity, parse_quantity
 
@@ -261,7 +261,8 @@ def spin_torque_field_oe(device: DeviceParameters, current_a: float) -> float:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a boolean is not a number (damping = true is refused, not read as 1.0), a string not a number
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def unit_field_validator(dimension: str):
@@ -304,6 +305,14 @@ class SpinTorqueSection(_Section):
 
 class ReferenceLayerSection(_Section):
     direction: tuple[float, float, float] = (1.0, 0.0, 0.0)
+
+    @field_validator("direction", mode="before")
+    @classmethod
+    def _three_numbers(cls, value: Any) -> Any:
+        # TOML gives a list; strict validation takes a tuple of numbers (booleans refused)
+        if isinstance(value, list) and not any(isinstance(c, bool) for c in value):
+            return tuple(value)
+        return value
 
     @field_validator("direction")
     @classmethod
@@ -391,14 +400,7 @@ def load_device(path: str | Path | None = None) -> DeviceParameters:
     Raises :class:`DeviceFileError` naming the file, the key, the value and the valid range.
     """
     path = Path(path) if path is not None else default_device_path()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DeviceFileError(f"{path}: cannot read device file ({exc.strerror})") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise DeviceFileError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, DeviceFileError, "device file")
     try:
         return DeviceFile.model_validate(raw).resolve()
     except ValidationError as exc:

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
 import time
-import tomllib
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
+from stosim.checks import MAX_SEED, check_steps, read_toml
 from stosim.datasets import ImageDataset, load_dataset
 from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoirClassifier, LinearClassifier,
                            MLPClassifier, ReservoirClassifier)
@@ -32,7 +34,8 @@ from stosim.physics.noise import check_snr_db
 from stosim.units import UnitError, format_quantity, parse_quantity, values_agree
 
 __all__ = ["TrainConfig", "STO_SUBSTRATES", "STO_TIME_KEYS", "UNIT_DIMENSIONS", "train", "TrainResult", "build_model",
-           "load_train_config", "with_defaults", "resolved_config", "run_seeds", "SUBSTRATE_KEYS", "substrate_keys", "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
+           "load_train_config", "validate_train_config", "check_train_run", "with_defaults", "resolved_config", "run_seeds",
+           "SUBSTRATE_KEYS", "substrate_keys", "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
 
 SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto")
 log = logging.getLogger(__name__)  # diagnostics; the CLI shows them with -v
@@ -67,7 +70,8 @@ OptionalSNRdB = Annotated[float | None, AfterValidator(_check_optional_snr_db),
 class TrainConfig(BaseModel):
     """A training run. Quantities with units are strings ("500 Oe", "300 ps", "2.5 mA")."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a boolean is not a number (lr = true is refused, not trained at 1.0), a string not a number
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     substrate: Literal["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto"] = "sto"
     dataset: Literal["digits", "mnist", "fashion-mnist"] = "digits"
@@ -88,15 +92,15 @@ class TrainConfig(BaseModel):
     input_offset: float = Field(default=0.0, ge=-1, le=1,
                                 description="subtracted from every input value (pixels in [0, 1]) before the read-in; "
                                             "0.5 centres the pixels")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     dtype: Literal["float32", "float64"] = "float64"
     readout_only: bool = False
     ridge_alpha: float = Field(default=1e-2, gt=0)
     # substrate parameters (None: the substrate's default)
     n: int | None = Field(default=None, ge=1, le=100_000, description="oscillators / nodes / sites")
     hidden: int | None = Field(default=None, ge=1, le=100_000, description="hidden units of mlp/cnn (default 3 x 100, the STO feature count)")
-    coupling: float = Field(default=500.0, description="mu, Oe")
-    current: float | None = Field(default=None, description="A")
+    coupling: float = Field(default=500.0, ge=-1e6, le=1e6, description="mu, Oe")
+    current: float | None = Field(default=None, ge=-1, le=1, description="A")
     duration: float | None = Field(default=None, gt=0, description="sto: s; lorenz96: model time")
     dt: float | None = Field(default=None, gt=0, description="sto: s; lorenz96: model time")
     device: str | None = None
@@ -129,6 +133,13 @@ class TrainConfig(BaseModel):
     @classmethod
     def _time(cls, v: Any, info) -> Any:  # noqa: ANN001
         return _parse(v, "time", info.field_name) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _readout_needs_reservoir(self) -> "TrainConfig":
+        if self.readout_only and self.substrate in ("linear", "mlp", "cnn"):
+            raise ValueError(f"readout_only, substrate: a ridge readout needs a reservoir model; substrate = "
+                             f"{self.substrate!r} has no fixed features")
+        return self
 
     @property
     def default_n(self) -> int:
@@ -163,12 +174,7 @@ def config_differences(saved_config: dict[str, Any], cfg: TrainConfig, ignore: t
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
     """Read a TOML experiment file (keys of :class:`TrainConfig`), apply ``overrides``, validate."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, ConfigError, "experiment file")
     _check_file_units(raw, str(path))
     _resolve_file_paths(raw, path)
     raw.update({k: v for k, v in overrides.items() if v is not None})
@@ -207,7 +213,8 @@ _UNIT_EXAMPLES = MappingProxyType({"field": "500 Oe", "current": "2.5 mA", "temp
 def _check_file_units(raw: dict[str, Any], source: str) -> None:
     """Refuse a plain number where an experiment file needs a quantity with a unit ("duration = 300"
     for the STOs would be 300 s)."""
-    sto = raw.get("substrate", "sto") in STO_SUBSTRATES
+    substrate = raw.get("substrate", "sto")
+    sto = isinstance(substrate, str) and substrate in STO_SUBSTRATES
     for key, dimension in UNIT_DIMENSIONS.items():
         value = raw.get(key)
         if (key not in STO_TIME_KEYS or sto) and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -216,15 +223,95 @@ def _check_file_units(raw: dict[str, Any], source: str) -> None:
 
 
 def validate_train_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    """``raw`` (the keys of :class:`TrainConfig`) validated, with the checks of the run
+    (:func:`check_train_run`): a configuration passes if and only if :func:`train` starts it."""
     try:
-        return TrainConfig.model_validate(raw)
+        cfg = TrainConfig.model_validate(raw)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ").removeprefix(f"{key}: ")  # the key is named once
-            lines.append(f"{source}: {key}: {msg} (got {err.get('input')!r})")
+            got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+            lines.append(f"{source}: {key}: {msg}{got}")
         raise ConfigError("\n".join(lines)) from None
+    check_train_run(cfg, source)
+    return cfg
+
+
+# the run-level checks build the substrates of at most this many oscillators / nodes exactly as the run does
+# (W and its spectral radius: ~0.1 s at 1000); beyond, they check a lower bound of the STOs' precession rate
+# (the coupling row sum sum_j |W_ij| >= the spectral radius 1), which refuses only what the run refuses
+EXACT_CHECK_MAX_N = 1024
+# the FFESN's build can fail beyond its fields only when the masked W has spectral radius 0, which a
+# matrix of more than a few dozen rows at density 0.5 never has (all-zero mask: probability 2**-(n * n))
+FFESN_CHECK_MAX_N = 32
+
+
+def check_train_run(cfg: TrainConfig, source: str = "config", device: Any = None) -> None:
+    """The checks the run applies beyond the fields of ``cfg``, without loading data or training: the device
+    file loads (``device``: DeviceParameters to use instead of ``cfg.device``), the substrates build
+    (coupling, current and the device-to-device variability in range, duration a whole multiple of dt) and
+    the STO time step resolves the fastest precession (physics.array.check_time_step: the turn of m per
+    step |dm/dt|_max dt <= 1 rad). Raises :class:`ConfigError` naming ``source`` and the key."""
+    from threadpoolctl import threadpool_limits
+
+    try:
+        with threadpool_limits(1):  # small eigenvalue problems: BLAS threads only cost on a shared machine
+            _check_substrates(cfg, device)
+    except ConfigError:
+        raise
+    except (ValueError, OSError, ArithmeticError) as exc:  # ArithmeticError: T / dt beyond the float range
+        text = str(exc)
+        raise ConfigError(text if text.startswith(f"{source}:") else f"{source}: {text}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _build_sto(n: int, coupling: float, dt: float, current: float | None, device: Any, seed: int, temperature: float,
+               dynamical_snr: float | None, observation_snr: float | None, variability: float, dtype: str) -> None:
+    """Build the CoupledSTOArray of these settings over one step (raises what the run's build raises);
+    remembered, so that the points of a sweep that differ only in their duration build it once."""
+    from stosim.substrates.sto_array import CoupledSTOArray
+
+    CoupledSTOArray(n=n, coupling_oe=coupling, duration_s=dt, dt_s=dt, current_a=current, device=device, seed=seed,
+                    temperature_k=temperature, dynamical_snr_db=dynamical_snr, observation_snr_db=observation_snr,
+                    variability=variability, dtype=torch.float64 if dtype == "float64" else torch.float32)
+
+
+def _check_step_ratio(duration: float, dt: float) -> None:
+    """Refuse duration / dt beyond MAX_STEPS before a substrate rounds it (an inf ratio cannot be rounded)."""
+    if math.isfinite(duration) and math.isfinite(dt) and dt > 0:
+        check_steps(duration / dt)
+
+
+def _check_substrates(cfg: TrainConfig, device: Any) -> None:
+    n = cfg.n or cfg.default_n
+    if cfg.substrate in STO_SUBSTRATES:
+        from stosim.config import DeviceParameters, load_device
+        from stosim.physics.array import STOArray, check_time_step
+        from stosim.simulation import steps_for_duration
+
+        dev = device if isinstance(device, DeviceParameters) else load_device(cfg.device)
+        seeds = (cfg.seed, cfg.seed + 1) if cfg.substrate == "deep-sto" else (cfg.seed,)
+        _check_step_ratio(cfg.duration or 300e-12, cfg.dt or 1e-12)
+        check_steps(steps_for_duration(cfg.duration or 300e-12, cfg.dt or 1e-12))
+        if n <= EXACT_CHECK_MAX_N:
+            for seed in seeds:  # as _sto builds them (duration checked above: one step of dt here)
+                _build_sto(n, cfg.coupling, cfg.dt or 1e-12, cfg.current, dev, seed, cfg.temperature,
+                           cfg.dynamical_snr, cfg.observation_snr, cfg.variability, cfg.dtype)
+        else:
+            bound = STOArray.with_matrix(dev, np.array([[0.0, 1.0], [1.0, 0.0]]), cfg.coupling, current_a=cfg.current)
+            check_time_step(bound, cfg.dt or 1e-12)
+    elif cfg.substrate == "ffesn" and n <= FFESN_CHECK_MAX_N:
+        from stosim.substrates.ffesn import FFESN
+
+        FFESN(n=n, spectral_radius=cfg.spectral_radius, steps=cfg.steps, seed=cfg.seed, dtype=_torch_dtype(cfg))
+    elif cfg.substrate == "lorenz96":
+        from stosim.substrates.lorenz96 import Lorenz96
+
+        _check_step_ratio(cfg.duration or 1.0, cfg.dt or 0.01)
+        check_steps(Lorenz96(n=n, forcing=cfg.forcing, duration=cfg.duration or 1.0, dt=cfg.dt or 0.01,
+                             dtype=_torch_dtype(cfg)).n_steps)
 
 
 def _torch_dtype(cfg: TrainConfig) -> torch.dtype:
@@ -518,6 +605,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     (:func:`stosim.simulation.check_device_limits`); with ``allow_beyond_limits`` training runs with a
     warning, and ``metrics.json`` lists the limits exceeded under ``device_limit_warnings``.
     """
+    check_train_run(cfg)  # the checks stosim validate applies, before any data is loaded
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:

@@ -653,9 +653,10 @@ def test_physics_aware_training_recovers_the_accuracy_lost_on_the_mismatched_twi
 
 def test_a_station_can_name_its_own_instrument_class() -> None:
     st = load_station(SIM_STATION, overrides={"current_source": {
-        "driver": "stosim.hardware.instruments:CurrentSource2400"}})
+        "driver": "stosim.hardware.instruments:CurrentSource2400"}},
+        allow_drivers=["stosim.hardware.instruments:CurrentSource2400"])
     assert st.current_source.cls is CurrentSource2400
     for driver, words in (("stosim.hardware.instruments:FieldPulseSource", "not an Instrument subclass with role"),
                           ("stosim.nowhere:Thing", "cannot import")):
         with pytest.raises(StationFileError, match=f"current_source.driver: .*{words}"):
-            load_station(SIM_STATION, overrides={"current_source": {"driver": driver}})
+            load_station(SIM_STATION, overrides={"current_source": {"driver": driver}}, allow_drivers=[driver])

@@ -47,18 +47,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import tomllib
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from stosim.checks import MAX_SEED, read_toml
 from stosim.config import DEVICES_DIR, DeviceParameters, format_validation_error, load_device, unit_field_validator
-from stosim.hardware.instruments import Instrument, InstrumentError, instrument_class
+from stosim.hardware.instruments import INSTRUMENTS, Instrument, InstrumentError, instrument_class
 
 __all__ = ["Station", "InstrumentSpec", "StationFileError", "load_station", "station_from_dict", "STATIONS_DIR",
-           "INSTRUMENTS_DIR",
+           "INSTRUMENTS_DIR", "check_driver_name",
            "SAMPLES_PER_DEVICE"]
 
 STATIONS_DIR = DEVICES_DIR / "stations"
@@ -71,7 +72,32 @@ class StationFileError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a boolean is not a number (n = true is refused, not read as 1), a string not a number
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# a user driver: "package.module:ClassName" (dotted Python identifiers)
+_USER_DRIVER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_driver_name(driver: str, role: str, allow_drivers: Any = ()) -> bool:
+    """Check a station's ``driver`` for ``role`` by name alone, importing nothing: a name of
+    :data:`~stosim.hardware.instruments.INSTRUMENTS` with that role, or a user driver
+    ``"package.module:ClassName"`` listed in ``allow_drivers`` (given explicitly by whoever runs the station:
+    a file names code, it never brings it in). Returns True for a user driver; raises ValueError."""
+    known = sorted(k for k, c in INSTRUMENTS.items() if c.role == role)
+    if driver in INSTRUMENTS and INSTRUMENTS[driver].role == role:
+        return False
+    if ":" not in driver:
+        raise ValueError(f"unknown {role} driver {driver!r}; known: {known} (or a user driver "
+                         "'package.module:ClassName' allowed explicitly)")
+    if not _USER_DRIVER.fullmatch(driver):
+        raise ValueError(f"{role} driver {driver!r} is not a name 'package.module:ClassName'; known: {known}")
+    if driver not in tuple(allow_drivers or ()):
+        raise ValueError(f"user {role} driver {driver!r} is not allowed: a station file may name code but never "
+                         f"imports it; known: {known}; to run your own class, allow it explicitly "
+                         f"(load_station(..., allow_drivers=[{driver!r}]); stosim validate --allow-driver {driver})")
+    return True
 
 
 class _InstrumentSection(_Section):
@@ -88,8 +114,8 @@ class _InstrumentSection(_Section):
 
     @field_validator("driver")
     @classmethod
-    def _known_driver(cls, value: str) -> str:
-        instrument_class(value, cls.role)
+    def _known_driver(cls, value: str, info: ValidationInfo) -> str:
+        check_driver_name(value, cls.role, (info.context or {}).get("allow_drivers", ()))
         return value
 
 
@@ -126,7 +152,7 @@ class ArraySection(_Section):
     n: Annotated[int, Field(ge=1, le=1024)]
     device: str
     coupling: Annotated[float, Field(ge=-1e6, le=1e6, description="Oe")]
-    coupling_seed: Annotated[int, Field(ge=0)] = 0
+    coupling_seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     coupling_matrix: str | None = None
     bias_current: Annotated[float | None, Field(description="A")] = None
     duration: Annotated[float, Field(gt=0, le=1e-6, description="s")]
@@ -256,21 +282,54 @@ def _hardware_range(cls: type[Instrument], command: str) -> tuple[float | None, 
     return cmd.minimum, cmd.maximum
 
 
+class _UncheckedRange:
+    minimum = -float("inf")
+    maximum = float("inf")
+
+
+class _AnyCommand(dict):
+    def __missing__(self, key: str) -> _UncheckedRange:
+        return _UncheckedRange()
+
+
+class _Unchecked:
+    """Stands for a user driver that validation does not import: no hardware range to check against."""
+
+    commands = _AnyCommand()
+
+
 def _within(value: float, bounds: tuple[float | None, float | None]) -> bool:
     lo, hi = bounds
     return (lo is None or value >= lo) and (hi is None or value <= hi)
 
 
 def station_from_dict(raw: Mapping[str, Any], base_dir: str | Path | None = None, *, path: str | Path | None = None,
-                      overrides: Mapping[str, Any] | None = None) -> Station:
-    """Validate a station given as a dict (the parsed TOML); relative paths are resolved against ``base_dir``."""
+                      overrides: Mapping[str, Any] | None = None, allow_drivers: Any = (),
+                      import_drivers: bool = True) -> Station:
+    """Validate a station given as a dict (the parsed TOML); relative paths are resolved against ``base_dir``.
+
+    ``allow_drivers``: user driver classes ("package.module:ClassName") the station may name; any other such
+    name is refused. ``import_drivers``: import the allowed user drivers to check the station's limits
+    against their hardware ranges (False: validation only, which imports nothing and skips those checks).
+    """
     where = str(path) if path is not None else "station"
     base = Path(base_dir) if base_dir is not None else (Path(path).parent if path is not None else STATIONS_DIR)
     data = _deep_merge(dict(raw), overrides or {})
     try:
-        f = StationFile.model_validate(data)
+        f = StationFile.model_validate(data, context={"allow_drivers": tuple(allow_drivers or ())})
     except ValidationError as exc:
         raise StationFileError(format_validation_error(where, exc)) from None
+    classes: dict[str, type[Instrument] | None] = {}
+    for s in (f.current_source, f.field_source, f.digitizer):
+        if s.driver in INSTRUMENTS:
+            classes[s.role] = INSTRUMENTS[s.driver]
+        elif not import_drivers:
+            classes[s.role] = None  # a user driver, not imported: its hardware ranges are checked when run
+        else:
+            try:
+                classes[s.role] = instrument_class(s.driver, s.role)
+            except ValueError as exc:
+                raise StationFileError(f"{where}: {s.role}.driver: {exc}") from None
 
     a, cs, fs, dg = f.array, f.current_source, f.field_source, f.digitizer
     problems: list[str] = []
@@ -290,7 +349,7 @@ def station_from_dict(raw: Mapping[str, Any], base_dir: str | Path | None = None
         except (ValueError, OSError) as exc:
             problems.append(f"array.coupling_matrix: {a.coupling_matrix!r}: {exc}")
 
-    csc, fsc, dgc = (instrument_class(s.driver, s.role) for s in (cs, fs, dg))
+    csc, fsc, dgc = (_Unchecked() if classes[s.role] is None else classes[s.role] for s in (cs, fs, dg))
     bias = a.bias_current if a.bias_current is not None else (device.current_a if device else 0.0)
     hw_i = _hardware_range(csc, "current")
     _check(problems, _within(cs.max_current, hw_i), "current_source.max_current",
@@ -353,21 +412,17 @@ def station_from_dict(raw: Mapping[str, Any], base_dir: str | Path | None = None
     )
 
 
-def load_station(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> Station:
+def load_station(path: str | Path, *, overrides: Mapping[str, Any] | None = None, allow_drivers: Any = (),
+                 import_drivers: bool = True) -> Station:
     """Load and validate a station file; ``overrides`` (nested dict, file keys) are merged in first.
 
-    A bare name (``"sim-lab"``) is looked up in ``devices/stations/``. Raises
+    A bare name (``"sim-lab"``) is looked up in ``devices/stations/``. ``allow_drivers`` and
+    ``import_drivers`` as for :func:`station_from_dict` (a user driver is imported only when allowed). Raises
     :class:`StationFileError` naming the file, the key, the value and the valid range.
     """
     path = Path(path)
     if not path.suffix and not path.exists():
         path = STATIONS_DIR / f"{path}.toml"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise StationFileError(f"{path}: cannot read station file ({exc.strerror})") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise StationFileError(f"{path}: not valid TOML: {exc}") from None
-    return station_from_dict(raw, path.parent, path=path, overrides=overrides)
+    raw = read_toml(path, StationFileError, "station file")
+    return station_from_dict(raw, path.parent, path=path, overrides=overrides, allow_drivers=allow_drivers,
+                             import_drivers=import_drivers)

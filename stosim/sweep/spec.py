@@ -33,13 +33,13 @@ import itertools
 import json
 import math
 import re
-import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stosim.checks import MAX_SEED, read_toml
 from stosim.sweep.kinds import (EXTRA_DIM_ATTRS, STO_SUBSTRATES, TEXT_UNITS, DeviceOverrides, PointKind,
                                 get_kind, normalize_raw, parameter_metadata, point_kinds, resolve_device)
 
@@ -64,13 +64,14 @@ def derive_seed(entropy: int, index: int) -> int:
 class SweepSpec(BaseModel):
     """The TOML file as written (quantities still strings); see the module docstring."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a boolean is not a seed or a number, a string not a number
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str = Field(min_length=1, max_length=200)
     kind: str
     description: str = ""
-    seed: int | None = Field(default=None, ge=0)
-    seeds: list[int] | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = None
     independent_seeds: bool = False
     base: dict[str, Scalar] = {}
     grid: dict[str, list[Scalar]] = {}
@@ -163,12 +164,7 @@ def parse_spec(raw: dict[str, Any], source: str = "spec") -> SweepSpec:
 def load_spec(path: str | Path) -> "ResolvedSweep":
     """Read, validate and resolve a sweep TOML file."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, SpecError, "sweep spec")
     return resolve_spec(parse_spec(raw, str(path)), source=str(path))
 
 
@@ -273,7 +269,7 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
                 raise SpecError(f"{source}: {where.get(key, 'base.' + key)}: {msg}") from None
         values = normalized
         try:
-            cfg = model.model_validate({**values, "seed": 0})
+            cfg = model.model_validate({**values, "seed": 0}, strict=True)
         except ValidationError as exc:
             lines = []
             for err in exc.errors():
@@ -361,8 +357,10 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
                 index = (*combo, s_i)
             coords = {d.name: d.values[i].item() if hasattr(d.values[i], "item") else d.values[i]
                       for d, i in zip(dims, index)}
-            points.append(Point(index=index, flat=flat, grid_index=g, coords=coords,
-                                config={**cfg_dict, "seed": run_seed}, seed=run_seed))
+            config = {**cfg_dict, "seed": run_seed}
+            _check_run(kind, model.model_validate(config, strict=True), source,
+                       _point_name(spec, combo, grid_keys, s))
+            points.append(Point(index=index, flat=flat, grid_index=g, coords=coords, config=config, seed=run_seed))
             flat += 1
 
     extra = tuple(Dimension(name, np.asarray(values), dict(EXTRA_DIM_ATTRS.get(name, {"units": "1",
@@ -412,3 +410,73 @@ def _device_records(configs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def _describe(values: dict[str, Any], where: dict[str, str]) -> str:
     swept = [where[k] for k in values if where.get(k, "").startswith("grid.")]
     return "grid point " + ", ".join(swept) if swept else "base"
+
+
+def _point_name(spec: SweepSpec, combo: tuple[int, ...], grid_keys: list[str], seed: int | None) -> str:
+    """How an error names a point: its grid entries (``grid.coupling[2]``), its seed if listed, else base."""
+    parts = [f"grid.{k}[{i}] = {spec.grid[k][i]!r}" for k, i in zip(grid_keys, combo)]
+    if seed is not None:
+        parts.append(f"seeds: {seed}")
+    return "grid point " + ", ".join(parts) if parts else "base"
+
+
+def _check_run(kind: PointKind, cfg: BaseModel, source: str, where: str) -> None:
+    """The checks the point's run applies when it starts (the substrate builds with this point's seed, the
+    STO time step resolves the fastest precession, the step count is bounded), so that a spec validates if
+    and only if every point starts; raises SpecError naming the point."""
+    from threadpoolctl import threadpool_limits
+
+    try:
+        with threadpool_limits(1):  # small eigenvalue problems: BLAS threads only cost on a shared machine
+            _run_checks(kind.name, cfg)
+    except (ValueError, OSError, ArithmeticError) as exc:
+        text = str(exc)
+        if text.startswith("config: "):
+            text = text.removeprefix("config: ")
+        raise SpecError(f"{source}: {where}: {text}") from None
+
+
+def _run_checks(kind: str, cfg: Any) -> None:
+    from stosim.checks import check_steps
+    from stosim.training import EXACT_CHECK_MAX_N, FFESN_CHECK_MAX_N, check_train_run
+
+    sto = getattr(cfg, "substrate", "sto") in STO_SUBSTRATES
+    device = resolve_device(cfg.device, cfg.device_overrides()) if sto else None
+    if kind == "train":
+        check_train_run(cfg.train_config(), device=device)
+    elif kind == "simulate":
+        from stosim.physics.array import STOArray, check_time_step
+        from stosim.simulation import steps_for_duration
+
+        check_steps(steps_for_duration(cfg.duration, cfg.dt))
+        if cfg.n <= EXACT_CHECK_MAX_N:
+            array = STOArray.generate(device, cfg.n, cfg.coupling, seed=cfg.seed, current_a=cfg.current)
+        else:  # coupling row sum 1, a lower bound of sum_j |W_ij| for a W of spectral radius 1
+            array = STOArray.with_matrix(device, np.array([[0.0, 1.0], [1.0, 0.0]]), cfg.coupling,
+                                         current_a=cfg.current)
+        check_time_step(array, cfg.dt)
+    elif kind == "mle":
+        from stosim.analysis.run_lyapunov import LYAPUNOV_DEFAULTS, substrate_tangent_system
+
+        limit = FFESN_CHECK_MAX_N if cfg.substrate == "ffesn" else EXACT_CHECK_MAX_N
+        if (cfg.n or LYAPUNOV_DEFAULTS[cfg.substrate]["n"]) <= limit:
+            substrate_tangent_system(cfg.substrate, seed=cfg.seed, n=cfg.n, dt=cfg.dt, coupling_oe=cfg.coupling,
+                                     current_a=cfg.current, device=device, spectral_radius=cfg.spectral_radius,
+                                     density=cfg.density, forcing=cfg.forcing)
+    elif kind == "ftmle":
+        if cfg.substrate == "sto" and (cfg.n or 100) <= EXACT_CHECK_MAX_N:
+            from stosim.substrates.sto_array import CoupledSTOArray
+
+            sub = CoupledSTOArray(n=cfg.n or 100, coupling_oe=cfg.coupling, duration_s=cfg.duration or 300e-12,
+                                  dt_s=cfg.dt or 1e-12, current_a=cfg.current, device=device, seed=cfg.seed)
+            check_steps(sub.n_steps)
+        elif cfg.substrate == "ffesn" and (cfg.n or 500) <= FFESN_CHECK_MAX_N:
+            from stosim.substrates.ffesn import FFESN
+
+            FFESN(n=cfg.n or 500, spectral_radius=cfg.spectral_radius, steps=cfg.steps, density=cfg.density,
+                  seed=cfg.seed)
+        elif cfg.substrate == "lorenz96":
+            from stosim.substrates.lorenz96 import Lorenz96
+
+            check_steps(Lorenz96(n=cfg.n or 500, forcing=cfg.forcing, duration=cfg.duration or 1.0,
+                                 dt=cfg.dt or 0.01).n_steps)

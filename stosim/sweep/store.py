@@ -44,10 +44,20 @@ def utc_now() -> str:
 
 def read_sweep(path: str | Path):
     """The sweep file at ``path`` as an in-memory xarray Dataset (the file is closed again)."""
+    import h5py
     import xarray as xr
 
-    with xr.open_dataset(path, engine="h5netcdf") as ds:
-        return ds.load()
+    try:
+        # h5py first: a file HDF5 cannot open, or whose root attributes it cannot read, leaves h5netcdf a
+        # half-made File whose destructor raises (an "exception ignored" after the refusal)
+        with h5py.File(path, "r") as f:
+            f.attrs.get("_nc3_strict")
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            return ds.load()
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # h5py on a damaged file raises any
+        raise ValueError(f"{path}: cannot read as a sweep file ({type(exc).__name__}: {exc})") from None
 
 
 class SweepState:
