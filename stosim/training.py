@@ -93,6 +93,10 @@ class TrainConfig(BaseModel):
     # substrate parameters (None: the substrate's default)
     n: int | None = Field(default=None, ge=1, le=100_000, description="oscillators / nodes / sites")
     hidden: int | None = Field(default=None, ge=1, le=100_000, description="hidden units of mlp/cnn (default 3 x 100, the STO feature count)")
+    depth: int = Field(default=1, ge=1, le=100, description="mlp: hidden layers of `hidden` units")
+    activation: Literal["relu", "tanh"] = Field(default="relu", description="mlp: hidden activation")
+    init_spectral_radius: float | None = Field(
+        default=None, gt=0, le=10, description="mlp (depth >= 2): square hidden weights drawn at this spectral radius")
     coupling: float = Field(default=500.0, description="mu, Oe")
     current: float | None = Field(default=None, description="A")
     duration: float | None = Field(default=None, gt=0, description="sto: s; lorenz96: model time")
@@ -241,8 +245,11 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tu
         return ReservoirClassifier(n_inputs, n_classes, sub)
     if kind == "linear":
         return LinearClassifier(n_inputs, n_classes, dtype)
+    if kind != "mlp" and (cfg.depth != 1 or cfg.activation != "relu" or cfg.init_spectral_radius is not None):
+        raise ConfigError(f"depth, activation and init_spectral_radius apply to substrate = 'mlp' only, not {kind!r}")
     if kind == "mlp":
-        return MLPClassifier(n_inputs, n_classes, hidden, dtype)
+        return MLPClassifier(n_inputs, n_classes, hidden, dtype, depth=cfg.depth, activation=cfg.activation,
+                             spectral_radius=cfg.init_spectral_radius, init_seed=cfg.seed)
     if kind == "cnn":
         return CNNClassifier(image_shape, n_classes, hidden, channels=cfg.conv_channels, dtype=dtype)
     raise ConfigError(f"substrate = {kind!r}; valid: {', '.join(SUBSTRATES)}")  # pragma: no cover
