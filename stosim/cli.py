@@ -248,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (results.json, results.md, PNG figures)")
     p.add_argument("--scale", choices=["file", "study"], default="file",
                    help="file: the sizes in the spec (default); study: the seed study's sizes (hours)")
+    p.add_argument("--data-dir", type=str, default=None, help="MNIST IDX folder (overrides the spec's data_dir)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--json", action="store_true", help="print one final JSON line")
     return parser
@@ -261,6 +262,10 @@ def _cmd_dnn(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise CLIError(f"--threads {args.threads} is out of range; valid: an integer >= 1")
     spec = load_dnn_spec(args.spec, scale=args.scale)
+    if args.data_dir is not None:
+        if "data_dir" not in type(spec).model_fields:
+            raise CLIError(f"--data-dir: study {spec.study} uses no MNIST data; drop it")
+        spec = spec.model_copy(update={"data_dir": args.data_dir})
     torch.set_num_threads(args.threads)
     run_dnn_spec(spec, args.out, progress=lambda line: print(line, file=sys.stderr if args.json else sys.stdout))
     if args.json:
@@ -506,12 +511,12 @@ def _file_kind(path: Path) -> str:
         return "device"  # the device loader reports the read or syntax error with its context
     if path.name == _REFERENCE_FILE:
         return "reference"
+    if "study" in keys:
+        return "dnn study"
     if "grid" in keys or ("kind" in keys and "base" in keys):
         return "sweep spec"
     if "current_source" in keys or "digitizer" in keys:
         return "station"
-    if "study" in keys:
-        return "dnn study"
     if "substrate" in keys:
         return "experiment"
     return "device"

@@ -231,6 +231,8 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tu
     n = cfg.n or cfg.default_n
     hidden = cfg.hidden or 3 * n  # equal to the feature count of n coupled STOs
     kind = cfg.substrate
+    if kind != "mlp" and (cfg.depth != 1 or cfg.activation != "relu" or cfg.init_spectral_radius is not None):
+        raise ConfigError(f"depth, activation and init_spectral_radius apply to substrate = 'mlp' only, not {kind!r}")
     if kind == "sto":
         return ReservoirClassifier(n_inputs, n_classes, _sto(cfg, cfg.seed))
     if kind == "deep-sto":
@@ -245,8 +247,6 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tu
         return ReservoirClassifier(n_inputs, n_classes, sub)
     if kind == "linear":
         return LinearClassifier(n_inputs, n_classes, dtype)
-    if kind != "mlp" and (cfg.depth != 1 or cfg.activation != "relu" or cfg.init_spectral_radius is not None):
-        raise ConfigError(f"depth, activation and init_spectral_radius apply to substrate = 'mlp' only, not {kind!r}")
     if kind == "mlp":
         return MLPClassifier(n_inputs, n_classes, hidden, dtype, depth=cfg.depth, activation=cfg.activation,
                              spectral_radius=cfg.init_spectral_radius, init_seed=cfg.seed)

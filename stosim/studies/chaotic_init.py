@@ -42,7 +42,7 @@ class ChaoticInitSpec(BaseModel):
     activation: Literal["relu", "tanh"] = "tanh"
     n_train: int = Field(default=5000, ge=10, le=60_000)
     n_test: int = Field(default=2000, ge=10, le=10_000)
-    epochs: int = Field(default=30, ge=2, le=10_000)
+    epochs: int = Field(default=20, ge=2, le=10_000)
     batch_size: int = Field(default=64, ge=1, le=60_000)
     lr: float = Field(default=1e-3, gt=0, le=10)
     momentum: float = Field(default=0.0, ge=0, lt=1)
@@ -118,7 +118,7 @@ def run_chaotic_init_study(spec: ChaoticInitSpec, out: Path, progress: Callable[
                     raise FloatingPointError(f"rho = {rho}: the loss became non-finite; lower lr = {spec.lr}")
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
             tl, ta = _loss(model, xt, yt)
             rec["test_loss"].append(tl)
             rec["test_accuracy"].append(ta)

@@ -112,13 +112,13 @@ class TableSpec(BaseModel):
     toy_task: Literal["spirals", "circles", "moons", "blobs"] = "spirals"
     toy_epochs: int = Field(default=150, ge=1, le=100_000)
     toy_grid: int = Field(default=95, ge=4, le=1000)
-    n_train: int = Field(default=5000, ge=10, le=60_000, description="MNIST training images")
+    n_train: int = Field(default=10_000, ge=10, le=60_000, description="MNIST training images")
     epochs: int = Field(default=3, ge=1, le=1000, description="MNIST epochs")
     batch_size: int = Field(default=64, ge=1, le=60_000)
     lr: float = Field(default=1e-3, gt=0, le=1)
     mlp_depth: int = Field(default=5, ge=1, le=50)
     mlp_hidden: int = Field(default=128, ge=2, le=4096)
-    n_ftmle: int = Field(default=100, ge=1, le=10_000, description="MNIST test images analysed")
+    n_ftmle: int = Field(default=200, ge=1, le=10_000, description="MNIST test images analysed")
     method: Literal["auto", "lanczos", "power", "exact"] = "auto"
     tol: float = Field(default=1e-6, gt=0, lt=1)
     seed: int = Field(default=0, ge=0)
