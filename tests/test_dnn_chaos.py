@@ -144,7 +144,7 @@ def test_layer_ftmle_of_the_cnn_matches_the_exact_jacobian():
     assert bool(values["_converged"].all())
     st = layer_statistics(values)
     assert set(st) == {"overall", "hidden1", "hidden2", "readout"}
-    assert st["overall"]["max"] >= st["overall"]["mean"] and st["readout"]["std"] == 0.0  # linear: constant J
+    assert st["overall"]["max"] >= st["overall"]["mean"] and st["readout"]["std"] <= 1e-12  # linear: constant J
 
 
 def _toy_spec(tmp_path, **extra):
