@@ -10,15 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_MNIST
 from torch import nn
 
 from stosim.analysis.ftmle import model_ftmle
 from stosim.cli import main
-from stosim.studies.dnn_chaos import (ConvAutoencoder, DNNSpecError, boundary_statistics, ftmle_layers,
-                                      init_weights_, layer_ftmle, layer_statistics, load_dnn_spec, mnist_cnn, toy_mlp)
+from stosim.studies.dnn_chaos import (
+    ConvAutoencoder,
+    DNNSpecError,
+    boundary_statistics,
+    ftmle_layers,
+    init_weights_,
+    layer_ftmle,
+    layer_statistics,
+    load_dnn_spec,
+    mnist_cnn,
+    toy_mlp,
+)
 from stosim.studies.toy_tasks import TASKS, grid_points, make_task
-
-from conftest import SHARED_MNIST
 
 MNIST_DIR = Path(os.environ.get("STOSIM_MNIST_DIR", SHARED_MNIST))  # the shared data folder unless overridden
 needs_mnist = pytest.mark.skipif(not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
@@ -91,8 +100,8 @@ def test_toy_task_geometry_and_bad_arguments():
     r = np.linalg.norm(x, axis=1)
     np.testing.assert_allclose(r[y == 0], 0.5, atol=1e-12)
     np.testing.assert_allclose(r[y == 1], 1.0, atol=1e-12)
-    for kwargs, name in ((dict(name="swirl"), "task"), (dict(name="blobs", n=3), "n"),
-                         (dict(name="moons", seed=-1), "seed"), (dict(name="moons", noise_scale=-1.0), "noise_scale")):
+    for kwargs, name in (({"name": "swirl"}, "task"), ({"name": "blobs", "n": 3}, "n"),
+                         ({"name": "moons", "seed": -1}, "seed"), ({"name": "moons", "noise_scale": -1.0}, "noise_scale")):
         with pytest.raises(ValueError, match=name):
             make_task(**{"n": 100, **kwargs})
     xs, ys, pts = grid_points(5, 1.0)
@@ -135,7 +144,9 @@ def test_layer_ftmle_of_the_cnn_matches_the_exact_jacobian():
     x = torch.rand(2, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     res = model_ftmle([model.conv1, model.pool1], x, tol=1e-10)
     assert res.layers[0].method == "lanczos" and res.layers[0].all_converged
-    conv = lambda z: model.conv1(z.reshape(1, 1, 28, 28)).flatten()  # noqa: E731
+    def conv(z: torch.Tensor) -> torch.Tensor:
+        return model.conv1(z.reshape(1, 1, 28, 28)).flatten()
+
     for b in range(2):
         jac = torch.autograd.functional.jacobian(conv, x[b].flatten())
         assert res.layers[0].ftmle[b] == pytest.approx(math.log(float(torch.linalg.svdvals(jac)[0])), abs=1e-8)

@@ -482,34 +482,22 @@ def run_table_study(spec: TableSpec, out: Path, progress: Progress | None = None
     for name in spec.models:
         t0 = time.perf_counter()
         if name == "toy-mlp":
-            toy = ToySpec(study="toy-ftmle", tasks=[spec.toy_task], epochs=spec.toy_epochs, grid=spec.toy_grid,
-                          seed=spec.seed)
+            toy = _table_toy_spec(spec)
             trained, info = _train_toy(spec.toy_task, toy, toy.epochs, spec.seed)
             x_eval = torch.as_tensor(grid_points(toy.grid, toy.bound)[2])
-            fresh = lambda: toy_mlp(task_classes(spec.toy_task), toy.depth, toy.hidden, toy.activation, spec.seed)
         else:
             if mnist is None:
                 mnist = _mnist(spec)
             x, y, x_eval = mnist
-            if name == "mnist-mlp":
-                def fresh() -> nn.Module:
-                    torch.manual_seed(spec.seed)
-                    return _FlatMLP(MLPClassifier(784, 10, spec.mlp_hidden, depth=spec.mlp_depth))
-            elif name == "mnist-cnn":
-                fresh = lambda: mnist_cnn(spec.seed)
-            else:
-                def fresh() -> nn.Module:
-                    torch.manual_seed(spec.seed)
-                    return ConvAutoencoder()
-            trained = fresh()
+            trained = _fresh_model(name, spec)
             if name == "mnist-ae":
                 info = {"train_mse": fit_autoencoder(trained, x, epochs=spec.epochs, batch_size=spec.batch_size,
                                                      lr=spec.lr, seed=spec.seed)}
             else:
                 info = {"train_accuracy": fit_classifier(trained, x, y, epochs=spec.epochs,
                                                          batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed)}
-        models = {"trained": trained, "default": init_weights_(fresh(), "default", spec.seed + 1),
-                  "xavier": init_weights_(fresh(), "xavier", spec.seed + 1)}
+        models = {"trained": trained, "default": init_weights_(_fresh_model(name, spec), "default", spec.seed + 1),
+                  "xavier": init_weights_(_fresh_model(name, spec), "xavier", spec.seed + 1)}
         entry: dict[str, Any] = {"training": info, "n_samples": int(x_eval.shape[0])}
         dists = {}
         for init, model in models.items():
@@ -527,6 +515,24 @@ def run_table_study(spec: TableSpec, out: Path, progress: Progress | None = None
                      f"1/layer ({entry['wall_time_s']:.0f} s)")
     _write_results(results, out, _table_markdown(results))
     return results
+
+
+def _table_toy_spec(spec: TableSpec) -> ToySpec:
+    return ToySpec(study="toy-ftmle", tasks=[spec.toy_task], epochs=spec.toy_epochs, grid=spec.toy_grid,
+                   seed=spec.seed)
+
+
+def _fresh_model(name: str, spec: TableSpec) -> nn.Module:
+    """A newly (default-)initialised model of the table, seeded by ``spec.seed``."""
+    if name == "toy-mlp":
+        toy = _table_toy_spec(spec)
+        return toy_mlp(task_classes(spec.toy_task), toy.depth, toy.hidden, toy.activation, spec.seed)
+    torch.manual_seed(spec.seed)
+    if name == "mnist-mlp":
+        return _FlatMLP(MLPClassifier(784, 10, spec.mlp_hidden, depth=spec.mlp_depth))
+    if name == "mnist-cnn":
+        return mnist_cnn(spec.seed)
+    return ConvAutoencoder()
 
 
 class _FlatMLP(nn.Module):
