@@ -126,6 +126,7 @@ def run_chaotic_init_study(spec: ChaoticInitSpec, out: Path, progress: Callable[
             rec["rho"].append([spectral_radius(w) for w in model.hidden_weights()])
         rec["initial_test_loss"], rec["initial_test_accuracy"] = loss0, acc0
         rec["min_test_loss"] = min(rec["test_loss"])
+        rec["min_test_loss_epoch"] = int(np.argmin(rec["test_loss"])) + 1  # == epochs: still decreasing
         rec["epochs_to_converge"] = epochs_to_converge(rec["test_loss"], spec.converge_tolerance)
         rec["wall_time_s"] = time.perf_counter() - t0
         runs[str(rho)] = rec
