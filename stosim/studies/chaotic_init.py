@@ -147,8 +147,8 @@ def run_chaotic_init_study(spec: ChaoticInitSpec, out: Path, progress: Callable[
 
 
 def _markdown(spec: ChaoticInitSpec, runs: dict) -> str:
-    lines = ["| rho | initial test loss | min test loss (epoch) | final test acc | epochs to converge | "
-             f"epochs to test loss <= {spec.loss_level:g} | rho after training |",
+    lines = [("| rho | initial test loss | min test loss (epoch) | final test acc | epochs to converge | "
+              f"epochs to test loss <= {spec.loss_level:g} | rho after training |"),
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for rho, r in runs.items():
         lines.append(f"| {rho} | {r['initial_test_loss']:.3f} | {r['min_test_loss']:.4f} ({r['min_test_loss_epoch']}) | "
