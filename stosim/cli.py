@@ -349,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readout-only", action="store_true", default=None, help="fixed read-in, ridge readout")
     p.add_argument("--n", type=int, default=None, help="oscillators / nodes / sites")
     p.add_argument("--hidden", type=int, default=None, help="hidden units of mlp / cnn")
+    p.add_argument("--depth", type=int, default=None, help="hidden layers of mlp (default 1)")
+    p.add_argument("--activation", choices=["relu", "tanh"], default=None, help="mlp hidden activation (default relu)")
+    p.add_argument("--init-spectral-radius", type=float, default=None, metavar="RHO",
+                   help="mlp (depth >= 2): square hidden weights drawn at spectral radius RHO")
     p.add_argument("--coupling", type=str, default=None, help="STO coupling mu, e.g. '500 Oe'")
     p.add_argument("--current", type=str, default=None, help="STO bias current, e.g. '2.5 mA'")
     p.add_argument("--duration", type=str, default=None, help="STO: '300 ps'; Lorenz 96: model time, e.g. 1.0")
@@ -433,8 +437,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="histogram PNG")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("dnn", help="chaos in conventional networks: toy FTMLE maps, trained vs untrained tables, "
+                       "chaotic initialization (experiments/dnn/*.toml)")
+    p.add_argument("spec", type=Path, help="study spec (study = toy-ftmle | init-table | chaotic-init)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (results.json, results.md, PNG figures)")
+    p.add_argument("--scale", choices=["file", "study"], default="file",
+                   help="file: the sizes in the spec (default); study: the seed study's sizes (hours)")
+    p.add_argument("--data-dir", type=str, default=None, help="MNIST IDX folder (overrides the spec's data_dir)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--json", action="store_true", help="print one final JSON line")
     _finish_parser(sub)
     return parser
+
+
+def _cmd_dnn(args: argparse.Namespace) -> int:
+    import torch
+
+    from stosim.studies.dnn_chaos import load_dnn_spec, run_dnn_spec
+
+    if args.threads < 1:
+        raise CLIError(f"--threads {args.threads} is out of range; valid: an integer >= 1")
+    spec = load_dnn_spec(args.spec, scale=args.scale)
+    if args.data_dir is not None:
+        if "data_dir" not in type(spec).model_fields:
+            raise CLIError(f"--data-dir: study {spec.study} uses no MNIST data; drop it")
+        spec = spec.model_copy(update={"data_dir": args.data_dir})
+    torch.set_num_threads(args.threads)
+    run_dnn_spec(spec, args.out, progress=lambda line: print(line, file=sys.stderr if args.json else sys.stdout))
+    if args.json:
+        print(_json_line({"study": spec.study, "out": str(args.out), "scale": args.scale}))
+    else:
+        print(f"{spec.study}: wrote {args.out}/results.json, results.md and figures")
+    return 0
 
 
 def _cmd_ftmle(args: argparse.Namespace) -> int:
@@ -668,7 +702,8 @@ def _config_overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict:
 _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "limit_test", "epochs", "batch_size",
                "lr", "optimizer", "lr_schedule", "weight_decay", "input_offset", "seed", "dtype", "readout_only",
                "n", "hidden", "coupling", "current", "duration", "dt", "device", "spectral_radius", "steps", "forcing",
-               "temperature", "dynamical_snr", "observation_snr", "variability", "train_with_noise")
+               "temperature", "dynamical_snr", "observation_snr", "variability", "train_with_noise",
+               "depth", "activation", "init_spectral_radius")
 
 
 def _flag(key: str) -> str:
@@ -739,6 +774,8 @@ def _file_kind(path: Path, raw: dict) -> str:
     at all besides ``name`` and ``description``, else a device file (whose loader lists what is missing)."""
     if path.name == _REFERENCE_FILE:
         return "reference"
+    if "study" in raw:
+        return "dnn study"
     keys = set(raw)
     scores = {kind: len(keys & own) for kind, own in _KIND_KEYS.items()}
     best = max(scores.values())
@@ -768,6 +805,10 @@ def _validate_one(path: Path, allow_drivers: Sequence[str] = ()) -> str:
         from stosim.hardware.station import load_station
 
         return f"station {load_station(path, allow_drivers=allow_drivers, import_drivers=False).name!r}"
+    if kind == "dnn study":
+        from stosim.studies.dnn_chaos import load_dnn_spec
+
+        return f"dnn study {load_dnn_spec(path).study!r}"
     if kind == "experiment":
         from stosim.training import load_train_config
 
@@ -977,7 +1018,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train,
              "lyapunov": _cmd_lyapunov, "compare": _cmd_compare, "sweep": _cmd_sweep, "plot": _cmd_plot,
-             "ftmle": _cmd_ftmle}
+             "ftmle": _cmd_ftmle, "dnn": _cmd_dnn}
 
 
 def _configure_logging(verbose: int) -> None:

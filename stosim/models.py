@@ -7,7 +7,7 @@
 - :class:`ConvReservoirClassifier`: one conv layer (+ ReLU, 2x2 max-pool) as the front end of
   the read-in (CNN + coupled STOs).
 - Baselines: :class:`LinearClassifier` (logistic regression), :class:`MLPClassifier` (one
-  hidden layer), :class:`CNNClassifier` (one conv layer and one hidden fully-connected layer).
+  hidden layer by default; deeper, tanh, spectral-radius initialized as options), :class:`CNNClassifier` (one conv layer and one hidden fully-connected layer).
 
 Every model maps flat images (B, rows * cols) to class scores (B, classes). Inputs of another
 dtype (torch's default float32, integer pixels, NumPy arrays) are cast to the model's dtype
@@ -23,7 +23,8 @@ from stosim.checks import check_count
 from stosim.substrates.base import Substrate
 
 __all__ = ["ReservoirClassifier", "DeepReservoirClassifier", "ConvReservoirClassifier", "LinearClassifier",
-           "MLPClassifier", "CNNClassifier", "ConvFrontEnd", "as_model_input"]
+           "MLPClassifier", "CNNClassifier", "ConvFrontEnd", "as_model_input",
+           "init_spectral_radius_"]
 
 
 def as_model_input(x: object, dtype: torch.dtype) -> torch.Tensor:
@@ -135,17 +136,66 @@ class LinearClassifier(nn.Module):
 
 
 class MLPClassifier(nn.Module):
-    """One hidden layer of ``hidden`` ReLU units."""
+    """``depth`` hidden layers of ``hidden`` units (default: one ReLU layer, the seed study's baseline).
 
-    def __init__(self, n_inputs: int, n_classes: int, hidden: int, dtype: torch.dtype = torch.float32) -> None:
+    Layout: Linear(n_inputs, hidden) -> act -> [Linear(hidden, hidden) -> act] x (depth - 1) ->
+    Linear(hidden, n_classes), all in ``self.net`` (an ``nn.Sequential``). ``activation``: "relu"
+    or "tanh". ``spectral_radius`` (rho, in (0, 10]): the square hidden-to-hidden weights (there are
+    depth - 1 of them) are drawn uniform in [-1, 1] and rescaled so that max |eig(W)| = rho exactly
+    (float64 eigenvalues; :func:`stosim.substrates.ffesn.draw_ffesn_matrix` with density 1), seeded
+    by ``init_seed`` and the layer index; biases and the other layers keep PyTorch's default
+    initialization. With the defaults the module and its random draws are the one-layer MLP's.
+    """
+
+    def __init__(self, n_inputs: int, n_classes: int, hidden: int, dtype: torch.dtype = torch.float32, *,
+                 depth: int = 1, activation: str = "relu", spectral_radius: float | None = None,
+                 init_seed: int = 0) -> None:
         super().__init__()
         n_inputs, n_classes = check_count(n_inputs, "n_inputs"), check_count(n_classes, "n_classes", 2)
         hidden = check_count(hidden, "hidden")
-        self.net = nn.Sequential(nn.Linear(n_inputs, hidden, dtype=dtype), nn.ReLU(),
-                                 nn.Linear(hidden, n_classes, dtype=dtype))
+        depth = check_count(depth, "depth")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation = {activation!r} is out of range; valid: {', '.join(_ACTIVATIONS)}")
+        layers: list[nn.Module] = [nn.Linear(n_inputs, hidden, dtype=dtype), _ACTIVATIONS[activation]()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(hidden, hidden, dtype=dtype), _ACTIVATIONS[activation]()]
+        layers.append(nn.Linear(hidden, n_classes, dtype=dtype))
+        self.net = nn.Sequential(*layers)
+        self.depth = depth
+        if spectral_radius is not None:
+            if depth < 2:
+                raise ValueError(f"spectral_radius = {spectral_radius!r} needs depth >= 2 (square hidden-to-hidden "
+                                 f"weights); got depth = {depth}")
+            init_spectral_radius_(self.hidden_weights(), spectral_radius, init_seed)
+
+    def hidden_weights(self) -> list[nn.Parameter]:
+        """The square hidden-to-hidden weight matrices (depth - 1 of them), input side first."""
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        return [m.weight for m in linears[1:-1]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(as_model_input(x, self.net[0].weight.dtype))
+
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def init_spectral_radius_(weights: list[torch.Tensor], spectral_radius: float, seed: int) -> None:
+    """Overwrite each square matrix in ``weights`` (in place, no gradient) with a uniform [-1, 1] draw
+    rescaled to spectral radius ``spectral_radius`` (max |eigenvalue|, in (0, 10]); matrix k is drawn
+    from ``SeedSequence([seed, k])``."""
+    import numpy as np
+
+    from stosim.substrates.ffesn import draw_ffesn_matrix
+
+    seed = check_count(seed, "init_seed", 0)
+    for k, w in enumerate(weights):
+        if w.ndim != 2 or w.shape[0] != w.shape[1]:
+            raise ValueError(f"weight {k} has shape {tuple(w.shape)}; a spectral radius needs a square matrix")
+        sub_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+        drawn = draw_ffesn_matrix(w.shape[0], spectral_radius, 1.0, sub_seed)
+        with torch.no_grad():
+            w.copy_(torch.as_tensor(drawn, dtype=w.dtype))
 
 
 class CNNClassifier(nn.Module):

@@ -99,6 +99,10 @@ class TrainConfig(BaseModel):
     # substrate parameters (None: the substrate's default)
     n: int | None = Field(default=None, ge=1, le=100_000, description="oscillators / nodes / sites")
     hidden: int | None = Field(default=None, ge=1, le=100_000, description="hidden units of mlp/cnn (default 3 x 100, the STO feature count)")
+    depth: int = Field(default=1, ge=1, le=100, description="mlp: hidden layers of `hidden` units")
+    activation: Literal["relu", "tanh"] = Field(default="relu", description="mlp: hidden activation")
+    init_spectral_radius: float | None = Field(
+        default=None, gt=0, le=10, description="mlp (depth >= 2): square hidden weights drawn at this spectral radius")
     coupling: float = Field(default=500.0, ge=-1e6, le=1e6, description="mu, Oe")
     current: float | None = Field(default=None, ge=-1, le=1, description="A")
     duration: float | None = Field(default=None, gt=0, description="sto: s; lorenz96: model time")
@@ -338,6 +342,8 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tu
     n = cfg.n or cfg.default_n
     hidden = cfg.hidden or 3 * n  # equal to the feature count of n coupled STOs
     kind = cfg.substrate
+    if kind != "mlp" and (cfg.depth != 1 or cfg.activation != "relu" or cfg.init_spectral_radius is not None):
+        raise ConfigError(f"depth, activation and init_spectral_radius apply to substrate = 'mlp' only, not {kind!r}")
     if kind == "sto":
         return ReservoirClassifier(n_inputs, n_classes, _sto(cfg, cfg.seed))
     if kind == "deep-sto":
@@ -353,7 +359,8 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tu
     if kind == "linear":
         return LinearClassifier(n_inputs, n_classes, dtype)
     if kind == "mlp":
-        return MLPClassifier(n_inputs, n_classes, hidden, dtype)
+        return MLPClassifier(n_inputs, n_classes, hidden, dtype, depth=cfg.depth, activation=cfg.activation,
+                             spectral_radius=cfg.init_spectral_radius, init_seed=cfg.seed)
     if kind == "cnn":
         return CNNClassifier(image_shape, n_classes, hidden, channels=cfg.conv_channels, dtype=dtype)
     raise ConfigError(f"substrate = {kind!r}; valid: {', '.join(SUBSTRATES)}")  # pragma: no cover
@@ -378,7 +385,7 @@ _STO_KEYS = ("n", "coupling", "current", "duration", "dt", "device", "temperatur
 SUBSTRATE_KEYS: MappingProxyType = MappingProxyType({
     "sto": _STO_KEYS, "deep-sto": _STO_KEYS, "cnn-sto": (*_STO_KEYS, "conv_channels"),
     "ffesn": ("n", "spectral_radius", "steps"), "lorenz96": ("n", "forcing", "duration", "dt"),
-    "linear": (), "mlp": ("n", "hidden"), "cnn": ("n", "hidden", "conv_channels"),
+    "linear": (), "mlp": ("n", "hidden", "depth", "activation", "init_spectral_radius"), "cnn": ("n", "hidden", "conv_channels"),
 })
 _ALL_SUBSTRATE_KEYS = frozenset(k for keys in SUBSTRATE_KEYS.values() for k in keys)
 _GENERAL_KEYS = ("substrate", "dataset", "data_dir", "limit_train", "limit_test", "epochs", "batch_size", "lr",
@@ -422,6 +429,9 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
     sto = cfg.substrate in STO_SUBSTRATES
     values: dict[str, Any] = {"n": n, "hidden": cfg.hidden or 3 * n, "spectral_radius": cfg.spectral_radius,
                               "steps": cfg.steps, "forcing": cfg.forcing, "conv_channels": cfg.conv_channels,
+                              "depth": cfg.depth, "activation": cfg.activation,
+                              "init_spectral_radius": ("default" if cfg.init_spectral_radius is None
+                                                       else cfg.init_spectral_radius),
                               "variability": cfg.variability, "train_with_noise": cfg.train_with_noise,
                               "coupling": format_quantity(cfg.coupling, "field"),
                               "temperature": format_quantity(cfg.temperature, "temperature")}

@@ -1,0 +1,1 @@
+"""Studies: compositions of models, analysis and data (never imported by the lower layers)."""
