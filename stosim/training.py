@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from stosim.checkpoint import load_checkpoint, restore_model, restore_optimizer, save_checkpoint
 from stosim.datasets import ImageDataset, load_dataset
 from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoirClassifier, LinearClassifier,
                            MLPClassifier, ReservoirClassifier)
 from stosim.ridge import RidgeAccumulator
-from stosim.storage import atomic_output, write_text_atomic
+from stosim.storage import write_text_atomic
 from stosim.physics.noise import check_snr_db
 from stosim.units import UnitError, parse_quantity, values_agree
 
@@ -279,9 +280,9 @@ def _epochs_to_converge(history: list[dict[str, float]]) -> int:
     return next(int(h["epoch"]) for h in history if h["test_accuracy"] >= best - 0.005)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+def _saved_config(config: dict[str, Any]) -> TrainConfig:
+    """A checkpoint's configuration, validated (an earlier version's lacks later keys: their defaults)."""
+    return validate_train_config(config, source="config")
 
 
 def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
@@ -411,20 +412,20 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     if resume:
         if out is None or not (out / CHECKPOINT).exists():
             raise FileNotFoundError(f"resuming: no {CHECKPOINT} in {out}; start without resuming")
-        state = torch.load(out / CHECKPOINT, weights_only=False)
+        ckpt = load_checkpoint(out / CHECKPOINT, validate_config=_saved_config)
         # more epochs extend a constant-lr run; a cosine schedule is fixed by its epoch count
-        diff = config_differences(state["config"], cfg, ignore=("epochs",) if cfg.lr_schedule == "constant" else ())
+        diff = config_differences(ckpt.config, cfg, ignore=("epochs",) if cfg.lr_schedule == "constant" else ())
         if diff:
             raise ConfigError(f"resuming: the checkpoint in {out} was made with a different configuration ({diff}); "
                               f"train into another folder or delete {out / CHECKPOINT}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if cfg.epochs < state["epoch"]:
+        restore_model(ckpt, model)
+        restore_optimizer(ckpt, optimizer)
+        if cfg.epochs < ckpt.epoch:
             raise ConfigError(f"resuming: epochs = {cfg.epochs}, but the checkpoint in {out} has already "
-                              f"trained {state['epoch']} epochs; epochs must be >= {state['epoch']}")
-        history = state["history"]
-        start_epoch = state["epoch"] + 1
-        elapsed_before = state["wall_time_s"]
+                              f"trained {ckpt.epoch} epochs; epochs must be >= {ckpt.epoch}")
+        history = ckpt.history
+        start_epoch = ckpt.epoch + 1
+        elapsed_before = ckpt.wall_time_s
 
     differentiable = all(s.capabilities.differentiable for s in _substrates(model))
     readout_only = cfg.readout_only or not differentiable
@@ -450,9 +451,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
                   "test_accuracy": test_acc, "epoch_time_s": time.perf_counter() - t_epoch}
         history.append(record)
         if out is not None:
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                          "history": history, "config": cfg.resolved(),
-                          "wall_time_s": elapsed_before + time.perf_counter() - t_start}, out / CHECKPOINT)
+            save_checkpoint(out / CHECKPOINT, model=model, optimizer=optimizer, epoch=epoch, history=history,
+                            config=cfg.resolved(), wall_time_s=elapsed_before + time.perf_counter() - t_start)
         if on_epoch:
             on_epoch(record)
     wall = elapsed_before + time.perf_counter() - t_start
