@@ -27,7 +27,7 @@ from stosim.datasets import ImageDataset, load_dataset
 from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoirClassifier, LinearClassifier,
                            MLPClassifier, ReservoirClassifier)
 from stosim.ridge import RidgeAccumulator
-from stosim.storage import write_text_atomic
+from stosim.storage import output_lock, remove_stale_temporaries, write_text_atomic
 from stosim.physics.noise import check_snr_db
 from stosim.units import UnitError, parse_quantity, values_agree
 
@@ -387,6 +387,26 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
 def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False,
           on_batch: Callable[[int, int], None] | None = None,
           on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Train ``cfg``; with ``out_dir``: checkpoint every epoch, ``metrics.json`` and a learning-curve PNG,
+    written by this process alone (it holds :func:`~stosim.storage.output_lock` on the checkpoint; the
+    temporary files a killed run left beside these outputs are removed).
+
+    ``resume`` continues from ``out_dir/checkpoint.pt`` (same configuration except ``epochs``, which
+    may change only with a constant learning rate).
+    ``on_batch(done, total)`` and ``on_epoch(record)`` report progress.
+    """
+    if out_dir is None:
+        return _train(cfg, None, resume=resume, on_batch=on_batch, on_epoch=on_epoch)
+    out = Path(out_dir)
+    with output_lock(out / CHECKPOINT):
+        for name in (METRICS, CURVE):
+            remove_stale_temporaries(out / name)
+        return _train(cfg, out, resume=resume, on_batch=on_batch, on_epoch=on_epoch)
+
+
+def _train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False,
+           on_batch: Callable[[int, int], None] | None = None,
+           on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train ``cfg``; with ``out_dir``: checkpoint every epoch, ``metrics.json`` and a learning-curve PNG.
 
     ``resume`` continues from ``out_dir/checkpoint.pt`` (same configuration except ``epochs``, which
