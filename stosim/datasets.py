@@ -7,7 +7,7 @@ Three sources, one result type (:class:`ImageDataset`):
 - ``"mnist"`` and ``"fashion-mnist"``: 28x28 images from the four standard IDX files
   (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
   ``t10k-labels-idx1-ubyte``, each gzip-compressed ``.gz`` or raw) in a folder. Any image
-  count is accepted (a partial training set, e.g. the first 24,345 images, works as well as
+  count from 1 up is accepted (a partial training set, e.g. the first 24,345 images, works as well as
   the full 60,000). The files can be downloaded from public mirrors with
   :func:`download_idx_dataset` (``load_dataset(..., download=True)``; ``--download`` on the
   command line), every file checked against its known MD5 checksum.
@@ -16,15 +16,18 @@ IDX format (big-endian): an image file starts with the magic number 2051 (``0x00
 then the image count, rows and columns as uint32, then ``count * rows * cols`` uint8 pixels
 (row-major, 0 = background); a label file starts with the magic number 2049
 (``0x00000801``), then the count as uint32, then ``count`` uint8 labels 0..9. Compression is
-recognised by the gzip magic bytes ``1f 8b``, not by the file name.
+recognised by the gzip magic bytes ``1f 8b``, not by the file name. A file is read as a stream
+(decompressed as it is read) into an array of the size its header announces, at most
+:data:`MAX_IDX_BYTES`: a gzip bomb costs no more memory than that, and is refused at the first
+64 KiB past the announced data.
 
 Images are returned as float32 intensities in [0, 1] (IDX pixels / 255, digits values / 16),
 shape ``(n, rows, cols)``; labels as int64 class indices, shape ``(n,)``.
 
-Every problem with a file (missing, truncated, trailing bytes, wrong magic number, counts
-that disagree, labels out of range, corrupt gzip, wrong checksum) raises
-:class:`DatasetError` (a ``ValueError``) whose message names the file, what was expected
-and what was found.
+Every problem with a file (missing, truncated, trailing bytes, wrong magic number, no images,
+a header announcing more than 4 GiB, counts that disagree, labels out of range, corrupt gzip,
+wrong checksum) raises :class:`DatasetError` (a ``ValueError``) whose message names the file,
+what was expected and what was found.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ __all__ = [
     "default_cache_dir",
     "default_data_dir",
     "md5_of_file",
+    "MAX_IDX_BYTES",
     "to_tensor_dataset",
 ]
 
@@ -504,7 +508,7 @@ def load_idx_dataset(
 
     Looks for ``train-images-idx3-ubyte`` / ``train-labels-idx1-ubyte`` (split ``"train"``)
     or ``t10k-images-idx3-ubyte`` / ``t10k-labels-idx1-ubyte`` (split ``"test"``), each
-    with ``.gz`` (preferred when both exist) or without. Any image count is accepted.
+    with ``.gz`` (preferred when both exist) or without. Any image count from 1 up is accepted.
 
     Returns:
         :class:`ImageDataset` with float32 images in [0, 1] (pixel / 255), shape

@@ -64,7 +64,13 @@ def test_a_checkpoint_holds_plain_data_and_round_trips(trained, tmp_path):
     assert set(state) == {"format", "model", "optimizer", "epoch", "history", "config", "wall_time_s"}
     # resuming for a third epoch equals training three epochs at once
     out = _copy(run, tmp_path)
+    stale = [out / ".checkpoint.pt.tmp-x1y2z3w4.pt", out / ".metrics.json.tmp-00000000.json"]  # a killed run's
+    for path in stale:
+        path.write_bytes(b"partial")
+    keep = out / ".checkpoint.pt.backup"
+    keep.write_bytes(b"mine")
     assert main(_resume(out)) == 0
+    assert not any(p.exists() for p in stale) and keep.read_bytes() == b"mine"
     full = tmp_path / "full"
     assert main([*TRAIN[:-1], "3", "--out", str(full)]) == 0
     a, b = load_checkpoint(out / "checkpoint.pt"), load_checkpoint(full / "checkpoint.pt")

@@ -15,9 +15,21 @@ import numpy as np
 import pytest
 
 from stosim.cli import main
-from stosim.datasets import MAX_IDX_BYTES, DatasetError, load_dataset, read_idx_images, read_idx_labels
-from stosim.storage import (OutputLockedError, atomic_output, output_lock, stale_temporaries, write_dataset_atomic,
-                            write_text_atomic)
+from stosim.datasets import (
+    MAX_IDX_BYTES,
+    DatasetError,
+    load_dataset,
+    read_idx_images,
+    read_idx_labels,
+)
+from stosim.storage import (
+    OutputLockedError,
+    atomic_output,
+    output_lock,
+    stale_temporaries,
+    write_dataset_atomic,
+    write_text_atomic,
+)
 from stosim.sweep import ResumeError, load_spec
 from stosim.sweep.store import SweepState
 
