@@ -183,6 +183,13 @@ class SweepState:
         status values and, for every done point, the seed the spec gives it and a finite wall time.
         Anything else is a :class:`ResumeError` naming the file and the attribute or variable."""
         try:
+            import h5py
+
+            # first h5py alone, every object and attribute: h5netcdf leaves a half-made File object behind
+            # when opening or reading the attributes fails, whose clean-up prints a traceback at exit
+            with h5py.File(path, "r") as f:
+                _read_every_attribute(f)
+                f.visititems(lambda _, obj: _read_every_attribute(obj))
             ds = read_sweep(path)
         except Exception as exc:  # noqa: BLE001  (damaged HDF5: OSError, KeyError, RuntimeError, TypeError, ...)
             raise ResumeError(f"--resume: cannot read {path} as a sweep file ({type(exc).__name__}: "
@@ -261,6 +268,11 @@ class SweepState:
 
 
 _KIND_NAMES = {"OSU": "text", "f": "floating-point numbers", "iu": "integers"}
+
+
+def _read_every_attribute(obj: Any) -> None:
+    for name in obj.attrs:
+        obj.attrs[name]
 
 
 def _first_line(exc: BaseException) -> str:
