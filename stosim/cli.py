@@ -476,10 +476,11 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
 
     from stosim.analysis.run_ftmle import dataset_ftmle
     from stosim.plotting import plot_histogram
-    from stosim.storage import write_dataset_atomic
+    from stosim.storage import check_output_free, write_dataset_atomic
 
     if args.out.exists() and not args.overwrite:
         raise CLIError(f"--out {args.out} exists; pass --overwrite to replace it")
+    check_output_free(args.out)  # refused now rather than after the run while another process writes --out
     keys = ("substrate", "dataset", "data_dir", "n", "seed", "spectral_radius", "steps", "forcing", "coupling",
             "current", "duration", "dt")
     overrides = _config_overrides(args, keys)
@@ -878,10 +879,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from stosim.physics.array import STOArray
     from stosim.plotting import plot_trajectory
     from stosim.simulation import initial_state_from_angles, random_initial_state, simulate
-    from stosim.storage import write_dataset_atomic
+    from stosim.storage import check_output_free, write_dataset_atomic
 
     if args.out.exists() and not args.overwrite:
         raise CLIError(f"--out {args.out} exists; pass --overwrite to replace it")
+    check_output_free(args.out)  # refused now rather than after the run while another process writes --out
     device = load_device(args.device)
     if args.coupling_matrix is not None:
         array = STOArray.with_matrix(device, args.coupling_matrix, args.coupling, current_a=args.current)

@@ -7,7 +7,7 @@ Three sources, one result type (:class:`ImageDataset`):
 - ``"mnist"`` and ``"fashion-mnist"``: 28x28 images from the four standard IDX files
   (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
   ``t10k-labels-idx1-ubyte``, each gzip-compressed ``.gz`` or raw) in a folder. Any image
-  count is accepted (a partial training set, e.g. the first 24,345 images, works as well as
+  count from 1 up is accepted (a partial training set, e.g. the first 24,345 images, works as well as
   the full 60,000). The files can be downloaded from public mirrors with
   :func:`download_idx_dataset` (``load_dataset(..., download=True)``; ``--download`` on the
   command line), every file checked against its known MD5 checksum.
@@ -16,15 +16,18 @@ IDX format (big-endian): an image file starts with the magic number 2051 (``0x00
 then the image count, rows and columns as uint32, then ``count * rows * cols`` uint8 pixels
 (row-major, 0 = background); a label file starts with the magic number 2049
 (``0x00000801``), then the count as uint32, then ``count`` uint8 labels 0..9. Compression is
-recognised by the gzip magic bytes ``1f 8b``, not by the file name.
+recognised by the gzip magic bytes ``1f 8b``, not by the file name. A file is read as a stream
+(decompressed as it is read) into an array of the size its header announces, at most
+:data:`MAX_IDX_BYTES`: a gzip bomb costs no more memory than that, and is refused at the first
+64 KiB past the announced data.
 
 Images are returned as float32 intensities in [0, 1] (IDX pixels / 255, digits values / 16),
 shape ``(n, rows, cols)``; labels as int64 class indices, shape ``(n,)``.
 
-Every problem with a file (missing, truncated, trailing bytes, wrong magic number, counts
-that disagree, labels out of range, corrupt gzip, wrong checksum) raises
-:class:`DatasetError` (a ``ValueError``) whose message names the file, what was expected
-and what was found.
+Every problem with a file (missing, truncated, trailing bytes, wrong magic number, no images,
+a header announcing more than 4 GiB, counts that disagree, labels out of range, corrupt gzip,
+wrong checksum) raises :class:`DatasetError` (a ``ValueError``) whose message names the file,
+what was expected and what was found.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import hashlib
 import http.client
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -45,6 +47,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+from stosim.storage import atomic_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.data import TensorDataset
@@ -65,6 +69,7 @@ __all__ = [
     "default_cache_dir",
     "default_data_dir",
     "md5_of_file",
+    "MAX_IDX_BYTES",
     "to_tensor_dataset",
 ]
 
@@ -260,24 +265,75 @@ def _check_limit(limit: int | None, what: str) -> int | None:
 # ----------------------------------------------------------------------------------------
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    """Whole content of ``path``, decompressed if it starts with the gzip magic ``1f 8b``."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read file ({exc})") from exc
-    if data[:2] == _GZIP_MAGIC:
+MAX_IDX_BYTES = 1 << 32  # an IDX header announcing more data than this (4 GiB) is refused
+_TRAILING_PROBE = 1 << 16  # trailing bytes past the announced data are counted up to this many
+_CHUNK = 1 << 16
+
+
+class _Stream:
+    """An IDX file opened for reading: the file, or a gzip stream decompressed as it is read (never
+    more than is asked for: a gzip bomb costs only what the reader requests)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
         try:
-            return gzip.decompress(data)
+            self._file = open(path, "rb")  # noqa: SIM115  (closed by close())
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: file not found") from None
+        except OSError as exc:
+            raise DatasetError(f"{path}: cannot read file ({exc})") from exc
+        self.size = os.fstat(self._file.fileno()).st_size
+        self.compressed = self._file.read(2) == _GZIP_MAGIC
+        self._file.seek(0)
+        self._stream = gzip.GzipFile(fileobj=self._file, mode="rb") if self.compressed else self._file
+
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._stream is not self._file:
+            self._stream.close()
+        self._file.close()
+
+    def _corrupt(self, exc: BaseException) -> DatasetError:
+        return DatasetError(
+            f"{self.path}: corrupt gzip stream ({type(exc).__name__}: {exc}); "
+            f"expected a complete gzip file of {self.size} compressed bytes, "
+            "delete it and download or copy it again"
+        )
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill ``buffer`` as far as the stream goes; returns the number of bytes read."""
+        done = 0
+        try:
+            while done < len(buffer):
+                n = self._stream.readinto(buffer[done:done + _CHUNK])
+                if not n:
+                    break
+                done += n
         except (OSError, EOFError, zlib.error) as exc:
-            raise DatasetError(
-                f"{path}: corrupt gzip stream ({type(exc).__name__}: {exc}); "
-                f"expected a complete gzip file of {len(data)} compressed bytes, "
-                "delete it and download or copy it again"
-            ) from exc
-    return data
+            if self.compressed:
+                raise self._corrupt(exc) from exc
+            raise DatasetError(f"{self.path}: cannot read file ({exc})") from exc
+        return done
+
+    def raise_if_corrupt(self, limit: int = 1 << 24) -> None:
+        """A damaged gzip stream can decompress to a plausible-looking but wrong header before the
+        damage is detected: read on (discarding, at most ``limit`` bytes, one chunk of memory) and
+        raise the corrupt-gzip error if the stream is damaged there."""
+        if not self.compressed:
+            return
+        buffer = memoryview(bytearray(_CHUNK))
+        for _ in range(max(1, limit // _CHUNK)):
+            if self.readinto(buffer) < _CHUNK:
+                return
+
+    def read(self, n: int) -> bytes:
+        buffer = bytearray(n)
+        return bytes(buffer[: self.readinto(memoryview(buffer))])
 
 
 def _check_magic(path: Path, data: bytes, expected: int, kind: str) -> None:
@@ -318,6 +374,33 @@ def _check_length(path: Path, found: int, header: int, item_bytes: int, count: i
     )
 
 
+def _read_payload(stream: _Stream, header: int, item_bytes: int, count: int, what: str) -> np.ndarray:
+    """The ``count * item_bytes`` bytes after the header, exactly: the array is allocated at the size
+    the header announces (at most :data:`MAX_IDX_BYTES`) and filled from the stream; a shorter stream
+    is truncated, a longer one refused after reading at most ``_TRAILING_PROBE`` bytes past the end
+    (a gzip bomb is never decompressed further than that)."""
+    path = stream.path
+    expected = count * item_bytes
+    if expected > MAX_IDX_BYTES:
+        raise DatasetError(f"{path}: the header announces {what}, {expected} bytes, more than the "
+                           f"{MAX_IDX_BYTES} bytes an IDX file may hold here; not a dataset file")
+    if not stream.compressed and stream.size != header + expected:  # a plain file: its size tells
+        _check_length(path, stream.size, header, item_bytes, count, what)
+    data = np.empty(expected, dtype=np.uint8)
+    found = stream.readinto(memoryview(data))
+    if found < expected:
+        _check_length(path, header + found, header, item_bytes, count, what)
+    trailing = len(stream.read(_TRAILING_PROBE))
+    if trailing:
+        more = " at least" if trailing == _TRAILING_PROBE else ""
+        raise DatasetError(
+            f"{path}: trailing bytes after the data: the header announces {what}, so expected "
+            f"{header + expected} bytes (decompressed), found{more} {header + expected + trailing} "
+            f"({more.strip() + ' ' if more else ''}{trailing} bytes too many)"
+        )
+    return data
+
+
 def read_idx_images(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX image file (magic 2051), gzip-compressed or raw.
 
@@ -329,15 +412,20 @@ def read_idx_images(path: str | os.PathLike[str]) -> np.ndarray:
             or columns, or a byte length that disagrees with the header.
     """
     path = Path(path)
-    data = _read_maybe_gzip(path)
-    _check_magic(path, data, IMAGES_MAGIC, "images")
-    count, rows, cols = struct.unpack(">III", data[4:16])
-    if rows == 0 or cols == 0:
-        raise DatasetError(f"{path}: expected images of at least 1x1 pixel, header says {rows}x{cols}")
-    _check_length(
-        path, len(data), 16, rows * cols, count, f"{count} images of {rows}x{cols} uint8 pixels"
-    )
-    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(count, rows, cols).copy()
+    with _Stream(path) as stream:
+        header = stream.read(16)
+        try:
+            _check_magic(path, header, IMAGES_MAGIC, "images")
+            count, rows, cols = struct.unpack(">III", header[4:16])
+            if rows == 0 or cols == 0:
+                raise DatasetError(f"{path}: expected images of at least 1x1 pixel, header says {rows}x{cols}")
+            if count == 0:
+                raise DatasetError(f"{path}: the header announces 0 images; an image file needs at least one")
+        except DatasetError:
+            stream.raise_if_corrupt()  # a damaged gzip stream is the better explanation
+            raise
+        pixels = _read_payload(stream, 16, rows * cols, count, f"{count} images of {rows}x{cols} uint8 pixels")
+    return pixels.reshape(count, rows, cols)
 
 
 def read_idx_labels(path: str | os.PathLike[str], n_classes: int = _N_CLASSES_IDX) -> np.ndarray:
@@ -359,11 +447,17 @@ def read_idx_labels(path: str | os.PathLike[str], n_classes: int = _N_CLASSES_ID
         raise ValueError(f"n_classes = {n_classes!r} is out of range; valid: an integer in 1..256 "
                          "(IDX labels are uint8)")
     path = Path(path)
-    data = _read_maybe_gzip(path)
-    _check_magic(path, data, LABELS_MAGIC, "labels")
-    (count,) = struct.unpack(">I", data[4:8])
-    _check_length(path, len(data), 8, 1, count, f"{count} uint8 labels")
-    labels = np.frombuffer(data, dtype=np.uint8, offset=8).copy()
+    with _Stream(path) as stream:
+        header = stream.read(8)
+        try:
+            _check_magic(path, header, LABELS_MAGIC, "labels")
+            (count,) = struct.unpack(">I", header[4:8])
+            if count == 0:
+                raise DatasetError(f"{path}: the header announces 0 labels; a label file needs at least one")
+        except DatasetError:
+            stream.raise_if_corrupt()
+            raise
+        labels = _read_payload(stream, 8, 1, count, f"{count} uint8 labels")
     bad = np.flatnonzero(labels >= n_classes)
     if bad.size:
         raise DatasetError(
@@ -414,7 +508,7 @@ def load_idx_dataset(
 
     Looks for ``train-images-idx3-ubyte`` / ``train-labels-idx1-ubyte`` (split ``"train"``)
     or ``t10k-images-idx3-ubyte`` / ``t10k-labels-idx1-ubyte`` (split ``"test"``), each
-    with ``.gz`` (preferred when both exist) or without. Any image count is accepted.
+    with ``.gz`` (preferred when both exist) or without. Any image count from 1 up is accepted.
 
     Returns:
         :class:`ImageDataset` with float32 images in [0, 1] (pixel / 255), shape
@@ -542,18 +636,14 @@ def _fetch(url: str, timeout_s: float = 60.0) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes, expected_md5: str | None = None) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync, then ``os.replace``.
+    """Write ``data`` to ``path`` through :func:`stosim.storage.atomic_output` (a temporary file beside
+    it, flushed, renamed into place, the rename flushed through the folder).
 
     With ``expected_md5``, the temporary file's MD5 is checked before the rename; on a
     mismatch it is deleted (``path`` is left as it was) and :class:`DatasetError` raised.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
         if expected_md5 is not None:
             found_md5 = md5_of_file(tmp)
             if found_md5 != expected_md5:
@@ -561,10 +651,6 @@ def _write_atomic(path: Path, data: bytes, expected_md5: str | None = None) -> N
                     f"{path}: checksum mismatch: expected MD5 {expected_md5}, found {found_md5} "
                     f"({len(data)} bytes); the downloaded file was deleted"
                 )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _download_file(name: str, folder: Path, filename: str) -> Path:

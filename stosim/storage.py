@@ -11,6 +11,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import re
 import stat
 import tempfile
 from importlib import metadata
@@ -25,7 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from stosim.simulation import Trajectory
 
 __all__ = ["write_dataset_atomic", "atomic_output", "write_text_atomic", "package_versions", "trajectory_dataset",
-           "provenance_attrs"]
+           "provenance_attrs", "output_lock", "check_output_free", "OutputLockedError", "stale_temporaries",
+           "remove_stale_temporaries"]
 
 _PACKAGES = ("stosim", "numpy", "numba", "scipy", "torch", "xarray", "h5netcdf", "h5py")
 
@@ -92,7 +94,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     ``path`` is left as it was: never a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TMP_TAG}", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -104,6 +106,78 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+_TMP_TAG = "tmp-"  # temporary files of atomic_output: .NAME.tmp-XXXXXXXX.SUFFIX beside NAME
+
+
+def _temporary_name_pattern(path: Path) -> re.Pattern[str]:
+    """Names :func:`atomic_output` gives the temporary files of ``path``: ``.NAME.tmp-XXXXXXXX.SUFFIX``
+    (``XXXXXXXX``: eight of ``tempfile``'s characters), and ``.NAME.XXXXXXXX.SUFFIX`` of earlier versions."""
+    return re.compile(rf"\.{re.escape(path.name)}\.(?:{_TMP_TAG})?[a-z0-9_]{{8}}{re.escape(path.suffix)}")
+
+
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """The temporary files of :func:`atomic_output` for ``path`` in its folder (regular files only,
+    sorted): left there by a writer that was killed before its rename (SIGKILL, power loss)."""
+    path = Path(path)
+    pattern = _temporary_name_pattern(path)
+    try:
+        entries = list(os.scandir(path.parent))
+    except FileNotFoundError:
+        return []
+    return sorted(Path(e.path) for e in entries if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False))
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete :func:`stale_temporaries` of ``path``; returns what was deleted. Call it only while holding
+    :func:`output_lock` on ``path``: a writer's temporary file is stale only when no writer runs."""
+    removed = []
+    for tmp in stale_temporaries(path):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+class OutputLockedError(FileExistsError):
+    """Another process holds the lock of an output file (it is writing it)."""
+
+
+def _lock_file(path: Path) -> Path:
+    return path.parent / f".{path.name}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(path: str | Path) -> Iterator[list[Path]]:
+    """One writer per output file: an exclusive lock (``filelock``: ``flock`` on POSIX, released by the
+    OS when the process dies) on ``.NAME.lock`` beside ``path``, taken without waiting. Every writer of
+    an output (a sweep, ``simulate``, ``ftmle``, ``train``'s folder) holds it while writing; a second
+    writer gets :class:`OutputLockedError`. Once held, the stale temporary files of ``path`` are
+    removed; the ``with`` block receives their paths. The lock file stays (removing it would let a
+    process that opened it before the removal and one that creates it anew both hold "the" lock)."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_file = _lock_file(path)
+    lock = FileLock(lock_file, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputLockedError(f"{path} is being written by another process (it holds the lock {lock_file}); "
+                                "wait until it has finished or write to another file") from None
+    try:
+        yield remove_stale_temporaries(path)
+    finally:
+        lock.release()
+
+
+def check_output_free(path: str | Path) -> None:
+    """Raise :class:`OutputLockedError` now if another process is writing ``path`` (before a long run
+    whose result would be refused at the end)."""
+    with output_lock(path):
+        pass
 
 
 def _plain_write_mode(path: Path) -> int:
@@ -133,14 +207,22 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
     return Path(path)
 
 
-def write_dataset_atomic(ds: "xr.Dataset", path: str | Path, *, overwrite: bool = True) -> Path:
+def write_dataset_atomic(ds: "xr.Dataset", path: str | Path, *, overwrite: bool = True, lock: bool = True,
+                         checksums: bool = False) -> Path:
     """Write ``ds`` as HDF5 via h5netcdf to a temporary file beside ``path``, flush it to disk, then
-    rename it into place: a crash (or power loss) leaves the old file or the new one, never a partial one."""
+    rename it into place: a crash (or power loss) leaves the old file or the new one, never a partial one.
+    ``lock``: hold :func:`output_lock` while writing (refused while another process writes ``path``);
+    False for a caller that holds it already (the sweep runner). ``checksums``: store every numeric
+    array (variables and coordinates) with HDF5's Fletcher-32 checksum, so that reading a damaged
+    one fails instead of returning wrong numbers (text arrays cannot carry one)."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    with atomic_output(path) as tmp:
-        ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True)
+    encoding = ({name: {"fletcher32": True} for name, var in ds.variables.items()
+                 if var.ndim > 0 and var.size > 0 and var.dtype.kind in "biuf"} if checksums else None)
+    with output_lock(path) if lock else contextlib.nullcontext():
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+        with atomic_output(path) as tmp:
+            ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True, encoding=encoding)
     return path
 
 

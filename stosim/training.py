@@ -25,11 +25,12 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 from stosim.checks import MAX_SEED, check_steps, read_toml
+from stosim.checkpoint import load_checkpoint, restore_model, restore_optimizer, save_checkpoint
 from stosim.datasets import ImageDataset, load_dataset
 from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoirClassifier, LinearClassifier,
                            MLPClassifier, ReservoirClassifier)
 from stosim.ridge import RidgeAccumulator
-from stosim.storage import atomic_output, write_text_atomic
+from stosim.storage import output_lock, remove_stale_temporaries, write_text_atomic
 from stosim.physics.noise import check_snr_db
 from stosim.units import UnitError, format_quantity, parse_quantity, values_agree
 
@@ -498,9 +499,9 @@ def _epochs_to_converge(history: list[dict[str, float]]) -> int:
     return next(int(h["epoch"]) for h in history if h["test_accuracy"] >= best - 0.005)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+def _saved_config(config: dict[str, Any]) -> TrainConfig:
+    """A checkpoint's configuration, validated (an earlier version's lacks later keys: their defaults)."""
+    return validate_train_config(config, source="config")
 
 
 def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
@@ -606,7 +607,9 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
           on_batch: Callable[[int, int], None] | None = None,
           on_epoch: Callable[[dict[str, float]], None] | None = None,
           allow_beyond_limits: bool = False) -> TrainResult:
-    """Train ``cfg``; with ``out_dir``: checkpoint every epoch, ``metrics.json`` and a learning-curve PNG.
+    """Train ``cfg``; with ``out_dir``: checkpoint every epoch, ``metrics.json`` and a learning-curve PNG,
+    written by this process alone (it holds :func:`~stosim.storage.output_lock` on the checkpoint; the
+    temporary files a killed run left beside these outputs are removed).
 
     ``resume`` continues from ``out_dir/checkpoint.pt`` (same configuration except ``epochs``, which
     may change only with a constant learning rate).
@@ -615,6 +618,22 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     (:func:`stosim.simulation.check_device_limits`); with ``allow_beyond_limits`` training runs with a
     warning, and ``metrics.json`` lists the limits exceeded under ``device_limit_warnings``.
     """
+    if out_dir is None:
+        return _train(cfg, None, resume=resume, on_batch=on_batch, on_epoch=on_epoch,
+                      allow_beyond_limits=allow_beyond_limits)
+    out = Path(out_dir)
+    with output_lock(out / CHECKPOINT):
+        for name in (METRICS, CURVE):
+            remove_stale_temporaries(out / name)
+        return _train(cfg, out, resume=resume, on_batch=on_batch, on_epoch=on_epoch,
+                      allow_beyond_limits=allow_beyond_limits)
+
+
+def _train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False,
+           on_batch: Callable[[int, int], None] | None = None,
+           on_epoch: Callable[[dict[str, float]], None] | None = None,
+           allow_beyond_limits: bool = False) -> TrainResult:
+    """The body of :func:`train` (with ``out_dir``, its caller holds the output lock)."""
     check_train_run(cfg)  # the checks stosim validate applies, before any data is loaded
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
@@ -638,20 +657,20 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     if resume:
         if out is None or not (out / CHECKPOINT).exists():
             raise FileNotFoundError(f"resuming: no {CHECKPOINT} in {out}; start without resuming")
-        state = torch.load(out / CHECKPOINT, weights_only=False)
+        ckpt = load_checkpoint(out / CHECKPOINT, validate_config=_saved_config)
         # more epochs extend a constant-lr run; a cosine schedule is fixed by its epoch count
-        diff = config_differences(state["config"], cfg, ignore=("epochs",) if cfg.lr_schedule == "constant" else ())
+        diff = config_differences(ckpt.config, cfg, ignore=("epochs",) if cfg.lr_schedule == "constant" else ())
         if diff:
             raise ConfigError(f"resuming: the checkpoint in {out} was made with a different configuration ({diff}); "
                               f"train into another folder or delete {out / CHECKPOINT}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if cfg.epochs < state["epoch"]:
+        restore_model(ckpt, model)
+        restore_optimizer(ckpt, optimizer)
+        if cfg.epochs < ckpt.epoch:
             raise ConfigError(f"resuming: epochs = {cfg.epochs}, but the checkpoint in {out} has already "
-                              f"trained {state['epoch']} epochs; epochs must be >= {state['epoch']}")
-        history = state["history"]
-        start_epoch = state["epoch"] + 1
-        elapsed_before = state["wall_time_s"]
+                              f"trained {ckpt.epoch} epochs; epochs must be >= {ckpt.epoch}")
+        history = ckpt.history
+        start_epoch = ckpt.epoch + 1
+        elapsed_before = ckpt.wall_time_s
 
     differentiable = all(s.capabilities.differentiable for s in _substrates(model))
     readout_only = cfg.readout_only or not differentiable
@@ -679,9 +698,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
         log.info("%s epoch %d: train accuracy %.4f, test accuracy %.4f (%.1f s)", cfg.substrate, epoch, train_acc,
                  test_acc, record["epoch_time_s"])
         if out is not None:
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                          "history": history, "config": cfg.resolved(),
-                          "wall_time_s": elapsed_before + time.perf_counter() - t_start}, out / CHECKPOINT)
+            save_checkpoint(out / CHECKPOINT, model=model, optimizer=optimizer, epoch=epoch, history=history,
+                            config=cfg.resolved(), wall_time_s=elapsed_before + time.perf_counter() - t_start)
         if on_epoch:
             on_epoch(record)
     wall = elapsed_before + time.perf_counter() - t_start

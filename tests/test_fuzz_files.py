@@ -511,9 +511,6 @@ def run_checkpoint_mutant(seed: int, folder: Path, seed_bytes: bytes) -> int:
     return status
 
 
-@pytest.mark.xfail(strict=False, reason="checkpoints are still read with torch.load(weights_only=False): a mutated "
-                   "pickle raises UnpicklingError / RuntimeError / EOFError past the CLI; the checkpoint loader is "
-                   "being rewritten to read data only, which turns this test green")
 def test_checkpoint_mutants_are_refused_cleanly(checkpoint_bytes, tmp_path) -> None:
     @settings(derandomize=True, max_examples=4, deadline=None, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -573,9 +570,6 @@ def test_fuzz_campaign_over_every_file_kind(tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="checkpoints are still read with torch.load(weights_only=False): a mutated "
-                   "pickle raises UnpicklingError / RuntimeError past the CLI (about 1 in 2 mutants); the checkpoint "
-                   "loader is being rewritten to read data only, which turns this test green")
 def test_checkpoint_campaign(checkpoint_bytes, tmp_path) -> None:
     failures = []
     for seed in range(200):

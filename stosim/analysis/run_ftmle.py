@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from stosim.analysis.ftmle import substrate_ftmle
+from stosim.checkpoint import load_checkpoint, restore_model
 from stosim.datasets import load_dataset
 from stosim.models import ReservoirClassifier
-from stosim.training import ConfigError, TrainConfig, build_model, model_inputs
+from stosim.training import ConfigError, TrainConfig, build_model, model_inputs, validate_train_config
 
 __all__ = ["dataset_ftmle"]
 
@@ -38,14 +39,14 @@ def dataset_ftmle(cfg: TrainConfig, checkpoint: Path | None = None, *, limit: in
             checkpoint = checkpoint / "checkpoint.pt"
         if not checkpoint.exists():
             raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist (a `stosim train` output folder)")
-        state = torch.load(checkpoint, weights_only=False)
-        cfg = TrainConfig.model_validate(state["config"])
+        state = load_checkpoint(checkpoint, validate_config=lambda c: validate_train_config(c, source="config"))
+        cfg = state.settings
     if cfg.substrate not in ("sto", "ffesn", "lorenz96"):
         raise ConfigError(f"ftmle needs a reservoir model (sto, ffesn, lorenz96); got substrate = {cfg.substrate!r}")
     _, test = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.seed, limit_test=limit)
     model = build_model(cfg, test.n_features, test.n_classes, test.image_shape)
     if state is not None:
-        model.load_state_dict(state["model"])
+        restore_model(state, model)
     assert isinstance(model, ReservoirClassifier)
     dtype = model.substrate.dtype
     x = model_inputs(cfg, test, dtype)  # as the model was trained
@@ -63,7 +64,7 @@ def dataset_ftmle(cfg: TrainConfig, checkpoint: Path | None = None, *, limit: in
         coords={"sample": ("sample", np.arange(len(test)), {"units": "1", "long_name": "test sample index"})},
     )
     ds.attrs.update(provenance_attrs(config=cfg.resolved(), trained=int(state is not None),
-                                     trained_epochs=state["epoch"] if state is not None else 0,
+                                     trained_epochs=state.epoch if state is not None else 0,
                                      checkpoint=str(checkpoint) if checkpoint else "none", method=result.method,
                                      horizon=result.time, horizon_unit=result.time_unit,
                                      substrate_configuration=model.substrate.read_configuration()))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from stosim.storage import output_lock
 from stosim.sweep.kinds import execute_point
 from stosim.sweep.spec import Point, ResolvedSweep
 from stosim.sweep.store import STATUS_DONE, STATUS_FAILED, SweepState, utc_now
@@ -81,27 +81,6 @@ class SweepFailedError(RuntimeError):
     def __init__(self, message: str, summary: SweepSummary) -> None:
         super().__init__(message)
         self.summary = summary
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """One writer per file: an advisory lock on a file beside it (released by the OS if the process
-    dies). The lock file stays: removing it would let a process that opened it before the removal
-    and one that creates it anew both hold "the" lock."""
-    lock_path = path.parent / f".{path.name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FileExistsError(f"{path} is being written by another sweep (lock {lock_path})") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -191,7 +170,7 @@ def run_sweep(sweep: ResolvedSweep, out: str | Path, *, workers: int | None = No
         workers = default_workers()
 
     t_start = time.perf_counter()
-    with _exclusive(out):
+    with output_lock(out):  # one writer; temporary files a killed run left beside out are removed
         state = SweepState(sweep)
         n_resumed = state.load_completed(out) if resume else 0
         todo = [p for p in sweep.points if not state.is_done(p)]

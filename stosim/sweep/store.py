@@ -163,7 +163,9 @@ class SweepState:
     def save(self, path: str | Path, *, finished: bool = False) -> Path:
         """Rewrite ``path`` atomically (temporary file beside it, then rename)."""
         self.saves += 1
-        return write_dataset_atomic(self.to_dataset(finished=finished), path, overwrite=True)
+        # the runner holds the output's lock for the whole sweep; checksums: a damaged file is refused on --resume
+        return write_dataset_atomic(self.to_dataset(finished=finished), path, overwrite=True, lock=False,
+                                    checksums=True)
 
     # -- resume -----------------------------------------------------------------------------------
     def _with_new_defaults(self, saved: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:
@@ -183,41 +185,131 @@ class SweepState:
         return saved
 
     def load_completed(self, path: str | Path) -> int:
-        """Take the done points of the sweep file ``path`` (same resolved spec); returns their number."""
+        """Take the done points of the sweep file ``path`` (same resolved spec); returns their number.
+
+        The file is data from an earlier run, perhaps damaged (a disk error, a half-copied file, an
+        edit): it must read as HDF5, carry the sweep attributes (valid JSON where JSON is stored), the
+        variables with the spec's dimensions, shapes and value types, the spec's coordinates, known
+        status values and, for every done point, the seed the spec gives it and a finite wall time.
+        Anything else is a :class:`ResumeError` naming the file and the attribute or variable."""
         try:
+            import h5py
+
+            # first h5py alone, every object and attribute: h5netcdf leaves a half-made File object behind
+            # when opening or reading the attributes fails, whose clean-up prints a traceback at exit
+            with h5py.File(path, "r") as f:
+                _read_every_attribute(f)
+                f.visititems(lambda _, obj: _read_every_attribute(obj))
             ds = read_sweep(path)
-        except (OSError, ValueError) as exc:
-            raise ResumeError(f"--resume: cannot read {path} as a sweep file ({exc})") from None
+        except Exception as exc:  # noqa: BLE001  (damaged HDF5: OSError, KeyError, RuntimeError, TypeError, ...)
+            raise ResumeError(f"--resume: cannot read {path} as a sweep file ({type(exc).__name__}: "
+                              f"{_first_line(exc)}); it is damaged or not a sweep file") from None
         if FORMAT_ATTR not in ds.attrs or "sweep_spec_json" not in ds.attrs:
             raise ResumeError(f"--resume: {path} is not a stosim sweep file")
+        version = _scalar(ds.attrs[FORMAT_ATTR])
+        if version != 1:
+            raise ResumeError(f"--resume: {path}: attribute {FORMAT_ATTR} = {version!r:.60}; this version reads format 1")
         mine = json.loads(self.sweep.resolved_json)
-        saved = self._with_new_defaults(json.loads(ds.attrs["sweep_spec_json"]), mine)
+        saved = self._with_new_defaults(_json_attr(ds, path, "sweep_spec_json", dict), mine)
         diff = _diff(saved, mine)
         if diff:
             raise ResumeError(f"--resume: {path} was written by a different spec (differs in {', '.join(diff)}); "
                               "resume with the same spec, or pass --overwrite to start again")
+        runs = _json_attr(ds, path, "sweep_runs", list, default="[]")
+        if not all(isinstance(r, dict) for r in runs):
+            raise ResumeError(f"--resume: {path}: attribute sweep_runs must be a JSON list of records")
+        started = ds.attrs.get("sweep_started_utc", "")
+        if not isinstance(started, str):
+            raise ResumeError(f"--resume: {path}: attribute sweep_started_utc must be text, found {started!r:.60}")
         sw = self.sweep
-        for name in ("status", "wall_time_s"):
+        for name in ("status", "wall_time_s", "run_seed"):
             if name not in ds:
                 raise ResumeError(f"--resume: {path} lacks the variable {name}; it is not a complete sweep file")
-        if tuple(ds["status"].dims) != sw.dim_names:
-            raise ResumeError(f"--resume: {path} has dimensions {ds['status'].dims}, expected {sw.dim_names}")
-        status = ds["status"].values.astype(str)
         for out in sw.kind.outputs:
             if out.name not in ds:
                 raise ResumeError(f"--resume: {path} lacks the variable {out.name}")
-        done = status == STATUS_DONE
+        if tuple(ds["status"].dims) != sw.dim_names:
+            raise ResumeError(f"--resume: {path} has dimensions {ds['status'].dims}, expected {sw.dim_names}")
+        self._check_coordinates(ds, path)
+        expected = {"status": ("OSU", sw.shape), "wall_time_s": ("f", sw.shape), "run_seed": ("iu", sw.shape)}
         for out in sw.kind.outputs:
-            saved_values = ds[out.name].values
-            if saved_values.shape != self.values[out.name].shape:
-                raise ResumeError(f"--resume: {out.name} in {path} has shape {saved_values.shape}, "
-                                  f"expected {self.values[out.name].shape}")
-            self.values[out.name][done] = saved_values[done]
-        self.wall_time[done] = ds["wall_time_s"].values[done]
+            expected[out.name] = ("f", self.values[out.name].shape)
+        for name, (kinds, shape) in expected.items():
+            values = ds[name].values
+            if values.shape != shape:
+                raise ResumeError(f"--resume: {name} in {path} has shape {values.shape}, expected {shape}")
+            if values.dtype.kind not in kinds:
+                raise ResumeError(f"--resume: {name} in {path} holds values of type {values.dtype}, expected "
+                                  f"{_KIND_NAMES[kinds]}")
+        status = ds["status"].values.astype(str)
+        unknown = sorted(set(status.ravel().tolist()) - {STATUS_DONE, STATUS_FAILED, STATUS_PENDING})
+        if unknown:
+            raise ResumeError(f"--resume: status in {path} holds {unknown[:3]!r}; valid: {STATUS_DONE}, "
+                              f"{STATUS_FAILED}, {STATUS_PENDING}")
+        done = status == STATUS_DONE
+        seeds = ds["run_seed"].values
+        if np.any(seeds[done] != self.run_seed[done]):
+            raise ResumeError(f"--resume: run_seed in {path} differs from the spec's seeds at "
+                              f"{int(np.sum(seeds[done] != self.run_seed[done]))} done point(s); the file is damaged")
+        wall = ds["wall_time_s"].values
+        if not np.all(np.isfinite(wall[done]) & (wall[done] >= 0)):
+            raise ResumeError(f"--resume: wall_time_s in {path} is negative or not finite at a done point; "
+                              "the file is damaged")
+        for out in sw.kind.outputs:
+            self.values[out.name][done] = ds[out.name].values[done]
+        self.wall_time[done] = wall[done]
         self.status[done] = STATUS_DONE
-        self.runs = json.loads(ds.attrs.get("sweep_runs", "[]"))
-        self.started_utc = str(ds.attrs.get("sweep_started_utc", "")) or None
+        self.runs = runs
+        self.started_utc = started or None
         return int(done.sum())
+
+    def _check_coordinates(self, ds: Any, path: str | Path) -> None:
+        """The file's coordinates are the spec's (grid values, seeds, output dimensions)."""
+        for dim in self.sweep.dims + self.sweep.extra_dims:
+            if dim.name not in ds.coords:
+                raise ResumeError(f"--resume: {path} lacks the coordinate {dim.name}")
+            found, want = ds[dim.name].values, np.asarray(dim.values)
+            same = found.shape == want.shape and (
+                np.array_equal(found.astype(str), want.astype(str)) if want.dtype.kind in "OSU" or
+                found.dtype.kind in "OSU" else bool(np.all(np.isclose(found, want, rtol=1e-12, atol=0, equal_nan=True))))
+            if not same:
+                raise ResumeError(f"--resume: the coordinate {dim.name} in {path} is {found.tolist()!r:.80}, the spec "
+                                  f"gives {want.tolist()!r:.80}; the file is damaged or from another spec")
+
+
+_KIND_NAMES = {"OSU": "text", "f": "floating-point numbers", "iu": "integers"}
+
+
+def _read_every_attribute(obj: Any) -> None:
+    for name in obj.attrs:
+        obj.attrs[name]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def _scalar(value: Any) -> Any:
+    """An HDF5 attribute read back as a NumPy scalar or a 1-element array, as a Python value."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _json_attr(ds: Any, path: str | Path, name: str, kind: type, default: str | None = None) -> Any:
+    """Attribute ``name`` of ``ds`` parsed as JSON of type ``kind``; a ResumeError naming file and attribute."""
+    text = ds.attrs.get(name, default)
+    if not isinstance(text, str):
+        raise ResumeError(f"--resume: {path}: attribute {name} must be JSON text, found {type(text).__name__}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResumeError(f"--resume: {path}: attribute {name} is not valid JSON ({exc})") from None
+    if not isinstance(value, kind):
+        raise ResumeError(f"--resume: {path}: attribute {name} must hold a JSON {kind.__name__}, found "
+                          f"{type(value).__name__}")
+    return value
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
