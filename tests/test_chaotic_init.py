@@ -91,4 +91,4 @@ def test_cli_train_mlp_with_spectral_radius(tmp_path, capsys):
     assert '"substrate": "mlp"' in capsys.readouterr().out
     assert main(["train", "--substrate", "sto", "--depth", "2", "--dataset", "digits", "--epochs", "1",
                  "--out", str(tmp_path / "bad")]) == 2
-    assert "mlp" in capsys.readouterr().err
+    assert "--depth does not apply to --substrate sto" in capsys.readouterr().err
