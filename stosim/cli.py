@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON line with the run's summary")
     p = sub.add_parser("train", help="train a reservoir model (or a baseline) and evaluate it")
     p.add_argument("--config", type=Path, default=None, help="experiment TOML (experiments/...); flags override it")
-    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto"])
+    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto",
+                                           "rate-network"])
     p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"])
     p.add_argument("--data-dir", type=str, default=None, help="folder with the IDX files (mnist, fashion-mnist)")
     p.add_argument("--download", action="store_true", default=None, help="fetch missing IDX files (checksummed)")
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spectral-radius", type=float, default=None, help="FFESN rho")
     p.add_argument("--steps", type=int, default=None, help="FFESN K")
     p.add_argument("--forcing", type=float, default=None, help="Lorenz 96 F")
+    p.add_argument("--g", type=float, default=None, help="rate network gain g")
+    p.add_argument("--network-time", choices=["continuous", "discrete"], default=None, help="rate network dynamics")
     p.add_argument("--temperature", type=str, default=None, help="STO thermal noise, e.g. '300 K'")
     p.add_argument("--dynamical-snr", type=float, default=None, metavar="DB")
     p.add_argument("--observation-snr", type=float, default=None, metavar="DB")
@@ -174,13 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print one final JSON line")
     p = sub.add_parser("lyapunov", help="Lyapunov exponents of a substrate's autonomous dynamics (QR method)")
-    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96"], default="sto")
+    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96", "rate-network"], default="sto")
     p.add_argument("--n", type=int, default=None, help="oscillators / nodes / sites (sto 200, ffesn 500, lorenz96 40)")
     p.add_argument("--coupling", type=_quantity("field", "--coupling"), default=None, help="STO mu (default 500 Oe)")
     p.add_argument("--current", type=_quantity("current", "--current"), default=None, help="STO bias current")
     p.add_argument("--device", type=Path, default=None, help="STO device file")
     p.add_argument("--spectral-radius", type=float, default=None, help="FFESN rho (default 1.5)")
     p.add_argument("--forcing", type=float, default=None, help="Lorenz 96 F (default 8)")
+    p.add_argument("--g", type=float, default=None, help="rate network gain g (default 2)")
+    p.add_argument("--time", choices=["continuous", "discrete"], default=None,
+                   help="rate network dynamics (default continuous: exponents in 1/tau; discrete: 1/step)")
+    p.add_argument("--input-std", type=float, default=None, help="rate network input strength (default 0)")
+    p.add_argument("--input-tau", type=float, default=None, help="rate network input correlation time (0: white)")
+    p.add_argument("--zero-diagonal", action="store_true", default=None, help="rate network: J_ii = 0")
     p.add_argument("--exponents", type=int, default=1, help="how many leading exponents (default 1: the MLE)")
     p.add_argument("--duration", type=str, default=None,
                    help="averaging time (sto: '200 ns'; lorenz96: model time 1000; ffesn: steps 2000)")
@@ -224,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="experiment TOML; flags override it")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="a `stosim train` output folder or checkpoint.pt (its configuration and trained read-in)")
-    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96"], default=None)
+    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96", "rate-network"], default=None)
     p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default=None)
     p.add_argument("--data-dir", type=str, default=None)
     for flag, kind in (("--n", int), ("--seed", _seed("--seed")), ("--spectral-radius", float), ("--steps", int),
@@ -328,7 +337,10 @@ def _substrate_time(text: str | None, substrate: str, flag: str) -> float | None
 # flags of `stosim lyapunov` that set one substrate's parameter: flag -> (substrate, keyword of substrate_lyapunov)
 _LYAPUNOV_SUBSTRATE_FLAGS = {"coupling": ("sto", "coupling_oe"), "current": ("sto", "current_a"),
                              "device": ("sto", "device"), "spectral_radius": ("ffesn", "spectral_radius"),
-                             "forcing": ("lorenz96", "forcing")}
+                             "forcing": ("lorenz96", "forcing"), "g": ("rate-network", "g"),
+                             "time": ("rate-network", "time"), "input_std": ("rate-network", "input_std"),
+                             "input_tau": ("rate-network", "input_tau"),
+                             "zero_diagonal": ("rate-network", "zero_diagonal")}
 
 
 def _lyapunov_parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -355,8 +367,8 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
                                     duration=_substrate_time(args.duration, args.substrate, "--duration"),
                                     transient=_substrate_time(args.transient, args.substrate, "--transient"),
                                     seed=args.seed, progress=progress, **params)
-    unit = {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step"}.get(result.time_unit,
-                                                                                       f"1/{result.time_unit}")
+    unit = {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step", "tau": "1/tau"}.get(
+        result.time_unit, f"1/{result.time_unit}")
     if args.json:
         print(_json_line({**result.as_dict(), "units": unit, "substrate": args.substrate}))
         return 0
@@ -391,7 +403,7 @@ def _json_line(obj: Any) -> str:
 def _check_plain_times(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
     """Plain-number --duration / --dt are Lorenz 96 model time; every other substrate needs a unit
     (a plain 300 would otherwise be 300 s for the STOs)."""
-    if cfg.substrate == "lorenz96":
+    if cfg.substrate in ("lorenz96", "rate-network"):  # rate network: plain numbers in its time unit
         return
     for key in ("duration", "dt"):
         value = getattr(args, key, None)
@@ -422,7 +434,8 @@ def _config_overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict:
 _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "limit_test", "epochs", "batch_size",
                "lr", "optimizer", "lr_schedule", "weight_decay", "input_offset", "seed", "dtype", "readout_only",
                "n", "hidden", "coupling", "current", "duration", "dt", "device", "spectral_radius", "steps", "forcing",
-               "temperature", "dynamical_snr", "observation_snr", "variability", "train_with_noise")
+               "temperature", "dynamical_snr", "observation_snr", "variability", "train_with_noise",
+               "g", "network_time")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

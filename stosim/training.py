@@ -33,7 +33,7 @@ from stosim.units import UnitError, parse_quantity, values_agree
 __all__ = ["TrainConfig", "STO_SUBSTRATES", "STO_TIME_KEYS", "UNIT_DIMENSIONS", "train", "TrainResult", "build_model",
            "load_train_config", "with_defaults", "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
 
-SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto")
+SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto", "rate-network")
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 CURVE = "learning_curve.png"
@@ -67,7 +67,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    substrate: Literal["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto"] = "sto"
+    substrate: Literal["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto",
+                       "rate-network"] = "sto"
     dataset: Literal["digits", "mnist", "fashion-mnist"] = "digits"
     data_dir: str | None = None
     download: bool = False
@@ -102,6 +103,12 @@ class TrainConfig(BaseModel):
     steps: int = Field(default=5, ge=1, le=10_000)
     forcing: float = Field(default=8.0, ge=-1e3, le=1e3)
     conv_channels: int = Field(default=8, ge=1, le=256)
+    g: float = Field(default=1.5, gt=0, le=100, description="rate network gain g")
+    network_time: Literal["continuous", "discrete"] = Field(
+        default="continuous", description="rate network: tau dh/dt = -h + J tanh h (RK4, times in tau) or "
+                                          "h_(s+1) = J tanh h_s (duration = steps)")
+    input_std: float = Field(default=0.0, ge=0, le=100, description="rate network input strength")
+    input_tau: float = Field(default=0.0, ge=0, le=1e6, description="rate network input correlation time (0: white)")
     temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
     dynamical_snr: OptionalSNRdB = None
     observation_snr: OptionalSNRdB = None
@@ -130,7 +137,8 @@ class TrainConfig(BaseModel):
 
     @property
     def default_n(self) -> int:
-        return {"sto": 100, "cnn-sto": 100, "deep-sto": 100, "ffesn": 500, "lorenz96": 500}.get(self.substrate, 100)
+        return {"sto": 100, "cnn-sto": 100, "deep-sto": 100, "ffesn": 500, "lorenz96": 500,
+                "rate-network": 200}.get(self.substrate, 100)
 
     def resolved(self) -> dict[str, Any]:
         return self.model_dump()
@@ -238,6 +246,14 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tu
         return ReservoirClassifier(n_inputs, n_classes, sub, readin_bias=False, readout_bias=False)
     if kind == "lorenz96":
         sub = Lorenz96(n=n, forcing=cfg.forcing, duration=cfg.duration or 1.0, dt=cfg.dt or 0.01, dtype=dtype)
+        return ReservoirClassifier(n_inputs, n_classes, sub)
+    if kind == "rate-network":
+        from stosim.substrates.rate_network import RateNetwork
+
+        discrete = cfg.network_time == "discrete"
+        sub = RateNetwork(n=n, g=cfg.g, time=cfg.network_time, duration=float(cfg.steps) if discrete else
+                          (cfg.duration or 5.0), dt=cfg.dt or 0.1, input_std=cfg.input_std,
+                          input_tau=cfg.input_tau, seed=cfg.seed, dtype=dtype)
         return ReservoirClassifier(n_inputs, n_classes, sub)
     if kind == "linear":
         return LinearClassifier(n_inputs, n_classes, dtype)
