@@ -247,7 +247,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="histogram PNG")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("rnn-study", help="a rate-network Lyapunov study (experiments/rnn/*.toml): summary and figure")
+    p.add_argument("spec", type=Path, help="study spec (experiments/rnn/*.toml)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (summary.json, figure.png)")
+    p.add_argument("--scale", choices=["reduced", "full"], default="reduced",
+                   help="reduced: this machine (default); full: the study's scale (use a Dask cluster)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, help="run the points on a loopback Dask LocalCluster")
+    where.add_argument("--scheduler", type=str, default=None, metavar="tcp://HOST:PORT", help="an existing Dask scheduler")
+    p.add_argument("--figure", type=Path, default=None, help="also copy the figure to this PNG (e.g. docs/figures/)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     return parser
+
+
+def _cmd_rnn_study(args: argparse.Namespace) -> int:
+    import contextlib as _contextlib
+    import shutil
+
+    from stosim.studies.rnn_figures import plot_study
+    from stosim.studies.rnn_spectra import dask_mapper, load_study, run_study, write_summary
+
+    spec = load_study(args.spec)
+    spec.parameters(args.scale)
+    if args.workers is None and args.scheduler is None:
+        ctx = _contextlib.nullcontext(None)
+    else:
+        from stosim.sweep.runner import _client
+
+        ctx = _client(args.workers, args.scheduler, None)
+    with ctx as client:
+        mapper = None if client is None else dask_mapper(client[0])
+        summary = run_study(spec, args.scale, mapper)
+    summary_path = write_summary(summary, args.out)
+    figure = plot_study(summary, args.out / "figure.png")
+    if args.figure is not None:
+        args.figure.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(figure, args.figure)
+    if args.json:
+        print(_json_line({k: v for k, v in summary.items() if k not in ("spectra",)}))
+    else:
+        print(f"{spec.study} ({args.scale}): wrote {summary_path} and {figure} in {summary['wall_time_s']:.0f} s")
+    return 0
 
 
 def _cmd_ftmle(args: argparse.Namespace) -> int:
@@ -721,7 +761,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train,
              "lyapunov": _cmd_lyapunov, "compare": _cmd_compare, "sweep": _cmd_sweep, "plot": _cmd_plot,
-             "ftmle": _cmd_ftmle}
+             "ftmle": _cmd_ftmle, "rnn-study": _cmd_rnn_study}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
