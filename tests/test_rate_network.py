@@ -202,3 +202,19 @@ def test_cli_lyapunov_rate_network(capsys: pytest.CaptureFixture[str]) -> None:
                  "--transient", "10", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["units"] == "1/tau" and out["mle"] < 0
+
+
+def test_training_model_and_ftmle_use_the_rate_network() -> None:
+    from stosim.analysis.ftmle import substrate_ftmle
+    from stosim.models import ReservoirClassifier
+    from stosim.training import TrainConfig, build_model
+
+    cfg = TrainConfig(substrate="rate-network", n=20, g=2.0, duration=0.5, dt=0.1)
+    model = build_model(cfg, 64, 10, (8, 8))
+    assert isinstance(model, ReservoirClassifier) and isinstance(model.substrate, RateNetwork)
+    assert model(torch.randn(3, 64, dtype=torch.float64)).shape == (3, 10)
+    sub = RateNetwork(n=10, g=0.5, seed=0, time="discrete", duration=20.0)
+    res = substrate_ftmle(sub, states=torch.zeros(1, 10, dtype=torch.float64), method="exact")
+    # at the fixed point 0 the map's Jacobian is J^20: (1/20) ln sigma_max(J^20) -> ln rho(J) (slowly)
+    j20 = np.linalg.matrix_power(sub.J.numpy(), 20)
+    assert res.ftmle[0] == pytest.approx(np.log(np.linalg.svd(j20, compute_uv=False)[0]) / 20, rel=1e-8)
