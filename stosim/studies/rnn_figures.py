@@ -63,7 +63,7 @@ def _size(s: dict[str, Any], axes) -> None:  # noqa: ANN001
 
 
 def _rmt(s: dict[str, Any], axes) -> None:  # noqa: ANN001
-    panels = (("onset", "near onset: Re eig(-1 + J<D>)"), ("intense", "intense chaos: equally spaced"),
+    panels = (("onset", "near onset: Re eig(-1 + J<D>)"), ("intense", "intense chaos: Re eig(-1 + J<D>)"),
               ("discrete_ginibre", "discrete: Ginibre products"))
     for ax, (key, title) in zip(axes, panels):
         d = s[key]
@@ -71,6 +71,8 @@ def _rmt(s: dict[str, Any], axes) -> None:  # noqa: ANN001
         x = (np.arange(1, lam.size + 1) - 0.5) / lam.size
         ax.plot(x, lam, "-", lw=1.5, label="measured")
         ax.plot(x, d["approximation"], "--", lw=1.2, label="random-matrix approx.")
+        if key == "intense":
+            ax.plot(x, s["intense_linear"]["approximation"], ":", lw=1.2, label="equally spaced")
         if key == "discrete_ginibre":
             ax.plot(x, s["discrete_annealed"]["approximation"], ":", lw=1.2, label=r"products $J_s D_s$")
         ax.axhline(d["symmetry"]["centre"], color="0.6", lw=0.8, ls=":")

@@ -68,7 +68,7 @@ def block_summary(result) -> dict[str, float]:  # noqa: ANN001
     t = np.asarray(result.running_time)
     cum = np.asarray(result.running_estimates) * t[:, None]
     groups = np.array_split(np.arange(t.size), min(N_BLOCKS, t.size))
-    dky, hks = [], []
+    dky, hks, sums = [], [], []
     prev_c, prev_t = np.zeros(cum.shape[1]), 0.0
     for g in groups:
         end = g[-1]
@@ -76,13 +76,14 @@ def block_summary(result) -> dict[str, float]:  # noqa: ANN001
         prev_c, prev_t = cum[end], t[end]
         dky.append(kaplan_yorke_dimension(lam))
         hks.append(ks_entropy(lam))
+        sums.append(float(lam.sum()))
     k = len(groups)
 
     def se(v: list[float]) -> float:
         return float(np.std(v, ddof=1) / math.sqrt(k)) if k > 1 else float("nan")
 
     return {"kaplan_yorke_dimension": result.kaplan_yorke_dimension, "kaplan_yorke_dimension_se": se(dky),
-            "ks_entropy": result.ks_entropy, "ks_entropy_se": se(hks)}
+            "ks_entropy": result.ks_entropy, "ks_entropy_se": se(hks), "sum_se": se(sums)}
 
 
 def spectrum_point(*, n: int, g: float, time: str = "continuous", dt: float = 0.1, duration: float = 200.0,
@@ -106,19 +107,25 @@ def spectrum_point(*, n: int, g: float, time: str = "continuous", dt: float = 0.
     x0 = system.initial_state(rng.standard_normal(n))
     steps, trans = round(duration / system.step_time), round(transient / system.step_time)
     reorth = 1 if time == "discrete" else reorthonormalize_every
+    # record the divergence and phi'(h) at every step of the very orbit the exponents are computed on
+    div_list: list[float] = []
+    slope_sum, slope2 = np.zeros(n), [0.0]
+    propagate = system.step_with_tangents
+
+    def recording_step(x: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(div_list) >= trans:
+            d = 1.0 - np.tanh(x[:n]) ** 2
+            slope_sum[:] += d
+            slope2[0] += float(np.mean(d * d))
+        div_list.append(system.divergence(x))
+        return propagate(x, q)
+
+    system.step_with_tangents = recording_step  # type: ignore[method-assign]
     with single_threaded_blas():
         res = lyapunov_spectrum(system, x0, k, steps, transient_steps=trans, reorthonormalize_every=reorth, seed=seed)
-        # the same orbit again (deterministic) for the divergence and the slope statistics
-        x = system.steps(x0, trans)
-        div = np.empty(steps)
-        slope_sum, slope2 = np.zeros(n), 0.0
-        for s in range(steps):
-            h = x[:n]
-            d = 1.0 - np.tanh(h) ** 2
-            div[s] = system.divergence(x)
-            slope_sum += d
-            slope2 += float(np.mean(d * d))
-            x = system.step(x)
+        system.step_with_tangents = propagate  # type: ignore[method-assign]
+        div = np.array(div_list[trans:])
+        slope2 = slope2[0]
         out: dict[str, Any] = {}
         if spectral_radius:
             eig = np.linalg.eigvals(system.J)
@@ -132,7 +139,7 @@ def spectrum_point(*, n: int, g: float, time: str = "continuous", dt: float = 0.
         "n": n, "g": g, "time": time, "seed": seed, "input_std": input_std, "input_tau": input_tau,
         "exponents": res.exponents.tolist(), "standard_error": res.standard_error.tolist(),
         "mle": res.mle, "mle_se": float(res.standard_error[0]), "time_unit": res.time_unit,
-        "sum": float(res.exponents.sum()), "sum_se": float(math.sqrt(np.sum(res.standard_error ** 2))),
+        "sum": float(res.exponents.sum()),
         "divergence": float(div.mean()), "divergence_se": float(blocks.std(ddof=1) / math.sqrt(N_BLOCKS)),
         "mean_slope": (slope_sum / steps).tolist(), "mean_slope_squared": slope2 / steps,
         "duration": res.duration, "transient": res.transient, "full": k == n,
@@ -363,6 +370,7 @@ def _size_scaling(p: SizeParams, mapper: Mapper) -> dict[str, Any]:
                      "divergence": float(np.mean([r["divergence"] for r in rs])),
                      "sum_minus_divergence": float(np.mean([r["sum"] - r["divergence"] for r in rs])),
                      "divergence_se": float(np.mean([r["divergence_se"] for r in rs])),
+                     "sum_se": float(np.mean([r["sum_se"] for r in rs])),
                      "symmetry_relative": float(np.mean([r["symmetry"]["relative"] for r in rs])),
                      "wall_s": float(sum(r["wall_s"] for r in rs))})
     ref = curves[max(p.n)]
@@ -387,13 +395,17 @@ def _rmt(p: RMTParams, mapper: Mapper) -> dict[str, Any]:
     # near onset: time-averaged Jacobian -1 + J diag(<phi'>)
     sys = RateNetworkTangent(n=p.n, g=p.onset_g, dt=p.dt, seed=s)
     approx = averaged_jacobian_spectrum(sys.J, np.array(onset["mean_slope"]))
-    # intense chaos: equally spaced (one parameter: anchored at the measured mean and lambda_1)
+    # intense chaos: the same averaged Jacobian (most units saturated, <phi'> small), and, for comparison,
+    # equally spaced exponents anchored at the measured mean and lambda_1 (one-parameter shape test)
+    sys_i = RateNetworkTangent(n=p.n, g=p.intense_g, dt=p.intense_dt, seed=s)
+    approx_i = averaged_jacobian_spectrum(sys_i.J, np.array(intense["mean_slope"]))
     lam_i = np.array(intense["exponents"])
     lin = linear_spectrum(p.n, float(lam_i.mean()), float(lam_i[0]))
     # discrete time: Ginibre products (analytic) and annealed products J_s D_s (numerical)
     gin = ginibre_product_spectrum(p.n, p.discrete_g)
     ann = annealed_product_spectrum(p.n, p.discrete_g, n_steps=int(min(p.discrete_duration, 400)), seed=s)
-    for name, point, model in (("onset", onset, approx), ("intense", intense, lin), ("discrete_ginibre", disc, gin),
+    for name, point, model in (("onset", onset, approx), ("intense", intense, approx_i),
+                               ("intense_linear", intense, lin), ("discrete_ginibre", disc, gin),
                                ("discrete_annealed", disc, ann)):
         lam = np.array(point["exponents"])
         width = float(lam[0] - lam[-1])
@@ -401,7 +413,8 @@ def _rmt(p: RMTParams, mapper: Mapper) -> dict[str, Any]:
                      "rms_difference": float(np.sqrt(np.mean((lam - model) ** 2))),
                      "rms_relative_to_width": float(np.sqrt(np.mean((lam - model) ** 2)) / width),
                      "mle": float(lam[0]), "mle_approximation": float(model[0]),
-                     "symmetry": point["symmetry"], "sum": point["sum"], "divergence": point["divergence"]}
+                     "symmetry": point["symmetry"], "sum": point["sum"], "sum_se": point["sum_se"],
+                     "divergence": point["divergence"], "divergence_se": point["divergence_se"]}
     return out
 
 
