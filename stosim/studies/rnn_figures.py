@@ -58,6 +58,8 @@ def _size(s: dict[str, Any], axes) -> None:  # noqa: ANN001
     ax2.errorbar(n, [r["hks_over_n"] for r in rows], yerr=[r["hks_over_n_se"] for r in rows], fmt="s-", ms=4,
                  capsize=2, label=f"$h_{{KS}}/N$ (1/{s['time_unit']})")
     ax2.set_xscale("log")
+    ax2.minorticks_off()
+    ax2.set_xticks(n, [str(v) for v in n])
     ax2.set_xlabel("N")
     ax2.legend(fontsize=7)
 
