@@ -42,6 +42,7 @@ class RateNetworkTangent(TangentSystem):
         self.J = j if J is not None else draw_coupling_matrix(p.n, p.g, p.seed, p.zero_diagonal)
         self._jt = np.ascontiguousarray(self.J.T)
         self._diag = np.diag(self.J).copy()
+        self._logdet: float | None = None
         self.n = p.n
         self.input = FrozenInput(p)
         self.has_input = self.input.active
@@ -82,7 +83,9 @@ class RateNetworkTangent(TangentSystem):
         d = 1.0 - np.tanh(h) ** 2
         if self.continuous:
             return float(-self.n + self._diag @ d)
-        return float(np.linalg.slogdet(self.J)[1] + np.sum(np.log(d)))
+        if self._logdet is None:  # ln|det J| once: an O(N^3) factorization, not one per step
+            self._logdet = float(np.linalg.slogdet(self.J)[1])
+        return float(self._logdet + np.sum(np.log(d)))
 
     # -- TangentSystem ------------------------------------------------------------------------------
     def _one(self, h: np.ndarray, inp) -> np.ndarray:  # noqa: ANN001
