@@ -85,7 +85,8 @@ class RateNetworkTangent(TangentSystem):
             return float(-self.n + self._diag @ d)
         if self._logdet is None:  # ln|det J| once: an O(N^3) factorization, not one per step
             self._logdet = float(np.linalg.slogdet(self.J)[1])
-        return float(self._logdet + np.sum(np.log(d)))
+        a = np.abs(h)  # ln phi'(h) = ln sech^2 h = -2 (|h| + ln(1 + e^{-2|h|}) - ln 2), finite where phi' underflows
+        return float(self._logdet - 2.0 * np.sum(a + np.log1p(np.exp(-2.0 * a)) - np.log(2.0)))
 
     # -- TangentSystem ------------------------------------------------------------------------------
     def _one(self, h: np.ndarray, inp) -> np.ndarray:  # noqa: ANN001
