@@ -7,8 +7,8 @@ variance sigma^2 (N -> infinity; Molgedey, Schuchhardt & Schuster 1992; Engelken
     lambda_max = 1/2 ln( g^2 <phi'(h)^2> )                       (per step)
 
 Gaussian averages by the trapezoidal rule on a fine grid (Gauss-Hermite quadrature converges too slowly
-for large Delta: the poles of tanh approach the real axis in the scaled variable; see gaussian_average). Without input, Delta = 0 for
-g <= 1 and lambda_max = ln g; the finite-N statement below onset is lambda_max = ln rho(J).
+for large Delta: the poles of tanh approach the real axis in the scaled variable; see gaussian_average).
+Without input, Delta = 0 for g <= 1 and lambda_max = ln g; the finite-N statement below onset is lambda_max = ln rho(J).
 
 Random-matrix approximations of the full spectrum (i = 1..N, descending):
 
