@@ -61,3 +61,17 @@ def test_cli_rnn_study(tmp_path: Path) -> None:
     assert main(["rnn-study", str(spec), "--out", str(tmp_path / "o"), "--figure", str(tmp_path / "f.png")]) == 0
     assert (tmp_path / "o" / "summary.json").exists() and (tmp_path / "f.png").stat().st_size > 1000
     assert main(["rnn-study", str(spec), "--out", str(tmp_path / "o"), "--scale", "full"]) == 2
+
+
+@pytest.mark.slow
+def test_cli_rnn_study_on_a_dask_cluster_gives_the_serial_result(tmp_path: Path) -> None:
+    from stosim.cli import main
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('study = "input"\n[reduced]\nn = 10\ninput_std = [0.0, 0.5]\nduration = 10\ntransient = 2\n',
+                    encoding="utf-8")
+    assert main(["rnn-study", str(spec), "--out", str(tmp_path / "serial")]) == 0
+    assert main(["rnn-study", str(spec), "--out", str(tmp_path / "dask"), "--workers", "1"]) == 0
+    serial = json.loads((tmp_path / "serial" / "summary.json").read_text())
+    dask = json.loads((tmp_path / "dask" / "summary.json").read_text())
+    assert serial["rows"] == dask["rows"]
