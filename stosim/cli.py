@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind in (("--n", int), ("--seed", _seed("--seed")), ("--spectral-radius", float), ("--steps", int),
                        ("--forcing", float)):
         p.add_argument(flag, type=kind, default=None)
+    p.add_argument("--g", type=float, default=None, help="rate network gain g")
+    p.add_argument("--network-time", choices=["continuous", "discrete"], default=None, help="rate network dynamics")
     for flag in ("--coupling", "--current", "--duration", "--dt"):
         p.add_argument(flag, type=str, default=None)
     p.add_argument("--limit", type=int, default=200, help="test samples (default 200)")
@@ -301,7 +303,7 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise CLIError(f"--out {args.out} exists; pass --overwrite to replace it")
     keys = ("substrate", "dataset", "data_dir", "n", "seed", "spectral_radius", "steps", "forcing", "coupling",
-            "current", "duration", "dt")
+            "current", "duration", "dt", "g", "network_time")
     overrides = _config_overrides(args, keys)
     if args.checkpoint is not None and (overrides or args.config is not None):
         raise CLIError("--checkpoint takes its configuration from the checkpoint; drop --config and the other "

@@ -231,3 +231,12 @@ def test_training_model_and_ftmle_use_the_rate_network() -> None:
     # at the fixed point 0 the map's Jacobian is J^20: (1/20) ln sigma_max(J^20) -> ln rho(J) (slowly)
     j20 = np.linalg.matrix_power(sub.J.numpy(), 20)
     assert res.ftmle[0] == pytest.approx(np.log(np.linalg.svd(j20, compute_uv=False)[0]) / 20, rel=1e-8)
+
+
+def test_cli_ftmle_rate_network(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    from stosim.cli import main
+
+    assert main(["ftmle", "--substrate", "rate-network", "--n", "30", "--g", "0.5", "--network-time", "discrete",
+                 "--steps", "10", "--limit", "3", "--out", str(tmp_path / "f.h5"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["units"] == "1/step" and out["mean"] < 0  # contracting below onset
