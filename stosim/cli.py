@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run even beyond the device's maximum current / breakdown voltage (recorded in the output)")
     p = sub.add_parser("train", help="train a reservoir model (or a baseline) and evaluate it")
     p.add_argument("--config", type=Path, default=None, help="experiment TOML (experiments/...); flags override it")
-    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto"])
+    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto",
+                                           "rate-network"])
     p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"])
     p.add_argument("--data-dir", type=str, default=None, help="folder with the IDX files (mnist, fashion-mnist)")
     p.add_argument("--download", action="store_true", default=None, help="fetch missing IDX files (checksummed)")
@@ -361,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spectral-radius", type=float, default=None, help="FFESN rho")
     p.add_argument("--steps", type=int, default=None, help="FFESN K")
     p.add_argument("--forcing", type=float, default=None, help="Lorenz 96 F")
+    p.add_argument("--g", type=float, default=None, help="rate network gain g")
+    p.add_argument("--network-time", choices=["continuous", "discrete"], default=None, help="rate network dynamics")
     p.add_argument("--temperature", type=str, default=None, help="STO thermal noise, e.g. '300 K'")
     p.add_argument("--dynamical-snr", type=float, default=None, metavar="DB")
     p.add_argument("--observation-snr", type=float, default=None, metavar="DB")
@@ -373,13 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-beyond-limits", action="store_true",
                    help="train even beyond the device's maximum current / breakdown voltage (recorded in metrics.json)")
     p = sub.add_parser("lyapunov", help="Lyapunov exponents of a substrate's autonomous dynamics (QR method)")
-    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96"], default="sto")
+    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96", "rate-network"], default="sto")
     p.add_argument("--n", type=int, default=None, help="oscillators / nodes / sites (sto 200, ffesn 500, lorenz96 40)")
     p.add_argument("--coupling", type=_quantity("field", "--coupling"), default=None, help="STO mu (default 500 Oe)")
     p.add_argument("--current", type=_quantity("current", "--current"), default=None, help="STO bias current")
     p.add_argument("--device", type=Path, default=None, help="STO device file")
     p.add_argument("--spectral-radius", type=float, default=None, help="FFESN rho (default 1.5)")
     p.add_argument("--forcing", type=float, default=None, help="Lorenz 96 F (default 8)")
+    p.add_argument("--g", type=float, default=None, help="rate network gain g (default 2)")
+    p.add_argument("--time", choices=["continuous", "discrete"], default=None,
+                   help="rate network dynamics (default continuous: exponents in 1/tau; discrete: 1/step)")
+    p.add_argument("--input-std", type=float, default=None, help="rate network input strength (default 0)")
+    p.add_argument("--input-tau", type=float, default=None, help="rate network input correlation time (0: white)")
+    p.add_argument("--zero-diagonal", action="store_true", default=None, help="rate network: J_ii = 0")
     p.add_argument("--exponents", type=int, default=1, help="how many leading exponents (default 1: the MLE)")
     p.add_argument("--duration", type=str, default=None,
                    help="averaging time (sto: '200 ns'; lorenz96: model time 1000; ffesn: steps 2000)")
@@ -423,12 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="experiment TOML; flags override it")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="a `stosim train` output folder or checkpoint.pt (its configuration and trained read-in)")
-    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96"], default=None)
+    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96", "rate-network"], default=None)
     p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default=None)
     p.add_argument("--data-dir", type=str, default=None)
     for flag, kind in (("--n", int), ("--seed", _seed("--seed")), ("--spectral-radius", float), ("--steps", int),
                        ("--forcing", float)):
         p.add_argument(flag, type=kind, default=None)
+    p.add_argument("--g", type=float, default=None, help="rate network gain g")
+    p.add_argument("--network-time", choices=["continuous", "discrete"], default=None, help="rate network dynamics")
     for flag in ("--coupling", "--current", "--duration", "--dt"):
         p.add_argument(flag, type=str, default=None)
     p.add_argument("--limit", type=int, default=200, help="test samples (default 200)")
@@ -446,6 +457,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=str, default=None, help="MNIST IDX folder (overrides the spec's data_dir)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--json", action="store_true", help="print one final JSON line")
+    p = sub.add_parser("rnn-study", help="a rate-network Lyapunov study (experiments/rnn/*.toml): summary and figure")
+    p.add_argument("spec", type=Path, help="study spec (experiments/rnn/*.toml)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (summary.json, figure.png)")
+    p.add_argument("--scale", choices=["reduced", "full"], default="reduced",
+                   help="reduced: this machine (default); full: the study's scale (use a Dask cluster)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, help="run the points on a loopback Dask LocalCluster")
+    where.add_argument("--scheduler", type=str, default=None, metavar="tcp://HOST:PORT", help="an existing Dask scheduler")
+    p.add_argument("--figure", type=Path, default=None, help="also copy the figure to this PNG (e.g. docs/figures/)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     _finish_parser(sub)
     return parser
 
@@ -471,6 +492,36 @@ def _cmd_dnn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rnn_study(args: argparse.Namespace) -> int:
+    import contextlib as _contextlib
+    import shutil
+
+    from stosim.studies.rnn_figures import plot_study
+    from stosim.studies.rnn_spectra import dask_mapper, load_study, run_study, write_summary
+
+    spec = load_study(args.spec)
+    spec.parameters(args.scale)
+    if args.workers is None and args.scheduler is None:
+        ctx = _contextlib.nullcontext(None)
+    else:
+        from stosim.sweep.runner import _client
+
+        ctx = _client(args.workers, args.scheduler, None)
+    with ctx as client:
+        mapper = None if client is None else dask_mapper(client[0])
+        summary = run_study(spec, args.scale, mapper)
+    summary_path = write_summary(summary, args.out)
+    figure = plot_study(summary, args.out / "figure.png")
+    if args.figure is not None:
+        args.figure.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(figure, args.figure)
+    if args.json:
+        print(_json_line({k: v for k, v in summary.items() if k not in ("spectra",)}))
+    else:
+        print(f"{spec.study} ({args.scale}): wrote {summary_path} and {figure} in {summary['wall_time_s']:.0f} s")
+    return 0
+
+
 def _cmd_ftmle(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -482,7 +533,7 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {args.out} exists; pass --overwrite to replace it")
     check_output_free(args.out)  # refused now rather than after the run while another process writes --out
     keys = ("substrate", "dataset", "data_dir", "n", "seed", "spectral_radius", "steps", "forcing", "coupling",
-            "current", "duration", "dt")
+            "current", "duration", "dt", "g", "network_time")
     overrides = _config_overrides(args, keys)
     if args.checkpoint is not None and (overrides or args.config is not None):
         raise CLIError("--checkpoint takes its configuration from the checkpoint; drop --config and the other "
@@ -585,7 +636,10 @@ def _substrate_time(text: str | None, substrate: str, flag: str) -> float | None
 # flags of `stosim lyapunov` that set one substrate's parameter: flag -> (substrate, keyword of substrate_lyapunov)
 _LYAPUNOV_SUBSTRATE_FLAGS = {"coupling": ("sto", "coupling_oe"), "current": ("sto", "current_a"),
                              "device": ("sto", "device"), "spectral_radius": ("ffesn", "spectral_radius"),
-                             "forcing": ("lorenz96", "forcing")}
+                             "forcing": ("lorenz96", "forcing"), "g": ("rate-network", "g"),
+                             "time": ("rate-network", "time"), "input_std": ("rate-network", "input_std"),
+                             "input_tau": ("rate-network", "input_tau"),
+                             "zero_diagonal": ("rate-network", "zero_diagonal")}
 
 
 def _lyapunov_parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -614,8 +668,8 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
                                     duration=_substrate_time(args.duration, args.substrate, "--duration"),
                                     transient=_substrate_time(args.transient, args.substrate, "--transient"),
                                     seed=args.seed, progress=progress, **params)
-    unit = {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step"}.get(result.time_unit,
-                                                                                       f"1/{result.time_unit}")
+    unit = {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step", "tau": "1/tau"}.get(
+        result.time_unit, f"1/{result.time_unit}")
     if args.json:
         print(_json_line({**result.as_dict(), "units": unit, "substrate": args.substrate}))
         return 0
@@ -672,7 +726,7 @@ def _train_config(args: argparse.Namespace, overrides: dict):  # noqa: ANN202 (t
 def _check_plain_times(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
     """Plain-number --duration / --dt are Lorenz 96 model time; every other substrate needs a unit
     (a plain 300 would otherwise be 300 s for the STOs)."""
-    if cfg.substrate == "lorenz96":
+    if cfg.substrate in ("lorenz96", "rate-network"):  # rate network: plain numbers in its time unit
         return
     for key in ("duration", "dt"):
         value = getattr(args, key, None)
@@ -704,7 +758,7 @@ _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "l
                "lr", "optimizer", "lr_schedule", "weight_decay", "input_offset", "seed", "dtype", "readout_only",
                "n", "hidden", "coupling", "current", "duration", "dt", "device", "spectral_radius", "steps", "forcing",
                "temperature", "dynamical_snr", "observation_snr", "variability", "train_with_noise",
-               "depth", "activation", "init_spectral_radius")
+               "depth", "activation", "init_spectral_radius", "g", "network_time")
 
 
 def _flag(key: str) -> str:
@@ -775,8 +829,8 @@ def _file_kind(path: Path, raw: dict) -> str:
     at all besides ``name`` and ``description``, else a device file (whose loader lists what is missing)."""
     if path.name == _REFERENCE_FILE:
         return "reference"
-    if "study" in raw:
-        return "dnn study"
+    if "study" in raw:  # rate-network studies give their sizes per scale ([reduced], [full])
+        return "rnn study" if "reduced" in raw or "full" in raw else "dnn study"
     keys = set(raw)
     scores = {kind: len(keys & own) for kind, own in _KIND_KEYS.items()}
     best = max(scores.values())
@@ -810,6 +864,13 @@ def _validate_one(path: Path, allow_drivers: Sequence[str] = ()) -> str:
         from stosim.studies.dnn_chaos import load_dnn_spec
 
         return f"dnn study {load_dnn_spec(path).study!r}"
+    if kind == "rnn study":
+        from stosim.studies.rnn_spectra import load_study
+
+        spec = load_study(path)
+        for scale in ("reduced", "full"):
+            spec.parameters(scale)
+        return f"rate-network study {spec.study!r}"
     if kind == "experiment":
         from stosim.training import load_train_config
 
@@ -1020,7 +1081,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train,
              "lyapunov": _cmd_lyapunov, "compare": _cmd_compare, "sweep": _cmd_sweep, "plot": _cmd_plot,
-             "ftmle": _cmd_ftmle, "dnn": _cmd_dnn}
+             "ftmle": _cmd_ftmle, "dnn": _cmd_dnn,
+             "rnn-study": _cmd_rnn_study}
 
 
 def _configure_logging(verbose: int) -> None:

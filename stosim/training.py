@@ -38,7 +38,7 @@ __all__ = ["TrainConfig", "STO_SUBSTRATES", "STO_TIME_KEYS", "UNIT_DIMENSIONS", 
            "load_train_config", "validate_train_config", "check_train_run", "with_defaults", "resolved_config", "run_seeds",
            "SUBSTRATE_KEYS", "substrate_keys", "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
 
-SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto")
+SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto", "rate-network")
 log = logging.getLogger(__name__)  # diagnostics; the CLI shows them with -v
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -74,7 +74,8 @@ class TrainConfig(BaseModel):
     # strict: a boolean is not a number (lr = true is refused, not trained at 1.0), a string not a number
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    substrate: Literal["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto"] = "sto"
+    substrate: Literal["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto",
+                       "rate-network"] = "sto"
     dataset: Literal["digits", "mnist", "fashion-mnist"] = "digits"
     data_dir: str | None = None
     download: bool = False
@@ -113,6 +114,12 @@ class TrainConfig(BaseModel):
     steps: int = Field(default=5, ge=1, le=10_000)
     forcing: float = Field(default=8.0, ge=-1e3, le=1e3)
     conv_channels: int = Field(default=8, ge=1, le=256)
+    g: float = Field(default=1.5, gt=0, le=100, description="rate network gain g")
+    network_time: Literal["continuous", "discrete"] = Field(
+        default="continuous", description="rate network: tau dh/dt = -h + J tanh h (RK4, times in tau) or "
+                                          "h_(s+1) = J tanh h_s (duration = steps)")
+    input_std: float = Field(default=0.0, ge=0, le=100, description="rate network input strength")
+    input_tau: float = Field(default=0.0, ge=0, le=1e6, description="rate network input correlation time (0: white)")
     temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
     dynamical_snr: OptionalSNRdB = None
     observation_snr: OptionalSNRdB = None
@@ -148,7 +155,8 @@ class TrainConfig(BaseModel):
 
     @property
     def default_n(self) -> int:
-        return {"sto": 100, "cnn-sto": 100, "deep-sto": 100, "ffesn": 500, "lorenz96": 500}.get(self.substrate, 100)
+        return {"sto": 100, "cnn-sto": 100, "deep-sto": 100, "ffesn": 500, "lorenz96": 500,
+                "rate-network": 200}.get(self.substrate, 100)
 
     def resolved(self) -> dict[str, Any]:
         return self.model_dump()
@@ -357,6 +365,14 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tu
     if kind == "lorenz96":
         sub = Lorenz96(n=n, forcing=cfg.forcing, duration=cfg.duration or 1.0, dt=cfg.dt or 0.01, dtype=dtype)
         return ReservoirClassifier(n_inputs, n_classes, sub)
+    if kind == "rate-network":
+        from stosim.substrates.rate_network import RateNetwork
+
+        discrete = cfg.network_time == "discrete"
+        sub = RateNetwork(n=n, g=cfg.g, time=cfg.network_time, duration=float(cfg.steps) if discrete else
+                          (cfg.duration or 5.0), dt=cfg.dt or 0.1, input_std=cfg.input_std,
+                          input_tau=cfg.input_tau, seed=cfg.seed, dtype=dtype)
+        return ReservoirClassifier(n_inputs, n_classes, sub)
     if kind == "linear":
         return LinearClassifier(n_inputs, n_classes, dtype)
     if kind == "mlp":
@@ -387,6 +403,7 @@ SUBSTRATE_KEYS: MappingProxyType = MappingProxyType({
     "sto": _STO_KEYS, "deep-sto": _STO_KEYS, "cnn-sto": (*_STO_KEYS, "conv_channels"),
     "ffesn": ("n", "spectral_radius", "steps"), "lorenz96": ("n", "forcing", "duration", "dt"),
     "linear": (), "mlp": ("n", "hidden", "depth", "activation", "init_spectral_radius"), "cnn": ("n", "hidden", "conv_channels"),
+    "rate-network": ("n", "g", "network_time", "steps", "duration", "dt", "input_std", "input_tau"),
 })
 _ALL_SUBSTRATE_KEYS = frozenset(k for keys in SUBSTRATE_KEYS.values() for k in keys)
 _GENERAL_KEYS = ("substrate", "dataset", "data_dir", "limit_train", "limit_test", "epochs", "batch_size", "lr",
@@ -448,6 +465,9 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
         values["current"] = f"{(cfg.current if cfg.current is not None else device.current_a) * 1e3:.6g} mA"
         values["duration"] = _time_text(cfg.duration or 300e-12)
         values["dt"] = _time_text(cfg.dt or 1e-12)
+    elif cfg.substrate == "rate-network":  # times in units of tau (continuous) or steps (discrete)
+        values.update(g=cfg.g, network_time=cfg.network_time, input_std=cfg.input_std, input_tau=cfg.input_tau,
+                      duration=cfg.duration or 5.0, dt=cfg.dt or 0.1)
     else:
         values["duration"] = cfg.duration or 1.0  # Lorenz 96 model time
         values["dt"] = cfg.dt or 0.01

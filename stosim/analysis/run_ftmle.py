@@ -41,8 +41,9 @@ def dataset_ftmle(cfg: TrainConfig, checkpoint: Path | None = None, *, limit: in
             raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist (a `stosim train` output folder)")
         state = load_checkpoint(checkpoint, validate_config=lambda c: validate_train_config(c, source="config"))
         cfg = state.settings
-    if cfg.substrate not in ("sto", "ffesn", "lorenz96"):
-        raise ConfigError(f"ftmle needs a reservoir model (sto, ffesn, lorenz96); got substrate = {cfg.substrate!r}")
+    if cfg.substrate not in ("sto", "ffesn", "lorenz96", "rate-network"):
+        raise ConfigError(f"ftmle needs a reservoir model (sto, ffesn, lorenz96, rate-network); got substrate = "
+                          f"{cfg.substrate!r}")
     _, test = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.seed, limit_test=limit)
     model = build_model(cfg, test.n_features, test.n_classes, test.image_shape)
     if state is not None:

@@ -53,6 +53,10 @@ _PARAMETERS = MappingProxyType({
     "density": ("1", "FFESN connection density"),
     "steps": ("1", "FFESN steps K"),
     "forcing": ("1", "Lorenz 96 forcing F"),
+    "g": ("1", "rate network gain g"),
+    "input_std": ("1", "rate network input strength"),
+    "input_tau": ("time", "rate network input correlation time"),
+    "network_time": (TEXT_UNITS, "rate network dynamics (continuous or discrete time)"),
     "n": ("1", "reservoir size N (oscillators / nodes / sites)"),
     "hidden": ("1", "hidden units"),
     "applied_field": ("Oe", "applied field H_appl along +z"),
@@ -91,6 +95,8 @@ def time_units(substrate: str, kind: str) -> str:
         return "s"
     if substrate == "lorenz96":
         return "model time unit"
+    if substrate == "rate-network":
+        return "tau"
     if substrate == "ffesn" and kind in ("mle", "ftmle"):
         return "step"
     return "1"
@@ -280,11 +286,16 @@ class MLEPoint(DeviceOverrides, _STOPointMixin):
     None: the defaults of :data:`stosim.analysis.run_lyapunov.LYAPUNOV_DEFAULTS`.
     """
 
-    substrate: Literal["sto", "ffesn", "lorenz96"] = "sto"
+    substrate: Literal["sto", "ffesn", "lorenz96", "rate-network"] = "sto"
     n: int | None = Field(default=None, ge=1, le=100_000)
     dt: float | None = Field(default=None, gt=0)
     duration: float | None = Field(default=None, gt=0)
     transient: float | None = Field(default=None, ge=0)
+    g: float = Field(default=2.0, gt=0, le=100, description="rate network gain g")
+    network_time: Literal["continuous", "discrete"] = "continuous"
+    input_std: float = Field(default=0.0, ge=0, le=100, description="rate network input strength")
+    input_tau: float = Field(default=0.0, ge=0, le=1e6, description="rate network input correlation time")
+    zero_diagonal: bool = False
     n_exponents: int = Field(default=1, ge=1, le=10_000)
     coupling: float = Field(default=500.0, ge=-1e6, le=1e6, description="mu, Oe")
     current: float | None = Field(default=None, ge=-1, le=1, description="A")
@@ -380,7 +391,9 @@ def _rate_units(cfg: BaseModel) -> str:
     """Units of an exponent (1/time unit); "1" for the baselines (linear, mlp, cnn), which have no
     dynamics and whose FTMLE outputs are NaN."""
     unit = time_units(cfg.substrate, "mle")
-    return {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step", "1": "1"}[unit]
+    if getattr(cfg, "network_time", None) == "discrete":  # discrete-time rate network
+        unit = "step"
+    return {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step", "tau": "1/tau", "1": "1"}[unit]
 
 
 def _run_train(cfg: TrainPoint) -> dict[str, Any]:
@@ -411,7 +424,7 @@ def _run_train(cfg: TrainPoint) -> dict[str, Any]:
 def _trained_untrained_ftmle(train_cfg: TrainConfig, run_dir: Path, samples: int) -> dict[str, float]:
     """Mean and std of the per-sample FTMLE before and after training (NaN when not requested)."""
     keys = ("ftmle_untrained_mean", "ftmle_untrained_std", "ftmle_trained_mean", "ftmle_trained_std")
-    if samples == 0 or train_cfg.substrate not in ("sto", "ffesn", "lorenz96"):
+    if samples == 0 or train_cfg.substrate not in ("sto", "ffesn", "lorenz96", "rate-network"):
         return dict.fromkeys(keys, float("nan"))
     from stosim.analysis.run_ftmle import dataset_ftmle
 
@@ -453,7 +466,10 @@ def _run_mle(cfg: MLEPoint) -> dict[str, Any]:
     result = substrate_lyapunov(cfg.substrate, n_exponents=cfg.n_exponents, duration=cfg.duration,
                                 transient=cfg.transient, seed=cfg.seed, n=cfg.n, dt=cfg.dt,
                                 coupling_oe=cfg.coupling, current_a=cfg.current, device=device,
-                                spectral_radius=cfg.spectral_radius, density=cfg.density, forcing=cfg.forcing)
+                                spectral_radius=cfg.spectral_radius, density=cfg.density, forcing=cfg.forcing,
+                                **({"g": cfg.g, "time": cfg.network_time, "input_std": cfg.input_std,
+                                    "input_tau": cfg.input_tau, "zero_diagonal": cfg.zero_diagonal}
+                                   if cfg.substrate == "rate-network" else {}))
     return {
         "mle": result.mle,
         "mle_standard_error": float(result.standard_error[0]),
@@ -540,10 +556,12 @@ class FTMLEPoint(DeviceOverrides, _STOPointMixin):
     the FFESN map is ``steps`` steps.
     """
 
-    substrate: Literal["sto", "ffesn", "lorenz96"] = "sto"
+    substrate: Literal["sto", "ffesn", "lorenz96", "rate-network"] = "sto"
     n: int | None = Field(default=None, ge=1, le=100_000)
     dt: float | None = Field(default=None, gt=0)
     duration: float | None = Field(default=None, gt=0)
+    g: float = Field(default=2.0, gt=0, le=100, description="rate network gain g")
+    network_time: Literal["continuous", "discrete"] = "continuous"
     coupling: float = Field(default=500.0, ge=-1e6, le=1e6, description="mu, Oe")
     current: float | None = Field(default=None, ge=-1, le=1, description="A")
     device: str | None = None
@@ -586,6 +604,12 @@ def _run_ftmle(cfg: FTMLEPoint) -> dict[str, Any]:
 
         sub = FFESN(n=cfg.n or 500, spectral_radius=cfg.spectral_radius, steps=cfg.steps, density=cfg.density,
                     seed=cfg.seed)
+    elif cfg.substrate == "rate-network":
+        from stosim.substrates.rate_network import RateNetwork
+
+        discrete = cfg.network_time == "discrete"
+        sub = RateNetwork(n=cfg.n or 200, g=cfg.g, time=cfg.network_time, seed=cfg.seed, dt=cfg.dt or 0.1,
+                          duration=float(cfg.steps) if discrete else (cfg.duration or 5.0))
     else:
         from stosim.substrates.lorenz96 import Lorenz96
 
