@@ -153,7 +153,8 @@ class NonAdjoint(CoupledSTOArray):
                                              "readin_non_finite_refused", "state_non_finite_refused"}),
     (lambda: UnnamedErrors(n=6, steps=1), {"readin_shape_refused", "readin_dtype_refused",
                                            "readin_non_finite_refused"}),
-    (lambda: NoisySuspendFails(n=2, duration_s=5e-12, observation_snr_db=10.0), {"stochastic_protocol"}),
+    (lambda: NoisySuspendFails(n=2, duration_s=5e-12, observation_snr_db=10.0),
+     {"stochastic_protocol", "gradients"}),  # gradcheck relies on noise_suspended too
     (lambda: NonAdjoint(n=2, duration_s=5e-12), {"tangent_system_protocol"}),
 ], ids=["claims-noise", "wrong-readout-size", "no-gradient", "wrong-gradient", "accepts-anything",
         "unnamed-errors", "noise-not-suspended", "non-adjoint"])
