@@ -18,10 +18,23 @@ import torch
 from stosim.substrates.base import Capabilities, Substrate
 from stosim.substrates.ffesn import FFESN
 from stosim.substrates.lorenz96 import Lorenz96
-from stosim.substrates.protocols import PROTOCOLS, Differentiable, HasTangentSystem, Hardware, Stochastic, Timed
+from stosim.substrates.protocols import (
+    PROTOCOLS,
+    Differentiable,
+    Hardware,
+    HasTangentSystem,
+    Stochastic,
+    Timed,
+)
 from stosim.substrates.sto_array import CoupledSTOArray
-from stosim.testing import (CHECK_NAMES, CHECKS, ConformanceError, SubstrateConformance, check_substrate,
-                            run_check)
+from stosim.testing import (
+    CHECK_NAMES,
+    CHECKS,
+    ConformanceError,
+    SubstrateConformance,
+    check_substrate,
+    run_check,
+)
 
 STO_PROTOCOLS = {Differentiable, Stochastic, Timed, HasTangentSystem}
 FACTORIES: list[tuple[str, Callable[[], Substrate], set[type]]] = [
@@ -103,11 +116,11 @@ class NoGradient(FFESN):
 class WrongGradient(FFESN):
     class _Twice(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        def forward(ctx, x: torch.Tensor) -> torch.Tensor:
             return x.clone()
 
         @staticmethod
-        def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        def backward(ctx, g: torch.Tensor) -> torch.Tensor:
             return 2 * g
 
     def evolve(self, state: torch.Tensor) -> torch.Tensor:
@@ -132,12 +145,12 @@ class UnnamedErrors(FFESN):
 
 class NoisySuspendFails(CoupledSTOArray):
     @contextlib.contextmanager
-    def noise_suspended(self):  # noqa: ANN201
+    def noise_suspended(self):
         yield
 
 
 class NonAdjoint(CoupledSTOArray):
-    def flow_operators(self):  # noqa: ANN201
+    def flow_operators(self):
         import dataclasses
 
         ops = super().flow_operators()
@@ -163,5 +176,5 @@ def test_the_suite_fails_a_substrate_that_breaks_the_contract(broken: Callable[[
     sub = broken()
     report = check_substrate(sub, raise_on_failure=False)
     assert set(report.failed) == failed, str(report)
-    with pytest.raises(ConformanceError, match=sorted(failed)[0]):
+    with pytest.raises(ConformanceError, match=min(failed)):
         check_substrate(sub)

@@ -80,7 +80,8 @@ class PhysicsAwareSubstrate(Substrate, Differentiable, Hardware):
         if not model.capabilities.differentiable:
             raise ValueError(f"the model {dm.name} is not differentiable")
         if not isinstance(hardware, Hardware):
-            raise ValueError(f"hardware {dh.name} does not declare stosim.substrates.protocols.Hardware (measure())")
+            raise ValueError(f"hardware {dh.name} does not declare stosim.substrates.protocols.Hardware "  # noqa: TRY004
+                             "(measure())")
         self.hardware = hardware
         self.model = model
 

@@ -45,7 +45,7 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover - typing only (ftmle imports the substrates lazily)
     from stosim.analysis.ftmle import FlowOperators
 
-__all__ = ["Differentiable", "Stochastic", "Timed", "HasTangentSystem", "Hardware", "PROTOCOLS"]
+__all__ = ["PROTOCOLS", "Differentiable", "Hardware", "HasTangentSystem", "Stochastic", "Timed"]
 
 
 class Differentiable(abc.ABC):
@@ -90,7 +90,7 @@ class HasTangentSystem(abc.ABC):
     __slots__ = ()
 
     @abc.abstractmethod
-    def flow_operators(self) -> "FlowOperators":
+    def flow_operators(self) -> FlowOperators:
         """J v and J^T u of the (noise-free) flow map, its tangent projection, T and its unit
         (:class:`stosim.analysis.ftmle.FlowOperators`)."""
 

@@ -10,8 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from stosim.testing.conformance import (CHECK_NAMES, CHECKS, Check, ConformanceError, ConformanceReport,
-                                        ConformanceSettings, SkipCheck, check_substrate, run_check)
+from stosim.testing.conformance import (
+    CHECK_NAMES,
+    CHECKS,
+    Check,
+    ConformanceError,
+    ConformanceReport,
+    ConformanceSettings,
+    SkipCheck,
+    check_substrate,
+    run_check,
+)
 
 __all__ = ["CHECKS", "CHECK_NAMES", "Check", "ConformanceError", "ConformanceReport", "ConformanceSettings",
            "SkipCheck", "SubstrateConformance", "check_substrate", "run_check"]

@@ -49,10 +49,25 @@ from collections.abc import Callable, Iterator
 import torch
 
 from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
-from stosim.substrates.protocols import Differentiable, HasTangentSystem, Hardware, Stochastic, Timed
+from stosim.substrates.protocols import (
+    Differentiable,
+    Hardware,
+    HasTangentSystem,
+    Stochastic,
+    Timed,
+)
 
-__all__ = ["Check", "CHECKS", "CHECK_NAMES", "ConformanceError", "ConformanceReport", "ConformanceSettings",
-           "SkipCheck", "check_substrate", "run_check"]
+__all__ = [
+    "CHECKS",
+    "CHECK_NAMES",
+    "Check",
+    "ConformanceError",
+    "ConformanceReport",
+    "ConformanceSettings",
+    "SkipCheck",
+    "check_substrate",
+    "run_check",
+]
 
 
 class SkipCheck(Exception):
@@ -106,8 +121,8 @@ class ConformanceReport:
         return not self.failed
 
     def __str__(self) -> str:
-        lines = [f"conformance of {self.substrate}: {len(self.passed)} passed, {len(self.skipped)} skipped, "
-                 f"{len(self.failed)} failed"]
+        lines = [(f"conformance of {self.substrate}: {len(self.passed)} passed, {len(self.skipped)} skipped, "
+                  f"{len(self.failed)} failed")]
         lines += [f"  FAILED  {name}: {err}" for name, err in self.failed.items()]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)
@@ -230,7 +245,7 @@ def check_readin_shape_refused(sub: Substrate, s: ConformanceSettings) -> None:
     for what, shape in (("an extra column", (s.batch, size + 1)), ("a missing column", (s.batch, size - 1)),
                         ("a 1-d read-in", (size,)), ("a 3-d read-in", (1, s.batch, size))):
         bad = torch.zeros(shape, dtype=sub.dtype)
-        _refused(lambda: sub(bad), f"read-in with {what} {shape}", d.name)
+        _refused(lambda bad=bad: sub(bad), f"read-in with {what} {shape}", d.name)
 
 
 def check_readin_dtype_refused(sub: Substrate, s: ConformanceSettings) -> None:
@@ -246,7 +261,7 @@ def check_readin_non_finite_refused(sub: Substrate, s: ConformanceSettings) -> N
     for value in (float("nan"), float("inf"), float("-inf")):
         u = _readin(sub, s)
         u[-1, 0] = value
-        _refused(lambda: sub(u), f"a read-in containing {value}", d.name)
+        _refused(lambda u=u: sub(u), f"a read-in containing {value}", d.name)
 
 
 def check_state_non_finite_refused(sub: Substrate, s: ConformanceSettings) -> None:
@@ -255,7 +270,7 @@ def check_state_non_finite_refused(sub: Substrate, s: ConformanceSettings) -> No
         state = sub.initial_state(_readin(sub, s)).detach().clone()
     state[-1, 0] = float("nan")
     for graph in ((False, True) if isinstance(sub, Differentiable) else (False,)):
-        _refused(lambda: sub.evolve(state.clone().requires_grad_(graph)),
+        _refused(lambda graph=graph: sub.evolve(state.clone().requires_grad_(graph)),
                  f"a NaN state ({'with' if graph else 'without'} a graph)", "finite")
 
 
@@ -376,7 +391,7 @@ def check_substrate(substrate: Substrate, *, batch: int = 3, seed: int = 0, grad
     acquire one sample at a time).
     """
     if not isinstance(substrate, Substrate):
-        raise ValueError(f"substrate must be a stosim.substrates.base.Substrate; got {type(substrate).__name__}")
+        raise TypeError(f"substrate must be a stosim.substrates.base.Substrate; got {type(substrate).__name__}")
     settings = ConformanceSettings(batch=batch, seed=seed, gradcheck=gradcheck)
     report = ConformanceReport(substrate=substrate.describe().name)
     for check in CHECKS:

@@ -23,7 +23,14 @@ from __future__ import annotations
 import pytest
 
 from stosim.substrates.base import Substrate
-from stosim.testing.conformance import CHECK_NAMES, CHECKS, Check, ConformanceSettings, SkipCheck, run_check
+from stosim.testing.conformance import (
+    CHECK_NAMES,
+    CHECKS,
+    Check,
+    ConformanceSettings,
+    SkipCheck,
+    run_check,
+)
 
 __all__ = ["SubstrateConformance"]
 
