@@ -99,7 +99,6 @@ import torch
 from torch import nn
 
 from stosim.checks import check_count
-from stosim.substrates.protocols import Differentiable, HasTangentSystem, Timed
 
 __all__ = [
     "FlowOperators",
@@ -624,6 +623,9 @@ def substrate_ftmle(substrate: nn.Module, readin: Tensor | None = None, *, state
     raises ``ValueError``. Stochastic substrates (noise on) raise ``ValueError``: the FTMLE of a
     noisy map is not defined here.
     """
+    # lazy: importing stosim.substrates pulls in the Numba kernels of the coupled STO array
+    from stosim.substrates.protocols import Differentiable, HasTangentSystem, Timed
+
     if (readin is None) == (states is None):
         raise ValueError("give exactly one of readin or states")
     desc = substrate.describe()
