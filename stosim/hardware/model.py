@@ -4,8 +4,9 @@
 simulates what a station measures, with the *nominal* parameters of its station file (the
 device file, mu, the model's W, the bias current): the prepared unit vectors evolve under
 the coupled LLG-Slonczewski equations (the same Numba kernels and exact RK4 gradients as
-:class:`~stosim.substrates.sto_array.CoupledSTOArray`), and each device's TMR voltage
-V = I R_P (1 + TMR (1 - m.p)/2) is taken at the station's sample times T - 2 dt, T - dt, T.
+:class:`~stosim.substrates.sto_array.CoupledSTOArray`), and each device's m.p is taken at the
+station's sample times T - 2 dt, T - dt, T: the state the driver recovers from the TMR voltages
+V = I R_P (1 + TMR (1 - m.p)/2) it measures (with nominal parameters the round trip is exact).
 
 It has the same sizes, state semantics and readout as the hardware driver
 (:class:`~stosim.hardware.lab_array.LabSTOArray`): train in simulation with it, and use it as
