@@ -32,6 +32,7 @@ from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoir
 from stosim.ridge import RidgeAccumulator
 from stosim.storage import output_lock, remove_stale_temporaries, write_text_atomic
 from stosim.physics.noise import check_snr_db
+from stosim.substrates.protocols import Stochastic
 from stosim.units import UnitError, format_quantity, parse_quantity, values_agree
 
 __all__ = ["TrainConfig", "STO_SUBSTRATES", "STO_TIME_KEYS", "UNIT_DIMENSIONS", "train", "TrainResult", "build_model",
@@ -702,7 +703,7 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool 
         quiet = contextlib.ExitStack()
         if not cfg.train_with_noise:
             for sub in _substrates(model):
-                if hasattr(sub, "noise_suspended"):
+                if isinstance(sub, Stochastic):
                     quiet.enter_context(sub.noise_suspended())
         with quiet:
             loss_sum, train_correct = _train_epoch(model, optimizer, cfg, x_train, y_train, n_classes, epoch,

@@ -269,9 +269,14 @@ def test_model_ftmle_layer_selection():
 
 # -- the substrate helper and its operator hook ------------------------------------------------
 def test_substrate_flow_operators_hook_is_used():
-    class WithOperators(FFESN):
+    from stosim.substrates.protocols import HasTangentSystem
+
+    class WithOperators(FFESN, HasTangentSystem):  # the declared capability, not the method's presence, counts
         def flow_operators(self) -> FlowOperators:
             return flow_operators_from_function(self.evolve, time=7.0, time_unit="custom")
+
+        def project_tangent(self, x0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return v
 
     sub = WithOperators(n=6, steps=2, seed=2)
     x = 0.5 * torch.randn(2, 6, generator=_gen(50), dtype=F64)

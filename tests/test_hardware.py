@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tomllib
 from pathlib import Path
@@ -27,11 +28,8 @@ from stosim.hardware import (INSTRUMENTS_DIR, STATIONS_DIR, CurrentSource2400, D
                              StationModel, WrappingResourceManager, compare_sim_vs_physics_aware, load_station,
                              station_from_dict)
 from stosim.substrates.base import Capabilities
-from test_substrate_conformance import (test_capabilities_type, test_describe_sizes_match_what_the_substrate_returns,
-                                        test_gradients_reach_the_readin, test_non_finite_readin_raises,
-                                        test_non_finite_state_raises, test_outputs_finite_and_float64,
-                                        test_read_configuration_is_flat, test_reset_makes_runs_repeatable,
-                                        test_stochastic_substrates_depend_on_the_seed, test_wrong_readin_shape_raises)
+from stosim.substrates.protocols import Differentiable, Hardware
+from stosim.testing import CHECK_NAMES, SubstrateConformance, check_substrate
 
 pytestmark = pytest.mark.hardware_sim
 
@@ -40,13 +38,6 @@ SIM_STATION = STATIONS_DIR / "sim-lab.toml"
 CS, FS, DG = "GPIB0::24::INSTR", "TCPIP0::192.168.1.20::inst0::INSTR", "TCPIP0::192.168.1.21::inst0::INSTR"
 # the fixed :FETC? record of the simulated digitizer is the TMR voltage of these m.p values
 SIM_RECORD_MP = np.array([1.0, 0.5, 0.0, -0.5, -1.0, 0.0])
-
-# the conformance suite, collected here with this module's `substrate` fixture
-_CONFORMANCE = (test_capabilities_type, test_describe_sizes_match_what_the_substrate_returns,
-                test_gradients_reach_the_readin, test_non_finite_readin_raises, test_non_finite_state_raises,
-                test_outputs_finite_and_float64,
-                test_read_configuration_is_flat, test_reset_makes_runs_repeatable,
-                test_stochastic_substrates_depend_on_the_seed, test_wrong_readin_shape_raises)
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,11 +130,13 @@ def test_protocol_sends_the_expected_commands_and_converts_voltages(station, sim
         assert hw.capabilities == Capabilities(differentiable=False, stochastic=True, reproducible=False, hardware=True)
         assert hw.identities["current_source"].startswith("KEITHLEY INSTRUMENTS INC.,MODEL 2400")
         m = hw.initial_state(u)
-        volts = hw.evolve(m)
-        features = hw.readout(volts)
+        volts = hw.measure(m)  # evolve = state_from_measurement(measure): one acquisition
+        states = hw.state_from_measurement(volts)
+        features = hw.readout(states)
         waveform = probe(rm, FS, ":WAV:DATA?")
-    # voltages -> m.p through the nominal affine TMR relation
-    np.testing.assert_allclose(features.numpy().ravel(), SIM_RECORD_MP, atol=1e-12)
+    # voltages -> the measured state m.p through the nominal affine TMR relation; the features are that state
+    np.testing.assert_allclose(states.numpy().ravel(), SIM_RECORD_MP, atol=1e-12)
+    assert torch.equal(features, states)
     np.testing.assert_allclose(volts.numpy().ravel(), 2.5e-3 * 440 * (1 + 0.5 * (1 - SIM_RECORD_MP)), rtol=1e-12)
     # the field pulses are H_prep m, as sent
     np.testing.assert_allclose([float(x) for x in waveform.split(",")], 1000.0 * m.numpy().ravel(), rtol=1e-6)
@@ -163,6 +156,19 @@ def test_protocol_sends_the_expected_commands_and_converts_voltages(station, sim
     order = [(a, m) for a, kind, m in log if m in (":INIT", ":FETC?")]
     assert order == [(DG, ":INIT"), (FS, ":INIT"), (DG, ":FETC?")]
     assert_safe(rm)
+
+
+def test_evolve_returns_the_measured_state(station, sim_rm) -> None:
+    # states in, states out: evolve is measure followed by state_from_measurement (one acquisition each)
+    with LabSTOArray(station, sim_rm()) as hw:
+        m = hw.initial_state(readin(station.n))
+        states = hw.evolve(m)
+        volts = hw.measure(m)
+        assert hw.acquisitions == 2
+    assert states.shape == m.shape and states.dtype == torch.float64 and not states.requires_grad
+    np.testing.assert_allclose(states.numpy().ravel(), SIM_RECORD_MP, atol=1e-12)
+    np.testing.assert_allclose(volts.numpy().ravel(), 2.5e-3 * 440 * (1 + 0.5 * (1 - SIM_RECORD_MP)), rtol=1e-12)
+    assert isinstance(hw, Hardware) and not isinstance(hw, Differentiable)
 
 
 def test_setpoints_out_of_range_are_refused_before_anything_is_sent(station, sim_rm) -> None:
@@ -549,8 +555,8 @@ def test_a_state_at_the_norm_tolerance_is_prepared_at_the_field_limit() -> None:
     state = torch.zeros(1, 12, dtype=torch.float64)
     state[0, 0::3] = 1.0 + 5e-7
     with LabSTOArray(st, twin.resource_manager()) as hw:
-        volts = hw.evolve(state)
-        assert hw.is_open and torch.isfinite(volts).all()
+        states = hw.evolve(state)
+        assert hw.is_open and torch.isfinite(states).all()
         sent_pulses = np.array([float(x) for x in twin.field_source.query(":WAV:DATA?").split(",")])
     assert np.abs(sent_pulses).max() <= 2000.0
 
@@ -595,15 +601,44 @@ def _physics_aware():
                                  StationModel(st))
 
 
-@pytest.fixture(params=[_lab_on_twin, _model, _physics_aware], ids=["lab-on-twin", "station-model", "physics-aware"])
-def substrate(request: pytest.FixtureRequest):
-    sub = request.param()
-    hw = getattr(sub, "hardware", sub)
-    if isinstance(hw, LabSTOArray):
-        with hw:
-            yield sub
-    else:
+SUBSTRATES = [("lab-on-twin", _lab_on_twin), ("station-model", _model), ("physics-aware", _physics_aware)]
+
+
+@contextlib.contextmanager
+def _opened(sub):
+    hw = sub.hardware if isinstance(sub, PhysicsAwareSubstrate) else sub
+    with hw if isinstance(hw, LabSTOArray) else contextlib.nullcontext():
         yield sub
+
+
+@pytest.fixture(params=[f for _, f in SUBSTRATES], ids=[name for name, _ in SUBSTRATES])
+def substrate(request: pytest.FixtureRequest):
+    with _opened(request.param()) as sub:
+        yield sub
+
+
+class TestConformance(SubstrateConformance):
+    """The conformance suite (stosim.testing) on the driver (twin), the model and the physics-aware wrapper."""
+
+
+class TestConformanceOnPyvisaSim(SubstrateConformance):
+    """The suite on the driver over the pyvisa-sim station (its digitizer answers one fixed record: batch 1)."""
+
+    batch = 1
+
+    @pytest.fixture
+    def substrate(self, station, sim_rm):
+        with LabSTOArray(station, sim_rm()) as hw:
+            yield hw
+
+
+@pytest.mark.parametrize("name", [name for name, _ in SUBSTRATES])
+def test_each_hardware_substrate_runs_every_check(name: str) -> None:
+    with _opened(dict(SUBSTRATES)[name]()) as sub:
+        report = check_substrate(sub)
+    assert report.ok and report.ran == list(CHECK_NAMES)
+    assert ("hardware_protocol" in report.passed) == isinstance(sub, Hardware)
+    assert ("gradients" in report.passed) == isinstance(sub, Differentiable)
 
 
 def test_physics_aware_forward_is_the_hardware_and_backward_is_the_model() -> None:

@@ -211,17 +211,18 @@ def test_readings_outside_the_range_or_the_physical_window_are_instrument_faults
     assert float(res.query(":SOUR:CURR?")) == 0.0 and res.query(":OUTP?").strip() == "OFF"
 
 
-def test_the_readout_refuses_voltages_the_devices_cannot_produce() -> None:
+def test_the_measured_state_refuses_voltages_the_devices_cannot_produce() -> None:
     st = station()
     hw = LabSTOArray(st, None)
     good = torch.tensor([[1.1, 1.375, 1.65, 1.925, 2.2, 1.65]], dtype=torch.float64)
-    np.testing.assert_allclose(hw.readout(good).numpy().ravel(), [1.0, 0.5, 0.0, -0.5, -1.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(hw.state_from_measurement(good).numpy().ravel(), [1.0, 0.5, 0.0, -0.5, -1.0, 0.0],
+                               atol=1e-12)
     for v in (1e6, -0.5, 0.0, float("nan")):
         bad = good.clone()
         bad[0, 4] = v
         with pytest.raises(InstrumentFaultError, match=rf"station sim-lab: reading {re.escape(f'{v:g}')} V of device 1 "
                                                       r"\(sample 0, time 1\) is outside"):
-            hw.readout(bad)
+            hw.state_from_measurement(bad)
 
 
 def test_the_physical_window() -> None:

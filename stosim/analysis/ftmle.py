@@ -613,23 +613,23 @@ def substrate_ftmle(substrate: nn.Module, readin: Tensor | None = None, *, state
     """Per-sample FTMLE of a substrate's evolution x(0) -> x(T), in 1/(the substrate's time unit).
 
     Give exactly one of ``readin`` (B, readin_size; x(0) = ``substrate.initial_state(readin)``) or
-    ``states`` (B, state_size; x(0) directly). Operators: ``substrate.flow_operators()`` if the
-    substrate has that method (it must return a :class:`FlowOperators`, e.g. the coupled STO
-    array's, with T = ``duration_s`` in s and the unit-sphere tangent projection), else built from
-    ``substrate.evolve`` by :func:`flow_operators_from_function`, with T = ``duration_s``,
-    ``duration`` or ``steps`` (the first attribute present; time unit from
-    ``describe().time_unit``) and ``project_tangent`` from the substrate's own
-    ``project_tangent(x0, v)`` method if it has one, :func:`unit_sphere_tangent_projection` for a
-    :class:`~stosim.substrates.sto_array.CoupledSTOArray`, else the identity. Without
-    ``flow_operators()`` the coupled STO array supports only the exact method (its custom autograd
-    Function gives J^T u but no J v); the iterative methods then raise ``RuntimeError``.
-    Stochastic substrates (noise on) raise ``ValueError``: the FTMLE of a noisy map is not defined
-    here.
+    ``states`` (B, state_size; x(0) directly). Operators (by the capabilities the substrate
+    declares, :mod:`stosim.substrates.protocols`): ``substrate.flow_operators()`` for a
+    :class:`~stosim.substrates.protocols.HasTangentSystem` (it must return a :class:`FlowOperators`,
+    e.g. the coupled STO array's, with T = ``duration`` in s and the unit-sphere tangent
+    projection); else, for a substrate that is both ``Differentiable`` and ``Timed``, built from
+    ``substrate.evolve`` by :func:`flow_operators_from_function` with T = ``substrate.duration``
+    (time unit from ``describe().time_unit``) and the identity tangent projection; anything else
+    raises ``ValueError``. Stochastic substrates (noise on) raise ``ValueError``: the FTMLE of a
+    noisy map is not defined here.
     """
+    # lazy: importing stosim.substrates pulls in the Numba kernels of the coupled STO array
+    from stosim.substrates.protocols import Differentiable, HasTangentSystem, Timed
+
     if (readin is None) == (states is None):
         raise ValueError("give exactly one of readin or states")
     desc = substrate.describe()
-    if getattr(substrate, "capabilities", None) is not None and substrate.capabilities.stochastic:
+    if substrate.capabilities.stochastic:
         raise ValueError(f"substrate {desc.name} is stochastic (noise on); FTMLE needs a deterministic map: "
                          "switch the noise off")
     if readin is not None:
@@ -639,16 +639,17 @@ def substrate_ftmle(substrate: nn.Module, readin: Tensor | None = None, *, state
     else:
         _check_batch(states, desc.state_size, "states", desc.name)
         x0 = states
-    flow_ops = getattr(substrate, "flow_operators", None)
-    if callable(flow_ops):
-        ops = flow_ops()
+    if isinstance(substrate, HasTangentSystem):
+        ops = substrate.flow_operators()
         if not isinstance(ops, FlowOperators):
             raise ValueError(f"{desc.name}.flow_operators() returned {type(ops).__name__}; expected FlowOperators")
     else:
-        if not substrate.capabilities.differentiable:
-            raise ValueError(f"substrate {desc.name} is not differentiable and has no flow_operators()")
-        ops = flow_operators_from_function(substrate.evolve, time=_substrate_time(substrate), time_unit=desc.time_unit,
-                                           project_tangent=_substrate_projection(substrate))
+        missing = [p.__name__ for p in (Differentiable, Timed) if not isinstance(substrate, p)]
+        if missing:
+            raise ValueError(f"substrate {desc.name} has no flow_operators() (it does not declare HasTangentSystem), "
+                             f"and without them it must declare Differentiable and Timed; it lacks {', '.join(missing)}")
+        ops = flow_operators_from_function(substrate.evolve, time=_check_time(substrate.duration),
+                                           time_unit=desc.time_unit, project_tangent=identity_projection)
     return flow_ftmle(ops, x0.detach(), method=method, tol=tol, max_iter=max_iter, exact_max_dim=exact_max_dim,
                       seed=seed, batch_size=batch_size)
 
@@ -660,25 +661,6 @@ def _check_batch(x: object, size: int, what: str, name: str) -> None:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{what} for {name} contains non-finite values")
 
-
-def _substrate_projection(substrate: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
-    proj = getattr(substrate, "project_tangent", None)
-    if callable(proj):
-        return proj
-    from stosim.substrates.sto_array import CoupledSTOArray  # lazy: pulls in the Numba kernels
-
-    if isinstance(substrate, CoupledSTOArray):
-        return unit_sphere_tangent_projection
-    return identity_projection
-
-
-def _substrate_time(substrate: nn.Module) -> float:
-    for attr in ("duration_s", "duration", "steps"):
-        value = getattr(substrate, attr, None)
-        if value is not None:
-            return _check_time(value)
-    raise ValueError(f"cannot find the duration of {type(substrate).__name__} (no duration_s, duration or steps); "
-                     "give it a flow_operators() method")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -74,6 +74,10 @@ class TangentSystem(abc.ABC):
         """Project vectors (k, ambient) onto the tangent space at x (identity for flat spaces)."""
         return q
 
+    def retract(self, y: np.ndarray) -> np.ndarray:
+        """Map a nearby point y (ambient_dimension,) back onto the state manifold (identity for flat spaces)."""
+        return y
+
     def divergence(self, x: np.ndarray) -> float:
         """Divergence of the vector field at x (sum of all exponents = its time average), if known."""
         raise NotImplementedError
@@ -279,4 +283,4 @@ def _perturb(system: TangentSystem, x: np.ndarray, direction: np.ndarray, epsilo
     """A state at distance ~epsilon from x along ``direction`` (kept valid by the system's own step)."""
     direction = system.project_tangent(x, direction[None])[0]
     y = x + epsilon * direction / np.linalg.norm(direction)
-    return system.retract(y) if hasattr(system, "retract") else y
+    return system.retract(y)

@@ -18,11 +18,18 @@ declared limits before anything is sent):
 States and features:
 
 - ``initial_state``: read-in (B, 3N) -> unit vectors (B, 3N) (normalized per device, on the host);
-- ``evolve``: unit vectors -> the measured TMR voltages (B, 3N) in V (device-major, 3 samples);
-- ``readout``: voltages -> m.p estimates (B, 3N) by inverting the affine TMR relation
-  V = I R_P (1 + TMR (1 - m.p)/2) with the *nominal* R_P and TMR ratio of the device file and
-  the bias-current setpoint (m.p = m_x for the default p = e_x). A lab's calibration errors
-  therefore show up as per-device affine errors of the features.
+- ``measure`` (the declared measurement step of :class:`~stosim.substrates.protocols.Hardware`):
+  unit vectors -> prepare, evolve for T, fetch: the raw TMR voltages (B, 3N) in V (device-major,
+  the 3 sample times last), refused as an instrument fault outside the physical window;
+- ``state_from_measurement``: voltages -> the measured state (B, 3N), m.p of each device at
+  t = T - 2 dt, T - dt, T, by inverting the affine TMR relation V = I R_P (1 + TMR (1 - m.p)/2)
+  with the *nominal* R_P and TMR ratio of the device file and the bias-current setpoint
+  (m.p = m_x for the default p = e_x). A lab's calibration errors therefore show up as
+  per-device affine errors of the states;
+- ``evolve`` = ``state_from_measurement(measure(state))``: states in, states out (dimensionless),
+  like every substrate; the projection m.p at three times is the part of the magnetization the
+  measurement determines (m itself is not observed);
+- ``readout``: the measured state is the feature vector (the identity, after a shape/finite check).
 
 Safety (the *safe state*: current ramped to 0 A in steps, current output off, field source off,
 digitizer aborted, sessions closed). :meth:`open` ramps the current up in steps; the safe state is
@@ -65,7 +72,8 @@ from stosim.hardware.instruments import (CurrentSource2400, FieldPulseSource, In
                                          SegmentedDigitizer)
 from stosim.hardware.model import READOUT_UNITS, prepare_unit_vectors, projection_from_voltage, state_units
 from stosim.hardware.station import SAMPLES_PER_DEVICE, Station, load_station
-from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
+from stosim.substrates.base import Substrate, SubstrateDescription
+from stosim.substrates.protocols import Hardware
 
 __all__ = ["LabSTOArray", "HardwareSafetyError", "DriverClosedError", "physical_voltage_window"]
 
@@ -195,8 +203,12 @@ def _present_current(cs: CurrentSource2400) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-class LabSTOArray(Substrate):
+class LabSTOArray(Substrate, Hardware):
     """An STO array in the lab, driven over PyVISA, as a (non-differentiable) substrate.
+
+    Declares :class:`~stosim.substrates.protocols.Hardware` (so its capabilities are: not
+    differentiable, stochastic, not reproducible, hardware): :meth:`measure` gives the raw TMR
+    voltages, :meth:`state_from_measurement` the states they determine, :meth:`evolve` both.
 
     ``station``: a :class:`Station` or a station file path / name. ``resource_manager``:
     anything with ``open_resource(address, **kwargs)``; None opens ``pyvisa.ResourceManager()``
@@ -358,18 +370,14 @@ class LabSTOArray(Substrate):
     def dtype(self) -> torch.dtype:
         return torch.float64
 
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(differentiable=False, stochastic=True, reproducible=False, hardware=True)
-
     def describe(self) -> SubstrateDescription:
         st = self.station
         return SubstrateDescription(
             name="lab-sto", state_size=3 * st.n, readin_size=3 * st.n, readout_size=SAMPLES_PER_DEVICE * st.n,
             state_units=state_units(st.n), readout_units=READOUT_UNITS, time_unit="s",
             summary=(f"{st.n} STOs ({st.device.name}) of station {st.name}, biased at {st.bias_current_a:g} A, "
-                     f"prepared by {st.preparation_field_oe:g} Oe field pulses, TMR voltages sampled at "
-                     f"t = {', '.join(f'{t:g}' for t in st.sample_times_s)} s"),
+                     f"prepared by {st.preparation_field_oe:g} Oe field pulses, TMR voltages (measure(), V) sampled "
+                     f"at t = {', '.join(f'{t:g}' for t in st.sample_times_s)} s give the state m.p"),
         )
 
     def read_configuration(self) -> dict[str, float | int | str]:
@@ -391,7 +399,14 @@ class LabSTOArray(Substrate):
         return prepare_unit_vectors(readin.detach().to(torch.float64))
 
     def evolve(self, state: torch.Tensor) -> torch.Tensor:
-        """Prepare the unit vectors, let the array evolve, measure: TMR voltages (B, 3N) in V."""
+        """Prepared unit vectors (B, 3N) -> the measured states (B, 3N): m.p of each device at T - 2 dt,
+        T - dt, T (dimensionless, device-major), ``state_from_measurement(measure(state))``."""
+        return self.state_from_measurement(self.measure(state))
+
+    def measure(self, state: torch.Tensor) -> torch.Tensor:
+        """Prepare the unit vectors, let the array evolve, measure: TMR voltages (B, 3N) in V.
+
+        Readings outside the devices' physical window raise :class:`InstrumentFaultError` (setup made safe)."""
         n = self.station.n
         if state.ndim != 2 or state.shape[1] != 3 * n:
             raise ValueError(f"state has shape {tuple(state.shape)}; expected (batch, {3 * n})")
@@ -458,11 +473,26 @@ class LabSTOArray(Substrate):
                 f"1 + {self.reading_tolerance:g}; {int(bad.sum())} of {bad.size} readings): an instrument or wiring "
                 "fault (open or shorted junction, wrong channel), not data")
 
-    def readout(self, state: torch.Tensor) -> torch.Tensor:
-        """Measured TMR voltages (B, 3N) -> m.p estimates (nominal affine TMR relation).
+    def state_from_measurement(self, measurement: torch.Tensor) -> torch.Tensor:
+        """Measured TMR voltages (B, 3N) in V -> the states (B, 3N): m.p estimates with the nominal affine TMR
+        relation m.p = 1 - (2/TMR) (V/(I R_P) - 1).
 
         Voltages outside the devices' physical window raise :class:`InstrumentFaultError`."""
-        self._check_physical(state.detach().cpu().to(torch.float64).numpy(), f"station {self.station.name}")
+        n = self.station.n
+        if measurement.ndim != 2 or measurement.shape[1] != SAMPLES_PER_DEVICE * n:
+            raise ValueError(f"measurement has shape {tuple(measurement.shape)}; expected (batch, "
+                             f"{SAMPLES_PER_DEVICE * n}) TMR voltages for {self.describe().name}")
+        self._check_physical(measurement.detach().cpu().to(torch.float64).numpy(), f"station {self.station.name}")
         dev = self.station.device
-        return projection_from_voltage(state, self.station.bias_current_a, dev.parallel_resistance_ohm,
-                                       dev.tmr_ratio)
+        return projection_from_voltage(measurement.detach().to(torch.float64), self.station.bias_current_a,
+                                       dev.parallel_resistance_ohm, dev.tmr_ratio)
+
+    def readout(self, state: torch.Tensor) -> torch.Tensor:
+        """The measured states (B, 3N) are the features (m.p estimates); shape and finiteness are checked."""
+        size = SAMPLES_PER_DEVICE * self.station.n
+        if state.ndim != 2 or state.shape[1] != size:
+            raise ValueError(f"state has shape {tuple(state.shape)}; expected (batch, {size}) for "
+                             f"{self.describe().name}")
+        if not bool(torch.isfinite(state).all()):
+            raise ValueError(f"state for {self.describe().name} contains non-finite values")
+        return state

@@ -4,8 +4,9 @@
 simulates what a station measures, with the *nominal* parameters of its station file (the
 device file, mu, the model's W, the bias current): the prepared unit vectors evolve under
 the coupled LLG-Slonczewski equations (the same Numba kernels and exact RK4 gradients as
-:class:`~stosim.substrates.sto_array.CoupledSTOArray`), and each device's TMR voltage
-V = I R_P (1 + TMR (1 - m.p)/2) is taken at the station's sample times T - 2 dt, T - dt, T.
+:class:`~stosim.substrates.sto_array.CoupledSTOArray`), and each device's m.p is taken at the
+station's sample times T - 2 dt, T - dt, T: the state the driver recovers from the TMR voltages
+V = I R_P (1 + TMR (1 - m.p)/2) it measures (with nominal parameters the round trip is exact).
 
 It has the same sizes, state semantics and readout as the hardware driver
 (:class:`~stosim.hardware.lab_array.LabSTOArray`): train in simulation with it, and use it as
@@ -28,6 +29,7 @@ from stosim.integrate.flow import sto_flow
 from stosim.physics.array import STOArray, check_time_step
 from stosim.simulation import evolve, steps_for_duration
 from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
+from stosim.substrates.protocols import Differentiable
 
 __all__ = ["StationModel", "prepare_unit_vectors", "tmr_voltage", "projection_from_voltage", "state_units",
            "READOUT_UNITS"]
@@ -38,7 +40,7 @@ READOUT_UNITS = ("1 (m.p of each device estimated from its TMR voltage with the 
 
 def state_units(n: int) -> str:
     return (f"before evolve: 1 (prepared unit magnetization m_x, m_y, m_z of each of the {n} devices); after "
-            f"evolve: V (TMR voltage of each device at t = T - 2 dt, T - dt, T)")
+            f"evolve: 1 (m.p of each device at t = T - 2 dt, T - dt, T, from its TMR voltage)")
 
 
 def prepare_unit_vectors(readin: torch.Tensor, what: str = "read-in") -> torch.Tensor:
@@ -64,7 +66,7 @@ def projection_from_voltage(voltage_v, current_a: float, parallel_resistance_ohm
     return 1.0 - (2.0 / tmr_ratio) * (voltage_v / (current_a * parallel_resistance_ohm) - 1.0)
 
 
-class StationModel(Substrate):
+class StationModel(Substrate, Differentiable):
     """Differentiable simulator of a station with its nominal parameters (see the module docstring).
 
     ``dt_s``: integration step (the station's times must be whole multiples of it).
@@ -136,7 +138,8 @@ class StationModel(Substrate):
         return torch.from_numpy(final).to(dtype=self._dtype, device=m.device)
 
     def evolve(self, state: torch.Tensor) -> torch.Tensor:
-        """Unit vectors (B, 3N) -> TMR voltages (B, 3N): device-major, the 3 sample times last."""
+        """Unit vectors (B, 3N) -> the driver's states (B, 3N): m.p of each device at the 3 sample times
+        (device-major), as recovered from its TMR voltage with the nominal affine relation."""
         n = self.station.n
         if state.ndim != 2 or state.shape[1] != 3 * n:
             raise ValueError(f"state has shape {tuple(state.shape)}; expected (batch, {3 * n})")
@@ -150,12 +153,10 @@ class StationModel(Substrate):
             m = self._advance(m, self.steps_between)
             samples.append(m @ self.p)
         mp = torch.stack(samples, dim=-1)  # (B, N, 3)
-        dev = self.station.device
-        volts = tmr_voltage(mp, self.station.bias_current_a, dev.parallel_resistance_ohm, dev.tmr_ratio)
-        return volts.reshape(state.shape[0], -1)
+        # V = tmr_voltage(m.p) and the driver's m.p = projection_from_voltage(V): with nominal parameters the
+        # round trip is the identity, so the model's state is m.p itself
+        return mp.reshape(state.shape[0], -1)
 
     def readout(self, state: torch.Tensor) -> torch.Tensor:
-        """TMR voltages -> m.p estimates (the driver's conversion)."""
-        dev = self.station.device
-        return projection_from_voltage(state, self.station.bias_current_a, dev.parallel_resistance_ohm,
-                                       dev.tmr_ratio)
+        """The states (m.p estimates) are the features, as for the driver."""
+        return state

@@ -31,6 +31,7 @@ from stosim.hardware.twin import DigitalTwin, Mismatch
 from stosim.models import ReservoirClassifier
 from stosim.ridge import RidgeAccumulator
 from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
+from stosim.substrates.protocols import Differentiable, Hardware
 
 __all__ = ["PhysicsAwareSubstrate", "physics_aware", "train_classifier", "accuracy", "fit_ridge_readout",
            "ComparisonResult", "compare_sim_vs_physics_aware"]
@@ -62,7 +63,7 @@ def physics_aware(readin: torch.Tensor, hardware: Substrate, model: Substrate) -
     return _PhysicsAware.apply(readin, hardware, model)
 
 
-class PhysicsAwareSubstrate(Substrate):
+class PhysicsAwareSubstrate(Substrate, Differentiable, Hardware):
     """Hardware forward, simulator backward: a differentiable stand-in for a hardware substrate.
 
     ``hardware`` and ``model`` must take the same read-in and give features of the same size and
@@ -78,12 +79,15 @@ class PhysicsAwareSubstrate(Substrate):
                              f"{dm.readout_size}) read-in/readout sizes differ")
         if not model.capabilities.differentiable:
             raise ValueError(f"the model {dm.name} is not differentiable")
+        if not isinstance(hardware, Hardware):
+            raise ValueError(f"hardware {dh.name} does not declare stosim.substrates.protocols.Hardware "  # noqa: TRY004
+                             "(measure())")
         self.hardware = hardware
         self.model = model
 
     @property
     def dtype(self) -> torch.dtype:
-        return getattr(self.hardware, "dtype", torch.float64)
+        return self.hardware.dtype
 
     @property
     def capabilities(self) -> Capabilities:
@@ -111,6 +115,12 @@ class PhysicsAwareSubstrate(Substrate):
 
     def evolve(self, state: torch.Tensor) -> torch.Tensor:
         return self.hardware.evolve(state)
+
+    def measure(self, state: torch.Tensor) -> torch.Tensor:
+        return self.hardware.measure(state)
+
+    def state_from_measurement(self, measurement: torch.Tensor) -> torch.Tensor:
+        return self.hardware.state_from_measurement(measurement)
 
     def readout(self, state: torch.Tensor) -> torch.Tensor:
         return self.hardware.readout(state)

@@ -7,12 +7,19 @@ the same small interface, in the spirit of bluesky/ophyd ``describe()``/``read()
 
 - :meth:`Substrate.describe`: sizes, units and meaning of state, read-in and readout;
 - :meth:`Substrate.read_configuration`: a flat dict of the configuration (dataset attributes);
-- :attr:`Substrate.capabilities`: differentiable, stochastic, reproducible, hardware;
+- :attr:`Substrate.dtype`: the floating dtype of its states;
+- :attr:`Substrate.capabilities`: differentiable, stochastic, reproducible, hardware (derived from
+  the capability mixins it declares, :mod:`stosim.substrates.protocols`);
 - :meth:`Substrate.reset`: re-seed every random stream (noise), so a run can be repeated;
 - :meth:`Substrate.initial_state`: read-in (B, readin_size) -> valid state (B, state_size);
 - :meth:`Substrate.evolve`: states (B, state_size) -> states after the duration;
 - :meth:`Substrate.readout`: states -> features (B, readout_size) (observation noise here);
 - ``forward(readin) = readout(evolve(initial_state(readin)))``.
+
+What a substrate can do beyond this is declared with the mixins of
+:mod:`stosim.substrates.protocols` (``Differentiable``, ``Stochastic``, ``Timed``,
+``HasTangentSystem``, ``Hardware``) and asked with ``isinstance``. Every substrate passes the
+conformance suite :func:`stosim.testing.check_substrate`.
 
 Differentiable substrates evolve torch tensors with gradients; the others return tensors
 without a graph (train them with readout-only ridge regression). Out-of-range settings raise
@@ -26,6 +33,8 @@ import dataclasses
 from typing import Any
 
 import torch
+
+from stosim.substrates.protocols import Differentiable, Hardware, Stochastic
 
 __all__ = ["Capabilities", "SubstrateDescription", "Substrate"]
 
@@ -44,6 +53,19 @@ class Capabilities:
     stochastic: bool
     reproducible: bool
     hardware: bool = False
+
+    @classmethod
+    def from_protocols(cls, substrate: object) -> Capabilities:
+        """The flags that follow from the mixins ``substrate`` declares (:mod:`stosim.substrates.protocols`).
+
+        differentiable = Differentiable; hardware = Hardware; stochastic = Hardware or (Stochastic and
+        ``noise_on``); reproducible = not Hardware. :attr:`Substrate.capabilities` is this by default;
+        the conformance suite checks that a substrate overriding it agrees.
+        """
+        hardware = isinstance(substrate, Hardware)
+        noisy = isinstance(substrate, Stochastic) and bool(substrate.noise_on)
+        return cls(differentiable=isinstance(substrate, Differentiable), stochastic=hardware or noisy,
+                   reproducible=not hardware, hardware=hardware)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +98,13 @@ class Substrate(torch.nn.Module, abc.ABC):
 
     @property
     @abc.abstractmethod
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the states (``torch.float64`` or ``torch.float32``)."""
+
+    @property
     def capabilities(self) -> Capabilities:
-        """What this substrate can do."""
+        """What this substrate can do: :meth:`Capabilities.from_protocols` of its declared mixins."""
+        return Capabilities.from_protocols(self)
 
     @abc.abstractmethod
     def reset(self, seed: int) -> None:

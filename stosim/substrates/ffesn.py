@@ -28,7 +28,8 @@ import torch
 
 from stosim.checks import check_count
 from stosim.integrate.threads import single_threaded_blas
-from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
+from stosim.substrates.base import Substrate, SubstrateDescription
+from stosim.substrates.protocols import Differentiable, Timed
 
 __all__ = ["FFESN", "draw_ffesn_matrix"]
 
@@ -85,7 +86,7 @@ def draw_ffesn_matrix(n: int, spectral_radius: float, density: float, seed: int)
     return w * (spectral_radius / radius)
 
 
-class FFESN(Substrate):
+class FFESN(Substrate, Differentiable, Timed):
     """Feed-forward echo-state network: K steps of x <- tanh(W x) with a fixed random W.
 
     Parameters
@@ -158,8 +159,9 @@ class FFESN(Substrate):
         }
 
     @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(differentiable=True, stochastic=False, reproducible=True, hardware=False)
+    def duration(self) -> float:
+        """T = K, the number of steps ``evolve`` takes (time unit: step)."""
+        return float(self.steps)
 
     def reset(self, seed: int) -> None:
         """No-op: the FFESN has no noise. W is fixed by the constructor's ``seed``, not by this one."""

@@ -23,7 +23,8 @@ import numbers
 
 import torch
 
-from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
+from stosim.substrates.base import Substrate, SubstrateDescription
+from stosim.substrates.protocols import Differentiable, Timed
 
 __all__ = ["Lorenz96"]
 
@@ -38,7 +39,7 @@ def _check_real(name: str, value: object) -> float:
     return float(value)
 
 
-class Lorenz96(Substrate):
+class Lorenz96(Substrate, Differentiable, Timed):
     """Lorenz 96 ring, dx_i/dt = (x_{i+1} - x_{i-2}) x_{i-1} - x_i + F, integrated with RK4.
 
     Parameters
@@ -77,7 +78,7 @@ class Lorenz96(Substrate):
         t = _check_real("duration", duration)
         if not t > 0.0:
             raise ValueError(f"duration must be > 0 (model time units); got {duration!r}")
-        self.duration = t
+        self._duration = t
         h = _check_real("dt", dt)
         if not h > 0.0:
             raise ValueError(f"dt must be > 0 (model time units); got {dt!r}")
@@ -153,8 +154,9 @@ class Lorenz96(Substrate):
         }
 
     @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(differentiable=True, stochastic=False, reproducible=True, hardware=False)
+    def duration(self) -> float:
+        """T, the time ``evolve`` integrates, in model time units."""
+        return self._duration
 
     def reset(self, seed: int) -> None:
         """No-op: Lorenz 96 is deterministic and has no random stream to re-seed."""

@@ -28,7 +28,13 @@ from stosim.physics.array import STOArray, Variability, check_time_step
 from stosim.physics.noise import check_snr_db, snr_noise_factor, thermal_field_sigma_oe
 from stosim.quantities import either, optional_quantity, quantity
 from stosim.simulation import NoiseSettings, evolve, steps_for_duration
-from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
+from stosim.substrates.base import Substrate, SubstrateDescription
+from stosim.substrates.protocols import (
+    Differentiable,
+    HasTangentSystem,
+    Stochastic,
+    Timed,
+)
 
 __all__ = ["CoupledSTOArray"]
 
@@ -36,8 +42,12 @@ _DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
 _DTYPE_NAMES = {"float64": torch.float64, "float32": torch.float32}
 
 
-class CoupledSTOArray(Substrate):
+class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSystem):
     """N coupled MTJ spin-torque oscillators as a reservoir.
+
+    Declares :class:`~stosim.substrates.protocols.Differentiable`, ``Stochastic`` (thermal,
+    dynamical and observation noise; ``noise_on`` when one is set), ``Timed`` (``duration`` = T in
+    s) and ``HasTangentSystem`` (exact Numba tangent/adjoint operators, unit-sphere projection).
 
     Parameters (units in the names): ``n`` oscillators, ``coupling_oe`` (mu), ``duration_s``
     (T), ``dt_s``, ``current_a`` (None: the device file's), ``device`` (a path or
@@ -108,11 +118,12 @@ class CoupledSTOArray(Substrate):
         return self.coupling_t.dtype
 
     @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(differentiable=True, stochastic=self._stochastic, reproducible=True, hardware=False)
+    def duration(self) -> float:
+        """T in s (the substrate's time unit): ``duration_s``."""
+        return self.duration_s
 
     @property
-    def _stochastic(self) -> bool:
+    def noise_on(self) -> bool:
         """True when some noise is on: T > 0 K, or a finite dynamical or observation SNR (inf dB: no noise)."""
         return (self.noise.temperature_k > 0 or _finite_snr(self.noise.dynamical_snr_db)
                 or _finite_snr(self.observation_snr_db))
@@ -201,6 +212,12 @@ class CoupledSTOArray(Substrate):
                                  noise=noise, seed=seed, dtype=_DTYPES[self.dtype])
             out = torch.from_numpy(final).to(device=state.device, dtype=self.dtype)
         return out.reshape(state.shape)
+
+    def project_tangent(self, x0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Project v (B, 3N) onto the tangent planes of the unit spheres at the directions of x0 (B, 3N)."""
+        from stosim.analysis.ftmle import unit_sphere_tangent_projection
+
+        return unit_sphere_tangent_projection(x0, v)
 
     def flow_operators(self):
         """Exact J v (Numba tangent kernel) and J^T u (Numba adjoint) of the deterministic flow map

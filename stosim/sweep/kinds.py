@@ -617,7 +617,7 @@ def _run_ftmle(cfg: FTMLEPoint) -> dict[str, Any]:
     size = sub.describe().readin_size
     gen = torch.Generator().manual_seed(cfg.seed)
     readin = cfg.readin_scale * torch.randn(cfg.samples, size, generator=gen, dtype=torch.float64)
-    result = substrate_ftmle(sub, readin.to(sub.dtype) if hasattr(sub, "dtype") else readin, method=cfg.method,
+    result = substrate_ftmle(sub, readin.to(sub.dtype), method=cfg.method,
                              tol=cfg.tol, max_iter=cfg.max_iter, seed=cfg.seed)
     f = np.asarray(result.ftmle, dtype=np.float64)
     return {
