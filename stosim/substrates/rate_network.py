@@ -37,14 +37,17 @@ Parameters are validated by :class:`RateNetworkParameters` (pydantic); a bad val
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
+from stosim.substrates.base import Substrate, SubstrateDescription
+from stosim.substrates.protocols import Differentiable, Stochastic, Timed
 
 __all__ = ["RateNetwork", "RateNetworkParameters", "FrozenInput", "draw_coupling_matrix", "rate_parameters"]
 
@@ -194,7 +197,7 @@ class FrozenInput:
         return rows[off:off + count]
 
 
-class RateNetwork(Substrate):
+class RateNetwork(Substrate, Differentiable, Stochastic, Timed):
     """Random rate network tau dh/dt = -h + J tanh(h) + I(t) (RK4) or h_{s+1} = J tanh(h_s) + I_s.
 
     Keywords are those of :class:`RateNetworkParameters` (n, g, time, tau, dt, duration,
@@ -218,6 +221,7 @@ class RateNetwork(Substrate):
         self.trainable = bool(trainable)
         self._input = FrozenInput(self.params)
         self._input_tensor: torch.Tensor | None = None
+        self._input_suspended = False  # inside noise_suspended(): the autonomous network
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -255,7 +259,7 @@ class RateNetwork(Substrate):
         return h + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
     def _inputs(self) -> torch.Tensor | None:
-        if not self._input.active:
+        if self._input_suspended or not self._input.active:
             return None
         if self._input_tensor is None or self._input_tensor.dtype != self.dtype:
             self._input_tensor = torch.as_tensor(self._input.window(0, self.n_steps), dtype=self.dtype)
@@ -281,8 +285,18 @@ class RateNetwork(Substrate):
                 "n_steps": self.n_steps, "dtype": _DTYPES.get(self.dtype, str(self.dtype))}
 
     @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(differentiable=True, stochastic=self._input.active, reproducible=True, hardware=False)
+    def noise_on(self) -> bool:
+        """True when a fluctuating input is configured (input_std > 0); it is frozen per seed (``reset``)."""
+        return self._input.active
+
+    @contextlib.contextmanager
+    def noise_suspended(self) -> Iterator[None]:
+        """Run without the fluctuating input inside the block (the autonomous network)."""
+        saved, self._input_suspended = self._input_suspended, True
+        try:
+            yield
+        finally:
+            self._input_suspended = saved
 
     def reset(self, seed: int) -> None:
         """Redraw the frozen input from ``seed`` (J stays: it is the network, drawn at construction)."""
