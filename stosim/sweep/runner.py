@@ -26,9 +26,11 @@ from stosim.sweep.store import STATUS_DONE, STATUS_FAILED, SweepState, utc_now
 
 __all__ = ["run_sweep", "SweepSummary", "PointEvent", "SweepFailedError", "THREAD_ENV", "local_cluster"]
 
-# one compute thread per worker process (Numba, OpenMP, BLAS); torch is set in the task
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-              "MKL_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1"}
+# one compute thread per worker process (OpenMP, BLAS); torch and Numba are set in the task. Not
+# NUMBA_NUM_THREADS: a nanny applies env= after the worker process may have imported Numba, and a changed
+# NUMBA_NUM_THREADS then fails the next compilation (stosim.integrate.threads.one_compute_thread)
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "VECLIB_MAXIMUM_THREADS": "1"}
 SCHEDULER_WORKER_WAIT_S = 120.0
 
 
