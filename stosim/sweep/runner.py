@@ -111,12 +111,14 @@ def local_cluster(workers: int) -> Iterator[Any]:
     """A loopback ``LocalCluster`` of ``workers`` single-threaded processes and its client."""
     from dask.distributed import Client, LocalCluster
 
+    from stosim.sweep.worker import IgnoreInterrupt, stop_workers_now
+
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers = {workers!r} must be an integer >= 1")
     with tempfile.TemporaryDirectory(prefix="stosim-dask-") as scratch:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address=None, env=dict(THREAD_ENV), local_directory=scratch,
-                               silence_logs=logging.ERROR,
+                               silence_logs=logging.ERROR, plugins=(IgnoreInterrupt(),),  # Ctrl-C: see worker.py
                                # no dashboard; the scheduler's small HTTP endpoint (health, metrics) on a
                                # free loopback port rather than trying the shared default 8787 first
                                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
@@ -127,6 +129,9 @@ def local_cluster(workers: int) -> Iterator[Any]:
                 yield client
             finally:
                 client.close()
+        except KeyboardInterrupt:  # Ctrl-C: the tasks are cancelled and the file saved; no graceful wait
+            stop_workers_now(cluster)
+            raise
         finally:
             cluster.close()
 
