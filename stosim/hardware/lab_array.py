@@ -44,6 +44,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from stosim.extras import require
 from stosim.hardware.instruments import CurrentSource2400, FieldPulseSource, Instrument, SegmentedDigitizer
 from stosim.hardware.model import READOUT_UNITS, prepare_unit_vectors, projection_from_voltage, state_units
 from stosim.hardware.station import SAMPLES_PER_DEVICE, Station, load_station
@@ -102,6 +103,7 @@ class LabSTOArray(Substrate):
         with self._guard():
             rm = self._resource_manager
             if rm is None:
+                require("pyvisa", "hardware", "a lab station")
                 import pyvisa
 
                 rm = self._resource_manager = pyvisa.ResourceManager()

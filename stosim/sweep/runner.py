@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from stosim.extras import require
 from stosim.sweep.kinds import execute_point
 from stosim.sweep.spec import Point, ResolvedSweep
 from stosim.sweep.store import STATUS_DONE, STATUS_FAILED, SweepState, utc_now
@@ -109,6 +110,7 @@ def _exclusive(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def local_cluster(workers: int) -> Iterator[Any]:
     """A loopback ``LocalCluster`` of ``workers`` single-threaded processes and its client."""
+    require("distributed", "cluster", "a sweep on dask.distributed")
     from dask.distributed import Client, LocalCluster
 
     from stosim.sweep.worker import IgnoreInterrupt, stop_workers_now
@@ -142,6 +144,7 @@ def _client(workers: int | None, scheduler: str | None, client: Any) -> Iterator
         yield client, "given client"
         return
     if scheduler is not None:
+        require("distributed", "cluster", "a sweep on dask.distributed")
         from dask.distributed import Client
 
         try:
