@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import scipy.linalg.cython_blas  # noqa: F401  (the BLAS behind Numba's np.dot; loaded so it can be limited)
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["single_threaded_blas", "one_compute_thread"]
+__all__ = ["one_compute_thread", "single_threaded_blas"]
 
 
 @functools.lru_cache(maxsize=1)
