@@ -1013,6 +1013,7 @@ def _sweep_json(summary) -> str:  # noqa: ANN001
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from stosim.extras import MissingExtraError
     from stosim.sweep import SweepFailedError, load_spec, run_sweep
 
     sweep = load_spec(args.spec)
@@ -1058,6 +1059,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(_sweep_json(exc.summary))
         return 1
     except (ConnectionError, TimeoutError) as exc:  # no scheduler at --scheduler, or it has no workers
+        raise CLIError(str(exc)) from None
+    except MissingExtraError as exc:  # dask.distributed not installed (the `cluster` extra)
         raise CLIError(str(exc)) from None
     finally:
         bar.close()

@@ -20,6 +20,7 @@ CGS units (Oe, emu/cm^3, cm, cm^3, A, Ohm, V, rad/(Oe s)).
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,7 +39,18 @@ __all__ = [
     "DEVICES_DIR",
 ]
 
-DEVICES_DIR = Path(__file__).resolve().parent.parent / "devices"
+
+def _devices_dir() -> Path:
+    """The shipped device, station and instrument files: package data ``stosim/devices``.
+
+    In the repository they live in the top-level ``devices/`` (``stosim/devices`` is a link to it, which
+    the wheel build copies into the package); the resolved path is that folder in a checkout or an
+    editable install, and ``site-packages/stosim/devices`` in an installed wheel.
+    """
+    return Path(str(importlib.resources.files("stosim") / "devices")).resolve()
+
+
+DEVICES_DIR = _devices_dir()
 DEFAULT_DEVICE_NAME = "seed-pmtj.toml"
 
 # upper limits of the device parameters (files and DeviceParameters alike). M: 4 pi M <= 126 kOe, five times

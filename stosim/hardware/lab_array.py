@@ -68,6 +68,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from stosim.extras import require
 from stosim.hardware.instruments import (CurrentSource2400, FieldPulseSource, Instrument, InstrumentFaultError,
                                          SegmentedDigitizer)
 from stosim.hardware.model import READOUT_UNITS, prepare_unit_vectors, projection_from_voltage, state_units
@@ -272,6 +273,7 @@ class LabSTOArray(Substrate, Hardware):
         with self._guard():
             rm = conn.resource_manager
             if rm is None:
+                require("pyvisa", "hardware", "a lab station")
                 import pyvisa
 
                 rm = conn.resource_manager = pyvisa.ResourceManager()

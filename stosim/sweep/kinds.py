@@ -666,15 +666,11 @@ def get_kind(name: str) -> PointKind:
 # ----------------------------------------------------------------------------------------------
 
 def _one_thread() -> None:
-    """One compute thread for torch and Numba in this process (BLAS is limited around the run)."""
-    import torch
+    """One compute thread for torch and Numba in this process (BLAS is limited around the run); works
+    whenever Numba was imported and whatever the worker's environment says (stosim.integrate.threads)."""
+    from stosim.integrate.threads import one_compute_thread
 
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
-    import numba
-
-    if numba.config.NUMBA_NUM_THREADS > 1:  # e.g. a worker of an external cluster without NUMBA_NUM_THREADS=1
-        numba.set_num_threads(1)
+    one_compute_thread()
 
 
 def execute_point(kind_name: str, config: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from stosim.extras import require
 from stosim.storage import output_lock
 from stosim.sweep.kinds import execute_point
 from stosim.sweep.spec import Point, ResolvedSweep
@@ -26,9 +27,11 @@ from stosim.sweep.store import STATUS_DONE, STATUS_FAILED, SweepState, utc_now
 
 __all__ = ["run_sweep", "SweepSummary", "PointEvent", "SweepFailedError", "THREAD_ENV", "local_cluster"]
 
-# one compute thread per worker process (Numba, OpenMP, BLAS); torch is set in the task
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-              "MKL_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1"}
+# one compute thread per worker process (OpenMP, BLAS); torch and Numba are set in the task. Not
+# NUMBA_NUM_THREADS: a nanny applies env= after the worker process may have imported Numba, and a changed
+# NUMBA_NUM_THREADS then fails the next compilation (stosim.integrate.threads.one_compute_thread)
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "VECLIB_MAXIMUM_THREADS": "1"}
 SCHEDULER_WORKER_WAIT_S = 120.0
 
 
@@ -86,14 +89,17 @@ class SweepFailedError(RuntimeError):
 @contextlib.contextmanager
 def local_cluster(workers: int) -> Iterator[Any]:
     """A loopback ``LocalCluster`` of ``workers`` single-threaded processes and its client."""
+    require("distributed", "cluster", "a sweep on dask.distributed")
     from dask.distributed import Client, LocalCluster
+
+    from stosim.sweep.worker import IgnoreInterrupt, stop_workers_now
 
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers = {workers!r} must be an integer >= 1")
     with tempfile.TemporaryDirectory(prefix="stosim-dask-") as scratch:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address=None, env=dict(THREAD_ENV), local_directory=scratch,
-                               silence_logs=logging.ERROR,
+                               silence_logs=logging.ERROR, plugins=(IgnoreInterrupt(),),  # Ctrl-C: see worker.py
                                # no dashboard; the scheduler's small HTTP endpoint (health, metrics) on a
                                # free loopback port rather than trying the shared default 8787 first
                                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
@@ -104,6 +110,9 @@ def local_cluster(workers: int) -> Iterator[Any]:
                 yield client
             finally:
                 client.close()
+        except KeyboardInterrupt:  # Ctrl-C: the tasks are cancelled and the file saved; no graceful wait
+            stop_workers_now(cluster)
+            raise
         finally:
             cluster.close()
 
@@ -114,6 +123,7 @@ def _client(workers: int | None, scheduler: str | None, client: Any) -> Iterator
         yield client, "given client"
         return
     if scheduler is not None:
+        require("distributed", "cluster", "a sweep on dask.distributed")
         from dask.distributed import Client
 
         try:
