@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="thermal noise at this temperature, e.g. '300 K' (default 0 K: none)")
     p.add_argument("--observation-snr", type=float, default=None, metavar="DB", help="observation noise SNR in dB")
     p.add_argument("--dynamical-snr", type=float, default=None, metavar="DB", help="dynamical noise SNR in dB")
+    p.add_argument("--dynamical-noise-reference", type=_quantity("time", "--dynamical-noise-reference"), default=None,
+                   metavar="TIME", help="e.g. '1 ps': the dynamical SNR is that of the noise accumulated over this "
+                   "time (independent of --dt); default: per step (dt-dependent)")
     p.add_argument("--save-every", type=int, default=None, metavar="K",
                    help="record every K steps (default 10, or the number of steps of a shorter run: its start and end)")
     p.add_argument("--float32", action="store_true", help="simulate in float32 (default float64)")
@@ -168,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forcing", type=float, default=None, help="Lorenz 96 F")
     p.add_argument("--temperature", type=str, default=None, help="STO thermal noise, e.g. '300 K'")
     p.add_argument("--dynamical-snr", type=float, default=None, metavar="DB")
+    p.add_argument("--dynamical-noise-reference", type=str, default=None, metavar="TIME",
+                   help="e.g. '1 ps': dynamical SNR over this time (independent of --dt); default: per step")
     p.add_argument("--observation-snr", type=float, default=None, metavar="DB")
     p.add_argument("--variability", type=float, default=None, help="relative spread of each STO's H_K, alpha, I")
     p.add_argument("--noiseless-training", action="store_false", dest="train_with_noise", default=None,
@@ -426,7 +431,8 @@ def _config_overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict:
 _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "limit_test", "epochs", "batch_size",
                "lr", "optimizer", "lr_schedule", "weight_decay", "input_offset", "seed", "dtype", "readout_only",
                "n", "hidden", "coupling", "current", "duration", "dt", "device", "spectral_radius", "steps", "forcing",
-               "temperature", "dynamical_snr", "observation_snr", "variability", "train_with_noise")
+               "temperature", "dynamical_snr", "observation_snr", "variability", "train_with_noise",
+               "dynamical_noise_reference")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -609,7 +615,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             array, initial, args.duration, args.dt, save_every=save_every, temperature_k=args.temperature,
             dynamical_snr_db=args.dynamical_snr, observation_snr_db=args.observation_snr, seed=args.seed,
             dtype=np.float32 if args.float32 else np.float64, progress=progress,
-            allow_beyond_limits=args.allow_beyond_limits,
+            allow_beyond_limits=args.allow_beyond_limits, dynamical_noise_reference_s=args.dynamical_noise_reference,
         )
     ds = traj.to_dataset()
     write_dataset_atomic(ds, args.out, overwrite=True)

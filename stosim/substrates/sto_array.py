@@ -41,7 +41,9 @@ class CoupledSTOArray(Substrate):
     (T), ``dt_s``, ``current_a`` (None: the device file's), ``device`` (a path or
     :class:`DeviceParameters`; None: the seed study's pMTJ), ``seed`` (of W; noise streams
     are seeded by :meth:`reset`), ``coupling_matrix`` (explicit N x N W instead of a random
-    one), ``temperature_k``, ``dynamical_snr_db``, ``observation_snr_db``, ``variability``
+    one), ``temperature_k``, ``dynamical_snr_db``, ``dynamical_noise_reference_s`` (None: the dynamical
+    SNR is per step, dt-dependent; t_ref in s: the SNR of the noise accumulated over t_ref, a Wiener
+    increment independent of dt; :class:`stosim.simulation.NoiseSettings`), ``observation_snr_db``, ``variability``
     (relative spread of each device's H_K, alpha and I, drawn from ``seed``), ``dtype``.
     """
 
@@ -49,7 +51,8 @@ class CoupledSTOArray(Substrate):
                  current_a: float | None = None, device: DeviceParameters | str | Path | None = None, seed: int = 0,
                  coupling_matrix: np.ndarray | str | Path | None = None, temperature_k: float = 0.0,
                  dynamical_snr_db: float | None = None, observation_snr_db: float | None = None,
-                 variability: float = 0.0, dtype: torch.dtype = torch.float64) -> None:
+                 variability: float = 0.0, dtype: torch.dtype = torch.float64,
+                 dynamical_noise_reference_s: float | None = None) -> None:
         super().__init__()
         if dtype not in _DTYPES:
             raise ValueError(f"dtype = {dtype!r} must be torch.float64 or torch.float32")
@@ -69,7 +72,8 @@ class CoupledSTOArray(Substrate):
         self.duration_s = float(duration_s)
         self.dt_s = float(dt_s)
         self.seed = int(seed)
-        self.noise = NoiseSettings(temperature_k=float(temperature_k), dynamical_snr_db=dynamical_snr_db)
+        self.noise = NoiseSettings(temperature_k=float(temperature_k), dynamical_snr_db=dynamical_snr_db,
+                                   dynamical_noise_reference_s=dynamical_noise_reference_s)
         self.observation_snr_db = (None if observation_snr_db is None
                                    else check_snr_db(observation_snr_db, "observation_snr"))
         self._dtype = dtype
@@ -127,6 +131,8 @@ class CoupledSTOArray(Substrate):
             "seed": self.seed,
             "temperature_k": self.noise.temperature_k,
             "dynamical_snr_db": "none" if self.noise.dynamical_snr_db is None else self.noise.dynamical_snr_db,
+            "dynamical_noise_reference_s": ("none" if self.noise.dynamical_noise_reference_s is None
+                                            else self.noise.dynamical_noise_reference_s),
             "observation_snr_db": "none" if self.observation_snr_db is None else self.observation_snr_db,
             "device": self.array.device.name,
             "variability": 0.0 if self.array.variability is None else self.array.variability.damping,
@@ -176,7 +182,7 @@ class CoupledSTOArray(Substrate):
                 m, self.n_steps, self.dt_s, self.coupling_t if self.array.coupling_oe != 0 else None, self.osc,
                 self.array.device.torque_asymmetry, self.p,
                 thermal_sigma_oe=self.thermal_sigma_oe if noise.temperature_k > 0 else None,
-                dynamical_factor=snr_noise_factor(dyn) if dyn_on else None, generator=gen)
+                dynamical_factor=noise.dynamical_factor(self.dt_s) if dyn_on else None, generator=gen)
         else:
             final, _, _ = evolve(self.array, m.detach().cpu().numpy().astype(np.float64), self.n_steps, self.dt_s,
                                  noise=noise, seed=seed, dtype=_DTYPES[self.dtype])
