@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="line plots: band over seeds, min-max (default) or mean +/- std")
     p.add_argument("--hue", default=None, help="line plots: one line per value of this dimension")
     p.add_argument("--out", type=Path, default=None, help="PNG (default: FILE-VAR-X[-Y].png beside FILE)")
+    p.add_argument("--lyapunov-time", type=Path, default=None, metavar="MLE_SWEEP.h5",
+                   help="heat maps: draw the Lyapunov time 1/MLE of this MLE sweep over --x, in --y's units")
+    p.add_argument("--lyapunov-var", default="mle", help="variable of --lyapunov-time (default mle)")
     p = sub.add_parser("ftmle", help="per-sample FTMLE of a reservoir over a dataset (untrained or trained)")
     p.add_argument("--config", type=Path, default=None, help="experiment TOML; flags override it")
     p.add_argument("--checkpoint", type=Path, default=None,
@@ -713,7 +716,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from stosim.sweep import plot_sweep
 
-    out = plot_sweep(args.file, args.var, args.x, args.y, args.out, band=args.band, hue=args.hue)
+    out = plot_sweep(args.file, args.var, args.x, args.y, args.out, band=args.band, hue=args.hue,
+                     lyapunov_time=args.lyapunov_time, lyapunov_var=args.lyapunov_var)
     print(f"wrote {out}")
     return 0
 
