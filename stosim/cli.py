@@ -232,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lyapunov-time", type=Path, default=None, metavar="MLE_SWEEP.h5",
                    help="heat maps: draw the Lyapunov time 1/MLE of this MLE sweep over --x, in --y's units")
     p.add_argument("--lyapunov-var", default="mle", help="variable of --lyapunov-time (default mle)")
+    p = sub.add_parser("visualize", help="state-space pictures: PCA of state trajectories, 3-D Lorenz 96, flow "
+                       "of digits through STO / deep-STO networks, STO time series (state_space_*.png)")
+    p.add_argument("--figure", action="append", default=None,
+                   choices=["pca", "ffesn", "lorenz96", "sto-flow", "sto-timeseries"],
+                   help="figure to draw (repeatable; default all)")
+    p.add_argument("--scale", choices=["tiny", "small"], default="small",
+                   help="sizes: small (docs/figures, minutes) or tiny (seconds, for tests)")
+    p.add_argument("--seed", type=_seed("--seed"), default=0)
+    p.add_argument("--out-dir", type=Path, default=Path("docs/figures"), help="folder (default docs/figures)")
     p = sub.add_parser("ftmle", help="per-sample FTMLE of a reservoir over a dataset (untrained or trained)")
     p.add_argument("--config", type=Path, default=None, help="experiment TOML; flags override it")
     p.add_argument("--checkpoint", type=Path, default=None,
@@ -722,7 +731,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train,
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from stosim.visualize import write_figures
+
+    for path in write_figures(args.out_dir, args.figure, scale=args.scale, seed=args.seed):
+        print(f"wrote {path}")
+    return 0
+
+
+_COMMANDS = {"visualize": _cmd_visualize, "validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train,
              "lyapunov": _cmd_lyapunov, "compare": _cmd_compare, "sweep": _cmd_sweep, "plot": _cmd_plot,
              "ftmle": _cmd_ftmle}
 

@@ -284,7 +284,7 @@ def lyapunov_time_curve(mle_sweep, heatmap, x: str, y: str, var: str = "mle") ->
     xs, t_l = xs[order], t_l[order]
     x_pos = _cell_position(xs, heatmap[x].values)
     y_pos = _cell_position(t_l, heatmap[y].values)
-    factor, unit = _display_scale(heatmap[y])
+    _, unit = _display_scale(heatmap[y])
     unit = "steps" if time_units in ("1", "step") else unit
     n_seeds = f", mean over {mle_sweep.sizes['seed']} seeds" if "seed" in da.dims else ""
     return LyapunovTimeCurve(x_values=xs, lyapunov_time=t_l, x_pos=x_pos, y_pos=y_pos,
