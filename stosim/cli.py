@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flush-seconds", type=float, default=1.0,
                    help="save finished points at most this long after they finish (default 1 s)")
     p.add_argument("--dry-run", action="store_true", help="validate the spec and list the dimensions; run nothing")
+    p.add_argument("--list-points", action="store_true", help="with --dry-run: also print every point's coordinates")
     p.add_argument("--json", action="store_true", help="print one JSON line with the summary")
     p = sub.add_parser("plot", help="plot a sweep file: heat map over --x and --y, or a line over --x")
     p.add_argument("file", type=Path, help="sweep file (.h5) written by `stosim sweep`")
@@ -672,6 +673,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                   for d in sweep.dims}
         dims = "; ".join(f"{d.name} = {values[d.name]} ({d.attrs['units']})" for d in sweep.dims) or "one point"
         print(f"{args.spec}: valid; kind = {sweep.spec.kind}, {len(sweep)} points; {dims}")
+        if args.list_points:
+            for point in sweep.points:
+                print(f"  {point.flat}: {_format_coords(point.coords)}")
         return 0
     if args.out is None:
         raise CLIError("--out FILE.h5 is required (or pass --dry-run)")

@@ -113,3 +113,12 @@ def test_plot_draws_the_lyapunov_time_line(tmp_path, monkeypatch):
     with pytest.raises(PlotError, match="needs --y"):
         plot_sweep(_heatmap(), "best_test_accuracy", "spectral_radius", None, tmp_path / "l.png",
                    lyapunov_time=_mle([0.1] * 5))
+
+
+def test_dry_run_lists_every_point(capsys):
+    spec = EXPERIMENTS / REDUCED["sto"][0]
+    assert main(["sweep", str(spec), "--dry-run", "--list-points"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    n = len(load_spec(spec))
+    assert f"{n} points" in lines[0] and len(lines) == 1 + n
+    assert lines[1].strip().startswith("0: coupling=1, duration=5e-11")
