@@ -156,12 +156,12 @@ def _save(fig, out: Path) -> Path:  # noqa: ANN001
     return path
 
 
-def _paths_2d(ax, proj: np.ndarray, colors=None, label_time: bool = True) -> None:  # noqa: ANN001
-    """Draw each sample's path (S, B, >=2) in the PC1-PC2 plane: start o, end x."""
+def _paths_2d(ax, proj: np.ndarray, colors=None, marker: str = "") -> None:  # noqa: ANN001
+    """Draw each sample's path (S, B, >=2) in the PC1-PC2 plane: start o, end x (``marker`` on every state)."""
     cmap = _pyplot().get_cmap("tab10")
     for b in range(proj.shape[1]):
         c = cmap(b % 10) if colors is None else colors[b]
-        ax.plot(proj[:, b, 0], proj[:, b, 1], "-", color=c, linewidth=0.9, alpha=0.8)
+        ax.plot(proj[:, b, 0], proj[:, b, 1], marker + "-", color=c, linewidth=0.9, alpha=0.8, markersize=3)
         ax.plot(proj[0, b, 0], proj[0, b, 1], "o", color=c, markersize=3)
         ax.plot(proj[-1, b, 0], proj[-1, b, 1], "x", color=c, markersize=4)
     ax.set_xlabel("PC1")
@@ -207,19 +207,23 @@ def figure_pca(out: Path, scale: Scale, seed: int = 0) -> Path:
     cases = [
         (f"coupled STOs, N = {scale.sto_n}, mu = 500 Oe, T = {scale.sto_flow_ps:g} ps",
          sto, sto.initial_state(_random_readin(3 * scale.sto_n, scale.samples, seed)), None, every),
-        (f"FFESN, N = {scale.ffesn_n}, rho = 1.5, K = {scale.ffesn_steps}",
-         FFESN(n=scale.ffesn_n, spectral_radius=1.5, steps=scale.ffesn_steps, seed=seed),
-         _random_readin(scale.ffesn_n, scale.samples, seed), None, 1),
     ]
-    l96 = Lorenz96(n=scale.lorenz_n, forcing=8.0, duration=scale.lorenz_time, dt=0.01)
-    cases.append((f"Lorenz 96, N = {scale.lorenz_n}, F = 8, T = {scale.lorenz_time:g}", l96,
-                  _random_readin(scale.lorenz_n, scale.samples, seed) + 8.0, None, max(1, l96.n_steps // 200)))
+    few = max(3, scale.samples // 5)  # long, space-filling paths: fewer samples to keep them apart
+    k = min(scale.ffesn_steps, 10)
+    cases.append((f"FFESN, N = {scale.ffesn_n}, rho = 1.5, K = {k} ({few} samples)",
+                  FFESN(n=scale.ffesn_n, spectral_radius=1.5, steps=k, seed=seed),
+                  _random_readin(scale.ffesn_n, few, seed), None, 1))
+    t = min(scale.lorenz_time, 2.0)
+    l96 = Lorenz96(n=scale.lorenz_n, forcing=8.0, duration=t, dt=0.01)
+    cases.append((f"Lorenz 96, N = {scale.lorenz_n}, F = 8, T = {t:g} ({few} samples)", l96,
+                  _random_readin(scale.lorenz_n, few, seed) + 8.0, None, 1))
     for ax, (name, sub, x0, steps, every) in zip(axes, cases):
         traj = substrate_trajectory(sub, x0, steps, every)
         proj, _, ratio = pca(traj.states, 3)
-        _paths_2d(ax, proj)
+        _paths_2d(ax, proj, marker="." if "FFESN" in name else "")
         ax.set_title(_pc_title(name, ratio), fontsize=9)
-    fig.suptitle(f"state trajectories of {scale.samples} random read-ins (o start, x end), PCA over all states",
+    fig.suptitle("state trajectories of random read-ins (standard normal; Lorenz 96: F + standard normal) "
+                 "from o to x, PCA over all states of each panel",
                  fontsize=10)
     return _save(fig, out)
 
@@ -232,13 +236,16 @@ def figure_ffesn(out: Path, scale: Scale, seed: int = 0) -> Path:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
     x0 = _random_readin(scale.ffesn_n, scale.samples, seed)
+    few = max(3, scale.samples // 5)
     for ax, rho in zip(axes[:2], FFESN_RHOS):
         sub = FFESN(n=scale.ffesn_n, spectral_radius=rho, steps=scale.ffesn_steps, seed=seed)
         traj = substrate_trajectory(sub, x0)
-        proj, _, ratio = pca(traj.states, 3)
-        _paths_2d(ax, proj)
+        k = min(scale.ffesn_steps, 10)
+        proj, _, ratio = pca(traj.states[: k + 1, :few], 3)
+        _paths_2d(ax, proj, marker=".")
         kind = "contracting" if rho < 1 else "chaotic"
-        ax.set_title(_pc_title(f"FFESN rho = {rho:g} ({kind}), N = {scale.ffesn_n}", ratio), fontsize=9)
+        ax.set_title(_pc_title(f"FFESN rho = {rho:g} ({kind}), N = {scale.ffesn_n}, steps 0-{k}, {few} samples",
+                               ratio), fontsize=9)
         spread = np.sqrt(np.mean(np.var(traj.states, axis=1), axis=-1))  # rms spread over samples, per step
         axes[2].semilogy(traj.time, np.maximum(spread, 1e-300), "o-", markersize=3, label=f"rho = {rho:g}")
     axes[2].set_xlabel("step k")
