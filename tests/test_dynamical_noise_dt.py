@@ -119,3 +119,24 @@ def test_train_config_accepts_a_reference_with_unit():
     assert cfg.dynamical_noise_reference == pytest.approx(1e-12)
     with pytest.raises(ConfigError, match="dynamical_noise_reference"):
         validate_train_config({"dynamical_noise_reference": "-1 ps"})
+
+
+def test_reference_reaches_the_substrate_and_the_cli(tmp_path, capsys):
+    import json
+
+    from stosim.cli import main
+    from stosim.training import build_model, validate_train_config
+
+    cfg = validate_train_config({"substrate": "deep-sto", "n": 4, "dynamical_snr": 30.0,
+                                 "dynamical_noise_reference": "2 ps", "duration": "10 ps"})
+    model = build_model(cfg, 64, 10, (8, 8))
+    for sub in (model.first, model.second):
+        assert sub.noise.dynamical_noise_reference_s == pytest.approx(2e-12)
+        assert sub.read_configuration()["dynamical_noise_reference_s"] == pytest.approx(2e-12)
+    out = tmp_path / "t.h5"
+    assert main(["simulate", "--n", "4", "--duration", "100 ps", "--dt", "0.5 ps", "--dynamical-snr", "20",
+                 "--dynamical-noise-reference", "1 ps", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["measured_dynamical_snr_db"] == pytest.approx(20.0, abs=0.5)
+    assert main(["simulate", "--n", "4", "--duration", "10 ps", "--dynamical-snr", "20",
+                 "--dynamical-noise-reference", "-1 ps", "--out", str(tmp_path / "u.h5")]) == 2
