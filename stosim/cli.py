@@ -743,9 +743,10 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"visualize": _cmd_visualize, "validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train,
+_COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train,
              "lyapunov": _cmd_lyapunov, "compare": _cmd_compare, "sweep": _cmd_sweep, "plot": _cmd_plot,
              "ftmle": _cmd_ftmle}
+_COMMANDS["visualize"] = _cmd_visualize
 
 
 def main(argv: Sequence[str] | None = None) -> int:

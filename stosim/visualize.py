@@ -217,7 +217,7 @@ def figure_pca(out: Path, scale: Scale, seed: int = 0) -> Path:
     l96 = Lorenz96(n=scale.lorenz_n, forcing=8.0, duration=t, dt=0.01)
     cases.append((f"Lorenz 96, N = {scale.lorenz_n}, F = 8, T = {t:g} ({few} samples)", l96,
                   _random_readin(scale.lorenz_n, few, seed) + 8.0, None, 1))
-    for ax, (name, sub, x0, steps, every) in zip(axes, cases):
+    for ax, (name, sub, x0, steps, every) in zip(axes, cases, strict=True):
         traj = substrate_trajectory(sub, x0, steps, every)
         proj, _, ratio = pca(traj.states, 3)
         _paths_2d(ax, proj, marker="." if "FFESN" in name else "")
@@ -237,7 +237,7 @@ def figure_ffesn(out: Path, scale: Scale, seed: int = 0) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
     x0 = _random_readin(scale.ffesn_n, scale.samples, seed)
     few = max(3, scale.samples // 5)
-    for ax, rho in zip(axes[:2], FFESN_RHOS):
+    for ax, rho in zip(axes[:2], FFESN_RHOS, strict=True):
         sub = FFESN(n=scale.ffesn_n, spectral_radius=rho, steps=scale.ffesn_steps, seed=seed)
         traj = substrate_trajectory(sub, x0)
         k = min(scale.ffesn_steps, 10)
@@ -314,7 +314,7 @@ def figure_sto_flow(out: Path, scale: Scale, seed: int = 0) -> Path:
         panels += [("deep STO, first layer", first), ("deep STO, second layer", second)]
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
-    for ax, (name, traj) in zip(axes, panels):
+    for ax, (name, traj) in zip(axes, panels, strict=True):
         proj, _, ratio = pca(traj.states, 3)
         _paths_2d(ax, proj, colors)
         ax.set_title(_pc_title(f"{name}, N = {scale.sto_n}, 500 Oe, T = {scale.sto_flow_ps:g} ps", ratio),
