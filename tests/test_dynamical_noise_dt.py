@@ -140,3 +140,17 @@ def test_reference_reaches_the_substrate_and_the_cli(tmp_path, capsys):
     assert summary["measured_dynamical_snr_db"] == pytest.approx(20.0, abs=0.5)
     assert main(["simulate", "--n", "4", "--duration", "10 ps", "--dynamical-snr", "20",
                  "--dynamical-noise-reference", "-1 ps", "--out", str(tmp_path / "u.h5")]) == 2
+
+
+def test_sweep_specs_take_the_reference_with_a_unit():
+    from stosim.sweep import SpecError, parse_spec, resolve_spec
+
+    raw = {"name": "ref", "kind": "simulate", "base": {"n": 4, "duration": "20 ps", "dynamical_snr": 30.0},
+           "grid": {"dynamical_noise_reference": ["1 ps", "4 ps"]}}
+    sweep = resolve_spec(parse_spec(raw))
+    dim = next(d for d in sweep.dims if d.name == "dynamical_noise_reference")
+    np.testing.assert_allclose(dim.values.astype(float), [1e-12, 4e-12])
+    assert dim.attrs["units"] == "s"
+    bad = {**raw, "grid": {"dynamical_noise_reference": [1e-12]}}
+    with pytest.raises((SpecError, ValueError), match="dynamical_noise_reference"):
+        resolve_spec(parse_spec(bad))
