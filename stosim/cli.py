@@ -317,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="thermal noise at this temperature, e.g. '300 K' (default 0 K: none)")
     p.add_argument("--observation-snr", type=float, default=None, metavar="DB", help="observation noise SNR in dB")
     p.add_argument("--dynamical-snr", type=float, default=None, metavar="DB", help="dynamical noise SNR in dB")
+    p.add_argument("--dynamical-noise-reference", type=_quantity("time", "--dynamical-noise-reference"), default=None,
+                   metavar="TIME", help="e.g. '1 ps': the dynamical SNR is that of the noise accumulated over this "
+                   "time (independent of --dt); default: per step (dt-dependent)")
     p.add_argument("--save-every", type=int, default=None, metavar="K",
                    help="record every K steps (default 10, or the number of steps of a shorter run: its start and end)")
     p.add_argument("--float32", action="store_true", help="simulate in float32 (default float64)")
@@ -366,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network-time", choices=["continuous", "discrete"], default=None, help="rate network dynamics")
     p.add_argument("--temperature", type=str, default=None, help="STO thermal noise, e.g. '300 K'")
     p.add_argument("--dynamical-snr", type=float, default=None, metavar="DB")
+    p.add_argument("--dynamical-noise-reference", type=str, default=None, metavar="TIME",
+                   help="e.g. '1 ps': dynamical SNR over this time (independent of --dt); default: per step")
     p.add_argument("--observation-snr", type=float, default=None, metavar="DB")
     p.add_argument("--variability", type=float, default=None, help="relative spread of each STO's H_K, alpha, I")
     p.add_argument("--noiseless-training", action="store_false", dest="train_with_noise", default=None,
@@ -418,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flush-seconds", type=float, default=1.0,
                    help="save finished points at most this long after they finish (default 1 s)")
     p.add_argument("--dry-run", action="store_true", help="validate the spec and list the dimensions; run nothing")
+    p.add_argument("--list-points", action="store_true", help="with --dry-run: also print every point's coordinates")
     p.add_argument("--json", action="store_true", help="print one JSON line with the summary")
     p = sub.add_parser("plot", help="plot a sweep file: heat map over --x and --y, or a line over --x")
     p.add_argument("file", type=Path, help="sweep file (.h5) written by `stosim sweep`")
@@ -428,6 +434,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="line plots: band over seeds, min-max (default) or mean +/- std")
     p.add_argument("--hue", default=None, help="line plots: one line per value of this dimension")
     p.add_argument("--out", type=Path, default=None, help="PNG (default: FILE-VAR-X[-Y].png beside FILE)")
+    p.add_argument("--lyapunov-time", type=Path, default=None, metavar="MLE_SWEEP.h5",
+                   help="heat maps: draw the Lyapunov time 1/MLE of this MLE sweep over --x, in --y's units")
+    p.add_argument("--lyapunov-var", default="mle", help="variable of --lyapunov-time (default mle)")
+    p = sub.add_parser("visualize", help="state-space pictures: PCA of state trajectories, 3-D Lorenz 96, flow "
+                       "of digits through STO / deep-STO networks, STO time series (state_space_*.png)")
+    p.add_argument("--figure", action="append", default=None,
+                   choices=["pca", "ffesn", "lorenz96", "sto-flow", "sto-timeseries"],
+                   help="figure to draw (repeatable; default all)")
+    p.add_argument("--scale", choices=["tiny", "small"], default="small",
+                   help="sizes: small (docs/figures, minutes) or tiny (seconds, for tests)")
+    p.add_argument("--seed", type=_seed("--seed"), default=0)
+    p.add_argument("--out-dir", type=Path, default=Path("docs/figures"), help="folder (default docs/figures)")
     p = sub.add_parser("ftmle", help="per-sample FTMLE of a reservoir over a dataset (untrained or trained)")
     p.add_argument("--config", type=Path, default=None, help="experiment TOML; flags override it")
     p.add_argument("--checkpoint", type=Path, default=None,
@@ -758,7 +776,8 @@ _TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "l
                "lr", "optimizer", "lr_schedule", "weight_decay", "input_offset", "seed", "dtype", "readout_only",
                "n", "hidden", "coupling", "current", "duration", "dt", "device", "spectral_radius", "steps", "forcing",
                "temperature", "dynamical_snr", "observation_snr", "variability", "train_with_noise",
-               "depth", "activation", "init_spectral_radius", "g", "network_time")
+               "depth", "activation", "init_spectral_radius", "g", "network_time",
+               "dynamical_noise_reference")
 
 
 def _flag(key: str) -> str:
@@ -976,7 +995,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             array, initial, args.duration, args.dt, save_every=save_every, temperature_k=args.temperature,
             dynamical_snr_db=args.dynamical_snr, observation_snr_db=args.observation_snr, seed=args.seed,
             dtype=np.float32 if args.float32 else np.float64, progress=progress,
-            allow_beyond_limits=args.allow_beyond_limits,
+            allow_beyond_limits=args.allow_beyond_limits, dynamical_noise_reference_s=args.dynamical_noise_reference,
         )
     ds = traj.to_dataset()
     write_dataset_atomic(ds, args.out, overwrite=True)
@@ -1022,6 +1041,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                   for d in sweep.dims}
         dims = "; ".join(f"{d.name} = {values[d.name]} ({d.attrs['units']})" for d in sweep.dims) or "one point"
         print(f"{args.spec}: valid; kind = {sweep.spec.kind}, {len(sweep)} points; {dims}")
+        if args.list_points:
+            for point in sweep.points:
+                print(f"  {point.flat}: {_format_coords(point.coords)}")
         return 0
     if args.out is None:
         raise CLIError("--out FILE.h5 is required (or pass --dry-run)")
@@ -1077,15 +1099,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from stosim.sweep import plot_sweep
 
-    out = plot_sweep(args.file, args.var, args.x, args.y, args.out, band=args.band, hue=args.hue)
+    out = plot_sweep(args.file, args.var, args.x, args.y, args.out, band=args.band, hue=args.hue,
+                     lyapunov_time=args.lyapunov_time, lyapunov_var=args.lyapunov_var)
     print(f"wrote {out}")
+    return 0
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from stosim.visualize import write_figures
+
+    for path in write_figures(args.out_dir, args.figure, scale=args.scale, seed=args.seed):
+        print(f"wrote {path}")
     return 0
 
 
 _COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train,
              "lyapunov": _cmd_lyapunov, "compare": _cmd_compare, "sweep": _cmd_sweep, "plot": _cmd_plot,
              "ftmle": _cmd_ftmle, "dnn": _cmd_dnn,
-             "rnn-study": _cmd_rnn_study}
+             "rnn-study": _cmd_rnn_study, "visualize": _cmd_visualize}
 
 
 def _configure_logging(verbose: int) -> None:

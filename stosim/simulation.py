@@ -24,7 +24,8 @@ from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, run_chunk, run
 from stosim.integrate.chunks import chunk_count as _chunk_count, from_chunks as _from_chunks, to_chunks as _to_chunks
 from stosim.integrate.threads import single_threaded_blas as _single_threaded_blas
 from stosim.physics.array import STOArray, check_step_count, check_time_step
-from stosim.physics.noise import add_observation_noise, check_snr_db, snr_noise_factor, thermal_field_sigma_oe
+from stosim.physics.noise import (add_observation_noise, check_noise_reference_s, check_snr_db, dynamical_step_factor,
+                                  thermal_field_sigma_oe)
 from stosim.physics.tmr import voltage_at_bias_current_v
 
 __all__ = ["simulate", "evolve", "Trajectory", "SimulationDivergedError", "NoiseSettings", "initial_state_from_angles",
@@ -109,10 +110,16 @@ class NoiseSettings:
     - ``temperature_k``: thermal field at this temperature (K), stochastic Heun.
     - ``dynamical_snr_db``: state noise added after every step, SNR relative to the
       sample's state variance; m is projected back onto the unit sphere.
+    - ``dynamical_noise_reference_s``: None (default, the seed study's definition): the SNR is that of
+      the noise added in one step, sigma_step = std(m) 10^(-SNR/20), so one SNR is a different physical
+      noise for each dt. A time t_ref (s): the SNR is that of the noise accumulated over t_ref,
+      sigma_step = std(m) 10^(-SNR/20) sqrt(dt / t_ref) (a Wiener increment; the state's spread after a
+      time T does not depend on dt). :func:`stosim.physics.noise.dynamical_step_factor`.
     """
 
     temperature_k: float = 0.0
     dynamical_snr_db: float | None = None
+    dynamical_noise_reference_s: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.temperature_k, str):  # "300 K"
@@ -124,6 +131,13 @@ class NoiseSettings:
             raise ValueError(f"temperature = {t!r} K must be finite and in [0, 1e4] K")
         if self.dynamical_snr_db is not None:
             check_snr_db(self.dynamical_snr_db, "dynamical_snr")
+        check_noise_reference_s(self.dynamical_noise_reference_s)
+
+    def dynamical_factor(self, dt_s: float) -> float:
+        """sigma_step / std(m) of the dynamical noise in a step of ``dt_s`` s (0 without dynamical noise)."""
+        if self.dynamical_snr_db is None or not math.isfinite(self.dynamical_snr_db):
+            return 0.0
+        return dynamical_step_factor(self.dynamical_snr_db, dt_s, self.dynamical_noise_reference_s)
 
 
 def steps_for_duration(duration_s: float, dt_s: float) -> int:
@@ -191,7 +205,8 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
     """Advance states (B, N, 3) by ``n_steps`` steps of ``dt_s`` seconds.
 
     Returns (final state (B, N, 3), saved states (S, B, N, 3) after every ``save_every``
-    steps or None when ``save_every`` is 0, measured dynamical SNR in dB or None).
+    steps or None when ``save_every`` is 0, measured dynamical SNR in dB or None; with a reference time
+    t_ref it is the SNR of the noise accumulated over t_ref, the setting's definition).
     Layout: oscillator i of sample b is ``final[b, i]`` = (m_x, m_y, m_z); ``final.reshape(B, 3 * N)`` is
     the flat state of the substrates (:class:`stosim.CoupledSTOArray`), the same memory order.
     ``progress(done, total)`` is called after each chunk of steps.
@@ -230,7 +245,7 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
                                dev.saturation_magnetization_emu_cm3, dev.volume_cm3, dt_s) * np.ones(n_osc),
         dtype=dtype)
     dynamical = noise.dynamical_snr_db is not None and math.isfinite(noise.dynamical_snr_db)
-    factor = snr_noise_factor(noise.dynamical_snr_db) if dynamical else 0.0
+    factor = noise.dynamical_factor(dt_s)
     rng_th = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_THERMAL,)))
     rng_dyn = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_DYNAMICAL,)))
     stats = np.zeros((n_chunks, 3))
@@ -274,6 +289,9 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
                 progress(done, n_steps)
     total = stats.sum(axis=0)
     measured_dyn = float(10 * np.log10(total[0] / total[1])) if dynamical and total[1] > 0 else None
+    if measured_dyn is not None and noise.dynamical_noise_reference_s is not None:
+        # the kernels measure the SNR of one step's noise; over t_ref it is 10 log10(t_ref / dt) dB lower
+        measured_dyn -= 10 * math.log10(noise.dynamical_noise_reference_s / dt_s)
     final = _from_chunks(m, n_batch)
     saved = _from_chunks(traj[:, :n_saves], n_batch) if save_every else None
     return final, saved, measured_dyn
@@ -375,7 +393,8 @@ def _bias_currents_a(array: STOArray) -> np.ndarray:
 def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s: float, *,
              save_every: int = 1, temperature_k: float = 0.0, dynamical_snr_db: float | None = None,
              observation_snr_db: float | None = None, seed: int = 0, dtype=np.float64,
-             progress: Callable[[int, int], None] | None = None, allow_beyond_limits: bool = False) -> Trajectory:
+             progress: Callable[[int, int], None] | None = None, allow_beyond_limits: bool = False,
+             dynamical_noise_reference_s: float | None = None) -> Trajectory:
     """Run ``array`` from ``initial_state`` ((N, 3) or (B, N, 3)) for ``duration_s`` in steps of ``dt_s``.
 
     The state is recorded at t = 0 and after every ``save_every`` steps. With
@@ -386,6 +405,9 @@ def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s
     A bias current beyond the device's limits (:func:`check_device_limits`) raises
     :class:`DeviceLimitError`; with ``allow_beyond_limits`` the run is made, a
     :class:`DeviceLimitWarning` issued and the exceeded limits kept in ``Trajectory.limit_warnings``.
+
+    ``dynamical_noise_reference_s``: None, the dynamical SNR is per step (dt-dependent); a time t_ref
+    in s, the SNR of the noise accumulated over t_ref (dt-independent; :class:`NoiseSettings`).
     """
     from stosim.quantities import quantity
 
@@ -397,7 +419,8 @@ def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s
         raise ValueError(f"save_every = {save_every!r} must be an integer in [1, {n_steps}] (the number of steps)")
     if observation_snr_db is not None:
         check_snr_db(observation_snr_db, "observation_snr")
-    noise = NoiseSettings(temperature_k=float(temperature_k), dynamical_snr_db=dynamical_snr_db)
+    noise = NoiseSettings(temperature_k=float(temperature_k), dynamical_snr_db=dynamical_snr_db,
+                          dynamical_noise_reference_s=dynamical_noise_reference_s)
     m0 = check_initial_state(initial_state, array.n_oscillators)
     final, saved, measured_dyn = evolve(array, m0, n_steps, dt_s, noise=noise, seed=seed,
                                         save_every=save_every, dtype=dtype, progress=progress)

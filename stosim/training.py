@@ -123,6 +123,10 @@ class TrainConfig(BaseModel):
     input_tau: float = Field(default=0.0, ge=0, le=1e6, description="rate network input correlation time (0: white)")
     temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
     dynamical_snr: OptionalSNRdB = None
+    dynamical_noise_reference: float | None = Field(
+        default=None, ge=1e-18, le=1.0,
+        description="s, e.g. '1 ps': the dynamical SNR is that of the noise accumulated over this time (a Wiener "
+                    "increment, independent of dt); None: per integration step, the seed study's (dt-dependent)")
     observation_snr: OptionalSNRdB = None
     variability: float = Field(default=0.0, ge=0, le=0.5, description="relative spread of H_K, alpha, I")
     train_with_noise: bool = Field(default=True, description="False: train noiselessly, evaluate with the noise")
@@ -142,7 +146,7 @@ class TrainConfig(BaseModel):
     def _temperature(cls, v: Any) -> Any:
         return _parse(v, "temperature", "temperature") if isinstance(v, str) else v
 
-    @field_validator("duration", "dt", mode="before")
+    @field_validator("duration", "dt", "dynamical_noise_reference", mode="before")
     @classmethod
     def _time(cls, v: Any, info) -> Any:  # noqa: ANN001
         return _parse(v, "time", info.field_name) if isinstance(v, str) else v
@@ -219,6 +223,7 @@ def _resolve_file_paths(raw: dict[str, Any], path: Path) -> None:
 UNIT_DIMENSIONS = MappingProxyType({
     "coupling": "field", "current": "current", "temperature": "temperature", "applied_field": "field",
     "anisotropy_field": "field", "duration": "time", "dt": "time", "transient": "time",
+    "dynamical_noise_reference": "time",
 })
 STO_TIME_KEYS = frozenset({"duration", "dt", "transient"})
 _UNIT_EXAMPLES = MappingProxyType({"field": "500 Oe", "current": "2.5 mA", "temperature": "300 K", "time": "300 ps"})
@@ -339,7 +344,7 @@ def _sto(cfg: TrainConfig, seed: int):
         n=cfg.n or cfg.default_n, coupling_oe=cfg.coupling, duration_s=cfg.duration or 300e-12, dt_s=cfg.dt or 1e-12,
         current_a=cfg.current, device=cfg.device, seed=seed, temperature_k=cfg.temperature,
         dynamical_snr_db=cfg.dynamical_snr, observation_snr_db=cfg.observation_snr, variability=cfg.variability,
-        dtype=_torch_dtype(cfg))
+        dtype=_torch_dtype(cfg), dynamical_noise_reference_s=cfg.dynamical_noise_reference)
 
 
 def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tuple[int, int]) -> torch.nn.Module:
@@ -399,7 +404,7 @@ def _device_limit_warnings(model: torch.nn.Module, allow_beyond_limits: bool) ->
 # the TrainConfig keys that set a substrate's (or a baseline's) parameters, per substrate; the other
 # substrate keys do not apply to it (the command line refuses them, the resolved configuration omits them)
 _STO_KEYS = ("n", "coupling", "current", "duration", "dt", "device", "temperature", "dynamical_snr",
-             "observation_snr", "variability", "train_with_noise")
+             "observation_snr", "variability", "train_with_noise", "dynamical_noise_reference")
 SUBSTRATE_KEYS: MappingProxyType = MappingProxyType({
     "sto": _STO_KEYS, "deep-sto": _STO_KEYS, "cnn-sto": (*_STO_KEYS, "conv_channels"),
     "ffesn": ("n", "spectral_radius", "steps"), "lorenz96": ("n", "forcing", "duration", "dt"),
@@ -454,6 +459,8 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
                               "variability": cfg.variability, "train_with_noise": cfg.train_with_noise,
                               "coupling": format_quantity(cfg.coupling, "field"),
                               "temperature": format_quantity(cfg.temperature, "temperature")}
+    values["dynamical_noise_reference"] = ("per step" if cfg.dynamical_noise_reference is None
+                                           else _time_text(cfg.dynamical_noise_reference))
     for key in ("dynamical_snr", "observation_snr"):
         value = getattr(cfg, key)
         values[key] = "off" if value is None or math.isinf(value) else f"{value:g} dB"

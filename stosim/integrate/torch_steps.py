@@ -2,7 +2,9 @@
 
 Same schemes as the Numba loops (:mod:`stosim.integrate.sto_kernels`): RK4 with projection
 onto |m| = 1 for deterministic runs, stochastic Heun for a thermal field, and dynamical
-noise m <- (m + s_b xi)/|...| with s_b = std(m[b]) 10^(-SNR/20) after each step. States
+noise m <- (m + s_b xi)/|...| with s_b = std(m[b]) f after each step, f the per-step factor of
+:meth:`stosim.simulation.NoiseSettings.dynamical_factor`: 10^(-SNR/20) per step (the seed study's
+definition) or 10^(-SNR/20) sqrt(dt / t_ref) over a reference time t_ref (independent of dt). States
 are (B, N, 3) tensors; random numbers come from an explicit ``torch.Generator``.
 """
 
@@ -25,7 +27,9 @@ def evolve_torch(m: torch.Tensor, n_steps: int, dt_s: float, coupling_t: torch.T
     """Advance m (B, N, 3) by ``n_steps`` steps of ``dt_s`` seconds, differentiably.
 
     ``thermal_sigma_oe`` (N,): per-oscillator thermal field standard deviation (Heun is used);
-    ``dynamical_factor``: 10^(-SNR/20) of the dynamical noise, or None.
+    ``dynamical_factor``: sigma_step / std(m) of the dynamical noise in one step of ``dt_s``, or None:
+    10^(-SNR/20) per step, or 10^(-SNR/20) sqrt(dt / t_ref) over a reference time t_ref
+    (:func:`stosim.physics.noise.dynamical_step_factor`).
     """
     for _ in range(n_steps):
         if thermal_sigma_oe is not None:

@@ -2,6 +2,13 @@
 
 - SNR in dB: SNR = 10 log10(var(signal) / var(noise)), so a noise standard deviation
   sigma = sqrt(var(signal)) 10^(-SNR/20).
+- Dynamical (state) noise, two definitions of the per-step amplitude (docs/physics.md section 4):
+  per step (the seed study's, the default): sigma_step = std(state) 10^(-SNR/20) after every step,
+  so the same SNR is a different physical noise for each dt (the rms deviation it causes after a
+  time T grows like sqrt(T / dt)); per reference time t_ref: a Wiener increment
+  sigma_step = std(state) 10^(-SNR/20) sqrt(dt / t_ref), whose accumulated variance after a time T,
+  (T / dt) sigma_step^2 = var(state) 10^(-SNR/10) T / t_ref, does not depend on dt. The SNR is then
+  that of the noise accumulated over t_ref.
 - Thermal field (stochastic LLG): per-component standard deviation
   sigma_th = sqrt(2 alpha k_B T / (gamma M V dt)) in Oe, with k_B in erg/K, M in emu/cm^3,
   V in cm^3, dt in s, gamma in rad/(Oe s).
@@ -17,7 +24,8 @@ import numpy as np
 from stosim.physics.constants import BOLTZMANN_ERG_K
 
 __all__ = ["snr_noise_factor", "measured_snr_db", "thermal_field_sigma_oe", "add_observation_noise", "check_snr_db",
-           "MIN_SNR_DB"]
+           "MIN_SNR_DB", "dynamical_step_factor", "check_noise_reference_s", "MIN_NOISE_REFERENCE_S",
+           "MAX_NOISE_REFERENCE_S"]
 
 
 MIN_SNR_DB = -100.0  # noise amplitude 1e5 times the signal's: below it the signal is gone (and 10^(-SNR/20) overflows)
@@ -41,6 +49,42 @@ def check_snr_db(snr_db: float, name: str) -> float:
 def snr_noise_factor(snr_db: float) -> float:
     """sigma_noise / sigma_signal = 10^(-SNR/20)."""
     return 10.0 ** (-snr_db / 20.0)
+
+
+MIN_NOISE_REFERENCE_S = 1e-18  # 1 as: shorter than any integration step of the LLG
+MAX_NOISE_REFERENCE_S = 1.0
+
+
+def check_noise_reference_s(reference_s: float | None, name: str = "dynamical_noise_reference") -> float | None:
+    """Validate the reference time t_ref (s) of the dynamical noise: None (the per-step definition) or a
+    finite number in [MIN_NOISE_REFERENCE_S, MAX_NOISE_REFERENCE_S] s. Returns it as a float (or None)."""
+    if reference_s is None:
+        return None
+    if isinstance(reference_s, bool) or not isinstance(reference_s, numbers.Real):
+        raise ValueError(f"{name} = {reference_s!r} must be a time in s in [{MIN_NOISE_REFERENCE_S:g} s, "
+                         f"{MAX_NOISE_REFERENCE_S:g} s] (e.g. 1e-12 for 1 ps), or None for the per-step definition")
+    value = float(reference_s)
+    if not (math.isfinite(value) and MIN_NOISE_REFERENCE_S <= value <= MAX_NOISE_REFERENCE_S):
+        raise ValueError(f"{name} = {reference_s!r} s is out of range; valid: [{MIN_NOISE_REFERENCE_S:g} s, "
+                         f"{MAX_NOISE_REFERENCE_S:g} s], or None for the per-step definition")
+    return value
+
+
+def dynamical_step_factor(snr_db: float, dt_s: float, reference_s: float | None = None) -> float:
+    """sigma_step / std(state) of the dynamical noise added after each step of ``dt_s`` seconds.
+
+    ``reference_s`` None (per step, the seed study's definition, dt-dependent): 10^(-SNR/20).
+    ``reference_s`` = t_ref (s): 10^(-SNR/20) sqrt(dt / t_ref), a Wiener increment of diffusion
+    strength D = var(state) 10^(-SNR/10) / t_ref per unit time; the noise accumulated over a time T
+    has variance D T for every dt.
+    """
+    factor = snr_noise_factor(snr_db)
+    reference_s = check_noise_reference_s(reference_s)
+    if reference_s is None:
+        return factor
+    if not (math.isfinite(dt_s) and dt_s > 0):
+        raise ValueError(f"dt = {dt_s!r} s must be a finite number > 0 s")
+    return factor * math.sqrt(dt_s / reference_s)
 
 
 def measured_snr_db(signal: np.ndarray, noise: np.ndarray) -> float:

@@ -53,7 +53,9 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
     (T), ``dt_s``, ``current_a`` (None: the device file's), ``device`` (a path or
     :class:`DeviceParameters`; None: the seed study's pMTJ), ``seed`` (of W; noise streams
     are seeded by :meth:`reset`), ``coupling_matrix`` (explicit N x N W instead of a random
-    one), ``temperature_k``, ``dynamical_snr_db``, ``observation_snr_db``, ``variability``
+    one), ``temperature_k``, ``dynamical_snr_db``, ``dynamical_noise_reference_s`` (None: the dynamical
+    SNR is per step, dt-dependent; t_ref in s: the SNR of the noise accumulated over t_ref, a Wiener
+    increment independent of dt; :class:`stosim.simulation.NoiseSettings`), ``observation_snr_db``, ``variability``
     (relative spread of each device's H_K, alpha and I, drawn from ``seed``), ``dtype``.
 
     Every quantity may be a unit string, parsed as in the files, or a plain number in the unit its
@@ -71,7 +73,8 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
                  dynamical_snr_db: float | None = None, observation_snr_db: float | None = None,
                  variability: float = 0.0, dtype: torch.dtype | str = torch.float64,
                  coupling: float | str | None = None, duration: float | str | None = None, dt: float | str | None = None,
-                 current: float | str | None = None, temperature: float | str | None = None) -> None:
+                 current: float | str | None = None, temperature: float | str | None = None,
+                 dynamical_noise_reference_s: float | None = None) -> None:
         super().__init__()
         coupling_oe = quantity(either(coupling, "coupling", coupling_oe, "coupling_oe", 500.0), "field", "coupling")
         duration_s = quantity(either(duration, "duration", duration_s, "duration_s", 300e-12), "time", "duration")
@@ -98,7 +101,8 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
         self.duration_s = float(duration_s)
         self.dt_s = float(dt_s)
         self.seed = int(seed)
-        self.noise = NoiseSettings(temperature_k=float(temperature_k), dynamical_snr_db=dynamical_snr_db)
+        self.noise = NoiseSettings(temperature_k=float(temperature_k), dynamical_snr_db=dynamical_snr_db,
+                                   dynamical_noise_reference_s=dynamical_noise_reference_s)
         self.observation_snr_db = (None if observation_snr_db is None
                                    else check_snr_db(observation_snr_db, "observation_snr"))
         self._dtype = dtype
@@ -157,6 +161,8 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
             "seed": self.seed,
             "temperature_k": self.noise.temperature_k,
             "dynamical_snr_db": "none" if self.noise.dynamical_snr_db is None else self.noise.dynamical_snr_db,
+            "dynamical_noise_reference_s": ("none" if self.noise.dynamical_noise_reference_s is None
+                                            else self.noise.dynamical_noise_reference_s),
             "observation_snr_db": "none" if self.observation_snr_db is None else self.observation_snr_db,
             "device": self.array.device.name,
             "variability": 0.0 if self.array.variability is None else self.array.variability.damping,
@@ -206,7 +212,7 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
                 m, self.n_steps, self.dt_s, self.coupling_t if self.array.coupling_oe != 0 else None, self.osc,
                 self.array.device.torque_asymmetry, self.p,
                 thermal_sigma_oe=self.thermal_sigma_oe if noise.temperature_k > 0 else None,
-                dynamical_factor=snr_noise_factor(dyn) if dyn_on else None, generator=gen)
+                dynamical_factor=noise.dynamical_factor(self.dt_s) if dyn_on else None, generator=gen)
         else:
             final, _, _ = evolve(self.array, m.detach().cpu().numpy().astype(np.float64), self.n_steps, self.dt_s,
                                  noise=noise, seed=seed, dtype=_DTYPES[self.dtype])

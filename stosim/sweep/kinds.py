@@ -48,6 +48,7 @@ _PARAMETERS = MappingProxyType({
     "transient": ("time", "discarded transient"),
     "temperature": ("K", "temperature"),
     "dynamical_snr": ("dB", "dynamical noise SNR"),
+    "dynamical_noise_reference": ("s", "reference time t_ref of the dynamical noise SNR"),
     "observation_snr": ("dB", "observation noise SNR"),
     "spectral_radius": ("1", "FFESN spectral radius rho"),
     "density": ("1", "FFESN connection density"),
@@ -329,6 +330,8 @@ class SimulatePoint(DeviceOverrides, _STOPointMixin):
     save_every: int = Field(default=10, ge=1)
     temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
     dynamical_snr: OptionalSNRdB = None
+    dynamical_noise_reference: float | None = Field(default=None, ge=1e-18, le=1.0,
+                                                    description="s; None: the dynamical SNR is per step")
     observation_snr: OptionalSNRdB = None
     device: str | None = None
     dtype: Literal["float32", "float64"] = "float64"
@@ -338,6 +341,7 @@ class SimulatePoint(DeviceOverrides, _STOPointMixin):
     _current = field_validator("current", mode="before")(_unit("current"))
     _temperature = field_validator("temperature", mode="before")(_unit("temperature"))
     _times = field_validator("dt", "duration", "transient", mode="before")(_time_validator)
+    _reference = field_validator("dynamical_noise_reference", mode="before")(_unit("time"))
 
     @model_validator(mode="after")
     def _check(self) -> "SimulatePoint":
@@ -509,7 +513,8 @@ def _run_simulate(cfg: SimulatePoint) -> dict[str, Any]:
     traj = simulate(array, random_initial_state(cfg.n, cfg.seed), cfg.duration, cfg.dt, save_every=save_every,
                     temperature_k=cfg.temperature, dynamical_snr_db=cfg.dynamical_snr,
                     observation_snr_db=cfg.observation_snr, seed=cfg.seed,
-                    dtype=np.float32 if cfg.dtype == "float32" else np.float64)
+                    dtype=np.float32 if cfg.dtype == "float32" else np.float64,
+                    dynamical_noise_reference_s=cfg.dynamical_noise_reference)
     keep = traj.time_s >= cfg.transient - 1e-9 * cfg.dt
     m = traj.m[keep, 0].astype(np.float64)  # (S, N, 3)
     v = traj.tmr_voltage_v[keep, 0].astype(np.float64)  # (S, N)

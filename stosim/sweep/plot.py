@@ -12,6 +12,7 @@ Reduction (stated in the plot's title):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Iterator, Literal
@@ -20,7 +21,7 @@ import numpy as np
 
 from stosim.plotting import save_figure
 
-__all__ = ["plot_sweep", "PlotError"]
+__all__ = ["plot_sweep", "PlotError", "lyapunov_time_curve", "LyapunovTimeCurve"]
 
 
 class PlotError(ValueError):
@@ -92,10 +93,14 @@ def _axis_values(coord) -> tuple[np.ndarray, list[str], bool, bool]:  # noqa: AN
 
 
 def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Path | None = None, *,
-               band: Literal["minmax", "std"] = "minmax", hue: str | None = None) -> Path:
+               band: Literal["minmax", "std"] = "minmax", hue: str | None = None,
+               lyapunov_time=None, lyapunov_var: str = "mle") -> Path:  # noqa: ANN001
     """Plot ``var`` of a sweep (Dataset or file) against ``x`` (line) or ``x`` and ``y`` (heat map); save a PNG.
 
     With ``hue`` (line plots only) one line, with its band over seeds, is drawn per value of that dimension.
+    With ``lyapunov_time`` (heat maps only; an MLE sweep, Dataset or file, over the dimension ``x``) the
+    Lyapunov time T_L = 1 / ``lyapunov_var`` (mean over seeds) is drawn as a curve over ``x`` in the units
+    of ``y`` (:func:`lyapunov_time_curve`).
 
     Default ``out``: beside the file, ``<file stem>-<var>-<x>[-<y>].png``. Returns the PNG path.
     """
@@ -129,6 +134,9 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
         raise PlotError(f"--x and --y are both {x!r}; give two different dimensions")
     if band not in ("minmax", "std"):
         raise PlotError(f"band = {band!r}; valid: minmax, std")
+    if lyapunov_time is not None and y is None:
+        raise PlotError("--lyapunov-time draws T = 1/MLE over a heat map; it needs --y (the time axis)")
+    curve = None if lyapunov_time is None else lyapunov_time_curve(lyapunov_time, ds, x, y, lyapunov_var)
     axes = [x] if y is None else [x, y]
     if hue is not None:
         axes.append(hue)
@@ -205,6 +213,8 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
                     v = values[j, i]
                     ax.text(i, j, "n/a" if not np.isfinite(v) else f"{v:.3g}", ha="center", va="center",
                             fontsize=7, color="white" if np.isfinite(v) and v < mid else "black")
+        if curve is not None:
+            _draw_lyapunov_time(ax, curve)
     title = str(ds.attrs.get("sweep_name", "sweep"))
     ax.set_title(title + (f"\n{'; '.join(notes)}" if notes else ""), fontsize=9)
     if out is None:
@@ -215,6 +225,95 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
     out = save_figure(fig, out, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LyapunovTimeCurve:
+    """T_L = 1 / MLE over the heat map's x axis, in the heat map's cell coordinates.
+
+    ``x_values`` / ``lyapunov_time``: the MLE sweep's x values and 1 / MLE (internal units of the heat
+    map's y coordinate: s for the STOs, model time for Lorenz 96, steps for the FFESN; inf where
+    MLE <= 0); ``x_pos`` / ``y_pos``: where they fall on the heat map (cell i is centred on i; NaN
+    outside the drawn range); ``label``: legend text.
+    """
+
+    x_values: np.ndarray
+    lyapunov_time: np.ndarray
+    x_pos: np.ndarray
+    y_pos: np.ndarray
+    label: str
+
+
+def _cell_position(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Position of ``values`` on a heat-map axis whose cell i is centred on ``grid[i]`` (sorted, finite):
+    piecewise-linear between cell centres, in log(value) when the grid is positive and spans >= 50 (as
+    the tick labels); NaN outside [grid[0], grid[-1]]."""
+    grid = np.asarray(grid, dtype=float)
+    values = np.asarray(values, dtype=float)
+    if not np.all(np.isfinite(grid)) or grid.size < 2 or not np.all(np.diff(grid) > 0):
+        raise PlotError("--lyapunov-time needs numeric, increasing, finite coordinates on both heat-map axes")
+    log = bool(np.all(grid > 0) and grid[-1] / grid[0] >= 50)
+    with _quiet():
+        g, v = (np.log(grid), np.log(values)) if log else (grid, values)
+    pos = np.interp(v, g, np.arange(grid.size, dtype=float), left=np.nan, right=np.nan)
+    pos[~np.isfinite(v)] = np.nan
+    return pos
+
+
+def lyapunov_time_curve(mle_sweep, heatmap, x: str, y: str, var: str = "mle") -> LyapunovTimeCurve:  # noqa: ANN001
+    """The Lyapunov time T_L = 1 / MLE of ``mle_sweep`` (Dataset or file; ``var`` over the dimension ``x``,
+    mean over seeds and every other dimension) placed on the heat map ``heatmap`` over (``x``, ``y``).
+
+    Units: ``var`` must be a rate in 1/(units of ``y``) (MLE in 1/s and T in s for the STOs, 1/(model
+    time unit) for Lorenz 96, 1/step and K in steps for the FFESN); anything else is refused
+    (:class:`PlotError` naming both units). Where the MLE is <= 0 there is no Lyapunov time (T_L = inf):
+    the curve has a gap there.
+    """
+    from stosim.sweep.store import read_sweep
+
+    if isinstance(mle_sweep, (str, Path)):
+        if not Path(mle_sweep).exists():
+            raise FileNotFoundError(f"--lyapunov-time {mle_sweep} does not exist")
+        mle_sweep = read_sweep(Path(mle_sweep))
+    if var not in mle_sweep.data_vars:
+        raise PlotError(f"--lyapunov-var {var!r}: not a variable of the --lyapunov-time sweep; variables: "
+                        f"{', '.join(v for v in mle_sweep.data_vars if mle_sweep[v].dtype.kind in 'iuf')}")
+    da = mle_sweep[var]
+    if x not in da.dims:
+        raise PlotError(f"--lyapunov-time: {var} is not swept over --x {x!r}; its dimensions: {', '.join(da.dims)}")
+    rate_units = str(da.attrs.get("units", ""))
+    time_units = str(heatmap[y].attrs.get("units", ""))
+    accepted = {f"1/{time_units}", f"1/({time_units})"} | ({"1/step", "1"} if time_units in ("1", "step") else set())
+    if rate_units not in accepted:
+        raise PlotError(f"--lyapunov-time: {var} is in {rate_units!r}, not a rate in 1/({time_units}) of --y {y!r}; "
+                        "the Lyapunov time 1/MLE must be in the units of the heat map's time axis")
+    other = [d for d in da.dims if d != x]
+    with _quiet():
+        mle = (da.mean(other, skipna=True) if other else da).transpose(x).values.astype(float)
+        t_l = np.where(mle > 0, 1.0 / mle, np.inf)
+    xs = mle_sweep[x].values.astype(float)
+    order = np.argsort(xs)
+    xs, t_l = xs[order], t_l[order]
+    x_pos = _cell_position(xs, heatmap[x].values)
+    y_pos = _cell_position(t_l, heatmap[y].values)
+    _, unit = _display_scale(heatmap[y])
+    unit = "steps" if time_units in ("1", "step") else unit
+    n_seeds = f", mean over {mle_sweep.sizes['seed']} seeds" if "seed" in da.dims else ""
+    return LyapunovTimeCurve(x_values=xs, lyapunov_time=t_l, x_pos=x_pos, y_pos=y_pos,
+                             label=f"Lyapunov time 1/{var} ({unit}{n_seeds})")
+
+
+def _draw_lyapunov_time(ax, curve: LyapunovTimeCurve) -> None:  # noqa: ANN001
+    """The curve as a white-edged red line with markers; gaps where MLE <= 0 or off the drawn range."""
+    ax.plot(curve.x_pos, curve.y_pos, "-o", color="red", markersize=3, linewidth=2, label=curve.label,
+            path_effects=_outline())
+    ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
+
+
+def _outline():
+    import matplotlib.patheffects as pe
+
+    return [pe.Stroke(linewidth=3.5, foreground="white"), pe.Normal()]
 
 
 @contextlib.contextmanager
