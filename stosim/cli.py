@@ -211,6 +211,15 @@ writes OUT/metrics.json (resolved configuration with units, seeds, versions), le
     "ftmle": """examples:
   stosim ftmle --substrate sto --n 20 --coupling "500 Oe" --limit 50 --out data/ftmle.h5 --plot data/ftmle.png
   stosim ftmle --checkpoint data/train-sto --out data/ftmle-trained.h5""",
+    "dnn": """examples:
+  stosim dnn experiments/dnn/toy-ftmle.toml --out data/dnn/toy-ftmle
+  stosim dnn experiments/dnn/init-table.toml --out data/dnn/init-table --data-dir ../shared/data/mnist""",
+    "rnn-study": """examples:
+  stosim rnn-study experiments/rnn/discrete-mle-vs-g.toml --out data/rnn/discrete-mle-vs-g
+  stosim rnn-study experiments/rnn/size-scaling.toml --out data/rnn/size-scaling --scale full --workers 2""",
+    "visualize": """examples:
+  stosim visualize --figure lorenz96 --out-dir data/figures
+  stosim visualize --scale tiny --out-dir data/figures""",
 }
 
 # help of the flags of `stosim train` and `stosim ftmle` that take their default from the configuration
@@ -444,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="figure to draw (repeatable; default all)")
     p.add_argument("--scale", choices=["tiny", "small"], default="small",
                    help="sizes: small (docs/figures, minutes) or tiny (seconds, for tests)")
-    p.add_argument("--seed", type=_seed("--seed"), default=0)
+    p.add_argument("--seed", type=_seed("--seed"), default=0, help="seed of the substrates and read-ins drawn")
     p.add_argument("--out-dir", type=Path, default=Path("docs/figures"), help="folder (default docs/figures)")
     p = sub.add_parser("ftmle", help="per-sample FTMLE of a reservoir over a dataset (untrained or trained)")
     p.add_argument("--config", type=Path, default=None, help="experiment TOML; flags override it")
