@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from stosim.integrate.sto_kernels import SMALL_N_MAX, run_chunk
+from stosim.integrate.sto_kernels import SMALL_N_MAX, run_small
 from stosim.physics.llg import stage_accumulate, stage_final, stage_vjp
 
 __all__ = ["adjoint_chunks"]
@@ -136,9 +136,6 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
     g_hx = np.zeros((n_batch, n_osc), dtype=grad.dtype)
     g_s = np.empty((3, n_batch, n_osc), dtype=grad.dtype)
     nxt = np.empty_like(grad)
-    dummy_noise = np.zeros((1, 3, 1, 1), dtype=grad.dtype)
-    dummy_sigma = np.zeros(n_osc, dtype=grad.dtype)
-    stats = np.zeros(3)
     # below SMALL_N_MAX the forward pass ran the fused small-N loop: recompute with it, fields in _step_vjp
     keep_fields = segment > 1 and n_osc > SMALL_N_MAX
     fields = np.zeros((segment if keep_fields else 1, 4, n_batch, n_osc), dtype=grad.dtype)
@@ -153,9 +150,9 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
             _recompute_segment(seg[0].copy(), seg, fields, coupling_t, use_coupling, osc, lam, p, dt, length, zero,
                                work[0], work[1], work[2])
         elif length > 1:
-            # recompute the states of the segment: seg[q] = state at step start + q
-            run_chunk(seg[0].copy(), coupling_t, use_coupling, osc, lam, p, dt, length - 1, 0, 1, 0, seg[1:],
-                      dummy_noise, False, dummy_sigma, dummy_noise, False, 0.0, stats)
+            # N <= SMALL_N_MAX: recompute the states seg[q] at step start + q with the forward pass's fused loop
+            # (what run_chunk runs there; calling it directly compiles no second signature of run_chunk)
+            run_small(seg[0].copy(), coupling_t, use_coupling, osc, lam, p, dt, length - 1, 1, 0, seg[1:])
         for q in range(length - 1, -1, -1):
             _step_vjp(seg[q], grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, work,
                       fields[q] if given else hxs, zero, g_hx, g_s, nxt, given)

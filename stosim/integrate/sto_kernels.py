@@ -42,7 +42,7 @@ def _small_field(sx, coupling_t, use_coupling, hx):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _run_small(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every, save_offset, traj):
+def run_small(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every, save_offset, traj):
     """Noiseless projected RK4 for a small N: each sample's whole time loop on its own, all four stages
     fused into scalar loops over the N oscillators (same scheme as :func:`run_chunk`; the per-step
     cost is the arithmetic, with no per-stage BLAS call or array pass). Returns like :func:`run_chunk`."""
@@ -180,7 +180,7 @@ def run_chunk(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
     """
     _, n_batch, n_osc = m.shape
     if n_osc <= SMALL_N_MAX and method == METHOD_RK4 and not has_field_noise and not has_state_noise:
-        return _run_small(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every, save_offset, traj)
+        return run_small(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every, save_offset, traj)
     hx = np.zeros((n_batch, n_osc), dtype=m.dtype)
     hy = np.zeros((n_batch, n_osc), dtype=m.dtype)
     # without a random field, h_y and h_z are the same zero array (half the cache footprint)
