@@ -24,13 +24,17 @@ Three implementations of the same deterministic RK4 step of the coupled LLG-Slon
 Cases:
 
 (a) N = 200, batch 256, T = 300 ps, dt = 1 ps (the seed study's MNIST layer), float64 and float32.
-(b) batch 1, N in {1, 10, 100, 1000}, dt = 1 ps (10 ps could turn m by up to 2.7 rad per step at
-    N = 1000, which the step-size check refuses): stosim runs 5000 steps; the slow reference
-    paths run fewer steps (500; 200 with --quick) -- a rate is a rate, so the figures compare
-    directly, but the reference figures come from shorter runs. NumPy only for N <= 100. NumPy is
-    checked against stosim after 1000 steps (1 ns): at mu = 500 Oe the array is chaotic, and
-    round-off differences (1e-15) grow to ~1e-5 by 10 ns (N = 100), which says nothing about
-    correctness.
+(b) batch 1 (de Jong et al.'s workload): N in {1, 10, 100, 1000, 2500}, 4999 RK4 steps of 10 ps,
+    float64 (``batch1_device_steps_per_s``). mu = 500 Oe up to N = 100; for N = 1000 and 2500 mu
+    is halved until the step-size check accepts 10 ps (at 500 Oe the coupling field could turn m by
+    up to 2.7 rad per step at N = 1000); a step costs the same at any mu. stosim runs 4999 steps
+    (N = 2500: 1000 steps unless --full; a rate is a rate); the slow reference paths run fewer
+    steps (500; 200 with --quick), so the figures compare directly but the reference figures come
+    from shorter runs. NumPy only for N <= 100. Besides ``stosim.evolve`` (which includes its
+    per-call checks and set-up, ~0.1-0.5 ms) the Numba time loop alone is timed
+    (``batch1_kernel_device_steps_per_s``, N <= 100). NumPy is checked against stosim after 100
+    steps (1 ns): the array is chaotic, and round-off differences (1e-15) grow over nanoseconds,
+    which says nothing about correctness.
 (c) Matrix-multiply throughput (GFLOP/s, 2 M K N flops per product) of the coupling product
     shapes (64 x 200)(200 x 200) and (256 x 200)(200 x 200), float64 and float32, by: NumPy with
     1 BLAS thread, torch with 1 thread, NumPy/torch with k threads, and a Numba ``prange`` over k
@@ -91,10 +95,11 @@ from torchdiffeq import odeint
 
 import stosim
 from stosim.integrate.threads import single_threaded_blas
+from stosim.physics.array import check_time_step
 from stosim.physics.torch_llg import STORightHandSide
 
 AGREEMENT_TOL = 1e-9
-CHECK_STEPS_B = 1000  # case (b) agreement horizon (1 ns); round-off grows chaotically over longer runs
+CHECK_STEPS_B = 100  # case (b) agreement horizon (1 ns at 10 ps); round-off grows chaotically over longer runs
 PAUSE_S = 0.1  # between timed tasks: lets BLAS/OpenMP worker threads stop spinning
 MATMUL_BLOCK_S = 0.1  # duration of one matmul timing block
 COUPLING_OE = 500.0
@@ -220,6 +225,43 @@ def torch_task(array, m0, n_steps, dt_s, torch_dtype):
         steps = func.calls // 4
         return seconds, n_dev * steps, y[-1].numpy()
     return fn
+
+
+def kernel_task(array, m0, n_steps, dt_s):
+    """The Numba time loop alone (``run_chunk`` on one chunk), without evolve's checks and set-up."""
+    from stosim.integrate.sto_kernels import METHOD_RK4, run_chunk
+
+    n = m0.shape[1]
+    osc = np.ascontiguousarray(array.oscillator_parameters())
+    ct = np.ascontiguousarray(array.coupling_transposed_oe())
+    use = bool(array.coupling_oe != 0.0 and np.any(array.coupling_matrix))
+    p = np.asarray(array.device.reference_direction, dtype=np.float64)
+    lam = float(array.device.torque_asymmetry)
+    dummy = np.zeros((1, 3, 1, 1))
+    traj = np.zeros((1, 3, m0.shape[0], n))
+    start = np.ascontiguousarray(np.moveaxis(m0, -1, 0))
+
+    def fn():
+        m = start.copy()
+        with single_threaded_blas():
+            t0 = time.perf_counter()
+            run_chunk(m, ct, use, osc, lam, p, dt_s, n_steps, METHOD_RK4, n_steps + 1, 0, traj, dummy, False,
+                      np.zeros(n), dummy, False, 0.0, np.zeros(3))
+            seconds = time.perf_counter() - t0
+        return seconds, m0.shape[0] * n * n_steps, np.ascontiguousarray(np.moveaxis(m, 0, -1))
+    return fn
+
+
+def batch1_array(dev, n: int, dt_s: float) -> stosim.STOArray:
+    """The array of case (b): mu = 500 Oe, halved until the step-size check accepts ``dt_s``."""
+    mu = COUPLING_OE
+    while True:
+        arr = stosim.STOArray.generate(dev, n, mu, seed=1)
+        try:
+            check_time_step(arr, dt_s)
+            return arr
+        except ValueError:
+            mu /= 2
 
 
 def run_interleaved(tasks: list[Task], rounds: int, extra: Callable[[int], None] | None = None) -> None:
@@ -361,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 rounds, 100 steps in case (a), 1000/200 steps in case (b)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; 2 with --quick)")
+    ap.add_argument("--full", action="store_true", help="case (b): 4999 steps also at N = 2500")
     args = ap.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         ap.error("--rounds must be >= 1")
@@ -401,19 +444,25 @@ def main(argv: list[str] | None = None) -> int:
     agree = diff_numpy < AGREEMENT_TOL
 
     # ---------------------------------------------------------------- (b) batch 1
-    dt_b = 1e-12
-    steps_b = 1000 if args.quick else 5000
+    dt_b = 1e-11
+    steps_b = 1000 if args.quick else 4999
     steps_ref = 200 if args.quick else 500
-    sizes = (1, 10, 100, 1000)
+    sizes = (1, 10, 100, 1000, 2500)
+    steps_stosim = {n: (steps_b if n < 2500 or args.full else min(steps_b, 1000)) for n in sizes}
+    mu_b: dict[int, float] = {}
     tasks_b: dict[tuple[str, int], Task] = {}
     diff_b: dict[int, float] = {}  # after CHECK_STEPS_B steps (checked)
     diff_b_long: dict[int, float] = {}  # after steps_ref steps (information: chaotic growth of round-off)
     for n in sizes:
-        arr = stosim.STOArray.generate(dev, n, COUPLING_OE, seed=1)
+        arr = batch1_array(dev, n, dt_b)
+        mu_b[n] = arr.coupling_oe
         m0 = unit((1, n, 3))
         ref_check, _, _ = stosim.evolve(arr, m0, CHECK_STEPS_B, dt_b)  # warm-up, and the agreement reference
         ref_long, _, _ = stosim.evolve(arr, m0, steps_ref, dt_b)
-        tasks_b["stosim", n] = Task(f"stosim N={n}", stosim_task(arr, m0, steps_b, dt_b, np.float64))
+        tasks_b["stosim", n] = Task(f"stosim N={n}", stosim_task(arr, m0, steps_stosim[n], dt_b, np.float64))
+        if n <= 100:
+            tasks_b["kernel", n] = Task(f"kernel N={n}", kernel_task(arr, m0, steps_b, dt_b))
+            kernel_task(arr, m0, 2, dt_b)()
         tasks_b["torchdiffeq", n] = Task(f"torchdiffeq N={n}", torch_task(arr, m0, steps_ref, dt_b, torch.float64))
         torch_task(arr, m0, 2, dt_b, torch.float64)()
         if n <= 100:
@@ -460,7 +509,11 @@ def main(argv: list[str] | None = None) -> int:
             }
             for n in sizes
         },
-        "batch1_steps": {"stosim": steps_b, "reference_paths": steps_ref, "dt_s": dt_b},
+        "batch1_device_steps_per_s": {str(n): med(tasks_b, ("stosim", n)) for n in sizes},
+        "batch1_kernel_device_steps_per_s": {str(n): med(tasks_b, ("kernel", n)) for n in sizes if n <= 100},
+        "batch1_coupling_oe": {str(n): mu_b[n] for n in sizes},
+        "batch1_steps": {"stosim": {str(n): steps_stosim[n] for n in sizes}, "reference_paths": steps_ref,
+                         "dt_s": dt_b},
         "case_a": {"n_oscillators": n_a, "batch": batch_a, "steps": steps_a, "dt_s": dt_a, "coupling_oe": COUPLING_OE},
         "matmul_peak_gflops_float64": peak["float64"][0],
         "matmul_peak_gflops_float32": peak["float32"][0],
@@ -473,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         "matmul_bound_device_steps_per_s": limit["float64"],
         "matmul_bound_device_steps_per_s_float32": limit["float32"],
         "fraction_of_matmul_peak": s64 / limit["float64"],
+        "fraction_of_matmul_peak_float64": s64 / limit["float64"],
         "fraction_of_matmul_peak_float32": s32 / limit["float32"],
         "fraction_of_ideal_peak": s64 / (k * peak1["float64"][0] * 1e9 / flops_per_dev_step),
         "max_abs_diff_numpy_vs_stosim_float64": diff_numpy,
@@ -516,8 +570,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    for information: max |m_torchdiffeq - m_stosim| = {diff_torch:.2e} (3/8-rule RK4, no projection); "
           f"max |m_stosim,float32 - m_stosim,float64| = {diff_f32:.2e}\n")
 
-    print(f"(b) batch 1, dt = {dt_b * 1e12:g} ps, float64: stosim {steps_b} steps; torchdiffeq and numpy {steps_ref} steps "
-          "(shorter runs, rates compare directly)")
+    print(f"(b) batch 1, dt = {dt_b * 1e12:g} ps, float64: stosim {steps_b} steps (N = 2500: {steps_stosim[2500]}); "
+          f"torchdiffeq and numpy {steps_ref} steps (shorter runs, rates compare directly); mu (Oe) per N: "
+          + ", ".join(f"{n}: {mu_b[n]:g}" for n in sizes))
+    print("    kernel = the Numba time loop alone (stosim.evolve adds its checks and set-up per call): "
+          + ", ".join(f"N={n}: {_fmt(med(tasks_b, ('kernel', n)))}" for n in sizes if n <= 100))
     print(f"    {'N':>5} {'stosim':>10} {'[min..max]':>23} {'torchdiffeq':>11} {'numpy':>10} {'st/torchdq':>10} "
           f"{'st/numpy':>9} {f'|np-st| {CHECK_STEPS_B * dt_b * 1e9:g}ns':>12} "
           f"{f'|np-st| {steps_ref * dt_b * 1e9:g}ns':>13}")

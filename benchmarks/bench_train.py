@@ -3,25 +3,40 @@
 What is measured (side by side in one run, medians of interleaved repeats):
 
 - one training batch, N = 200 oscillators, batch 64, T = 300 ps, dt = 1 ps: forward + backward
-  of the flow map m(0) -> m(T) with stosim's exact gradient (``stosim.integrate.flow.sto_flow``)
-  and with ``torchdiffeq.odeint_adjoint`` (method rk4, the same dt) on the same torch right-hand
-  side, in float64 and float32, with the same thread count (torch.set_num_threads = Numba's);
-- the gradient difference between the two in float64 (tangential parts: the torchdiffeq flow is
-  not projected onto the unit spheres, so its gradient has an extra radial part);
-- peak memory of forward + backward for N = 200, batch 256, 300 steps: the resident set's
-  high-water mark (VmHWM, reset before the run) above the resident size before it, in a fresh
-  subprocess (Linux);
-- one MNIST epoch of the README's coupled-STO model (N = 200, batch 64) on ../shared/data/mnist
-  (24,345 training images): measured in full, or with ``--quick`` extrapolated from 20 batches.
+  of the flow map m(0) -> m(T) with stosim's exact gradient (``stosim.integrate.flow.sto_flow``),
+  with plain backpropagation through a torch loop of projected RK4 steps
+  (``stosim.physics.torch_llg.rk4_step_torch``, the same discrete map), with
+  ``torchdiffeq.odeint`` (rk4, the same dt) and direct backpropagation through its steps, and with
+  ``torchdiffeq.odeint_adjoint``; all on the same torch right-hand side
+  (``stosim.physics.torch_llg``), in float64 and float32, with the same thread count
+  (torch.set_num_threads = Numba's);
+- the gradient difference to stosim's in float64: ``max_rel_grad_diff`` against the torch RK4
+  backprop (the same map, so round-off only), and against odeint_adjoint in its tangential parts
+  (the torchdiffeq flow is Kutta's 3/8 rule, not projected onto the unit spheres);
+- peak memory of forward + backward of each method (N = 200, batch 64, 300 steps, float64) and of
+  stosim at batch 256: the resident set's high-water mark (VmHWM, reset before the run) above the
+  resident size before it, in a fresh subprocess (Linux);
+- the fraction of the matmul-bound limit: forward + backward costs C coupling products
+  (B x N)(N x N) per RK4 step, 2 B N^2 flops each: C = 12 when every state is kept (4 forward,
+  4 to recompute the stage fields, 4 for the cotangents), C = 16 before the change that keeps the
+  recomputed fields; ``train_fraction_of_matmul_peak`` = (flops / matmul peak) / stosim's time, with
+  the peak (best GFLOP/s over NumPy, torch and Numba-chunked products of the same shapes) measured
+  in the same run;
+- one MNIST epoch of the coupled STOs as trained for the tables (N = 200, T = 300 ps at 1 ps,
+  batch 500, float32, 24,345 images = 49 batches): ``mnist_epoch_s`` is **extrapolated** from timing
+  a few training batches (forward, backward, Adam step; random pixels of MNIST's shape, which cost
+  the same), and ``mnist_epoch_limit_s`` is the matmul-bound limit of the same work: the coupling
+  products (flops as above, with the recomputation stosim does at that size) plus the read-in and
+  readout layers, at the float32 peak.
 
-Reading the numbers: ``ratio_vs_odeint_adjoint`` = torchdiffeq time / stosim time (higher is
-better). A forward + backward costs about three coupling products per RK4 stage, so the ideal
-is about 3x a forward pass.
+Reading the numbers: ``ratio_vs_torch_backprop``, ``ratio_vs_odeint_backprop`` and
+``ratio_vs_odeint_adjoint`` = the other method's time / stosim's (higher is better).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -30,11 +45,11 @@ import time
 from pathlib import Path
 
 import numba
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST = REPO.parent / "shared" / "data" / "mnist"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def _setup(n: int, batch: int, dtype: torch.dtype):
@@ -66,6 +81,27 @@ def _odeint_step(rhs, m0, weights, steps, dt):
     return x.grad
 
 
+def _torch_rk4_step(rhs, m0, weights, steps, dt):
+    from stosim.physics.torch_llg import rk4_step_torch
+
+    x = m0.clone().requires_grad_(True)
+    m = x
+    for _ in range(steps):
+        m = rk4_step_torch(m, dt, rhs.coupling_t, rhs.osc, rhs.lam, rhs.p)
+    (m * weights).sum().backward()
+    return x.grad
+
+
+def _odeint_backprop_step(rhs, m0, weights, steps, dt):
+    from torchdiffeq import odeint
+
+    x = m0.clone().requires_grad_(True)
+    t = torch.tensor([0.0, steps * dt], dtype=m0.dtype)
+    out = odeint(rhs, x, t, method="rk4", options={"step_size": dt})
+    (out[-1] * weights).sum().backward()
+    return x.grad
+
+
 def _time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -75,12 +111,27 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_gradients(repeats: int) -> dict:
+N_TRAIN, BATCH_TRAIN, STEPS_TRAIN, DT_TRAIN = 200, 64, 300, 1e-12
+
+
+def coupling_products_per_step(n: int, batch: int, steps: int, dtype: torch.dtype) -> int:
+    """Coupling products per RK4 step of stosim's forward + backward: 12, or 16 where states are recomputed
+    from checkpoints and the stage fields are not kept (N <= SMALL_N_MAX; not at the sizes benchmarked here)."""
+    from stosim.integrate.chunks import chunk_count
+    from stosim.integrate.flow import DEFAULT_CHECKPOINT_BYTES, checkpoint_segment
+
+    n_chunks = chunk_count(batch, n)
+    state_bytes = n_chunks * 3 * (-(-batch // n_chunks)) * n * (8 if dtype == torch.float64 else 4)
+    segment = checkpoint_segment(steps, state_bytes, DEFAULT_CHECKPOINT_BYTES)
+    return 12 + (4 if segment > 1 and n <= 32 else 0)
+
+
+def bench_gradients(repeats: int, matmul=None) -> dict:
     from stosim.physics.torch_llg import STORightHandSide
 
     threads = numba.get_num_threads()
     torch.set_num_threads(threads)
-    n, batch, steps, dt = 200, 64, 300, 1e-12
+    n, batch, steps, dt = N_TRAIN, BATCH_TRAIN, STEPS_TRAIN, DT_TRAIN
     out: dict = {"threads": threads}
     for dtype, name in ((torch.float64, "float64"), (torch.float32, "float32")):
         device, array, m0, weights = _setup(n, batch, dtype)
@@ -88,18 +139,47 @@ def bench_gradients(repeats: int) -> dict:
                                device.reference_direction, dtype=dtype)
         _stosim_step(array, m0, weights, steps, dt)  # compile / warm up
         _odeint_step(rhs, m0, weights, 5, dt)
-        ts, to = [], []
-        for _ in range(repeats):  # interleaved
-            ts.append(_time(lambda: _stosim_step(array, m0, weights, steps, dt), 1))
-            to.append(_time(lambda: _odeint_step(rhs, m0, weights, steps, dt), 1))
-        out[f"stosim_step_s_{name}"] = statistics.median(ts)
-        out[f"odeint_adjoint_step_s_{name}"] = statistics.median(to)
-        out[f"ratio_vs_odeint_adjoint_{name}"] = statistics.median(to) / statistics.median(ts)
+        _torch_rk4_step(rhs, m0, weights, 5, dt)
+        _odeint_backprop_step(rhs, m0, weights, 5, dt)
+        case = (m0, weights, steps, dt)
+        paths = {"stosim": functools.partial(_stosim_step, array, *case),
+                 "torch_backprop": functools.partial(_torch_rk4_step, rhs, *case),
+                 "odeint_backprop": functools.partial(_odeint_backprop_step, rhs, *case),
+                 "odeint_adjoint": functools.partial(_odeint_step, rhs, *case)}
+        times: dict[str, list[float]] = {k: [] for k in paths}
+        for r in range(repeats):  # interleaved, rotated order
+            keys = list(paths)
+            for key in keys[r % 4:] + keys[:r % 4]:
+                times[key].append(_time(paths[key], 1))
+            if matmul is not None:
+                matmul.round(r)
+        t_st = statistics.median(times["stosim"])
+        out[f"stosim_step_s_{name}"] = t_st
+        for key in ("torch_backprop", "odeint_backprop", "odeint_adjoint"):
+            out[f"{key}_step_s_{name}"] = statistics.median(times[key])
+            out[f"ratio_vs_{key}_{name}"] = statistics.median(times[key]) / t_st
+        products = coupling_products_per_step(n, batch, steps, dtype)
+        flops = products * 2.0 * batch * n * n * steps
+        out[f"train_flops_{name}"] = flops
+        out[f"train_coupling_products_per_step_{name}"] = products
         if dtype == torch.float64:
             g1 = _stosim_step(array, m0, weights, steps, dt)
+            g_bp = _torch_rk4_step(rhs, m0, weights, steps, dt)
             g2 = _odeint_step(rhs, m0, weights, steps, dt)
-            tang = lambda g: g - m0 * (g * m0).sum(-1, keepdim=True)  # noqa: E731
-            out["max_rel_grad_diff"] = float((tang(g1) - tang(g2)).abs().max() / tang(g2).abs().max())
+            out["max_rel_grad_diff"] = float((g1 - g_bp).abs().max() / g_bp.abs().max())
+            t1, t2 = (g - m0 * (g * m0).sum(-1, keepdim=True) for g in (g1, g2))
+            out["max_rel_grad_diff_vs_odeint_adjoint_tangential"] = float((t1 - t2).abs().max() / t2.abs().max())
+    if matmul is not None:
+        for name in ("float64", "float32"):
+            peak = matmul.peak(name)
+            out[f"matmul_peak_gflops_{name}"] = peak[0]
+            out[f"matmul_peak_method_{name}"] = f"{peak[1]} {peak[2]}"
+            limit_s = out[f"train_flops_{name}"] / (peak[0] * 1e9)
+            out[f"train_limit_s_{name}"] = limit_s
+            out[f"train_fraction_of_matmul_peak_{name}"] = limit_s / out[f"stosim_step_s_{name}"]
+        out["train_fraction_of_matmul_peak"] = out["train_fraction_of_matmul_peak_float64"]
+    out["ratio_vs_torch_backprop"] = out["ratio_vs_torch_backprop_float64"]
+    out["ratio_vs_odeint_backprop"] = out["ratio_vs_odeint_backprop_float64"]
     out["stosim_step_s"] = out["stosim_step_s_float64"]
     out["odeint_adjoint_step_s"] = out["odeint_adjoint_step_s_float64"]
     out["ratio_vs_odeint_adjoint"] = out["ratio_vs_odeint_adjoint_float64"]
@@ -109,72 +189,134 @@ def bench_gradients(repeats: int) -> dict:
 _MEMORY_CHILD = r"""
 import sys, torch
 sys.path.insert(0, {repo!r})
-from benchmarks.bench_train import _setup, _stosim_step
+import numba
+torch.set_num_threads(numba.get_num_threads())
+from benchmarks.bench_train import _setup, _stosim_step, _torch_rk4_step, _odeint_backprop_step, _odeint_step
+from stosim.physics.torch_llg import STORightHandSide
 
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
 
-device, array, m0, weights = _setup(200, 256, torch.float64)
-_stosim_step(array, m0[:2], weights[:2], 3, 1e-12)          # compile first
+device, array, m0, weights = _setup(200, {batch}, torch.float64)
+rhs = STORightHandSide(array.coupling_transposed_oe(), array.oscillator_parameters(), device.torque_asymmetry,
+                       device.reference_direction, dtype=torch.float64)
+run = {{"stosim": lambda k: _stosim_step(array, m0, weights, k, 1e-12),
+        "torch_backprop": lambda k: _torch_rk4_step(rhs, m0, weights, k, 1e-12),
+        "odeint_backprop": lambda k: _odeint_backprop_step(rhs, m0, weights, k, 1e-12),
+        "odeint_adjoint": lambda k: _odeint_step(rhs, m0, weights, k, 1e-12)}}[{method!r}]
+run(3)                                                        # compile / warm up first
 base = status("VmRSS")
 with open("/proc/self/clear_refs", "w") as f:                 # reset the high-water mark VmHWM
     f.write("5")
-_stosim_step(array, m0, weights, 300, 1e-12)
+run(300)
 print(status("VmHWM") - base)
 """
 
 
-def bench_memory() -> int:
-    res = subprocess.run([sys.executable, "-c", _MEMORY_CHILD.format(repo=str(REPO))], capture_output=True, text=True,
-                         check=True)
+def bench_memory(method: str = "stosim", batch: int = 256) -> int:
+    """Peak resident-set growth (bytes) of one forward + backward, N = 200, 300 steps, float64, fresh process."""
+    res = subprocess.run([sys.executable, "-c", _MEMORY_CHILD.format(repo=str(REPO), batch=batch, method=method)],
+                         capture_output=True, text=True, check=True)
     return int(res.stdout.strip().splitlines()[-1])
 
 
-def bench_mnist_epoch(quick: bool) -> tuple[float | None, str]:
-    if not MNIST.exists():
-        return None, f"skipped: {MNIST} not found"
-    from stosim.datasets import load_dataset
+MNIST_IMAGES, MNIST_BATCH, MNIST_PIXELS = 24_345, 500, 784
+
+
+def mnist_epoch_flops(substrate: str = "sto") -> float:
+    """Matmul flops of one epoch (N = 200, 300 steps, batch 500, float32): coupling products of forward +
+    backward per STO layer, plus read-in (784 -> 600), inner (600 -> 600, deep) and readout (600 -> 10) layers
+    (forward, weight gradient, input gradient: 3 products each)."""
+    n, steps = 200, 300
+    n_batches = -(-MNIST_IMAGES // MNIST_BATCH)
+    per_layer = coupling_products_per_step(n, MNIST_BATCH, steps, torch.float32) * 2.0 * MNIST_BATCH * n * n * steps
+    layers = 2 if substrate == "deep-sto" else 1
+    dense = 3 * 2.0 * MNIST_BATCH * (MNIST_PIXELS * 3 * n + 3 * n * 10 + (layers - 1) * (3 * n) ** 2)
+    return n_batches * (layers * per_layer + dense)
+
+
+def bench_mnist_epoch(batches: int, substrate: str = "sto") -> tuple[float, str]:
+    """One MNIST epoch (N = 200, T = 300 ps at 1 ps, batch 500, float32), extrapolated from ``batches`` batches."""
     from stosim.training import TrainConfig, build_model
 
-    train, _ = load_dataset("mnist", MNIST)
-    cfg = TrainConfig(substrate="sto", dataset="mnist", n=200)
-    model = build_model(cfg, train.n_features, 10, train.image_shape)
+    cfg = TrainConfig(substrate=substrate, dataset="mnist", n=200, batch_size=MNIST_BATCH, dtype="float32",
+                      lr=1e-3)
+    model = build_model(cfg, MNIST_PIXELS, 10, (28, 28))
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    x = torch.as_tensor(train.flat(), dtype=torch.float64)
-    y = torch.as_tensor(train.labels)
-    n_batches = (x.shape[0] + 63) // 64
-    todo = 20 if quick else n_batches
-    t0 = time.perf_counter()
-    for k in range(todo):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(MNIST_BATCH, MNIST_PIXELS, generator=gen, dtype=torch.float32)
+    y = torch.randint(0, 10, (MNIST_BATCH,), generator=gen)
+    n_batches = -(-MNIST_IMAGES // MNIST_BATCH)
+
+    def one() -> None:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x[k * 64:(k + 1) * 64]), y[k * 64:(k + 1) * 64])
-        loss.backward()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    elapsed = time.perf_counter() - t0
-    if quick:
-        return elapsed * n_batches / todo, f"extrapolated from {todo} of {n_batches} batches"
-    return elapsed, f"measured over all {n_batches} batches"
+
+    one()  # warm up (compiles on a cold cache)
+    times = [_time(one, 1) for _ in range(batches)]
+    return (statistics.median(times) * n_batches,
+            (f"EXTRAPOLATED: median of {batches} timed batches x {n_batches} batches ({MNIST_IMAGES} images, "
+             f"batch {MNIST_BATCH}, {substrate}, random pixels of MNIST's shape)"))
 
 
 def main() -> None:
+    import os
+
+    from benchmarks.bench_simulate import MatmulBench
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats; MNIST epoch extrapolated")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and MNIST batches")
+    parser.add_argument("--deep", action="store_true", help="also extrapolate an epoch of the deep STOs (two layers)")
     args = parser.parse_args()
-    res = bench_gradients(repeats=2 if args.quick else 3)
-    res["peak_memory_bytes_n200_b256_300steps"] = bench_memory()
-    res["mnist_epoch_s"], res["mnist_epoch_note"] = bench_mnist_epoch(args.quick)
-    print(f"threads: {res['threads']} (Numba and torch)")
-    print(f"{'one batch (N=200, B=64, 300 x 1 ps)':40s} {'stosim':>10s} {'odeint_adjoint':>15s} {'ratio':>8s}")
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    _, array, _, _ = _setup(N_TRAIN, 2, torch.float64)
+    matmul = MatmulBench(numba.get_num_threads(), array.coupling_transposed_oe(),
+                         shapes=((32, N_TRAIN), (64, N_TRAIN), (256, N_TRAIN)))
+    res = bench_gradients(repeats=2 if args.quick else 3, matmul=matmul)
+    res["peak_memory_bytes_n200_b256_300steps"] = bench_memory("stosim", 256)
+    for key in ("stosim", "torch_backprop", "odeint_backprop", "odeint_adjoint"):
+        res[f"peak_memory_bytes_{key}_n200_b64_300steps"] = bench_memory(key, BATCH_TRAIN)
+    res["mnist_epoch_s"], res["mnist_epoch_note"] = bench_mnist_epoch(2 if args.quick else 4)
+    res["mnist_epoch_flops"] = mnist_epoch_flops()
+    res["mnist_epoch_limit_s"] = res["mnist_epoch_flops"] / (res["matmul_peak_gflops_float32"] * 1e9)
+    if args.deep:
+        res["deep_mnist_epoch_s"], res["deep_mnist_epoch_note"] = bench_mnist_epoch(2, "deep-sto")
+        res["deep_mnist_epoch_limit_s"] = mnist_epoch_flops("deep-sto") / (res["matmul_peak_gflops_float32"] * 1e9)
+    res["loadavg_before"] = load_before
+    res["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"threads: {res['threads']} (Numba and torch); load average before {load_before}, after {res['loadavg_after']}")
+    print(f"{'one batch (N=200, B=64, 300 x 1 ps)':36s} {'stosim':>8s} {'torch RK4 bp':>13s} {'odeint bp':>10s} "
+          f"{'odeint_adj':>10s}   ratios (other / stosim)")
     for name in ("float64", "float32"):
-        print(f"{'forward+backward ' + name:40s} {res[f'stosim_step_s_{name}']:9.3f}s "
-              f"{res[f'odeint_adjoint_step_s_{name}']:14.3f}s {res[f'ratio_vs_odeint_adjoint_{name}']:7.1f}x")
-    print(f"max relative gradient difference (float64, tangential): {res['max_rel_grad_diff']:.2e}")
-    print(f"peak memory, N=200, batch 256, 300 steps: {res['peak_memory_bytes_n200_b256_300steps'] / 2**20:.0f} MiB")
-    if res["mnist_epoch_s"] is not None:
-        print(f"one MNIST epoch (N=200, batch 64): {res['mnist_epoch_s']:.0f} s ({res['mnist_epoch_note']})")
+        print(f"{'forward+backward ' + name:36s} {res[f'stosim_step_s_{name}']:7.3f}s "
+              f"{res[f'torch_backprop_step_s_{name}']:12.3f}s {res[f'odeint_backprop_step_s_{name}']:9.3f}s "
+              f"{res[f'odeint_adjoint_step_s_{name}']:9.3f}s   {res[f'ratio_vs_torch_backprop_{name}']:.1f}x "
+              f"{res[f'ratio_vs_odeint_backprop_{name}']:.1f}x {res[f'ratio_vs_odeint_adjoint_{name}']:.1f}x")
+    def mib(key: str) -> float:
+        return res[f"peak_memory_bytes_{key}_n200_b64_300steps"] / 2**20
+
+    print(f"{'peak memory float64 (MiB)':36s} {mib('stosim'):7.0f}  {mib('torch_backprop'):12.0f}  "
+          f"{mib('odeint_backprop'):9.0f}  {mib('odeint_adjoint'):9.0f}")
+    for name in ("float64", "float32"):
+        print(f"matmul-bound limit {name}: {res[f'train_coupling_products_per_step_{name}']} coupling products "
+              f"(B x N)(N x N) per step = {res[f'train_flops_{name}']:.3g} flops at the peak "
+              f"{res[f'matmul_peak_gflops_{name}']:.1f} GFLOP/s ({res[f'matmul_peak_method_{name}']}, same run) = "
+              f"{res[f'train_limit_s_{name}']:.3f} s; train_fraction_of_matmul_peak "
+              f"{res[f'train_fraction_of_matmul_peak_{name}']:.2f}")
+    print(f"max relative gradient difference (float64) vs torch RK4 backprop: {res['max_rel_grad_diff']:.2e}; "
+          f"vs odeint_adjoint (tangential): {res['max_rel_grad_diff_vs_odeint_adjoint_tangential']:.2e}")
+    print(f"peak memory of stosim, N=200, batch 256, 300 steps: "
+          f"{res['peak_memory_bytes_n200_b256_300steps'] / 2**20:.0f} MiB")
+    print(f"one MNIST epoch (N=200, T=300 ps, batch 500, float32): {res['mnist_epoch_s']:.0f} s "
+          f"({res['mnist_epoch_note']}); matmul-bound limit {res['mnist_epoch_limit_s']:.0f} s "
+          f"({res['mnist_epoch_flops']:.3g} flops at the float32 peak)")
+    if args.deep:
+        print(f"deep STOs: {res['deep_mnist_epoch_s']:.0f} s ({res['deep_mnist_epoch_note']}); "
+              f"limit {res['deep_mnist_epoch_limit_s']:.0f} s")
     if args.json:
         print(json.dumps(res))
 

@@ -9,8 +9,10 @@ checkpoint, and propagates the cotangent through each step. For one step
 
 the cotangent g' of m' gives g_u = (g' - m' (m'.g'))/|u|, then each stage in reverse adds
 g_s = J_m(s)^T g_k (pointwise) plus the coupling term (g_hx @ mu W) (one matrix product, since
-H_x = s_x @ (mu W)^T). A step's gradient therefore costs 8 coupling products on top of the 4
-of the forward pass (plus 4 for the recomputation when K > 1). This is the gradient of the
+H_x = s_x @ (mu W)^T). When all states are kept (K = 1), a step's gradient costs 8 coupling
+products on top of the 4 of the forward pass (4 to recompute the stage fields, 4 for the cotangents).
+When K > 1, the recomputation of a segment keeps the four stage fields H_x(s_j) of each of its
+steps (bitwise the ones the forward pass computed), so a step again costs 8 products, not 12. This is the gradient of the
 discrete map, so it agrees with backprop through a torch RK4 loop to round-off.
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from stosim.integrate.sto_kernels import run_chunk
+from stosim.integrate.sto_kernels import SMALL_N_MAX, run_small
 from stosim.physics.llg import stage_accumulate, stage_final, stage_vjp
 
 __all__ = ["adjoint_chunks"]
@@ -32,19 +34,26 @@ def _coupled_field(s, coupling_t, use_coupling, hx):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _step_vjp(m, g, coupling_t, coupling, use_coupling, osc, lam, p, dt, work, hxs, zero, g_hx, g_s, out):
-    """out = (d m'/d m)^T g for one projected RK4 step from m (all (3, Bc, N))."""
+def _step_vjp(m, g, coupling_t, coupling, use_coupling, osc, lam, p, dt, work, hxs, zero, g_hx, g_s, out,
+              fields_given=False):
+    """out = (d m'/d m)^T g for one projected RK4 step from m (all (3, Bc, N)).
+
+    ``hxs`` (4, Bc, N) receives the stage fields H_x(s_j), or holds them when ``fields_given``."""
     s2, s3, s4, k1, k2, k3, k4, gk = work[0], work[1], work[2], work[3], work[4], work[5], work[6], work[7]
     consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(m.dtype)  # in working precision
     half, c_zero, c_one = dt * consts[0], consts[3], consts[4]
     # recompute the stages (k_j via stage_accumulate with keep = 0, w = 1)
-    _coupled_field(m, coupling_t, use_coupling, hxs[0])
+    if not fields_given:
+        _coupled_field(m, coupling_t, use_coupling, hxs[0])
     stage_accumulate(m, m, hxs[0], zero, zero, osc, lam, p, half, c_zero, c_one, k1, s2)
-    _coupled_field(s2, coupling_t, use_coupling, hxs[1])
+    if not fields_given:
+        _coupled_field(s2, coupling_t, use_coupling, hxs[1])
     stage_accumulate(m, s2, hxs[1], zero, zero, osc, lam, p, half, c_zero, c_one, k2, s3)
-    _coupled_field(s3, coupling_t, use_coupling, hxs[2])
+    if not fields_given:
+        _coupled_field(s3, coupling_t, use_coupling, hxs[2])
     stage_accumulate(m, s3, hxs[2], zero, zero, osc, lam, p, dt, c_zero, c_one, k3, s4)
-    _coupled_field(s4, coupling_t, use_coupling, hxs[3])
+    if not fields_given:
+        _coupled_field(s4, coupling_t, use_coupling, hxs[3])
     stage_accumulate(m, s4, hxs[3], zero, zero, osc, lam, p, c_zero, c_zero, c_one, k4, gk)  # gk: scratch
     _, n_batch, n_osc = m.shape
     sixth = dt * consts[1]
@@ -93,6 +102,26 @@ def _stage_back(s, hx, zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _recompute_segment(x, seg, fields, coupling_t, use_coupling, osc, lam, p, dt, length, zero, acc, tmp, tmp2):
+    """Recompute ``length`` RK4 steps from x = seg[0] (as :func:`run_chunk` does, bitwise): seg[q] = state at
+    step q (q < length), fields[q, j] = H_x of stage j of step q. ``x`` is overwritten."""
+    consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(x.dtype)  # in working precision
+    half, sixth, third, c_zero, c_one = dt * consts[0], consts[1], consts[2], consts[3], consts[4]
+    for q in range(length):
+        f = fields[q]
+        _coupled_field(x, coupling_t, use_coupling, f[0])
+        stage_accumulate(x, x, f[0], zero, zero, osc, lam, p, half, c_zero, sixth, acc, tmp)
+        _coupled_field(tmp, coupling_t, use_coupling, f[1])
+        stage_accumulate(x, tmp, f[1], zero, zero, osc, lam, p, half, c_one, third, acc, tmp2)
+        _coupled_field(tmp2, coupling_t, use_coupling, f[2])
+        stage_accumulate(x, tmp2, f[2], zero, zero, osc, lam, p, dt, c_one, third, acc, tmp)
+        _coupled_field(tmp, coupling_t, use_coupling, f[3])
+        if q + 1 < length:
+            stage_final(x, tmp, f[3], zero, zero, osc, lam, p, dt, sixth, acc, x)
+            seg[q + 1] = x
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, n_steps, segment):
     """Gradient of the projected RK4 flow over ``n_steps`` w.r.t. the initial state of one chunk.
 
@@ -107,21 +136,26 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
     g_hx = np.zeros((n_batch, n_osc), dtype=grad.dtype)
     g_s = np.empty((3, n_batch, n_osc), dtype=grad.dtype)
     nxt = np.empty_like(grad)
-    dummy_noise = np.zeros((1, 3, 1, 1), dtype=grad.dtype)
-    dummy_sigma = np.zeros(n_osc, dtype=grad.dtype)
-    stats = np.zeros(3)
+    # below SMALL_N_MAX the forward pass ran the fused small-N loop: recompute with it, fields in _step_vjp
+    keep_fields = segment > 1 and n_osc > SMALL_N_MAX
+    fields = np.zeros((segment if keep_fields else 1, 4, n_batch, n_osc), dtype=grad.dtype)
     n_seg = (n_steps + segment - 1) // segment
     for j in range(n_seg - 1, -1, -1):
         start = j * segment
         length = min(segment, n_steps - start)
         seg[0] = ckpt[j]
-        if length > 1:
-            # recompute the states of the segment: seg[q] = state at step start + q
-            run_chunk(seg[0].copy(), coupling_t, use_coupling, osc, lam, p, dt, length - 1, 0, 1, 0, seg[1:],
-                      dummy_noise, False, dummy_sigma, dummy_noise, False, 0.0, stats)
+        given = keep_fields and length > 1
+        if given:
+            # states seg[q] at step start + q and the stage fields of each step of the segment
+            _recompute_segment(seg[0].copy(), seg, fields, coupling_t, use_coupling, osc, lam, p, dt, length, zero,
+                               work[0], work[1], work[2])
+        elif length > 1:
+            # N <= SMALL_N_MAX: recompute the states seg[q] at step start + q with the forward pass's fused loop
+            # (what run_chunk runs there; calling it directly compiles no second signature of run_chunk)
+            run_small(seg[0].copy(), coupling_t, use_coupling, osc, lam, p, dt, length - 1, 1, 0, seg[1:])
         for q in range(length - 1, -1, -1):
-            _step_vjp(seg[q], grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, work, hxs, zero, g_hx,
-                      g_s, nxt)
+            _step_vjp(seg[q], grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, work,
+                      fields[q] if given else hxs, zero, g_hx, g_s, nxt, given)
             grad[:] = nxt
     return grad
 
