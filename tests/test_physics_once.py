@@ -129,7 +129,7 @@ def test_tmr_inverse_round_trips_numpy_and_torch():
     v = voltage_at_bias_current_v(mp, 440.0, 1.2, 2e-3)
     assert v[0] == pytest.approx(2e-3 * 440.0 * 2.2) and v[-1] == pytest.approx(2e-3 * 440.0)
     np.testing.assert_allclose(projection_from_voltage(v, 2e-3, 440.0, 1.2), mp, atol=1e-14)
-    mt = torch.as_tensor(mp, requires_grad=True)
+    mt = torch.tensor(mp, requires_grad=True)
     vt = voltage_at_bias_current_v(mt, 440.0, 1.2, 2e-3)
     (g,) = torch.autograd.grad(vt.sum(), mt)  # dV/d(m.p) = -I R_P TMR / 2
     np.testing.assert_allclose(g.numpy(), -2e-3 * 440.0 * 0.6, rtol=1e-14)
