@@ -183,3 +183,25 @@ def test_noisy_evolve_is_one_realisation_with_and_without_a_graph(noise, dtype):
     tol = 2e-14 if dtype == torch.float64 else 2e-6
     assert torch.max(torch.abs(with_graph.detach() - without)) < tol
     assert torch.max(torch.abs(other - without)) > 1e-3
+
+
+def test_digital_twin_observation_noise_realises_the_requested_snr_per_segment():
+    """Twin with only observation noise (10 dB) vs the noiseless twin, same read-in: the realised SNR,
+    sum over segments of var(clean_b) / sum of var(noise_b) (variances over each segment's N devices x
+    3 sample times, after the driver's affine V -> m.p conversion, which leaves the ratio unchanged),
+    is 10 dB within 0.4 dB (1440 draws: 0.16 dB standard error; plus the protocol's text precision)."""
+    from stosim.hardware import DigitalTwin, LabSTOArray, Mismatch, load_station
+
+    st = load_station("twin-lab", overrides={"array": {"n": 16, "duration": "50 ps", "sample_interval": "10 ps"},
+                                             "current_source": {"ramp_dwell": "0 s"}})
+    u = torch.randn(30, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with LabSTOArray(st, DigitalTwin(st).resource_manager()) as hw:
+        clean = hw(u)
+    with LabSTOArray(st, DigitalTwin(st, Mismatch(observation_snr_db=10.0, seed=2)).resource_manager()) as hw:
+        noisy = hw(u)
+    realised = 10 * math.log10(float(clean.var(dim=1).sum() / (noisy - clean).var(dim=1).sum()))
+    assert realised == pytest.approx(10.0, abs=0.4)
+    per_segment = 10 * torch.log10(clean.var(dim=1) / (noisy - clean).var(dim=1))
+    # every segment near 10 dB (48 draws each: ~0.9 dB standard error; measured 8.7 to 11.5 dB); a scale taken
+    # over the whole batch instead (the twin before) leaves quiet segments at 5.5 dB here
+    assert float((per_segment - 10.0).abs().max()) < 3.0, per_segment
