@@ -18,7 +18,11 @@ from physics_devices import ARRAYS
 from stosim.integrate.flow import sto_flow, sto_jvp
 from stosim.integrate.torch_steps import evolve_torch
 from stosim.physics.llg import OSC_DAMPING, llg_rhs_batch
-from stosim.physics.noise import add_observation_noise, observation_noise_scale, thermal_field_sigma_oe
+from stosim.physics.noise import (
+    add_observation_noise,
+    observation_noise_scale,
+    thermal_field_sigma_oe,
+)
 from stosim.physics.tmr import projection_from_voltage, voltage_at_bias_current_v
 from stosim.physics.torch_llg import llg_rhs_torch, rk4_step_torch
 from stosim.simulation import STREAM_DYNAMICAL, STREAM_THERMAL, NoiseSettings, evolve
