@@ -24,8 +24,9 @@ from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, run_chunk, run
 from stosim.integrate.chunks import chunk_count as _chunk_count, from_chunks as _from_chunks, to_chunks as _to_chunks
 from stosim.integrate.threads import single_threaded_blas as _single_threaded_blas
 from stosim.physics.array import STOArray, check_step_count, check_time_step
+from stosim.physics.llg import OSC_DAMPING
 from stosim.physics.noise import (add_observation_noise, check_noise_reference_s, check_snr_db, dynamical_step_factor,
-                                  thermal_field_sigma_oe)
+                                  measured_snr_db, thermal_field_sigma_oe)
 from stosim.physics.tmr import voltage_at_bias_current_v
 
 __all__ = ["simulate", "evolve", "Trajectory", "SimulationDivergedError", "NoiseSettings", "initial_state_from_angles",
@@ -241,7 +242,7 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
     dev = array.device
     thermal = noise.temperature_k > 0
     sigma_th = np.ascontiguousarray(
-        thermal_field_sigma_oe(osc[3].astype(np.float64), noise.temperature_k, dev.gyromagnetic_ratio_rad_per_oe_s,
+        thermal_field_sigma_oe(osc[OSC_DAMPING].astype(np.float64), noise.temperature_k, dev.gyromagnetic_ratio_rad_per_oe_s,
                                dev.saturation_magnetization_emu_cm3, dev.volume_cm3, dt_s) * np.ones(n_osc),
         dtype=dtype)
     dynamical = noise.dynamical_snr_db is not None and math.isfinite(noise.dynamical_snr_db)
@@ -437,8 +438,8 @@ def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s
         m_obs = add_observation_noise(m, observation_snr_db, rng)
         v_obs = add_observation_noise(voltage, observation_snr_db, rng)
         measured_obs = {
-            "m": float(10 * np.log10(np.var(m) / np.var(m_obs - m))),
-            "tmr_voltage": float(10 * np.log10(np.var(voltage) / np.var(v_obs - voltage))),
+            "m": measured_snr_db(m, m_obs - m),
+            "tmr_voltage": measured_snr_db(voltage, v_obs - voltage),
         }
         m_clean, v_clean = m, voltage
         m, voltage = m_obs, v_obs

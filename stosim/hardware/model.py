@@ -16,7 +16,8 @@ Shared conversions (one place, so the driver and the model agree exactly):
 
 - :func:`prepare_unit_vectors`: read-in (B, 3N) -> unit vectors (B, 3N), per device;
 - :func:`tmr_voltage` and :func:`projection_from_voltage`: the affine TMR relation and its
-  inverse (V -> m.p, with the nominal R_P, TMR ratio and bias current).
+  inverse (V -> m.p, with the nominal R_P, TMR ratio and bias current), both from
+  :mod:`stosim.physics.tmr`, the one definition of the TMR readout.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from stosim.hardware.station import SAMPLES_PER_DEVICE, Station
 from stosim.integrate.flow import sto_flow
 from stosim.physics.array import STOArray, check_time_step
+from stosim.physics.tmr import projection_from_voltage, voltage_at_bias_current_v
 from stosim.simulation import evolve, steps_for_duration
 from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
 from stosim.substrates.protocols import Differentiable
@@ -54,16 +56,9 @@ def prepare_unit_vectors(readin: torch.Tensor, what: str = "read-in") -> torch.T
 
 
 def tmr_voltage(m_dot_p, current_a: float, parallel_resistance_ohm: float, tmr_ratio: float):
-    """V = I R_P (1 + TMR (1 - m.p)/2) in V (numpy or torch)."""
-    return current_a * parallel_resistance_ohm * (1.0 + 0.5 * tmr_ratio * (1.0 - m_dot_p))
-
-
-def projection_from_voltage(voltage_v, current_a: float, parallel_resistance_ohm: float, tmr_ratio: float):
-    """m.p = 1 - (2/TMR) (V/(I R_P) - 1), the inverse of :func:`tmr_voltage` (numpy or torch)."""
-    if current_a == 0 or tmr_ratio == 0 or parallel_resistance_ohm <= 0:
-        raise ValueError(f"cannot infer m.p from a voltage with I = {current_a!r} A, TMR ratio = {tmr_ratio!r}, "
-                         f"R_P = {parallel_resistance_ohm!r} Ohm (I and TMR must be non-zero, R_P > 0)")
-    return 1.0 - (2.0 / tmr_ratio) * (voltage_v / (current_a * parallel_resistance_ohm) - 1.0)
+    """V = I R_P (1 + TMR (1 - m.p)/2) in V (numpy or torch): :func:`stosim.physics.tmr.voltage_at_bias_current_v`
+    with the bias current first."""
+    return voltage_at_bias_current_v(m_dot_p, parallel_resistance_ohm, tmr_ratio, current_a)
 
 
 class StationModel(Substrate, Differentiable):

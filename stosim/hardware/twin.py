@@ -11,7 +11,8 @@ When the field source plays its sequence (``:INIT``) while the digitizer is arme
 twin prepares each device's magnetization along its field pulses, evolves the array with
 :func:`stosim.simulation.evolve` (the Numba kernels; stochastic Heun with a thermal field
 when ``temperature_k > 0``) and records each device's TMR voltage at the digitizer's sample
-times, V = I R_P,i (1 + TMR_i (1 - m.p)/2) plus observation noise.
+times, V = I R_P,i (1 + TMR_i (1 - m.p)/2) (:mod:`stosim.physics.tmr`) plus observation noise
+(:func:`stosim.physics.noise.add_observation_noise`, scaled per segment).
 
 The twin's "true" physics differs from the station's nominal model (:class:`Mismatch`),
 as a lab's does: per-device spreads of the effective anisotropy, damping and spin-torque
@@ -37,6 +38,8 @@ from pyvisa.errors import VisaIOError
 from stosim.hardware.station import Station
 from stosim.physics.array import STOArray, Variability
 from stosim.physics.coupling import random_coupling_matrix
+from stosim.physics.noise import add_observation_noise
+from stosim.physics.tmr import voltage_at_bias_current_v
 from stosim.simulation import NoiseSettings, evolve, steps_for_duration
 
 __all__ = ["Mismatch", "DigitalTwin", "TwinResourceManager", "TwinInstrument"]
@@ -59,7 +62,8 @@ class Mismatch:
     - ``resistance_spread``, ``tmr_spread``: per-device spreads of R_P and of the TMR ratio;
     - ``preparation_angle_deg``: rms angle between the prepared and the requested magnetization;
     - ``temperature_k``: thermal field; ``observation_snr_db``: noise on each recorded voltage,
-      SNR relative to the variance of the record (None: none);
+      SNR relative to the variance of each segment's record, its N devices x sample times, the
+      per-sample scaling of :func:`stosim.physics.noise.observation_noise_scale` (None: none);
     - ``seed``: of every draw above and of the noise streams.
     """
 
@@ -391,11 +395,11 @@ class DigitalTwin:
                 m, _, _ = evolve(array, m, steps, self.dt_s, noise=noise, seed=int(rng.integers(2**31)))
                 t_now += steps * self.dt_s
             record[:, :, k] = m @ p
-        volts = current * self.parallel_resistance_ohm[None, :, None] * (
-            1.0 + 0.5 * self.tmr_ratio[None, :, None] * (1.0 - record))
+        volts = voltage_at_bias_current_v(record, self.parallel_resistance_ohm[None, :, None],
+                                          self.tmr_ratio[None, :, None], current)
         snr = self.mismatch.observation_snr_db
-        if snr is not None and volts.size > 1:
-            volts = volts + volts.std() * 10.0 ** (-snr / 20.0) * rng.standard_normal(volts.shape)
+        if snr is not None:  # per segment (one read-in sample): its N devices x sample times, as the substrate does
+            volts = add_observation_noise(volts, snr, rng, sample_axes=(1, 2))
         volts = np.where(np.abs(volts) > float(dg[":VOLT:RANG"]), OVERFLOW, volts)
         self.m_current = m
         self._record = volts

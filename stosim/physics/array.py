@@ -10,7 +10,8 @@ import numpy as np
 
 from stosim.config import DeviceParameters, spin_torque_field_oe
 from stosim.physics.coupling import load_coupling_matrix, random_coupling_matrix, validate_coupling_matrix
-from stosim.physics.llg import N_OSC_PARAMS
+from stosim.physics.llg import (N_OSC_PARAMS, OSC_ANISOTROPY_OE, OSC_APPLIED_FIELD_OE, OSC_DAMPING, OSC_PREFACTOR,
+                                OSC_TORQUE_FIELD_OE)
 
 __all__ = ["STOArray", "Variability", "oscillator_parameters", "check_step_count", "check_time_step",
            "MAX_ROTATION_PER_STEP_RAD"]
@@ -79,11 +80,11 @@ def oscillator_parameters(device: DeviceParameters, n_oscillators: int, current_
         raise ValueError("device variability drew a damping outside [0, 1), a negative anisotropy field or a "
                          "reversed current (factor 1 + s xi <= 0); reduce the spread (or change its seed)")
     table = np.empty((N_OSC_PARAMS, n_oscillators))
-    table[0] = device.applied_field_oe
-    table[1] = h_k - 4 * math.pi * device.saturation_magnetization_emu_cm3
-    table[2] = spin_torque_field_oe(device, current_a) * f["current"]
-    table[3] = alpha
-    table[4] = device.gyromagnetic_ratio_rad_per_oe_s / (1.0 + alpha * alpha)
+    table[OSC_APPLIED_FIELD_OE] = device.applied_field_oe
+    table[OSC_ANISOTROPY_OE] = h_k - 4 * math.pi * device.saturation_magnetization_emu_cm3
+    table[OSC_TORQUE_FIELD_OE] = spin_torque_field_oe(device, current_a) * f["current"]
+    table[OSC_DAMPING] = alpha
+    table[OSC_PREFACTOR] = device.gyromagnetic_ratio_rad_per_oe_s / (1.0 + alpha * alpha)
     return table
 
 
@@ -167,9 +168,9 @@ def max_precession_rate(array: STOArray) -> float:
     """
     osc = array.oscillator_parameters()
     h_coupling = abs(array.coupling_oe) * np.abs(array.coupling_matrix).sum(axis=1)
-    h_torque = np.abs(osc[2]) / (1.0 - abs(array.device.torque_asymmetry))
-    field = np.abs(osc[0]) + np.abs(osc[1]) + h_coupling + h_torque
-    return float(np.max(osc[4] * (1.0 + osc[3]) * field))
+    h_torque = np.abs(osc[OSC_TORQUE_FIELD_OE]) / (1.0 - abs(array.device.torque_asymmetry))
+    field = np.abs(osc[OSC_APPLIED_FIELD_OE]) + np.abs(osc[OSC_ANISOTROPY_OE]) + h_coupling + h_torque
+    return float(np.max(osc[OSC_PREFACTOR] * (1.0 + osc[OSC_DAMPING]) * field))
 
 
 def check_step_count(n_steps: int) -> None:

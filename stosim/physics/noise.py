@@ -25,7 +25,7 @@ from stosim.physics.constants import BOLTZMANN_ERG_K
 
 __all__ = ["snr_noise_factor", "measured_snr_db", "thermal_field_sigma_oe", "add_observation_noise", "check_snr_db",
            "MIN_SNR_DB", "dynamical_step_factor", "check_noise_reference_s", "MIN_NOISE_REFERENCE_S",
-           "MAX_NOISE_REFERENCE_S"]
+           "MAX_NOISE_REFERENCE_S", "observation_noise_scale"]
 
 
 MIN_SNR_DB = -100.0  # noise amplitude 1e5 times the signal's: below it the signal is gone (and 10^(-SNR/20) overflows)
@@ -102,14 +102,41 @@ def thermal_field_sigma_oe(damping: np.ndarray | float, temperature_k: float, gy
                    / (gyromagnetic_ratio * np.asarray(magnetization_emu_cm3) * np.asarray(volume_cm3) * dt_s))
 
 
-def add_observation_noise(signal: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
-    """signal + xi with var(xi) = var(signal) / 10^(SNR/10), the variance over all samples of ``signal``.
+def observation_noise_scale(signal, snr_db: float, sample_axes: int | tuple[int, ...] | None = None):
+    """Standard deviation of the observation noise: s = std(x) 10^(-SNR/20), the one definition in stosim.
 
-    The noise has the floating dtype of ``signal`` (float64 for an integer signal, whose noise must
-    not be truncated to integers); ``snr_db`` is checked with :func:`check_snr_db` (+inf: no noise).
+    ``std(x)`` is the population standard deviation over ``sample_axes`` of ``signal`` (kept as
+    size-1 axes so that s broadcasts against the signal): the values of one sample, so that
+    var(x_b) / var(noise_b) = 10^(SNR/10) for every sample b and a sample's noise level does not
+    depend on the rest of its batch. ``None``: over the whole array (one scale for everything).
+    Works on numpy arrays and on torch tensors (no gradient flows through s).
+    """
+    factor = snr_noise_factor(check_snr_db(snr_db, "snr_db"))
+    if hasattr(signal, "detach"):  # torch
+        x = signal.detach()
+        dims = tuple(range(x.ndim)) if sample_axes is None else sample_axes
+        return x.std(dim=dims, unbiased=False, keepdim=True) * factor
+    return np.std(signal, axis=sample_axes, keepdims=True) * factor
+
+
+def add_observation_noise(signal, snr_db: float, rng, *, sample_axes: int | tuple[int, ...] | None = None):
+    """y = x + s xi, xi standard normal, s = :func:`observation_noise_scale` over ``sample_axes``.
+
+    numpy: ``rng`` a ``numpy.random.Generator``; the noise has the floating dtype of ``signal``
+    (float64 for an integer signal, whose noise must not be truncated to integers).
+    torch: ``rng`` a ``torch.Generator`` (or None: torch's global one); noise of the signal's dtype
+    and device, drawn the same whether or not autograd records a graph.
+    ``snr_db`` is checked with :func:`check_snr_db` (+inf: no noise, the signal is returned).
     """
     snr_db = check_snr_db(snr_db, "snr_db")
+    if math.isinf(snr_db):
+        return signal
+    if hasattr(signal, "detach"):  # torch
+        import torch
+
+        xi = torch.randn(signal.shape, generator=rng, dtype=signal.dtype, device=signal.device)
+        return signal + observation_noise_scale(signal, snr_db, sample_axes) * xi
     signal = np.asarray(signal)
     dtype = signal.dtype if np.issubdtype(signal.dtype, np.floating) else np.dtype(np.float64)
-    sigma = float(np.std(signal)) * snr_noise_factor(snr_db)
+    sigma = observation_noise_scale(signal.astype(dtype, copy=False), snr_db, sample_axes)
     return signal + sigma * rng.standard_normal(signal.shape).astype(dtype, copy=False)

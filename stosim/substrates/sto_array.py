@@ -25,9 +25,10 @@ from stosim.config import DeviceParameters, load_device
 from stosim.integrate.flow import sto_flow
 from stosim.integrate.torch_steps import evolve_torch
 from stosim.physics.array import STOArray, Variability, check_time_step
-from stosim.physics.noise import check_snr_db, snr_noise_factor, thermal_field_sigma_oe
+from stosim.physics.llg import OSC_DAMPING
+from stosim.physics.noise import add_observation_noise, check_snr_db, thermal_field_sigma_oe
 from stosim.quantities import either, optional_quantity, quantity
-from stosim.simulation import NoiseSettings, evolve, steps_for_duration
+from stosim.simulation import STREAM_DYNAMICAL, STREAM_THERMAL, NoiseSettings, evolve, steps_for_duration
 from stosim.substrates.base import Substrate, SubstrateDescription
 from stosim.substrates.protocols import (
     Differentiable,
@@ -109,7 +110,7 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
         self.register_buffer("coupling_t", torch.as_tensor(array.coupling_transposed_oe(), dtype=dtype))
         self.register_buffer("osc", torch.as_tensor(array.oscillator_parameters(), dtype=dtype))
         self.register_buffer("p", torch.as_tensor(dev.reference_direction, dtype=dtype))
-        sigma = thermal_field_sigma_oe(array.oscillator_parameters()[3], self.noise.temperature_k,
+        sigma = thermal_field_sigma_oe(array.oscillator_parameters()[OSC_DAMPING], self.noise.temperature_k,
                                        dev.gyromagnetic_ratio_rad_per_oe_s, dev.saturation_magnetization_emu_cm3,
                                        dev.volume_cm3, self.dt_s)
         self.register_buffer("thermal_sigma_oe", torch.as_tensor(sigma, dtype=dtype))
@@ -207,12 +208,15 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
             # exact gradient of the discrete RK4 map through the Numba adjoint
             out = sto_flow(m, self.array, self.n_steps, self.dt_s)
         elif torch.is_grad_enabled() and state.requires_grad:
-            gen = torch.Generator(device=state.device).manual_seed(seed)
+            # the noise streams of the Numba path below (same seed, same draws): one realisation per seed
+            streams = {kind: np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(kind,)))
+                       for kind in (STREAM_THERMAL, STREAM_DYNAMICAL)}
             out = evolve_torch(
                 m, self.n_steps, self.dt_s, self.coupling_t if self.array.coupling_oe != 0 else None, self.osc,
                 self.array.device.torque_asymmetry, self.p,
                 thermal_sigma_oe=self.thermal_sigma_oe if noise.temperature_k > 0 else None,
-                dynamical_factor=noise.dynamical_factor(self.dt_s) if dyn_on else None, generator=gen)
+                dynamical_factor=noise.dynamical_factor(self.dt_s) if dyn_on else None,
+                thermal_rng=streams[STREAM_THERMAL], dynamical_rng=streams[STREAM_DYNAMICAL])
         else:
             final, _, _ = evolve(self.array, m.detach().cpu().numpy().astype(np.float64), self.n_steps, self.dt_s,
                                  noise=noise, seed=seed, dtype=_DTYPES[self.dtype])
@@ -260,8 +264,7 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
         if not _finite_snr(snr) or not self.noise_enabled:
             return state
         gen = torch.Generator(device=state.device).manual_seed(self._next_seed())
-        sigma = state.detach().std(dim=-1, unbiased=False, keepdim=True) * snr_noise_factor(snr)
-        return state + sigma * torch.randn(state.shape, generator=gen, dtype=state.dtype, device=state.device)
+        return add_observation_noise(state, snr, gen, sample_axes=-1)
 
 
 def _finite_snr(snr_db: float | None) -> bool:
