@@ -144,12 +144,44 @@ def test_rules_across_keys_are_checked_on_whole_points():
         resolve_spec(parse_spec(bad))
 
 
+FTMLE_VARS = {"ftmle_untrained_mean", "ftmle_untrained_std", "ftmle_trained_mean", "ftmle_trained_std"}
+
+
 @pytest.mark.parametrize("substrate", ["linear", "mlp", "cnn"])
 def test_train_sweeps_of_the_baselines_resolve(substrate):
-    # no dynamics, so no FTMLE (NaN outputs, unit "1")
-    sweep = resolve_spec(parse_spec({"name": "b", "kind": "train", "base": {"substrate": substrate, "epochs": 1},
+    # no dynamics, so no FTMLE: no ftmle_* variables even when ftmle_samples asks for them
+    sweep = resolve_spec(parse_spec({"name": "b", "kind": "train", "base": {"substrate": substrate, "epochs": 1,
+                                                                            "ftmle_samples": 4},
                                      "grid": {"lr": [0.1, 0.01]}}))
-    assert len(sweep) == 2 and sweep.output_units["ftmle_trained_mean"] == "1"
+    assert len(sweep) == 2 and not FTMLE_VARS & set(sweep.output_units)
+    assert sweep.output_units["test_accuracy"] == "%"
+
+
+def test_train_sweep_has_ftmle_variables_only_with_ftmle_samples(tmp_path):
+    def sweep_for(grid: dict, **base) -> object:
+        return resolve_spec(parse_spec({"name": "f", "kind": "train", "seed": 1,
+                                        "base": {"substrate": "ffesn", "n": 8, "epochs": 1, **base}, "grid": grid}))
+
+    def saved_variables(sweep) -> set[str]:  # noqa: ANN001
+        state = SweepState(sweep)
+        values = {o.name: np.array([50.0]) if o.extra_dims else 50.0 for o in sweep.kind.outputs}
+        state.record(sweep.points[0], {"status": "done", "values": values, "wall_time_s": 1.0})
+        return set(read_sweep(state.save(tmp_path / f"{len(list(tmp_path.iterdir()))}.h5")).data_vars)
+
+    without = sweep_for({"lr": [0.1, 0.01]})
+    assert {o.name for o in without.outputs} == {o.name for o in without.kind.outputs} - FTMLE_VARS
+    assert not FTMLE_VARS & saved_variables(without) and "test_accuracy" in saved_variables(without)
+    with_ftmle = sweep_for({"lr": [0.1, 0.01]}, ftmle_samples=4)
+    assert FTMLE_VARS <= saved_variables(with_ftmle)
+    assert {with_ftmle.output_units[v] for v in FTMLE_VARS} == {"1/step"}
+    # a grid over ftmle_samples: the variables exist (NaN at the points with ftmle_samples = 0)
+    assert FTMLE_VARS <= {o.name for o in sweep_for({"ftmle_samples": [0, 4]}).outputs}
+    # a point with FTMLE returns them, one without does not compute them (NaN)
+    point = {"substrate": "ffesn", "n": 8, "epochs": 1, "limit_train": 60, "limit_test": 30, "batch_size": 30}
+    values = execute_point("train", {**point, "ftmle_samples": 3})
+    assert values["status"] == "done", values.get("error")
+    assert all(np.isfinite(values["values"][v]) for v in FTMLE_VARS)
+    assert 0 <= values["values"]["test_accuracy"] <= 100
 
 
 def test_spec_errors_from_files_and_cli(tmp_path, capsys):
@@ -241,7 +273,10 @@ def test_tiny_sweep_file_is_complete_and_readable(tiny_run):
         assert (status[:, ok] == "done").all() and (status[:, ~ok] == "failed").all()
         acc = ds["test_accuracy"].values
         assert np.isfinite(acc[:, ok]).all() and np.isnan(acc[:, ~ok]).all()
-        assert ((acc[:, ok] >= 0) & (acc[:, ok] <= 1)).all()
+        assert ((acc[:, ok] >= 0) & (acc[:, ok] <= 100)).all()
+        for name in ("test_accuracy", "best_test_accuracy", "final_train_accuracy", "test_accuracy_curve"):
+            assert ds[name].attrs["units"] == "%" and "fraction" not in ds[name].attrs["long_name"], name
+        assert not FTMLE_VARS & set(ds.data_vars)  # ftmle_samples = 0: no FTMLE variables
         errors = ds["error"].values.astype(str)
         assert all("must be a whole multiple" in e for e in errors[:, ~ok].ravel())
         assert all(e == "" for e in errors[:, ok].ravel())
@@ -249,18 +284,85 @@ def test_tiny_sweep_file_is_complete_and_readable(tiny_run):
         assert spec_json["grid"]["coupling"] == [100.0, 1000.0] and spec_json["seeds"] == [0, 1]
         assert ds.attrs["version_stosim"] and ds.attrs["sweep_finished_utc"] != "none"
         assert ds.attrs["n_done"] == 4 and ds.attrs["n_failed"] == 4
-        # done points with an undefined value are counted: no FTMLE was asked for (ftmle_samples = 0)
-        assert ds["ftmle_trained_mean"].attrs["n_done_not_finite"] == 4
         assert ds["test_accuracy"].attrs["n_done_not_finite"] == 0
         assert "n_done_not_finite" not in ds["test_accuracy_curve"].attrs
     finally:
         ds.close()
     with h5py.File(out, "r") as f:  # plain HDF5
-        assert f["test_accuracy"].attrs["units"] in ("1", b"1")
+        assert f["test_accuracy"].attrs["units"] in ("%", b"%")
         assert f["test_accuracy"].shape == (2, 2, 2)
         status = f["status"][...]
         assert {s.decode() if isinstance(s, bytes) else s for s in status.ravel()} == {"done", "failed"}
         assert "sweep_spec_json" in f.attrs
+
+
+def test_sweep_accuracies_are_100_times_the_training_result(tiny_run, tmp_path):
+    from stosim.sweep.kinds import TrainPoint
+    from stosim.training import train
+
+    spec, out, _, _ = tiny_run
+    ds = read_sweep(out)
+    point = next(p for p in load_spec(spec).points if p.coords["dt"] == 1e-12 and p.coords["seed"] == 1)
+    result = train(TrainPoint.model_validate(point.config).train_config(), tmp_path / "run")
+    assert 0 < result.test_accuracy <= 1  # the training result: a fraction
+    curve = [100 * h["test_accuracy"] for h in result.history]
+    expected = {"test_accuracy": 100 * result.test_accuracy, "best_test_accuracy": 100 * result.best_test_accuracy,
+                "final_train_accuracy": 100 * result.history[-1]["train_accuracy"]}
+    for name, value in expected.items():
+        np.testing.assert_allclose(ds[name].values[point.index], value, rtol=1e-12, err_msg=name)
+    np.testing.assert_allclose(ds["test_accuracy_curve"].values[point.index][: len(curve)], curve, rtol=1e-12)
+
+
+def _as_fraction_file(reference: Path, out: Path) -> None:
+    """``reference`` rewritten as an earlier version wrote it: accuracies as fractions (units "1")."""
+    out.write_bytes(reference.read_bytes())
+    with h5py.File(out, "r+") as f:
+        for name in ("test_accuracy", "best_test_accuracy", "final_train_accuracy", "test_accuracy_curve"):
+            f[name][...] = f[name][...] / 100
+            f[name].attrs["units"] = "1"
+            f[name].attrs["long_name"] = f"{f[name].attrs['long_name']} (fraction)"
+
+
+def test_resuming_a_file_with_fraction_accuracies_is_refused(tiny_run, tmp_path, capsys):
+    spec, reference, _, _ = tiny_run
+    old = tmp_path / "old.h5"
+    _as_fraction_file(reference, old)
+    message = (rf"{re.escape(str(old))}: test_accuracy was written with accuracy as a fraction by an earlier "
+               r"version .*start a new file")
+    with pytest.raises(ResumeError, match=message):
+        SweepState(load_spec(spec)).load_completed(old)
+    with pytest.raises(ResumeError, match=message):
+        run_sweep(load_spec(spec), old, resume=True)
+    assert main(["sweep", str(spec), "--out", str(old), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "test_accuracy was written with accuracy as a fraction" in err and str(old) in err
+    with h5py.File(old, "r+") as f:  # any other change of units is refused too, naming the variable
+        f["test_accuracy"].attrs["units"] = "%"
+        f["best_test_accuracy"].attrs["units"] = "percent"
+    with pytest.raises(ResumeError, match=r"best_test_accuracy has units 'percent', this version writes '%'"):
+        SweepState(load_spec(spec)).load_completed(old)
+
+
+def test_plots_show_percent_for_old_and_new_files(tiny_run, tmp_path, monkeypatch):
+    from stosim.sweep import plot as sweep_plot
+
+    figures = []
+
+    def capture(fig, path, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        figures.append(fig)
+        return Path(path)
+
+    monkeypatch.setattr(sweep_plot, "save_figure", capture)
+    _, new, _, _ = tiny_run
+    old = tmp_path / "old.h5"
+    _as_fraction_file(new, old)
+    for path in (new, old):
+        plot_sweep(path, "test_accuracy", x="coupling", out=tmp_path / "a.png")
+    stored = read_sweep(new)["test_accuracy"].isel(dt=0).values  # dt = 1 ps: the done points
+    for fig in figures:  # percent in both, not scaled twice for the new file
+        ax = fig.axes[0]
+        assert ax.get_ylabel() == "test accuracy after the last epoch (%)"
+        np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), stored.mean(axis=1), rtol=1e-12)
 
 
 def _poll_finished(path: Path, timeout: float = 120.0) -> int:

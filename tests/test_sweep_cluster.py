@@ -142,7 +142,7 @@ def _all_done(path: Path, n_points: int) -> dict[str, np.ndarray]:
     errors = [e for e in values["error"].astype(str).ravel() if e]
     assert status.size == n_points and (status == "done").all(), errors
     acc = values["test_accuracy"]
-    assert np.isfinite(acc).all() and ((acc >= 0) & (acc <= 1)).all()
+    assert np.isfinite(acc).all() and ((acc >= 0) & (acc <= 100)).all()  # percent
     return values
 
 

@@ -6,7 +6,9 @@ A :class:`PointKind` bundles
   starts; quantities with units are strings in the spec ("500 Oe") and floats in internal units
   (Oe, s, A, K, dB) once validated;
 - ``run(config) -> {output name: float or 1-D array}``: executed in a worker process;
-- ``outputs``: the variables it returns, each with ``units`` and ``long_name``;
+- ``outputs``: the variables it may return, each with ``units`` and ``long_name`` and, where it exists
+  only for some configurations, an ``applies(config)`` predicate; :meth:`PointKind.outputs_for` gives
+  the variables of a given sweep (an output exists in a sweep file when it applies to one of its points);
 - ``extra_dims(configs)``: coordinates of output dimensions beyond the grid (``epoch``, ``exponent``).
 
 Kinds: ``train`` (a :class:`~stosim.training.TrainConfig` run), ``mle`` (leading Lyapunov exponents of
@@ -356,15 +358,20 @@ class SimulatePoint(DeviceOverrides, _STOPointMixin):
 
 @dataclasses.dataclass(frozen=True)
 class Output:
-    """An output variable: ``units`` is a string or a function of a point configuration."""
+    """An output variable: ``units`` is a string or a function of a point configuration; ``applies``
+    (None: always) says whether a point configuration produces it."""
 
     name: str
     units: str | Callable[[BaseModel], str]
     long_name: str
     extra_dims: tuple[str, ...] = ()
+    applies: Callable[[BaseModel], bool] | None = None
 
     def units_for(self, config: BaseModel) -> str:
         return self.units(config) if callable(self.units) else self.units
+
+    def applies_to(self, config: BaseModel) -> bool:
+        return True if self.applies is None else bool(self.applies(config))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,6 +384,11 @@ class PointKind:
     outputs: tuple[Output, ...]
     extra_dims: Callable[[list[Any]], dict[str, np.ndarray]] = lambda configs: {}
     description: str = ""
+
+    def outputs_for(self, configs: list[Any]) -> tuple[Output, ...]:
+        """The outputs a sweep over the point configurations ``configs`` produces: those that apply to at
+        least one point (a point they do not apply to holds NaN)."""
+        return tuple(out for out in self.outputs if any(out.applies_to(c) for c in configs))
 
     @property
     def substrate_default(self) -> str:
@@ -393,7 +405,7 @@ EXTRA_DIM_ATTRS = MappingProxyType({
 
 def _rate_units(cfg: BaseModel) -> str:
     """Units of an exponent (1/time unit); "1" for the baselines (linear, mlp, cnn), which have no
-    dynamics and whose FTMLE outputs are NaN."""
+    dynamics (a train sweep of them has no FTMLE outputs)."""
     unit = time_units(cfg.substrate, "mle")
     if getattr(cfg, "network_time", None) == "discrete":  # discrete-time rate network
         unit = "step"
@@ -414,21 +426,31 @@ def _run_train(cfg: TrainPoint) -> dict[str, Any]:
         result = train(train_cfg, run_dir)
         ftmle = _trained_untrained_ftmle(train_cfg, run_dir, cfg.ftmle_samples)
     history = result.history
+    # accuracies in percent, as the CLI, the training logs and the comparison tables show them
     return {
         **ftmle,
-        "test_accuracy": result.test_accuracy,
-        "best_test_accuracy": result.best_test_accuracy,
-        "final_train_accuracy": history[-1]["train_accuracy"],
+        "test_accuracy": 100.0 * result.test_accuracy,
+        "best_test_accuracy": 100.0 * result.best_test_accuracy,
+        "final_train_accuracy": 100.0 * history[-1]["train_accuracy"],
         "epochs_to_converge": result.epochs_to_converge,
         "epochs_run": result.epochs,
-        "test_accuracy_curve": np.array([h["test_accuracy"] for h in history], dtype=np.float64),
+        "test_accuracy_curve": 100.0 * np.array([h["test_accuracy"] for h in history], dtype=np.float64),
     }
+
+
+_FTMLE_SUBSTRATES = frozenset({"sto", "ffesn", "lorenz96", "rate-network"})  # train substrates with an FTMLE
+
+
+def _has_ftmle(cfg: TrainPoint) -> bool:
+    """Whether a train point computes the trained / untrained FTMLE (``ftmle_samples > 0`` on a reservoir
+    substrate); otherwise the sweep file has no ``ftmle_*`` variables."""
+    return cfg.ftmle_samples > 0 and cfg.substrate in _FTMLE_SUBSTRATES
 
 
 def _trained_untrained_ftmle(train_cfg: TrainConfig, run_dir: Path, samples: int) -> dict[str, float]:
     """Mean and std of the per-sample FTMLE before and after training (NaN when not requested)."""
     keys = ("ftmle_untrained_mean", "ftmle_untrained_std", "ftmle_trained_mean", "ftmle_trained_std")
-    if samples == 0 or train_cfg.substrate not in ("sto", "ffesn", "lorenz96", "rate-network"):
+    if samples == 0 or train_cfg.substrate not in _FTMLE_SUBSTRATES:
         return dict.fromkeys(keys, float("nan"))
     from stosim.analysis.run_ftmle import dataset_ftmle
 
@@ -447,16 +469,19 @@ _TRAIN = PointKind(
     config=TrainPoint,
     run=_run_train,
     outputs=(
-        Output("test_accuracy", "1", "test accuracy after the last epoch (fraction)"),
-        Output("best_test_accuracy", "1", "best test accuracy over the epochs (fraction)"),
-        Output("final_train_accuracy", "1", "training accuracy in the last epoch (fraction)"),
+        Output("test_accuracy", "%", "test accuracy after the last epoch"),
+        Output("best_test_accuracy", "%", "best test accuracy over the epochs"),
+        Output("final_train_accuracy", "%", "training accuracy in the last epoch"),
         Output("epochs_to_converge", "1", "first epoch with test accuracy within 0.5 percentage points of the best"),
         Output("epochs_run", "1", "epochs trained (1 for a ridge readout)"),
-        Output("test_accuracy_curve", "1", "test accuracy after each epoch (fraction)", ("epoch",)),
-        Output("ftmle_untrained_mean", _rate_units, "mean FTMLE over test samples, untrained model"),
-        Output("ftmle_untrained_std", _rate_units, "standard deviation of the FTMLE, untrained model"),
-        Output("ftmle_trained_mean", _rate_units, "mean FTMLE over test samples, trained model"),
-        Output("ftmle_trained_std", _rate_units, "standard deviation of the FTMLE, trained model"),
+        Output("test_accuracy_curve", "%", "test accuracy after each epoch", ("epoch",)),
+        Output("ftmle_untrained_mean", _rate_units, "mean FTMLE over test samples, untrained model",
+               applies=_has_ftmle),
+        Output("ftmle_untrained_std", _rate_units, "standard deviation of the FTMLE, untrained model",
+               applies=_has_ftmle),
+        Output("ftmle_trained_mean", _rate_units, "mean FTMLE over test samples, trained model", applies=_has_ftmle),
+        Output("ftmle_trained_std", _rate_units, "standard deviation of the FTMLE, trained model",
+               applies=_has_ftmle),
     ),
     extra_dims=_train_epochs,
     description="train a reservoir model (stosim.training.train) and evaluate it",

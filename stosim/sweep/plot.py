@@ -64,8 +64,9 @@ def _label(obj, name: str) -> str:  # noqa: ANN001
 
 
 def _value_display(obj, name: str) -> tuple[float, str]:
-    """(factor, axis label) of a plotted variable: accuracies stored as fractions are shown in percent, the
-    convention of every other stosim output (tables, training logs, learning curves)."""
+    """(factor, axis label) of a plotted variable. Sweep files store accuracies in percent (units "%"),
+    drawn as stored; files of earlier versions stored them as fractions (units "1", long name ending in
+    "(fraction)"), which are shown in percent too, the convention of every other stosim output."""
     long_name = str(obj.attrs.get("long_name", name))
     if "accuracy" in name and str(obj.attrs.get("units", "")) == "1" and "(fraction)" in long_name:
         return 100.0, f"{long_name.replace(' (fraction)', '')} (%)"

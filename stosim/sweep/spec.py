@@ -40,8 +40,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stosim.checks import MAX_SEED, read_toml
-from stosim.sweep.kinds import (EXTRA_DIM_ATTRS, STO_SUBSTRATES, TEXT_UNITS, DeviceOverrides, PointKind,
-                                get_kind, normalize_raw, parameter_metadata, point_kinds, resolve_device)
+from stosim.sweep.kinds import (EXTRA_DIM_ATTRS, STO_SUBSTRATES, TEXT_UNITS, DeviceOverrides, Output,
+                                PointKind, get_kind, normalize_raw, parameter_metadata, point_kinds, resolve_device)
 
 __all__ = ["SweepSpec", "SpecError", "load_spec", "parse_spec", "resolve_spec", "ResolvedSweep", "Point",
            "MAX_POINTS", "SPEC_FORMAT"]
@@ -199,6 +199,7 @@ class ResolvedSweep:
     output_units: dict[str, str]
     resolved: dict[str, Any]
     source: str = "spec"
+    outputs: tuple[Output, ...] = ()  # the kind's outputs this sweep produces (PointKind.outputs_for)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -366,9 +367,10 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
     extra = tuple(Dimension(name, np.asarray(values), dict(EXTRA_DIM_ATTRS.get(name, {"units": "1",
                                                                                        "long_name": name})))
                   for name, values in kind.extra_dims(configs).items())
+    outputs = kind.outputs_for(configs)
     output_units = {}
-    for out in kind.outputs:
-        units = {out.units_for(c) for c in configs}
+    for out in outputs:
+        units = {out.units_for(c) for c in configs if out.applies_to(c)}
         if len(units) > 1:
             raise SpecError(f"{source}: grid: output {out.name} would mix units ({', '.join(sorted(units))}); "
                             "sweep one substrate family per spec")
@@ -394,7 +396,7 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
         "devices": _device_records(grid_configs),
     }
     return ResolvedSweep(spec=spec, kind=kind, dims=tuple(dims), points=tuple(points), extra_dims=extra,
-                         output_units=output_units, resolved=resolved, source=source)
+                         output_units=output_units, resolved=resolved, source=source, outputs=outputs)
 
 
 def _device_records(configs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

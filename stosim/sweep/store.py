@@ -5,7 +5,9 @@ Layout of a sweep file:
 - dimensions: the grid keys in spec order, then ``seed`` (when the spec lists seeds), then the
   outputs' own dimensions (``epoch`` for learning curves, ``exponent`` for Lyapunov spectra); every
   coordinate in internal units with ``units`` and ``long_name``;
-- one variable per output (NaN where a point is pending or failed), ``wall_time_s``, ``run_seed``
+- one variable per output the spec produces (:meth:`~stosim.sweep.kinds.PointKind.outputs_for`: a train
+  sweep has ``ftmle_*`` variables only with ``ftmle_samples > 0``; accuracies in percent, units "%"),
+  NaN where a point is pending or failed; ``wall_time_s``, ``run_seed``
   (the seed each point ran with), ``status`` ("done", "failed", "pending") and ``error`` (the
   message of a failed point, "" otherwise); every variable has ``units`` and ``long_name``;
 - attributes: ``sweep_spec_json`` (the resolved spec), ``sweep_spec_sha256``, ``sweep_seeds``,
@@ -67,7 +69,7 @@ class SweepState:
         self.sweep = sweep
         shape = sweep.shape
         self.values: dict[str, np.ndarray] = {}
-        for out in sweep.kind.outputs:
+        for out in sweep.outputs:
             extra = tuple(len(d.values) for d in sweep.extra_dims if d.name in out.extra_dims)
             self.values[out.name] = np.full(shape + extra, np.nan)
         self.wall_time = np.full(shape, np.nan)
@@ -98,7 +100,7 @@ class SweepState:
                 arr[idx] = np.nan
             return
         values = outcome["values"]
-        for out in self.sweep.kind.outputs:
+        for out in self.sweep.outputs:
             value = np.asarray(values[out.name], dtype=np.float64)
             if out.extra_dims:
                 row = np.full(self.values[out.name].shape[len(idx):], np.nan)
@@ -118,7 +120,7 @@ class SweepState:
         coords = {d.name: (d.name, d.values, dict(d.attrs)) for d in sw.dims + sw.extra_dims}
         data_vars: dict[str, Any] = {}
         done = self.status == STATUS_DONE
-        for out in sw.kind.outputs:
+        for out in sw.outputs:
             attrs: dict[str, Any] = {"units": sw.output_units[out.name], "long_name": out.long_name}
             if not out.extra_dims:  # (curves are NaN-padded by design)
                 # done points whose value is NaN / inf (undefined there, e.g. a standard error from one block)
@@ -225,14 +227,15 @@ class SweepState:
         for name in ("status", "wall_time_s", "run_seed"):
             if name not in ds:
                 raise ResumeError(f"--resume: {path} lacks the variable {name}; it is not a complete sweep file")
-        for out in sw.kind.outputs:
+        for out in sw.outputs:
             if out.name not in ds:
                 raise ResumeError(f"--resume: {path} lacks the variable {out.name}")
+            _check_units(ds[out.name], out.name, sw.output_units[out.name], path)
         if tuple(ds["status"].dims) != sw.dim_names:
             raise ResumeError(f"--resume: {path} has dimensions {ds['status'].dims}, expected {sw.dim_names}")
         self._check_coordinates(ds, path)
         expected = {"status": ("OSU", sw.shape), "wall_time_s": ("f", sw.shape), "run_seed": ("iu", sw.shape)}
-        for out in sw.kind.outputs:
+        for out in sw.outputs:
             expected[out.name] = ("f", self.values[out.name].shape)
         for name, (kinds, shape) in expected.items():
             values = ds[name].values
@@ -255,7 +258,7 @@ class SweepState:
         if not np.all(np.isfinite(wall[done]) & (wall[done] >= 0)):
             raise ResumeError(f"--resume: wall_time_s in {path} is negative or not finite at a done point; "
                               "the file is damaged")
-        for out in sw.kind.outputs:
+        for out in sw.outputs:
             self.values[out.name][done] = ds[out.name].values[done]
         self.wall_time[done] = wall[done]
         self.status[done] = STATUS_DONE
@@ -278,6 +281,21 @@ class SweepState:
 
 
 _KIND_NAMES = {"OSU": "text", "f": "floating-point numbers", "iu": "integers"}
+
+
+def _check_units(var: Any, name: str, want: str, path: str | Path) -> None:
+    """The file's ``units`` of output ``name`` are the ones this version writes (``want``): values in
+    other units cannot be continued. Accuracies were stored as fractions (units "1") before they were
+    stored in percent (units "%")."""
+    found = var.attrs.get("units")
+    found = _scalar(found) if found is not None else None
+    if found == want:
+        return
+    if want == "%" and found == "1":
+        raise ResumeError(f"--resume: {path}: {name} was written with accuracy as a fraction by an earlier "
+                          "version (units '1'; this version stores percent, units '%'); start a new file")
+    raise ResumeError(f"--resume: {path}: {name} has units {found!r:.40}, this version writes {want!r}; "
+                      "start a new file")
 
 
 def _read_every_attribute(obj: Any) -> None:
