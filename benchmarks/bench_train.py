@@ -136,7 +136,7 @@ def bench_mnist_epoch(quick: bool) -> tuple[float | None, str]:
     if not MNIST.exists():
         return None, f"skipped: {MNIST} not found"
     from stosim.datasets import load_dataset
-    from stosim.training import TrainConfig, build_model
+    from stosim.studies.training import TrainConfig, build_model
 
     train, _ = load_dataset("mnist", MNIST)
     cfg = TrainConfig(substrate="sto", dataset="mnist", n=200)

@@ -23,7 +23,7 @@ from stosim.cli import main
 from stosim.config import DEVICES_DIR, load_device
 from stosim.sweep import (PlotError, ResumeError, SpecError, SweepFailedError, load_spec, parse_spec, plot_sweep,
                           read_sweep, resolve_spec, run_sweep)
-from stosim.sweep.kinds import device_toml, execute_point
+from stosim.studies.sweep_points import device_toml, execute_point
 from stosim.sweep.runner import local_cluster
 from stosim.sweep.store import SweepState
 

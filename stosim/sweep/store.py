@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from stosim.storage import provenance_attrs, write_dataset_atomic
-from stosim.sweep.kinds import TEXT_UNITS
+from stosim.studies.sweep_points import TEXT_UNITS
 from stosim.sweep.spec import Point, ResolvedSweep
 from stosim.units import values_agree
 
@@ -88,7 +88,7 @@ class SweepState:
         return self.status[point.index] == STATUS_DONE
 
     def record(self, point: Point, outcome: dict[str, Any]) -> None:
-        """Store the outcome of :func:`~stosim.sweep.kinds.execute_point` for ``point``."""
+        """Store the outcome of :func:`~stosim.studies.sweep_points.execute_point` for ``point``."""
         idx = point.index
         self.wall_time[idx] = outcome.get("wall_time_s", np.nan)
         if outcome["status"] != STATUS_DONE:
