@@ -16,7 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _lint_imports() -> list[str]:
-    exe = shutil.which("lint-imports", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    exe = shutil.which("lint-imports", path=search)
     if exe is None:
         pytest.skip("import-linter is not installed (pip install -e '.[test]' installs it): "
                     "the layer contract of pyproject.toml is not checked")

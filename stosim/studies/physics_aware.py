@@ -4,11 +4,12 @@
   (:func:`fit_ridge_readout`, :class:`stosim.ridge.RidgeAccumulator`).
 - Physics-aware training (Wright et al., Nature 601, 549 (2022)): the forward pass runs on
   the hardware, the backward pass through a differentiable simulator model of it evaluated at
-  the same input. :class:`~stosim.hardware.physics_aware_substrate.PhysicsAwareSubstrate` wraps (hardware, model) into one substrate
-  whose ``forward`` returns the *hardware's* output and whose gradient is the vector-Jacobian
-  product of the *model* (the station's simulator, :class:`~stosim.hardware.model.StationModel`,
-  with the exact RK4 gradients of :func:`stosim.integrate.flow.sto_flow`). Downstream layers and
-  the loss see what the hardware did; only the Jacobian comes from the model.
+  the same input. :class:`~stosim.hardware.physics_aware_substrate.PhysicsAwareSubstrate` wraps
+  (hardware, model) into one substrate whose ``forward`` returns the *hardware's* output and
+  whose gradient is the vector-Jacobian product of the *model* (the station's simulator,
+  :class:`~stosim.hardware.model.StationModel`, with the exact RK4 gradients of
+  :func:`stosim.integrate.flow.sto_flow`). Downstream layers and the loss see what the hardware
+  did; only the Jacobian comes from the model.
 
 :func:`compare_sim_vs_physics_aware` shows what that buys on the 8x8 digits: a model trained
 purely in simulation loses accuracy when moved to the mismatched hardware (here the digital
