@@ -77,7 +77,7 @@ def case_lorenz96() -> Case:
 def case_sto_array() -> Case:
     """Coupled STO array, N = 200, mu = 500 Oe (chaotic), dt = 1 ps: 10 ns after 2 ns of alignment;
     the "full" run takes the leading 10 of the 400 exponents."""
-    from stosim.analysis.run_lyapunov import substrate_tangent_system
+    from stosim.studies.run_lyapunov import substrate_tangent_system
 
     system, x = substrate_tangent_system("sto", n=200, seed=0, coupling_oe=500.0, dt=1e-12)
     x = system.steps(x, 10_000)  # 10 ns onto the attractor

@@ -33,7 +33,7 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from stosim.sweep import load_spec, read_sweep, run_sweep
-from stosim.sweep.kinds import _one_thread, execute_point
+from stosim.studies.sweep_points import _one_thread, execute_point
 from stosim.sweep.runner import local_cluster
 from stosim.sweep.store import SweepState
 

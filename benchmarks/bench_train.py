@@ -239,7 +239,7 @@ def mnist_epoch_flops(substrate: str = "sto") -> float:
 
 def bench_mnist_epoch(batches: int, substrate: str = "sto") -> tuple[float, str]:
     """One MNIST epoch (N = 200, T = 300 ps at 1 ps, batch 500, float32), extrapolated from ``batches`` batches."""
-    from stosim.training import TrainConfig, build_model
+    from stosim.studies.training import TrainConfig, build_model
 
     cfg = TrainConfig(substrate=substrate, dataset="mnist", n=200, batch_size=MNIST_BATCH, dtype="float32",
                       lr=1e-3)

@@ -552,7 +552,7 @@ def _cmd_rnn_study(args: argparse.Namespace) -> int:
 def _cmd_ftmle(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from stosim.analysis.run_ftmle import dataset_ftmle
+    from stosim.studies.run_ftmle import dataset_ftmle
     from stosim.plotting import plot_histogram
     from stosim.storage import check_output_free, write_dataset_atomic
 
@@ -594,7 +594,7 @@ def _describe_ftmle_run(ds, cfg) -> None:
     """Attributes of an FTMLE file: the configuration that ran (a checkpoint's, when given) resolved with
     units, its seeds and the stosim version."""
     from stosim import __version__
-    from stosim.training import TrainConfig, resolved_config, run_seeds
+    from stosim.studies.training import TrainConfig, resolved_config, run_seeds
 
     saved = ds.attrs.get("config")
     used = TrainConfig.model_validate(json.loads(saved)) if isinstance(saved, str) else cfg
@@ -613,7 +613,7 @@ def _consistent_with_zero(value: float, standard_error: float) -> bool:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from stosim.compare import REFERENCE_FILE, collect_finished, comparison_table, experiment_files, run_comparison
+    from stosim.studies.compare import REFERENCE_FILE, collect_finished, comparison_table, experiment_files, run_comparison
 
     def on_run(name: str, seed: int) -> None:
         print(f"== {name}, seed {seed}", file=sys.stderr)
@@ -685,7 +685,7 @@ def _lyapunov_parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_lyapunov(args: argparse.Namespace) -> int:
-    from stosim.analysis.run_lyapunov import substrate_lyapunov
+    from stosim.studies.run_lyapunov import substrate_lyapunov
 
     params = {"n": args.n, "dt": _substrate_time(args.dt, args.substrate, "--dt"), **_lyapunov_parameters(args)}
     if args.substrate == "sto":
@@ -734,7 +734,7 @@ def _train_config(args: argparse.Namespace, overrides: dict):  # noqa: ANN202 (t
     --duration / --dt explains (300 would be 300 s for the STOs) is reported as that."""
     import types
 
-    from stosim.training import ConfigError, load_train_config, validate_train_config
+    from stosim.studies.training import ConfigError, load_train_config, validate_train_config
 
     try:
         return (load_train_config(args.config, **overrides) if args.config is not None
@@ -796,7 +796,7 @@ def _flag(key: str) -> str:
 def _refuse_other_substrate_flags(args: argparse.Namespace, keys: Sequence[str], substrate: str) -> None:
     """A substrate flag given for a substrate it does not apply to (``--coupling`` with ``--substrate ffesn``)
     would be recorded and silently ignored: refuse it, naming the flags."""
-    from stosim.training import SUBSTRATE_KEYS, substrate_keys
+    from stosim.studies.training import SUBSTRATE_KEYS, substrate_keys
 
     applies = set(SUBSTRATE_KEYS[substrate])
     stray = [_flag(k) for k in keys if k in substrate_keys() and k not in applies and getattr(args, k, None) is not None]
@@ -807,7 +807,7 @@ def _refuse_other_substrate_flags(args: argparse.Namespace, keys: Sequence[str],
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from stosim.training import train
+    from stosim.studies.training import train
 
     overrides = _config_overrides(args, _TRAIN_KEYS)
     cfg = _train_config(args, overrides)
@@ -815,7 +815,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_plain_times(args, cfg)
     if (args.out / "checkpoint.pt").exists() and not args.resume:
         raise CLIError(f"--out {args.out} holds a checkpoint; pass --resume to continue it or choose another --out")
-    from stosim.training import STO_SUBSTRATES
+    from stosim.studies.training import STO_SUBSTRATES
 
     if cfg.substrate in STO_SUBSTRATES:
         _announce_compilation(*(_STO_KERNELS if cfg.readout_only else _STO_GRADIENT_KERNELS))
@@ -839,7 +839,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-_REFERENCE_FILE = "reference.toml"  # stosim.compare.REFERENCE_FILE, named here without importing torch
+_REFERENCE_FILE = "reference.toml"  # stosim.studies.compare.REFERENCE_FILE, named here without importing torch
 
 
 # top-level keys that only one kind of file has (experiment files: the keys of training.TrainConfig)
@@ -900,7 +900,7 @@ def _validate_one(path: Path, allow_drivers: Sequence[str] = ()) -> str:
             spec.parameters(scale)
         return f"rate-network study {spec.study!r}"
     if kind == "experiment":
-        from stosim.training import load_train_config
+        from stosim.studies.training import load_train_config
 
         cfg = load_train_config(path)
         return f"experiment: {cfg.substrate} on {cfg.dataset}"

@@ -28,7 +28,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stosim.checks import read_toml
-from stosim.physics.constants import BOHR_MAGNETON_ERG_G, ELEMENTARY_CHARGE_C, HBAR_ERG_S
+from stosim.constants import BOHR_MAGNETON_ERG_G, ELEMENTARY_CHARGE_C, HBAR_ERG_S
 from stosim.units import UnitError, format_quantity, parse_quantity
 
 __all__ = [

@@ -28,6 +28,7 @@ from stosim.physics.llg import OSC_DAMPING
 from stosim.physics.noise import (add_observation_noise, check_noise_reference_s, check_snr_db, dynamical_step_factor,
                                   measured_snr_db, thermal_field_sigma_oe)
 from stosim.physics.tmr import voltage_at_bias_current_v
+from stosim.storage import provenance_attrs
 
 __all__ = ["simulate", "evolve", "Trajectory", "SimulationDivergedError", "NoiseSettings", "initial_state_from_angles",
            "random_initial_state", "check_initial_state", "steps_for_duration", "DeviceLimitError",
@@ -338,9 +339,7 @@ class Trajectory:
         """
         import json
 
-        from stosim.storage import trajectory_dataset
-
-        ds = trajectory_dataset(self)
+        ds = _trajectory_dataset(self)
         single = self.m.shape[1] == 1
         lead = ("time",) if single else ("time", "sample")
         if self.m_noiseless is not None:
@@ -373,6 +372,48 @@ class Trajectory:
             "integrator": "stochastic Heun (Stratonovich)" if self.noise.temperature_k > 0 else "RK4",
             "seed": self.seed, "dtype": self.dtype,
         }
+
+
+def _trajectory_dataset(traj: Trajectory):  # noqa: ANN202 (xarray is imported on first use)
+    """The observed variables, coordinates and attributes of a :class:`Trajectory` as an xarray Dataset."""
+    import xarray as xr
+
+    single = traj.m.shape[1] == 1
+    m = traj.m[:, 0] if single else traj.m
+    v = traj.tmr_voltage_v[:, 0] if single else traj.tmr_voltage_v
+    lead = ("time",) if single else ("time", "sample")
+    noise_note = "" if traj.observation_snr_db is None else f", with observation noise at {traj.observation_snr_db} dB SNR"
+    ds = xr.Dataset(
+        {
+            "m": (lead + ("oscillator", "component"), m,
+                  {"units": "1", "long_name": f"free-layer unit magnetization{noise_note}"}),
+            "tmr_voltage": (lead + ("oscillator",), v,
+                            {"units": "V", "long_name": f"TMR output voltage I R(m) at the bias current{noise_note}"}),
+        },
+        coords={
+            "time": ("time", traj.time_s, {"units": "s", "long_name": "time"}),
+            "oscillator": ("oscillator", np.arange(traj.m.shape[2]), {"units": "1", "long_name": "oscillator index"}),
+            "component": ("component", np.array(["x", "y", "z"]), {"long_name": "Cartesian component", "units": "1"}),
+        },
+    )
+    if not single:
+        ds = ds.assign_coords(sample=("sample", np.arange(traj.m.shape[1]), {"units": "1", "long_name": "sample"}))
+    array = traj.array
+    attrs = {
+        **array.device.as_attrs(),
+        **array.configuration(),
+        "dt_s": traj.dt_s,
+        "seed": traj.seed,
+        "dtype": traj.dtype,
+        "temperature_k": traj.noise.temperature_k,
+        "dynamical_snr_db": traj.noise.dynamical_snr_db,
+        "observation_snr_db": traj.observation_snr_db,
+        "measured_dynamical_snr_db": traj.measured_dynamical_snr_db,
+        "measured_observation_snr_db": traj.measured_observation_snr_db or None,
+        "integrator": "stochastic Heun (Stratonovich)" if traj.noise.temperature_k > 0 else "RK4",
+    }
+    ds.attrs.update(provenance_attrs(**attrs))
+    return ds
 
 
 def _time_text(seconds: float) -> str:

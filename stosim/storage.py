@@ -23,9 +23,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
 
-    from stosim.simulation import Trajectory
-
-__all__ = ["write_dataset_atomic", "atomic_output", "write_text_atomic", "package_versions", "trajectory_dataset",
+__all__ = ["write_dataset_atomic", "atomic_output", "write_text_atomic", "package_versions",
            "provenance_attrs", "output_lock", "check_output_free", "OutputLockedError", "stale_temporaries",
            "remove_stale_temporaries"]
 
@@ -224,45 +222,3 @@ def write_dataset_atomic(ds: "xr.Dataset", path: str | Path, *, overwrite: bool 
         with atomic_output(path) as tmp:
             ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True, encoding=encoding)
     return path
-
-
-def trajectory_dataset(traj: "Trajectory") -> "xr.Dataset":
-    """xarray Dataset of a :class:`~stosim.simulation.Trajectory`."""
-    import xarray as xr
-
-    single = traj.m.shape[1] == 1
-    m = traj.m[:, 0] if single else traj.m
-    v = traj.tmr_voltage_v[:, 0] if single else traj.tmr_voltage_v
-    lead = ("time",) if single else ("time", "sample")
-    noise_note = "" if traj.observation_snr_db is None else f", with observation noise at {traj.observation_snr_db} dB SNR"
-    ds = xr.Dataset(
-        {
-            "m": (lead + ("oscillator", "component"), m,
-                  {"units": "1", "long_name": f"free-layer unit magnetization{noise_note}"}),
-            "tmr_voltage": (lead + ("oscillator",), v,
-                            {"units": "V", "long_name": f"TMR output voltage I R(m) at the bias current{noise_note}"}),
-        },
-        coords={
-            "time": ("time", traj.time_s, {"units": "s", "long_name": "time"}),
-            "oscillator": ("oscillator", np.arange(traj.m.shape[2]), {"units": "1", "long_name": "oscillator index"}),
-            "component": ("component", np.array(["x", "y", "z"]), {"long_name": "Cartesian component", "units": "1"}),
-        },
-    )
-    if not single:
-        ds = ds.assign_coords(sample=("sample", np.arange(traj.m.shape[1]), {"units": "1", "long_name": "sample"}))
-    array = traj.array
-    attrs = {
-        **array.device.as_attrs(),
-        **array.configuration(),
-        "dt_s": traj.dt_s,
-        "seed": traj.seed,
-        "dtype": traj.dtype,
-        "temperature_k": traj.noise.temperature_k,
-        "dynamical_snr_db": traj.noise.dynamical_snr_db,
-        "observation_snr_db": traj.observation_snr_db,
-        "measured_dynamical_snr_db": traj.measured_dynamical_snr_db,
-        "measured_observation_snr_db": traj.measured_observation_snr_db or None,
-        "integrator": "stochastic Heun (Stratonovich)" if traj.noise.temperature_k > 0 else "RK4",
-    }
-    ds.attrs.update(provenance_attrs(**attrs))
-    return ds

@@ -220,7 +220,7 @@ def test_a_unit_error_names_its_key_once(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_paths_in_experiment_files_are_relative_to_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stosim.training import config_differences, load_train_config
+    from stosim.studies.training import config_differences, load_train_config
 
     folder = tmp_path / "experiments" / "table"
     folder.mkdir(parents=True)

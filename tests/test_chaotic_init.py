@@ -10,7 +10,7 @@ from torch import nn
 from stosim.cli import main
 from stosim.models import MLPClassifier
 from stosim.studies.chaotic_init import chaotic_mlp, epochs_to_converge, spectral_radius
-from stosim.training import ConfigError, TrainConfig, build_model
+from stosim.studies.training import ConfigError, TrainConfig, build_model
 
 
 @pytest.mark.parametrize("rho", [0.3, 1.0, 2.3, 10.0])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from stosim.cli import main
-from stosim.compare import comparison_table
-from stosim.training import load_train_config
+from stosim.studies.compare import comparison_table
+from stosim.studies.training import load_train_config
 
 from conftest import REPO_ROOT
 

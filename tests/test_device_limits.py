@@ -25,7 +25,7 @@ from stosim.simulation import (
     check_device_limits,
     simulate,
 )
-from stosim.training import TrainConfig, train
+from stosim.studies.training import TrainConfig, train
 
 SEED = (REPO_ROOT / "devices" / "seed-pmtj.toml").read_text()
 M0 = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])

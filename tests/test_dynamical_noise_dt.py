@@ -113,7 +113,7 @@ def test_bad_reference_is_refused(bad):
 
 
 def test_train_config_accepts_a_reference_with_unit():
-    from stosim.training import ConfigError, validate_train_config
+    from stosim.studies.training import ConfigError, validate_train_config
 
     cfg = validate_train_config({"substrate": "sto", "dynamical_snr": 30.0, "dynamical_noise_reference": "1 ps"})
     assert cfg.dynamical_noise_reference == pytest.approx(1e-12)
@@ -125,7 +125,7 @@ def test_reference_reaches_the_substrate_and_the_cli(tmp_path, capsys):
     import json
 
     from stosim.cli import main
-    from stosim.training import build_model, validate_train_config
+    from stosim.studies.training import build_model, validate_train_config
 
     cfg = validate_train_config({"substrate": "deep-sto", "n": 4, "dynamical_snr": 30.0,
                                  "dynamical_noise_reference": "2 ps", "duration": "10 ps"})

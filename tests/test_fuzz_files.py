@@ -256,7 +256,7 @@ def _refusal_names_file(exc: BaseException, path: Path, data: bytes) -> None:
 
 def _accepted_experiment_runs(path: Path) -> None:
     """An accepted experiment file: the run's model builds (what `stosim train` does before training)."""
-    from stosim.training import build_model, load_train_config
+    from stosim.studies.training import build_model, load_train_config
 
     cfg = load_train_config(path)
     n = cfg.n or cfg.default_n
@@ -270,7 +270,7 @@ def _accepted_train_sweep_runs(path: Path) -> None:
     """An accepted train sweep: every point's model builds as its run builds it (points without device
     overrides, which the run writes to a temporary device file)."""
     from stosim.sweep.spec import load_spec
-    from stosim.training import build_model
+    from stosim.studies.training import build_model
 
     sweep = load_spec(path)
     if sweep.kind.name != "train":

@@ -25,8 +25,8 @@ from stosim.hardware import (INSTRUMENTS_DIR, STATIONS_DIR, CurrentSource2400, D
                              FaultInjectingTransport, HardwareSafetyError, InstrumentError, InstrumentFaultError,
                              InstrumentTimeoutError,
                              LabSTOArray, Mismatch, PhysicsAwareSubstrate, RecordingTransport, StationFileError,
-                             StationModel, WrappingResourceManager, compare_sim_vs_physics_aware, load_station,
-                             station_from_dict)
+                             StationModel, WrappingResourceManager, load_station, station_from_dict)
+from stosim.studies.physics_aware import compare_sim_vs_physics_aware
 from stosim.substrates.base import Capabilities
 from stosim.substrates.protocols import Differentiable, Hardware
 from stosim.testing import CHECK_NAMES, SubstrateConformance, check_substrate

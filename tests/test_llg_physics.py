@@ -9,7 +9,7 @@ import pytest
 from scipy import integrate, optimize
 
 from stosim.physics.array import STOArray, check_time_step
-from stosim.physics.constants import BOLTZMANN_ERG_K
+from stosim.constants import BOLTZMANN_ERG_K
 from stosim.physics.llg import llg_rhs_batch
 from stosim.simulation import evolve, initial_state_from_angles, simulate, NoiseSettings
 

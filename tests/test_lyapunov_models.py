@@ -22,7 +22,7 @@ from stosim.analysis.lyapunov import (
     lyapunov_spectrum,
     two_trajectory_mle,
 )
-from stosim.analysis.run_lyapunov import substrate_lyapunov
+from stosim.studies.run_lyapunov import substrate_lyapunov
 from stosim.analysis.tangent_models import FFESNTangent, Lorenz96Tangent
 from stosim.integrate.threads import single_threaded_blas
 from stosim.substrates.ffesn import FFESN

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stosim.analysis.lyapunov import lyapunov_spectrum, two_trajectory_mle
-from stosim.analysis.run_lyapunov import substrate_tangent_system
+from stosim.studies.run_lyapunov import substrate_tangent_system
 from stosim.analysis.tangent_sto import STOArrayTangent
 from stosim.cli import main
 from stosim.integrate.flow import sto_flow, sto_jvp
@@ -153,7 +153,7 @@ def test_cli_lyapunov_json(capsys):
 def test_cli_lyapunov_says_when_ks_entropy_is_a_lower_bound(capsys):
     """Lorenz 96 with N = 10, F = 8 is chaotic: with one exponent computed (positive) the KS entropy is
     only a lower bound and the text says so; with the whole spectrum (its last exponent negative) not."""
-    from stosim.analysis.run_lyapunov import LYAPUNOV_DEFAULTS
+    from stosim.studies.run_lyapunov import LYAPUNOV_DEFAULTS
 
     run = ["lyapunov", "--substrate", "lorenz96", "--n", "10", "--duration", "20"]
     assert main([*run, "--exponents", "1"]) == 0

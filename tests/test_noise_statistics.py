@@ -25,7 +25,7 @@ import torch
 from stosim.config import load_device
 from stosim.integrate.torch_steps import evolve_torch
 from stosim.physics.array import STOArray
-from stosim.physics.constants import BOLTZMANN_ERG_K
+from stosim.constants import BOLTZMANN_ERG_K
 from stosim.physics.llg import OSC_DAMPING
 from stosim.physics.noise import thermal_field_sigma_oe
 from stosim.simulation import STREAM_THERMAL, NoiseSettings, evolve, simulate

@@ -8,7 +8,7 @@ import torch
 
 from stosim.physics.array import STOArray, Variability
 from stosim.substrates.sto_array import CoupledSTOArray
-from stosim.training import TrainConfig, train
+from stosim.studies.training import TrainConfig, train
 
 SMALL = dict(dataset="digits", limit_train=150, limit_test=60, batch_size=50, n=8, duration="20 ps", epochs=2)
 

@@ -13,7 +13,7 @@ import xarray as xr
 
 import stosim
 from stosim.cli import main
-from stosim.training import TrainConfig, resolved_config, run_seeds, train
+from stosim.studies.training import TrainConfig, resolved_config, run_seeds, train
 
 
 def _no_none(obj: object) -> bool:
@@ -115,7 +115,7 @@ def test_sweep_legend_values_are_in_the_axis_unit() -> None:
 
 def test_lyapunov_exponents_within_two_standard_errors_read_as_zero(monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from stosim.analysis import run_lyapunov
+    from stosim.studies import run_lyapunov
     from stosim.analysis.lyapunov import LyapunovResult
 
     def fake(*args, **kwargs):

@@ -220,7 +220,7 @@ def test_cli_lyapunov_rate_network(capsys: pytest.CaptureFixture[str]) -> None:
 def test_training_model_and_ftmle_use_the_rate_network() -> None:
     from stosim.analysis.ftmle import substrate_ftmle
     from stosim.models import ReservoirClassifier
-    from stosim.training import TrainConfig, build_model
+    from stosim.studies.training import TrainConfig, build_model
 
     cfg = TrainConfig(substrate="rate-network", n=20, g=2.0, duration=0.5, dt=0.1)
     model = build_model(cfg, 64, 10, (8, 8))

@@ -23,7 +23,7 @@ from stosim.cli import main
 from stosim.config import DEVICES_DIR, load_device
 from stosim.sweep import (PlotError, ResumeError, SpecError, SweepFailedError, load_spec, parse_spec, plot_sweep,
                           read_sweep, resolve_spec, run_sweep)
-from stosim.sweep.kinds import device_toml, execute_point
+from stosim.studies.sweep_points import device_toml, execute_point
 from stosim.sweep.runner import local_cluster
 from stosim.sweep.store import SweepState
 
@@ -297,8 +297,8 @@ def test_tiny_sweep_file_is_complete_and_readable(tiny_run):
 
 
 def test_sweep_accuracies_are_100_times_the_training_result(tiny_run, tmp_path):
-    from stosim.sweep.kinds import TrainPoint
-    from stosim.training import train
+    from stosim.studies.sweep_points import TrainPoint
+    from stosim.studies.training import train
 
     spec, out, _, _ = tiny_run
     ds = read_sweep(out)

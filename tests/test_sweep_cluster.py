@@ -112,7 +112,7 @@ import numba
 numba.set_num_threads(1)                # the pool runs, its size read at import (NUMBA_NUM_THREADS=2)
 os.environ["NUMBA_NUM_THREADS"] = "1"   # as a dask nanny's env= sets it after that
 if sys.argv[1] == "worker-setup":
-    from stosim.sweep.kinds import _one_thread
+    from stosim.studies.sweep_points import _one_thread
     _one_thread()
 @numba.njit
 def twice(x):

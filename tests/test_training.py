@@ -12,7 +12,7 @@ from sklearn.linear_model import Ridge
 from stosim.cli import main
 from stosim.datasets import load_dataset
 from stosim.ridge import RidgeAccumulator
-from stosim.training import ConfigError, TrainConfig, build_model, load_train_config, train
+from stosim.studies.training import ConfigError, TrainConfig, build_model, load_train_config, train
 
 SMALL = dict(dataset="digits", limit_train=200, limit_test=100, batch_size=50, n=8, duration="20 ps", dt="1 ps")
 
@@ -191,7 +191,7 @@ def test_cli_train_with_config_file(tmp_path, capsys):
 
 
 def test_weight_decay_is_decoupled_for_adam_and_l2_for_sgd():
-    from stosim.training import _optimizer
+    from stosim.studies.training import _optimizer
 
     w0 = torch.tensor([2.0, -1.0], dtype=torch.float64)
     for optimizer, expected in (
@@ -212,7 +212,7 @@ def test_weight_decay_is_decoupled_for_adam_and_l2_for_sgd():
 
 
 def test_input_offset_shifts_the_inputs_seen_by_the_model(monkeypatch):
-    import stosim.training as training
+    import stosim.studies.training as training
 
     seen: list[torch.Tensor] = []
     cfg = TrainConfig(dataset="digits", substrate="linear", limit_train=50, limit_test=20, epochs=1,
@@ -231,8 +231,8 @@ def test_input_offset_shifts_the_inputs_seen_by_the_model(monkeypatch):
 
 
 def test_cosine_schedule_sets_the_lr_of_every_step(monkeypatch):
-    import stosim.training as training
-    from stosim.training import learning_rate
+    import stosim.studies.training as training
+    from stosim.studies.training import learning_rate
 
     cfg = TrainConfig(lr=0.2, lr_schedule="cosine")
     # lr_k = lr (1 + cos(pi k / K)) / 2: lr at k = 0, lr / 2 at k = K / 2, lr (1 + cos(pi 3/4)) / 2 at k = 3K / 4
@@ -278,8 +278,8 @@ def test_a_resumed_cosine_run_continues_its_schedule(tmp_path):
 def test_runs_saved_before_a_config_key_existed_still_match(tmp_path):
     # a checkpoint / metrics file written before weight_decay and input_offset existed lacks those keys;
     # it is the same configuration as today's with their defaults
-    from stosim.compare import _finished
-    from stosim.training import with_defaults
+    from stosim.studies.compare import _finished
+    from stosim.studies.training import with_defaults
 
     cfg = TrainConfig(**{**SMALL, "epochs": 1})
     saved = {k: v for k, v in json.loads(json.dumps(cfg.resolved(), default=str)).items()

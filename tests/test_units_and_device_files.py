@@ -205,7 +205,7 @@ def test_cli_validate_names_the_bad_key_of_a_sweep_spec(tmp_path, capsys):
 def test_settings_that_differ_in_the_last_bit_are_the_same_run():
     """A training run saved with a duration parsed by an earlier version (one bit off) is the same
     run; a real change, an integer change or a different text is not."""
-    from stosim.training import TrainConfig, config_differences
+    from stosim.studies.training import TrainConfig, config_differences
     from stosim.units import values_agree
 
     cfg = TrainConfig(duration="200 ns", dt="1 ps", n=4)

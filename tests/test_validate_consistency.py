@@ -59,7 +59,7 @@ def test_an_experiment_the_run_refuses_does_not_validate(tmp_path, capsys, extra
 
 def test_the_run_level_check_runs_in_train_itself() -> None:
     """The API entry point applies the same check as the loader (a TrainConfig built in Python)."""
-    from stosim.training import ConfigError, TrainConfig, train
+    from stosim.studies.training import ConfigError, TrainConfig, train
 
     cfg = TrainConfig(substrate="sto", n=4, duration="30 ns", dt="300 ps")
     with pytest.raises(ConfigError, match="too large"):

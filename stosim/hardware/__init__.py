@@ -9,8 +9,8 @@
 - :class:`DigitalTwin`, :class:`Mismatch`: fake instruments that answer by running the simulator
   with parameters that differ from the model's, as a lab's do.
 - :class:`StationModel`: the differentiable simulator model of a station.
-- :class:`PhysicsAwareSubstrate`, :func:`compare_sim_vs_physics_aware`: physics-aware training
-  (hardware forward, simulator backward) and readout-only ridge training on hardware features.
+- :class:`PhysicsAwareSubstrate`: hardware forward, simulator backward (the training and the
+  comparison that use it are a study: :mod:`stosim.studies.physics_aware`).
 - Transport wrappers for tests: :class:`RecordingTransport`, :class:`JournalTransport` (to a file),
   :class:`FaultInjectingTransport`,
   :class:`Fault`, :class:`WrappingResourceManager`.
@@ -23,9 +23,7 @@ from stosim.hardware.instruments import (INSTRUMENTS, Command, CurrentSource2400
                                          InstrumentTimeoutError, ListCommand, SegmentedDigitizer)
 from stosim.hardware.lab_array import DriverClosedError, HardwareSafetyError, LabSTOArray, physical_voltage_window
 from stosim.hardware.model import StationModel, projection_from_voltage, tmr_voltage
-from stosim.hardware.physics_aware import (ComparisonResult, PhysicsAwareSubstrate, accuracy,
-                                           compare_sim_vs_physics_aware, fit_ridge_readout, physics_aware,
-                                           train_classifier)
+from stosim.hardware.physics_aware_substrate import PhysicsAwareSubstrate, physics_aware
 from stosim.hardware.station import (INSTRUMENTS_DIR, STATIONS_DIR, InstrumentSpec, Station, StationFileError,
                                      load_station, station_from_dict)
 from stosim.hardware.transport import (Fault, FaultInjectingTransport, JournalTransport, RecordingTransport,
@@ -41,8 +39,7 @@ __all__ = [
     "FieldPulseSource", "SegmentedDigitizer", "INSTRUMENTS",
     "DigitalTwin", "Mismatch", "TwinResourceManager",
     "StationModel", "tmr_voltage", "projection_from_voltage",
-    "PhysicsAwareSubstrate", "physics_aware", "train_classifier", "accuracy", "fit_ridge_readout",
-    "ComparisonResult", "compare_sim_vs_physics_aware",
+    "PhysicsAwareSubstrate", "physics_aware",
     "RecordingTransport", "JournalTransport", "read_journal", "FaultInjectingTransport", "Fault",
     "WrappingResourceManager", "is_timeout",
 ]

@@ -21,7 +21,7 @@ import numbers
 
 import numpy as np
 
-from stosim.physics.constants import BOLTZMANN_ERG_K
+from stosim.constants import BOLTZMANN_ERG_K
 
 __all__ = ["snr_noise_factor", "measured_snr_db", "thermal_field_sigma_oe", "add_observation_noise", "check_snr_db",
            "MIN_SNR_DB", "dynamical_step_factor", "check_noise_reference_s", "MIN_NOISE_REFERENCE_S",

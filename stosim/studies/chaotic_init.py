@@ -93,7 +93,7 @@ def run_chaotic_init_study(spec: ChaoticInitSpec, out: Path, progress: Callable[
                            ) -> dict[str, Any]:
     """Train one MLP per rho; results.json / results.md and three figures (dnn_chaotic_*.png)."""
     from stosim.datasets import load_dataset
-    from stosim.studies.dnn_chaos import _write_results
+    from stosim.studies.results import write_results
 
     train, test = load_dataset("mnist", spec.data_dir, limit_train=spec.n_train, limit_test=spec.n_test)
     x = torch.as_tensor(train.flat(), dtype=torch.float32)
@@ -142,7 +142,7 @@ def run_chaotic_init_study(spec: ChaoticInitSpec, out: Path, progress: Callable[
                      f"({rec['wall_time_s']:.0f} s)")
     results = {"spec": spec.model_dump(), "runs": runs}
     _plot(out, spec, runs)
-    _write_results(results, out, _markdown(spec, runs))
+    write_results(results, out, _markdown(spec, runs))
     return results
 
 

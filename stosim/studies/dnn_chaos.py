@@ -43,7 +43,7 @@ from torch import nn
 
 from stosim.analysis.ftmle import model_ftmle
 from stosim.models import MLPClassifier
-from stosim.storage import write_text_atomic
+from stosim.studies.results import write_results
 from stosim.studies.toy_tasks import grid_points, make_task, task_classes
 
 __all__ = [
@@ -408,7 +408,7 @@ def run_toy_study(spec: ToySpec, out: Path, progress: Progress | None = None) ->
             progress(f"{task}: test accuracy {100 * acc['test_accuracy']:.1f}%, overall FTMLE near/far boundary "
                      f"{entry['boundary']['near_mean']:.3f} / {entry['boundary']['far_mean']:.3f} 1/layer "
                      f"({entry['wall_time_s']:.0f} s)")
-    _write_results(results, out, _toy_markdown(results))
+    write_results(results, out, _toy_markdown(results))
     return results
 
 
@@ -513,7 +513,7 @@ def run_table_study(spec: TableSpec, out: Path, progress: Progress | None = None
             progress(f"{name}: overall mean FTMLE trained {entry['trained']['overall']['mean']:.3f}, default "
                      f"{entry['default']['overall']['mean']:.3f}, xavier {entry['xavier']['overall']['mean']:.3f} "
                      f"1/layer ({entry['wall_time_s']:.0f} s)")
-    _write_results(results, out, _table_markdown(results))
+    write_results(results, out, _table_markdown(results))
     return results
 
 
@@ -568,17 +568,4 @@ def _table_markdown(results: dict) -> str:
                 out.append(f"| {init} | {stat} | " + " | ".join(f"{e[init][c][stat]:.3f}" for c in cols) + " |")
         out.append("")
     return "\n".join(out)
-
-
-def _write_results(results: dict, out: Path, markdown: str) -> None:
-    write_text_atomic(json.dumps(results, indent=2, default=_json_default), out / "results.json")
-    write_text_atomic(markdown, out / "results.md")
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    raise TypeError(f"not JSON: {type(v).__name__}")
 

@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover - typing only (ftmle imports the substrates lazily)
-    from stosim.analysis.ftmle import FlowOperators
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from stosim.substrates.flow_operators import FlowOperators
 
 __all__ = ["PROTOCOLS", "Differentiable", "Hardware", "HasTangentSystem", "Stochastic", "Timed"]
 
@@ -92,7 +92,7 @@ class HasTangentSystem(abc.ABC):
     @abc.abstractmethod
     def flow_operators(self) -> FlowOperators:
         """J v and J^T u of the (noise-free) flow map, its tangent projection, T and its unit
-        (:class:`stosim.analysis.ftmle.FlowOperators`)."""
+        (:class:`stosim.substrates.flow_operators.FlowOperators`)."""
 
     @abc.abstractmethod
     def project_tangent(self, x0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from stosim.physics.noise import add_observation_noise, check_snr_db, thermal_fi
 from stosim.quantities import either, optional_quantity, quantity
 from stosim.simulation import STREAM_DYNAMICAL, STREAM_THERMAL, NoiseSettings, evolve, steps_for_duration
 from stosim.substrates.base import Substrate, SubstrateDescription
+from stosim.substrates.flow_operators import FlowOperators, unit_sphere_tangent_projection
 from stosim.substrates.protocols import (
     Differentiable,
     HasTangentSystem,
@@ -225,15 +226,12 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
 
     def project_tangent(self, x0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Project v (B, 3N) onto the tangent planes of the unit spheres at the directions of x0 (B, 3N)."""
-        from stosim.analysis.ftmle import unit_sphere_tangent_projection
-
         return unit_sphere_tangent_projection(x0, v)
 
     def flow_operators(self):
         """Exact J v (Numba tangent kernel) and J^T u (Numba adjoint) of the deterministic flow map
         m(0) -> m(T) on flat (B, 3N) states, restricted to the tangent planes of the unit spheres;
         time in seconds. Used by :func:`stosim.analysis.ftmle.substrate_ftmle`."""
-        from stosim.analysis.ftmle import FlowOperators, unit_sphere_tangent_projection
         from stosim.integrate.flow import sto_jvp
 
         n = self.array.n_oscillators

@@ -6,12 +6,12 @@
 >>> ds = read_sweep("data/smoke.h5")                         # xarray: dims = grid keys (+ seed)
 >>> plot_sweep(ds, "test_accuracy", x="coupling", y="duration", out="smoke.png")
 
-Modules: :mod:`~stosim.sweep.spec` (the TOML format), :mod:`~stosim.sweep.kinds` (what a point runs:
+Modules: :mod:`~stosim.sweep.spec` (the TOML format), :mod:`~stosim.studies.sweep_points` (what a point runs:
 ``train``, ``mle``, ``simulate``, ``ftmle``), :mod:`~stosim.sweep.store` (the file), :mod:`~stosim.sweep.runner`
 (the cluster and the single writer), :mod:`~stosim.sweep.plot`.
 """
 
-from stosim.sweep.kinds import PointKind, point_kinds
+from stosim.studies.sweep_points import PointKind, point_kinds
 from stosim.sweep.plot import PlotError, plot_sweep
 from stosim.sweep.runner import PointEvent, SweepFailedError, SweepSummary, run_sweep
 from stosim.sweep.spec import ResolvedSweep, SpecError, SweepSpec, load_spec, parse_spec, resolve_spec

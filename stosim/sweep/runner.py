@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from stosim.extras import require
 from stosim.storage import output_lock
-from stosim.sweep.kinds import execute_point
+from stosim.studies.sweep_points import execute_point
 from stosim.sweep.spec import Point, ResolvedSweep
 from stosim.sweep.store import STATUS_DONE, STATUS_FAILED, SweepState, utc_now
 

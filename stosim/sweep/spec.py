@@ -3,7 +3,7 @@
 ::
 
     name = "smoke"
-    kind = "train"                  # train | mle | simulate | ftmle  (see stosim.sweep.kinds)
+    kind = "train"                  # train | mle | simulate | ftmle  (see stosim.studies.sweep_points)
     seeds = [0, 1]                  # a `seed` dimension; or `seed = 0`: per-point seeds derived from it
     [base]                          # fixed parameters: keys of the kind's point configuration
     substrate = "sto"
@@ -40,8 +40,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stosim.checks import MAX_SEED, read_toml
-from stosim.sweep.kinds import (EXTRA_DIM_ATTRS, STO_SUBSTRATES, TEXT_UNITS, DeviceOverrides, Output,
-                                PointKind, get_kind, normalize_raw, parameter_metadata, point_kinds, resolve_device)
+from stosim.studies.sweep_points import (EXTRA_DIM_ATTRS, STO_SUBSTRATES, TEXT_UNITS, DeviceOverrides, Output,
+                                         PointKind, get_kind, normalize_raw, parameter_metadata, point_kinds,
+                                         resolve_device)
 
 __all__ = ["SweepSpec", "SpecError", "load_spec", "parse_spec", "resolve_spec", "ResolvedSweep", "Point",
            "MAX_POINTS", "SPEC_FORMAT"]
@@ -440,7 +441,7 @@ def _check_run(kind: PointKind, cfg: BaseModel, source: str, where: str) -> None
 
 def _run_checks(kind: str, cfg: Any) -> None:
     from stosim.checks import check_steps
-    from stosim.training import EXACT_CHECK_MAX_N, FFESN_CHECK_MAX_N, check_train_run
+    from stosim.studies.training import EXACT_CHECK_MAX_N, FFESN_CHECK_MAX_N, check_train_run
 
     sto = getattr(cfg, "substrate", "sto") in STO_SUBSTRATES
     device = resolve_device(cfg.device, cfg.device_overrides()) if sto else None
@@ -458,7 +459,7 @@ def _run_checks(kind: str, cfg: Any) -> None:
                                          current_a=cfg.current)
         check_time_step(array, cfg.dt)
     elif kind == "mle":
-        from stosim.analysis.run_lyapunov import LYAPUNOV_DEFAULTS, substrate_tangent_system
+        from stosim.studies.run_lyapunov import LYAPUNOV_DEFAULTS, substrate_tangent_system
 
         limit = FFESN_CHECK_MAX_N if cfg.substrate == "ffesn" else EXACT_CHECK_MAX_N
         if (cfg.n or LYAPUNOV_DEFAULTS[cfg.substrate]["n"]) <= limit:

@@ -5,7 +5,7 @@ Layout of a sweep file:
 - dimensions: the grid keys in spec order, then ``seed`` (when the spec lists seeds), then the
   outputs' own dimensions (``epoch`` for learning curves, ``exponent`` for Lyapunov spectra); every
   coordinate in internal units with ``units`` and ``long_name``;
-- one variable per output the spec produces (:meth:`~stosim.sweep.kinds.PointKind.outputs_for`: a train
+- one variable per output the spec produces (:meth:`~stosim.studies.sweep_points.PointKind.outputs_for`: a train
   sweep has ``ftmle_*`` variables only with ``ftmle_samples > 0``; accuracies in percent, units "%"),
   NaN where a point is pending or failed; ``wall_time_s``, ``run_seed``
   (the seed each point ran with), ``status`` ("done", "failed", "pending") and ``error`` (the
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from stosim.storage import provenance_attrs, write_dataset_atomic
-from stosim.sweep.kinds import TEXT_UNITS
+from stosim.studies.sweep_points import TEXT_UNITS
 from stosim.sweep.spec import Point, ResolvedSweep
 from stosim.units import values_agree
 
@@ -90,7 +90,7 @@ class SweepState:
         return self.status[point.index] == STATUS_DONE
 
     def record(self, point: Point, outcome: dict[str, Any]) -> None:
-        """Store the outcome of :func:`~stosim.sweep.kinds.execute_point` for ``point``."""
+        """Store the outcome of :func:`~stosim.studies.sweep_points.execute_point` for ``point``."""
         idx = point.index
         self.wall_time[idx] = outcome.get("wall_time_s", np.nan)
         if outcome["status"] != STATUS_DONE:

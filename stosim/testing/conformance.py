@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
+from stosim.substrates.flow_operators import FlowOperators
 from stosim.substrates.protocols import (
     Differentiable,
     Hardware,
@@ -318,8 +319,6 @@ def check_tangent_system_protocol(sub: Substrate, s: ConformanceSettings) -> Non
     """(HasTangentSystem) flow_operators() are adjoint (<u, J v> = <J^T u, v>); project_tangent is a projection."""
     if not isinstance(sub, HasTangentSystem):
         raise SkipCheck("not HasTangentSystem")
-    from stosim.analysis.ftmle import FlowOperators
-
     ops = sub.flow_operators()
     assert isinstance(ops, FlowOperators), f"flow_operators() returned {type(ops).__name__}"
     if isinstance(sub, Timed):

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Callable
 
-from stosim.training import ConfigError, TrainConfig, TrainResult, config_differences, load_train_config, train
+from stosim.studies.training import ConfigError, TrainConfig, TrainResult, config_differences, load_train_config, train
 
 __all__ = ["REFERENCE_FILE", "experiment_files", "run_comparison", "collect_finished", "comparison_table"]
 

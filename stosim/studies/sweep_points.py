@@ -11,7 +11,7 @@ A :class:`PointKind` bundles
   the variables of a given sweep (an output exists in a sweep file when it applies to one of its points);
 - ``extra_dims(configs)``: coordinates of output dimensions beyond the grid (``epoch``, ``exponent``).
 
-Kinds: ``train`` (a :class:`~stosim.training.TrainConfig` run), ``mle`` (leading Lyapunov exponents of
+Kinds: ``train`` (a :class:`~stosim.studies.training.TrainConfig` run), ``mle`` (leading Lyapunov exponents of
 a substrate's autonomous dynamics), ``simulate`` (statistics of a coupled STO array's free run),
 ``ftmle`` (per-sample finite-time MLE of a substrate's map x(0) -> x(T)). Adding a kind is a point
 model, one ``run`` function and one entry in :func:`point_kinds`.
@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stosim.training import STO_SUBSTRATES, STO_TIME_KEYS, UNIT_DIMENSIONS, OptionalSNRdB, TrainConfig
+from stosim.studies.training import STO_SUBSTRATES, STO_TIME_KEYS, UNIT_DIMENSIONS, OptionalSNRdB, TrainConfig
 from stosim.units import UnitError, parse_quantity
 
 __all__ = ["PointKind", "Output", "point_kinds", "get_kind", "parameter_metadata", "DeviceOverrides",
@@ -245,7 +245,7 @@ class _STOPointMixin:
 
 
 class TrainPoint(TrainConfig, DeviceOverrides, _STOPointMixin):
-    """A ``train`` point: every :class:`~stosim.training.TrainConfig` key plus device overrides, and
+    """A ``train`` point: every :class:`~stosim.studies.training.TrainConfig` key plus device overrides, and
     ``ftmle_samples``: the FTMLE of the substrate over that many test samples, for the model at
     initialization (untrained read-in) and after training (reservoir substrates only; 0: none)."""
 
@@ -286,7 +286,7 @@ class MLEPoint(DeviceOverrides, _STOPointMixin):
     """An ``mle`` point: leading Lyapunov exponents (QR method) of a substrate's autonomous dynamics.
 
     Times: STO in s (unit strings, e.g. "200 ns"), Lorenz 96 in model time, FFESN in steps;
-    None: the defaults of :data:`stosim.analysis.run_lyapunov.LYAPUNOV_DEFAULTS`.
+    None: the defaults of :data:`stosim.studies.run_lyapunov.LYAPUNOV_DEFAULTS`.
     """
 
     substrate: Literal["sto", "ffesn", "lorenz96", "rate-network"] = "sto"
@@ -413,7 +413,7 @@ def _rate_units(cfg: BaseModel) -> str:
 
 
 def _run_train(cfg: TrainPoint) -> dict[str, Any]:
-    from stosim.training import train
+    from stosim.studies.training import train
 
     overrides = cfg.device_overrides()
     with tempfile.TemporaryDirectory(prefix="stosim-sweep-") as tmp:
@@ -452,7 +452,7 @@ def _trained_untrained_ftmle(train_cfg: TrainConfig, run_dir: Path, samples: int
     keys = ("ftmle_untrained_mean", "ftmle_untrained_std", "ftmle_trained_mean", "ftmle_trained_std")
     if samples == 0 or train_cfg.substrate not in _FTMLE_SUBSTRATES:
         return dict.fromkeys(keys, float("nan"))
-    from stosim.analysis.run_ftmle import dataset_ftmle
+    from stosim.studies.run_ftmle import dataset_ftmle
 
     untrained = dataset_ftmle(train_cfg, None, limit=samples)["ftmle"].values
     trained = dataset_ftmle(train_cfg, run_dir / "checkpoint.pt", limit=samples)["ftmle"].values
@@ -484,12 +484,12 @@ _TRAIN = PointKind(
                applies=_has_ftmle),
     ),
     extra_dims=_train_epochs,
-    description="train a reservoir model (stosim.training.train) and evaluate it",
+    description="train a reservoir model (stosim.studies.training.train) and evaluate it",
 )
 
 
 def _run_mle(cfg: MLEPoint) -> dict[str, Any]:
-    from stosim.analysis.run_lyapunov import substrate_lyapunov
+    from stosim.studies.run_lyapunov import substrate_lyapunov
 
     device = resolve_device(cfg.device, cfg.device_overrides()) if cfg.substrate == "sto" else None
     result = substrate_lyapunov(cfg.substrate, n_exponents=cfg.n_exponents, duration=cfg.duration,
@@ -524,7 +524,7 @@ _MLE = PointKind(
                "bound when the last computed exponent is positive)"),
     ),
     extra_dims=lambda configs: {"exponent": np.arange(1, max(c.n_exponents for c in configs) + 1)},
-    description="Lyapunov exponents of a substrate's autonomous dynamics (stosim.analysis.run_lyapunov)",
+    description="Lyapunov exponents of a substrate's autonomous dynamics (stosim.studies.run_lyapunov)",
 )
 
 

@@ -4,11 +4,12 @@
   (:func:`fit_ridge_readout`, :class:`stosim.ridge.RidgeAccumulator`).
 - Physics-aware training (Wright et al., Nature 601, 549 (2022)): the forward pass runs on
   the hardware, the backward pass through a differentiable simulator model of it evaluated at
-  the same input. :class:`PhysicsAwareSubstrate` wraps (hardware, model) into one substrate
-  whose ``forward`` returns the *hardware's* output and whose gradient is the vector-Jacobian
-  product of the *model* (the station's simulator, :class:`~stosim.hardware.model.StationModel`,
-  with the exact RK4 gradients of :func:`stosim.integrate.flow.sto_flow`). Downstream layers and
-  the loss see what the hardware did; only the Jacobian comes from the model.
+  the same input. :class:`~stosim.hardware.physics_aware_substrate.PhysicsAwareSubstrate` wraps
+  (hardware, model) into one substrate whose ``forward`` returns the *hardware's* output and
+  whose gradient is the vector-Jacobian product of the *model* (the station's simulator,
+  :class:`~stosim.hardware.model.StationModel`, with the exact RK4 gradients of
+  :func:`stosim.integrate.flow.sto_flow`). Downstream layers and the loss see what the hardware
+  did; only the Jacobian comes from the model.
 
 :func:`compare_sim_vs_physics_aware` shows what that buys on the 8x8 digits: a model trained
 purely in simulation loses accuracy when moved to the mismatched hardware (here the digital
@@ -26,108 +27,14 @@ import torch
 
 from stosim.hardware.lab_array import LabSTOArray
 from stosim.hardware.model import StationModel
+from stosim.hardware.physics_aware_substrate import PhysicsAwareSubstrate
 from stosim.hardware.station import Station, load_station
 from stosim.hardware.twin import DigitalTwin, Mismatch
 from stosim.models import ReservoirClassifier
 from stosim.ridge import RidgeAccumulator
-from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
-from stosim.substrates.protocols import Differentiable, Hardware
+from stosim.substrates.base import Substrate
 
-__all__ = ["PhysicsAwareSubstrate", "physics_aware", "train_classifier", "accuracy", "fit_ridge_readout",
-           "ComparisonResult", "compare_sim_vs_physics_aware"]
-
-
-class _PhysicsAware(torch.autograd.Function):
-    """forward: the hardware's output; backward: the model's VJP at the same input."""
-
-    @staticmethod
-    def forward(ctx, readin: torch.Tensor, hardware: Substrate, model: Substrate) -> torch.Tensor:  # noqa: ANN001
-        ctx.model = model
-        ctx.save_for_backward(readin)
-        with torch.no_grad():
-            out = hardware(readin.detach())
-        return out.to(dtype=readin.dtype, device=readin.device)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001
-        (readin,) = ctx.saved_tensors
-        with torch.enable_grad():
-            x = readin.detach().requires_grad_(True)
-            y = ctx.model(x)
-            (grad,) = torch.autograd.grad(y, x, grad_out)
-        return grad, None, None
-
-
-def physics_aware(readin: torch.Tensor, hardware: Substrate, model: Substrate) -> torch.Tensor:
-    """``hardware(readin)`` with the gradient of ``model`` at ``readin`` (a function form of the wrapper)."""
-    return _PhysicsAware.apply(readin, hardware, model)
-
-
-class PhysicsAwareSubstrate(Substrate, Differentiable, Hardware):
-    """Hardware forward, simulator backward: a differentiable stand-in for a hardware substrate.
-
-    ``hardware`` and ``model`` must take the same read-in and give features of the same size and
-    meaning (e.g. :class:`LabSTOArray` and :class:`StationModel` of one station). ``forward`` is
-    the only differentiable path; ``initial_state``/``evolve``/``readout`` are the hardware's.
-    """
-
-    def __init__(self, hardware: Substrate, model: Substrate) -> None:
-        super().__init__()
-        dh, dm = hardware.describe(), model.describe()
-        if (dh.readin_size, dh.readout_size) != (dm.readin_size, dm.readout_size):
-            raise ValueError(f"hardware ({dh.readin_size} -> {dh.readout_size}) and model ({dm.readin_size} -> "
-                             f"{dm.readout_size}) read-in/readout sizes differ")
-        if not model.capabilities.differentiable:
-            raise ValueError(f"the model {dm.name} is not differentiable")
-        if not isinstance(hardware, Hardware):
-            raise ValueError(f"hardware {dh.name} does not declare stosim.substrates.protocols.Hardware "  # noqa: TRY004
-                             "(measure())")
-        self.hardware = hardware
-        self.model = model
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.hardware.dtype
-
-    @property
-    def capabilities(self) -> Capabilities:
-        c = self.hardware.capabilities
-        return Capabilities(differentiable=True, stochastic=c.stochastic, reproducible=c.reproducible,
-                            hardware=c.hardware)
-
-    def describe(self) -> SubstrateDescription:
-        d = self.hardware.describe()
-        return dataclasses.replace(d, name=f"physics-aware {d.name}",
-                                   summary=f"{d.summary}; gradients from {self.model.describe().name}")
-
-    def read_configuration(self) -> dict[str, float | int | str]:
-        cfg = dict(self.hardware.read_configuration())
-        cfg.update({f"model_{k}": v for k, v in self.model.read_configuration().items()})
-        cfg["training"] = "physics-aware"
-        return cfg
-
-    def reset(self, seed: int) -> None:
-        self.hardware.reset(seed)
-        self.model.reset(seed)
-
-    def initial_state(self, readin: torch.Tensor) -> torch.Tensor:
-        return self.hardware.initial_state(readin)
-
-    def evolve(self, state: torch.Tensor) -> torch.Tensor:
-        return self.hardware.evolve(state)
-
-    def measure(self, state: torch.Tensor) -> torch.Tensor:
-        return self.hardware.measure(state)
-
-    def state_from_measurement(self, measurement: torch.Tensor) -> torch.Tensor:
-        return self.hardware.state_from_measurement(measurement)
-
-    def readout(self, state: torch.Tensor) -> torch.Tensor:
-        return self.hardware.readout(state)
-
-    def forward(self, readin: torch.Tensor) -> torch.Tensor:
-        self._check_readin(readin)
-        return _PhysicsAware.apply(readin, self.hardware, self.model)
+__all__ = ["train_classifier", "accuracy", "fit_ridge_readout", "ComparisonResult", "compare_sim_vs_physics_aware"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from stosim.analysis.ftmle import substrate_ftmle
 from stosim.checkpoint import load_checkpoint, restore_model
 from stosim.datasets import load_dataset
 from stosim.models import ReservoirClassifier
-from stosim.training import ConfigError, TrainConfig, build_model, model_inputs, validate_train_config
+from stosim.studies.training import ConfigError, TrainConfig, build_model, model_inputs, validate_train_config
 
 __all__ = ["dataset_ftmle"]
 
