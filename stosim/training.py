@@ -239,7 +239,7 @@ _UNIT_EXAMPLES = MappingProxyType({"field": "500 Oe", "current": "2.5 mA", "temp
 def _check_file_units(raw: dict[str, Any], source: str) -> None:
     """Refuse a plain number where an experiment file needs a quantity with a unit ("duration = 300"
     for the STOs would be 300 s)."""
-    substrate = raw.get("substrate", "sto")
+    substrate = raw.get("substrate", TrainConfig.model_fields["substrate"].default)
     sto = isinstance(substrate, str) and substrate in STO_SUBSTRATES
     for key, dimension in UNIT_DIMENSIONS.items():
         value = raw.get(key)
