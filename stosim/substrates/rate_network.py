@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from types import MappingProxyType
 from typing import Literal
 
 import numpy as np
@@ -351,7 +352,8 @@ def _build_from_config(cfg, seed: int, dtype: torch.dtype) -> RateNetwork:
 
 
 # discrete-time Lyapunov defaults (steps); the spec's defaults are the continuous time's (tau, RK4)
-RATE_DISCRETE_DEFAULTS = {"duration": 2000.0, "transient": 200.0, "dt": 1.0, "reorthonormalize_every": 1}
+RATE_DISCRETE_DEFAULTS = MappingProxyType(
+    {"duration": 2000.0, "transient": 200.0, "dt": 1.0, "reorthonormalize_every": 1})
 
 
 def _tangent(n: int, dt: float, seed: int, rng: np.random.Generator, *, g: float = 2.0, time: str = "continuous",

@@ -45,6 +45,10 @@ class TangentSpec:
     defaults_for: Callable[[Mapping[str, Any]], Mapping[str, float]] | None = None
     single_thread_blas: bool = False
 
+    def __post_init__(self) -> None:  # read-only copies: no mutable constants
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+        object.__setattr__(self, "flags", MappingProxyType(dict(self.flags)))
+
     def resolved_defaults(self, params: Mapping[str, Any]) -> Mapping[str, float]:
         return self.defaults if self.defaults_for is None else self.defaults_for(params)
 
