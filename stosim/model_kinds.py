@@ -9,8 +9,9 @@ reservoir model kind of the same name (Linear read-in -> substrate -> Linear rea
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 

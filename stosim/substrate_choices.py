@@ -24,7 +24,7 @@ class LazyChoices(Sequence):
             self._names = tuple(self._names_fn())
         return self._names
 
-    def __getitem__(self, index):  # noqa: ANN001, ANN204
+    def __getitem__(self, index: int) -> str:
         return self._get()[index]
 
     def __len__(self) -> int:

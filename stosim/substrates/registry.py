@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 __all__ = ["SubstrateSpec", "TangentSpec", "register", "unregister", "get", "names", "specs", "lyapunov_names",
            "BUILTIN_MODULES", "TIME_UNITS"]
