@@ -288,6 +288,7 @@ def _finish_parser(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from stosim import __version__
+    from stosim.substrate_choices import ftmle_choices, lyapunov_choices, model_kind_choices
 
     parser = argparse.ArgumentParser(prog="stosim", description="Spin-torque-oscillator reservoir simulator",
                                      epilog=_EPILOGS["stosim"], formatter_class=_HelpFormatter)
@@ -340,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run even beyond the device's maximum current / breakdown voltage (recorded in the output)")
     p = sub.add_parser("train", help="train a reservoir model (or a baseline) and evaluate it")
     p.add_argument("--config", type=Path, default=None, help="experiment TOML (experiments/...); flags override it")
-    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto",
-                                           "rate-network"])
+    p.add_argument("--substrate", choices=model_kind_choices(), metavar="NAME",
+                   help="model kind: a substrate's reservoir model or a baseline (docs/substrates.md)")
     p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"])
     p.add_argument("--data-dir", type=str, default=None, help="folder with the IDX files (mnist, fashion-mnist)")
     p.add_argument("--download", action="store_true", default=None, help="fetch missing IDX files (checksummed)")
@@ -390,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-beyond-limits", action="store_true",
                    help="train even beyond the device's maximum current / breakdown voltage (recorded in metrics.json)")
     p = sub.add_parser("lyapunov", help="Lyapunov exponents of a substrate's autonomous dynamics (QR method)")
-    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96", "rate-network"], default="sto")
+    p.add_argument("--substrate", choices=lyapunov_choices(), metavar="NAME", default="sto")
     p.add_argument("--n", type=int, default=None, help="oscillators / nodes / sites (sto 200, ffesn 500, lorenz96 40)")
     p.add_argument("--coupling", type=_quantity("field", "--coupling"), default=None, help="STO mu (default 500 Oe)")
     p.add_argument("--current", type=_quantity("current", "--current"), default=None, help="STO bias current")
@@ -459,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="experiment TOML; flags override it")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="a `stosim train` output folder or checkpoint.pt (its configuration and trained read-in)")
-    p.add_argument("--substrate", choices=["sto", "ffesn", "lorenz96", "rate-network"], default=None)
+    p.add_argument("--substrate", choices=ftmle_choices(), metavar="NAME", default=None)
     p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default=None)
     p.add_argument("--data-dir", type=str, default=None)
     for flag, kind in (("--n", int), ("--seed", _seed("--seed")), ("--spectral-radius", float), ("--steps", int),
@@ -568,7 +569,9 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     cfg = _train_config(args, overrides)
     _refuse_other_substrate_flags(args, keys, cfg.substrate)
     _check_plain_times(args, cfg)
-    if cfg.substrate == "sto":
+    from stosim.substrates.registry import specs
+
+    if getattr(specs().get(cfg.substrate), "coupled_sto", False):
         _announce_compilation(*_STO_TANGENT_KERNELS)
     ds = dataset_ftmle(cfg, args.checkpoint, limit=args.limit, method=args.method)
     _describe_ftmle_run(ds, cfg)
@@ -655,26 +658,28 @@ def _substrate_time(text: str | None, substrate: str, flag: str) -> float | None
     from stosim.units import UnitError, parse_quantity
 
     try:
-        return parse_quantity(text, "time", name=flag) if substrate == "sto" else float(text)
+        from stosim.substrates.registry import get
+
+        return parse_quantity(text, "time", name=flag) if get(substrate).time_unit == "s" else float(text)
     except (UnitError, ValueError) as exc:
         raise CLIError(f"{flag} {text!r}: {exc}") from None
 
 
-# flags of `stosim lyapunov` that set one substrate's parameter: flag -> (substrate, keyword of substrate_lyapunov)
-_LYAPUNOV_SUBSTRATE_FLAGS = {"coupling": ("sto", "coupling_oe"), "current": ("sto", "current_a"),
-                             "device": ("sto", "device"), "spectral_radius": ("ffesn", "spectral_radius"),
-                             "forcing": ("lorenz96", "forcing"), "g": ("rate-network", "g"),
-                             "time": ("rate-network", "time"), "input_std": ("rate-network", "input_std"),
-                             "input_tau": ("rate-network", "input_tau"),
-                             "zero_diagonal": ("rate-network", "zero_diagonal")}
+def _lyapunov_substrate_flags() -> dict[str, tuple[str, str]]:
+    """Flags of `stosim lyapunov` that set one substrate's parameter: flag -> (substrate, keyword of
+    substrate_lyapunov), as each substrate's tangent system declares them (stosim.substrates.registry)."""
+    from stosim.substrates.registry import specs
+
+    return {flag: (name, keyword) for name, spec in specs().items() if spec.tangent is not None
+            for flag, keyword in spec.tangent.flags.items()}
 
 
 def _lyapunov_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The substrate parameters given on the command line (the others keep the substrate's defaults); a flag
     of another substrate, which would be silently ignored, is refused."""
     params = {}
-    for key, (substrate, keyword) in _LYAPUNOV_SUBSTRATE_FLAGS.items():
-        value = getattr(args, key)
+    for key, (substrate, keyword) in _lyapunov_substrate_flags().items():
+        value = getattr(args, key, None)
         if value is None:
             continue
         if substrate != args.substrate:
@@ -687,8 +692,10 @@ def _lyapunov_parameters(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_lyapunov(args: argparse.Namespace) -> int:
     from stosim.studies.run_lyapunov import substrate_lyapunov
 
+    from stosim.substrates.registry import get
+
     params = {"n": args.n, "dt": _substrate_time(args.dt, args.substrate, "--dt"), **_lyapunov_parameters(args)}
-    if args.substrate == "sto":
+    if get(args.substrate).coupled_sto:
         _announce_compilation(*_STO_TANGENT_KERNELS)
     with _step_progress("lyapunov") as progress:
         result = substrate_lyapunov(args.substrate, n_exponents=args.exponents,
@@ -753,7 +760,10 @@ def _train_config(args: argparse.Namespace, overrides: dict):  # noqa: ANN202 (t
 def _check_plain_times(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
     """Plain-number --duration / --dt are Lorenz 96 model time; every other substrate needs a unit
     (a plain 300 would otherwise be 300 s for the STOs)."""
-    if cfg.substrate in ("lorenz96", "rate-network"):  # rate network: plain numbers in its time unit
+    from stosim.model_kinds import substrate_time_unit
+
+    unit = substrate_time_unit(cfg.substrate)
+    if unit in ("model time", "tau"):  # Lorenz 96, rate network: plain numbers in the substrate's time unit
         return
     for key in ("duration", "dt"):
         value = getattr(args, key, None)
@@ -763,7 +773,7 @@ def _check_plain_times(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
             float(value)
         except ValueError:
             continue
-        if cfg.substrate == "ffesn":
+        if unit == "steps":  # the FFESN
             raise CLIError(f"--{key} {value}: the FFESN is a map of --steps layers; it has no {key}")
         raise CLIError(f"--{key} {value}: give a time with its unit for substrate {cfg.substrate} "
                        "(e.g. '300 ps'); plain numbers are Lorenz 96 model time")

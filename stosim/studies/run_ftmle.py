@@ -18,6 +18,7 @@ from stosim.checkpoint import load_checkpoint, restore_model
 from stosim.datasets import load_dataset
 from stosim.models import ReservoirClassifier
 from stosim.studies.training import ConfigError, TrainConfig, build_model, model_inputs, validate_train_config
+from stosim.substrates import registry
 
 __all__ = ["dataset_ftmle"]
 
@@ -41,8 +42,9 @@ def dataset_ftmle(cfg: TrainConfig, checkpoint: Path | None = None, *, limit: in
             raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist (a `stosim train` output folder)")
         state = load_checkpoint(checkpoint, validate_config=lambda c: validate_train_config(c, source="config"))
         cfg = state.settings
-    if cfg.substrate not in ("sto", "ffesn", "lorenz96", "rate-network"):
-        raise ConfigError(f"ftmle needs a reservoir model (sto, ffesn, lorenz96, rate-network); got substrate = "
+    ftmle_substrates = [name for name, spec in registry.specs().items() if spec.ftmle]
+    if cfg.substrate not in ftmle_substrates:
+        raise ConfigError(f"ftmle needs a reservoir model ({', '.join(ftmle_substrates)}); got substrate = "
                           f"{cfg.substrate!r}")
     _, test = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.seed, limit_test=limit)
     model = build_model(cfg, test.n_features, test.n_classes, test.image_shape)

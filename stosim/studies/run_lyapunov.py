@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from types import MappingProxyType
 from typing import Callable, Mapping
@@ -11,69 +12,55 @@ import numpy as np
 
 from stosim.analysis.lyapunov import LyapunovResult, TangentSystem, lyapunov_spectrum
 from stosim.integrate.threads import single_threaded_blas
+from stosim.substrates import registry
+from stosim.substrates.rate_network import RATE_DISCRETE_DEFAULTS  # noqa: F401  (re-exported)
 
 __all__ = ["LYAPUNOV_DEFAULTS", "substrate_tangent_system", "substrate_lyapunov"]
 
-# per substrate: duration, transient and step in its time unit (STO: seconds), default size
-LYAPUNOV_DEFAULTS: Mapping[str, Mapping[str, float]] = MappingProxyType({
-    name: MappingProxyType(values) for name, values in {
-        "sto": {"duration": 200e-9, "transient": 50e-9, "dt": 1e-12, "n": 200, "reorthonormalize_every": 10},
-        "lorenz96": {"duration": 1000.0, "transient": 50.0, "dt": 0.01, "n": 40, "reorthonormalize_every": 10},
-        "ffesn": {"duration": 2000.0, "transient": 500.0, "dt": 1.0, "n": 500, "reorthonormalize_every": 1},
-        # continuous time (tau units, RK4); discrete time uses RATE_DISCRETE_DEFAULTS
-        "rate-network": {"duration": 500.0, "transient": 100.0, "dt": 0.1, "n": 200, "reorthonormalize_every": 10},
-    }.items()})  # read-only
-RATE_DISCRETE_DEFAULTS: Mapping[str, float] = MappingProxyType(
-    {"duration": 2000.0, "transient": 200.0, "dt": 1.0, "reorthonormalize_every": 1})
+class _LyapunovDefaults(Mapping):
+    """substrate -> its Lyapunov defaults (duration, transient and step in its time unit, STO: seconds; size;
+    reorthonormalize_every), looked up in the substrate registry (the substrates with a tangent system)."""
+
+    def __getitem__(self, name: str) -> Mapping[str, float]:
+        spec = registry.specs().get(name)
+        if spec is None or spec.tangent is None:
+            raise KeyError(name)
+        return MappingProxyType(dict(spec.tangent.defaults))
+
+    def __iter__(self):
+        return iter(registry.lyapunov_names())
+
+    def __len__(self) -> int:
+        return len(registry.lyapunov_names())
+
+
+LYAPUNOV_DEFAULTS: Mapping[str, Mapping[str, float]] = _LyapunovDefaults()  # read-only
 
 
 def substrate_tangent_system(substrate: str, *, n: int | None = None, dt: float | None = None, seed: int = 0,
-                             coupling_oe: float = 500.0, current_a: float | None = None, device=None,
-                             spectral_radius: float = 1.5, density: float = 0.5, forcing: float = 8.0,
-                             g: float = 2.0, time: str = "continuous", input_std: float = 0.0,
-                             input_tau: float = 0.0, zero_diagonal: bool = False,
-                             ) -> tuple[TangentSystem, np.ndarray]:
-    """(tangent system, initial state) of ``substrate`` in {"sto", "ffesn", "lorenz96", "rate-network"} with
-    seeded initial state (rate network: g, time, input_std, input_tau, zero_diagonal; exponents in 1/tau)."""
+                             **params) -> tuple[TangentSystem, np.ndarray]:
+    """(tangent system, initial state) of a registered substrate with a tangent system
+    (:func:`stosim.substrates.registry.lyapunov_names`) and seeded initial state; ``params``: the keywords of
+    its tangent factory (e.g. STO: coupling_oe, current_a, device; rate network: g, time, input_std,
+    input_tau, zero_diagonal, exponents in 1/tau)."""
     defaults = LYAPUNOV_DEFAULTS.get(substrate)
     if defaults is None:
         raise ValueError(f"substrate = {substrate!r}; valid: {', '.join(LYAPUNOV_DEFAULTS)}")
     n = defaults["n"] if n is None else n
     dt = defaults["dt"] if dt is None else dt
-    if substrate == "rate-network" and time == "discrete":
-        if dt != defaults["dt"]:
-            raise ValueError(f"dt = {dt!r}: the discrete-time rate network is a map; leave dt unset")
-        dt = 1.0
-    if substrate == "ffesn" and dt != defaults["dt"]:
-        raise ValueError(f"dt = {dt!r}: the FFESN is a map (one step per layer); leave dt unset")
+    tangent = registry.get(substrate).tangent
+    # keywords of another substrate's tangent system are ignored (a sweep passes every one); others are typos
+    known = {name: _keywords(spec.tangent.build) for name, spec in registry.specs().items() if spec.tangent}
+    unknown = sorted(set(params).difference(*known.values()))
+    if unknown:
+        raise TypeError(f"substrate_tangent_system() got unexpected keywords {unknown}")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
-    if substrate == "sto":
-        from stosim.analysis.tangent_sto import STOArrayTangent
-        from stosim.config import DeviceParameters, load_device
-        from stosim.physics.array import STOArray
+    return tangent.build(n, dt, seed, rng, **{k: v for k, v in params.items() if k in known[substrate]})
 
-        dev = device if isinstance(device, DeviceParameters) else load_device(device)
-        system = STOArrayTangent(STOArray.generate(dev, n, coupling_oe, seed=seed, current_a=current_a), dt)
-        m = rng.standard_normal((n, 3))
-        x0 = (m / np.linalg.norm(m, axis=-1, keepdims=True)).reshape(-1)
-    elif substrate == "rate-network":
-        from stosim.analysis.tangent_rate import RateNetworkTangent
 
-        system = RateNetworkTangent(n=n, g=g, time=time, dt=dt, input_std=input_std, input_tau=input_tau,
-                                    zero_diagonal=zero_diagonal, seed=seed)
-        x0 = system.initial_state(rng.standard_normal(n))
-    elif substrate == "lorenz96":
-        from stosim.analysis.tangent_models import Lorenz96Tangent
-
-        system = Lorenz96Tangent(n, forcing, dt=dt)
-        x0 = forcing + rng.standard_normal(n)
-    else:
-        from stosim.analysis.tangent_models import FFESNTangent
-        from stosim.substrates.ffesn import FFESN
-
-        system = FFESNTangent.from_substrate(FFESN(n=n, spectral_radius=spectral_radius, density=density, seed=seed))
-        x0 = rng.uniform(-1, 1, n)
-    return system, x0
+def _keywords(build: Callable) -> set[str]:
+    """The keyword-only parameters of a tangent factory (its substrate parameters)."""
+    return {name for name, p in inspect.signature(build).parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 
 def substrate_lyapunov(substrate: str, *, n_exponents: int = 1, duration: float | None = None,
@@ -84,8 +71,7 @@ def substrate_lyapunov(substrate: str, *, n_exponents: int = 1, duration: float 
     if defaults is None:
         raise ValueError(f"substrate = {substrate!r}; valid: {', '.join(LYAPUNOV_DEFAULTS)}")
     system, x0 = substrate_tangent_system(substrate, seed=seed, **params)
-    if substrate == "rate-network" and params.get("time") == "discrete":
-        defaults = RATE_DISCRETE_DEFAULTS
+    defaults = registry.get(substrate).tangent.resolved_defaults(params)
     duration = defaults["duration"] if duration is None else duration
     transient = defaults["transient"] if transient is None else transient
     for name, value in (("duration", duration), ("transient", transient)):
@@ -94,7 +80,7 @@ def substrate_lyapunov(substrate: str, *, n_exponents: int = 1, duration: float 
     n_steps = _averaging_steps(duration, system)
     n_transient = round(transient / system.step_time)
     # rate network: many small products and QRs, one BLAS thread is much faster on a loaded machine
-    with single_threaded_blas() if substrate == "rate-network" else contextlib.nullcontext():
+    with single_threaded_blas() if registry.get(substrate).tangent.single_thread_blas else contextlib.nullcontext():
         return lyapunov_spectrum(system, x0, n_exponents, n_steps, transient_steps=n_transient,
                                  reorthonormalize_every=defaults["reorthonormalize_every"], seed=seed,
                                  progress=progress)

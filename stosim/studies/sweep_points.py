@@ -31,6 +31,8 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from stosim.studies.substrate_names import (DEFAULT_SUBSTRATE, check_ftmle_substrate, check_lyapunov_substrate,
+                                            ftmle_substrates, point_time_unit)
 from stosim.studies.training import STO_SUBSTRATES, STO_TIME_KEYS, UNIT_DIMENSIONS, OptionalSNRdB, TrainConfig
 from stosim.units import UnitError, parse_quantity
 
@@ -96,16 +98,10 @@ def time_units(substrate: str, kind: str) -> str:
     """Internal unit of duration / dt / transient for ``substrate`` in a ``kind`` point."""
     if substrate in STO_SUBSTRATES:
         return "s"
-    if substrate == "lorenz96":
-        return "model time unit"
-    if substrate == "rate-network":
-        return "tau"
-    if substrate == "ffesn" and kind in ("mle", "ftmle"):
-        return "step"
-    return "1"
+    return point_time_unit(substrate, kind) or "1"
 
 
-def parameter_metadata(key: str, substrate: str = "sto", kind: str = "train") -> tuple[str, str]:
+def parameter_metadata(key: str, substrate: str = DEFAULT_SUBSTRATE, kind: str = "train") -> tuple[str, str]:
     """(units, long_name) of a swept parameter."""
     units, long_name = _PARAMETERS.get(key, ("1", key.replace("_", " ")))
     if units == "time":
@@ -239,7 +235,7 @@ def device_toml(dev) -> str:  # noqa: ANN001
 class _STOPointMixin:
     def check_point(self) -> None:
         """Checks beyond the fields: load the device file and apply the overrides (raises when out of range)."""
-        substrate = getattr(self, "substrate", "sto")
+        substrate = getattr(self, "substrate", DEFAULT_SUBSTRATE)
         if substrate in STO_SUBSTRATES:
             resolve_device(self.device, self.device_overrides())
 
@@ -272,7 +268,7 @@ class TrainPoint(TrainConfig, DeviceOverrides, _STOPointMixin):
 
 def _time_validator(cls, value: Any, info) -> Any:  # noqa: ANN001
     if isinstance(value, str):
-        substrate = info.data.get("substrate", "sto")
+        substrate = info.data.get("substrate", DEFAULT_SUBSTRATE)
         if substrate not in STO_SUBSTRATES:
             raise ValueError(f"{substrate} time is a plain number, not {value!r}")
         try:
@@ -289,7 +285,7 @@ class MLEPoint(DeviceOverrides, _STOPointMixin):
     None: the defaults of :data:`stosim.studies.run_lyapunov.LYAPUNOV_DEFAULTS`.
     """
 
-    substrate: Literal["sto", "ffesn", "lorenz96", "rate-network"] = "sto"
+    substrate: str = DEFAULT_SUBSTRATE
     n: int | None = Field(default=None, ge=1, le=100_000)
     dt: float | None = Field(default=None, gt=0)
     duration: float | None = Field(default=None, gt=0)
@@ -311,10 +307,11 @@ class MLEPoint(DeviceOverrides, _STOPointMixin):
     _coupling = field_validator("coupling", mode="before")(_unit("field"))
     _current = field_validator("current", mode="before")(_unit("current"))
     _times = field_validator("dt", "duration", "transient", mode="before")(_time_validator)
+    _substrate = field_validator("substrate")(check_lyapunov_substrate)
 
     @model_validator(mode="after")
     def _check(self) -> "MLEPoint":
-        if self.device_overrides() and self.substrate != "sto":
+        if self.device_overrides() and self.substrate not in STO_SUBSTRATES:
             keys = ", ".join(k for k in DeviceOverrides.model_fields if getattr(self, k) is not None)
             raise ValueError(f"{keys}: device parameters apply to substrate = 'sto' only, not {self.substrate!r}")
         return self
@@ -393,7 +390,7 @@ class PointKind:
     @property
     def substrate_default(self) -> str:
         field = self.config.model_fields.get("substrate")
-        return field.default if field is not None else "sto"
+        return field.default if field is not None else DEFAULT_SUBSTRATE
 
 
 EXTRA_DIM_ATTRS = MappingProxyType({
@@ -438,19 +435,16 @@ def _run_train(cfg: TrainPoint) -> dict[str, Any]:
     }
 
 
-_FTMLE_SUBSTRATES = frozenset({"sto", "ffesn", "lorenz96", "rate-network"})  # train substrates with an FTMLE
-
-
 def _has_ftmle(cfg: TrainPoint) -> bool:
     """Whether a train point computes the trained / untrained FTMLE (``ftmle_samples > 0`` on a reservoir
     substrate); otherwise the sweep file has no ``ftmle_*`` variables."""
-    return cfg.ftmle_samples > 0 and cfg.substrate in _FTMLE_SUBSTRATES
+    return cfg.ftmle_samples > 0 and cfg.substrate in ftmle_substrates()
 
 
 def _trained_untrained_ftmle(train_cfg: TrainConfig, run_dir: Path, samples: int) -> dict[str, float]:
     """Mean and std of the per-sample FTMLE before and after training (NaN when not requested)."""
     keys = ("ftmle_untrained_mean", "ftmle_untrained_std", "ftmle_trained_mean", "ftmle_trained_std")
-    if samples == 0 or train_cfg.substrate not in _FTMLE_SUBSTRATES:
+    if samples == 0 or train_cfg.substrate not in ftmle_substrates():
         return dict.fromkeys(keys, float("nan"))
     from stosim.studies.run_ftmle import dataset_ftmle
 
@@ -491,14 +485,14 @@ _TRAIN = PointKind(
 def _run_mle(cfg: MLEPoint) -> dict[str, Any]:
     from stosim.studies.run_lyapunov import substrate_lyapunov
 
-    device = resolve_device(cfg.device, cfg.device_overrides()) if cfg.substrate == "sto" else None
+    device = resolve_device(cfg.device, cfg.device_overrides()) if cfg.substrate in STO_SUBSTRATES else None
     result = substrate_lyapunov(cfg.substrate, n_exponents=cfg.n_exponents, duration=cfg.duration,
                                 transient=cfg.transient, seed=cfg.seed, n=cfg.n, dt=cfg.dt,
                                 coupling_oe=cfg.coupling, current_a=cfg.current, device=device,
                                 spectral_radius=cfg.spectral_radius, density=cfg.density, forcing=cfg.forcing,
-                                **({"g": cfg.g, "time": cfg.network_time, "input_std": cfg.input_std,
-                                    "input_tau": cfg.input_tau, "zero_diagonal": cfg.zero_diagonal}
-                                   if cfg.substrate == "rate-network" else {}))
+                                # each substrate's tangent system takes its own keywords of these
+                                g=cfg.g, time=cfg.network_time, input_std=cfg.input_std,
+                                input_tau=cfg.input_tau, zero_diagonal=cfg.zero_diagonal)
     return {
         "mle": result.mle,
         "mle_standard_error": float(result.standard_error[0]),
@@ -586,7 +580,7 @@ class FTMLEPoint(DeviceOverrides, _STOPointMixin):
     the FFESN map is ``steps`` steps.
     """
 
-    substrate: Literal["sto", "ffesn", "lorenz96", "rate-network"] = "sto"
+    substrate: str = DEFAULT_SUBSTRATE
     n: int | None = Field(default=None, ge=1, le=100_000)
     dt: float | None = Field(default=None, gt=0)
     duration: float | None = Field(default=None, gt=0)
@@ -609,10 +603,11 @@ class FTMLEPoint(DeviceOverrides, _STOPointMixin):
     _coupling = field_validator("coupling", mode="before")(_unit("field"))
     _current = field_validator("current", mode="before")(_unit("current"))
     _times = field_validator("dt", "duration", mode="before")(_time_validator)
+    _substrate = field_validator("substrate")(check_ftmle_substrate)
 
     @model_validator(mode="after")
     def _check(self) -> "FTMLEPoint":
-        if self.device_overrides() and self.substrate != "sto":
+        if self.device_overrides() and self.substrate not in STO_SUBSTRATES:
             keys = ", ".join(k for k in DeviceOverrides.model_fields if getattr(self, k) is not None)
             raise ValueError(f"{keys}: device parameters apply to substrate = 'sto' only, not {self.substrate!r}")
         return self

@@ -27,8 +27,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 from stosim.checks import MAX_SEED, check_steps, read_toml
 from stosim.checkpoint import load_checkpoint, restore_model, restore_optimizer, save_checkpoint
 from stosim.datasets import ImageDataset, load_dataset
-from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoirClassifier, LinearClassifier,
-                           MLPClassifier, ReservoirClassifier)
+from stosim.model_kinds import KIND_KEYS, kind, kind_names, kinds
+from stosim.models import ConvReservoirClassifier
 from stosim.ridge import RidgeAccumulator
 from stosim.storage import output_lock, remove_stale_temporaries, write_text_atomic
 from stosim.physics.noise import check_snr_db
@@ -39,7 +39,7 @@ __all__ = ["TrainConfig", "STO_SUBSTRATES", "STO_TIME_KEYS", "UNIT_DIMENSIONS", 
            "load_train_config", "validate_train_config", "check_train_run", "with_defaults", "resolved_config", "run_seeds",
            "SUBSTRATE_KEYS", "substrate_keys", "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
 
-SUBSTRATES = ("sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto", "rate-network")
+SUBSTRATES = kind_names()  # the model kinds (stosim.model_kinds) registered at import
 log = logging.getLogger(__name__)  # diagnostics; the CLI shows them with -v
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -57,7 +57,8 @@ def _parse(value: Any, dimension: str, name: str) -> float:
         raise ValueError(str(exc)) from None
 
 
-STO_SUBSTRATES = frozenset({"sto", "cnn-sto", "deep-sto"})  # the substrates built on coupled STOs
+# the substrates built on coupled STOs
+STO_SUBSTRATES = frozenset(name for name, k in kinds().items() if k.substrate is not None and k.substrate.coupled_sto)
 
 
 def _check_optional_snr_db(v: float | None, info: ValidationInfo) -> float | None:
@@ -75,8 +76,7 @@ class TrainConfig(BaseModel):
     # strict: a boolean is not a number (lr = true is refused, not trained at 1.0), a string not a number
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    substrate: Literal["sto", "ffesn", "lorenz96", "linear", "mlp", "cnn", "cnn-sto", "deep-sto",
-                       "rate-network"] = "sto"
+    substrate: str = Field(default=kind_names()[0], description="a model kind of stosim.model_kinds")
     dataset: Literal["digits", "mnist", "fashion-mnist"] = "digits"
     data_dir: str | None = None
     download: bool = False
@@ -131,6 +131,14 @@ class TrainConfig(BaseModel):
     variability: float = Field(default=0.0, ge=0, le=0.5, description="relative spread of H_K, alpha, I")
     train_with_noise: bool = Field(default=True, description="False: train noiselessly, evaluate with the noise")
 
+    @field_validator("substrate")
+    @classmethod
+    def _substrate(cls, v: str) -> str:
+        if v not in kinds():
+            valid = [repr(k) for k in kinds()]
+            raise ValueError(f"Input should be {', '.join(valid[:-1])} or {valid[-1]}")
+        return v
+
     @field_validator("coupling", mode="before")
     @classmethod
     def _coupling(cls, v: Any) -> Any:
@@ -153,15 +161,14 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _readout_needs_reservoir(self) -> "TrainConfig":
-        if self.readout_only and self.substrate in ("linear", "mlp", "cnn"):
+        if self.readout_only and not kind(self.substrate).reservoir:
             raise ValueError(f"readout_only, substrate: a ridge readout needs a reservoir model; substrate = "
                              f"{self.substrate!r} has no fixed features")
         return self
 
     @property
     def default_n(self) -> int:
-        return {"sto": 100, "cnn-sto": 100, "deep-sto": 100, "ffesn": 500, "lorenz96": 500,
-                "rate-network": 200}.get(self.substrate, 100)
+        return kind(self.substrate).default_n
 
     def resolved(self) -> dict[str, Any]:
         return self.model_dump()
@@ -232,7 +239,7 @@ _UNIT_EXAMPLES = MappingProxyType({"field": "500 Oe", "current": "2.5 mA", "temp
 def _check_file_units(raw: dict[str, Any], source: str) -> None:
     """Refuse a plain number where an experiment file needs a quantity with a unit ("duration = 300"
     for the STOs would be 300 s)."""
-    substrate = raw.get("substrate", "sto")
+    substrate = raw.get("substrate", TrainConfig.model_fields["substrate"].default)
     sto = isinstance(substrate, str) and substrate in STO_SUBSTRATES
     for key, dimension in UNIT_DIMENSIONS.items():
         value = raw.get(key)
@@ -262,9 +269,7 @@ def validate_train_config(raw: dict[str, Any], source: str = "config") -> TrainC
 # (W and its spectral radius: ~0.1 s at 1000); beyond, they check a lower bound of the STOs' precession rate
 # (the coupling row sum sum_j |W_ij| >= the spectral radius 1), which refuses only what the run refuses
 EXACT_CHECK_MAX_N = 1024
-# the FFESN's build can fail beyond its fields only when the masked W has spectral radius 0, which a
-# matrix of more than a few dozen rows at density 0.5 never has (all-zero mask: probability 2**-(n * n))
-FFESN_CHECK_MAX_N = 32
+from stosim.substrates.ffesn import FFESN_CHECK_MAX_N  # noqa: E402, F401  (the run check's FFESN size limit)
 
 
 def check_train_run(cfg: TrainConfig, source: str = "config", device: Any = None) -> None:
@@ -311,7 +316,7 @@ def _check_substrates(cfg: TrainConfig, device: Any) -> None:
         from stosim.simulation import steps_for_duration
 
         dev = device if isinstance(device, DeviceParameters) else load_device(cfg.device)
-        seeds = (cfg.seed, cfg.seed + 1) if cfg.substrate == "deep-sto" else (cfg.seed,)
+        seeds = tuple(cfg.seed + i for i in range(kind(cfg.substrate).matrix_seeds))
         _check_step_ratio(cfg.duration or 300e-12, cfg.dt or 1e-12)
         check_steps(steps_for_duration(cfg.duration or 300e-12, cfg.dt or 1e-12))
         if n <= EXACT_CHECK_MAX_N:
@@ -321,72 +326,28 @@ def _check_substrates(cfg: TrainConfig, device: Any) -> None:
         else:
             bound = STOArray.with_matrix(dev, np.array([[0.0, 1.0], [1.0, 0.0]]), cfg.coupling, current_a=cfg.current)
             check_time_step(bound, cfg.dt or 1e-12)
-    elif cfg.substrate == "ffesn" and n <= FFESN_CHECK_MAX_N:
-        from stosim.substrates.ffesn import FFESN
-
-        FFESN(n=n, spectral_radius=cfg.spectral_radius, steps=cfg.steps, seed=cfg.seed, dtype=_torch_dtype(cfg))
-    elif cfg.substrate == "lorenz96":
-        from stosim.substrates.lorenz96 import Lorenz96
-
-        _check_step_ratio(cfg.duration or 1.0, cfg.dt or 0.01)
-        check_steps(Lorenz96(n=n, forcing=cfg.forcing, duration=cfg.duration or 1.0, dt=cfg.dt or 0.01,
-                             dtype=_torch_dtype(cfg)).n_steps)
+    else:
+        spec = kind(cfg.substrate).substrate
+        if spec is not None and spec.check is not None:
+            spec.check(cfg, n, _torch_dtype(cfg))
 
 
 def _torch_dtype(cfg: TrainConfig) -> torch.dtype:
     return torch.float64 if cfg.dtype == "float64" else torch.float32
 
 
-def _sto(cfg: TrainConfig, seed: int):
-    from stosim.substrates.sto_array import CoupledSTOArray
-
-    return CoupledSTOArray(
-        n=cfg.n or cfg.default_n, coupling_oe=cfg.coupling, duration_s=cfg.duration or 300e-12, dt_s=cfg.dt or 1e-12,
-        current_a=cfg.current, device=cfg.device, seed=seed, temperature_k=cfg.temperature,
-        dynamical_snr_db=cfg.dynamical_snr, observation_snr_db=cfg.observation_snr, variability=cfg.variability,
-        dtype=_torch_dtype(cfg), dynamical_noise_reference_s=cfg.dynamical_noise_reference)
-
-
 def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tuple[int, int]) -> torch.nn.Module:
-    """The model of ``cfg.substrate`` with parameters initialized from ``cfg.seed``."""
-    from stosim.substrates.ffesn import FFESN
-    from stosim.substrates.lorenz96 import Lorenz96
-
+    """The model of ``cfg.substrate`` (a kind of :mod:`stosim.model_kinds`) with parameters initialized from
+    ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
-    dtype = _torch_dtype(cfg)
-    n = cfg.n or cfg.default_n
-    hidden = cfg.hidden or 3 * n  # equal to the feature count of n coupled STOs
-    kind = cfg.substrate
-    if kind != "mlp" and (cfg.depth != 1 or cfg.activation != "relu" or cfg.init_spectral_radius is not None):
-        raise ConfigError(f"depth, activation and init_spectral_radius apply to substrate = 'mlp' only, not {kind!r}")
-    if kind == "sto":
-        return ReservoirClassifier(n_inputs, n_classes, _sto(cfg, cfg.seed))
-    if kind == "deep-sto":
-        return DeepReservoirClassifier(n_inputs, n_classes, _sto(cfg, cfg.seed), _sto(cfg, cfg.seed + 1))
-    if kind == "cnn-sto":
-        return ConvReservoirClassifier(image_shape, n_classes, _sto(cfg, cfg.seed), channels=cfg.conv_channels)
-    if kind == "ffesn":
-        sub = FFESN(n=n, spectral_radius=cfg.spectral_radius, steps=cfg.steps, seed=cfg.seed, dtype=dtype)
-        return ReservoirClassifier(n_inputs, n_classes, sub, readin_bias=False, readout_bias=False)
-    if kind == "lorenz96":
-        sub = Lorenz96(n=n, forcing=cfg.forcing, duration=cfg.duration or 1.0, dt=cfg.dt or 0.01, dtype=dtype)
-        return ReservoirClassifier(n_inputs, n_classes, sub)
-    if kind == "rate-network":
-        from stosim.substrates.rate_network import RateNetwork
-
-        discrete = cfg.network_time == "discrete"
-        sub = RateNetwork(n=n, g=cfg.g, time=cfg.network_time, duration=float(cfg.steps) if discrete else
-                          (cfg.duration or 5.0), dt=cfg.dt or 0.1, input_std=cfg.input_std,
-                          input_tau=cfg.input_tau, seed=cfg.seed, dtype=dtype)
-        return ReservoirClassifier(n_inputs, n_classes, sub)
-    if kind == "linear":
-        return LinearClassifier(n_inputs, n_classes, dtype)
-    if kind == "mlp":
-        return MLPClassifier(n_inputs, n_classes, hidden, dtype, depth=cfg.depth, activation=cfg.activation,
-                             spectral_radius=cfg.init_spectral_radius, init_seed=cfg.seed)
-    if kind == "cnn":
-        return CNNClassifier(image_shape, n_classes, hidden, channels=cfg.conv_channels, dtype=dtype)
-    raise ConfigError(f"substrate = {kind!r}; valid: {', '.join(SUBSTRATES)}")  # pragma: no cover
+    model_kind = kind(cfg.substrate)
+    mlp_only = ("depth", "activation", "init_spectral_radius")
+    if not set(mlp_only) <= set(model_kind.keys) and (
+            cfg.depth != 1 or cfg.activation != "relu" or cfg.init_spectral_radius is not None):
+        owners = " or ".join(repr(k.name) for k in kinds().values() if set(mlp_only) <= set(k.keys))
+        raise ConfigError(f"depth, activation and init_spectral_radius apply to substrate = {owners} only, "
+                          f"not {cfg.substrate!r}")
+    return model_kind.build(cfg, n_inputs, n_classes, image_shape, _torch_dtype(cfg))
 
 
 def _device_limit_warnings(model: torch.nn.Module, allow_beyond_limits: bool) -> tuple[str, ...]:
@@ -403,15 +364,7 @@ def _device_limit_warnings(model: torch.nn.Module, allow_beyond_limits: bool) ->
 
 # the TrainConfig keys that set a substrate's (or a baseline's) parameters, per substrate; the other
 # substrate keys do not apply to it (the command line refuses them, the resolved configuration omits them)
-_STO_KEYS = ("n", "coupling", "current", "duration", "dt", "device", "temperature", "dynamical_snr",
-             "observation_snr", "variability", "train_with_noise", "dynamical_noise_reference")
-SUBSTRATE_KEYS: MappingProxyType = MappingProxyType({
-    "sto": _STO_KEYS, "deep-sto": _STO_KEYS, "cnn-sto": (*_STO_KEYS, "conv_channels"),
-    "ffesn": ("n", "spectral_radius", "steps"), "lorenz96": ("n", "forcing", "duration", "dt"),
-    "linear": (), "mlp": ("n", "hidden", "depth", "activation", "init_spectral_radius"), "cnn": ("n", "hidden", "conv_channels"),
-    "rate-network": ("n", "g", "network_time", "steps", "duration", "dt", "input_std", "input_tau"),
-})
-_ALL_SUBSTRATE_KEYS = frozenset(k for keys in SUBSTRATE_KEYS.values() for k in keys)
+SUBSTRATE_KEYS = KIND_KEYS  # kind -> its keys, looked up in the registry (stosim.model_kinds)
 _GENERAL_KEYS = ("substrate", "dataset", "data_dir", "limit_train", "limit_test", "epochs", "batch_size", "lr",
                  "optimizer", "lr_schedule", "momentum", "weight_decay", "input_offset", "seed", "dtype",
                  "readout_only", "ridge_alpha")
@@ -419,7 +372,7 @@ _GENERAL_KEYS = ("substrate", "dataset", "data_dir", "limit_train", "limit_test"
 
 def substrate_keys() -> frozenset[str]:
     """Every key that sets a parameter of some substrate or baseline (see :data:`SUBSTRATE_KEYS`)."""
-    return _ALL_SUBSTRATE_KEYS
+    return frozenset(k for keys in SUBSTRATE_KEYS.values() for k in keys)
 
 
 def _time_text(seconds: float) -> str:
@@ -473,14 +426,12 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
         values["current"] = f"{(cfg.current if cfg.current is not None else device.current_a) * 1e3:.6g} mA"
         values["duration"] = _time_text(cfg.duration or 300e-12)
         values["dt"] = _time_text(cfg.dt or 1e-12)
-    elif cfg.substrate == "rate-network":  # times in units of tau (continuous) or steps (discrete)
-        values.update(g=cfg.g, network_time=cfg.network_time, input_std=cfg.input_std, input_tau=cfg.input_tau,
-                      duration=cfg.duration or 5.0, dt=cfg.dt or 0.1)
-    else:
-        values["duration"] = cfg.duration or 1.0  # Lorenz 96 model time
-        values["dt"] = cfg.dt or 0.01
+    else:  # plain numbers in the substrate's time unit (Lorenz 96: model time; rate network: tau or steps)
+        spec = kind(cfg.substrate).substrate
+        values["duration"] = cfg.duration or (spec.duration if spec is not None and spec.duration else 1.0)
+        values["dt"] = cfg.dt or (spec.dt if spec is not None and spec.dt else 0.01)
     for key in SUBSTRATE_KEYS[cfg.substrate]:
-        out[key] = values[key]
+        out[key] = values[key] if key in values else getattr(cfg, key)
     return out
 
 
@@ -489,9 +440,10 @@ def run_seeds(cfg: TrainConfig) -> dict[str, int]:
     seeds = {"seed": cfg.seed, "initialization": cfg.seed, "data_order": cfg.seed, "noise": cfg.seed}
     if cfg.dataset == "digits":
         seeds["digits_split"] = cfg.seed
-    if cfg.substrate in STO_SUBSTRATES or cfg.substrate == "ffesn":
+    model_kind = kind(cfg.substrate)
+    if model_kind.substrate is not None and model_kind.substrate.seeded_matrix:
         seeds["substrate_matrix"] = cfg.seed
-    if cfg.substrate == "deep-sto":
+    if model_kind.matrix_seeds >= 2:
         seeds["second_substrate_matrix"] = cfg.seed + 1
     return seeds
 

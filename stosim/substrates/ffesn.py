@@ -196,3 +196,42 @@ class FFESN(Substrate, Differentiable, Timed):
             f"n={self.n}, spectral_radius={self.spectral_radius:g}, steps={self.steps}, "
             f"density={self.density:g}, seed={self.seed}"
         )
+
+
+# the run check builds the FFESN up to this size: its build can fail beyond its fields only when the masked W
+# has spectral radius 0, which a matrix of more than a few dozen rows at density 0.5 never has (all-zero mask:
+# probability 2**-(n * n))
+FFESN_CHECK_MAX_N = 32
+
+
+def _check_config(cfg, n: int, dtype: torch.dtype) -> None:
+    if n <= FFESN_CHECK_MAX_N:
+        _build_from_config(cfg, cfg.seed, dtype)
+
+
+def _build_from_config(cfg, seed: int, dtype: torch.dtype) -> FFESN:
+    """The FFESN of a training configuration (TrainConfig keys of the spec below)."""
+    return FFESN(n=cfg.n or SPEC.default_n, spectral_radius=cfg.spectral_radius, steps=cfg.steps, seed=seed,
+                 dtype=dtype)
+
+
+def _tangent(n: int, dt: float | None, seed: int, rng: np.random.Generator, *, spectral_radius: float = 1.5,
+             density: float = 0.5):
+    """The FFESN map's tangent system (exponents per step) and a uniform initial state in [-1, 1]."""
+    from stosim.analysis.tangent_models import FFESNTangent
+
+    if dt is not None and dt != SPEC.tangent.defaults["dt"]:
+        raise ValueError(f"dt = {dt!r}: the FFESN is a map (one step per layer); leave dt unset")
+    system = FFESNTangent.from_substrate(FFESN(n=n, spectral_radius=spectral_radius, density=density, seed=seed))
+    return system, rng.uniform(-1, 1, n)
+
+
+from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
+
+SPEC = register(SubstrateSpec(
+    name="ffesn", summary="feed-forward echo state network: steps layers of one random matrix (a map)",
+    keys=("n", "spectral_radius", "steps"), default_n=500, time_unit="steps", seeded_matrix=True,
+    readout_bias=False, cls=FFESN, build=_build_from_config, check=_check_config,
+    tangent=TangentSpec(build=_tangent, defaults={"duration": 2000.0, "transient": 500.0, "dt": 1.0, "n": 500,
+                                                  "reorthonormalize_every": 1},
+                        flags={"spectral_radius": "spectral_radius"})))

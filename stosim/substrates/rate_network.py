@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from types import MappingProxyType
 from typing import Literal
 
 import numpy as np
@@ -338,3 +339,48 @@ class RateNetwork(Substrate, Differentiable, Stochastic, Timed):
     def extra_repr(self) -> str:
         p = self.params
         return f"n={p.n}, g={p.g:g}, time={p.time}, tau={p.tau:g}, dt={p.dt:g}, n_steps={self.n_steps}"
+
+
+def _build_from_config(cfg, seed: int, dtype: torch.dtype) -> RateNetwork:
+    """The rate network of a training configuration (TrainConfig keys of the spec below): continuous time
+    runs ``duration`` tau in steps of ``dt``; discrete time runs ``steps`` steps."""
+    discrete = cfg.network_time == "discrete"
+    return RateNetwork(n=cfg.n or SPEC.default_n, g=cfg.g, time=cfg.network_time,
+                       duration=float(cfg.steps) if discrete else (cfg.duration or SPEC.duration),
+                       dt=cfg.dt or SPEC.dt, input_std=cfg.input_std, input_tau=cfg.input_tau, seed=seed,
+                       dtype=dtype)
+
+
+# discrete-time Lyapunov defaults (steps); the spec's defaults are the continuous time's (tau, RK4)
+RATE_DISCRETE_DEFAULTS = MappingProxyType(
+    {"duration": 2000.0, "transient": 200.0, "dt": 1.0, "reorthonormalize_every": 1})
+
+
+def _tangent(n: int, dt: float, seed: int, rng: np.random.Generator, *, g: float = 2.0, time: str = "continuous",
+             input_std: float = 0.0, input_tau: float = 0.0, zero_diagonal: bool = False):
+    """The rate network's tangent system (exponents in 1/tau, or per step in discrete time)."""
+    from stosim.analysis.tangent_rate import RateNetworkTangent
+
+    if time == "discrete":
+        if dt != SPEC.tangent.defaults["dt"]:
+            raise ValueError(f"dt = {dt!r}: the discrete-time rate network is a map; leave dt unset")
+        dt = 1.0
+    system = RateNetworkTangent(n=n, g=g, time=time, dt=dt, input_std=input_std, input_tau=input_tau,
+                                zero_diagonal=zero_diagonal, seed=seed)
+    return system, system.initial_state(rng.standard_normal(n))
+
+
+from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
+
+SPEC = register(SubstrateSpec(
+    name="rate-network", summary="random rate network tau dh/dt = -h + J tanh h (Sompolinsky-Crisanti-Sommers)",
+    keys=("n", "g", "network_time", "steps", "duration", "dt", "input_std", "input_tau"), default_n=200,
+    time_unit="tau", duration=5.0, dt=0.1, cls=RateNetwork, build=_build_from_config,
+    tangent=TangentSpec(
+        build=_tangent, defaults={"duration": 500.0, "transient": 100.0, "dt": 0.1, "n": 200,
+                                  "reorthonormalize_every": 10},
+        defaults_for=lambda params: (RATE_DISCRETE_DEFAULTS if params.get("time") == "discrete"
+                                     else SPEC.tangent.defaults),
+        flags={"g": "g", "time": "time", "input_std": "input_std", "input_tau": "input_tau",
+               "zero_diagonal": "zero_diagonal"},
+        single_thread_blas=True)))

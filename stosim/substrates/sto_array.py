@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
+from types import MappingProxyType
 from typing import Iterator
 
 import numpy as np
@@ -281,3 +282,36 @@ def _directions(m: torch.Tensor, what: str) -> torch.Tensor:
         b, i = (int(x) for x in torch.nonzero(norm[..., 0] == 0)[0])
         raise ValueError(f"{what} of sample {b}, oscillator {i} is the zero vector; it has no direction")
     return m / norm
+
+
+def _build_from_config(cfg, seed: int, dtype: torch.dtype) -> CoupledSTOArray:
+    """The array of a training configuration (TrainConfig keys of the spec below) with matrix seed ``seed``."""
+    return CoupledSTOArray(
+        n=cfg.n or SPEC.default_n, coupling_oe=cfg.coupling, duration_s=cfg.duration or SPEC.duration,
+        dt_s=cfg.dt or SPEC.dt, current_a=cfg.current, device=cfg.device, seed=seed, temperature_k=cfg.temperature,
+        dynamical_snr_db=cfg.dynamical_snr, observation_snr_db=cfg.observation_snr, variability=cfg.variability,
+        dtype=dtype, dynamical_noise_reference_s=cfg.dynamical_noise_reference)
+
+
+def _tangent(n: int, dt: float, seed: int, rng: np.random.Generator, *, coupling_oe: float = 500.0,
+             current_a: float | None = None, device=None):
+    """The LLG tangent system of the array (exponents in 1/s) and a random unit magnetization per oscillator."""
+    from stosim.analysis.tangent_sto import STOArrayTangent
+
+    dev = device if isinstance(device, DeviceParameters) else load_device(device)
+    system = STOArrayTangent(STOArray.generate(dev, n, coupling_oe, seed=seed, current_a=current_a), dt)
+    m = rng.standard_normal((n, 3))
+    return system, (m / np.linalg.norm(m, axis=-1, keepdims=True)).reshape(-1)
+
+
+from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
+
+SPEC = register(SubstrateSpec(
+    name="sto", summary="coupled spin-torque oscillators (LLG + STT, TMR readout, Ampere-law coupling)",
+    keys=("n", "coupling", "current", "duration", "dt", "device", "temperature", "dynamical_snr",
+          "observation_snr", "variability", "train_with_noise", "dynamical_noise_reference"),
+    default_n=100, time_unit="s", duration=300e-12, dt=1e-12, coupled_sto=True, seeded_matrix=True,
+    cls=CoupledSTOArray, build=_build_from_config,
+    tangent=TangentSpec(build=_tangent, defaults=MappingProxyType(
+        {"duration": 200e-9, "transient": 50e-9, "dt": 1e-12, "n": 200, "reorthonormalize_every": 10}),
+        flags=MappingProxyType({"coupling": "coupling_oe", "current": "current_a", "device": "device"}))))

@@ -43,6 +43,7 @@ from stosim.checks import MAX_SEED, read_toml
 from stosim.studies.sweep_points import (EXTRA_DIM_ATTRS, STO_SUBSTRATES, TEXT_UNITS, DeviceOverrides, Output,
                                          PointKind, get_kind, normalize_raw, parameter_metadata, point_kinds,
                                          resolve_device)
+from stosim.studies.substrate_names import DEFAULT_SUBSTRATE
 
 __all__ = ["SweepSpec", "SpecError", "load_spec", "parse_spec", "resolve_spec", "ResolvedSweep", "Point",
            "MAX_POINTS", "SPEC_FORMAT"]
@@ -338,7 +339,7 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
                             "they mix substrate families; sweep one family per spec")
         arr = _coordinate_array(coord_values)
         unit = units.pop() if arr.dtype != object else TEXT_UNITS
-        long_name = parameter_metadata(key, "sto", kind.name)[1]
+        long_name = parameter_metadata(key, DEFAULT_SUBSTRATE, kind.name)[1]
         if any(isinstance(v, bool) for v in coord_values):
             long_name += " (1 = true)"
         dims.append(Dimension(key, arr, {"units": unit, "long_name": long_name}))
@@ -405,7 +406,7 @@ def _device_records(configs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     "(default)" for the seed study's pMTJ), before overrides: a resumed sweep compares them, so a
     device file edited between the runs is not mixed into one result file."""
     names = sorted({c.get("device") or DEFAULT_DEVICE_KEY for c in configs
-                    if "device" in c and c.get("substrate", "sto") in STO_SUBSTRATES})
+                    if "device" in c and c.get("substrate", DEFAULT_SUBSTRATE) in STO_SUBSTRATES})
     return {name: {k: _json_safe(v) for k, v in dataclasses.asdict(
         resolve_device(None if name == DEFAULT_DEVICE_KEY else name, {})).items()} for name in names}
 
@@ -443,7 +444,7 @@ def _run_checks(kind: str, cfg: Any) -> None:
     from stosim.checks import check_steps
     from stosim.studies.training import EXACT_CHECK_MAX_N, FFESN_CHECK_MAX_N, check_train_run
 
-    sto = getattr(cfg, "substrate", "sto") in STO_SUBSTRATES
+    sto = getattr(cfg, "substrate", DEFAULT_SUBSTRATE) in STO_SUBSTRATES
     device = resolve_device(cfg.device, cfg.device_overrides()) if sto else None
     if kind == "train":
         check_train_run(cfg.train_config(), device=device)
