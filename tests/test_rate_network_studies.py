@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stosim.studies.rnn_spectra import STUDIES, StudySpec, load_study, run_study
@@ -75,3 +76,19 @@ def test_cli_rnn_study_on_a_dask_cluster_gives_the_serial_result(tmp_path: Path)
     serial = json.loads((tmp_path / "serial" / "summary.json").read_text())
     dask = json.loads((tmp_path / "dask" / "summary.json").read_text())
     assert serial["rows"] == dask["rows"]
+
+
+def test_size_scaling_seed_spread_is_the_sample_sd_over_networks() -> None:
+    from stosim.analysis.lyapunov import kaplan_yorke_dimension, ks_entropy
+
+    params = {"n": [10, 20], "g": 3.0, "duration": 20, "transient": 5, "time": "discrete"}
+    two = run_study(StudySpec(study="size-scaling", reduced={**params, "seeds": [0, 1]}), "reduced")
+    for row in two["rows"]:
+        n = row["n"]
+        spectra = [np.asarray(two["spectra"][f"{n}:{s}"]) for s in (0, 1)]
+        dky = [kaplan_yorke_dimension(lam) / n for lam in spectra]
+        hks = [ks_entropy(lam) / n for lam in spectra]
+        assert row["dky_over_n_seed_sd"] == pytest.approx(abs(dky[0] - dky[1]) / np.sqrt(2), rel=1e-9, abs=1e-12)
+        assert row["hks_over_n_seed_sd"] == pytest.approx(abs(hks[0] - hks[1]) / np.sqrt(2), rel=1e-9, abs=1e-12)
+    one = run_study(StudySpec(study="size-scaling", reduced=params), "reduced")
+    assert all(np.isnan(r["dky_over_n_seed_sd"]) for r in one["rows"])

@@ -352,6 +352,12 @@ def _per_unit(rs: list[dict[str, Any]], key: str, n: int) -> tuple[float, float]
     return mean / n, se / n
 
 
+def _seed_sd(rs: list[dict[str, Any]], key: str, n: int) -> float:
+    """Sample standard deviation of ``key`` / N over the seeds (independent networks); NaN for one seed."""
+    v = [r[key] / n for r in rs]
+    return float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+
+
 def _size_scaling(p: SizeParams, mapper: Mapper) -> dict[str, Any]:
     points = [{"n": n, "g": p.g, "time": p.time, "dt": p.dt, "duration": p.duration, "transient": p.transient,
                "seed": s} for n in p.n for s in p.seeds]
@@ -372,6 +378,9 @@ def _size_scaling(p: SizeParams, mapper: Mapper) -> dict[str, Any]:
                      "divergence_se": float(np.mean([r["divergence_se"] for r in rs])),
                      "sum_se": float(np.mean([r["sum_se"] for r in rs])),
                      "symmetry_relative": float(np.mean([r["symmetry"]["relative"] for r in rs])),
+                     # seed-to-seed spread (sample standard deviation over networks), NaN for one seed
+                     "dky_over_n_seed_sd": _seed_sd(rs, "kaplan_yorke_dimension", n),
+                     "hks_over_n_seed_sd": _seed_sd(rs, "ks_entropy", n),
                      "wall_s": float(sum(r["wall_s"] for r in rs))})
     ref = curves[max(p.n)]
     for row in rows:
