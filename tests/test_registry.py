@@ -37,7 +37,7 @@ EXCEPTIONS = {
     # keywords per substrate (not the TrainConfig keys); not yet moved to the registry
     "stosim/estimator.py": {"sto": 3, "ffesn": 3, "lorenz96": 2},
     # sweep ftmle points build their substrates with the point's keys (density, device overrides, no dtype)
-    "stosim/sweep/kinds.py": {"sto": 1, "ffesn": 1, "rate-network": 1},
+    "stosim/studies/sweep_points.py": {"sto": 1, "ffesn": 1, "rate-network": 1},
     # sweep spec's run-level checks of mle / ftmle points (they build with the point's keys); not yet moved
     "stosim/sweep/spec.py": {"sto": 1, "ffesn": 2, "lorenz96": 1},
     # figure names of `stosim visualize` (state-space pictures of these substrates)
@@ -71,8 +71,8 @@ def test_each_builtin_substrate_is_declared_in_its_own_module() -> None:
 
 
 def test_registry_keeps_the_defaults() -> None:
-    from stosim.analysis.run_lyapunov import LYAPUNOV_DEFAULTS
-    from stosim.training import SUBSTRATE_KEYS, TrainConfig
+    from stosim.studies.run_lyapunov import LYAPUNOV_DEFAULTS
+    from stosim.studies.training import SUBSTRATE_KEYS, TrainConfig
 
     assert {name: TrainConfig(substrate=name).default_n for name in kind_names()} == {
         "sto": 100, "cnn-sto": 100, "deep-sto": 100, "ffesn": 500, "lorenz96": 500, "rate-network": 200,
@@ -84,7 +84,7 @@ def test_registry_keeps_the_defaults() -> None:
 
 
 def test_unknown_substrate_is_refused_naming_the_valid_ones() -> None:
-    from stosim.training import ConfigError, validate_train_config
+    from stosim.studies.training import ConfigError, validate_train_config
 
     with pytest.raises(ConfigError, match=r"substrate: Input should be 'sto', .* or 'deep-sto' \(got 'nope'\)"):
         validate_train_config({"substrate": "nope"})
@@ -170,9 +170,9 @@ def test_substrate():
 
 
 def test_a_substrate_registered_in_a_test_is_usable_everywhere(test_substrate) -> None:
-    from stosim.analysis.run_lyapunov import substrate_lyapunov
+    from stosim.studies.run_lyapunov import substrate_lyapunov
     from stosim.cli import build_parser
-    from stosim.training import SUBSTRATE_KEYS, build_model, resolved_config, validate_train_config
+    from stosim.studies.training import SUBSTRATE_KEYS, build_model, resolved_config, validate_train_config
 
     assert "test-decay" in kinds() and SUBSTRATE_KEYS["test-decay"] == ("n", "steps")
     cfg = validate_train_config({"substrate": "test-decay", "steps": 3})

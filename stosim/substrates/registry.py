@@ -4,11 +4,11 @@ Training, sweeps, the Lyapunov / FTMLE runners, the command line and the docs lo
 instead of listing them; adding a substrate is one module that calls :func:`register` (named in
 :data:`BUILTIN_MODULES`) plus its tests.
 
-A spec says which :class:`~stosim.training.TrainConfig` keys the substrate reads (``keys``), its defaults
+A spec says which :class:`~stosim.studies.training.TrainConfig` keys the substrate reads (``keys``), its defaults
 (size ``default_n``; ``duration`` and ``dt`` in its ``time_unit``), and how to build it
 (``build(cfg, seed, dtype) -> Substrate``, ``cfg`` any object with those keys as attributes). ``tangent``
 optionally gives the tangent system of its autonomous dynamics for Lyapunov spectra
-(:mod:`stosim.analysis.run_lyapunov`).
+(:mod:`stosim.studies.run_lyapunov`).
 """
 
 from __future__ import annotations
