@@ -45,7 +45,11 @@ def test_metrics_json_records_the_resolved_run(tmp_path: Path) -> None:
     assert _no_none(resolved) and resolved["n"] == 20 and resolved["steps"] == 5 and resolved["spectral_radius"] == 1.0
     assert metrics["stosim_version"] == stosim.__version__ and metrics["versions"]["torch"]
     assert metrics["seeds"]["seed"] == 3 and metrics["seeds"]["substrate_matrix"] == 3
-    assert metrics["test_accuracy"] == result.test_accuracy and metrics["accuracy_units"].startswith("fraction")
+    # files in percent (like the sweep files), TrainResult in fractions
+    assert metrics["test_accuracy"] == pytest.approx(100 * result.test_accuracy, rel=1e-12)
+    assert metrics["accuracy_units"] == "%"
+    assert [h["test_accuracy"] for h in metrics["history"]] == pytest.approx(
+        [100 * h["test_accuracy"] for h in result.history], rel=1e-12)
     assert metrics["config"]["n"] == 20  # the configuration as given is still there (resume, compare)
 
 

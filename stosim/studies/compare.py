@@ -108,6 +108,12 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.2f} +/- {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
+def _percent(run: dict, key: str) -> float:
+    """An accuracy of a run summary in %: ``metrics.json`` stores percent (``accuracy_units = "%"``); a
+    fresh :meth:`TrainResult.summary` and the files of earlier versions hold fractions."""
+    return float(run[key]) if run.get("accuracy_units") == "%" else 100.0 * float(run[key])
+
+
 def comparison_table(results: dict[str, list[dict]], configs: list[Path]) -> str:
     """Markdown table: best test accuracy (over epochs and seeds), mean +/- std of the final test accuracy
     over seeds (%; the mean alone for one seed), training accuracy in the last epoch (%, mean over seeds:
@@ -119,11 +125,11 @@ def comparison_table(results: dict[str, list[dict]], configs: list[Path]) -> str
              "wall time per run (s, mean) | seed study best / mean (%) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, runs in results.items():
-        best = [100 * r["best_test_accuracy"] for r in runs]
-        final = [100 * r["test_accuracy"] for r in runs]
+        best = [_percent(r, "best_test_accuracy") for r in runs]
+        final = [_percent(r, "test_accuracy") for r in runs]
         lines.append(
             f"| {name} | {len(runs)} | {max(best):.2f} | {_mean_std(final)} | "
-            f"{statistics.mean(100 * r['final_train_accuracy'] for r in runs):.2f} | "
+            f"{statistics.mean(_percent(r, 'final_train_accuracy') for r in runs):.2f} | "
             f"{statistics.mean(r['epochs_to_converge'] for r in runs):.1f} | "
             f"{statistics.mean(r['wall_time_s'] for r in runs):.0f} | {refs.get(name, '')} |")
     return "\n".join(lines) + "\n"

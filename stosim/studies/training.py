@@ -473,6 +473,14 @@ class TrainResult:
                 "wall_time_s": self.wall_time_s, "final_train_accuracy": self.history[-1]["train_accuracy"]}
 
 
+ACCURACY_KEYS = frozenset({"test_accuracy", "best_test_accuracy", "final_train_accuracy", "train_accuracy"})
+
+
+def _in_percent(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with its accuracies (fractions in :class:`TrainResult` and the history) in percent."""
+    return {k: 100.0 * v if k in ACCURACY_KEYS else v for k, v in record.items()}
+
+
 def _epochs_to_converge(history: list[dict[str, float]]) -> int:
     """First epoch whose test accuracy is within 0.5 percentage points of the best."""
     best = max(h["test_accuracy"] for h in history)
@@ -690,9 +698,11 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool 
         from stosim.storage import package_versions
 
         versions = package_versions()
-        metrics = {**result.summary(), "accuracy_units": "fraction (0 to 1)", "config": cfg.resolved(),
+        # files give accuracies in percent (as sweep files and the printed lines do); TrainResult keeps fractions
+        metrics = {**_in_percent(result.summary()), "accuracy_units": "%", "config": cfg.resolved(),
                    "resolved_config": resolved_config(cfg), "seeds": run_seeds(cfg),
-                   "stosim_version": versions["stosim"], "versions": versions, "history": history,
+                   "stosim_version": versions["stosim"], "versions": versions,
+                   "history": [_in_percent(h) for h in history],
                    "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]),
                    "n_parameters": sum(p.numel() for p in params), "device_limit_warnings": list(limit_warnings)}
         write_text_atomic(json.dumps(metrics, indent=2, default=str), out / METRICS)
