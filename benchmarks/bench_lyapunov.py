@@ -180,7 +180,8 @@ def main() -> None:
               f"MLE-only QR / two-trajectory: {row['ratio_mle_vs_two_trajectory']:.2f}x")
         unit = row["time_unit"]
         print(f"  MLE {row['mle']:.3f} +- {row['mle_standard_error']:.3f} 1/{unit} "
-              f"(one vector {row['mle_qr_single_vector']:.3f}, two-trajectory {row['mle_two_trajectory']:.3f}); D_KY {row['kaplan_yorke_dimension']:.2f}; "
+              f"(one vector {row['mle_qr_single_vector']:.3f}, two-trajectory {row['mle_two_trajectory']:.3f}); "
+              f"D_KY {row['kaplan_yorke_dimension']:.2f}; "
               f"KS {row['ks_entropy']:.2f} 1/{unit}; positive exponents {row['n_positive']} "
               f"({row['n_positive_3se']} above 3 standard errors)")
         if row["divergence"] is not None:

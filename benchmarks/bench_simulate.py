@@ -557,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
           f"numpy BLAS {k} (RK4 path); BLAS: {', '.join(blas)}")
     print(f"{rounds} interleaved rounds; device-steps/s = batch x N x steps / s; median [min .. max] over rounds\n")
 
-    print(f"(a) N = {n_a}, batch {batch_a}, T = {steps_a} ps, dt = 1 ps, mu = {COUPLING_OE:g} Oe, all paths the full run")
+    print(f"(a) N = {n_a}, batch {batch_a}, T = {steps_a} ps, dt = 1 ps, mu = {COUPLING_OE:g} Oe, "
+          "all paths the full run")
     print(f"    {'path':<12} {'dtype':<8} {'median':>10} {'min':>10} {'max':>10} {'stosim/path':>12}")
     for dname in DTYPES:
         for path in ("stosim", "numpy-rk4", "torchdiffeq"):

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from stosim.sweep import load_spec, read_sweep, run_sweep
 from stosim.studies.sweep_points import _one_thread, execute_point
+from stosim.sweep import load_spec, read_sweep, run_sweep
 from stosim.sweep.runner import local_cluster
 from stosim.sweep.store import SweepState
 
@@ -56,7 +56,7 @@ coupling = ["100 Oe", "500 Oe", "1000 Oe"]
 """
 
 
-def _loop(sweep) -> float:  # noqa: ANN001
+def _loop(sweep) -> float:
     """Seconds to run every point in this process (after a warm-up point)."""
     kind = sweep.kind
     _one_thread()
@@ -68,7 +68,7 @@ def _loop(sweep) -> float:  # noqa: ANN001
         return time.perf_counter() - t0
 
 
-def _sweep(sweep, workers: int, folder: Path) -> dict:  # noqa: ANN001
+def _sweep(sweep, workers: int, folder: Path) -> dict:
     t0 = time.perf_counter()
     with local_cluster(workers) as client:
         startup = time.perf_counter() - t0

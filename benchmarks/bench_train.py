@@ -288,7 +288,8 @@ def main() -> None:
         res["deep_mnist_epoch_limit_s"] = mnist_epoch_flops("deep-sto") / (res["matmul_peak_gflops_float32"] * 1e9)
     res["loadavg_before"] = load_before
     res["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"threads: {res['threads']} (Numba and torch); load average before {load_before}, after {res['loadavg_after']}")
+    print(f"threads: {res['threads']} (Numba and torch); load average before {load_before}, "
+          f"after {res['loadavg_after']}")
     print(f"{'one batch (N=200, B=64, 300 x 1 ps)':36s} {'stosim':>8s} {'torch RK4 bp':>13s} {'odeint bp':>10s} "
           f"{'odeint_adj':>10s}   ratios (other / stosim)")
     for name in ("float64", "float32"):

@@ -112,7 +112,7 @@ def _read(path: Path) -> Any:
         detail = next((line.strip() for line in lines if "unsupported" in line.lower() or "global" in line.lower()),
                       _first_line(exc))
         raise _fail(path, f"refused: it holds something other than tensors and plain data ({detail})") from None
-    except Exception as exc:  # noqa: BLE001  (a damaged archive: RuntimeError, EOFError, zipfile errors, ...)
+    except Exception as exc:  # a damaged archive: RuntimeError, EOFError, zipfile errors, ...
         raise _fail(path, f"damaged or not a checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
 
 

@@ -53,7 +53,8 @@ class _Progress:
         if now - self.last_s >= PLAIN_PROGRESS_S:
             self.last_s = now
             units = self.unit + ("es" if self.unit.endswith("ch") else "s")
-            print(f"{self.desc}: {done} / {n_total} {units} ({100 * done / n_total:.0f} %)", file=sys.stderr, flush=True)
+            print(f"{self.desc}: {done} / {n_total} {units} ({100 * done / n_total:.0f} %)",
+                  file=sys.stderr, flush=True)
 
     def start(self, desc: str) -> None:
         """A new pass (an epoch): the bar starts again under ``desc``."""
@@ -105,7 +106,7 @@ def _announce_compilation(*modules: str) -> None:
 
     try:  # a module is cold when none of its entry kernels is warm
         cold = [m for m in modules if (kernels := _kernel_dispatchers(m)) and not any(warm(k) for k in kernels)]
-    except Exception:  # noqa: BLE001 (a Numba internals change must not stop a run; say nothing then)
+    except Exception:  # a Numba internals change must not stop a run; say nothing then
         return
     if cold:
         print("compiling kernels (first run only; about a minute) ...", file=sys.stderr, flush=True)
@@ -133,7 +134,8 @@ def _angles(text: str) -> tuple[float, float]:
     try:
         theta, phi = (float(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--initial-angles {text!r}: expected THETA_DEG,PHI_DEG such as 30,0") from None
+        raise argparse.ArgumentTypeError(
+            f"--initial-angles {text!r}: expected THETA_DEG,PHI_DEG such as 30,0") from None
     return theta, phi
 
 
@@ -297,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more diagnostics on stderr (-v: info, -vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("validate", help="check device files, experiment configs, sweep specs and station files without running")
+    p = sub.add_parser("validate",
+                       help="check device files, experiment configs, sweep specs and station files without running")
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--allow-driver", action="append", default=[], metavar="MODULE:CLASS",
                    help="station files: accept this user driver class by name (validation never imports it; "
@@ -492,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reduced: this machine (default); full: the study's scale (use a Dask cluster)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=None, help="run the points on a loopback Dask LocalCluster")
-    where.add_argument("--scheduler", type=str, default=None, metavar="tcp://HOST:PORT", help="an existing Dask scheduler")
+    where.add_argument("--scheduler", type=str, default=None, metavar="tcp://HOST:PORT",
+                       help="an existing Dask scheduler")
     p.add_argument("--figure", type=Path, default=None, help="also copy the figure to this PNG (e.g. docs/figures/)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     _finish_parser(sub)
@@ -553,9 +557,9 @@ def _cmd_rnn_study(args: argparse.Namespace) -> int:
 def _cmd_ftmle(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from stosim.studies.run_ftmle import dataset_ftmle
     from stosim.plotting import plot_histogram
     from stosim.storage import check_output_free, write_dataset_atomic
+    from stosim.studies.run_ftmle import dataset_ftmle
 
     if args.out.exists() and not args.overwrite:
         raise CLIError(f"--out {args.out} exists; pass --overwrite to replace it")
@@ -616,7 +620,13 @@ def _consistent_with_zero(value: float, standard_error: float) -> bool:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from stosim.studies.compare import REFERENCE_FILE, collect_finished, comparison_table, experiment_files, run_comparison
+    from stosim.studies.compare import (
+        REFERENCE_FILE,
+        collect_finished,
+        comparison_table,
+        experiment_files,
+        run_comparison,
+    )
 
     def on_run(name: str, seed: int) -> None:
         print(f"== {name}, seed {seed}", file=sys.stderr)
@@ -691,7 +701,6 @@ def _lyapunov_parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_lyapunov(args: argparse.Namespace) -> int:
     from stosim.studies.run_lyapunov import substrate_lyapunov
-
     from stosim.substrates.registry import get
 
     params = {"n": args.n, "dt": _substrate_time(args.dt, args.substrate, "--dt"), **_lyapunov_parameters(args)}
@@ -736,7 +745,7 @@ def _json_line(obj: Any) -> str:
     return json.dumps(clean(obj), allow_nan=False)
 
 
-def _train_config(args: argparse.Namespace, overrides: dict):  # noqa: ANN202 (torch is imported lazily)
+def _train_config(args: argparse.Namespace, overrides: dict):  # torch is imported lazily
     """The TrainConfig of --config and the flags, validated with the run's checks; a refusal that a plain-number
     --duration / --dt explains (300 would be 300 s for the STOs) is reported as that."""
     import types
@@ -757,7 +766,7 @@ def _train_config(args: argparse.Namespace, overrides: dict):  # noqa: ANN202 (t
         raise
 
 
-def _check_plain_times(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
+def _check_plain_times(args: argparse.Namespace, cfg) -> None:
     """Plain-number --duration / --dt are Lorenz 96 model time; every other substrate needs a unit
     (a plain 300 would otherwise be 300 s for the STOs)."""
     from stosim.model_kinds import substrate_time_unit
@@ -809,10 +818,12 @@ def _refuse_other_substrate_flags(args: argparse.Namespace, keys: Sequence[str],
     from stosim.studies.training import SUBSTRATE_KEYS, substrate_keys
 
     applies = set(SUBSTRATE_KEYS[substrate])
-    stray = [_flag(k) for k in keys if k in substrate_keys() and k not in applies and getattr(args, k, None) is not None]
+    stray = [_flag(k) for k in keys
+             if k in substrate_keys() and k not in applies and getattr(args, k, None) is not None]
     if stray:
         valid = " ".join(_flag(k) for k in SUBSTRATE_KEYS[substrate]) or "none"
-        raise CLIError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to --substrate {substrate}; "
+        raise CLIError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to "
+                       f"--substrate {substrate}; "
                        f"drop {'it' if len(stray) == 1 else 'them'} (flags of {substrate}: {valid})")
 
 
@@ -887,7 +898,8 @@ def _validate_one(path: Path, allow_drivers: Sequence[str] = ()) -> str:
     if kind == "reference":
         not_text = [k for k, v in raw.items() if not isinstance(v, str)]
         if not_text:
-            raise ValueError(f"{path}: {', '.join(not_text)}: reference values must be text (experiment name = \"...\")")
+            raise ValueError(f"{path}: {', '.join(not_text)}: reference values must be text "
+                             "(experiment name = \"...\")")
         return f"published reference values of {len(raw)} experiments"
     if kind == "sweep spec":
         from stosim.sweep.spec import load_spec
@@ -944,7 +956,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_initial(path: Path):  # noqa: ANN202 (numpy is imported lazily)
+def _load_initial(path: Path):  # numpy is imported lazily
     """The initial states in ``path``: one numeric array of shape (N, 3) or (batch, N, 3) saved by numpy.save.
     A file numpy cannot read as one such array raises CLIError naming --initial and the file."""
     import numpy as np
@@ -1043,7 +1055,7 @@ def _format_coords(coords: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in coords.items())
 
 
-def _sweep_json(summary) -> str:  # noqa: ANN001
+def _sweep_json(summary) -> str:
     """The ``--json`` line of a sweep: its summary, the failures counted."""
     return _json_line({**summary.as_dict(), "failures": len(summary.failures)})
 
@@ -1078,7 +1090,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if to_run < total:
             bar.write(f"resuming: {total - to_run} of {total} points done, {to_run} to run", file=sys.stderr)
 
-    def on_point(event) -> None:  # noqa: ANN001
+    def on_point(event) -> None:
         bar.update(1)
         if event.status != "done":
             bar.write(f"point {_format_coords(event.point.coords)} failed: {event.error.splitlines()[0]}",

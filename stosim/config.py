@@ -281,7 +281,7 @@ def unit_field_validator(dimension: str):
     """Validator factory for pydantic fields: parse a unit string of ``dimension`` into a float in
     the internal unit (None passes through for optional fields); errors name the field."""
 
-    def validate(cls, value: Any, info) -> float | None:  # noqa: ANN001
+    def validate(cls, value: Any, info) -> float | None:
         if value is None:
             return None
         try:

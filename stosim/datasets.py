@@ -277,7 +277,7 @@ class _Stream:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._file = open(path, "rb")  # noqa: SIM115  (closed by close())
+            self._file = open(path, "rb")  # closed by close()
         except FileNotFoundError:
             raise DatasetError(f"{path}: file not found") from None
         except OSError as exc:
@@ -631,7 +631,7 @@ def md5_of_file(path: str | os.PathLike[str]) -> str:
 def _fetch(url: str, timeout_s: float = 60.0) -> bytes:
     """Body of ``url`` (HTTP GET). Tests replace this function; it is the only network access."""
     request = urllib.request.Request(url, headers={"User-Agent": "stosim-datasets"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return response.read()
 
 

@@ -15,8 +15,14 @@ from typing import Any
 
 import torch
 
-from stosim.models import (CNNClassifier, ConvReservoirClassifier, DeepReservoirClassifier, LinearClassifier,
-                           MLPClassifier, ReservoirClassifier)
+from stosim.models import (
+    CNNClassifier,
+    ConvReservoirClassifier,
+    DeepReservoirClassifier,
+    LinearClassifier,
+    MLPClassifier,
+    ReservoirClassifier,
+)
 from stosim.substrates import registry
 from stosim.substrates.registry import SubstrateSpec
 
@@ -69,7 +75,8 @@ def _declared() -> tuple[ModelKind, ...]:
                   lambda cfg, i, c, shape, dtype: MLPClassifier(
                       i, c, _hidden(cfg), dtype, depth=cfg.depth, activation=cfg.activation,
                       spectral_radius=cfg.init_spectral_radius, init_seed=cfg.seed), reservoir=False),
-        ModelKind("cnn", "baseline: one conv layer and one hidden fully-connected layer", ("n", "hidden", "conv_channels"),
+        ModelKind("cnn", "baseline: one conv layer and one hidden fully-connected layer",
+                  ("n", "hidden", "conv_channels"),
                   lambda cfg, i, c, shape, dtype: CNNClassifier(shape, c, _hidden(cfg), channels=cfg.conv_channels,
                                                                 dtype=dtype), reservoir=False),
         ModelKind("cnn-sto", "one conv layer as the front end of coupled STOs", (*sto.keys, "conv_channels"),

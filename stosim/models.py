@@ -7,7 +7,8 @@
 - :class:`ConvReservoirClassifier`: one conv layer (+ ReLU, 2x2 max-pool) as the front end of
   the read-in (CNN + coupled STOs).
 - Baselines: :class:`LinearClassifier` (logistic regression), :class:`MLPClassifier` (one
-  hidden layer by default; deeper, tanh, spectral-radius initialized as options), :class:`CNNClassifier` (one conv layer and one hidden fully-connected layer).
+  hidden layer by default; deeper, tanh, spectral-radius initialized as options), :class:`CNNClassifier`
+  (one conv layer and one hidden fully-connected layer).
 
 Every model maps flat images (B, rows * cols) to class scores (B, classes). Inputs of another
 dtype (torch's default float32, integer pixels, NumPy arrays) are cast to the model's dtype
@@ -90,7 +91,8 @@ class DeepReservoirClassifier(nn.Module):
 
 
 class ConvFrontEnd(nn.Module):
-    """One conv layer: (B, rows*cols) -> Conv2d(1, C, 3, padding 1) -> ReLU -> MaxPool(2) -> flat (B, C*rows/2*cols/2)."""
+    """One conv layer: (B, rows*cols) -> Conv2d(1, C, 3, padding 1) -> ReLU -> MaxPool(2)
+    -> flat (B, C*rows/2*cols/2)."""
 
     def __init__(self, image_shape: tuple[int, int], channels: int, dtype: torch.dtype) -> None:
         super().__init__()

@@ -11,7 +11,7 @@ from stosim.storage import atomic_output
 __all__ = ["plot_trajectory", "plot_learning_curve", "plot_histogram", "save_figure"]
 
 
-def save_figure(fig, path: str | Path, *, dpi: float = 110, **savefig_kwargs) -> Path:  # noqa: ANN001
+def save_figure(fig, path: str | Path, *, dpi: float = 110, **savefig_kwargs) -> Path:
     """Save ``fig`` atomically at ``dpi`` (the resolution of every stosim figure); the format comes from
     the suffix (none: PNG, and ``.png`` is appended, as matplotlib does). Returns the path written."""
     path = Path(path)
@@ -31,7 +31,7 @@ def _pyplot():
     return plt
 
 
-def _attr_text(ds, name: str, scale: float = 1.0) -> str:  # noqa: ANN001
+def _attr_text(ds, name: str, scale: float = 1.0) -> str:
     """Attribute ``name`` times ``scale`` for a title (``?`` when missing or not a number)."""
     value = ds.attrs.get(name)
     try:
@@ -67,7 +67,8 @@ def plot_trajectory(ds, path: str | Path, *, max_oscillators: int = 4) -> Path:
         axes[3].set_ylabel("TMR voltage (mV)")
         axes[3].set_xlabel("time (ns)")
         axes[0].legend(loc="upper right", fontsize=8, ncol=n_show)
-        axes[0].set_title(f"{ds.attrs.get('n_oscillators', '?')} coupled STOs, mu = {_attr_text(ds, 'coupling_oe')} Oe, "
+        axes[0].set_title(f"{ds.attrs.get('n_oscillators', '?')} coupled STOs, "
+                          f"mu = {_attr_text(ds, 'coupling_oe')} Oe, "
                           f"I = {_attr_text(ds, 'current_a', 1e3)} mA")
         return save_figure(fig, path)
     finally:

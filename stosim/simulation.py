@@ -20,13 +20,21 @@ from typing import Callable
 import numpy as np
 
 from stosim.config import DeviceParameters
+from stosim.integrate.chunks import chunk_count as _chunk_count
+from stosim.integrate.chunks import from_chunks as _from_chunks
+from stosim.integrate.chunks import to_chunks as _to_chunks
 from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, run_chunk, run_chunks
-from stosim.integrate.chunks import chunk_count as _chunk_count, from_chunks as _from_chunks, to_chunks as _to_chunks
 from stosim.integrate.threads import single_threaded_blas as _single_threaded_blas
 from stosim.physics.array import STOArray, check_step_count, check_time_step
 from stosim.physics.llg import OSC_DAMPING
-from stosim.physics.noise import (add_observation_noise, check_noise_reference_s, check_snr_db, dynamical_step_factor,
-                                  measured_snr_db, thermal_field_sigma_oe)
+from stosim.physics.noise import (
+    add_observation_noise,
+    check_noise_reference_s,
+    check_snr_db,
+    dynamical_step_factor,
+    measured_snr_db,
+    thermal_field_sigma_oe,
+)
 from stosim.physics.tmr import voltage_at_bias_current_v
 from stosim.storage import provenance_attrs
 
@@ -180,7 +188,8 @@ def check_initial_state(initial_state: np.ndarray, n_oscillators: int) -> np.nda
         m0 = m0[None]
     if m0.ndim != 3 or m0.shape[1:] != (n_oscillators, 3) or m0.shape[0] < 1:
         raise ValueError(
-            f"initial_state has shape {np.shape(initial_state)}; expected (N, 3) or (batch, N, 3) with N = {n_oscillators}"
+            f"initial_state has shape {np.shape(initial_state)}; "
+            f"expected (N, 3) or (batch, N, 3) with N = {n_oscillators}"
         )
     finite = np.isfinite(m0).all(axis=-1)
     if not finite.all():
@@ -243,7 +252,8 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
     dev = array.device
     thermal = noise.temperature_k > 0
     sigma_th = np.ascontiguousarray(
-        thermal_field_sigma_oe(osc[OSC_DAMPING].astype(np.float64), noise.temperature_k, dev.gyromagnetic_ratio_rad_per_oe_s,
+        thermal_field_sigma_oe(osc[OSC_DAMPING].astype(np.float64), noise.temperature_k,
+                               dev.gyromagnetic_ratio_rad_per_oe_s,
                                dev.saturation_magnetization_emu_cm3, dev.volume_cm3, dt_s) * np.ones(n_osc),
         dtype=dtype)
     dynamical = noise.dynamical_snr_db is not None and math.isfinite(noise.dynamical_snr_db)
@@ -345,7 +355,8 @@ class Trajectory:
         if self.m_noiseless is not None:
             note = "before observation noise"
             ds["m_noiseless"] = (lead + ("oscillator", "component"), self.m_noiseless[:, 0] if single else
-                                 self.m_noiseless, {"units": "1", "long_name": f"free-layer unit magnetization, {note}"})
+                                 self.m_noiseless,
+                                 {"units": "1", "long_name": f"free-layer unit magnetization, {note}"})
             v = self.tmr_voltage_noiseless_v
             ds["tmr_voltage_noiseless"] = (lead + ("oscillator",), v[:, 0] if single else v,
                                            {"units": "V", "long_name": f"TMR output voltage I R(m), {note}"})
@@ -374,7 +385,7 @@ class Trajectory:
         }
 
 
-def _trajectory_dataset(traj: Trajectory):  # noqa: ANN202 (xarray is imported on first use)
+def _trajectory_dataset(traj: Trajectory):  # xarray is imported on first use
     """The observed variables, coordinates and attributes of a :class:`Trajectory` as an xarray Dataset."""
     import xarray as xr
 
@@ -382,7 +393,8 @@ def _trajectory_dataset(traj: Trajectory):  # noqa: ANN202 (xarray is imported o
     m = traj.m[:, 0] if single else traj.m
     v = traj.tmr_voltage_v[:, 0] if single else traj.tmr_voltage_v
     lead = ("time",) if single else ("time", "sample")
-    noise_note = "" if traj.observation_snr_db is None else f", with observation noise at {traj.observation_snr_db} dB SNR"
+    noise_note = ("" if traj.observation_snr_db is None
+                  else f", with observation noise at {traj.observation_snr_db} dB SNR")
     ds = xr.Dataset(
         {
             "m": (lead + ("oscillator", "component"), m,

@@ -104,7 +104,8 @@ def parse_quantity(value: str | float | int, dimension: str, *, name: str = "val
     elif isinstance(value, str):
         match = _NUMBER.match(value)
         if match is None:
-            raise UnitError(f"{name}: cannot read a number from {value!r}; expected e.g. '1.5 {INTERNAL_UNIT[dimension]}'")
+            raise UnitError(f"{name}: cannot read a number from {value!r}; "
+                            f"expected e.g. '1.5 {INTERNAL_UNIT[dimension]}'")
         number = match.group(1)
         unit = _ALIASES.get(match.group(2), match.group(2))
     else:

@@ -36,7 +36,7 @@ class Trajectory:
     time_unit: str
 
 
-def substrate_trajectory(substrate, state: torch.Tensor, steps: int | None = None,  # noqa: ANN001
+def substrate_trajectory(substrate, state: torch.Tensor, steps: int | None = None,
                          every: int = 1) -> Trajectory:
     """Evolve ``state`` (B, D; a valid state, e.g. ``substrate.initial_state(readin)``) with the dynamics of
     ``substrate`` (FFESN, Lorenz96, CoupledSTOArray) for ``steps`` steps (default: the substrate's own
@@ -147,7 +147,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, out: Path) -> Path:  # noqa: ANN001
+def _save(fig, out: Path) -> Path:
     from stosim.plotting import save_figure
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +156,7 @@ def _save(fig, out: Path) -> Path:  # noqa: ANN001
     return path
 
 
-def _paths_2d(ax, proj: np.ndarray, colors=None, marker: str = "") -> None:  # noqa: ANN001
+def _paths_2d(ax, proj: np.ndarray, colors=None, marker: str = "") -> None:
     """Draw each sample's path (S, B, >=2) in the PC1-PC2 plane: start o, end x (``marker`` on every state)."""
     cmap = _pyplot().get_cmap("tab10")
     for b in range(proj.shape[1]):
@@ -184,7 +184,7 @@ def _lorenz_start(n: int, forcing: float, samples: int, seed: int) -> torch.Tens
     return forcing + 0.01 * torch.randn(samples, n, generator=g, dtype=torch.float64)
 
 
-def _sto(n: int, coupling_oe: float, duration_s: float, seed: int = 0):  # noqa: ANN202
+def _sto(n: int, coupling_oe: float, duration_s: float, seed: int = 0):
     from stosim.substrates.sto_array import CoupledSTOArray
 
     return CoupledSTOArray(n=n, coupling_oe=coupling_oe, duration_s=duration_s, dt_s=1e-12, seed=seed)

@@ -11,7 +11,7 @@ from stosim.physics.array import STOArray, Variability
 from stosim.physics.llg import OSC_TORQUE_FIELD_OE, llg_rhs_batch
 from stosim.physics.tmr import current_at_bias_voltage_a, resistance_ohm, voltage_at_bias_current_v
 from stosim.physics.torch_llg import llg_rhs_torch, rk4_step_torch
-from stosim.simulation import SimulationDivergedError, evolve, NoiseSettings, simulate
+from stosim.simulation import NoiseSettings, SimulationDivergedError, evolve, simulate
 
 
 def _state(n: int, batch: int, seed: int) -> np.ndarray:
@@ -85,7 +85,8 @@ def test_tmr_voltage_uses_each_devices_own_current_under_variability(device):
     proportional to I_i), so its output is V_i = I_i R(m_i), not I R(m_i); float64, 1e-14 relative."""
     array = STOArray.generate(device, 5, 300.0, seed=1, variability=Variability(current=0.2, seed=4))
     traj = simulate(array, _state(5, 1, 3)[0], 20e-12, 1e-12, save_every=5)
-    currents = device.current_a * array.oscillator_parameters()[OSC_TORQUE_FIELD_OE] / spin_torque_field_oe(device, device.current_a)
+    currents = (device.current_a * array.oscillator_parameters()[OSC_TORQUE_FIELD_OE]
+                / spin_torque_field_oe(device, device.current_a))
     assert np.ptp(currents) > 0.05 * device.current_a  # the devices do differ
     expected = voltage_at_bias_current_v(traj.m[..., 0], device.parallel_resistance_ohm, device.tmr_ratio, currents)
     np.testing.assert_allclose(traj.tmr_voltage_v, expected, rtol=1e-14)

@@ -11,10 +11,9 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import REPO_ROOT
 
 from stosim.cli import main
-
-from conftest import REPO_ROOT
 
 
 def test_simulate_writes_trajectory_and_plot(tmp_path, capsys):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO_ROOT
 
 from stosim.cli import main
 from stosim.studies.compare import comparison_table
 from stosim.studies.training import load_train_config
-
-from conftest import REPO_ROOT
 
 TABLE1 = sorted((REPO_ROOT / "experiments" / "table1").glob("*.toml"))
 
@@ -21,7 +20,8 @@ def test_table1_files_are_valid(path):
 
 def test_compare_writes_a_markdown_table_and_reuses_runs(tmp_path, capsys):
     a, b = tmp_path / "lin.toml", tmp_path / "sto.toml"
-    a.write_text('substrate = "linear"\ndataset = "digits"\nepochs = 2\nlr = 0.05\nlimit_train = 200\nlimit_test = 100\n')
+    a.write_text('substrate = "linear"\ndataset = "digits"\nepochs = 2\nlr = 0.05\n'
+                 'limit_train = 200\nlimit_test = 100\n')
     b.write_text('substrate = "sto"\ndataset = "digits"\nn = 6\nduration = "10 ps"\nepochs = 1\n'
                  'limit_train = 100\nlimit_test = 50\n')
     (tmp_path / "reference.toml").write_text('lin = "92.5 / 92.4"\n')
@@ -40,7 +40,8 @@ def test_compare_writes_a_markdown_table_and_reuses_runs(tmp_path, capsys):
 
 def test_compare_finished_only_tabulates_existing_runs_and_skips_the_reference_file(tmp_path, capsys):
     a, b = tmp_path / "lin.toml", tmp_path / "mlp.toml"
-    a.write_text('substrate = "linear"\ndataset = "digits"\nepochs = 1\nlr = 0.05\nlimit_train = 100\nlimit_test = 50\n')
+    a.write_text('substrate = "linear"\ndataset = "digits"\nepochs = 1\nlr = 0.05\n'
+                 'limit_train = 100\nlimit_test = 50\n')
     b.write_text('substrate = "mlp"\ndataset = "digits"\nn = 4\nepochs = 1\nlimit_train = 100\nlimit_test = 50\n')
     ref = tmp_path / "reference.toml"
     ref.write_text('lin = "92.5 / 92.4"\n')
@@ -50,7 +51,8 @@ def test_compare_finished_only_tabulates_existing_runs_and_skips_the_reference_f
     assert main(["compare", str(b), "--seeds", "3", "--out", str(runs)]) == 0
     capsys.readouterr()
     md = tmp_path / "finished.md"
-    assert main(["compare", str(a), str(b), str(ref), "--finished-only", "--out", str(runs), "--markdown", str(md)]) == 0
+    assert main(["compare", str(a), str(b), str(ref), "--finished-only", "--out", str(runs),
+                 "--markdown", str(md)]) == 0
     table = md.read_text()
     assert "| lin | 2 |" in table and "| mlp | 1 |" in table
     # an experiment whose file changed since its runs is not tabulated, and nothing is trained

@@ -210,7 +210,8 @@ def _replace(name: str, values):
 
 
 SCHEMA_CASES = {
-    "bad JSON in sweep_runs": (lambda f: f.attrs.__setitem__("sweep_runs", "[{"), "attribute sweep_runs is not valid JSON"),
+    "bad JSON in sweep_runs": (lambda f: f.attrs.__setitem__("sweep_runs", "[{"),
+                               "attribute sweep_runs is not valid JSON"),
     "bad JSON in the spec": (lambda f: f.attrs.__setitem__("sweep_spec_json", "{'a': 1"),
                              "attribute sweep_spec_json is not valid JSON"),
     "spec not an object": (lambda f: f.attrs.__setitem__("sweep_spec_json", "[1, 2]"),

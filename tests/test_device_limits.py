@@ -49,7 +49,8 @@ def test_default_limits_of_the_seed_device() -> None:
     assert dev.resistance_area_ohm_um2 == pytest.approx(440.0 * math.pi * 0.06**2, rel=1e-14)  # 4.976 Ohm um^2
     assert check_current_limits(dev, dev.current_a) == ()  # the operating point, 2.5 mA, is within
     rows = dict(dev.describe())
-    assert rows["max_current I_max"] == "3.40909 mA (V_bd / R_P)" and rows["breakdown_voltage V_bd"] == "1.5 V (default)"
+    assert rows["max_current I_max"] == "3.40909 mA (V_bd / R_P)"
+    assert rows["breakdown_voltage V_bd"] == "1.5 V (default)"
 
 
 def test_device_files_may_give_their_limits(tmp_path: Path) -> None:
@@ -99,8 +100,9 @@ def test_a_simulation_beyond_the_limits_is_refused_naming_them() -> None:
 def test_the_breakdown_limit_is_checked_on_its_own(tmp_path: Path) -> None:
     # a generous current limit, a strict barrier: 2.5 mA x 440 Ohm = 1.1 V > 1 V
     dev = load_device(device_file(tmp_path, '\n[limits]\nmax_current = "10 mA"\nbreakdown_voltage = "1 V"\n'))
-    with pytest.raises(DeviceLimitError, match=r"refused: junction voltage \|I\| R_P = 1\.1 V exceeds the breakdown "
-                                               r"voltage of device seed-pmtj, V_bd = 1 V \(limits\.breakdown_voltage\)"):
+    with pytest.raises(DeviceLimitError,
+                       match=r"refused: junction voltage \|I\| R_P = 1\.1 V exceeds the breakdown "
+                             r"voltage of device seed-pmtj, V_bd = 1 V \(limits\.breakdown_voltage\)"):
         check_device_limits(STOArray.generate(dev, 2, 500.0, seed=0))
     assert check_device_limits(STOArray.generate(dev, 2, 500.0, seed=0, current_a=2.2e-3)) == ()  # 0.968 V
 

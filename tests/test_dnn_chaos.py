@@ -101,7 +101,8 @@ def test_toy_task_geometry_and_bad_arguments():
     np.testing.assert_allclose(r[y == 0], 0.5, atol=1e-12)
     np.testing.assert_allclose(r[y == 1], 1.0, atol=1e-12)
     for kwargs, name in (({"name": "swirl"}, "task"), ({"name": "blobs", "n": 3}, "n"),
-                         ({"name": "moons", "seed": -1}, "seed"), ({"name": "moons", "noise_scale": -1.0}, "noise_scale")):
+                         ({"name": "moons", "seed": -1}, "seed"),
+                         ({"name": "moons", "noise_scale": -1.0}, "noise_scale")):
         with pytest.raises(ValueError, match=name):
             make_task(**{"n": 100, **kwargs})
     xs, ys, pts = grid_points(5, 1.0)
@@ -127,7 +128,8 @@ def test_layers_and_inits_of_the_study_models():
     assert [n for n, _ in ftmle_layers(mnist_cnn(0))] == ["conv1", "pool1", "conv2", "pool2", "fc", "readout"]
     ae = ConvAutoencoder()
     assert [n for n, _ in ftmle_layers(ae)] == ["encoder", "decoder"]
-    assert ae.encoder(torch.zeros(1, 1, 28, 28)).numel() == 784 and ae(torch.zeros(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+    assert ae.encoder(torch.zeros(1, 1, 28, 28)).numel() == 784
+    assert ae(torch.zeros(2, 1, 28, 28)).shape == (2, 1, 28, 28)
     init_weights_(mlp, "xavier", 1)
     lin = mlp.net[2]
     bound = math.sqrt(6 / (16 + 16))

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 import xarray as xr
 
-from stosim.analysis.ftmle import flow_operators_from_function, flow_ftmle, substrate_ftmle, \
-    unit_sphere_tangent_projection
+from stosim.analysis.ftmle import (
+    flow_ftmle,
+    flow_operators_from_function,
+    substrate_ftmle,
+    unit_sphere_tangent_projection,
+)
 from stosim.cli import main
 from stosim.integrate.flow import sto_flow
 from stosim.substrates.sto_array import CoupledSTOArray

@@ -269,8 +269,8 @@ def _accepted_experiment_runs(path: Path) -> None:
 def _accepted_train_sweep_runs(path: Path) -> None:
     """An accepted train sweep: every point's model builds as its run builds it (points without device
     overrides, which the run writes to a temporary device file)."""
-    from stosim.sweep.spec import load_spec
     from stosim.studies.training import build_model
+    from stosim.sweep.spec import load_spec
 
     sweep = load_spec(path)
     if sweep.kind.name != "train":

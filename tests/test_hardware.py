@@ -21,11 +21,28 @@ import pytest
 import pyvisa
 import torch
 
-from stosim.hardware import (INSTRUMENTS_DIR, STATIONS_DIR, CurrentSource2400, DigitalTwin, DriverClosedError, Fault,
-                             FaultInjectingTransport, HardwareSafetyError, InstrumentError, InstrumentFaultError,
-                             InstrumentTimeoutError,
-                             LabSTOArray, Mismatch, PhysicsAwareSubstrate, RecordingTransport, StationFileError,
-                             StationModel, WrappingResourceManager, load_station, station_from_dict)
+from stosim.hardware import (
+    INSTRUMENTS_DIR,
+    STATIONS_DIR,
+    CurrentSource2400,
+    DigitalTwin,
+    DriverClosedError,
+    Fault,
+    FaultInjectingTransport,
+    HardwareSafetyError,
+    InstrumentError,
+    InstrumentFaultError,
+    InstrumentTimeoutError,
+    LabSTOArray,
+    Mismatch,
+    PhysicsAwareSubstrate,
+    RecordingTransport,
+    StationFileError,
+    StationModel,
+    WrappingResourceManager,
+    load_station,
+    station_from_dict,
+)
 from stosim.studies.physics_aware import compare_sim_vs_physics_aware
 from stosim.substrates.base import Capabilities
 from stosim.substrates.protocols import Differentiable, Hardware

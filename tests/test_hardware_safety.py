@@ -76,7 +76,8 @@ def assert_journal_safe(journal: list) -> None:
     cs = writes(journal, CS)
     currents = [float(m.split()[1]) for m in cs if m.startswith(":SOUR:CURR ")]
     assert max(currents) == pytest.approx(2.5e-3) and currents[-1] == 0.0
-    assert cs[-1] == ":OUTP OFF" and cs.index(":OUTP OFF") > max(i for i, m in enumerate(cs) if m.startswith(":SOUR:CURR"))
+    assert cs[-1] == ":OUTP OFF"
+    assert cs.index(":OUTP OFF") > max(i for i, m in enumerate(cs) if m.startswith(":SOUR:CURR"))
     assert writes(journal, FS)[-1] == ":OUTP OFF"
     assert [m for a, kind, m in journal if kind == "close"] == ["", "", ""]
 
@@ -295,7 +296,8 @@ def test_a_station_biased_beyond_the_device_limits_is_refused(tmp_path: Path) ->
     device = tmp_path / "dev.toml"
     device.write_text((REPO / "devices" / "seed-pmtj.toml").read_text() + '\n[limits]\nmax_current = "2 mA"\n')
     st = load_station(SIM_STATION, overrides={"array": {"device": str(device)}})
-    with pytest.raises(DeviceLimitError, match=r"station sim-lab refused: bias current \|I\| = 2.5 mA exceeds the "
-                                               r"maximum current of device seed-pmtj, I_max = 2 mA \(limits.max_current\)"):
+    with pytest.raises(DeviceLimitError,
+                       match=r"station sim-lab refused: bias current \|I\| = 2.5 mA exceeds the "
+                             r"maximum current of device seed-pmtj, I_max = 2 mA \(limits.max_current\)"):
         LabSTOArray(st, None)
     shutil.rmtree(tmp_path, ignore_errors=True)

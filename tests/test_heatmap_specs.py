@@ -7,8 +7,8 @@ import tomllib
 import numpy as np
 import pytest
 import xarray as xr
-
 from conftest import REPO_ROOT
+
 from stosim.cli import main
 from stosim.sweep import PlotError, load_spec, plot_sweep
 from stosim.sweep.plot import lyapunov_time_curve
@@ -99,7 +99,7 @@ def test_plot_draws_the_lyapunov_time_line(tmp_path, monkeypatch):
 
     drawn = {}
 
-    def capture(fig, out, **kwargs):  # noqa: ANN001, ANN003
+    def capture(fig, out, **kwargs):
         line = [ln for ln in fig.axes[0].lines if ln.get_label().startswith("Lyapunov time")][0]
         drawn["y"] = np.asarray(line.get_ydata(), dtype=float)
         fig.savefig(out)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize
 
-from stosim.physics.array import STOArray, check_time_step
 from stosim.constants import BOLTZMANN_ERG_K
+from stosim.physics.array import STOArray, check_time_step
 from stosim.physics.llg import llg_rhs_batch
-from stosim.simulation import evolve, initial_state_from_angles, simulate, NoiseSettings
+from stosim.simulation import NoiseSettings, evolve, initial_state_from_angles, simulate
 
 
 def _single(device, **changes) -> STOArray:

@@ -22,9 +22,9 @@ from stosim.analysis.lyapunov import (
     lyapunov_spectrum,
     two_trajectory_mle,
 )
-from stosim.studies.run_lyapunov import substrate_lyapunov
 from stosim.analysis.tangent_models import FFESNTangent, Lorenz96Tangent
 from stosim.integrate.threads import single_threaded_blas
+from stosim.studies.run_lyapunov import substrate_lyapunov
 from stosim.substrates.ffesn import FFESN
 from stosim.substrates.lorenz96 import Lorenz96
 

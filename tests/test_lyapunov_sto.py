@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from stosim.analysis.lyapunov import lyapunov_spectrum, two_trajectory_mle
-from stosim.studies.run_lyapunov import substrate_tangent_system
 from stosim.analysis.tangent_sto import STOArrayTangent
 from stosim.cli import main
 from stosim.integrate.flow import sto_flow, sto_jvp
 from stosim.physics.array import STOArray
 from stosim.simulation import evolve, random_initial_state
+from stosim.studies.run_lyapunov import substrate_tangent_system
 
 
 def test_jvp_is_the_exact_derivative_and_the_transpose_of_the_adjoint(device):

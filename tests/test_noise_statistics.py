@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from stosim.config import load_device
+from stosim.constants import BOLTZMANN_ERG_K
 from stosim.integrate.torch_steps import evolve_torch
 from stosim.physics.array import STOArray
-from stosim.constants import BOLTZMANN_ERG_K
 from stosim.physics.llg import OSC_DAMPING
 from stosim.physics.noise import thermal_field_sigma_oe
 from stosim.simulation import STREAM_THERMAL, NoiseSettings, evolve, simulate
@@ -119,7 +119,8 @@ def _one_step_states(batch: int = 200, n: int = 50):
 def _state_snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
     """10 log10 of sum_b var(x_b) / sum_b var(noise_b), variances over each sample's 3N components."""
     b = clean.shape[0]
-    return float(10 * np.log10(clean.reshape(b, -1).var(axis=1).sum() / (noisy - clean).reshape(b, -1).var(axis=1).sum()))
+    return float(10 * np.log10(clean.reshape(b, -1).var(axis=1).sum()
+                               / (noisy - clean).reshape(b, -1).var(axis=1).sum()))
 
 
 @pytest.mark.parametrize("snr_db", [20.0, 30.0])

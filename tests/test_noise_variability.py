@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from stosim.physics.array import STOArray, Variability
-from stosim.substrates.sto_array import CoupledSTOArray
 from stosim.studies.training import TrainConfig, train
+from stosim.substrates.sto_array import CoupledSTOArray
 
 SMALL = dict(dataset="digits", limit_train=150, limit_test=60, batch_size=50, n=8, duration="20 ps", epochs=2)
 

@@ -58,7 +58,8 @@ def test_trajectory_file_has_the_coupling_matrix_the_noise_free_state_and_the_co
     args = ["simulate", "--n", "3", "--duration", "200 ps", "--dt", "1 ps", "--seed", "5"]
     assert main([*args, "--observation-snr", "20", "--out", str(out)]) == 0
     assert main([*args, "--out", str(tmp_path / "clean.h5")]) == 0
-    with xr.open_dataset(out, engine="h5netcdf") as ds, xr.open_dataset(tmp_path / "clean.h5", engine="h5netcdf") as clean:
+    with (xr.open_dataset(out, engine="h5netcdf") as ds,
+          xr.open_dataset(tmp_path / "clean.h5", engine="h5netcdf") as clean):
         # oracle: the noise-free state of the noisy run is the state of the same run without observation noise
         np.testing.assert_array_equal(ds["m_noiseless"].values, clean["m"].values)
         np.testing.assert_array_equal(ds["tmr_voltage_noiseless"].values, clean["tmr_voltage"].values)
@@ -119,8 +120,8 @@ def test_sweep_legend_values_are_in_the_axis_unit() -> None:
 
 def test_lyapunov_exponents_within_two_standard_errors_read_as_zero(monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from stosim.studies import run_lyapunov
     from stosim.analysis.lyapunov import LyapunovResult
+    from stosim.studies import run_lyapunov
 
     def fake(*args, **kwargs):
         return LyapunovResult(exponents=np.array([0.9, 7.5e-5, -1.2]), standard_error=np.array([0.05, 1.4e-4, 0.05]),

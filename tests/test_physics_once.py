@@ -117,7 +117,8 @@ def test_noisy_torch_path_equals_numba_path_for_one_seed(array, noise):
         sigma = torch.as_tensor(thermal_field_sigma_oe(array.oscillator_parameters()[OSC_DAMPING], noise.temperature_k,
                                                        dev.gyromagnetic_ratio_rad_per_oe_s,
                                                        dev.saturation_magnetization_emu_cm3, dev.volume_cm3, DT))
-    rngs = [np.random.default_rng(np.random.SeedSequence(11, spawn_key=(k,))) for k in (STREAM_THERMAL, STREAM_DYNAMICAL)]
+    rngs = [np.random.default_rng(np.random.SeedSequence(11, spawn_key=(k,)))
+            for k in (STREAM_THERMAL, STREAM_DYNAMICAL)]
     factor = None if noise.dynamical_snr_db is None else 10 ** (-noise.dynamical_snr_db / 20)
     out = evolve_torch(torch.as_tensor(m0), 100, DT, *_torch_args(array), thermal_sigma_oe=sigma,
                        dynamical_factor=factor, thermal_rng=rngs[0], dynamical_rng=rngs[1])

@@ -233,7 +233,7 @@ def test_training_model_and_ftmle_use_the_rate_network() -> None:
     assert res.ftmle[0] == pytest.approx(np.log(np.linalg.svd(j20, compute_uv=False)[0]) / 20, rel=1e-8)
 
 
-def test_cli_ftmle_rate_network(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_cli_ftmle_rate_network(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     from stosim.cli import main
 
     assert main(["ftmle", "--substrate", "rate-network", "--n", "30", "--g", "0.5", "--network-time", "discrete",

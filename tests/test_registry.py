@@ -170,8 +170,8 @@ def test_substrate():
 
 
 def test_a_substrate_registered_in_a_test_is_usable_everywhere(test_substrate) -> None:
-    from stosim.studies.run_lyapunov import substrate_lyapunov
     from stosim.cli import build_parser
+    from stosim.studies.run_lyapunov import substrate_lyapunov
     from stosim.studies.training import SUBSTRATE_KEYS, build_model, resolved_config, validate_train_config
 
     assert "test-decay" in kinds() and SUBSTRATE_KEYS["test-decay"] == ("n", "steps")

@@ -18,7 +18,6 @@ import torch
 from stosim.substrates.base import Capabilities, Substrate
 from stosim.substrates.ffesn import FFESN
 from stosim.substrates.lorenz96 import Lorenz96
-from stosim.substrates.rate_network import RateNetwork
 from stosim.substrates.protocols import (
     PROTOCOLS,
     Differentiable,
@@ -27,6 +26,7 @@ from stosim.substrates.protocols import (
     Stochastic,
     Timed,
 )
+from stosim.substrates.rate_network import RateNetwork
 from stosim.substrates.sto_array import CoupledSTOArray
 from stosim.testing import (
     CHECK_NAMES,
@@ -50,7 +50,8 @@ FACTORIES: list[tuple[str, Callable[[], Substrate], set[type]]] = [
     ("sto-inf-snr", lambda: CoupledSTOArray(n=6, coupling_oe=500.0, duration_s=20e-12, dt_s=1e-12, seed=1,
                                             dynamical_snr_db=float("inf"), observation_snr_db=float("inf")),
      STO_PROTOCOLS),
-    ("rate-network", lambda: RateNetwork(n=12, g=2.0, duration=1.0, dt=0.1, seed=1), {Differentiable, Stochastic, Timed}),
+    ("rate-network", lambda: RateNetwork(n=12, g=2.0, duration=1.0, dt=0.1, seed=1),
+     {Differentiable, Stochastic, Timed}),
     ("rate-network-discrete", lambda: RateNetwork(n=12, g=2.0, time="discrete", duration=3, seed=1),
      {Differentiable, Stochastic, Timed}),
     ("rate-network-input", lambda: RateNetwork(n=12, g=2.0, duration=1.0, dt=0.1, input_std=0.5, input_tau=0.5,

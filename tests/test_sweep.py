@@ -21,9 +21,19 @@ import xarray as xr
 
 from stosim.cli import main
 from stosim.config import DEVICES_DIR, load_device
-from stosim.sweep import (PlotError, ResumeError, SpecError, SweepFailedError, load_spec, parse_spec, plot_sweep,
-                          read_sweep, resolve_spec, run_sweep)
 from stosim.studies.sweep_points import device_toml, execute_point
+from stosim.sweep import (
+    PlotError,
+    ResumeError,
+    SpecError,
+    SweepFailedError,
+    load_spec,
+    parse_spec,
+    plot_sweep,
+    read_sweep,
+    resolve_spec,
+    run_sweep,
+)
 from stosim.sweep.runner import local_cluster
 from stosim.sweep.store import SweepState
 
@@ -162,7 +172,7 @@ def test_train_sweep_has_ftmle_variables_only_with_ftmle_samples(tmp_path):
         return resolve_spec(parse_spec({"name": "f", "kind": "train", "seed": 1,
                                         "base": {"substrate": "ffesn", "n": 8, "epochs": 1, **base}, "grid": grid}))
 
-    def saved_variables(sweep) -> set[str]:  # noqa: ANN001
+    def saved_variables(sweep) -> set[str]:
         state = SweepState(sweep)
         values = {o.name: np.array([50.0]) if o.extra_dims else 50.0 for o in sweep.kind.outputs}
         state.record(sweep.points[0], {"status": "done", "values": values, "wall_time_s": 1.0})
@@ -348,7 +358,7 @@ def test_plots_show_percent_for_old_and_new_files(tiny_run, tmp_path, monkeypatc
 
     figures = []
 
-    def capture(fig, path, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    def capture(fig, path, **kwargs):
         figures.append(fig)
         return Path(path)
 
@@ -630,7 +640,7 @@ def test_line_plot_keeps_a_point_at_an_infinite_coordinate(tmp_path, monkeypatch
 
     drawn = {}
 
-    def capture(fig, out, **kwargs):  # noqa: ANN001, ANN003
+    def capture(fig, out, **kwargs):
         ax = fig.axes[0]
         drawn["x"] = np.asarray(ax.lines[0].get_xdata(), dtype=np.float64)
         drawn["ticks"] = [t.get_text() for t in ax.get_xticklabels()]

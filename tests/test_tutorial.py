@@ -28,7 +28,7 @@ def test_tutorial_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     namespace: dict[str, object] = {"__name__": "tutorial"}
     for k, block in enumerate(blocks, 1):
         try:
-            exec(compile(block, f"{TUTORIAL.name} block {k}", "exec"), namespace)  # noqa: S102 (our own docs)
+            exec(compile(block, f"{TUTORIAL.name} block {k}", "exec"), namespace)  # our own docs
         except Exception as exc:  # name the failing block
             raise AssertionError(f"docs/tutorial.md code block {k} failed: {exc!r}\n{block}") from exc
     out = capsys.readouterr().out

@@ -7,12 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 from stosim.cli import main
 from stosim.config import DeviceFileError, load_device
 from stosim.units import UnitError, parse_quantity
-
-from conftest import REPO_ROOT
 
 DEVICE_FILES = sorted((REPO_ROOT / "devices").glob("*.toml"))
 

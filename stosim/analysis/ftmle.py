@@ -573,7 +573,8 @@ def substrate_ftmle(substrate: nn.Module, readin: Tensor | None = None, *, state
         missing = [p.__name__ for p in (Differentiable, Timed) if not isinstance(substrate, p)]
         if missing:
             raise ValueError(f"substrate {desc.name} has no flow_operators() (it does not declare HasTangentSystem), "
-                             f"and without them it must declare Differentiable and Timed; it lacks {', '.join(missing)}")
+                             "and without them it must declare Differentiable and Timed; "
+                             f"it lacks {', '.join(missing)}")
         ops = flow_operators_from_function(substrate.evolve, time=_check_time(substrate.duration),
                                            time_unit=desc.time_unit, project_tangent=identity_projection)
     return flow_ftmle(ops, x0.detach(), method=method, tol=tol, max_iter=max_iter, exact_max_dim=exact_max_dim,

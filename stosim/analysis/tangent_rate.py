@@ -89,7 +89,7 @@ class RateNetworkTangent(TangentSystem):
         return float(self._logdet - 2.0 * np.sum(a + np.log1p(np.exp(-2.0 * a)) - np.log(2.0)))
 
     # -- TangentSystem ------------------------------------------------------------------------------
-    def _one(self, h: np.ndarray, inp) -> np.ndarray:  # noqa: ANN001
+    def _one(self, h: np.ndarray, inp) -> np.ndarray:
         if not self.continuous:
             return np.tanh(h) @ self._jt + inp
         dt = self.step_time  # dt / tau; I is held over the step
@@ -114,7 +114,7 @@ class RateNetworkTangent(TangentSystem):
                 x = self.step(x)
         return x
 
-    def _stage(self, y: np.ndarray, v: np.ndarray, inp_rate) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    def _stage(self, y: np.ndarray, v: np.ndarray, inp_rate) -> tuple[np.ndarray, np.ndarray]:
         t = np.tanh(y)
         m = np.vstack([t[None, :], (1.0 - t * t) * v]) @ self._jt
         return -y + m[0] + inp_rate, -v + m[1:]

@@ -8,7 +8,6 @@ most 2N exponents exist; exponents are in 1/s.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from stosim.analysis.lyapunov import TangentSystem

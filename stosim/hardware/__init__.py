@@ -18,16 +18,40 @@
 pyvisa-sim definitions of the instruments live in ``devices/instruments/*.yaml``.
 """
 
-from stosim.hardware.instruments import (INSTRUMENTS, Command, CurrentSource2400, FieldPulseSource, Instrument,
-                                         InstrumentError, InstrumentFaultError, InstrumentIdentityError,
-                                         InstrumentTimeoutError, ListCommand, SegmentedDigitizer)
+from stosim.hardware.instruments import (
+    INSTRUMENTS,
+    Command,
+    CurrentSource2400,
+    FieldPulseSource,
+    Instrument,
+    InstrumentError,
+    InstrumentFaultError,
+    InstrumentIdentityError,
+    InstrumentTimeoutError,
+    ListCommand,
+    SegmentedDigitizer,
+)
 from stosim.hardware.lab_array import DriverClosedError, HardwareSafetyError, LabSTOArray, physical_voltage_window
 from stosim.hardware.model import StationModel, projection_from_voltage, tmr_voltage
 from stosim.hardware.physics_aware_substrate import PhysicsAwareSubstrate, physics_aware
-from stosim.hardware.station import (INSTRUMENTS_DIR, STATIONS_DIR, InstrumentSpec, Station, StationFileError,
-                                     load_station, station_from_dict)
-from stosim.hardware.transport import (Fault, FaultInjectingTransport, JournalTransport, RecordingTransport,
-                                       WrappingResourceManager, is_timeout, read_journal)
+from stosim.hardware.station import (
+    INSTRUMENTS_DIR,
+    STATIONS_DIR,
+    InstrumentSpec,
+    Station,
+    StationFileError,
+    load_station,
+    station_from_dict,
+)
+from stosim.hardware.transport import (
+    Fault,
+    FaultInjectingTransport,
+    JournalTransport,
+    RecordingTransport,
+    WrappingResourceManager,
+    is_timeout,
+    read_journal,
+)
 from stosim.hardware.twin import DigitalTwin, Mismatch, TwinResourceManager
 
 __all__ = [

@@ -243,7 +243,7 @@ class Instrument:
                 if op == "write":
                     return self.transport.write(message)
                 return self.transport.query(message)
-            except Exception as exc:  # noqa: BLE001 - only timeouts are retried, the rest re-raised at once
+            except Exception as exc:  # only timeouts are retried, the rest re-raised at once
                 if not is_timeout(exc):
                     raise
                 self.attempts_failed += 1

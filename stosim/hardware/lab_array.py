@@ -69,8 +69,13 @@ import numpy as np
 import torch
 
 from stosim.extras import require
-from stosim.hardware.instruments import (CurrentSource2400, FieldPulseSource, Instrument, InstrumentFaultError,
-                                         SegmentedDigitizer)
+from stosim.hardware.instruments import (
+    CurrentSource2400,
+    FieldPulseSource,
+    Instrument,
+    InstrumentFaultError,
+    SegmentedDigitizer,
+)
 from stosim.hardware.model import READOUT_UNITS, prepare_unit_vectors, projection_from_voltage, state_units
 from stosim.hardware.station import SAMPLES_PER_DEVICE, Station, load_station
 from stosim.substrates.base import Substrate, SubstrateDescription
@@ -158,7 +163,7 @@ class _Connection:
         for label, step in steps:
             try:
                 step()
-            except Exception as exc:  # noqa: BLE001 - collect, keep going
+            except Exception as exc:  # collect, keep going
                 problems.append(f"{label}: {exc}")
             except BaseException as exc:  # KeyboardInterrupt: finish making the setup safe first
                 problems.append(f"{label}: interrupted ({type(exc).__name__})")
@@ -189,7 +194,7 @@ class _Connection:
             return
         try:
             problems = self.shutdown()
-        except BaseException as exc:  # noqa: BLE001 - a finalizer cannot raise; say so
+        except BaseException as exc:  # a finalizer cannot raise; say so
             problems = [f"interrupted ({type(exc).__name__})"]
         if problems:
             sys.stderr.write(f"stosim: station {self.station.name}: LabSTOArray left open was closed at {when}; the "
@@ -199,7 +204,7 @@ class _Connection:
 def _present_current(cs: CurrentSource2400) -> float | None:
     try:
         value = cs.get("current")
-    except Exception:  # noqa: BLE001 - fall back to the last value set
+    except Exception:  # fall back to the last value set
         value = cs.values.get("current")
     return None if value is None or not math.isfinite(value) else float(value)
 

@@ -28,7 +28,7 @@ class _PhysicsAware(torch.autograd.Function):
     """forward: the hardware's output; backward: the model's VJP at the same input."""
 
     @staticmethod
-    def forward(ctx, readin: torch.Tensor, hardware: Substrate, model: Substrate) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, readin: torch.Tensor, hardware: Substrate, model: Substrate) -> torch.Tensor:
         ctx.model = model
         ctx.save_for_backward(readin)
         with torch.no_grad():
@@ -36,7 +36,7 @@ class _PhysicsAware(torch.autograd.Function):
         return out.to(dtype=readin.dtype, device=readin.device)
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001
+    def backward(ctx, grad_out: torch.Tensor):
         (readin,) = ctx.saved_tensors
         with torch.enable_grad():
             x = readin.detach().requires_grad_(True)
@@ -67,7 +67,7 @@ class PhysicsAwareSubstrate(Substrate, Differentiable, Hardware):
         if not model.capabilities.differentiable:
             raise ValueError(f"the model {dm.name} is not differentiable")
         if not isinstance(hardware, Hardware):
-            raise ValueError(f"hardware {dh.name} does not declare stosim.substrates.protocols.Hardware "  # noqa: TRY004
+            raise ValueError(f"hardware {dh.name} does not declare stosim.substrates.protocols.Hardware "
                              "(measure())")
         self.hardware = hardware
         self.model = model

@@ -197,7 +197,7 @@ class InstrumentSpec:
         """Open the address with ``resource_manager`` and wrap it in the driver class (limits applied)."""
         try:
             transport = resource_manager.open_resource(self.address, read_termination="\n", write_termination="\n")
-        except Exception as exc:  # noqa: BLE001 - VisaIOError (no such resource), OSError, ...: name the instrument
+        except Exception as exc:  # VisaIOError (no such resource), OSError, ...: name the instrument
             raise InstrumentError(f"{name or self.role} ({self.driver}): cannot open address {self.address!r}: {exc}; "
                                   f"check [{self.role}] address in the station file and that the instrument is "
                                   "connected") from exc

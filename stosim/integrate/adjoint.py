@@ -12,8 +12,8 @@ g_s = J_m(s)^T g_k (pointwise) plus the coupling term (g_hx @ mu W) (one matrix 
 H_x = s_x @ (mu W)^T). When all states are kept (K = 1), a step's gradient costs 8 coupling
 products on top of the 4 of the forward pass (4 to recompute the stage fields, 4 for the cotangents).
 When K > 1, the recomputation of a segment keeps the four stage fields H_x(s_j) of each of its
-steps (bitwise the ones the forward pass computed), so a step again costs 8 products, not 12. This is the gradient of the
-discrete map, so it agrees with backprop through a torch RK4 loop to round-off.
+steps (bitwise the ones the forward pass computed), so a step again costs 8 products, not 12. This is the
+gradient of the discrete map, so it agrees with backprop through a torch RK4 loop to round-off.
 """
 
 from __future__ import annotations

@@ -10,8 +10,14 @@ import numpy as np
 
 from stosim.config import DeviceParameters, spin_torque_field_oe
 from stosim.physics.coupling import load_coupling_matrix, random_coupling_matrix, validate_coupling_matrix
-from stosim.physics.llg import (N_OSC_PARAMS, OSC_ANISOTROPY_OE, OSC_APPLIED_FIELD_OE, OSC_DAMPING, OSC_PREFACTOR,
-                                OSC_TORQUE_FIELD_OE)
+from stosim.physics.llg import (
+    N_OSC_PARAMS,
+    OSC_ANISOTROPY_OE,
+    OSC_APPLIED_FIELD_OE,
+    OSC_DAMPING,
+    OSC_PREFACTOR,
+    OSC_TORQUE_FIELD_OE,
+)
 
 __all__ = ["STOArray", "Variability", "oscillator_parameters", "check_step_count", "check_time_step",
            "MAX_ROTATION_PER_STEP_RAD"]

@@ -67,5 +67,5 @@ class STORightHandSide(torch.nn.Module):
         self.register_buffer("p", as_t(p))
         self.lam = float(lam)
 
-    def forward(self, t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 (autonomous)
+    def forward(self, t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # autonomous
         return llg_rhs_torch(m, self.coupling_t, self.osc, self.lam, self.p)

@@ -151,7 +151,8 @@ def _markdown(spec: ChaoticInitSpec, runs: dict) -> str:
               f"epochs to test loss <= {spec.loss_level:g} | rho after training |"),
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for rho, r in runs.items():
-        lines.append(f"| {rho} | {r['initial_test_loss']:.3f} | {r['min_test_loss']:.4f} ({r['min_test_loss_epoch']}) | "
+        lines.append(f"| {rho} | {r['initial_test_loss']:.3f} | "
+                     f"{r['min_test_loss']:.4f} ({r['min_test_loss_epoch']}) | "
                      f"{100 * r['test_accuracy'][-1]:.2f}% | {r['epochs_to_converge']} | "
                      f"{r['epochs_to_loss_level'] if r['epochs_to_loss_level'] is not None else 'never'} | "
                      f"{', '.join(f'{v:.3f}' for v in r['rho'][-1])} |")

@@ -120,7 +120,8 @@ def comparison_table(results: dict[str, list[dict]], configs: list[Path]) -> str
     the fraction of training images classified correctly by the model of each step as it trained; with
     the test accuracy it shows overfitting), epochs to converge, wall time."""
     refs = _references(configs)
-    lines = ["| model | seeds | best test acc. over epochs and seeds (%) | final test acc., mean +/- std over seeds (%) | "
+    lines = ["| model | seeds | best test acc. over epochs and seeds (%) | "
+             "final test acc., mean +/- std over seeds (%) | "
              "train acc. in the last epoch (%, mean) | epochs to converge (mean) | "
              "wall time per run (s, mean) | seed study best / mean (%) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -12,7 +12,7 @@ from stosim.analysis.rate_theory import dmft_discrete_mle
 __all__ = ["plot_study"]
 
 
-def _mle_vs_g(s: dict[str, Any], ax) -> None:  # noqa: ANN001
+def _mle_vs_g(s: dict[str, Any], ax) -> None:
     rows = s["rows"]
     g = np.array([r["g"] for r in rows])
     mle = np.array([r["mle"] for r in rows])
@@ -38,7 +38,7 @@ def _mle_vs_g(s: dict[str, Any], ax) -> None:  # noqa: ANN001
     ax.legend(fontsize=7)
 
 
-def _size(s: dict[str, Any], axes) -> None:  # noqa: ANN001
+def _size(s: dict[str, Any], axes) -> None:
     ax, ax2 = axes
     for key, lam in s["spectra"].items():
         n, seed = key.split(":")
@@ -64,7 +64,7 @@ def _size(s: dict[str, Any], axes) -> None:  # noqa: ANN001
     ax2.legend(fontsize=7)
 
 
-def _rmt(s: dict[str, Any], axes) -> None:  # noqa: ANN001
+def _rmt(s: dict[str, Any], axes) -> None:
     panels = (("onset", "near onset: Re eig(-1 + J<D>)"), ("intense", "intense chaos: Re eig(-1 + J<D>)"),
               ("discrete_ginibre", "discrete: Ginibre products"))
     for ax, (key, title) in zip(axes, panels):
@@ -84,7 +84,7 @@ def _rmt(s: dict[str, Any], axes) -> None:  # noqa: ANN001
     axes[0].set_ylabel(r"$\lambda_i$ (1/tau or 1/step)")
 
 
-def _input(s: dict[str, Any], axes) -> None:  # noqa: ANN001
+def _input(s: dict[str, Any], axes) -> None:
     ax, ax2 = axes
     rows = s["rows"]
     x = [r["input_std"] for r in rows]
@@ -98,7 +98,7 @@ def _input(s: dict[str, Any], axes) -> None:  # noqa: ANN001
     ax.set_title(f"N = {s['n']}, g = {s['g']:g}", fontsize=9)
 
 
-def _trained(s: dict[str, Any], ax) -> None:  # noqa: ANN001
+def _trained(s: dict[str, Any], ax) -> None:
     for i, r in enumerate(s["rows"]):
         b, a = np.asarray(r["exponents_before"]), np.asarray(r["exponents_after"])
         x = np.arange(1, b.size + 1) / b.size

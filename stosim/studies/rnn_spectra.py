@@ -58,7 +58,7 @@ N_BLOCKS = 20
 # ------------------------------------------------------------------------------------------------
 # points (module-level functions: they run in Dask workers)
 # ------------------------------------------------------------------------------------------------
-def block_summary(result) -> dict[str, float]:  # noqa: ANN001
+def block_summary(result) -> dict[str, float]:
     """D_KY, h_KS and their standard errors from 20 consecutive blocks of a Lyapunov run.
 
     The running estimates lambda(t_r) times t_r are the cumulative log-stretchings; differences over
@@ -478,7 +478,7 @@ def run_study(spec: StudySpec, scale: str = "reduced", mapper: Mapper | None = N
     return summary
 
 
-def dask_mapper(client) -> Mapper:  # noqa: ANN001
+def dask_mapper(client) -> Mapper:
     """A mapper that runs the points as Dask tasks on ``client`` (results in input order)."""
     def mapper(func: Callable[..., Any], kwargs: Sequence[dict[str, Any]]) -> list[Any]:
         futures = [client.submit(func, pure=False, **kw) for kw in kwargs]

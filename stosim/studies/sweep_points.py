@@ -31,8 +31,13 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stosim.studies.substrate_names import (DEFAULT_SUBSTRATE, check_ftmle_substrate, check_lyapunov_substrate,
-                                            ftmle_substrates, point_time_unit)
+from stosim.studies.substrate_names import (
+    DEFAULT_SUBSTRATE,
+    check_ftmle_substrate,
+    check_lyapunov_substrate,
+    ftmle_substrates,
+    point_time_unit,
+)
 from stosim.studies.training import STO_SUBSTRATES, STO_TIME_KEYS, UNIT_DIMENSIONS, OptionalSNRdB, TrainConfig
 from stosim.units import UnitError, parse_quantity
 
@@ -144,7 +149,7 @@ def normalize_raw(key: str, value: Any, substrate: str) -> Any:
 # ----------------------------------------------------------------------------------------------
 
 def _unit(dimension: str):
-    def parse(cls, value: Any, info) -> Any:  # noqa: ANN001
+    def parse(cls, value: Any, info) -> Any:
         if isinstance(value, str):
             try:
                 return parse_quantity(value, dimension, name=info.field_name)
@@ -202,7 +207,7 @@ def resolve_device(device: str | None, overrides: Mapping[str, float]):
     return dev.replace(**overrides) if overrides else dev
 
 
-def device_toml(dev) -> str:  # noqa: ANN001
+def device_toml(dev) -> str:
     """A device file (``devices/*.toml`` schema) that loads back to exactly ``dev``."""
     import json
 
@@ -266,7 +271,7 @@ class TrainPoint(TrainConfig, DeviceOverrides, _STOPointMixin):
         return TrainConfig(**fields)
 
 
-def _time_validator(cls, value: Any, info) -> Any:  # noqa: ANN001
+def _time_validator(cls, value: Any, info) -> Any:
     if isinstance(value, str):
         substrate = info.data.get("substrate", DEFAULT_SUBSTRATE)
         if substrate not in STO_SUBSTRATES:
@@ -715,7 +720,7 @@ def execute_point(kind_name: str, config: dict[str, Any]) -> dict[str, Any]:
         cfg = kind.config.model_validate(config)
         with threadpool_limits(limits=1):
             values = kind.run(cfg)
-    except Exception as exc:  # noqa: BLE001  (recorded per point; the sweep goes on)
+    except Exception as exc:  # recorded per point; the sweep goes on
         where = traceback.extract_tb(exc.__traceback__)[-1]
         message = str(exc)
         if len(message) > MAX_ERROR_CHARS:

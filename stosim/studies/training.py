@@ -21,23 +21,32 @@ from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from stosim.checks import MAX_SEED, check_steps, read_toml
 from stosim.checkpoint import load_checkpoint, restore_model, restore_optimizer, save_checkpoint
+from stosim.checks import MAX_SEED, check_steps, read_toml
 from stosim.datasets import ImageDataset, load_dataset
 from stosim.model_kinds import KIND_KEYS, kind, kind_names, kinds
 from stosim.models import ConvReservoirClassifier
+from stosim.physics.noise import check_snr_db
 from stosim.ridge import RidgeAccumulator
 from stosim.storage import output_lock, remove_stale_temporaries, write_text_atomic
-from stosim.physics.noise import check_snr_db
 from stosim.substrates.protocols import Stochastic
 from stosim.units import UnitError, format_quantity, parse_quantity, values_agree
 
 __all__ = ["TrainConfig", "STO_SUBSTRATES", "STO_TIME_KEYS", "UNIT_DIMENSIONS", "train", "TrainResult", "build_model",
-           "load_train_config", "validate_train_config", "check_train_run", "with_defaults", "resolved_config", "run_seeds",
-           "SUBSTRATE_KEYS", "substrate_keys", "config_differences", "model_inputs", "learning_rate", "ConfigError", "SUBSTRATES"]
+           "load_train_config", "validate_train_config", "check_train_run", "with_defaults", "resolved_config",
+           "run_seeds", "SUBSTRATE_KEYS", "substrate_keys", "config_differences", "model_inputs", "learning_rate",
+           "ConfigError", "SUBSTRATES"]
 
 SUBSTRATES = kind_names()  # the model kinds (stosim.model_kinds) registered at import
 log = logging.getLogger(__name__)  # diagnostics; the CLI shows them with -v
@@ -101,7 +110,8 @@ class TrainConfig(BaseModel):
     ridge_alpha: float = Field(default=1e-2, gt=0)
     # substrate parameters (None: the substrate's default)
     n: int | None = Field(default=None, ge=1, le=100_000, description="oscillators / nodes / sites")
-    hidden: int | None = Field(default=None, ge=1, le=100_000, description="hidden units of mlp/cnn (default 3 x 100, the STO feature count)")
+    hidden: int | None = Field(default=None, ge=1, le=100_000,
+                               description="hidden units of mlp/cnn (default 3 x 100, the STO feature count)")
     depth: int = Field(default=1, ge=1, le=100, description="mlp: hidden layers of `hidden` units")
     activation: Literal["relu", "tanh"] = Field(default="relu", description="mlp: hidden activation")
     init_spectral_radius: float | None = Field(
@@ -156,7 +166,7 @@ class TrainConfig(BaseModel):
 
     @field_validator("duration", "dt", "dynamical_noise_reference", mode="before")
     @classmethod
-    def _time(cls, v: Any, info) -> Any:  # noqa: ANN001
+    def _time(cls, v: Any, info) -> Any:
         return _parse(v, "time", info.field_name) if isinstance(v, str) else v
 
     @model_validator(mode="after")

@@ -30,6 +30,7 @@ from stosim.checks import check_count
 from stosim.integrate.threads import single_threaded_blas
 from stosim.substrates.base import Substrate, SubstrateDescription
 from stosim.substrates.protocols import Differentiable, Timed
+from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
 
 __all__ = ["FFESN", "draw_ffesn_matrix"]
 
@@ -225,8 +226,6 @@ def _tangent(n: int, dt: float | None, seed: int, rng: np.random.Generator, *, s
     system = FFESNTangent.from_substrate(FFESN(n=n, spectral_radius=spectral_radius, density=density, seed=seed))
     return system, rng.uniform(-1, 1, n)
 
-
-from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
 
 SPEC = register(SubstrateSpec(
     name="ffesn", summary="feed-forward echo state network: steps layers of one random matrix (a map)",

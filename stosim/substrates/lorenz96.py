@@ -25,6 +25,7 @@ import torch
 
 from stosim.substrates.base import Substrate, SubstrateDescription
 from stosim.substrates.protocols import Differentiable, Timed
+from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
 
 __all__ = ["Lorenz96"]
 
@@ -138,7 +139,8 @@ class Lorenz96(Substrate, Differentiable, Timed):
             time_unit="model time unit",
             summary=(
                 f"Lorenz 96: dx_i/dt = (x_(i+1) - x_(i-2)) x_(i-1) - x_i + F (periodic), N={self.n}, "
-                f"F={self.forcing:g}, T={self.duration:g} with {self.n_steps} RK4 steps of {self.duration / self.n_steps:g}"
+                f"F={self.forcing:g}, T={self.duration:g} with {self.n_steps} RK4 steps of "
+                f"{self.duration / self.n_steps:g}"
             ),
         )
 
@@ -201,7 +203,8 @@ class Lorenz96(Substrate, Differentiable, Timed):
             raise ValueError(f"{what} contains non-finite values (NaN or inf)")
 
     def extra_repr(self) -> str:
-        return f"n={self.n}, forcing={self.forcing:g}, duration={self.duration:g}, dt={self.dt:g}, n_steps={self.n_steps}"
+        return (f"n={self.n}, forcing={self.forcing:g}, duration={self.duration:g}, dt={self.dt:g}, "
+                f"n_steps={self.n_steps}")
 
 
 def _build_from_config(cfg, seed: int, dtype: torch.dtype) -> Lorenz96:  # seed unused: no random draw
@@ -226,8 +229,6 @@ def _tangent(n: int, dt: float, seed: int, rng, *, forcing: float = 8.0):
 
     return Lorenz96Tangent(n, forcing, dt=dt), forcing + rng.standard_normal(n)
 
-
-from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
 
 SPEC = register(SubstrateSpec(
     name="lorenz96", summary="Lorenz 96 ring dx_i/dt = (x_(i+1) - x_(i-2)) x_(i-1) - x_i + F (RK4, model time)",

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from stosim.substrates.base import Substrate, SubstrateDescription
 from stosim.substrates.protocols import Differentiable, Stochastic, Timed
+from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
 
 __all__ = ["RateNetwork", "RateNetworkParameters", "FrozenInput", "draw_coupling_matrix", "rate_parameters"]
 
@@ -369,8 +370,6 @@ def _tangent(n: int, dt: float, seed: int, rng: np.random.Generator, *, g: float
                                 zero_diagonal=zero_diagonal, seed=seed)
     return system, system.initial_state(rng.standard_normal(n))
 
-
-from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
 
 SPEC = register(SubstrateSpec(
     name="rate-network", summary="random rate network tau dh/dt = -h + J tanh h (Sompolinsky-Crisanti-Sommers)",

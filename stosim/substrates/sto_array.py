@@ -38,6 +38,7 @@ from stosim.substrates.protocols import (
     Stochastic,
     Timed,
 )
+from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
 
 __all__ = ["CoupledSTOArray"]
 
@@ -71,11 +72,13 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
 
     def __init__(self, n: int = 50, coupling_oe: float | str = 500.0, duration_s: float | str = 300e-12,
                  dt_s: float | str = 1e-12, *,
-                 current_a: float | str | None = None, device: DeviceParameters | str | Path | None = None, seed: int = 0,
+                 current_a: float | str | None = None, device: DeviceParameters | str | Path | None = None,
+                 seed: int = 0,
                  coupling_matrix: np.ndarray | str | Path | None = None, temperature_k: float | str = 0.0,
                  dynamical_snr_db: float | None = None, observation_snr_db: float | None = None,
                  variability: float = 0.0, dtype: torch.dtype | str = torch.float64,
-                 coupling: float | str | None = None, duration: float | str | None = None, dt: float | str | None = None,
+                 coupling: float | str | None = None, duration: float | str | None = None,
+                 dt: float | str | None = None,
                  current: float | str | None = None, temperature: float | str | None = None,
                  dynamical_noise_reference_s: float | None = None) -> None:
         super().__init__()
@@ -95,7 +98,8 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
         if coupling_matrix is not None:
             array = STOArray.with_matrix(dev, coupling_matrix, coupling_oe, current_a=current_a, variability=spread)
             if array.n_oscillators != n:
-                raise ValueError(f"n = {n} does not match the {array.n_oscillators} x {array.n_oscillators} coupling_matrix")
+                raise ValueError(f"n = {n} does not match the {array.n_oscillators} x {array.n_oscillators} "
+                                 "coupling_matrix")
         else:
             array = STOArray.generate(dev, n, coupling_oe, seed=seed, current_a=current_a, variability=spread)
         self.array = array
@@ -150,7 +154,8 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
             name="sto", state_size=3 * n, readin_size=3 * n, readout_size=3 * n, state_units="1 (unit magnetization)",
             readout_units="1 (m_x, m_y, m_z of each oscillator)", time_unit="s",
             summary=(f"{n} coupled MTJ STOs (LLG-Slonczewski, RK4 dt = {self.dt_s:g} s) evolved for "
-                     f"T = {self.duration_s:g} s; H_coupling,i = mu sum_j W_ij m_x,j e_x, mu = {self.array.coupling_oe:g} Oe"),
+                     f"T = {self.duration_s:g} s; H_coupling,i = mu sum_j W_ij m_x,j e_x, "
+                     f"mu = {self.array.coupling_oe:g} Oe"),
         )
 
     def read_configuration(self) -> dict[str, float | int | str]:
@@ -303,8 +308,6 @@ def _tangent(n: int, dt: float, seed: int, rng: np.random.Generator, *, coupling
     m = rng.standard_normal((n, 3))
     return system, (m / np.linalg.norm(m, axis=-1, keepdims=True)).reshape(-1)
 
-
-from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
 
 SPEC = register(SubstrateSpec(
     name="sto", summary="coupled spin-torque oscillators (LLG + STT, TMR readout, Ampere-law coupling)",

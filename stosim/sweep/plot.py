@@ -43,7 +43,7 @@ _PREFIXES = {"s": ((1e-15, "fs"), (1e-12, "ps"), (1e-9, "ns"), (1e-6, "us"), (1e
              "V": ((1e-3, "mV"), (1.0, "V"))}
 
 
-def _display_scale(obj) -> tuple[float, str]:  # noqa: ANN001
+def _display_scale(obj) -> tuple[float, str]:
     """(factor, unit) to show a coordinate stored in SI units with a readable prefix (e.g. s -> ps)."""
     units = str(obj.attrs.get("units", ""))
     if units in _PREFIXES and obj.dtype.kind in "iuf":
@@ -57,7 +57,7 @@ def _display_scale(obj) -> tuple[float, str]:  # noqa: ANN001
     return 1.0, units
 
 
-def _label(obj, name: str) -> str:  # noqa: ANN001
+def _label(obj, name: str) -> str:
     long_name = obj.attrs.get("long_name", name)
     _, units = _display_scale(obj) if name in obj.dims else (1.0, obj.attrs.get("units", ""))
     return f"{long_name} ({units})" if units and units not in ("1", "n/a") else str(long_name)
@@ -73,7 +73,7 @@ def _value_display(obj, name: str) -> tuple[float, str]:
     return 1.0, _label(obj, name)
 
 
-def _axis_values(coord) -> tuple[np.ndarray, list[str], bool, bool]:  # noqa: ANN001
+def _axis_values(coord) -> tuple[np.ndarray, list[str], bool, bool]:
     """(positions, tick labels, log-scale?, categorical?) for a coordinate.
 
     Numbers sit at their values in display units; text, and numbers with a non-finite one (an SNR of
@@ -95,7 +95,7 @@ def _axis_values(coord) -> tuple[np.ndarray, list[str], bool, bool]:  # noqa: AN
 
 def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Path | None = None, *,
                band: Literal["minmax", "std"] = "minmax", hue: str | None = None,
-               lyapunov_time=None, lyapunov_var: str = "mle") -> Path:  # noqa: ANN001
+               lyapunov_time=None, lyapunov_var: str = "mle") -> Path:
     """Plot ``var`` of a sweep (Dataset or file) against ``x`` (line) or ``x`` and ``y`` (heat map); save a PNG.
 
     With ``hue`` (line plots only) one line, with its band over seeds, is drawn per value of that dimension.
@@ -261,7 +261,7 @@ def _cell_position(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return pos
 
 
-def lyapunov_time_curve(mle_sweep, heatmap, x: str, y: str, var: str = "mle") -> LyapunovTimeCurve:  # noqa: ANN001
+def lyapunov_time_curve(mle_sweep, heatmap, x: str, y: str, var: str = "mle") -> LyapunovTimeCurve:
     """The Lyapunov time T_L = 1 / MLE of ``mle_sweep`` (Dataset or file; ``var`` over the dimension ``x``,
     mean over seeds and every other dimension) placed on the heat map ``heatmap`` over (``x``, ``y``).
 
@@ -304,7 +304,7 @@ def lyapunov_time_curve(mle_sweep, heatmap, x: str, y: str, var: str = "mle") ->
                              label=f"Lyapunov time 1/{var} ({unit}{n_seeds})")
 
 
-def _draw_lyapunov_time(ax, curve: LyapunovTimeCurve) -> None:  # noqa: ANN001
+def _draw_lyapunov_time(ax, curve: LyapunovTimeCurve) -> None:
     """The curve as a white-edged red line with markers; gaps where MLE <= 0 or off the drawn range."""
     ax.plot(curve.x_pos, curve.y_pos, "-o", color="red", markersize=3, linewidth=2, label=curve.label,
             path_effects=_outline())

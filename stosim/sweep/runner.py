@@ -249,7 +249,7 @@ def _collect(client: Any, sweep: ResolvedSweep, todo: list[Point], state: SweepS
         _, point = futures[fut.key]
         try:
             outcome = fut.result()
-        except Exception as exc:  # noqa: BLE001  (a lost worker, a cancelled task)
+        except Exception as exc:  # a lost worker, a cancelled task
             outcome = {"status": STATUS_FAILED, "error": f"{type(exc).__name__}: {exc}", "wall_time_s": math.nan}
         fut.release()
         state.record(point, outcome)

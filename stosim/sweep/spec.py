@@ -40,10 +40,20 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stosim.checks import MAX_SEED, read_toml
-from stosim.studies.sweep_points import (EXTRA_DIM_ATTRS, STO_SUBSTRATES, TEXT_UNITS, DeviceOverrides, Output,
-                                         PointKind, get_kind, normalize_raw, parameter_metadata, point_kinds,
-                                         resolve_device)
 from stosim.studies.substrate_names import DEFAULT_SUBSTRATE
+from stosim.studies.sweep_points import (
+    EXTRA_DIM_ATTRS,
+    STO_SUBSTRATES,
+    TEXT_UNITS,
+    DeviceOverrides,
+    Output,
+    PointKind,
+    get_kind,
+    normalize_raw,
+    parameter_metadata,
+    point_kinds,
+    resolve_device,
+)
 
 __all__ = ["SweepSpec", "SpecError", "load_spec", "parse_spec", "resolve_spec", "ResolvedSweep", "Point",
            "MAX_POINTS", "SPEC_FORMAT"]

@@ -203,14 +203,15 @@ class SweepState:
                 _read_every_attribute(f)
                 f.visititems(lambda _, obj: _read_every_attribute(obj))
             ds = read_sweep(path)
-        except Exception as exc:  # noqa: BLE001  (damaged HDF5: OSError, KeyError, RuntimeError, TypeError, ...)
+        except Exception as exc:  # damaged HDF5: OSError, KeyError, RuntimeError, TypeError, ...
             raise ResumeError(f"--resume: cannot read {path} as a sweep file ({type(exc).__name__}: "
                               f"{_first_line(exc)}); it is damaged or not a sweep file") from None
         if FORMAT_ATTR not in ds.attrs or "sweep_spec_json" not in ds.attrs:
             raise ResumeError(f"--resume: {path} is not a stosim sweep file")
         version = _scalar(ds.attrs[FORMAT_ATTR])
         if version != 1:
-            raise ResumeError(f"--resume: {path}: attribute {FORMAT_ATTR} = {version!r:.60}; this version reads format 1")
+            raise ResumeError(f"--resume: {path}: attribute {FORMAT_ATTR} = {version!r:.60}; "
+                              "this version reads format 1")
         mine = json.loads(self.sweep.resolved_json)
         saved = self._with_new_defaults(_json_attr(ds, path, "sweep_spec_json", dict), mine)
         diff = _diff(saved, mine)
@@ -274,7 +275,8 @@ class SweepState:
             found, want = ds[dim.name].values, np.asarray(dim.values)
             same = found.shape == want.shape and (
                 np.array_equal(found.astype(str), want.astype(str)) if want.dtype.kind in "OSU" or
-                found.dtype.kind in "OSU" else bool(np.all(np.isclose(found, want, rtol=1e-12, atol=0, equal_nan=True))))
+                found.dtype.kind in "OSU" else
+                bool(np.all(np.isclose(found, want, rtol=1e-12, atol=0, equal_nan=True))))
             if not same:
                 raise ResumeError(f"--resume: the coordinate {dim.name} in {path} is {found.tolist()!r:.80}, the spec "
                                   f"gives {want.tolist()!r:.80}; the file is damaged or from another spec")

@@ -322,7 +322,8 @@ def check_tangent_system_protocol(sub: Substrate, s: ConformanceSettings) -> Non
     ops = sub.flow_operators()
     assert isinstance(ops, FlowOperators), f"flow_operators() returned {type(ops).__name__}"
     if isinstance(sub, Timed):
-        assert ops.time == sub.duration, f"flow_operators().time = {ops.time!r} differs from duration = {sub.duration!r}"
+        assert ops.time == sub.duration, \
+            f"flow_operators().time = {ops.time!r} differs from duration = {sub.duration!r}"
         assert ops.time_unit == sub.describe().time_unit, "flow_operators().time_unit differs from describe()'s"
     gen = torch.Generator().manual_seed(s.seed + 2)
     with torch.no_grad():
@@ -351,7 +352,8 @@ def check_hardware_protocol(sub: Substrate, s: ConformanceSettings) -> None:
         x0 = sub.initial_state(_readin(sub, s))
     m = sub.measure(x0)
     assert isinstance(m, torch.Tensor) and m.is_floating_point(), f"measure returned {type(m).__name__}"
-    assert m.ndim >= 2 and m.shape[0] == s.batch, f"measure returned shape {tuple(m.shape)}; expected (B={s.batch}, ...)"
+    assert m.ndim >= 2 and m.shape[0] == s.batch, \
+        f"measure returned shape {tuple(m.shape)}; expected (B={s.batch}, ...)"
     assert not m.requires_grad, "measure returned a tensor with a graph"
     assert bool(torch.isfinite(m).all()), "measure returned non-finite readings"
     state = sub.state_from_measurement(m)
@@ -399,7 +401,7 @@ def check_substrate(substrate: Substrate, *, batch: int = 3, seed: int = 0, grad
             run_check(check, substrate, settings)
         except SkipCheck as skip:
             report.skipped[check.name] = str(skip)
-        except Exception as err:  # noqa: BLE001 - every failure is reported, the suite goes on
+        except Exception as err:  # every failure is reported, the suite goes on
             report.failed[check.name] = f"{type(err).__name__}: {err}"
         else:
             report.passed.append(check.name)
