@@ -296,39 +296,35 @@ def layer_statistics(values: dict[str, np.ndarray]) -> dict[str, dict[str, float
 # ----------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------
-def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
-                   seed: int) -> float:
-    """Adam on the cross-entropy, shuffled per epoch from ``seed``; returns the final training accuracy."""
+def _adam_epochs(model: nn.Module, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor], *, epochs: int,
+                 batch_size: int, lr: float, seed: int) -> None:
+    """Adam over ``epochs`` passes of ``n`` examples, shuffled per epoch from ``seed``; ``batch_loss(idx)`` is the
+    loss of the examples ``idx``. Leaves the model in eval mode."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=gen)
-        for i in range(0, x.shape[0], batch_size):
-            idx = order[i:i + batch_size]
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
             opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
+            batch_loss(order[i:i + batch_size]).backward()
             opt.step()
     model.eval()
+
+
+def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
+                   seed: int) -> float:
+    """Adam on the cross-entropy, shuffled per epoch from ``seed``; returns the final training accuracy."""
+    _adam_epochs(model, x.shape[0], lambda idx: nn.functional.cross_entropy(model(x[idx]), y[idx]), epochs=epochs,
+                 batch_size=batch_size, lr=lr, seed=seed)
     with torch.no_grad():
         return float((_predict(model, x) == y).double().mean())
 
 
 def fit_autoencoder(model: nn.Module, x: torch.Tensor, *, epochs: int, batch_size: int, lr: float, seed: int) -> float:
     """Adam on the mean squared reconstruction error; returns the final mean squared error."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=gen)
-        for i in range(0, x.shape[0], batch_size):
-            idx = order[i:i + batch_size]
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(x[idx]), x[idx])
-            loss.backward()
-            opt.step()
-    model.eval()
+    _adam_epochs(model, x.shape[0], lambda idx: nn.functional.mse_loss(model(x[idx]), x[idx]), epochs=epochs,
+                 batch_size=batch_size, lr=lr, seed=seed)
     with torch.no_grad():
         return float(sum(nn.functional.mse_loss(model(x[i:i + 1000]), x[i:i + 1000], reduction="sum")
                          for i in range(0, x.shape[0], 1000)) / x.numel())
