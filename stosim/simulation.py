@@ -37,6 +37,7 @@ from stosim.physics.noise import (
 )
 from stosim.physics.tmr import voltage_at_bias_current_v
 from stosim.storage import provenance_attrs
+from stosim.units import format_time
 
 __all__ = ["simulate", "evolve", "Trajectory", "SimulationDivergedError", "NoiseSettings", "initial_state_from_angles",
            "random_initial_state", "check_initial_state", "steps_for_duration", "DeviceLimitError",
@@ -374,8 +375,8 @@ class Trajectory:
         snr = {None: "off"}
         return {
             "device": dev.name, "n": int(array.n_oscillators), "coupling": f"{array.coupling_oe:.6g} Oe",
-            "current": f"{array.current_a * 1e3:.6g} mA", "duration": _time_text(steps * self.dt_s),
-            "dt": _time_text(self.dt_s), "save_every": (round(self.time_s[1] / self.dt_s) if self.time_s.size > 1
+            "current": f"{array.current_a * 1e3:.6g} mA", "duration": format_time(steps * self.dt_s),
+            "dt": format_time(self.dt_s), "save_every": (round(self.time_s[1] / self.dt_s) if self.time_s.size > 1
                                                         else 1),
             "samples": int(self.m.shape[1]), "temperature": f"{self.noise.temperature_k:g} K",
             "dynamical_snr": snr.get(self.noise.dynamical_snr_db, f"{self.noise.dynamical_snr_db} dB"),
@@ -427,13 +428,6 @@ def _trajectory_dataset(traj: Trajectory):  # xarray is imported on first use
     ds.attrs.update(provenance_attrs(**attrs))
     return ds
 
-
-def _time_text(seconds: float) -> str:
-    """A time in s as text in the unit that reads best: 3e-10 -> '300 ps'."""
-    for unit, factor in (("fs", 1e-15), ("ps", 1e-12), ("ns", 1e-9), ("us", 1e-6), ("ms", 1e-3)):
-        if abs(seconds) < 1000 * factor:
-            return f"{seconds / factor:.6g} {unit}"
-    return f"{seconds:.6g} s"
 
 
 def _bias_currents_a(array: STOArray) -> np.ndarray:

@@ -29,7 +29,8 @@ import re
 from types import MappingProxyType
 from typing import Any, Mapping
 
-__all__ = ["UNITS", "INTERNAL_UNIT", "parse_quantity", "format_quantity", "UnitError", "values_agree", "VALUE_RTOL"]
+__all__ = ["UNITS", "INTERNAL_UNIT", "parse_quantity", "format_quantity", "format_time", "UnitError", "values_agree",
+           "VALUE_RTOL"]
 
 
 class UnitError(ValueError):
@@ -159,3 +160,11 @@ def format_quantity(value: float, dimension: str) -> str:
     unit = INTERNAL_UNIT[dimension]
     text = f"{value:.6g}"
     return f"{text} {unit}" if unit else text
+
+
+def format_time(seconds: float) -> str:
+    """A time in s as text in the unit that reads best: ``format_time(300e-12) == "300 ps"``, 2e-8 -> "20 ns"."""
+    for unit, factor in (("fs", 1e-15), ("ps", 1e-12), ("ns", 1e-9), ("us", 1e-6), ("ms", 1e-3)):
+        if abs(seconds) < 1000 * factor:
+            return f"{seconds / factor:.6g} {unit}"
+    return f"{seconds:.6g} s"

@@ -41,7 +41,7 @@ from stosim.physics.noise import check_snr_db
 from stosim.ridge import RidgeAccumulator
 from stosim.storage import output_lock, remove_stale_temporaries, write_text_atomic
 from stosim.substrates.protocols import Stochastic
-from stosim.units import UnitError, format_quantity, parse_quantity, values_agree
+from stosim.units import UnitError, format_quantity, format_time, parse_quantity, values_agree
 
 __all__ = ["TrainConfig", "STO_SUBSTRATES", "STO_TIME_KEYS", "UNIT_DIMENSIONS", "train", "TrainResult", "build_model",
            "load_train_config", "validate_train_config", "check_train_run", "with_defaults", "resolved_config",
@@ -385,13 +385,6 @@ def substrate_keys() -> frozenset[str]:
     return frozenset(k for keys in SUBSTRATE_KEYS.values() for k in keys)
 
 
-def _time_text(seconds: float) -> str:
-    """A time in s as text in the unit that reads best: 300e-12 -> '300 ps', 2e-8 -> '20 ns'."""
-    for unit, factor in (("fs", 1e-15), ("ps", 1e-12), ("ns", 1e-9), ("us", 1e-6), ("ms", 1e-3)):
-        if abs(seconds) < 1000 * factor:
-            return f"{seconds / factor:.6g} {unit}"
-    return f"{seconds:.6g} s"
-
 
 def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
     """The run's configuration as it ran: every default filled in (no None), quantities as text with their
@@ -423,7 +416,7 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
                               "coupling": format_quantity(cfg.coupling, "field"),
                               "temperature": format_quantity(cfg.temperature, "temperature")}
     values["dynamical_noise_reference"] = ("per step" if cfg.dynamical_noise_reference is None
-                                           else _time_text(cfg.dynamical_noise_reference))
+                                           else format_time(cfg.dynamical_noise_reference))
     for key in ("dynamical_snr", "observation_snr"):
         value = getattr(cfg, key)
         values[key] = "off" if value is None or math.isinf(value) else f"{value:g} dB"
@@ -434,8 +427,8 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
         device = load_device(device_path)
         values["device"] = f"{device.name} ({device_path})"
         values["current"] = f"{(cfg.current if cfg.current is not None else device.current_a) * 1e3:.6g} mA"
-        values["duration"] = _time_text(cfg.duration or 300e-12)
-        values["dt"] = _time_text(cfg.dt or 1e-12)
+        values["duration"] = format_time(cfg.duration or 300e-12)
+        values["dt"] = format_time(cfg.dt or 1e-12)
     else:  # plain numbers in the substrate's time unit (Lorenz 96: model time; rate network: tau or steps)
         spec = kind(cfg.substrate).substrate
         values["duration"] = cfg.duration or (spec.duration if spec is not None and spec.duration else 1.0)
