@@ -22,7 +22,7 @@ spectrum costs relative to the classic MLE-only method) and ``qr_mle / two_traj`
 exponents' summary of the full-spectrum run (MLE +- standard error, the two-trajectory MLE,
 Kaplan-Yorke dimension, KS entropy, number of positive exponents, sum of exponents against
 the time-averaged divergence). The summary of a 20-time-unit run has standard errors of ~0.1
-on single exponents; tests/test_lyapunov_models.py (slow) checks long runs against published
+on single exponents; tests/analysis/test_lyapunov_models.py (slow) checks long runs against published
 values.
 
 Cases: Lorenz 96, N = 40, F = 8, RK4 dt = 0.01, 20 model time units averaged after 5 units
@@ -90,12 +90,25 @@ CASES: list[Callable[[], Case]] = [case_lorenz96, case_sto_array]
 def _run_methods(case: Case) -> dict[str, Callable[[], object]]:
     system, x0 = case.system, case.x0
     return {
-        "qr_full": lambda: lyapunov_spectrum(system, x0, case.n_exponents, case.n_steps,
-                                             transient_steps=case.transient_steps, reorthonormalize_every=case.every),
-        "qr_mle": lambda: lyapunov_spectrum(system, x0, 1, case.n_steps, transient_steps=case.transient_steps,
-                                            reorthonormalize_every=case.every),
-        "two_traj": lambda: two_trajectory_mle(system, x0, case.n_steps, transient_steps=case.transient_steps,
-                                               epsilon=case.epsilon, renormalize_every=case.every),
+        "qr_full": lambda: lyapunov_spectrum(
+            system,
+            x0,
+            case.n_exponents,
+            case.n_steps,
+            transient_steps=case.transient_steps,
+            reorthonormalize_every=case.every,
+        ),
+        "qr_mle": lambda: lyapunov_spectrum(
+            system, x0, 1, case.n_steps, transient_steps=case.transient_steps, reorthonormalize_every=case.every
+        ),
+        "two_traj": lambda: two_trajectory_mle(
+            system,
+            x0,
+            case.n_steps,
+            transient_steps=case.transient_steps,
+            epsilon=case.epsilon,
+            renormalize_every=case.every,
+        ),
     }
 
 
@@ -105,7 +118,7 @@ def bench_case(case: Case, repeats: int) -> dict:
     times: dict[str, list[float]] = {k: [] for k in names}
     results: dict[str, object] = {}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:  # rotated order
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotated order
             t0 = time.perf_counter()
             results[name] = methods[name]()
             times[name].append(time.perf_counter() - t0)
@@ -164,31 +177,52 @@ def main() -> None:
             rows.append(bench_case(make(), repeats))
     load_after = os.getloadavg()
 
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; BLAS threads: 1; "
-          f"median of {repeats} interleaved repeat(s), (min .. max)")
+    print(
+        f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; BLAS threads: 1; "
+        f"median of {repeats} interleaved repeat(s), (min .. max)"
+    )
     for row in rows:
         steps = row["n_steps"] + row["transient_steps"]
-        print(f"\n{row['name']}: {row['n_steps']} steps averaged + {row['transient_steps']} alignment "
-              f"({steps * row['step_time']:g} {row['time_unit']}), every {row['reorthonormalize_every']} steps")
-        labels = {"qr_full": f"lyapunov_spectrum, {row['n_exponents']} exponents",
-                  "qr_mle": "lyapunov_spectrum, MLE only",
-                  "two_traj": "two_trajectory_mle"}
+        print(
+            f"\n{row['name']}: {row['n_steps']} steps averaged + {row['transient_steps']} alignment "
+            f"({steps * row['step_time']:g} {row['time_unit']}), every {row['reorthonormalize_every']} steps"
+        )
+        labels = {
+            "qr_full": f"lyapunov_spectrum, {row['n_exponents']} exponents",
+            "qr_mle": "lyapunov_spectrum, MLE only",
+            "two_traj": "two_trajectory_mle",
+        }
         for key, label in labels.items():
-            print(f"  {label:38s} {row[f'{key}_s']:8.3f} s  ({row[f'{key}_s_min']:.3f} .. {row[f'{key}_s_max']:.3f})"
-                  f"  {row[f'{key}_us_per_step']:8.1f} us/step")
-        print(f"  ratio full spectrum / two-trajectory: {row['ratio_full_vs_two_trajectory']:.2f}x; "
-              f"MLE-only QR / two-trajectory: {row['ratio_mle_vs_two_trajectory']:.2f}x")
+            print(
+                f"  {label:38s} {row[f'{key}_s']:8.3f} s  ({row[f'{key}_s_min']:.3f} .. {row[f'{key}_s_max']:.3f})"
+                f"  {row[f'{key}_us_per_step']:8.1f} us/step"
+            )
+        print(
+            f"  ratio full spectrum / two-trajectory: {row['ratio_full_vs_two_trajectory']:.2f}x; "
+            f"MLE-only QR / two-trajectory: {row['ratio_mle_vs_two_trajectory']:.2f}x"
+        )
         unit = row["time_unit"]
-        print(f"  MLE {row['mle']:.3f} +- {row['mle_standard_error']:.3f} 1/{unit} "
-              f"(one vector {row['mle_qr_single_vector']:.3f}, two-trajectory {row['mle_two_trajectory']:.3f}); "
-              f"D_KY {row['kaplan_yorke_dimension']:.2f}; "
-              f"KS {row['ks_entropy']:.2f} 1/{unit}; positive exponents {row['n_positive']} "
-              f"({row['n_positive_3se']} above 3 standard errors)")
+        print(
+            f"  MLE {row['mle']:.3f} +- {row['mle_standard_error']:.3f} 1/{unit} "
+            f"(one vector {row['mle_qr_single_vector']:.3f}, two-trajectory {row['mle_two_trajectory']:.3f}); "
+            f"D_KY {row['kaplan_yorke_dimension']:.2f}; "
+            f"KS {row['ks_entropy']:.2f} 1/{unit}; positive exponents {row['n_positive']} "
+            f"({row['n_positive_3se']} above 3 standard errors)"
+        )
         if row["divergence"] is not None:
             print(f"  sum of exponents {row['sum_of_exponents']:.6f} vs divergence {row['divergence']:g}")
     if args.json:
-        print(json.dumps({"cases": rows, "load_average_before": load_before, "load_average_after": load_after,
-                          "blas_threads": 1, "repeats": repeats}))
+        print(
+            json.dumps(
+                {
+                    "cases": rows,
+                    "load_average_before": load_before,
+                    "load_average_after": load_after,
+                    "blas_threads": 1,
+                    "repeats": repeats,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

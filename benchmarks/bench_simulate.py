@@ -109,8 +109,10 @@ DTYPES = {"float64": (np.float64, torch.float64), "float32": (np.float32, torch.
 
 # ----------------------------------------------------------------------------- reference paths
 
-def numpy_rk4(m0: np.ndarray, n_steps: int, dt_s: float, coupling_t: np.ndarray, osc: np.ndarray,
-              lam: float, p, dtype) -> np.ndarray:
+
+def numpy_rk4(
+    m0: np.ndarray, n_steps: int, dt_s: float, coupling_t: np.ndarray, osc: np.ndarray, lam: float, p, dtype
+) -> np.ndarray:
     """Plain NumPy RK4 of the coupled array (docs/physics.md 1 + 3), projected onto |m| = 1 each step.
 
     m0 (B, N, 3); ``coupling_t`` = (mu W)^T in Oe; ``osc`` rows H_appl, H_K - 4 pi M, H_s0 (Oe),
@@ -166,6 +168,7 @@ class _Counting(torch.nn.Module):
 
 # ----------------------------------------------------------------------------- timed tasks
 
+
 class Task:
     """One timed configuration; ``run()`` returns (seconds, device-steps done, final state)."""
 
@@ -192,6 +195,7 @@ def stosim_task(array, m0, n_steps, dt_s, np_dtype):
         t0 = time.perf_counter()
         final, _, _ = stosim.evolve(array, m0, n_steps, dt_s, dtype=np_dtype)
         return time.perf_counter() - t0, n_dev * n_steps, final
+
     return fn
 
 
@@ -205,13 +209,21 @@ def numpy_task(array, m0, n_steps, dt_s, np_dtype, blas_threads):
             t0 = time.perf_counter()
             final = numpy_rk4(m0, n_steps, dt_s, ct, osc, dev.torque_asymmetry, dev.reference_direction, np_dtype)
             return time.perf_counter() - t0, n_dev * n_steps, final
+
     return fn
 
 
 def torch_task(array, m0, n_steps, dt_s, torch_dtype):
     dev = array.device
-    func = _Counting(STORightHandSide(array.coupling_transposed_oe(), array.oscillator_parameters(),
-                                      dev.torque_asymmetry, dev.reference_direction, torch_dtype))
+    func = _Counting(
+        STORightHandSide(
+            array.coupling_transposed_oe(),
+            array.oscillator_parameters(),
+            dev.torque_asymmetry,
+            dev.reference_direction,
+            torch_dtype,
+        )
+    )
     y0 = torch.as_tensor(m0, dtype=torch_dtype)
     t = torch.tensor([0.0, n_steps * dt_s], dtype=torch.float64)
     n_dev = m0.shape[0] * m0.shape[1]
@@ -224,6 +236,7 @@ def torch_task(array, m0, n_steps, dt_s, torch_dtype):
             seconds = time.perf_counter() - t0
         steps = func.calls // 4
         return seconds, n_dev * steps, y[-1].numpy()
+
     return fn
 
 
@@ -245,10 +258,30 @@ def kernel_task(array, m0, n_steps, dt_s):
         m = start.copy()
         with single_threaded_blas():
             t0 = time.perf_counter()
-            run_chunk(m, ct, use, osc, lam, p, dt_s, n_steps, METHOD_RK4, n_steps + 1, 0, traj, dummy, False,
-                      np.zeros(n), dummy, False, 0.0, np.zeros(3))
+            run_chunk(
+                m,
+                ct,
+                use,
+                osc,
+                lam,
+                p,
+                dt_s,
+                n_steps,
+                METHOD_RK4,
+                n_steps + 1,
+                0,
+                traj,
+                dummy,
+                False,
+                np.zeros(n),
+                dummy,
+                False,
+                0.0,
+                np.zeros(3),
+            )
             seconds = time.perf_counter() - t0
         return seconds, m0.shape[0] * n * n_steps, np.ascontiguousarray(np.moveaxis(m, 0, -1))
+
     return fn
 
 
@@ -276,6 +309,7 @@ def run_interleaved(tasks: list[Task], rounds: int, extra: Callable[[int], None]
 
 
 # ----------------------------------------------------------------------------- matmul peak
+
 
 @numba.njit(parallel=True, cache=False)
 def _chunked_dot(a, w, out, reps):
@@ -351,7 +385,7 @@ class MatmulBench:
 
     def _numba(self, a, w, chunks):
         rows = a.shape[0] // chunks
-        ac = np.ascontiguousarray(a[:rows * chunks].reshape(chunks, rows, a.shape[1]))
+        ac = np.ascontiguousarray(a[: rows * chunks].reshape(chunks, rows, a.shape[1]))
         out = np.empty((chunks, rows, w.shape[1]), a.dtype)
         with single_threaded_blas():
             t0 = time.perf_counter()
@@ -381,12 +415,16 @@ class MatmulBench:
             time.sleep(PAUSE_S)
 
     def peak(self, dname: str, single_thread_only: bool = False) -> tuple[float, str, str]:
-        cands = [(g, name, shape) for (name, shape, d), g in self.best.items()
-                 if d == dname and (not single_thread_only or "1thread" in name)]
+        cands = [
+            (g, name, shape)
+            for (name, shape, d), g in self.best.items()
+            if d == dname and (not single_thread_only or "1thread" in name)
+        ]
         return max(cands)
 
 
 # ----------------------------------------------------------------------------- main
+
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.3e}"
@@ -397,11 +435,13 @@ def _load() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--json", action="store_true", help="print one final line with the results as JSON")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 2 rounds, 100 steps in case (a), 1000/200 steps in case (b)")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 2 rounds, 100 steps in case (a), 1000/200 steps in case (b)"
+    )
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; 2 with --quick)")
     ap.add_argument("--full", action="store_true", help="case (b): 4999 steps also at N = 2500")
     args = ap.parse_args(argv)
@@ -428,8 +468,16 @@ def main(argv: list[str] | None = None) -> int:
     tasks_a: dict[tuple[str, str], Task] = {}
     for dname, (npd, td) in DTYPES.items():
         stosim.evolve(array_a, m0_a, 2, dt_a, dtype=npd)  # JIT compile / cache load (excluded)
-        numpy_rk4(m0_a[:2], 1, dt_a, array_a.coupling_transposed_oe(), array_a.oscillator_parameters(),
-                  dev.torque_asymmetry, dev.reference_direction, npd)
+        numpy_rk4(
+            m0_a[:2],
+            1,
+            dt_a,
+            array_a.coupling_transposed_oe(),
+            array_a.oscillator_parameters(),
+            dev.torque_asymmetry,
+            dev.reference_direction,
+            npd,
+        )
         tasks_a["stosim", dname] = Task(f"stosim {dname}", stosim_task(array_a, m0_a, steps_a, dt_a, npd))
         tasks_a["numpy-rk4", dname] = Task(f"numpy {dname}", numpy_task(array_a, m0_a, steps_a, dt_a, npd, k))
         tasks_a["torchdiffeq", dname] = Task(f"torchdiffeq {dname}", torch_task(array_a, m0_a, steps_a, dt_a, td))
@@ -467,8 +515,13 @@ def main(argv: list[str] | None = None) -> int:
         torch_task(arr, m0, 2, dt_b, torch.float64)()
         if n <= 100:
             tasks_b["numpy-rk4", n] = Task(f"numpy N={n}", numpy_task(arr, m0, steps_ref, dt_b, np.float64, k))
-            args_np = (arr.coupling_transposed_oe(), arr.oscillator_parameters(), dev.torque_asymmetry,
-                       dev.reference_direction, np.float64)
+            args_np = (
+                arr.coupling_transposed_oe(),
+                arr.oscillator_parameters(),
+                dev.torque_asymmetry,
+                dev.reference_direction,
+                np.float64,
+            )
             diff_b[n] = float(np.max(np.abs(numpy_rk4(m0, CHECK_STEPS_B, dt_b, *args_np) - ref_check)))
             diff_b_long[n] = float(np.max(np.abs(numpy_rk4(m0, steps_ref, dt_b, *args_np) - ref_long)))
     run_interleaved(list(tasks_b.values()), rounds)
@@ -512,8 +565,11 @@ def main(argv: list[str] | None = None) -> int:
         "batch1_device_steps_per_s": {str(n): med(tasks_b, ("stosim", n)) for n in sizes},
         "batch1_kernel_device_steps_per_s": {str(n): med(tasks_b, ("kernel", n)) for n in sizes if n <= 100},
         "batch1_coupling_oe": {str(n): mu_b[n] for n in sizes},
-        "batch1_steps": {"stosim": {str(n): steps_stosim[n] for n in sizes}, "reference_paths": steps_ref,
-                         "dt_s": dt_b},
+        "batch1_steps": {
+            "stosim": {str(n): steps_stosim[n] for n in sizes},
+            "reference_paths": steps_ref,
+            "dt_s": dt_b,
+        },
         "case_a": {"n_oscillators": n_a, "batch": batch_a, "steps": steps_a, "dt_s": dt_a, "coupling_oe": COUPLING_OE},
         "matmul_peak_gflops_float64": peak["float64"][0],
         "matmul_peak_gflops_float32": peak["float32"][0],
@@ -545,53 +601,79 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "elapsed_s": time.perf_counter() - t_start,
-        "versions": {"stosim": stosim.__version__, "numpy": np.__version__, "numba": numba.__version__,
-                     "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {
+            "stosim": stosim.__version__,
+            "numpy": np.__version__,
+            "numba": numba.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
     }
 
     # ---------------------------------------------------------------- table
     blas = sorted({f"{i['internal_api']} {i.get('version')}" for i in threadpool_info() if i["user_api"] == "blas"})
-    print(f"stosim simulate benchmark ({platform.node()}, {os.cpu_count()} CPUs; load average before: {load_before}, "
-          f"after: {load_after})")
-    print(f"threads: numba {k} ({summary['numba_threading_layer']}), torch {torch.get_num_threads()}, "
-          f"numpy BLAS {k} (RK4 path); BLAS: {', '.join(blas)}")
+    print(
+        f"stosim simulate benchmark ({platform.node()}, {os.cpu_count()} CPUs; load average before: {load_before}, "
+        f"after: {load_after})"
+    )
+    print(
+        f"threads: numba {k} ({summary['numba_threading_layer']}), torch {torch.get_num_threads()}, "
+        f"numpy BLAS {k} (RK4 path); BLAS: {', '.join(blas)}"
+    )
     print(f"{rounds} interleaved rounds; device-steps/s = batch x N x steps / s; median [min .. max] over rounds\n")
 
-    print(f"(a) N = {n_a}, batch {batch_a}, T = {steps_a} ps, dt = 1 ps, mu = {COUPLING_OE:g} Oe, "
-          "all paths the full run")
+    print(
+        f"(a) N = {n_a}, batch {batch_a}, T = {steps_a} ps, dt = 1 ps, mu = {COUPLING_OE:g} Oe, all paths the full run"
+    )
     print(f"    {'path':<12} {'dtype':<8} {'median':>10} {'min':>10} {'max':>10} {'stosim/path':>12}")
     for dname in DTYPES:
         for path in ("stosim", "numpy-rk4", "torchdiffeq"):
             t = tasks_a[path, dname]
             r = tasks_a["stosim", dname].median / t.median
-            print(f"    {path:<12} {dname:<8} {_fmt(t.median):>10} {_fmt(min(t.rates)):>10} {_fmt(max(t.rates)):>10} "
-                  f"{r:>12.2f}")
-    print(f"    agreement, float64 after {steps_a} steps: max |m_numpy - m_stosim| = {diff_numpy:.2e} "
-          f"({'OK' if diff_numpy < AGREEMENT_TOL else 'FAIL'}, tolerance {AGREEMENT_TOL:g})")
-    print(f"    for information: max |m_torchdiffeq - m_stosim| = {diff_torch:.2e} (3/8-rule RK4, no projection); "
-          f"max |m_stosim,float32 - m_stosim,float64| = {diff_f32:.2e}\n")
+            print(
+                f"    {path:<12} {dname:<8} {_fmt(t.median):>10} {_fmt(min(t.rates)):>10} {_fmt(max(t.rates)):>10} "
+                f"{r:>12.2f}"
+            )
+    print(
+        f"    agreement, float64 after {steps_a} steps: max |m_numpy - m_stosim| = {diff_numpy:.2e} "
+        f"({'OK' if diff_numpy < AGREEMENT_TOL else 'FAIL'}, tolerance {AGREEMENT_TOL:g})"
+    )
+    print(
+        f"    for information: max |m_torchdiffeq - m_stosim| = {diff_torch:.2e} (3/8-rule RK4, no projection); "
+        f"max |m_stosim,float32 - m_stosim,float64| = {diff_f32:.2e}\n"
+    )
 
-    print(f"(b) batch 1, dt = {dt_b * 1e12:g} ps, float64: stosim {steps_b} steps (N = 2500: {steps_stosim[2500]}); "
-          f"torchdiffeq and numpy {steps_ref} steps (shorter runs, rates compare directly); mu (Oe) per N: "
-          + ", ".join(f"{n}: {mu_b[n]:g}" for n in sizes))
-    print("    kernel = the Numba time loop alone (stosim.evolve adds its checks and set-up per call): "
-          + ", ".join(f"N={n}: {_fmt(med(tasks_b, ('kernel', n)))}" for n in sizes if n <= 100))
-    print(f"    {'N':>5} {'stosim':>10} {'[min..max]':>23} {'torchdiffeq':>11} {'numpy':>10} {'st/torchdq':>10} "
-          f"{'st/numpy':>9} {f'|np-st| {CHECK_STEPS_B * dt_b * 1e9:g}ns':>12} "
-          f"{f'|np-st| {steps_ref * dt_b * 1e9:g}ns':>13}")
+    print(
+        f"(b) batch 1, dt = {dt_b * 1e12:g} ps, float64: stosim {steps_b} steps (N = 2500: {steps_stosim[2500]}); "
+        f"torchdiffeq and numpy {steps_ref} steps (shorter runs, rates compare directly); mu (Oe) per N: "
+        + ", ".join(f"{n}: {mu_b[n]:g}" for n in sizes)
+    )
+    print(
+        "    kernel = the Numba time loop alone (stosim.evolve adds its checks and set-up per call): "
+        + ", ".join(f"N={n}: {_fmt(med(tasks_b, ('kernel', n)))}" for n in sizes if n <= 100)
+    )
+    print(
+        f"    {'N':>5} {'stosim':>10} {'[min..max]':>23} {'torchdiffeq':>11} {'numpy':>10} {'st/torchdq':>10} "
+        f"{'st/numpy':>9} {f'|np-st| {CHECK_STEPS_B * dt_b * 1e9:g}ns':>12} "
+        f"{f'|np-st| {steps_ref * dt_b * 1e9:g}ns':>13}"
+    )
     for n in sizes:
         s = tasks_b["stosim", n]
         b = summary["batch1"][str(n)]
         rn = b["ratio_vs_numpy"]
-        print(f"    {n:>5} {_fmt(s.median):>10} {'[' + _fmt(min(s.rates)) + '..' + _fmt(max(s.rates)) + ']':>23} "
-              f"{_fmt(b['torchdiffeq_device_steps_per_s']):>11} {_fmt(b['numpy_device_steps_per_s']):>10} "
-              f"{b['ratio_vs_torchdiffeq']:>10.2f} {('-' if rn is None else f'{rn:.2f}'):>9} "
-              f"{('-' if n not in diff_b else f'{diff_b[n]:.1e}'):>12} "
-              f"{('-' if n not in diff_b_long else f'{diff_b_long[n]:.1e}'):>13}")
-    print(f"    agreement (float64, batch 1) is checked after {CHECK_STEPS_B} steps "
-          f"({'OK' if all(d < AGREEMENT_TOL for d in diff_b.values()) else 'FAIL'}, tolerance {AGREEMENT_TOL:g}); "
-          "the longer-run difference is shown for information: at mu = 500 Oe the array is chaotic, "
-          "so round-off differences grow over nanoseconds\n")
+        print(
+            f"    {n:>5} {_fmt(s.median):>10} {'[' + _fmt(min(s.rates)) + '..' + _fmt(max(s.rates)) + ']':>23} "
+            f"{_fmt(b['torchdiffeq_device_steps_per_s']):>11} {_fmt(b['numpy_device_steps_per_s']):>10} "
+            f"{b['ratio_vs_torchdiffeq']:>10.2f} {('-' if rn is None else f'{rn:.2f}'):>9} "
+            f"{('-' if n not in diff_b else f'{diff_b[n]:.1e}'):>12} "
+            f"{('-' if n not in diff_b_long else f'{diff_b_long[n]:.1e}'):>13}"
+        )
+    print(
+        f"    agreement (float64, batch 1) is checked after {CHECK_STEPS_B} steps "
+        f"({'OK' if all(d < AGREEMENT_TOL for d in diff_b.values()) else 'FAIL'}, tolerance {AGREEMENT_TOL:g}); "
+        "the longer-run difference is shown for information: at mu = 500 Oe the array is chaotic, "
+        "so round-off differences grow over nanoseconds\n"
+    )
 
     print("(c) matrix-multiply GFLOP/s (best of rounds)")
     shapes = list(dict.fromkeys(c[0] for c in matmul.cases))
@@ -601,11 +683,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {name:<36} " + " ".join(f"{matmul.best[name, s, d]:>20.2f}" for s, d in cols))
     for d in DTYPES:
         g, name, shape = peak[d]
-        print(f"    peak {d}: {g:.2f} GFLOP/s ({name}, {shape}); best single thread {peak1[d][0]:.2f} GFLOP/s "
-              f"({peak1[d][1]}); matmul-bound limit peak / (4 (2N + 60)) at N = {n_a}: {_fmt(limit[d])} device-steps/s")
-    print(f"    fraction_of_matmul_peak (stosim float64 / limit) = {summary['fraction_of_matmul_peak']:.3f}; "
-          f"float32: {summary['fraction_of_matmul_peak_float32']:.3f}; vs {k} x best single thread "
-          f"(ideal): {summary['fraction_of_ideal_peak']:.3f}")
+        print(
+            f"    peak {d}: {g:.2f} GFLOP/s ({name}, {shape}); best single thread {peak1[d][0]:.2f} GFLOP/s "
+            f"({peak1[d][1]}); matmul-bound limit peak / (4 (2N + 60)) at N = {n_a}: {_fmt(limit[d])} device-steps/s"
+        )
+    print(
+        f"    fraction_of_matmul_peak (stosim float64 / limit) = {summary['fraction_of_matmul_peak']:.3f}; "
+        f"float32: {summary['fraction_of_matmul_peak_float32']:.3f}; vs {k} x best single thread "
+        f"(ideal): {summary['fraction_of_ideal_peak']:.3f}"
+    )
     print(f"\nelapsed {summary['elapsed_s']:.0f} s")
     if not agree:
         print("AGREEMENT CHECK FAILED: the NumPy reference and stosim disagree", file=sys.stderr)

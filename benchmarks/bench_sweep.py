@@ -73,18 +73,34 @@ def _sweep(sweep, workers: int, folder: Path) -> dict:
     with local_cluster(workers) as client:
         startup = time.perf_counter() - t0
         t1 = time.perf_counter()
-        warm = [client.submit(execute_point, sweep.kind.name, sweep.points[0].config, workers=[w], pure=False,
-                              allow_other_workers=False) for w in client.scheduler_info()["workers"]]
+        warm = [
+            client.submit(
+                execute_point,
+                sweep.kind.name,
+                sweep.points[0].config,
+                workers=[w],
+                pure=False,
+                allow_other_workers=False,
+            )
+            for w in client.scheduler_info()["workers"]
+        ]
         for f in warm:
             assert f.result()["status"] == "done"
         warmup = time.perf_counter() - t1
         summary = run_sweep(sweep, folder / f"bench-{workers}.h5", client=client, overwrite=True)
     assert summary.n_done == len(sweep.points), summary.failures
     point_s = read_sweep(folder / f"bench-{workers}.h5")["wall_time_s"].values.ravel()
-    return {"workers": workers, "startup_s": startup, "warmup_s": warmup, "run_s": summary.run_s,
-            "points_per_second": summary.points_per_second, "saves": summary.n_saves,
-            "wall_time_s": summary.wall_time_s, "mean_point_s": float(point_s.mean()),
-            "busy_fraction": float(point_s.sum() / (workers * summary.run_s))}
+    return {
+        "workers": workers,
+        "startup_s": startup,
+        "warmup_s": warmup,
+        "run_s": summary.run_s,
+        "points_per_second": summary.points_per_second,
+        "saves": summary.n_saves,
+        "wall_time_s": summary.wall_time_s,
+        "mean_point_s": float(point_s.mean()),
+        "busy_fraction": float(point_s.sum() / (workers * summary.run_s)),
+    }
 
 
 def main() -> None:
@@ -124,22 +140,36 @@ def main() -> None:
         "load_average_after": load_after[0],
         "cpus": len(os.sched_getaffinity(0)),
     }
-    print(f"sweep benchmark: {n} train points (N = 16, digits, 300 images, 2 epochs, T = 100 ps); "
-          f"{res['cpus']} CPUs, load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    print(f"{'how':<24}{'run (s)':>8}{'points/s':>9}{'s/point':>9}{'busy':>6}{'start-up (s)':>13}"
-          f"{'warm-up (s)':>12}{'writes':>7}")
-    print(f"{'plain loop, 1 process':<24}{loop_s:>8.2f}{loop_pps:>9.2f}{loop_s / n:>9.3f}{'-':>6}{'-':>13}{'-':>12}"
-          f"{'-':>7}")
+    print(
+        f"sweep benchmark: {n} train points (N = 16, digits, 300 images, 2 epochs, T = 100 ps); "
+        f"{res['cpus']} CPUs, load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
+    )
+    print(
+        f"{'how':<24}{'run (s)':>8}{'points/s':>9}{'s/point':>9}{'busy':>6}{'start-up (s)':>13}"
+        f"{'warm-up (s)':>12}{'writes':>7}"
+    )
+    print(
+        f"{'plain loop, 1 process':<24}{loop_s:>8.2f}{loop_pps:>9.2f}{loop_s / n:>9.3f}{'-':>6}{'-':>13}{'-':>12}"
+        f"{'-':>7}"
+    )
     for r in (one, two):
-        print(f"{'sweep, %d worker%s' % (r['workers'], 's' if r['workers'] > 1 else ''):<24}{r['run_s']:>8.2f}"
-              f"{r['points_per_second']:>9.2f}{r['mean_point_s']:>9.3f}{100 * r['busy_fraction']:>5.0f}%"
-              f"{r['startup_s']:>13.2f}{r['warmup_s']:>12.2f}{r['saves']:>7d}")
-    print("(s/point: a point's wall time inside its worker; busy: sum of point times / (workers x run time);\n"
-          " a longer s/point with 2 workers is CPU contention on the machine, a low busy share is scheduling idle)")
-    print(f"speed-up 2 vs 1 worker: {res['speedup_2_vs_1']:.2f}x (ideal 2 on 2 free cores); "
-          f"2 workers vs the plain loop: {res['speedup_2_vs_loop']:.2f}x")
-    print(f"overhead of the sweep machinery: {res['overhead_per_point_ms']:.0f} ms per point "
-          f"(1 worker vs the loop); one atomic rewrite of the file: {save_ms:.1f} ms")
+        print(
+            f"{'sweep, %d worker%s' % (r['workers'], 's' if r['workers'] > 1 else ''):<24}{r['run_s']:>8.2f}"
+            f"{r['points_per_second']:>9.2f}{r['mean_point_s']:>9.3f}{100 * r['busy_fraction']:>5.0f}%"
+            f"{r['startup_s']:>13.2f}{r['warmup_s']:>12.2f}{r['saves']:>7d}"
+        )
+    print(
+        "(s/point: a point's wall time inside its worker; busy: sum of point times / (workers x run time);\n"
+        " a longer s/point with 2 workers is CPU contention on the machine, a low busy share is scheduling idle)"
+    )
+    print(
+        f"speed-up 2 vs 1 worker: {res['speedup_2_vs_1']:.2f}x (ideal 2 on 2 free cores); "
+        f"2 workers vs the plain loop: {res['speedup_2_vs_loop']:.2f}x"
+    )
+    print(
+        f"overhead of the sweep machinery: {res['overhead_per_point_ms']:.0f} ms per point "
+        f"(1 worker vs the loop); one atomic rewrite of the file: {save_ms:.1f} ms"
+    )
     if args.json:
         print(json.dumps(res))
     sys.stdout.flush()

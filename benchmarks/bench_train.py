@@ -135,21 +135,28 @@ def bench_gradients(repeats: int, matmul=None) -> dict:
     out: dict = {"threads": threads}
     for dtype, name in ((torch.float64, "float64"), (torch.float32, "float32")):
         device, array, m0, weights = _setup(n, batch, dtype)
-        rhs = STORightHandSide(array.coupling_transposed_oe(), array.oscillator_parameters(), device.torque_asymmetry,
-                               device.reference_direction, dtype=dtype)
+        rhs = STORightHandSide(
+            array.coupling_transposed_oe(),
+            array.oscillator_parameters(),
+            device.torque_asymmetry,
+            device.reference_direction,
+            dtype=dtype,
+        )
         _stosim_step(array, m0, weights, steps, dt)  # compile / warm up
         _odeint_step(rhs, m0, weights, 5, dt)
         _torch_rk4_step(rhs, m0, weights, 5, dt)
         _odeint_backprop_step(rhs, m0, weights, 5, dt)
         case = (m0, weights, steps, dt)
-        paths = {"stosim": functools.partial(_stosim_step, array, *case),
-                 "torch_backprop": functools.partial(_torch_rk4_step, rhs, *case),
-                 "odeint_backprop": functools.partial(_odeint_backprop_step, rhs, *case),
-                 "odeint_adjoint": functools.partial(_odeint_step, rhs, *case)}
+        paths = {
+            "stosim": functools.partial(_stosim_step, array, *case),
+            "torch_backprop": functools.partial(_torch_rk4_step, rhs, *case),
+            "odeint_backprop": functools.partial(_odeint_backprop_step, rhs, *case),
+            "odeint_adjoint": functools.partial(_odeint_step, rhs, *case),
+        }
         times: dict[str, list[float]] = {k: [] for k in paths}
         for r in range(repeats):  # interleaved, rotated order
             keys = list(paths)
-            for key in keys[r % 4:] + keys[:r % 4]:
+            for key in keys[r % 4 :] + keys[: r % 4]:
                 times[key].append(_time(paths[key], 1))
             if matmul is not None:
                 matmul.round(r)
@@ -217,8 +224,12 @@ print(status("VmHWM") - base)
 
 def bench_memory(method: str = "stosim", batch: int = 256) -> int:
     """Peak resident-set growth (bytes) of one forward + backward, N = 200, 300 steps, float64, fresh process."""
-    res = subprocess.run([sys.executable, "-c", _MEMORY_CHILD.format(repo=str(REPO), batch=batch, method=method)],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD.format(repo=str(REPO), batch=batch, method=method)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(res.stdout.strip().splitlines()[-1])
 
 
@@ -241,8 +252,7 @@ def bench_mnist_epoch(batches: int, substrate: str = "sto") -> tuple[float, str]
     """One MNIST epoch (N = 200, T = 300 ps at 1 ps, batch 500, float32), extrapolated from ``batches`` batches."""
     from stosim.studies.training import TrainConfig, build_model
 
-    cfg = TrainConfig(substrate=substrate, dataset="mnist", n=200, batch_size=MNIST_BATCH, dtype="float32",
-                      lr=1e-3)
+    cfg = TrainConfig(substrate=substrate, dataset="mnist", n=200, batch_size=MNIST_BATCH, dtype="float32", lr=1e-3)
     model = build_model(cfg, MNIST_PIXELS, 10, (28, 28))
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     gen = torch.Generator().manual_seed(0)
@@ -257,9 +267,13 @@ def bench_mnist_epoch(batches: int, substrate: str = "sto") -> tuple[float, str]
 
     one()  # warm up (compiles on a cold cache)
     times = [_time(one, 1) for _ in range(batches)]
-    return (statistics.median(times) * n_batches,
-            (f"EXTRAPOLATED: median of {batches} timed batches x {n_batches} batches ({MNIST_IMAGES} images, "
-             f"batch {MNIST_BATCH}, {substrate}, random pixels of MNIST's shape)"))
+    return (
+        statistics.median(times) * n_batches,
+        (
+            f"EXTRAPOLATED: median of {batches} timed batches x {n_batches} batches ({MNIST_IMAGES} images, "
+            f"batch {MNIST_BATCH}, {substrate}, random pixels of MNIST's shape)"
+        ),
+    )
 
 
 def main() -> None:
@@ -274,8 +288,9 @@ def main() -> None:
     args = parser.parse_args()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     _, array, _, _ = _setup(N_TRAIN, 2, torch.float64)
-    matmul = MatmulBench(numba.get_num_threads(), array.coupling_transposed_oe(),
-                         shapes=((32, N_TRAIN), (64, N_TRAIN), (256, N_TRAIN)))
+    matmul = MatmulBench(
+        numba.get_num_threads(), array.coupling_transposed_oe(), shapes=((32, N_TRAIN), (64, N_TRAIN), (256, N_TRAIN))
+    )
     res = bench_gradients(repeats=2 if args.quick else 3, matmul=matmul)
     res["peak_memory_bytes_n200_b256_300steps"] = bench_memory("stosim", 256)
     for key in ("stosim", "torch_backprop", "odeint_backprop", "odeint_adjoint"):
@@ -288,36 +303,54 @@ def main() -> None:
         res["deep_mnist_epoch_limit_s"] = mnist_epoch_flops("deep-sto") / (res["matmul_peak_gflops_float32"] * 1e9)
     res["loadavg_before"] = load_before
     res["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"threads: {res['threads']} (Numba and torch); load average before {load_before}, "
-          f"after {res['loadavg_after']}")
-    print(f"{'one batch (N=200, B=64, 300 x 1 ps)':36s} {'stosim':>8s} {'torch RK4 bp':>13s} {'odeint bp':>10s} "
-          f"{'odeint_adj':>10s}   ratios (other / stosim)")
+    print(
+        f"threads: {res['threads']} (Numba and torch); load average before {load_before}, after {res['loadavg_after']}"
+    )
+    print(
+        f"{'one batch (N=200, B=64, 300 x 1 ps)':36s} {'stosim':>8s} {'torch RK4 bp':>13s} {'odeint bp':>10s} "
+        f"{'odeint_adj':>10s}   ratios (other / stosim)"
+    )
     for name in ("float64", "float32"):
-        print(f"{'forward+backward ' + name:36s} {res[f'stosim_step_s_{name}']:7.3f}s "
-              f"{res[f'torch_backprop_step_s_{name}']:12.3f}s {res[f'odeint_backprop_step_s_{name}']:9.3f}s "
-              f"{res[f'odeint_adjoint_step_s_{name}']:9.3f}s   {res[f'ratio_vs_torch_backprop_{name}']:.1f}x "
-              f"{res[f'ratio_vs_odeint_backprop_{name}']:.1f}x {res[f'ratio_vs_odeint_adjoint_{name}']:.1f}x")
+        print(
+            f"{'forward+backward ' + name:36s} {res[f'stosim_step_s_{name}']:7.3f}s "
+            f"{res[f'torch_backprop_step_s_{name}']:12.3f}s {res[f'odeint_backprop_step_s_{name}']:9.3f}s "
+            f"{res[f'odeint_adjoint_step_s_{name}']:9.3f}s   {res[f'ratio_vs_torch_backprop_{name}']:.1f}x "
+            f"{res[f'ratio_vs_odeint_backprop_{name}']:.1f}x {res[f'ratio_vs_odeint_adjoint_{name}']:.1f}x"
+        )
+
     def mib(key: str) -> float:
         return res[f"peak_memory_bytes_{key}_n200_b64_300steps"] / 2**20
 
-    print(f"{'peak memory float64 (MiB)':36s} {mib('stosim'):7.0f}  {mib('torch_backprop'):12.0f}  "
-          f"{mib('odeint_backprop'):9.0f}  {mib('odeint_adjoint'):9.0f}")
+    print(
+        f"{'peak memory float64 (MiB)':36s} {mib('stosim'):7.0f}  {mib('torch_backprop'):12.0f}  "
+        f"{mib('odeint_backprop'):9.0f}  {mib('odeint_adjoint'):9.0f}"
+    )
     for name in ("float64", "float32"):
-        print(f"matmul-bound limit {name}: {res[f'train_coupling_products_per_step_{name}']} coupling products "
-              f"(B x N)(N x N) per step = {res[f'train_flops_{name}']:.3g} flops at the peak "
-              f"{res[f'matmul_peak_gflops_{name}']:.1f} GFLOP/s ({res[f'matmul_peak_method_{name}']}, same run) = "
-              f"{res[f'train_limit_s_{name}']:.3f} s; train_fraction_of_matmul_peak "
-              f"{res[f'train_fraction_of_matmul_peak_{name}']:.2f}")
-    print(f"max relative gradient difference (float64) vs torch RK4 backprop: {res['max_rel_grad_diff']:.2e}; "
-          f"vs odeint_adjoint (tangential): {res['max_rel_grad_diff_vs_odeint_adjoint_tangential']:.2e}")
-    print(f"peak memory of stosim, N=200, batch 256, 300 steps: "
-          f"{res['peak_memory_bytes_n200_b256_300steps'] / 2**20:.0f} MiB")
-    print(f"one MNIST epoch (N=200, T=300 ps, batch 500, float32): {res['mnist_epoch_s']:.0f} s "
-          f"({res['mnist_epoch_note']}); matmul-bound limit {res['mnist_epoch_limit_s']:.0f} s "
-          f"({res['mnist_epoch_flops']:.3g} flops at the float32 peak)")
+        print(
+            f"matmul-bound limit {name}: {res[f'train_coupling_products_per_step_{name}']} coupling products "
+            f"(B x N)(N x N) per step = {res[f'train_flops_{name}']:.3g} flops at the peak "
+            f"{res[f'matmul_peak_gflops_{name}']:.1f} GFLOP/s ({res[f'matmul_peak_method_{name}']}, same run) = "
+            f"{res[f'train_limit_s_{name}']:.3f} s; train_fraction_of_matmul_peak "
+            f"{res[f'train_fraction_of_matmul_peak_{name}']:.2f}"
+        )
+    print(
+        f"max relative gradient difference (float64) vs torch RK4 backprop: {res['max_rel_grad_diff']:.2e}; "
+        f"vs odeint_adjoint (tangential): {res['max_rel_grad_diff_vs_odeint_adjoint_tangential']:.2e}"
+    )
+    print(
+        f"peak memory of stosim, N=200, batch 256, 300 steps: "
+        f"{res['peak_memory_bytes_n200_b256_300steps'] / 2**20:.0f} MiB"
+    )
+    print(
+        f"one MNIST epoch (N=200, T=300 ps, batch 500, float32): {res['mnist_epoch_s']:.0f} s "
+        f"({res['mnist_epoch_note']}); matmul-bound limit {res['mnist_epoch_limit_s']:.0f} s "
+        f"({res['mnist_epoch_flops']:.3g} flops at the float32 peak)"
+    )
     if args.deep:
-        print(f"deep STOs: {res['deep_mnist_epoch_s']:.0f} s ({res['deep_mnist_epoch_note']}); "
-              f"limit {res['deep_mnist_epoch_limit_s']:.0f} s")
+        print(
+            f"deep STOs: {res['deep_mnist_epoch_s']:.0f} s ({res['deep_mnist_epoch_note']}); "
+            f"limit {res['deep_mnist_epoch_limit_s']:.0f} s"
+        )
     if args.json:
         print(json.dumps(res))
 

@@ -35,15 +35,24 @@ import torch
 
 from stosim.storage import atomic_output
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "load_checkpoint", "restore_model",
-           "restore_optimizer", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "restore_model",
+    "restore_optimizer",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = 1  # absent in checkpoints written before the format was numbered (same layout)
 _KEYS = frozenset({"model", "optimizer", "epoch", "history", "config", "wall_time_s"})
 _HISTORY_KEYS = frozenset({"epoch", "train_loss", "train_accuracy", "test_accuracy", "epoch_time_s"})
 # optimizer state entries per parameter: Adam / AdamW, SGD with momentum
-_OPTIMIZER_STATE_KEYS = {"adam": frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}),
-                         "sgd": frozenset({"momentum_buffer"})}
+_OPTIMIZER_STATE_KEYS = {
+    "adam": frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}),
+    "sgd": frozenset({"momentum_buffer"}),
+}
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -66,14 +75,28 @@ class Checkpoint:
     settings: Any = None  # what ``validate_config`` made of ``config`` (None without it)
 
 
-def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                    history: list[dict[str, Any]], config: dict[str, Any], wall_time_s: float) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    history: list[dict[str, Any]],
+    config: dict[str, Any],
+    wall_time_s: float,
+) -> Path:
     """Write a checkpoint atomically (temporary file beside ``path``, then rename): a crash leaves
     the previous checkpoint or this one."""
     path = Path(path)
-    state = {"format": CHECKPOINT_FORMAT, "model": dict(model.state_dict()), "optimizer": optimizer.state_dict(),
-             "epoch": int(epoch), "history": [dict(h) for h in history], "config": dict(config),
-             "wall_time_s": float(wall_time_s)}
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model": dict(model.state_dict()),
+        "optimizer": optimizer.state_dict(),
+        "epoch": int(epoch),
+        "history": [dict(h) for h in history],
+        "config": dict(config),
+        "wall_time_s": float(wall_time_s),
+    }
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
     return path
@@ -109,8 +132,10 @@ def _read(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         # the weights-only unpickler names what it refused, e.g. "Unsupported global: GLOBAL posix.system"
         lines = str(exc).splitlines()
-        detail = next((line.strip() for line in lines if "unsupported" in line.lower() or "global" in line.lower()),
-                      _first_line(exc))
+        detail = next(
+            (line.strip() for line in lines if "unsupported" in line.lower() or "global" in line.lower()),
+            _first_line(exc),
+        )
         raise _fail(path, f"refused: it holds something other than tensors and plain data ({detail})") from None
     except Exception as exc:  # a damaged archive: RuntimeError, EOFError, zipfile errors, ...
         raise _fail(path, f"damaged or not a checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
@@ -228,8 +253,9 @@ def load_checkpoint(path: str | Path, validate_config: Callable[[dict[str, Any]]
     keys = {str(k) for k in raw}
     missing, extra = sorted(_KEYS - keys), sorted(keys - _KEYS - {"format"})
     if missing or extra:
-        parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(extra)}"] if extra
-                                                                        else [])
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unknown {', '.join(extra)}"] if extra else []
+        )
         raise _fail(path, f"{'; '.join(parts)} (expected keys {', '.join(sorted(_KEYS))})")
     if raw.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
         raise _fail(path, f"format = {raw['format']!r}; this version reads format {CHECKPOINT_FORMAT}")
@@ -260,8 +286,16 @@ def load_checkpoint(path: str | Path, validate_config: Callable[[dict[str, Any]]
             raise _fail(path, f"model has a key of type {type(name).__name__}; keys must be text")
         _check_tensor(path, tensor, f"model.{name}")
     optimizer = _check_optimizer_layout(path, raw["optimizer"])
-    return Checkpoint(path=path, model=dict(model), optimizer=optimizer, epoch=epoch, history=history,
-                      config=config, wall_time_s=wall, settings=settings)
+    return Checkpoint(
+        path=path,
+        model=dict(model),
+        optimizer=optimizer,
+        epoch=epoch,
+        history=history,
+        config=config,
+        wall_time_s=wall,
+        settings=settings,
+    )
 
 
 def restore_model(ckpt: Checkpoint, model: torch.nn.Module) -> None:
@@ -270,13 +304,19 @@ def restore_model(ckpt: Checkpoint, model: torch.nn.Module) -> None:
     expected = model.state_dict()
     missing, extra = sorted(set(expected) - set(ckpt.model)), sorted(set(ckpt.model) - set(expected))
     if missing or extra:
-        raise _fail(ckpt.path, f"model tensors do not match the configured model (missing: {missing or 'none'}; "
-                               f"unexpected: {extra or 'none'})")
+        raise _fail(
+            ckpt.path,
+            f"model tensors do not match the configured model (missing: {missing or 'none'}; "
+            f"unexpected: {extra or 'none'})",
+        )
     for name, ref in expected.items():
         got = ckpt.model[name]
         if got.shape != ref.shape or got.dtype != ref.dtype:
-            raise _fail(ckpt.path, f"model.{name} has shape {tuple(got.shape)} and dtype {got.dtype}; the configured "
-                                   f"model needs shape {tuple(ref.shape)} and dtype {ref.dtype}")
+            raise _fail(
+                ckpt.path,
+                f"model.{name} has shape {tuple(got.shape)} and dtype {got.dtype}; the configured "
+                f"model needs shape {tuple(ref.shape)} and dtype {ref.dtype}",
+            )
     model.load_state_dict(ckpt.model)
 
 
@@ -296,13 +336,19 @@ def restore_optimizer(ckpt: Checkpoint, optimizer: torch.optim.Optimizer) -> Non
     kind = _optimizer_kind(optimizer)
     for k, (group, ref) in enumerate(zip(groups, fresh)):
         if group["params"] != ref["params"]:
-            raise _fail(path, f"optimizer.param_groups[{k}] lists parameters {group['params']}; the configured "
-                              f"model has {ref['params']}")
+            raise _fail(
+                path,
+                f"optimizer.param_groups[{k}] lists parameters {group['params']}; the configured "
+                f"model has {ref['params']}",
+            )
         marker = "betas" if kind == "adam" else "momentum"
         if marker not in group:
             raise _fail(path, f"optimizer state is not that of the configured optimizer ({kind}: no {marker})")
-    params = {index: p for group, ref in zip(optimizer.param_groups, fresh) for index, p in zip(ref["params"],
-                                                                                               group["params"])}
+    params = {
+        index: p
+        for group, ref in zip(optimizer.param_groups, fresh)
+        for index, p in zip(ref["params"], group["params"])
+    }
     for index, entry in saved["state"].items():
         if index not in params:
             raise _fail(path, f"optimizer.state has an entry for parameter {index}, which the model does not have")
@@ -315,12 +361,19 @@ def restore_optimizer(ckpt: Checkpoint, optimizer: torch.optim.Optimizer) -> Non
                 step = float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value
                 if not _is_number(step) or step < 0 or step != math.floor(step):
                     raise _fail(path, f"optimizer.state[{index}].step must be a whole number >= 0, found {value!r:.40}")
-            elif value is not None and (not isinstance(value, torch.Tensor) or value.shape != param.shape
-                                        or value.dtype != param.dtype):
-                found = f"shape {tuple(value.shape)}, dtype {value.dtype}" if isinstance(value, torch.Tensor) else \
-                    type(value).__name__
-                raise _fail(path, f"optimizer.state[{index}].{key} has {found}; parameter {index} has shape "
-                                  f"{tuple(param.shape)}, dtype {param.dtype}")
+            elif value is not None and (
+                not isinstance(value, torch.Tensor) or value.shape != param.shape or value.dtype != param.dtype
+            ):
+                found = (
+                    f"shape {tuple(value.shape)}, dtype {value.dtype}"
+                    if isinstance(value, torch.Tensor)
+                    else type(value).__name__
+                )
+                raise _fail(
+                    path,
+                    f"optimizer.state[{index}].{key} has {found}; parameter {index} has shape "
+                    f"{tuple(param.shape)}, dtype {param.dtype}",
+                )
     try:
         optimizer.load_state_dict(saved)
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:

@@ -10,8 +10,17 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_FILE_BYTES", "MAX_NESTING", "MAX_SEED", "MAX_STEPS", "check_count", "check_seed", "check_steps",
-           "nesting_depth", "read_toml"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "MAX_NESTING",
+    "MAX_SEED",
+    "MAX_STEPS",
+    "check_count",
+    "check_seed",
+    "check_steps",
+    "nesting_depth",
+    "read_toml",
+]
 
 # the largest seed: numpy's SeedSequence takes any integer >= 0 and torch's manual_seed any below 2**64, but
 # the digits train/test split (scikit-learn's random_state) takes 32-bit seeds only, and the training order
@@ -42,8 +51,10 @@ def check_seed(value: object, name: str = "seed") -> int:
 def check_steps(n_steps: float, duration: str = "duration", dt: str = "dt") -> float:
     """``n_steps`` (= duration / dt) unless it exceeds MAX_STEPS; the ValueError names both keys."""
     if not n_steps <= MAX_STEPS:
-        raise ValueError(f"{duration} / {dt} = {n_steps:.3g} integration steps is out of range; valid: at most "
-                         f"{MAX_STEPS:.0e} steps (choose a larger {dt} or a shorter {duration})")
+        raise ValueError(
+            f"{duration} / {dt} = {n_steps:.3g} integration steps is out of range; valid: at most "
+            f"{MAX_STEPS:.0e} steps (choose a larger {dt} or a shorter {duration})"
+        )
     return n_steps
 
 
@@ -75,8 +86,9 @@ def read_toml(path: str | Path, error: type[ValueError] = ValueError, what: str 
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{path}: cannot read {what}: not a regular file")
         if info.st_size > MAX_FILE_BYTES:
-            raise error(f"{path}: {what} of {info.st_size} bytes is too large; valid: at most "
-                        f"{MAX_FILE_BYTES} bytes (1 MiB)")
+            raise error(
+                f"{path}: {what} of {info.st_size} bytes is too large; valid: at most {MAX_FILE_BYTES} bytes (1 MiB)"
+            )
         with open(path, "rb") as handle:
             data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
@@ -92,9 +104,11 @@ def read_toml(path: str | Path, error: type[ValueError] = ValueError, what: str 
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: not valid TOML: {exc}") from None
     except RecursionError:
-        raise error(f"{path}: not valid TOML: arrays or inline tables nested too deeply; valid: at most "
-                    f"{MAX_NESTING} levels") from None
+        raise error(
+            f"{path}: not valid TOML: arrays or inline tables nested too deeply; valid: at most {MAX_NESTING} levels"
+        ) from None
     if nesting_depth(raw) > MAX_NESTING:
-        raise error(f"{path}: tables and arrays nested more than {MAX_NESTING} levels deep; valid: at most "
-                    f"{MAX_NESTING} levels")
+        raise error(
+            f"{path}: tables and arrays nested more than {MAX_NESTING} levels deep; valid: at most {MAX_NESTING} levels"
+        )
     return raw

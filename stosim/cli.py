@@ -1,14 +1,14 @@
 """Command-line interface: the only place that parses flags, prints and shows progress.
 
-    stosim validate FILE...                 check device/experiment/sweep/station files without running
-    stosim describe [FILE]                  resolved device parameters with units
-    stosim simulate [options] --out FILE.h5 run a coupled STO array, write the trajectory
-    stosim train [options]                  train a reservoir model (default: coupled STOs on digits)
-    stosim lyapunov [options]               Lyapunov exponents, Kaplan-Yorke dimension, KS entropy
-    stosim ftmle [options] --out FILE.h5    per-sample FTMLE over a dataset (untrained or trained model)
-    stosim compare FILE.toml... --seeds ... several experiments over seeds -> Markdown table
-    stosim sweep SPEC.toml --out FILE.h5    a parameter sweep on dask.distributed (resumable)
-    stosim plot FILE.h5 --x DIM [--y DIM] --var NAME   heat map / line plot of a sweep
+stosim validate FILE...                 check device/experiment/sweep/station files without running
+stosim describe [FILE]                  resolved device parameters with units
+stosim simulate [options] --out FILE.h5 run a coupled STO array, write the trajectory
+stosim train [options]                  train a reservoir model (default: coupled STOs on digits)
+stosim lyapunov [options]               Lyapunov exponents, Kaplan-Yorke dimension, KS entropy
+stosim ftmle [options] --out FILE.h5    per-sample FTMLE over a dataset (untrained or trained model)
+stosim compare FILE.toml... --seeds ... several experiments over seeds -> Markdown table
+stosim sweep SPEC.toml --out FILE.h5    a parameter sweep on dask.distributed (resumable)
+stosim plot FILE.h5 --x DIM [--y DIM] --var NAME   heat map / line plot of a sweep
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ class _Progress:
         if now - self.last_s >= PLAIN_PROGRESS_S:
             self.last_s = now
             units = self.unit + ("es" if self.unit.endswith("ch") else "s")
-            print(f"{self.desc}: {done} / {n_total} {units} ({100 * done / n_total:.0f} %)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{self.desc}: {done} / {n_total} {units} ({100 * done / n_total:.0f} %)", file=sys.stderr, flush=True
+            )
 
     def start(self, desc: str) -> None:
         """A new pass (an epoch): the bar starts again under ``desc``."""
@@ -101,8 +102,9 @@ def _announce_compilation(*modules: str) -> None:
         cache = getattr(kernel, "_cache", None)
         index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
         source = getattr(getattr(getattr(cache, "_impl", None), "locator", None), "_py_file", None)
-        return bool(kernel.signatures) or bool(index and source and os.path.exists(index)
-                                               and os.path.getmtime(index) >= os.path.getmtime(source))
+        return bool(kernel.signatures) or bool(
+            index and source and os.path.exists(index) and os.path.getmtime(index) >= os.path.getmtime(source)
+        )
 
     try:  # a module is cold when none of its entry kernels is warm
         cold = [m for m in modules if (kernels := _kernel_dispatchers(m)) and not any(warm(k) for k in kernels)]
@@ -135,13 +137,15 @@ def _angles(text: str) -> tuple[float, float]:
         theta, phi = (float(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--initial-angles {text!r}: expected THETA_DEG,PHI_DEG such as 30,0") from None
+            f"--initial-angles {text!r}: expected THETA_DEG,PHI_DEG such as 30,0"
+        ) from None
     return theta, phi
 
 
 def _seed(flag: str):
     """Parser of a seed flag: an integer >= 0 (the entropy of a numpy.random.SeedSequence), refused when
     parsed, before any work, with the flag named."""
+
     def parse(text: str) -> int:
         from stosim.checks import MAX_SEED
 
@@ -163,8 +167,13 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if (action.option_strings and default not in (None, argparse.SUPPRESS) and not isinstance(default, bool)
-                and "default" not in text and action.nargs != 0):
+        if (
+            action.option_strings
+            and default not in (None, argparse.SUPPRESS)
+            and not isinstance(default, bool)
+            and "default" not in text
+            and action.nargs != 0
+        ):
             text += f" (default: {default})"
         return text
 
@@ -251,13 +260,13 @@ _CONFIG_FLAG_HELP = {
     "hidden": "hidden units of mlp / cnn (default 3 n, the feature count of n STOs)",
     "variability": "relative spread of each STO's H_K, alpha and I (default 0: identical devices)",
     "readout_only": "fixed random read-in, ridge readout (default: train read-in and readout through the "
-                    "substrate; non-differentiable substrates always use the ridge readout)",
+    "substrate; non-differentiable substrates always use the ridge readout)",
     "download": "fetch missing IDX files, checksummed (default: no network)",
     "method": "largest singular value of the flow Jacobian: exact SVD, lanczos, power (default auto: by size)",
     "overwrite": "replace an existing --out",
     "json": "print one JSON line with the summary",
     "data_dir": "folder with the IDX files of mnist / fashion-mnist (default: the cache folder; relative "
-                "paths in --config files are relative to the file)",
+    "paths in --config files are relative to the file)",
 }
 
 
@@ -292,60 +301,111 @@ def build_parser() -> argparse.ArgumentParser:
     from stosim import __version__
     from stosim.substrate_choices import ftmle_choices, lyapunov_choices, model_kind_choices
 
-    parser = argparse.ArgumentParser(prog="stosim", description="Spin-torque-oscillator reservoir simulator",
-                                     epilog=_EPILOGS["stosim"], formatter_class=_HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="stosim",
+        description="Spin-torque-oscillator reservoir simulator",
+        epilog=_EPILOGS["stosim"],
+        formatter_class=_HelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"stosim {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more diagnostics on stderr (-v: info, -vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more diagnostics on stderr (-v: info, -vv: debug)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("validate",
-                       help="check device files, experiment configs, sweep specs and station files without running")
+    p = sub.add_parser(
+        "validate", help="check device files, experiment configs, sweep specs and station files without running"
+    )
     p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--allow-driver", action="append", default=[], metavar="MODULE:CLASS",
-                   help="station files: accept this user driver class by name (validation never imports it; "
-                        "its hardware limits are checked when the station is loaded to run)")
+    p.add_argument(
+        "--allow-driver",
+        action="append",
+        default=[],
+        metavar="MODULE:CLASS",
+        help="station files: accept this user driver class by name (validation never imports it; "
+        "its hardware limits are checked when the station is loaded to run)",
+    )
 
     p = sub.add_parser("describe", help="print a device file's resolved parameters with units")
     p.add_argument("file", nargs="?", type=Path, default=None, help="device TOML (default: the seed study's pMTJ)")
 
     p = sub.add_parser("simulate", help="simulate a coupled STO array and write its trajectory (HDF5)")
     p.add_argument("--device", type=Path, default=None, help="device TOML (default: devices/seed-pmtj.toml)")
-    p.add_argument("--n", type=int, default=None, help="number of oscillators N (default 10, or the size of "
-                   "--coupling-matrix)")
-    p.add_argument("--coupling", type=_quantity("field", "--coupling"), default=500.0,
-                   help="coupling magnitude mu, e.g. '500 Oe' (default 500 Oe)")
-    p.add_argument("--current", type=_quantity("current", "--current"), default=None,
-                   help="bias current, e.g. '2.5 mA' (default: the device file's)")
+    p.add_argument(
+        "--n", type=int, default=None, help="number of oscillators N (default 10, or the size of --coupling-matrix)"
+    )
+    p.add_argument(
+        "--coupling",
+        type=_quantity("field", "--coupling"),
+        default=500.0,
+        help="coupling magnitude mu, e.g. '500 Oe' (default 500 Oe)",
+    )
+    p.add_argument(
+        "--current",
+        type=_quantity("current", "--current"),
+        default=None,
+        help="bias current, e.g. '2.5 mA' (default: the device file's)",
+    )
     p.add_argument("--duration", type=_quantity("time", "--duration"), default=20e-9, help="e.g. '20 ns' (default)")
     p.add_argument("--dt", type=_quantity("time", "--dt"), default=1e-12, help="time step, e.g. '1 ps' (default)")
     p.add_argument("--seed", type=_seed("--seed"), default=0, help="seed of W, initial state and noise (default 0)")
     init = p.add_mutually_exclusive_group()
-    init.add_argument("--initial-angles", type=_angles, default=None, metavar="THETA_DEG,PHI_DEG",
-                      help="all oscillators start at these polar/azimuthal angles (default: random, seeded)")
+    init.add_argument(
+        "--initial-angles",
+        type=_angles,
+        default=None,
+        metavar="THETA_DEG,PHI_DEG",
+        help="all oscillators start at these polar/azimuthal angles (default: random, seeded)",
+    )
     init.add_argument("--initial", type=Path, default=None, metavar="FILE.npy", help="(N, 3) initial states")
-    p.add_argument("--coupling-matrix", type=Path, default=None, metavar="FILE.npy",
-                   help="explicit (N, N) coupling matrix W, used as is (default: random, spectral radius 1)")
-    p.add_argument("--temperature", type=_quantity("temperature", "--temperature"), default=0.0,
-                   help="thermal noise at this temperature, e.g. '300 K' (default 0 K: none)")
+    p.add_argument(
+        "--coupling-matrix",
+        type=Path,
+        default=None,
+        metavar="FILE.npy",
+        help="explicit (N, N) coupling matrix W, used as is (default: random, spectral radius 1)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=_quantity("temperature", "--temperature"),
+        default=0.0,
+        help="thermal noise at this temperature, e.g. '300 K' (default 0 K: none)",
+    )
     p.add_argument("--observation-snr", type=float, default=None, metavar="DB", help="observation noise SNR in dB")
     p.add_argument("--dynamical-snr", type=float, default=None, metavar="DB", help="dynamical noise SNR in dB")
-    p.add_argument("--dynamical-noise-reference", type=_quantity("time", "--dynamical-noise-reference"), default=None,
-                   metavar="TIME", help="e.g. '1 ps': the dynamical SNR is that of the noise accumulated over this "
-                   "time (independent of --dt); default: per step (dt-dependent)")
-    p.add_argument("--save-every", type=int, default=None, metavar="K",
-                   help="record every K steps (default 10, or the number of steps of a shorter run: its start and end)")
+    p.add_argument(
+        "--dynamical-noise-reference",
+        type=_quantity("time", "--dynamical-noise-reference"),
+        default=None,
+        metavar="TIME",
+        help="e.g. '1 ps': the dynamical SNR is that of the noise accumulated over this "
+        "time (independent of --dt); default: per step (dt-dependent)",
+    )
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="record every K steps (default 10, or the number of steps of a shorter run: its start and end)",
+    )
     p.add_argument("--float32", action="store_true", help="simulate in float32 (default float64)")
     p.add_argument("--out", type=Path, required=True, help="output trajectory file (.h5)")
     p.add_argument("--plot", type=Path, default=None, help="also draw m(t) and the TMR signal to this PNG")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print one JSON line with the run's summary")
-    p.add_argument("--allow-beyond-limits", action="store_true",
-                   help="run even beyond the device's maximum current / breakdown voltage (recorded in the output)")
+    p.add_argument(
+        "--allow-beyond-limits",
+        action="store_true",
+        help="run even beyond the device's maximum current / breakdown voltage (recorded in the output)",
+    )
     p = sub.add_parser("train", help="train a reservoir model (or a baseline) and evaluate it")
     p.add_argument("--config", type=Path, default=None, help="experiment TOML (experiments/...); flags override it")
-    p.add_argument("--substrate", choices=model_kind_choices(), metavar="NAME",
-                   help="model kind: a substrate's reservoir model or a baseline (docs/substrates.md)")
+    p.add_argument(
+        "--substrate",
+        choices=model_kind_choices(),
+        metavar="NAME",
+        help="model kind: a substrate's reservoir model or a baseline (docs/substrates.md)",
+    )
     p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"])
     p.add_argument("--data-dir", type=str, default=None, help="folder with the IDX files (mnist, fashion-mnist)")
     p.add_argument("--download", action="store_true", default=None, help="fetch missing IDX files (checksummed)")
@@ -355,12 +415,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--optimizer", choices=["adam", "sgd"], default=None)
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
-                   help="cosine: decay the lr to 0 over the run (default constant)")
-    p.add_argument("--weight-decay", type=float, default=None,
-                   help="adam: decoupled weight decay (AdamW); sgd: L2 coefficient (default 0)")
-    p.add_argument("--input-offset", type=float, default=None,
-                   help="subtracted from every pixel before the read-in (0.5 centres them; default 0)")
+    p.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default=None,
+        help="cosine: decay the lr to 0 over the run (default constant)",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="adam: decoupled weight decay (AdamW); sgd: L2 coefficient (default 0)",
+    )
+    p.add_argument(
+        "--input-offset",
+        type=float,
+        default=None,
+        help="subtracted from every pixel before the read-in (0.5 centres them; default 0)",
+    )
     p.add_argument("--seed", type=_seed("--seed"), default=None)
     p.add_argument("--float32", action="store_const", const="float32", dest="dtype", default=None)
     p.add_argument("--readout-only", action="store_true", default=None, help="fixed read-in, ridge readout")
@@ -368,8 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=None, help="hidden units of mlp / cnn")
     p.add_argument("--depth", type=int, default=None, help="hidden layers of mlp (default 1)")
     p.add_argument("--activation", choices=["relu", "tanh"], default=None, help="mlp hidden activation (default relu)")
-    p.add_argument("--init-spectral-radius", type=float, default=None, metavar="RHO",
-                   help="mlp (depth >= 2): square hidden weights drawn at spectral radius RHO")
+    p.add_argument(
+        "--init-spectral-radius",
+        type=float,
+        default=None,
+        metavar="RHO",
+        help="mlp (depth >= 2): square hidden weights drawn at spectral radius RHO",
+    )
     p.add_argument("--coupling", type=str, default=None, help="STO coupling mu, e.g. '500 Oe'")
     p.add_argument("--current", type=str, default=None, help="STO bias current, e.g. '2.5 mA'")
     p.add_argument("--duration", type=str, default=None, help="STO: '300 ps'; Lorenz 96: model time, e.g. 1.0")
@@ -382,17 +459,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network-time", choices=["continuous", "discrete"], default=None, help="rate network dynamics")
     p.add_argument("--temperature", type=str, default=None, help="STO thermal noise, e.g. '300 K'")
     p.add_argument("--dynamical-snr", type=float, default=None, metavar="DB")
-    p.add_argument("--dynamical-noise-reference", type=str, default=None, metavar="TIME",
-                   help="e.g. '1 ps': dynamical SNR over this time (independent of --dt); default: per step")
+    p.add_argument(
+        "--dynamical-noise-reference",
+        type=str,
+        default=None,
+        metavar="TIME",
+        help="e.g. '1 ps': dynamical SNR over this time (independent of --dt); default: per step",
+    )
     p.add_argument("--observation-snr", type=float, default=None, metavar="DB")
     p.add_argument("--variability", type=float, default=None, help="relative spread of each STO's H_K, alpha, I")
-    p.add_argument("--noiseless-training", action="store_false", dest="train_with_noise", default=None,
-                   help="train without the noise, evaluate with it (default: both with noise)")
+    p.add_argument(
+        "--noiseless-training",
+        action="store_false",
+        dest="train_with_noise",
+        default=None,
+        help="train without the noise, evaluate with it (default: both with noise)",
+    )
     p.add_argument("--out", type=Path, default=Path("data/train"), help="output folder (default data/train)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print one final JSON line")
-    p.add_argument("--allow-beyond-limits", action="store_true",
-                   help="train even beyond the device's maximum current / breakdown voltage (recorded in metrics.json)")
+    p.add_argument(
+        "--allow-beyond-limits",
+        action="store_true",
+        help="train even beyond the device's maximum current / breakdown voltage (recorded in metrics.json)",
+    )
     p = sub.add_parser("lyapunov", help="Lyapunov exponents of a substrate's autonomous dynamics (QR method)")
     p.add_argument("--substrate", choices=lyapunov_choices(), metavar="NAME", default="sto")
     p.add_argument("--n", type=int, default=None, help="oscillators / nodes / sites (sto 200, ffesn 500, lorenz96 40)")
@@ -402,14 +492,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spectral-radius", type=float, default=None, help="FFESN rho (default 1.5)")
     p.add_argument("--forcing", type=float, default=None, help="Lorenz 96 F (default 8)")
     p.add_argument("--g", type=float, default=None, help="rate network gain g (default 2)")
-    p.add_argument("--time", choices=["continuous", "discrete"], default=None,
-                   help="rate network dynamics (default continuous: exponents in 1/tau; discrete: 1/step)")
+    p.add_argument(
+        "--time",
+        choices=["continuous", "discrete"],
+        default=None,
+        help="rate network dynamics (default continuous: exponents in 1/tau; discrete: 1/step)",
+    )
     p.add_argument("--input-std", type=float, default=None, help="rate network input strength (default 0)")
     p.add_argument("--input-tau", type=float, default=None, help="rate network input correlation time (0: white)")
     p.add_argument("--zero-diagonal", action="store_true", default=None, help="rate network: J_ii = 0")
     p.add_argument("--exponents", type=int, default=1, help="how many leading exponents (default 1: the MLE)")
-    p.add_argument("--duration", type=str, default=None,
-                   help="averaging time (sto: '200 ns'; lorenz96: model time 1000; ffesn: steps 2000)")
+    p.add_argument(
+        "--duration",
+        type=str,
+        default=None,
+        help="averaging time (sto: '200 ns'; lorenz96: model time 1000; ffesn: steps 2000)",
+    )
     p.add_argument("--transient", type=str, default=None, help="discarded time before averaging, same units")
     p.add_argument("--dt", type=str, default=None, help="step (sto: '1 ps'; lorenz96: 0.01)")
     p.add_argument("--seed", type=_seed("--seed"), default=0)
@@ -419,22 +517,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_seed("--seeds"), nargs="+", default=None, help="seeds to train (default 0 1 2)")
     p.add_argument("--out", type=Path, default=Path("data/compare"), help="run folders (default data/compare)")
     p.add_argument("--markdown", type=Path, default=None, help="table file (default OUT/table.md)")
-    p.add_argument("--finished-only", action="store_true",
-                   help="train nothing: tabulate the runs already finished in OUT (any seeds)")
+    p.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="train nothing: tabulate the runs already finished in OUT (any seeds)",
+    )
     p = sub.add_parser("sweep", help="run a parameter sweep (TOML spec) on dask.distributed; resumable HDF5 output")
     p.add_argument("spec", type=Path, help="sweep spec (experiments/*.toml with kind, [base], [grid])")
     p.add_argument("--out", type=Path, default=None, help="output file (.h5); required unless --dry-run")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=None,
-                       help="worker processes of a loopback LocalCluster, one thread each (default: CPU cores)")
-    where.add_argument("--scheduler", type=str, default=None, metavar="tcp://HOST:PORT",
-                       help="use an existing dask scheduler instead of a LocalCluster")
+    where.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes of a loopback LocalCluster, one thread each (default: CPU cores)",
+    )
+    where.add_argument(
+        "--scheduler",
+        type=str,
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help="use an existing dask scheduler instead of a LocalCluster",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue --out: run only the points not yet done")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing point (after saving)")
-    p.add_argument("--flush-seconds", type=float, default=1.0,
-                   help="save finished points at most this long after they finish (default 1 s)")
+    p.add_argument(
+        "--flush-seconds",
+        type=float,
+        default=1.0,
+        help="save finished points at most this long after they finish (default 1 s)",
+    )
     p.add_argument("--dry-run", action="store_true", help="validate the spec and list the dimensions; run nothing")
     p.add_argument("--list-points", action="store_true", help="with --dry-run: also print every point's coordinates")
     p.add_argument("--json", action="store_true", help="print one JSON line with the summary")
@@ -443,31 +557,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--x", required=True, help="dimension on the x axis")
     p.add_argument("--y", default=None, help="dimension on the y axis (a heat map, mean over seeds)")
     p.add_argument("--var", required=True, help="variable to plot, e.g. test_accuracy or mle")
-    p.add_argument("--band", choices=["minmax", "std"], default="minmax",
-                   help="line plots: band over seeds, min-max (default) or mean +/- std")
+    p.add_argument(
+        "--band",
+        choices=["minmax", "std"],
+        default="minmax",
+        help="line plots: band over seeds, min-max (default) or mean +/- std",
+    )
     p.add_argument("--hue", default=None, help="line plots: one line per value of this dimension")
     p.add_argument("--out", type=Path, default=None, help="PNG (default: FILE-VAR-X[-Y].png beside FILE)")
-    p.add_argument("--lyapunov-time", type=Path, default=None, metavar="MLE_SWEEP.h5",
-                   help="heat maps: draw the Lyapunov time 1/MLE of this MLE sweep over --x, in --y's units")
+    p.add_argument(
+        "--lyapunov-time",
+        type=Path,
+        default=None,
+        metavar="MLE_SWEEP.h5",
+        help="heat maps: draw the Lyapunov time 1/MLE of this MLE sweep over --x, in --y's units",
+    )
     p.add_argument("--lyapunov-var", default="mle", help="variable of --lyapunov-time (default mle)")
-    p = sub.add_parser("visualize", help="state-space pictures: PCA of state trajectories, 3-D Lorenz 96, flow "
-                       "of digits through STO / deep-STO networks, STO time series (state_space_*.png)")
-    p.add_argument("--figure", action="append", default=None,
-                   choices=["pca", "ffesn", "lorenz96", "sto-flow", "sto-timeseries"],
-                   help="figure to draw (repeatable; default all)")
-    p.add_argument("--scale", choices=["tiny", "small"], default="small",
-                   help="sizes: small (docs/figures, minutes) or tiny (seconds, for tests)")
+    p = sub.add_parser(
+        "visualize",
+        help="state-space pictures: PCA of state trajectories, 3-D Lorenz 96, flow "
+        "of digits through STO / deep-STO networks, STO time series (state_space_*.png)",
+    )
+    p.add_argument(
+        "--figure",
+        action="append",
+        default=None,
+        choices=["pca", "ffesn", "lorenz96", "sto-flow", "sto-timeseries"],
+        help="figure to draw (repeatable; default all)",
+    )
+    p.add_argument(
+        "--scale",
+        choices=["tiny", "small"],
+        default="small",
+        help="sizes: small (docs/figures, minutes) or tiny (seconds, for tests)",
+    )
     p.add_argument("--seed", type=_seed("--seed"), default=0, help="seed of the substrates and read-ins drawn")
     p.add_argument("--out-dir", type=Path, default=Path("docs/figures"), help="folder (default docs/figures)")
     p = sub.add_parser("ftmle", help="per-sample FTMLE of a reservoir over a dataset (untrained or trained)")
     p.add_argument("--config", type=Path, default=None, help="experiment TOML; flags override it")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="a `stosim train` output folder or checkpoint.pt (its configuration and trained read-in)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="a `stosim train` output folder or checkpoint.pt (its configuration and trained read-in)",
+    )
     p.add_argument("--substrate", choices=ftmle_choices(), metavar="NAME", default=None)
     p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default=None)
     p.add_argument("--data-dir", type=str, default=None)
-    for flag, kind in (("--n", int), ("--seed", _seed("--seed")), ("--spectral-radius", float), ("--steps", int),
-                       ("--forcing", float)):
+    for flag, kind in (
+        ("--n", int),
+        ("--seed", _seed("--seed")),
+        ("--spectral-radius", float),
+        ("--steps", int),
+        ("--forcing", float),
+    ):
         p.add_argument(flag, type=kind, default=None)
     p.add_argument("--g", type=float, default=None, help="rate network gain g")
     p.add_argument("--network-time", choices=["continuous", "discrete"], default=None, help="rate network dynamics")
@@ -479,24 +622,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="histogram PNG")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("dnn", help="chaos in conventional networks: toy FTMLE maps, trained vs untrained tables, "
-                       "chaotic initialization (experiments/dnn/*.toml)")
+    p = sub.add_parser(
+        "dnn",
+        help="chaos in conventional networks: toy FTMLE maps, trained vs untrained tables, "
+        "chaotic initialization (experiments/dnn/*.toml)",
+    )
     p.add_argument("spec", type=Path, help="study spec (study = toy-ftmle | init-table | chaotic-init)")
     p.add_argument("--out", type=Path, required=True, help="output folder (results.json, results.md, PNG figures)")
-    p.add_argument("--scale", choices=["file", "study"], default="file",
-                   help="file: the sizes in the spec (default); study: the seed study's sizes (hours)")
+    p.add_argument(
+        "--scale",
+        choices=["file", "study"],
+        default="file",
+        help="file: the sizes in the spec (default); study: the seed study's sizes (hours)",
+    )
     p.add_argument("--data-dir", type=str, default=None, help="MNIST IDX folder (overrides the spec's data_dir)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--json", action="store_true", help="print one final JSON line")
     p = sub.add_parser("rnn-study", help="a rate-network Lyapunov study (experiments/rnn/*.toml): summary and figure")
     p.add_argument("spec", type=Path, help="study spec (experiments/rnn/*.toml)")
     p.add_argument("--out", type=Path, required=True, help="output folder (summary.json, figure.png)")
-    p.add_argument("--scale", choices=["reduced", "full"], default="reduced",
-                   help="reduced: this machine (default); full: the study's scale (use a Dask cluster)")
+    p.add_argument(
+        "--scale",
+        choices=["reduced", "full"],
+        default="reduced",
+        help="reduced: this machine (default); full: the study's scale (use a Dask cluster)",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=None, help="run the points on a loopback Dask LocalCluster")
-    where.add_argument("--scheduler", type=str, default=None, metavar="tcp://HOST:PORT",
-                       help="an existing Dask scheduler")
+    where.add_argument(
+        "--scheduler", type=str, default=None, metavar="tcp://HOST:PORT", help="an existing Dask scheduler"
+    )
     p.add_argument("--figure", type=Path, default=None, help="also copy the figure to this PNG (e.g. docs/figures/)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     _finish_parser(sub)
@@ -564,12 +719,27 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise CLIError(f"--out {args.out} exists; pass --overwrite to replace it")
     check_output_free(args.out)  # refused now rather than after the run while another process writes --out
-    keys = ("substrate", "dataset", "data_dir", "n", "seed", "spectral_radius", "steps", "forcing", "coupling",
-            "current", "duration", "dt", "g", "network_time")
+    keys = (
+        "substrate",
+        "dataset",
+        "data_dir",
+        "n",
+        "seed",
+        "spectral_radius",
+        "steps",
+        "forcing",
+        "coupling",
+        "current",
+        "duration",
+        "dt",
+        "g",
+        "network_time",
+    )
     overrides = _config_overrides(args, keys)
     if args.checkpoint is not None and (overrides or args.config is not None):
-        raise CLIError("--checkpoint takes its configuration from the checkpoint; drop --config and the other "
-                       "model flags")
+        raise CLIError(
+            "--checkpoint takes its configuration from the checkpoint; drop --config and the other model flags"
+        )
     cfg = _train_config(args, overrides)
     _refuse_other_substrate_flags(args, keys, cfg.substrate)
     _check_plain_times(args, cfg)
@@ -585,15 +755,26 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     if args.plot is not None:
         label = "trained" if ds.attrs["trained"] else "untrained"
         shown, shown_unit = _rate_display(values, unit)
-        plot_histogram({label: shown}, args.plot, xlabel=f"FTMLE ({shown_unit})",
-                       title=f"FTMLE over {values.size} test samples")
-    summary = {"mean": float(np.mean(values)), "std": float(np.std(values)), "median": float(np.median(values)),
-               "n_samples": int(values.size), "units": unit, "trained": bool(ds.attrs["trained"]),
-               "all_converged": bool(ds["converged"].values.all()), "out": str(args.out)}
+        plot_histogram(
+            {label: shown}, args.plot, xlabel=f"FTMLE ({shown_unit})", title=f"FTMLE over {values.size} test samples"
+        )
+    summary = {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values)),
+        "median": float(np.median(values)),
+        "n_samples": int(values.size),
+        "units": unit,
+        "trained": bool(ds.attrs["trained"]),
+        "all_converged": bool(ds["converged"].values.all()),
+        "out": str(args.out),
+    }
     shown, shown_unit = _rate_display(values, unit)
-    print(_json_line(summary) if args.json else
-          f"FTMLE over {values.size} samples: mean {np.mean(shown):.4g} {shown_unit}, std {np.std(shown):.3g}, "
-          f"median {np.median(shown):.4g}; wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+    print(
+        _json_line(summary)
+        if args.json
+        else f"FTMLE over {values.size} samples: mean {np.mean(shown):.4g} {shown_unit}, std {np.std(shown):.3g}, "
+        f"median {np.median(shown):.4g}; wrote {args.out}" + (f" and {args.plot}" if args.plot else "")
+    )
     return 0
 
 
@@ -605,8 +786,9 @@ def _describe_ftmle_run(ds, cfg) -> None:
 
     saved = ds.attrs.get("config")
     used = TrainConfig.model_validate(json.loads(saved)) if isinstance(saved, str) else cfg
-    ds.attrs.update(resolved_config=json.dumps(resolved_config(used)), seeds=json.dumps(run_seeds(used)),
-                    stosim_version=__version__)
+    ds.attrs.update(
+        resolved_config=json.dumps(resolved_config(used)), seeds=json.dumps(run_seeds(used)), stosim_version=__version__
+    )
 
 
 def _rate_display(values, unit: str):  # (numpy is imported lazily: no annotations)
@@ -632,15 +814,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"== {name}, seed {seed}", file=sys.stderr)
 
     def on_epoch(rec: dict) -> None:
-        print(f"   epoch {rec['epoch']:3d}  test acc {100 * rec['test_accuracy']:6.2f}%  ({rec['epoch_time_s']:.0f} s)",
-              file=sys.stderr)
+        print(
+            f"   epoch {rec['epoch']:3d}  test acc {100 * rec['test_accuracy']:6.2f}%  ({rec['epoch_time_s']:.0f} s)",
+            file=sys.stderr,
+        )
 
     configs = experiment_files(args.configs)
     if not configs:
         raise CLIError(f"compare: no experiment files given (only {REFERENCE_FILE})")
     if args.finished_only and args.seeds is not None:
-        raise CLIError("--seeds: --finished-only trains nothing and tabulates the finished runs of every seed in "
-                       "--out; drop --seeds (or drop --finished-only to train these seeds)")
+        raise CLIError(
+            "--seeds: --finished-only trains nothing and tabulates the finished runs of every seed in "
+            "--out; drop --seeds (or drop --finished-only to train these seeds)"
+        )
     if args.finished_only:
         results = collect_finished(configs, args.out)
         if not results:
@@ -680,8 +866,12 @@ def _lyapunov_substrate_flags() -> dict[str, tuple[str, str]]:
     substrate_lyapunov), as each substrate's tangent system declares them (stosim.substrates.registry)."""
     from stosim.substrates.registry import specs
 
-    return {flag: (name, keyword) for name, spec in specs().items() if spec.tangent is not None
-            for flag, keyword in spec.tangent.flags.items()}
+    return {
+        flag: (name, keyword)
+        for name, spec in specs().items()
+        if spec.tangent is not None
+        for flag, keyword in spec.tangent.flags.items()
+    }
 
 
 def _lyapunov_parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -693,8 +883,9 @@ def _lyapunov_parameters(args: argparse.Namespace) -> dict[str, Any]:
         if value is None:
             continue
         if substrate != args.substrate:
-            raise CLIError(f"--{key.replace('_', '-')} applies to --substrate {substrate} only, not to "
-                           f"{args.substrate}; drop it")
+            raise CLIError(
+                f"--{key.replace('_', '-')} applies to --substrate {substrate} only, not to {args.substrate}; drop it"
+            )
         params[keyword] = value
     return params
 
@@ -707,33 +898,51 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
     if get(args.substrate).coupled_sto:
         _announce_compilation(*_STO_TANGENT_KERNELS)
     with _step_progress("lyapunov") as progress:
-        result = substrate_lyapunov(args.substrate, n_exponents=args.exponents,
-                                    duration=_substrate_time(args.duration, args.substrate, "--duration"),
-                                    transient=_substrate_time(args.transient, args.substrate, "--transient"),
-                                    seed=args.seed, progress=progress, **params)
+        result = substrate_lyapunov(
+            args.substrate,
+            n_exponents=args.exponents,
+            duration=_substrate_time(args.duration, args.substrate, "--duration"),
+            transient=_substrate_time(args.transient, args.substrate, "--transient"),
+            seed=args.seed,
+            progress=progress,
+            **params,
+        )
     unit = {"s": "1/s", "model time unit": "1/(model time unit)", "step": "1/step", "tau": "1/tau"}.get(
-        result.time_unit, f"1/{result.time_unit}")
+        result.time_unit, f"1/{result.time_unit}"
+    )
     if args.json:
         print(_json_line({**result.as_dict(), "units": unit, "substrate": args.substrate}))
         return 0
-    print(f"Lyapunov exponents of {args.substrate} ({unit}), averaged over {result.duration:g} "
-          f"{result.time_unit} after a transient of {result.transient:g}:")
-    for i, (lam, se, rel) in enumerate(zip(result.exponents, result.standard_error,
-                                           result.relative_change_last_quarter)):
+    print(
+        f"Lyapunov exponents of {args.substrate} ({unit}), averaged over {result.duration:g} "
+        f"{result.time_unit} after a transient of {result.transient:g}:"
+    )
+    for i, (lam, se, rel) in enumerate(
+        zip(result.exponents, result.standard_error, result.relative_change_last_quarter)
+    ):
         zero = "; consistent with zero within 2 standard errors" if _consistent_with_zero(lam, se) else ""
-        print(f"  lambda_{i + 1:<3d} = {lam: .6g} +/- {se:.2g}  (running estimate moved {100 * rel:.2g} % "
-              f"over the last quarter{zero})")
-    partial = " (a lower bound: all computed partial sums are positive; ask for more --exponents)" if (
-        result.exponents.sum() > 0) else ""
+        print(
+            f"  lambda_{i + 1:<3d} = {lam: .6g} +/- {se:.2g}  (running estimate moved {100 * rel:.2g} % "
+            f"over the last quarter{zero})"
+        )
+    partial = (
+        " (a lower bound: all computed partial sums are positive; ask for more --exponents)"
+        if (result.exponents.sum() > 0)
+        else ""
+    )
     print(f"Kaplan-Yorke dimension: {result.kaplan_yorke_dimension:.4g}{partial}")
-    ks_partial = (" (a lower bound: the last computed exponent is positive; ask for more --exponents)"
-                  if result.exponents[-1] > 0 else "")
+    ks_partial = (
+        " (a lower bound: the last computed exponent is positive; ask for more --exponents)"
+        if result.exponents[-1] > 0
+        else ""
+    )
     print(f"KS entropy (sum of positive exponents): {result.ks_entropy:.6g} {unit}{ks_partial}")
     return 0
 
 
 def _json_line(obj: Any) -> str:
     """``obj`` as one line of standard JSON: non-finite numbers (not JSON) become null."""
+
     def clean(x: Any) -> Any:
         if isinstance(x, float) and not math.isfinite(x):
             return None
@@ -742,6 +951,7 @@ def _json_line(obj: Any) -> str:
         if isinstance(x, (list, tuple)):
             return [clean(v) for v in x]
         return x
+
     return json.dumps(clean(obj), allow_nan=False)
 
 
@@ -753,8 +963,11 @@ def _train_config(args: argparse.Namespace, overrides: dict):  # torch is import
     from stosim.studies.training import ConfigError, load_train_config, validate_train_config
 
     try:
-        return (load_train_config(args.config, **overrides) if args.config is not None
-                else validate_train_config(overrides, source="command line"))
+        return (
+            load_train_config(args.config, **overrides)
+            if args.config is not None
+            else validate_train_config(overrides, source="command line")
+        )
     except ConfigError:
         substrate = overrides.get("substrate")
         if substrate is None and args.config is not None:
@@ -784,8 +997,10 @@ def _check_plain_times(args: argparse.Namespace, cfg) -> None:
             continue
         if unit == "steps":  # the FFESN
             raise CLIError(f"--{key} {value}: the FFESN is a map of --steps layers; it has no {key}")
-        raise CLIError(f"--{key} {value}: give a time with its unit for substrate {cfg.substrate} "
-                       "(e.g. '300 ps'); plain numbers are Lorenz 96 model time")
+        raise CLIError(
+            f"--{key} {value}: give a time with its unit for substrate {cfg.substrate} "
+            "(e.g. '300 ps'); plain numbers are Lorenz 96 model time"
+        )
 
 
 def _config_overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict:
@@ -800,12 +1015,45 @@ def _config_overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict:
     return overrides
 
 
-_TRAIN_KEYS = ("substrate", "dataset", "data_dir", "download", "limit_train", "limit_test", "epochs", "batch_size",
-               "lr", "optimizer", "lr_schedule", "weight_decay", "input_offset", "seed", "dtype", "readout_only",
-               "n", "hidden", "coupling", "current", "duration", "dt", "device", "spectral_radius", "steps", "forcing",
-               "temperature", "dynamical_snr", "observation_snr", "variability", "train_with_noise",
-               "depth", "activation", "init_spectral_radius", "g", "network_time",
-               "dynamical_noise_reference")
+_TRAIN_KEYS = (
+    "substrate",
+    "dataset",
+    "data_dir",
+    "download",
+    "limit_train",
+    "limit_test",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "lr_schedule",
+    "weight_decay",
+    "input_offset",
+    "seed",
+    "dtype",
+    "readout_only",
+    "n",
+    "hidden",
+    "coupling",
+    "current",
+    "duration",
+    "dt",
+    "device",
+    "spectral_radius",
+    "steps",
+    "forcing",
+    "temperature",
+    "dynamical_snr",
+    "observation_snr",
+    "variability",
+    "train_with_noise",
+    "depth",
+    "activation",
+    "init_spectral_radius",
+    "g",
+    "network_time",
+    "dynamical_noise_reference",
+)
 
 
 def _flag(key: str) -> str:
@@ -818,13 +1066,16 @@ def _refuse_other_substrate_flags(args: argparse.Namespace, keys: Sequence[str],
     from stosim.studies.training import SUBSTRATE_KEYS, substrate_keys
 
     applies = set(SUBSTRATE_KEYS[substrate])
-    stray = [_flag(k) for k in keys
-             if k in substrate_keys() and k not in applies and getattr(args, k, None) is not None]
+    stray = [
+        _flag(k) for k in keys if k in substrate_keys() and k not in applies and getattr(args, k, None) is not None
+    ]
     if stray:
         valid = " ".join(_flag(k) for k in SUBSTRATE_KEYS[substrate]) or "none"
-        raise CLIError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to "
-                       f"--substrate {substrate}; "
-                       f"drop {'it' if len(stray) == 1 else 'them'} (flags of {substrate}: {valid})")
+        raise CLIError(
+            f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to "
+            f"--substrate {substrate}; "
+            f"drop {'it' if len(stray) == 1 else 'them'} (flags of {substrate}: {valid})"
+        )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -842,21 +1093,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _announce_compilation(*(_STO_KERNELS if cfg.readout_only else _STO_GRADIENT_KERNELS))
 
     with _step_progress("epoch 1", unit="batch") as bar:
+
         def on_epoch(rec: dict) -> None:
-            line = (f"epoch {rec['epoch']:3d}  train acc {100 * rec['train_accuracy']:6.2f}%  "
-                    f"test acc {100 * rec['test_accuracy']:6.2f}%  ({rec['epoch_time_s']:.1f} s)")
+            line = (
+                f"epoch {rec['epoch']:3d}  train acc {100 * rec['train_accuracy']:6.2f}%  "
+                f"test acc {100 * rec['test_accuracy']:6.2f}%  ({rec['epoch_time_s']:.1f} s)"
+            )
             bar.write(line, file=sys.stderr if args.json else None)
             bar.start(f"epoch {rec['epoch'] + 1}")
 
-        result = train(cfg, args.out, resume=args.resume, on_batch=bar, on_epoch=on_epoch,
-                       allow_beyond_limits=args.allow_beyond_limits)
+        result = train(
+            cfg,
+            args.out,
+            resume=args.resume,
+            on_batch=bar,
+            on_epoch=on_epoch,
+            allow_beyond_limits=args.allow_beyond_limits,
+        )
     summary = result.summary()
     if args.json:
         print(_json_line({**summary, "out": str(args.out), "substrate": cfg.substrate, "dataset": cfg.dataset}))
     else:
-        print(f"{cfg.substrate} on {cfg.dataset}: test accuracy {100 * result.test_accuracy:.2f}% "
-              f"(best {100 * result.best_test_accuracy:.2f}%), {result.epochs} epochs, {result.wall_time_s:.0f} s; "
-              f"wrote {args.out}/metrics.json, learning_curve.png, checkpoint.pt")
+        print(
+            f"{cfg.substrate} on {cfg.dataset}: test accuracy {100 * result.test_accuracy:.2f}% "
+            f"(best {100 * result.best_test_accuracy:.2f}%), {result.epochs} epochs, {result.wall_time_s:.0f} s; "
+            f"wrote {args.out}/metrics.json, learning_curve.png, checkpoint.pt"
+        )
     return 0
 
 
@@ -898,8 +1160,7 @@ def _validate_one(path: Path, allow_drivers: Sequence[str] = ()) -> str:
     if kind == "reference":
         not_text = [k for k, v in raw.items() if not isinstance(v, str)]
         if not_text:
-            raise ValueError(f"{path}: {', '.join(not_text)}: reference values must be text "
-                             "(experiment name = \"...\")")
+            raise ValueError(f'{path}: {", ".join(not_text)}: reference values must be text (experiment name = "...")')
         return f"published reference values of {len(raw)} experiments"
     if kind == "sweep spec":
         from stosim.sweep.spec import load_spec
@@ -968,8 +1229,10 @@ def _load_initial(path: Path):  # numpy is imported lazily
     if not isinstance(initial, np.ndarray) or not np.issubdtype(initial.dtype, np.number):
         if hasattr(initial, "close"):  # an .npz archive holds its file open
             initial.close()
-        raise CLIError(f"--initial {path}: expected one numeric array of shape (N, 3) or (batch, N, 3) saved with "
-                       "numpy.save (.npy), not an archive of several arrays (.npz) or non-numeric data")
+        raise CLIError(
+            f"--initial {path}: expected one numeric array of shape (N, 3) or (batch, N, 3) saved with "
+            "numpy.save (.npy), not an archive of several arrays (.npz) or non-numeric data"
+        )
     return initial
 
 
@@ -999,11 +1262,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.coupling_matrix is not None:
         array = STOArray.with_matrix(device, args.coupling_matrix, args.coupling, current_a=args.current)
         if args.n is not None and args.n != array.n_oscillators:
-            raise CLIError(f"--n {args.n} does not match the {array.n_oscillators} x {array.n_oscillators} "
-                           "--coupling-matrix")
+            raise CLIError(
+                f"--n {args.n} does not match the {array.n_oscillators} x {array.n_oscillators} --coupling-matrix"
+            )
     else:
-        array = STOArray.generate(device, 10 if args.n is None else args.n, args.coupling, seed=args.seed,
-                                  current_a=args.current)
+        array = STOArray.generate(
+            device, 10 if args.n is None else args.n, args.coupling, seed=args.seed, current_a=args.current
+        )
     n = array.n_oscillators
     if args.initial is not None:
         initial = _load_initial(args.initial)
@@ -1023,10 +1288,19 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     _announce_compilation(*_STO_KERNELS)
     with _step_progress("simulate", total) as progress:
         traj = simulate(
-            array, initial, args.duration, args.dt, save_every=save_every, temperature_k=args.temperature,
-            dynamical_snr_db=args.dynamical_snr, observation_snr_db=args.observation_snr, seed=args.seed,
-            dtype=np.float32 if args.float32 else np.float64, progress=progress,
-            allow_beyond_limits=args.allow_beyond_limits, dynamical_noise_reference_s=args.dynamical_noise_reference,
+            array,
+            initial,
+            args.duration,
+            args.dt,
+            save_every=save_every,
+            temperature_k=args.temperature,
+            dynamical_snr_db=args.dynamical_snr,
+            observation_snr_db=args.observation_snr,
+            seed=args.seed,
+            dtype=np.float32 if args.float32 else np.float64,
+            progress=progress,
+            allow_beyond_limits=args.allow_beyond_limits,
+            dynamical_noise_reference_s=args.dynamical_noise_reference,
         )
     ds = traj.to_dataset()
     write_dataset_atomic(ds, args.out, overwrite=True)
@@ -1046,8 +1320,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.json:
         print(_json_line(summary))
     else:
-        print(f"wrote {args.out} ({traj.time_s.size} recorded states of {n} oscillators, {total} steps)"
-              + (f" and {args.plot}" if args.plot else ""))
+        print(
+            f"wrote {args.out} ({traj.time_s.size} recorded states of {n} oscillators, {total} steps)"
+            + (f" and {args.plot}" if args.plot else "")
+        )
     return 0
 
 
@@ -1068,8 +1344,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     sweep = load_spec(args.spec)
     if args.dry_run:
-        values = {d.name: ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in d.values.tolist())
-                  for d in sweep.dims}
+        values = {
+            d.name: ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in d.values.tolist())
+            for d in sweep.dims
+        }
         dims = "; ".join(f"{d.name} = {values[d.name]} ({d.attrs['units']})" for d in sweep.dims) or "one point"
         print(f"{args.spec}: valid; kind = {sweep.spec.kind}, {len(sweep)} points; {dims}")
         if args.list_points:
@@ -1093,18 +1371,29 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     def on_point(event) -> None:
         bar.update(1)
         if event.status != "done":
-            bar.write(f"point {_format_coords(event.point.coords)} failed: {event.error.splitlines()[0]}",
-                      file=sys.stderr)
+            bar.write(
+                f"point {_format_coords(event.point.coords)} failed: {event.error.splitlines()[0]}", file=sys.stderr
+            )
         now = time.monotonic()
-        if bar.disable and (event.finished % plain["every"] == 0 or event.finished == event.to_run
-                            or now - plain["last_s"] >= 60):
+        if bar.disable and (
+            event.finished % plain["every"] == 0 or event.finished == event.to_run or now - plain["last_s"] >= 60
+        ):
             plain["last_s"] = now
             print(f"{sweep.spec.name}: {event.finished} / {event.to_run} points run", file=sys.stderr, flush=True)
 
     try:
-        summary = run_sweep(sweep, args.out, workers=args.workers, scheduler=args.scheduler, resume=args.resume,
-                            overwrite=args.overwrite, fail_fast=args.fail_fast, flush_seconds=args.flush_seconds,
-                            on_start=on_start, on_point=on_point)
+        summary = run_sweep(
+            sweep,
+            args.out,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            fail_fast=args.fail_fast,
+            flush_seconds=args.flush_seconds,
+            on_start=on_start,
+            on_point=on_point,
+        )
     except SweepFailedError as exc:
         bar.close()
         print(f"stosim sweep: stopped: {exc}", file=sys.stderr)
@@ -1121,17 +1410,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(_sweep_json(summary))
     else:
         rate = f", {summary.points_per_second:.3g} points/s" if summary.n_run else ""
-        print(f"wrote {args.out}: {summary.n_done} done, {summary.n_failed} failed, {summary.n_pending} pending of "
-              f"{summary.n_points} points ({summary.n_run} run now{rate}; {summary.wall_time_s:.1f} s in all, "
-              f"{summary.scheduler})")
+        print(
+            f"wrote {args.out}: {summary.n_done} done, {summary.n_failed} failed, {summary.n_pending} pending of "
+            f"{summary.n_points} points ({summary.n_run} run now{rate}; {summary.wall_time_s:.1f} s in all, "
+            f"{summary.scheduler})"
+        )
     return 1 if summary.n_failed else 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from stosim.sweep import plot_sweep
 
-    out = plot_sweep(args.file, args.var, args.x, args.y, args.out, band=args.band, hue=args.hue,
-                     lyapunov_time=args.lyapunov_time, lyapunov_var=args.lyapunov_var)
+    out = plot_sweep(
+        args.file,
+        args.var,
+        args.x,
+        args.y,
+        args.out,
+        band=args.band,
+        hue=args.hue,
+        lyapunov_time=args.lyapunov_time,
+        lyapunov_var=args.lyapunov_var,
+    )
     print(f"wrote {out}")
     return 0
 
@@ -1144,10 +1444,20 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"validate": _cmd_validate, "describe": _cmd_describe, "simulate": _cmd_simulate, "train": _cmd_train,
-             "lyapunov": _cmd_lyapunov, "compare": _cmd_compare, "sweep": _cmd_sweep, "plot": _cmd_plot,
-             "ftmle": _cmd_ftmle, "dnn": _cmd_dnn,
-             "rnn-study": _cmd_rnn_study, "visualize": _cmd_visualize}
+_COMMANDS = {
+    "validate": _cmd_validate,
+    "describe": _cmd_describe,
+    "simulate": _cmd_simulate,
+    "train": _cmd_train,
+    "lyapunov": _cmd_lyapunov,
+    "compare": _cmd_compare,
+    "sweep": _cmd_sweep,
+    "plot": _cmd_plot,
+    "ftmle": _cmd_ftmle,
+    "dnn": _cmd_dnn,
+    "rnn-study": _cmd_rnn_study,
+    "visualize": _cmd_visualize,
+}
 
 
 def _configure_logging(verbose: int) -> None:
@@ -1174,16 +1484,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return _COMMANDS[args.command](args)
-    except (CLIError, DeviceFileError, DatasetError, ValueError, FileExistsError, FileNotFoundError,
-            FloatingPointError) as exc:
+    except (
+        CLIError,
+        DeviceFileError,
+        DatasetError,
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        FloatingPointError,
+    ) as exc:
         print(f"stosim {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a directory where a file belongs, no permission, a full disk, ...
         print(f"stosim {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except MemoryError:
-        print(f"stosim {args.command}: error: out of memory; reduce the size of the run (--n, the batch, the "
-              "number of saved steps)", file=sys.stderr)
+        print(
+            f"stosim {args.command}: error: out of memory; reduce the size of the run (--n, the batch, the "
+            "number of saved steps)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"stosim {args.command}: interrupted", file=sys.stderr)

@@ -123,28 +123,45 @@ class DeviceParameters:
 
     def __post_init__(self) -> None:
         checks = [
-            ("saturation_magnetization", 0 < self.saturation_magnetization_emu_cm3 <= MAX_MAGNETIZATION_EMU_CM3,
-             f"in (0, {MAX_MAGNETIZATION_EMU_CM3:g}] emu/cm^3"),
-            ("anisotropy_field", 0 <= self.anisotropy_field_oe <= MAX_ANISOTROPY_FIELD_OE,
-             f"in [0, {MAX_ANISOTROPY_FIELD_OE:g}] Oe"),
+            (
+                "saturation_magnetization",
+                0 < self.saturation_magnetization_emu_cm3 <= MAX_MAGNETIZATION_EMU_CM3,
+                f"in (0, {MAX_MAGNETIZATION_EMU_CM3:g}] emu/cm^3",
+            ),
+            (
+                "anisotropy_field",
+                0 <= self.anisotropy_field_oe <= MAX_ANISOTROPY_FIELD_OE,
+                f"in [0, {MAX_ANISOTROPY_FIELD_OE:g}] Oe",
+            ),
             ("applied_field", math.isfinite(self.applied_field_oe), "a finite value in Oe"),
             ("damping", 0 <= self.damping < 1, "in [0, 1)"),
-            ("gyromagnetic_ratio", MIN_GYROMAGNETIC_RAD_PER_OE_S <= self.gyromagnetic_ratio_rad_per_oe_s
-             <= MAX_GYROMAGNETIC_RAD_PER_OE_S, f"in [{MIN_GYROMAGNETIC_RAD_PER_OE_S:.4g}, "
-             f"{MAX_GYROMAGNETIC_RAD_PER_OE_S:.4g}] rad/(Oe s) (g-factor 1 to 3)"),
+            (
+                "gyromagnetic_ratio",
+                MIN_GYROMAGNETIC_RAD_PER_OE_S <= self.gyromagnetic_ratio_rad_per_oe_s <= MAX_GYROMAGNETIC_RAD_PER_OE_S,
+                f"in [{MIN_GYROMAGNETIC_RAD_PER_OE_S:.4g}, "
+                f"{MAX_GYROMAGNETIC_RAD_PER_OE_S:.4g}] rad/(Oe s) (g-factor 1 to 3)",
+            ),
             ("radius", 0 < self.radius_cm <= 1e-3, "in (0, 1e-3] cm (<= 10 um)"),
             ("thickness", 0 < self.thickness_cm <= 1e-4, "in (0, 1e-4] cm (<= 1 um)"),
             ("polarization", 0 <= self.polarization <= 1, "in [0, 1]"),
             ("torque_asymmetry", -1 < self.torque_asymmetry < 1, "in (-1, 1)"),
             ("current", math.isfinite(self.current_a) and abs(self.current_a) <= 1.0, "|I| <= 1 A"),
             ("parallel_resistance", _finite(self.parallel_resistance_ohm) > 0, "finite, > 0 Ohm"),
-            ("tmr_ratio", 0 < _finite(self.tmr_ratio) <= 10,
-             "in (0, 10] (a TMR ratio of 0 means R_AP = R_P: the TMR voltage carries no signal of m)"),
-            ("max_current", self.max_current_a is None or 0 < _finite(self.max_current_a) <= 1.0,
-             "in (0, 1] A, or None (derived: breakdown voltage / R_P)"),
-            ("breakdown_voltage", self.breakdown_voltage_v is None
-             or 0 < _finite(self.breakdown_voltage_v) <= MAX_BREAKDOWN_VOLTAGE_V,
-             f"in (0, {MAX_BREAKDOWN_VOLTAGE_V:g}] V, or None (default {DEFAULT_BREAKDOWN_VOLTAGE_V:g} V)"),
+            (
+                "tmr_ratio",
+                0 < _finite(self.tmr_ratio) <= 10,
+                "in (0, 10] (a TMR ratio of 0 means R_AP = R_P: the TMR voltage carries no signal of m)",
+            ),
+            (
+                "max_current",
+                self.max_current_a is None or 0 < _finite(self.max_current_a) <= 1.0,
+                "in (0, 1] A, or None (derived: breakdown voltage / R_P)",
+            ),
+            (
+                "breakdown_voltage",
+                self.breakdown_voltage_v is None or 0 < _finite(self.breakdown_voltage_v) <= MAX_BREAKDOWN_VOLTAGE_V,
+                f"in (0, {MAX_BREAKDOWN_VOLTAGE_V:g}] V, or None (default {DEFAULT_BREAKDOWN_VOLTAGE_V:g} V)",
+            ),
         ]
         for name, ok, valid in checks:
             if not ok:
@@ -160,7 +177,8 @@ class DeviceParameters:
                 f"device parameter parallel_resistance = {self.parallel_resistance_ohm!r} Ohm is out of range: it "
                 f"gives RA = R_P pi r^2 = {ra:.4g} Ohm um^2 over the junction area {area_um2:.4g} um^2; valid: RA in "
                 f"[{MIN_RA_OHM_UM2:g}, {MAX_RA_OHM_UM2:g}] Ohm um^2 (MgO tunnel barriers), i.e. R_P in "
-                f"[{MIN_RA_OHM_UM2 / area_um2:.4g}, {MAX_RA_OHM_UM2 / area_um2:.4g}] Ohm for this radius")
+                f"[{MIN_RA_OHM_UM2 / area_um2:.4g}, {MAX_RA_OHM_UM2 / area_um2:.4g}] Ohm for this radius"
+            )
 
     # device limits ------------------------------------------------------------------
     @property
@@ -213,7 +231,11 @@ class DeviceParameters:
             return math.inf
         m_v = self.saturation_magnetization_emu_cm3 * self.volume_cm3
         return (
-            4 * self.damping * ELEMENTARY_CHARGE_C * m_v * (self.applied_field_oe + self.effective_anisotropy_field_oe)
+            4
+            * self.damping
+            * ELEMENTARY_CHARGE_C
+            * m_v
+            * (self.applied_field_oe + self.effective_anisotropy_field_oe)
             / (HBAR_ERG_S * self.polarization * self.torque_asymmetry)
         )
 
@@ -243,10 +265,14 @@ class DeviceParameters:
             ("parallel_resistance R_P", format_quantity(self.parallel_resistance_ohm, "resistance")),
             ("tmr_ratio (R_AP - R_P)/R_P", f"{self.tmr_ratio:g}"),
             ("resistance_area RA", f"{self.resistance_area_ohm_um2:.4g} Ohm um^2"),
-            ("breakdown_voltage V_bd", f"{self.breakdown_limit_v:g} V"
-             + (" (default)" if self.breakdown_voltage_v is None else "")),
-            ("max_current I_max", f"{self.current_limit_a * 1e3:.6g} mA"
-             + (" (V_bd / R_P)" if self.max_current_a is None else "")),
+            (
+                "breakdown_voltage V_bd",
+                f"{self.breakdown_limit_v:g} V" + (" (default)" if self.breakdown_voltage_v is None else ""),
+            ),
+            (
+                "max_current I_max",
+                f"{self.current_limit_a * 1e3:.6g} mA" + (" (V_bd / R_P)" if self.max_current_a is None else ""),
+            ),
         ]
         return rows
 
@@ -298,8 +324,14 @@ class FreeLayerSection(_Section):
     damping: Annotated[float, Field(gt=0, lt=1, description="Gilbert damping alpha")]
     radius: Annotated[float, Field(gt=0, le=1e-3, description="cm (<= 10 um)")]
     thickness: Annotated[float, Field(gt=0, le=1e-4, description="cm (<= 1 um)")]
-    gyromagnetic_ratio: Annotated[float, Field(ge=MIN_GYROMAGNETIC_RAD_PER_OE_S, le=MAX_GYROMAGNETIC_RAD_PER_OE_S,
-                                               description="rad/(Oe s), g mu_B / hbar with g in [1, 3]")] = 1.764e7
+    gyromagnetic_ratio: Annotated[
+        float,
+        Field(
+            ge=MIN_GYROMAGNETIC_RAD_PER_OE_S,
+            le=MAX_GYROMAGNETIC_RAD_PER_OE_S,
+            description="rad/(Oe s), g mu_B / hbar with g in [1, 3]",
+        ),
+    ] = 1.764e7
 
     _m = field_validator("saturation_magnetization", mode="before")(unit_field_validator("magnetization"))
     _hk = field_validator("anisotropy_field", mode="before")(unit_field_validator("field"))

@@ -202,9 +202,7 @@ class ImageDataset:
                 f"shape={getattr(labels, 'shape', None)}"
             )
         if images.shape[0] != labels.shape[0]:
-            raise DatasetError(
-                f"{self.name}: {images.shape[0]} images but {labels.shape[0]} labels"
-            )
+            raise DatasetError(f"{self.name}: {images.shape[0]} images but {labels.shape[0]} labels")
         n_classes = self.n_classes
         if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
             raise DatasetError(f"{self.name}: n_classes must be a positive integer, got {n_classes!r}")
@@ -215,13 +213,10 @@ class ImageDataset:
             )
         if images.size and not (images.min() >= 0.0 and images.max() <= 1.0):
             raise DatasetError(
-                f"{self.name}: image values must lie in [0, 1]; found "
-                f"{float(images.min())}..{float(images.max())}"
+                f"{self.name}: image values must lie in [0, 1]; found {float(images.min())}..{float(images.max())}"
             )
         if self.class_names and len(self.class_names) != self.n_classes:
-            raise DatasetError(
-                f"{self.name}: {len(self.class_names)} class names for {self.n_classes} classes"
-            )
+            raise DatasetError(f"{self.name}: {len(self.class_names)} class names for {self.n_classes} classes")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -310,7 +305,7 @@ class _Stream:
         done = 0
         try:
             while done < len(buffer):
-                n = self._stream.readinto(buffer[done:done + _CHUNK])
+                n = self._stream.readinto(buffer[done : done + _CHUNK])
                 if not n:
                     break
                 done += n
@@ -340,8 +335,7 @@ def _check_magic(path: Path, data: bytes, expected: int, kind: str) -> None:
     header = 16 if expected == IMAGES_MAGIC else 8
     if len(data) < 4:
         raise DatasetError(
-            f"{path}: truncated IDX {kind} file: expected a {header}-byte header, "
-            f"found only {len(data)} bytes"
+            f"{path}: truncated IDX {kind} file: expected a {header}-byte header, found only {len(data)} bytes"
         )
     (magic,) = struct.unpack(">I", data[:4])
     if magic != expected:
@@ -357,8 +351,7 @@ def _check_magic(path: Path, data: bytes, expected: int, kind: str) -> None:
         )
     if len(data) < header:
         raise DatasetError(
-            f"{path}: truncated IDX {kind} file: expected a {header}-byte header, "
-            f"found only {len(data)} bytes"
+            f"{path}: truncated IDX {kind} file: expected a {header}-byte header, found only {len(data)} bytes"
         )
 
 
@@ -382,8 +375,10 @@ def _read_payload(stream: _Stream, header: int, item_bytes: int, count: int, wha
     path = stream.path
     expected = count * item_bytes
     if expected > MAX_IDX_BYTES:
-        raise DatasetError(f"{path}: the header announces {what}, {expected} bytes, more than the "
-                           f"{MAX_IDX_BYTES} bytes an IDX file may hold here; not a dataset file")
+        raise DatasetError(
+            f"{path}: the header announces {what}, {expected} bytes, more than the "
+            f"{MAX_IDX_BYTES} bytes an IDX file may hold here; not a dataset file"
+        )
     if not stream.compressed and stream.size != header + expected:  # a plain file: its size tells
         _check_length(path, stream.size, header, item_bytes, count, what)
     data = np.empty(expected, dtype=np.uint8)
@@ -444,8 +439,9 @@ def read_idx_labels(path: str | os.PathLike[str], n_classes: int = _N_CLASSES_ID
         ValueError: ``n_classes`` not an integer in 1..256.
     """
     if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or not 1 <= n_classes <= 256:
-        raise ValueError(f"n_classes = {n_classes!r} is out of range; valid: an integer in 1..256 "
-                         "(IDX labels are uint8)")
+        raise ValueError(
+            f"n_classes = {n_classes!r} is out of range; valid: an integer in 1..256 (IDX labels are uint8)"
+        )
     path = Path(path)
     with _Stream(path) as stream:
         header = stream.read(8)
@@ -491,12 +487,7 @@ def _find_idx_file(folder: Path, stem: str) -> Path | None:
 
 
 def _missing_stems(folder: Path, splits: tuple[str, ...]) -> list[str]:
-    return [
-        stem
-        for split in splits
-        for stem in IDX_FILE_STEMS[split]
-        if _find_idx_file(folder, stem) is None
-    ]
+    return [stem for split in splits for stem in IDX_FILE_STEMS[split] if _find_idx_file(folder, stem) is None]
 
 
 def load_idx_dataset(
@@ -530,8 +521,7 @@ def load_idx_dataset(
         looked_for = ", ".join(f"{s}.gz (or {s})" for s in (images_stem, labels_stem))
         raise DatasetError(
             f"{name} {split} files not found in {where}: looked for {looked_for}; "
-            f"missing: {', '.join(missing)}. "
-            + _DOWNLOAD_HINT.format(name=name, mirror=IDX_MIRRORS[name][0])
+            f"missing: {', '.join(missing)}. " + _DOWNLOAD_HINT.format(name=name, mirror=IDX_MIRRORS[name][0])
         )
     images_path = _find_idx_file(folder, images_stem)
     labels_path = _find_idx_file(folder, labels_stem)
@@ -569,13 +559,16 @@ def load_digits_dataset(seed: int = 0, test_fraction: float = 0.2) -> tuple[Imag
     scaled to [0, 1] (value / 16), float32, shape ``(n, 8, 8)``.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed = {seed!r} is out of range; valid: an integer in [0, 2**32 - 1] "
-                         "(the digits train/test split seed)")
+        raise ValueError(
+            f"seed = {seed!r} is out of range; valid: an integer in [0, 2**32 - 1] (the digits train/test split seed)"
+        )
     # every class (10) needs at least one image in each split: 10 of the 1,797 images at least
     lo, hi = 10 / 1797, 1 - 10 / 1797
     if not lo <= float(test_fraction) <= hi:
-        raise ValueError(f"test_fraction = {test_fraction!r} is out of range; valid: [{lo:.4f}, {hi:.4f}] "
-                         "(at least 10 of the 1,797 digits, one per class, in each split)")
+        raise ValueError(
+            f"test_fraction = {test_fraction!r} is out of range; valid: [{lo:.4f}, {hi:.4f}] "
+            "(at least 10 of the 1,797 digits, one per class, in each split)"
+        )
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -762,9 +755,11 @@ def load_dataset(
         train = load_idx_dataset(folder, key, "train")
         test = load_idx_dataset(folder, key, "test")
         if train.image_shape != test.image_shape:
-            raise DatasetError(f"{key} in {folder}: the training images are {train.image_shape[0]} x "
-                               f"{train.image_shape[1]} pixels, the test images {test.image_shape[0]} x "
-                               f"{test.image_shape[1]}; both splits must come from one dataset")
+            raise DatasetError(
+                f"{key} in {folder}: the training images are {train.image_shape[0]} x "
+                f"{train.image_shape[1]} pixels, the test images {test.image_shape[0]} x "
+                f"{test.image_shape[1]}; both splits must come from one dataset"
+            )
     if limit_train is not None:
         train = train.head(limit_train)
     if limit_test is not None:

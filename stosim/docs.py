@@ -36,8 +36,9 @@ def build_docs(out: str | Path, modules: Sequence[str] = DEFAULT_MODULES) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     pdoc.render.configure(docformat="restructuredtext", show_source=False, search=True)
     with warnings.catch_warnings():  # a package's spec already added some submodules that we list too
-        warnings.filterwarnings("ignore", message=r".*adds a module named .* has already been added",
-                                category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message=r".*adds a module named .* has already been added", category=UserWarning
+        )
         pdoc.pdoc(*_with_submodules(modules), output_directory=out)
     if TUTORIAL.exists():
         shutil.copyfile(TUTORIAL, out / TUTORIAL.name)
@@ -61,14 +62,20 @@ def _with_submodules(modules: Sequence[str]) -> list[str]:
         names.append(name)
         module = importlib.import_module(name)
         if hasattr(module, "__path__"):
-            names += [info.name for info in pkgutil.walk_packages(module.__path__, prefix=f"{name}.")
-                      if not info.name.endswith("__main__")]
+            names += [
+                info.name
+                for info in pkgutil.walk_packages(module.__path__, prefix=f"{name}.")
+                if not info.name.endswith("__main__")
+            ]
     return list(dict.fromkeys(names))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stosim.docs", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m stosim.docs",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("modules", nargs="*", default=list(DEFAULT_MODULES), help="modules to document")
     parser.add_argument("--out", type=Path, default=Path("docs/api"), help="output folder")
     args = parser.parse_args(argv)

@@ -53,8 +53,9 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 _EVAL_CHUNK = 256
 
 
-def build_substrate(name: str, params: dict[str, Any] | None = None, *, seed: int = 0,
-                    dtype: str = "float64") -> Substrate:
+def build_substrate(
+    name: str, params: dict[str, Any] | None = None, *, seed: int = 0, dtype: str = "float64"
+) -> Substrate:
     """The substrate called ``name`` ("sto", "ffesn", "lorenz96") with constructor keywords ``params``
     (quantities as unit strings or plain numbers in the keyword's unit, e.g. ``{"coupling": "500 Oe"}``);
     ``seed`` draws its fixed random matrix (STO W, FFESN W) unless ``params`` gives one."""
@@ -72,13 +73,20 @@ def build_substrate(name: str, params: dict[str, Any] | None = None, *, seed: in
         return FFESN(**kwargs)
     if name == "lorenz96":
         return Lorenz96(**kwargs)
-    raise ValueError(f"substrate = {name!r} is not known; valid: one of {', '.join(SUBSTRATE_NAMES)} or a "
-                     "Substrate instance")
+    raise ValueError(
+        f"substrate = {name!r} is not known; valid: one of {', '.join(SUBSTRATE_NAMES)} or a Substrate instance"
+    )
 
 
-def dataset_arrays(name: str = "digits", *, data_dir: str | None = None, download: bool = False, seed: int = 0,
-                   limit_train: int | None = None, limit_test: int | None = None,
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def dataset_arrays(
+    name: str = "digits",
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    seed: int = 0,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(X_train, y_train, X_test, y_test)`` of a named dataset ("digits", "mnist", "fashion-mnist"), the
     images flattened to rows of pixels in [0, 1] (float32), the labels int64: what ``stosim train --dataset``
     trains on, as arrays for :meth:`ReservoirEstimator.fit`."""
@@ -129,10 +137,22 @@ class ReservoirEstimator:
 
     _estimator_type = "classifier"
 
-    def __init__(self, substrate: str | Substrate = "sto", *, substrate_params: dict[str, Any] | None = None,
-                 training: str = "ridge", epochs: int = 10, batch_size: int = 64, lr: float = 0.01,
-                 optimizer: str = "adam", ridge_alpha: float = 1e-2, input_offset: float = 0.0, seed: int = 0,
-                 dtype: str = "float64", verbose: bool = False) -> None:
+    def __init__(
+        self,
+        substrate: str | Substrate = "sto",
+        *,
+        substrate_params: dict[str, Any] | None = None,
+        training: str = "ridge",
+        epochs: int = 10,
+        batch_size: int = 64,
+        lr: float = 0.01,
+        optimizer: str = "adam",
+        ridge_alpha: float = 1e-2,
+        input_offset: float = 0.0,
+        seed: int = 0,
+        dtype: str = "float64",
+        verbose: bool = False,
+    ) -> None:
         self.substrate = substrate
         self.substrate_params = substrate_params
         self.training = training
@@ -196,8 +216,10 @@ class ReservoirEstimator:
         x, labels = self._check_xy(X, y, first=first)
         if first:
             if classes is None:
-                raise ValueError("classes: the first call to partial_fit needs every label that will appear "
-                                 "(partial_fit(X, y, classes=[...]))")
+                raise ValueError(
+                    "classes: the first call to partial_fit needs every label that will appear "
+                    "(partial_fit(X, y, classes=[...]))"
+                )
             self.classes_ = np.unique(np.asarray(classes))
             if self.classes_.size < 2:
                 raise ValueError(f"classes holds {self.classes_.size} class; a classifier needs at least 2")
@@ -218,7 +240,7 @@ class ReservoirEstimator:
         with torch.no_grad(), self._noise_stream(phase=1):
             self.model_.eval()
             for i in range(0, x.shape[0], _EVAL_CHUNK):
-                out.append(self.model_(x[i:i + _EVAL_CHUNK]).numpy())
+                out.append(self.model_(x[i : i + _EVAL_CHUNK]).numpy())
         return np.concatenate(out, axis=0)
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -295,13 +317,13 @@ class ReservoirEstimator:
         elif name is not None:
             sub = build_substrate(name, self.substrate_params, seed=self.seed, dtype=self.dtype)
         else:
-            raise ValueError(f"substrate = {self.substrate!r}; valid: one of {', '.join(SUBSTRATE_NAMES)} or a "
-                             "Substrate instance")
+            raise ValueError(
+                f"substrate = {self.substrate!r}; valid: one of {', '.join(SUBSTRATE_NAMES)} or a Substrate instance"
+            )
         bias = name != "ffesn"  # as in `stosim train`: the FFESN's read-in and readout have no bias
         with torch.random.fork_rng(devices=[]):  # the read-in's initialization from seed, global RNG untouched
             torch.manual_seed(self.seed)
-            self.model_ = ReservoirClassifier(n_features, len(self.classes_), sub, readin_bias=bias,
-                                              readout_bias=bias)
+            self.model_ = ReservoirClassifier(n_features, len(self.classes_), sub, readin_bias=bias, readout_bias=bias)
         self.n_features_in_ = int(n_features)
         self.history_: list[float] = []
         self._calls = 0
@@ -328,7 +350,9 @@ class ReservoirEstimator:
         self.model_.eval()
         with torch.no_grad(), self._noise_stream(phase=0):
             for i in self._batches(x.shape[0], "ridge readout"):
-                self._accumulator.update(self.model_.features(x[i:i + self.batch_size]), targets[i:i + self.batch_size])
+                self._accumulator.update(
+                    self.model_.features(x[i : i + self.batch_size]), targets[i : i + self.batch_size]
+                )
             w, b = self._accumulator.solve(self.ridge_alpha, fit_intercept=readout.bias is not None)
             readout.weight.copy_(torch.as_tensor(w.T, dtype=readout.weight.dtype))
             if readout.bias is not None:
@@ -337,11 +361,16 @@ class ReservoirEstimator:
     def _fit_gradient(self, x: torch.Tensor, targets: torch.Tensor) -> None:
         sub = self.model_.substrate
         if not sub.capabilities.differentiable:
-            raise ValueError(f"training = 'gradient' needs a differentiable substrate; {sub.describe().name} is not "
-                             "(use training = 'ridge')")
+            raise ValueError(
+                f"training = 'gradient' needs a differentiable substrate; {sub.describe().name} is not "
+                "(use training = 'ridge')"
+            )
         params = [p for p in self.model_.parameters() if p.requires_grad]
-        opt = (torch.optim.Adam(params, lr=self.lr) if self.optimizer == "adam"
-               else torch.optim.SGD(params, lr=self.lr, momentum=0.9))
+        opt = (
+            torch.optim.Adam(params, lr=self.lr)
+            if self.optimizer == "adam"
+            else torch.optim.SGD(params, lr=self.lr, momentum=0.9)
+        )
         gen = torch.Generator().manual_seed(self.seed)
         for epoch in range(1, self.epochs + 1):
             self.model_.train()
@@ -349,11 +378,12 @@ class ReservoirEstimator:
             total = 0.0
             with self._noise_stream(phase=0):
                 for i in self._batches(x.shape[0], f"epoch {epoch}/{self.epochs}"):
-                    idx = order[i:i + self.batch_size]
+                    idx = order[i : i + self.batch_size]
                     loss = torch.nn.functional.cross_entropy(self.model_(x[idx]), targets[idx])
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"the loss became non-finite at epoch {epoch}; lower lr "
-                                                 f"(lr = {self.lr})")
+                        raise FloatingPointError(
+                            f"the loss became non-finite at epoch {epoch}; lower lr (lr = {self.lr})"
+                        )
                     opt.zero_grad()
                     loss.backward()
                     opt.step()

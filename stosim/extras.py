@@ -24,5 +24,6 @@ def require(module: str, extra: str, purpose: str) -> None:
     "a parallel sweep needs distributed, which is not installed: pip install 'stosim[cluster]'".
     """
     if importlib.util.find_spec(module) is None:
-        raise MissingExtraError(f"{purpose} needs {module}, which is not installed: pip install 'stosim[{extra}]'",
-                                name=module)
+        raise MissingExtraError(
+            f"{purpose} needs {module}, which is not installed: pip install 'stosim[{extra}]'", name=module
+        )

@@ -51,10 +51,16 @@ class ModelKind:
 
 
 def _reservoir_kind(spec: SubstrateSpec) -> ModelKind:
-    def build(cfg: Any, n_inputs: int, n_classes: int, image_shape: tuple[int, int],
-              dtype: torch.dtype) -> torch.nn.Module:
-        return ReservoirClassifier(n_inputs, n_classes, spec.build(cfg, cfg.seed, dtype),
-                                   readin_bias=spec.readout_bias, readout_bias=spec.readout_bias)
+    def build(
+        cfg: Any, n_inputs: int, n_classes: int, image_shape: tuple[int, int], dtype: torch.dtype
+    ) -> torch.nn.Module:
+        return ReservoirClassifier(
+            n_inputs,
+            n_classes,
+            spec.build(cfg, cfg.seed, dtype),
+            readin_bias=spec.readout_bias,
+            readout_bias=spec.readout_bias,
+        )
 
     return ModelKind(spec.name, f"reservoir model: {spec.summary}", spec.keys, build, substrate=spec)
 
@@ -68,24 +74,57 @@ def _declared() -> tuple[ModelKind, ...]:
 
     sto = sto_array.SPEC
     return (
-        ModelKind("linear", "baseline: logistic regression on the pixels", (),
-                  lambda cfg, i, c, shape, dtype: LinearClassifier(i, c, dtype), reservoir=False),
-        ModelKind("mlp", "baseline: multilayer perceptron of hidden units (depth layers)",
-                  ("n", "hidden", "depth", "activation", "init_spectral_radius"),
-                  lambda cfg, i, c, shape, dtype: MLPClassifier(
-                      i, c, _hidden(cfg), dtype, depth=cfg.depth, activation=cfg.activation,
-                      spectral_radius=cfg.init_spectral_radius, init_seed=cfg.seed), reservoir=False),
-        ModelKind("cnn", "baseline: one conv layer and one hidden fully-connected layer",
-                  ("n", "hidden", "conv_channels"),
-                  lambda cfg, i, c, shape, dtype: CNNClassifier(shape, c, _hidden(cfg), channels=cfg.conv_channels,
-                                                                dtype=dtype), reservoir=False),
-        ModelKind("cnn-sto", "one conv layer as the front end of coupled STOs", (*sto.keys, "conv_channels"),
-                  lambda cfg, i, c, shape, dtype: ConvReservoirClassifier(
-                      shape, c, sto.build(cfg, cfg.seed, dtype), channels=cfg.conv_channels), substrate=sto),
-        ModelKind("deep-sto", "two coupled STO arrays with a trainable linear layer between", sto.keys,
-                  lambda cfg, i, c, shape, dtype: DeepReservoirClassifier(
-                      i, c, sto.build(cfg, cfg.seed, dtype), sto.build(cfg, cfg.seed + 1, dtype)),
-                  substrate=sto, matrix_seeds=2),
+        ModelKind(
+            "linear",
+            "baseline: logistic regression on the pixels",
+            (),
+            lambda cfg, i, c, shape, dtype: LinearClassifier(i, c, dtype),
+            reservoir=False,
+        ),
+        ModelKind(
+            "mlp",
+            "baseline: multilayer perceptron of hidden units (depth layers)",
+            ("n", "hidden", "depth", "activation", "init_spectral_radius"),
+            lambda cfg, i, c, shape, dtype: MLPClassifier(
+                i,
+                c,
+                _hidden(cfg),
+                dtype,
+                depth=cfg.depth,
+                activation=cfg.activation,
+                spectral_radius=cfg.init_spectral_radius,
+                init_seed=cfg.seed,
+            ),
+            reservoir=False,
+        ),
+        ModelKind(
+            "cnn",
+            "baseline: one conv layer and one hidden fully-connected layer",
+            ("n", "hidden", "conv_channels"),
+            lambda cfg, i, c, shape, dtype: CNNClassifier(
+                shape, c, _hidden(cfg), channels=cfg.conv_channels, dtype=dtype
+            ),
+            reservoir=False,
+        ),
+        ModelKind(
+            "cnn-sto",
+            "one conv layer as the front end of coupled STOs",
+            (*sto.keys, "conv_channels"),
+            lambda cfg, i, c, shape, dtype: ConvReservoirClassifier(
+                shape, c, sto.build(cfg, cfg.seed, dtype), channels=cfg.conv_channels
+            ),
+            substrate=sto,
+        ),
+        ModelKind(
+            "deep-sto",
+            "two coupled STO arrays with a trainable linear layer between",
+            sto.keys,
+            lambda cfg, i, c, shape, dtype: DeepReservoirClassifier(
+                i, c, sto.build(cfg, cfg.seed, dtype), sto.build(cfg, cfg.seed + 1, dtype)
+            ),
+            substrate=sto,
+            matrix_seeds=2,
+        ),
     )
 
 

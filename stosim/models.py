@@ -23,9 +23,17 @@ from torch import nn
 from stosim.checks import check_count
 from stosim.substrates.base import Substrate
 
-__all__ = ["ReservoirClassifier", "DeepReservoirClassifier", "ConvReservoirClassifier", "LinearClassifier",
-           "MLPClassifier", "CNNClassifier", "ConvFrontEnd", "as_model_input",
-           "init_spectral_radius_"]
+__all__ = [
+    "ReservoirClassifier",
+    "DeepReservoirClassifier",
+    "ConvReservoirClassifier",
+    "LinearClassifier",
+    "MLPClassifier",
+    "CNNClassifier",
+    "ConvFrontEnd",
+    "as_model_input",
+    "init_spectral_radius_",
+]
 
 
 def as_model_input(x: object, dtype: torch.dtype) -> torch.Tensor:
@@ -50,8 +58,15 @@ def _check_image_shape(image_shape: tuple[int, int]) -> tuple[int, int]:
 class ReservoirClassifier(nn.Module):
     """u -> readout(substrate(read_in(u))); ``read_in`` and ``readout`` are trainable Linear layers."""
 
-    def __init__(self, n_inputs: int, n_classes: int, substrate: Substrate, *, readin_bias: bool = True,
-                 readout_bias: bool = True) -> None:
+    def __init__(
+        self,
+        n_inputs: int,
+        n_classes: int,
+        substrate: Substrate,
+        *,
+        readin_bias: bool = True,
+        readout_bias: bool = True,
+    ) -> None:
         super().__init__()
         n_inputs, n_classes = check_count(n_inputs, "n_inputs"), check_count(n_classes, "n_classes", 2)
         desc = substrate.describe()
@@ -149,9 +164,18 @@ class MLPClassifier(nn.Module):
     initialization. With the defaults the module and its random draws are the one-layer MLP's.
     """
 
-    def __init__(self, n_inputs: int, n_classes: int, hidden: int, dtype: torch.dtype = torch.float32, *,
-                 depth: int = 1, activation: str = "relu", spectral_radius: float | None = None,
-                 init_seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_inputs: int,
+        n_classes: int,
+        hidden: int,
+        dtype: torch.dtype = torch.float32,
+        *,
+        depth: int = 1,
+        activation: str = "relu",
+        spectral_radius: float | None = None,
+        init_seed: int = 0,
+    ) -> None:
         super().__init__()
         n_inputs, n_classes = check_count(n_inputs, "n_inputs"), check_count(n_classes, "n_classes", 2)
         hidden = check_count(hidden, "hidden")
@@ -166,8 +190,10 @@ class MLPClassifier(nn.Module):
         self.depth = depth
         if spectral_radius is not None:
             if depth < 2:
-                raise ValueError(f"spectral_radius = {spectral_radius!r} needs depth >= 2 (square hidden-to-hidden "
-                                 f"weights); got depth = {depth}")
+                raise ValueError(
+                    f"spectral_radius = {spectral_radius!r} needs depth >= 2 (square hidden-to-hidden "
+                    f"weights); got depth = {depth}"
+                )
             init_spectral_radius_(self.hidden_weights(), spectral_radius, init_seed)
 
     def hidden_weights(self) -> list[nn.Parameter]:
@@ -203,8 +229,14 @@ def init_spectral_radius_(weights: list[torch.Tensor], spectral_radius: float, s
 class CNNClassifier(nn.Module):
     """One conv layer (+ ReLU, max-pool) and one hidden fully-connected layer of ``hidden`` ReLU units."""
 
-    def __init__(self, image_shape: tuple[int, int], n_classes: int, hidden: int, channels: int = 8,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        image_shape: tuple[int, int],
+        n_classes: int,
+        hidden: int,
+        channels: int = 8,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.front = ConvFrontEnd(image_shape, channels, dtype)
         self.head = MLPClassifier(self.front.n_outputs, n_classes, hidden, dtype)

@@ -94,8 +94,9 @@ class ReadIn(Node):
             rng = np.random.default_rng(np.random.SeedSequence(self.seed))
             self.matrix = rng.standard_normal((self.n_outputs, x.shape[1])) * (self.scale / math.sqrt(x.shape[1]))
         elif self.matrix.shape[1] != x.shape[1]:
-            raise ValueError(f"read-in input has {x.shape[1]} features; this ReadIn was drawn for "
-                             f"{self.matrix.shape[1]}")
+            raise ValueError(
+                f"read-in input has {x.shape[1]} features; this ReadIn was drawn for {self.matrix.shape[1]}"
+            )
         return x @ self.matrix.T
 
 
@@ -110,8 +111,10 @@ class Reservoir(Node):
 
             substrate = build_substrate(substrate, params, seed=seed)
         elif params:
-            raise ValueError(f"constructor keywords {sorted(params)} are given with a substrate instance; "
-                             "pass either a name with keywords or an instance")
+            raise ValueError(
+                f"constructor keywords {sorted(params)} are given with a substrate instance; "
+                "pass either a name with keywords or an instance"
+            )
         if not isinstance(substrate, Substrate):
             raise ValueError(f"substrate = {substrate!r} must be a Substrate or a substrate name")
         self.substrate, self.seed, self._runs = substrate, int(seed), 0
@@ -123,14 +126,16 @@ class Reservoir(Node):
     def run(self, x: Any) -> np.ndarray:
         u = torch.as_tensor(_as_2d(x, "reservoir input"), dtype=self.substrate.dtype)
         if u.shape[1] != self.readin_size:
-            raise ValueError(f"reservoir input has {u.shape[1]} features; {self.substrate.describe().name} "
-                             f"takes {self.readin_size} (put a ReadIn before it)")
+            raise ValueError(
+                f"reservoir input has {u.shape[1]} features; {self.substrate.describe().name} "
+                f"takes {self.readin_size} (put a ReadIn before it)"
+            )
         if isinstance(self.substrate, Stochastic):
             self._runs += 1
             seq = np.random.SeedSequence(self.seed, spawn_key=(self._runs,))
             self.substrate.reset(int(seq.generate_state(1)[0]))
         with torch.no_grad():
-            out = [self.substrate(u[i:i + _CHUNK]) for i in range(0, u.shape[0], _CHUNK)]
+            out = [self.substrate(u[i : i + _CHUNK]) for i in range(0, u.shape[0], _CHUNK)]
         return torch.cat(out).to(torch.float64).numpy()
 
 
@@ -170,8 +175,9 @@ class Ridge(Node):
             raise ValueError("this Ridge readout is not fitted yet; call fit (or Chain.fit) first")
         f = _as_2d(features, "ridge features")
         if f.shape[1] != self.weight.shape[0]:
-            raise ValueError(f"ridge features have {f.shape[1]} columns; the readout was fitted on "
-                             f"{self.weight.shape[0]}")
+            raise ValueError(
+                f"ridge features have {f.shape[1]} columns; the readout was fitted on {self.weight.shape[0]}"
+            )
         return f @ self.weight + self.bias
 
 

@@ -67,9 +67,11 @@ def plot_trajectory(ds, path: str | Path, *, max_oscillators: int = 4) -> Path:
         axes[3].set_ylabel("TMR voltage (mV)")
         axes[3].set_xlabel("time (ns)")
         axes[0].legend(loc="upper right", fontsize=8, ncol=n_show)
-        axes[0].set_title(f"{ds.attrs.get('n_oscillators', '?')} coupled STOs, "
-                          f"mu = {_attr_text(ds, 'coupling_oe')} Oe, "
-                          f"I = {_attr_text(ds, 'current_a', 1e3)} mA")
+        axes[0].set_title(
+            f"{ds.attrs.get('n_oscillators', '?')} coupled STOs, "
+            f"mu = {_attr_text(ds, 'coupling_oe')} Oe, "
+            f"I = {_attr_text(ds, 'current_a', 1e3)} mA"
+        )
         return save_figure(fig, path)
     finally:
         plt.close(fig)  # also on an error: a long sweep must not pile up open figures
@@ -120,8 +122,9 @@ def _histogram_label(label: str, values: np.ndarray, n_not_finite: int) -> str:
     return f"{label} ({mean}{dropped})"
 
 
-def plot_histogram(values_by_label: dict[str, "np.ndarray"], path: str | Path, *, xlabel: str, title: str = "",
-                   bins: int = 40) -> Path:
+def plot_histogram(
+    values_by_label: dict[str, "np.ndarray"], path: str | Path, *, xlabel: str, title: str = "", bins: int = 40
+) -> Path:
     """Overlaid histograms (density) of one or more distributions; saved as PNG. NaN and inf values are
     not drawn; the legend says how many each distribution has."""
     plt = _pyplot()
@@ -131,8 +134,9 @@ def plot_histogram(values_by_label: dict[str, "np.ndarray"], path: str | Path, *
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
     try:
         for label, v, all_v in zip(values_by_label, finite, arrays):
-            ax.hist(v, bins=edges, density=bool(v.size), alpha=0.5,
-                    label=_histogram_label(label, v, all_v.size - v.size))
+            ax.hist(
+                v, bins=edges, density=bool(v.size), alpha=0.5, label=_histogram_label(label, v, all_v.size - v.size)
+            )
         ax.ticklabel_format(axis="x", useOffset=False)  # values as they are, no "+1e9" offset to add back
         ax.set_xlabel(xlabel)
         ax.set_ylabel("density")

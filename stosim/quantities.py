@@ -36,8 +36,10 @@ def quantity(value: str | float, dimension: str, name: str) -> float:
     unit = INTERNAL_UNIT[dimension]
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         example = _EXAMPLES.get(dimension, f"1 {unit}".strip())
-        raise UnitError(f"{name} = {value!r}: expected a quantity such as {example!r} or a plain number in "
-                        f"{unit or 'plain units'}, not {type(value).__name__}")
+        raise UnitError(
+            f"{name} = {value!r}: expected a quantity such as {example!r} or a plain number in "
+            f"{unit or 'plain units'}, not {type(value).__name__}"
+        )
     number = float(value)
     if not math.isfinite(number):
         raise UnitError(f"{name} = {value!r} is not finite")

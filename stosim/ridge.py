@@ -77,15 +77,19 @@ class RidgeAccumulator:
             if lab.shape[0] != batch:
                 raise ValueError(f"{lab.shape[0]} labels for {batch} feature rows; expected one label per row")
             if lab.dtype == np.bool_ or not np.issubdtype(lab.dtype, np.integer):
-                raise ValueError(f"labels have dtype {lab.dtype}; expected integer class indices "
-                                 f"in [0, {self.n_classes - 1}]")
+                raise ValueError(
+                    f"labels have dtype {lab.dtype}; expected integer class indices in [0, {self.n_classes - 1}]"
+                )
             if lab.size and (lab.min() < 0 or lab.max() >= self.n_classes):
-                raise ValueError(f"labels must be in [0, {self.n_classes - 1}]; found "
-                                 f"{int(lab.min())}..{int(lab.max())}")
+                raise ValueError(
+                    f"labels must be in [0, {self.n_classes - 1}]; found {int(lab.min())}..{int(lab.max())}"
+                )
             return np.eye(self.n_classes)[lab]
         if lab.ndim != 2 or lab.shape != (batch, self.n_classes):
-            raise ValueError(f"labels have shape {lab.shape}; expected class indices ({batch},) "
-                             f"or targets ({batch}, {self.n_classes})")
+            raise ValueError(
+                f"labels have shape {lab.shape}; expected class indices ({batch},) "
+                f"or targets ({batch}, {self.n_classes})"
+            )
         y = np.asarray(lab, dtype=np.float64)
         if not np.all(np.isfinite(y)):
             raise ValueError("targets contain non-finite values")

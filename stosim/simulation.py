@@ -39,9 +39,21 @@ from stosim.physics.tmr import voltage_at_bias_current_v
 from stosim.storage import provenance_attrs
 from stosim.units import format_time
 
-__all__ = ["simulate", "evolve", "Trajectory", "SimulationDivergedError", "NoiseSettings", "initial_state_from_angles",
-           "random_initial_state", "check_initial_state", "steps_for_duration", "DeviceLimitError",
-           "DeviceLimitWarning", "check_device_limits", "check_current_limits"]
+__all__ = [
+    "simulate",
+    "evolve",
+    "Trajectory",
+    "SimulationDivergedError",
+    "NoiseSettings",
+    "initial_state_from_angles",
+    "random_initial_state",
+    "check_initial_state",
+    "steps_for_duration",
+    "DeviceLimitError",
+    "DeviceLimitWarning",
+    "check_device_limits",
+    "check_current_limits",
+]
 
 # random streams (spawn keys under the run's seed)
 STREAM_INITIAL = 1
@@ -83,14 +95,22 @@ def check_device_limits(array: STOArray, *, allow_beyond_limits: bool = False, w
     """
     currents = np.abs(_bias_currents_a(array))
     k = int(np.argmax(currents))
-    note = "" if array.variability is None or currents[k] == abs(array.current_a) else (
-        f" (device {k} of the array under variability, I_i = I (1 + s_I xi_i) with I = {array.current_a * 1e3:.4g} mA)")
-    return check_current_limits(array.device, float(currents[k]), allow_beyond_limits=allow_beyond_limits, what=what,
-                                note=note)
+    note = (
+        ""
+        if array.variability is None or currents[k] == abs(array.current_a)
+        else (
+            f" (device {k} of the array under variability, I_i = I (1 + s_I xi_i)"
+            f" with I = {array.current_a * 1e3:.4g} mA)"
+        )
+    )
+    return check_current_limits(
+        array.device, float(currents[k]), allow_beyond_limits=allow_beyond_limits, what=what, note=note
+    )
 
 
-def check_current_limits(dev: DeviceParameters, current_a: float, *, allow_beyond_limits: bool = False,
-                         what: str = "run", note: str = "") -> tuple[str, ...]:
+def check_current_limits(
+    dev: DeviceParameters, current_a: float, *, allow_beyond_limits: bool = False, what: str = "run", note: str = ""
+) -> tuple[str, ...]:
     """:func:`check_device_limits` for one device at the bias current ``current_a`` (A); ``note`` is added
     after the current in the messages."""
     if not isinstance(allow_beyond_limits, bool):
@@ -99,14 +119,18 @@ def check_current_limits(dev: DeviceParameters, current_a: float, *, allow_beyon
     problems = []
     if current > dev.current_limit_a:
         source = "limits.max_current" if dev.max_current_a is not None else "V_bd / R_P"
-        problems.append(f"bias current |I| = {current * 1e3:.4g} mA{note} exceeds the maximum current of device "
-                        f"{dev.name}, I_max = {dev.current_limit_a * 1e3:.4g} mA ({source})")
+        problems.append(
+            f"bias current |I| = {current * 1e3:.4g} mA{note} exceeds the maximum current of device "
+            f"{dev.name}, I_max = {dev.current_limit_a * 1e3:.4g} mA ({source})"
+        )
     voltage = current * dev.parallel_resistance_ohm
     if voltage > dev.breakdown_limit_v:
         source = "limits.breakdown_voltage" if dev.breakdown_voltage_v is not None else "default for MgO barriers"
-        problems.append(f"junction voltage |I| R_P = {voltage:.4g} V exceeds the breakdown voltage of device "
-                        f"{dev.name}, V_bd = {dev.breakdown_limit_v:.4g} V ({source}); the model would report up to "
-                        f"|I| R_AP = {voltage * (1 + dev.tmr_ratio):.4g} V")
+        problems.append(
+            f"junction voltage |I| R_P = {voltage:.4g} V exceeds the breakdown voltage of device "
+            f"{dev.name}, V_bd = {dev.breakdown_limit_v:.4g} V ({source}); the model would report up to "
+            f"|I| R_AP = {voltage * (1 + dev.tmr_ratio):.4g} V"
+        )
     if problems and not allow_beyond_limits:
         raise DeviceLimitError(f"{what} refused: " + "; ".join(problems) + f"; {OVERRIDE_HINT}")
     for message in problems:
@@ -210,10 +234,18 @@ def _check_dtype(dtype) -> np.dtype:
     return dt
 
 
-def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float, *,
-           noise: NoiseSettings = NoiseSettings(), seed: int = 0, save_every: int = 0,
-           dtype=np.float64, progress: Callable[[int, int], None] | None = None,
-           ) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+def evolve(
+    array: STOArray,
+    initial_state: np.ndarray,
+    n_steps: int,
+    dt_s: float,
+    *,
+    noise: NoiseSettings = NoiseSettings(),
+    seed: int = 0,
+    save_every: int = 0,
+    dtype=np.float64,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, float | None]:
     """Advance states (B, N, 3) by ``n_steps`` steps of ``dt_s`` seconds.
 
     Returns (final state (B, N, 3), saved states (S, B, N, 3) after every ``save_every``
@@ -253,10 +285,17 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
     dev = array.device
     thermal = noise.temperature_k > 0
     sigma_th = np.ascontiguousarray(
-        thermal_field_sigma_oe(osc[OSC_DAMPING].astype(np.float64), noise.temperature_k,
-                               dev.gyromagnetic_ratio_rad_per_oe_s,
-                               dev.saturation_magnetization_emu_cm3, dev.volume_cm3, dt_s) * np.ones(n_osc),
-        dtype=dtype)
+        thermal_field_sigma_oe(
+            osc[OSC_DAMPING].astype(np.float64),
+            noise.temperature_k,
+            dev.gyromagnetic_ratio_rad_per_oe_s,
+            dev.saturation_magnetization_emu_cm3,
+            dev.volume_cm3,
+            dt_s,
+        )
+        * np.ones(n_osc),
+        dtype=dtype,
+    )
     dynamical = noise.dynamical_snr_db is not None and math.isfinite(noise.dynamical_snr_db)
     factor = noise.dynamical_factor(dt_s)
     rng_th = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_THERMAL,)))
@@ -275,18 +314,36 @@ def evolve(array: STOArray, initial_state: np.ndarray, n_steps: int, dt_s: float
     with _single_threaded_blas():
         while done < n_steps:
             k = min(chunk, n_steps - done)
-            field_noise = (_to_chunks(rng_th.standard_normal((k, n_batch, n_osc, 3), dtype=dtype), n_chunks, lead=1)
-                           if thermal else dummy)
-            state_noise = (_to_chunks(rng_dyn.standard_normal((k, n_batch, n_osc, 3), dtype=dtype), n_chunks, lead=1)
-                           if dynamical else dummy)
-            args = (coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s), k, method,
-                    save_every if save_every else n_steps + 1, done)
+            field_noise = (
+                _to_chunks(rng_th.standard_normal((k, n_batch, n_osc, 3), dtype=dtype), n_chunks, lead=1)
+                if thermal
+                else dummy
+            )
+            state_noise = (
+                _to_chunks(rng_dyn.standard_normal((k, n_batch, n_osc, 3), dtype=dtype), n_chunks, lead=1)
+                if dynamical
+                else dummy
+            )
+            args = (
+                coupling_t,
+                use_coupling,
+                osc,
+                lam,
+                p,
+                dtype.type(dt_s),
+                k,
+                method,
+                save_every if save_every else n_steps + 1,
+                done,
+            )
             if n_chunks == 1:  # no parallel region: it would wait on idle threads at every call
-                result[0] = run_chunk(m[0], *args, traj[0], field_noise[0], thermal, sigma_th, state_noise[0],
-                                      dynamical, factor, stats[0])
+                result[0] = run_chunk(
+                    m[0], *args, traj[0], field_noise[0], thermal, sigma_th, state_noise[0], dynamical, factor, stats[0]
+                )
             else:
-                run_chunks(m, *args, traj, field_noise, thermal, sigma_th, state_noise, dynamical, factor, stats,
-                           result)
+                run_chunks(
+                    m, *args, traj, field_noise, thermal, sigma_th, state_noise, dynamical, factor, stats, result
+                )
             failed = np.flatnonzero(result[:, 0] >= 0)
             if failed.size:
                 c = int(failed[0])
@@ -355,14 +412,22 @@ class Trajectory:
         lead = ("time",) if single else ("time", "sample")
         if self.m_noiseless is not None:
             note = "before observation noise"
-            ds["m_noiseless"] = (lead + ("oscillator", "component"), self.m_noiseless[:, 0] if single else
-                                 self.m_noiseless,
-                                 {"units": "1", "long_name": f"free-layer unit magnetization, {note}"})
+            ds["m_noiseless"] = (
+                lead + ("oscillator", "component"),
+                self.m_noiseless[:, 0] if single else self.m_noiseless,
+                {"units": "1", "long_name": f"free-layer unit magnetization, {note}"},
+            )
             v = self.tmr_voltage_noiseless_v
-            ds["tmr_voltage_noiseless"] = (lead + ("oscillator",), v[:, 0] if single else v,
-                                           {"units": "V", "long_name": f"TMR output voltage I R(m), {note}"})
-        ds["coupling_matrix"] = (("oscillator", "oscillator_j"), np.asarray(self.array.coupling_matrix),
-                                 {"units": "1", "long_name": "coupling matrix W: H_coupling,i = mu sum_j W_ij m_x,j"})
+            ds["tmr_voltage_noiseless"] = (
+                lead + ("oscillator",),
+                v[:, 0] if single else v,
+                {"units": "V", "long_name": f"TMR output voltage I R(m), {note}"},
+            )
+        ds["coupling_matrix"] = (
+            ("oscillator", "oscillator_j"),
+            np.asarray(self.array.coupling_matrix),
+            {"units": "1", "long_name": "coupling matrix W: H_coupling,i = mu sum_j W_ij m_x,j"},
+        )
         ds.attrs["config"] = json.dumps(self.resolved_config())
         ds.attrs["device_limit_warnings"] = "; ".join(self.limit_warnings) if self.limit_warnings else "none"
         ds.attrs["beyond_device_limits"] = int(bool(self.limit_warnings))
@@ -374,15 +439,20 @@ class Trajectory:
         steps = round((self.time_s[-1] if self.time_s.size > 1 else 0.0) / self.dt_s)
         snr = {None: "off"}
         return {
-            "device": dev.name, "n": int(array.n_oscillators), "coupling": f"{array.coupling_oe:.6g} Oe",
-            "current": f"{array.current_a * 1e3:.6g} mA", "duration": format_time(steps * self.dt_s),
-            "dt": format_time(self.dt_s), "save_every": (round(self.time_s[1] / self.dt_s) if self.time_s.size > 1
-                                                        else 1),
-            "samples": int(self.m.shape[1]), "temperature": f"{self.noise.temperature_k:g} K",
+            "device": dev.name,
+            "n": int(array.n_oscillators),
+            "coupling": f"{array.coupling_oe:.6g} Oe",
+            "current": f"{array.current_a * 1e3:.6g} mA",
+            "duration": format_time(steps * self.dt_s),
+            "dt": format_time(self.dt_s),
+            "save_every": (round(self.time_s[1] / self.dt_s) if self.time_s.size > 1 else 1),
+            "samples": int(self.m.shape[1]),
+            "temperature": f"{self.noise.temperature_k:g} K",
             "dynamical_snr": snr.get(self.noise.dynamical_snr_db, f"{self.noise.dynamical_snr_db} dB"),
             "observation_snr": snr.get(self.observation_snr_db, f"{self.observation_snr_db} dB"),
             "integrator": "stochastic Heun (Stratonovich)" if self.noise.temperature_k > 0 else "RK4",
-            "seed": self.seed, "dtype": self.dtype,
+            "seed": self.seed,
+            "dtype": self.dtype,
         }
 
 
@@ -394,14 +464,21 @@ def _trajectory_dataset(traj: Trajectory):  # xarray is imported on first use
     m = traj.m[:, 0] if single else traj.m
     v = traj.tmr_voltage_v[:, 0] if single else traj.tmr_voltage_v
     lead = ("time",) if single else ("time", "sample")
-    noise_note = ("" if traj.observation_snr_db is None
-                  else f", with observation noise at {traj.observation_snr_db} dB SNR")
+    noise_note = (
+        "" if traj.observation_snr_db is None else f", with observation noise at {traj.observation_snr_db} dB SNR"
+    )
     ds = xr.Dataset(
         {
-            "m": (lead + ("oscillator", "component"), m,
-                  {"units": "1", "long_name": f"free-layer unit magnetization{noise_note}"}),
-            "tmr_voltage": (lead + ("oscillator",), v,
-                            {"units": "V", "long_name": f"TMR output voltage I R(m) at the bias current{noise_note}"}),
+            "m": (
+                lead + ("oscillator", "component"),
+                m,
+                {"units": "1", "long_name": f"free-layer unit magnetization{noise_note}"},
+            ),
+            "tmr_voltage": (
+                lead + ("oscillator",),
+                v,
+                {"units": "V", "long_name": f"TMR output voltage I R(m) at the bias current{noise_note}"},
+            ),
         },
         coords={
             "time": ("time", traj.time_s, {"units": "s", "long_name": "time"}),
@@ -429,20 +506,33 @@ def _trajectory_dataset(traj: Trajectory):  # xarray is imported on first use
     return ds
 
 
-
 def _bias_currents_a(array: STOArray) -> np.ndarray:
     """(N,) bias current of each device in A: I_i = I (1 + s_I xi_i) with device variability (the
     current that drives device i's spin torque), I for identical devices. Its TMR voltage is I_i R(m_i)."""
-    factor = (array.variability.factors(array.n_oscillators)["current"] if array.variability is not None
-              else np.ones(array.n_oscillators))
+    factor = (
+        array.variability.factors(array.n_oscillators)["current"]
+        if array.variability is not None
+        else np.ones(array.n_oscillators)
+    )
     return array.current_a * factor
 
 
-def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s: float, *,
-             save_every: int = 1, temperature_k: float = 0.0, dynamical_snr_db: float | None = None,
-             observation_snr_db: float | None = None, seed: int = 0, dtype=np.float64,
-             progress: Callable[[int, int], None] | None = None, allow_beyond_limits: bool = False,
-             dynamical_noise_reference_s: float | None = None) -> Trajectory:
+def simulate(
+    array: STOArray,
+    initial_state: np.ndarray,
+    duration_s: float,
+    dt_s: float,
+    *,
+    save_every: int = 1,
+    temperature_k: float = 0.0,
+    dynamical_snr_db: float | None = None,
+    observation_snr_db: float | None = None,
+    seed: int = 0,
+    dtype=np.float64,
+    progress: Callable[[int, int], None] | None = None,
+    allow_beyond_limits: bool = False,
+    dynamical_noise_reference_s: float | None = None,
+) -> Trajectory:
     """Run ``array`` from ``initial_state`` ((N, 3) or (B, N, 3)) for ``duration_s`` in steps of ``dt_s``.
 
     The state is recorded at t = 0 and after every ``save_every`` steps. With
@@ -467,17 +557,22 @@ def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s
         raise ValueError(f"save_every = {save_every!r} must be an integer in [1, {n_steps}] (the number of steps)")
     if observation_snr_db is not None:
         check_snr_db(observation_snr_db, "observation_snr")
-    noise = NoiseSettings(temperature_k=float(temperature_k), dynamical_snr_db=dynamical_snr_db,
-                          dynamical_noise_reference_s=dynamical_noise_reference_s)
+    noise = NoiseSettings(
+        temperature_k=float(temperature_k),
+        dynamical_snr_db=dynamical_snr_db,
+        dynamical_noise_reference_s=dynamical_noise_reference_s,
+    )
     m0 = check_initial_state(initial_state, array.n_oscillators)
-    final, saved, measured_dyn = evolve(array, m0, n_steps, dt_s, noise=noise, seed=seed,
-                                        save_every=save_every, dtype=dtype, progress=progress)
+    final, saved, measured_dyn = evolve(
+        array, m0, n_steps, dt_s, noise=noise, seed=seed, save_every=save_every, dtype=dtype, progress=progress
+    )
     m = np.concatenate([m0.astype(final.dtype)[None], saved], axis=0)
     time_s = np.arange(m.shape[0]) * (save_every * dt_s)
     p = np.asarray(array.device.reference_direction)
     dev = array.device
-    voltage = voltage_at_bias_current_v(m @ p.astype(m.dtype), dev.parallel_resistance_ohm, dev.tmr_ratio,
-                                        _bias_currents_a(array)).astype(m.dtype)
+    voltage = voltage_at_bias_current_v(
+        m @ p.astype(m.dtype), dev.parallel_resistance_ohm, dev.tmr_ratio, _bias_currents_a(array)
+    ).astype(m.dtype)
     measured_obs: dict[str, float] = {}
     m_clean = v_clean = None
     if observation_snr_db is not None and math.isfinite(observation_snr_db):
@@ -490,8 +585,20 @@ def simulate(array: STOArray, initial_state: np.ndarray, duration_s: float, dt_s
         }
         m_clean, v_clean = m, voltage
         m, voltage = m_obs, v_obs
-    return Trajectory(time_s=time_s, m=m, tmr_voltage_v=voltage, final_state=final, array=array, dt_s=float(dt_s),
-                      seed=int(seed), noise=noise, observation_snr_db=observation_snr_db,
-                      measured_observation_snr_db=measured_obs, measured_dynamical_snr_db=measured_dyn,
-                      dtype=np.dtype(dtype).name, limit_warnings=limit_warnings,
-                      m_noiseless=m_clean, tmr_voltage_noiseless_v=v_clean)
+    return Trajectory(
+        time_s=time_s,
+        m=m,
+        tmr_voltage_v=voltage,
+        final_state=final,
+        array=array,
+        dt_s=float(dt_s),
+        seed=int(seed),
+        noise=noise,
+        observation_snr_db=observation_snr_db,
+        measured_observation_snr_db=measured_obs,
+        measured_dynamical_snr_db=measured_dyn,
+        dtype=np.dtype(dtype).name,
+        limit_warnings=limit_warnings,
+        m_noiseless=m_clean,
+        tmr_voltage_noiseless_v=v_clean,
+    )

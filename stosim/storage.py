@@ -23,9 +23,18 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
 
-__all__ = ["write_dataset_atomic", "atomic_output", "write_text_atomic", "package_versions",
-           "provenance_attrs", "output_lock", "check_output_free", "OutputLockedError", "stale_temporaries",
-           "remove_stale_temporaries"]
+__all__ = [
+    "write_dataset_atomic",
+    "atomic_output",
+    "write_text_atomic",
+    "package_versions",
+    "provenance_attrs",
+    "output_lock",
+    "check_output_free",
+    "OutputLockedError",
+    "stale_temporaries",
+    "remove_stale_temporaries",
+]
 
 _PACKAGES = ("stosim", "numpy", "numba", "scipy", "torch", "xarray", "h5netcdf", "h5py")
 
@@ -55,8 +64,9 @@ def _attr_value(value: Any) -> Any:
         return str(value)  # beyond HDF5's integers: keep every digit as text
     if isinstance(value, (int, float, str, np.integer, np.floating)):
         return value
-    flat_numbers = (isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, np.number, np.bool_))
-                                                            for v in value))
+    flat_numbers = isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float, np.number, np.bool_)) for v in value
+    )
     if flat_numbers or (isinstance(value, np.ndarray) and value.ndim == 1):
         array = np.asarray(value)
         if array.dtype.kind in "biuf":
@@ -163,8 +173,10 @@ def output_lock(path: str | Path) -> Iterator[list[Path]]:
     try:
         lock.acquire()
     except Timeout:
-        raise OutputLockedError(f"{path} is being written by another process (it holds the lock {lock_file}); "
-                                "wait until it has finished or write to another file") from None
+        raise OutputLockedError(
+            f"{path} is being written by another process (it holds the lock {lock_file}); "
+            "wait until it has finished or write to another file"
+        ) from None
     try:
         yield remove_stale_temporaries(path)
     finally:
@@ -205,8 +217,9 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
     return Path(path)
 
 
-def write_dataset_atomic(ds: "xr.Dataset", path: str | Path, *, overwrite: bool = True, lock: bool = True,
-                         checksums: bool = False) -> Path:
+def write_dataset_atomic(
+    ds: "xr.Dataset", path: str | Path, *, overwrite: bool = True, lock: bool = True, checksums: bool = False
+) -> Path:
     """Write ``ds`` as HDF5 via h5netcdf to a temporary file beside ``path``, flush it to disk, then
     rename it into place: a crash (or power loss) leaves the old file or the new one, never a partial one.
     ``lock``: hold :func:`output_lock` while writing (refused while another process writes ``path``);
@@ -214,8 +227,15 @@ def write_dataset_atomic(ds: "xr.Dataset", path: str | Path, *, overwrite: bool 
     array (variables and coordinates) with HDF5's Fletcher-32 checksum, so that reading a damaged
     one fails instead of returning wrong numbers (text arrays cannot carry one)."""
     path = Path(path)
-    encoding = ({name: {"fletcher32": True} for name, var in ds.variables.items()
-                 if var.ndim > 0 and var.size > 0 and var.dtype.kind in "biuf"} if checksums else None)
+    encoding = (
+        {
+            name: {"fletcher32": True}
+            for name, var in ds.variables.items()
+            if var.ndim > 0 and var.size > 0 and var.dtype.kind in "biuf"
+        }
+        if checksums
+        else None
+    )
     with output_lock(path) if lock else contextlib.nullcontext():
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")

@@ -29,8 +29,16 @@ import re
 from types import MappingProxyType
 from typing import Any, Mapping
 
-__all__ = ["UNITS", "INTERNAL_UNIT", "parse_quantity", "format_quantity", "format_time", "UnitError", "values_agree",
-           "VALUE_RTOL"]
+__all__ = [
+    "UNITS",
+    "INTERNAL_UNIT",
+    "parse_quantity",
+    "format_quantity",
+    "format_time",
+    "UnitError",
+    "values_agree",
+    "VALUE_RTOL",
+]
 
 
 class UnitError(ValueError):
@@ -75,8 +83,20 @@ INTERNAL_UNIT: Mapping[str, str] = MappingProxyType(
 )
 
 _NUMBER = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*$")
-_ALIASES = {"µm": "um", "μm": "um", "μA": "uA", "µA": "uA", "Ω": "Ohm", "kΩ": "kOhm", "ohm": "Ohm",
-            "µs": "us", "μs": "us", "emu/cc": "emu/cm^3", "emu/cm3": "emu/cm^3", "cm3": "cm^3"}
+_ALIASES = {
+    "µm": "um",
+    "μm": "um",
+    "μA": "uA",
+    "µA": "uA",
+    "Ω": "Ohm",
+    "kΩ": "kOhm",
+    "ohm": "Ohm",
+    "µs": "us",
+    "μs": "us",
+    "emu/cc": "emu/cm^3",
+    "emu/cm3": "emu/cm^3",
+    "cm3": "cm^3",
+}
 
 
 def parse_quantity(value: str | float | int, dimension: str, *, name: str = "value") -> float:
@@ -105,8 +125,9 @@ def parse_quantity(value: str | float | int, dimension: str, *, name: str = "val
     elif isinstance(value, str):
         match = _NUMBER.match(value)
         if match is None:
-            raise UnitError(f"{name}: cannot read a number from {value!r}; "
-                            f"expected e.g. '1.5 {INTERNAL_UNIT[dimension]}'")
+            raise UnitError(
+                f"{name}: cannot read a number from {value!r}; expected e.g. '1.5 {INTERNAL_UNIT[dimension]}'"
+            )
         number = match.group(1)
         unit = _ALIASES.get(match.group(2), match.group(2))
     else:

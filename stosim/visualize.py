@@ -23,8 +23,20 @@ from typing import Literal
 import numpy as np
 import torch
 
-__all__ = ["Trajectory", "substrate_trajectory", "pca", "Scale", "SCALES", "FIGURES", "write_figures",
-           "figure_pca", "figure_ffesn", "figure_lorenz96", "figure_sto_flow", "figure_sto_timeseries"]
+__all__ = [
+    "Trajectory",
+    "substrate_trajectory",
+    "pca",
+    "Scale",
+    "SCALES",
+    "FIGURES",
+    "write_figures",
+    "figure_pca",
+    "figure_ffesn",
+    "figure_lorenz96",
+    "figure_sto_flow",
+    "figure_sto_timeseries",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +48,7 @@ class Trajectory:
     time_unit: str
 
 
-def substrate_trajectory(substrate, state: torch.Tensor, steps: int | None = None,
-                         every: int = 1) -> Trajectory:
+def substrate_trajectory(substrate, state: torch.Tensor, steps: int | None = None, every: int = 1) -> Trajectory:
     """Evolve ``state`` (B, D; a valid state, e.g. ``substrate.initial_state(readin)``) with the dynamics of
     ``substrate`` (FFESN, Lorenz96, CoupledSTOArray) for ``steps`` steps (default: the substrate's own
     duration: K map steps, T / dt RK4 steps) and record it at step 0 and after every ``every`` steps.
@@ -73,8 +84,9 @@ def substrate_trajectory(substrate, state: torch.Tensor, steps: int | None = Non
         h = substrate.duration / substrate.n_steps
         step, unit = (lambda y: substrate.rk4_step(y, h)), "model time unit"
     else:
-        raise ValueError(f"substrate {type(substrate).__name__}: trajectories are drawn for FFESN, Lorenz96 and "
-                         "CoupledSTOArray")
+        raise ValueError(
+            f"substrate {type(substrate).__name__}: trajectories are drawn for FFESN, Lorenz96 and CoupledSTOArray"
+        )
     out = [x.cpu().numpy()]
     with torch.no_grad():
         for k in range(1, n_steps + 1):
@@ -102,7 +114,7 @@ def pca(states: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndar
     mean = flat.mean(axis=0)
     _, s, vt = np.linalg.svd(flat - mean, full_matrices=False)
     k = min(k, vt.shape[0])
-    total = float(np.sum(s ** 2))
+    total = float(np.sum(s**2))
     ratio = s[:k] ** 2 / total if total > 0 else np.zeros(k)
     return (x - mean) @ vt[:k].T, vt[:k], ratio
 
@@ -110,6 +122,7 @@ def pca(states: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndar
 # ----------------------------------------------------------------------------------------------
 # figure sizes
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
@@ -127,10 +140,28 @@ class Scale:
 
 
 SCALES = {
-    "tiny": Scale(samples=6, ffesn_n=20, ffesn_steps=6, lorenz_n=8, lorenz_time=2.0, sto_n=6, sto_flow_ps=20.0,
-                  sto_series_ns=0.2, sto_series_n=4),
-    "small": Scale(samples=30, ffesn_n=200, ffesn_steps=30, lorenz_n=40, lorenz_time=20.0, sto_n=50,
-                   sto_flow_ps=300.0, sto_series_ns=20.0, sto_series_n=200),
+    "tiny": Scale(
+        samples=6,
+        ffesn_n=20,
+        ffesn_steps=6,
+        lorenz_n=8,
+        lorenz_time=2.0,
+        sto_n=6,
+        sto_flow_ps=20.0,
+        sto_series_ns=0.2,
+        sto_series_n=4,
+    ),
+    "small": Scale(
+        samples=30,
+        ffesn_n=200,
+        ffesn_steps=30,
+        lorenz_n=40,
+        lorenz_time=20.0,
+        sto_n=50,
+        sto_flow_ps=300.0,
+        sto_series_ns=20.0,
+        sto_series_n=200,
+    ),
 }
 
 FFESN_RHOS = (0.5, 1.5)  # contracting (MLE = ln 0.5 < 0) and chaotic (MLE > 0) FFESN
@@ -194,6 +225,7 @@ def _sto(n: int, coupling_oe: float, duration_s: float, seed: int = 0):
 # the figures
 # ----------------------------------------------------------------------------------------------
 
+
 def figure_pca(out: Path, scale: Scale, seed: int = 0) -> Path:
     """PC1-PC2 of state trajectories of random read-ins for each substrate (STO at 500 Oe, FFESN at
     rho = 1.5, Lorenz 96 at F = 8)."""
@@ -205,26 +237,46 @@ def figure_pca(out: Path, scale: Scale, seed: int = 0) -> Path:
     sto = _sto(scale.sto_n, 500.0, scale.sto_flow_ps * 1e-12, seed)
     every = max(1, sto.n_steps // 60)
     cases = [
-        (f"coupled STOs, N = {scale.sto_n}, mu = 500 Oe, T = {scale.sto_flow_ps:g} ps",
-         sto, sto.initial_state(_random_readin(3 * scale.sto_n, scale.samples, seed)), None, every),
+        (
+            f"coupled STOs, N = {scale.sto_n}, mu = 500 Oe, T = {scale.sto_flow_ps:g} ps",
+            sto,
+            sto.initial_state(_random_readin(3 * scale.sto_n, scale.samples, seed)),
+            None,
+            every,
+        ),
     ]
     few = max(3, scale.samples // 5)  # long, space-filling paths: fewer samples to keep them apart
     k = min(scale.ffesn_steps, 10)
-    cases.append((f"FFESN, N = {scale.ffesn_n}, rho = 1.5, K = {k} ({few} samples)",
-                  FFESN(n=scale.ffesn_n, spectral_radius=1.5, steps=k, seed=seed),
-                  _random_readin(scale.ffesn_n, few, seed), None, 1))
+    cases.append(
+        (
+            f"FFESN, N = {scale.ffesn_n}, rho = 1.5, K = {k} ({few} samples)",
+            FFESN(n=scale.ffesn_n, spectral_radius=1.5, steps=k, seed=seed),
+            _random_readin(scale.ffesn_n, few, seed),
+            None,
+            1,
+        )
+    )
     t = min(scale.lorenz_time, 2.0)
     l96 = Lorenz96(n=scale.lorenz_n, forcing=8.0, duration=t, dt=0.01)
-    cases.append((f"Lorenz 96, N = {scale.lorenz_n}, F = 8, T = {t:g} ({few} samples)", l96,
-                  _random_readin(scale.lorenz_n, few, seed) + 8.0, None, 1))
+    cases.append(
+        (
+            f"Lorenz 96, N = {scale.lorenz_n}, F = 8, T = {t:g} ({few} samples)",
+            l96,
+            _random_readin(scale.lorenz_n, few, seed) + 8.0,
+            None,
+            1,
+        )
+    )
     for ax, (name, sub, x0, steps, every) in zip(axes, cases, strict=True):
         traj = substrate_trajectory(sub, x0, steps, every)
         proj, _, ratio = pca(traj.states, 3)
         _paths_2d(ax, proj, marker="." if "FFESN" in name else "")
         ax.set_title(_pc_title(name, ratio), fontsize=9)
-    fig.suptitle("state trajectories of random read-ins (standard normal; Lorenz 96: F + standard normal) "
-                 "from o to x, PCA over all states of each panel",
-                 fontsize=10)
+    fig.suptitle(
+        "state trajectories of random read-ins (standard normal; Lorenz 96: F + standard normal) "
+        "from o to x, PCA over all states of each panel",
+        fontsize=10,
+    )
     return _save(fig, out)
 
 
@@ -244,16 +296,19 @@ def figure_ffesn(out: Path, scale: Scale, seed: int = 0) -> Path:
         proj, _, ratio = pca(traj.states[: k + 1, :few], 3)
         _paths_2d(ax, proj, marker=".")
         kind = "contracting" if rho < 1 else "chaotic"
-        ax.set_title(_pc_title(f"FFESN rho = {rho:g} ({kind}), N = {scale.ffesn_n}, steps 0-{k}, {few} samples",
-                               ratio), fontsize=9)
+        ax.set_title(
+            _pc_title(f"FFESN rho = {rho:g} ({kind}), N = {scale.ffesn_n}, steps 0-{k}, {few} samples", ratio),
+            fontsize=9,
+        )
         spread = np.sqrt(np.mean(np.var(traj.states, axis=1), axis=-1))  # rms spread over samples, per step
         axes[2].semilogy(traj.time, np.maximum(spread, 1e-300), "o-", markersize=3, label=f"rho = {rho:g}")
     axes[2].set_xlabel("step k")
     axes[2].set_ylabel("rms spread of the states over samples")
     axes[2].grid(alpha=0.3)
     axes[2].legend(fontsize=8)
-    axes[2].set_title("the samples collapse onto the origin (rho < 1)\nor stay apart on the attractor (rho > 1)",
-                      fontsize=9)
+    axes[2].set_title(
+        "the samples collapse onto the origin (rho < 1)\nor stay apart on the attractor (rho > 1)", fontsize=9
+    )
     return _save(fig, out)
 
 
@@ -266,8 +321,9 @@ def figure_lorenz96(out: Path, scale: Scale, seed: int = 0) -> Path:
     fig = plt.figure(figsize=(13, 8.4), constrained_layout=True)
     for j, forcing in enumerate(LORENZ_FORCINGS):
         sub = Lorenz96(n=scale.lorenz_n, forcing=forcing, duration=scale.lorenz_time, dt=0.01)
-        start = substrate_trajectory(sub, _lorenz_start(scale.lorenz_n, forcing, 1, seed), sub.n_steps,
-                                     sub.n_steps).states[-1]
+        start = substrate_trajectory(
+            sub, _lorenz_start(scale.lorenz_n, forcing, 1, seed), sub.n_steps, sub.n_steps
+        ).states[-1]
         traj = substrate_trajectory(sub, torch.as_tensor(start), sub.n_steps, 2)
         x = traj.states[:, 0]  # (S, N)
         proj, _, ratio = pca(x, 3)
@@ -299,26 +355,32 @@ def figure_sto_flow(out: Path, scale: Scale, seed: int = 0) -> Path:
     duration = scale.sto_flow_ps * 1e-12
     torch.manual_seed(seed)
     shallow = ReservoirClassifier(u.shape[1], 10, _sto(scale.sto_n, 500.0, duration, seed))
-    deep = DeepReservoirClassifier(u.shape[1], 10, _sto(scale.sto_n, 500.0, duration, seed),
-                                   _sto(scale.sto_n, 500.0, duration, seed + 1))
+    deep = DeepReservoirClassifier(
+        u.shape[1], 10, _sto(scale.sto_n, 500.0, duration, seed), _sto(scale.sto_n, 500.0, duration, seed + 1)
+    )
     panels = []
     with torch.no_grad():
         sub = shallow.substrate
-        panels.append(("STO network", substrate_trajectory(sub, sub.initial_state(shallow.read_in(u)), None,
-                                                           max(1, sub.n_steps // 60))))
-        first = substrate_trajectory(deep.first, deep.first.initial_state(deep.read_in(u)), None,
-                                     max(1, deep.first.n_steps // 60))
+        panels.append(
+            (
+                "STO network",
+                substrate_trajectory(sub, sub.initial_state(shallow.read_in(u)), None, max(1, sub.n_steps // 60)),
+            )
+        )
+        first = substrate_trajectory(
+            deep.first, deep.first.initial_state(deep.read_in(u)), None, max(1, deep.first.n_steps // 60)
+        )
         x1 = torch.as_tensor(first.states[-1])
-        second = substrate_trajectory(deep.second, deep.second.initial_state(deep.inner(x1)), None,
-                                      max(1, deep.second.n_steps // 60))
+        second = substrate_trajectory(
+            deep.second, deep.second.initial_state(deep.inner(x1)), None, max(1, deep.second.n_steps // 60)
+        )
         panels += [("deep STO, first layer", first), ("deep STO, second layer", second)]
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
     for ax, (name, traj) in zip(axes, panels, strict=True):
         proj, _, ratio = pca(traj.states, 3)
         _paths_2d(ax, proj, colors)
-        ax.set_title(_pc_title(f"{name}, N = {scale.sto_n}, 500 Oe, T = {scale.sto_flow_ps:g} ps", ratio),
-                     fontsize=9)
+        ax.set_title(_pc_title(f"{name}, N = {scale.sto_n}, 500 Oe, T = {scale.sto_flow_ps:g} ps", ratio), fontsize=9)
     handles = [plt.Line2D([], [], color=cmap(c), label=f"digit {c}") for c in range(5)]
     axes[-1].legend(handles=handles, fontsize=7, loc="best")
     fig.suptitle(f"flow of {len(idx)} digits test samples (random read-in; o start, x end)", fontsize=10)
@@ -333,8 +395,7 @@ def figure_sto_timeseries(out: Path, scale: Scale, seed: int = 0) -> Path:
     from stosim.simulation import random_initial_state, simulate
 
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(13, 6.4), constrained_layout=True,
-                             gridspec_kw={"width_ratios": [3, 1]})
+    fig, axes = plt.subplots(2, 2, figsize=(13, 6.4), constrained_layout=True, gridspec_kw={"width_ratios": [3, 1]})
     duration = scale.sto_series_ns * 1e-9
     n = scale.sto_series_n
     for row, mu in enumerate(STO_COUPLINGS_OE):
@@ -344,9 +405,8 @@ def figure_sto_timeseries(out: Path, scale: Scale, seed: int = 0) -> Path:
         t_ns, m = traj.time_s[keep] * 1e9, traj.m[keep, 0]
         for i in range(min(3, n)):
             axes[row, 0].plot(t_ns, m[:, i, 0], linewidth=0.7, label=f"oscillator {i}")
-        kind = ("weak: MLE ~ 0 for N = 200, periodic" if mu < 0.2 else "strong: MLE > 0 for N = 200, chaotic")
-        axes[row, 0].set_title(f"mu = {mu:g} Oe ({kind}; experiments/chaos/RESULTS.md), N = {n}: m_x(t)",
-                               fontsize=9)
+        kind = "weak: MLE ~ 0 for N = 200, periodic" if mu < 0.2 else "strong: MLE > 0 for N = 200, chaotic"
+        axes[row, 0].set_title(f"mu = {mu:g} Oe ({kind}; experiments/chaos/RESULTS.md), N = {n}: m_x(t)", fontsize=9)
         axes[row, 0].set_xlabel("time (ns)")
         axes[row, 0].set_ylabel("m_x")
         axes[row, 0].legend(fontsize=7, loc="upper right")
@@ -355,8 +415,11 @@ def figure_sto_timeseries(out: Path, scale: Scale, seed: int = 0) -> Path:
         axes[row, 1].set_ylabel("m_y")
         axes[row, 1].set_aspect("equal")
         axes[row, 1].set_title("oscillator 0", fontsize=9)
-    fig.suptitle(f"free-running coupled STOs, last {scale.sto_series_ns / 2:g} ns of {scale.sto_series_ns:g} ns "
-                 "(RK4, dt = 1 ps)", fontsize=10)
+    fig.suptitle(
+        f"free-running coupled STOs, last {scale.sto_series_ns / 2:g} ns of {scale.sto_series_ns:g} ns "
+        "(RK4, dt = 1 ps)",
+        fontsize=10,
+    )
     return _save(fig, out)
 
 
@@ -369,8 +432,9 @@ FIGURES = {
 }
 
 
-def write_figures(out_dir: str | Path, figures: list[str] | None = None,
-                  scale: Literal["tiny", "small"] = "small", seed: int = 0) -> list[Path]:
+def write_figures(
+    out_dir: str | Path, figures: list[str] | None = None, scale: Literal["tiny", "small"] = "small", seed: int = 0
+) -> list[Path]:
     """Write ``state_space_<figure>.png`` (``-`` -> ``_``) into ``out_dir`` for ``figures`` (default all of
     :data:`FIGURES`); returns the paths written."""
     if scale not in SCALES:
@@ -380,5 +444,4 @@ def write_figures(out_dir: str | Path, figures: list[str] | None = None,
     if unknown:
         raise ValueError(f"figure {unknown[0]!r} is unknown; valid: {', '.join(FIGURES)}")
     out_dir = Path(out_dir)
-    return [FIGURES[name](out_dir / f"state_space_{name.replace('-', '_')}.png", SCALES[scale], seed)
-            for name in names]
+    return [FIGURES[name](out_dir / f"state_space_{name.replace('-', '_')}.png", SCALES[scale], seed) for name in names]

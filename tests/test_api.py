@@ -23,10 +23,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- quantities ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("value", "dimension", "expected"), [
-    ("500 Oe", "field", 500.0), ("0.05 T", "field", 500.0), (500, "field", 500.0), ("300 ps", "time", 3e-10),
-    (3e-10, "time", 3e-10), ("2.5 mA", "current", 2.5e-3), (np.float32(2.0), "temperature", 2.0),
-])
+@pytest.mark.parametrize(
+    ("value", "dimension", "expected"),
+    [
+        ("500 Oe", "field", 500.0),
+        ("0.05 T", "field", 500.0),
+        (500, "field", 500.0),
+        ("300 ps", "time", 3e-10),
+        (3e-10, "time", 3e-10),
+        ("2.5 mA", "current", 2.5e-3),
+        (np.float32(2.0), "temperature", 2.0),
+    ],
+)
 def test_quantity_takes_unit_strings_and_plain_numbers(value, dimension, expected) -> None:
     assert quantity(value, dimension, "x") == pytest.approx(expected, rel=1e-15)
 
@@ -38,8 +46,9 @@ def test_quantity_refuses_the_rest_naming_the_parameter(value) -> None:
 
 
 def test_sto_array_from_unit_strings_equals_the_one_from_numbers() -> None:
-    a = stosim.CoupledSTOArray(n=6, coupling="0.05 T", duration="20 ps", dt="1 ps", current="2 mA",
-                               temperature="0 K", seed=3)
+    a = stosim.CoupledSTOArray(
+        n=6, coupling="0.05 T", duration="20 ps", dt="1 ps", current="2 mA", temperature="0 K", seed=3
+    )
     b = stosim.CoupledSTOArray(n=6, coupling_oe=500.0, duration_s=20e-12, dt_s=1e-12, current_a=2e-3, seed=3)
     c = stosim.CoupledSTOArray(6, "500 Oe", "20 ps", "1 ps", current_a="2 mA", seed=3)  # strings in the old keywords
     assert a.read_configuration() == b.read_configuration() == c.read_configuration()
@@ -112,7 +121,7 @@ def test_partial_fit_streams_to_the_same_readout_as_fit() -> None:
     full = ReservoirEstimator("ffesn", **params).fit(x, y)
     stream = ReservoirEstimator("ffesn", **params)
     for i in range(0, 120, 50):
-        stream.partial_fit(x[i:i + 50], y[i:i + 50], classes=[0, 1, 2])
+        stream.partial_fit(x[i : i + 50], y[i : i + 50], classes=[0, 1, 2])
     np.testing.assert_allclose(stream.decision_function(x), full.decision_function(x), rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="classes"):
         ReservoirEstimator("ffesn", **params).partial_fit(x, y)
@@ -200,14 +209,20 @@ def test_every_command_has_examples_and_defaults_in_its_help() -> None:
     assert "(default 500 Oe)" in train_help and "default 20" in train_help
 
 
-@pytest.mark.parametrize(("flags", "named"), [
-    (["--substrate", "ffesn", "--coupling", "500 Oe"], "--coupling does not apply to --substrate ffesn"),
-    (["--substrate", "lorenz96", "--spectral-radius", "1.2", "--temperature", "3 K"],
-     "--spectral-radius, --temperature do not apply to --substrate lorenz96"),
-    (["--substrate", "linear", "--hidden", "10"], "--hidden does not apply to --substrate linear"),
-])
-def test_train_refuses_flags_of_other_substrates(flags, named, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--substrate", "ffesn", "--coupling", "500 Oe"], "--coupling does not apply to --substrate ffesn"),
+        (
+            ["--substrate", "lorenz96", "--spectral-radius", "1.2", "--temperature", "3 K"],
+            "--spectral-radius, --temperature do not apply to --substrate lorenz96",
+        ),
+        (["--substrate", "linear", "--hidden", "10"], "--hidden does not apply to --substrate linear"),
+    ],
+)
+def test_train_refuses_flags_of_other_substrates(
+    flags, named, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["train", *flags, "--out", str(tmp_path / "run")]) == 2
     assert named in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -233,24 +248,28 @@ def test_paths_in_experiment_files_are_relative_to_the_file(tmp_path: Path, monk
     assert config_differences({**cfg.resolved(), "data_dir": "../data/mnist"}, cfg) == []
 
 
-def test_all_experiment_files_validate_from_another_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_all_experiment_files_validate_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     files = sorted(str(p) for p in (ROOT / "experiments" / "table1").glob("*.toml"))
     monkeypatch.chdir(tmp_path)
     assert main(["validate", *files]) == 0, capsys.readouterr().err
 
 
-def test_compilation_notice_only_before_the_first_compilation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_compilation_notice_only_before_the_first_compilation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from stosim.cli import _announce_compilation
 
-    (tmp_path / "h23_fresh_kernels.py").write_text(textwrap.dedent("""
+    (tmp_path / "h23_fresh_kernels.py").write_text(
+        textwrap.dedent("""
         from numba import njit
 
         @njit(cache=True)
         def twice(x):
             return 2.0 * x
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     _announce_compilation("h23_fresh_kernels")
     assert "compiling kernels (first run only" in capsys.readouterr().err
@@ -261,13 +280,32 @@ def test_compilation_notice_only_before_the_first_compilation(tmp_path: Path, mo
     assert capsys.readouterr().err == ""
 
 
-def test_training_reports_progress_within_epochs_without_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_training_reports_progress_within_epochs_without_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import stosim.cli
 
     monkeypatch.setattr(stosim.cli, "PLAIN_PROGRESS_S", 0.0)  # a plain line at every batch instead of every 30 s
-    assert main(["train", "--substrate", "linear", "--epochs", "2", "--limit-train", "100", "--limit-test", "20",
-                 "--batch-size", "32", "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--substrate",
+                "linear",
+                "--epochs",
+                "2",
+                "--limit-train",
+                "100",
+                "--limit-test",
+                "20",
+                "--batch-size",
+                "32",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "epoch 1: 1 / 4 batches (25 %)" in err and "epoch 2: 4 / 4 batches (100 %)" in err
 
@@ -300,8 +338,12 @@ def test_help_examples_parse() -> None:
     from stosim.cli import _EPILOGS
 
     parser = build_parser()
-    examples = [line.strip() for text in _EPILOGS.values() for line in text.splitlines()
-                if line.strip().startswith("stosim ") and "COMMAND" not in line]
+    examples = [
+        line.strip()
+        for text in _EPILOGS.values()
+        for line in text.splitlines()
+        if line.strip().startswith("stosim ") and "COMMAND" not in line
+    ]
     assert len(examples) >= 15
     for line in examples:
         args = parser.parse_args(shlex.split(line)[1:])

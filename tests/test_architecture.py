@@ -19,8 +19,10 @@ def _lint_imports() -> list[str]:
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     exe = shutil.which("lint-imports", path=search)
     if exe is None:
-        pytest.skip("import-linter is not installed (pip install -e '.[test]' installs it): "
-                    "the layer contract of pyproject.toml is not checked")
+        pytest.skip(
+            "import-linter is not installed (pip install -e '.[test]' installs it): "
+            "the layer contract of pyproject.toml is not checked"
+        )
     return [exe]
 
 
@@ -37,14 +39,15 @@ def test_the_layer_contract_fails_on_an_upward_import(tmp_path: Path) -> None:
     """The contract is not vacuous: a copy of the package where a substrate imports a study is refused."""
     cmd = _lint_imports()
     pkg = tmp_path / "stosim"
-    shutil.copytree(REPO_ROOT / "stosim", pkg, symlinks=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "devices"))
+    shutil.copytree(REPO_ROOT / "stosim", pkg, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "devices"))
     probe = pkg / "substrates" / "_upward_probe.py"
-    probe.write_text("import stosim.studies.training  # an upward import: the contract must refuse it\n",
-                     encoding="utf-8")
+    probe.write_text(
+        "import stosim.studies.training  # an upward import: the contract must refuse it\n", encoding="utf-8"
+    )
     shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    result = subprocess.run(cmd + ["--no-cache"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-                            check=False)
+    result = subprocess.run(
+        cmd + ["--no-cache"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode != 0, result.stdout
     assert "stosim.substrates._upward_probe -> stosim.studies.training" in result.stdout, result.stdout

@@ -14,8 +14,23 @@ import torch
 from stosim.checkpoint import CheckpointError, load_checkpoint
 from stosim.cli import main
 
-TRAIN = ["train", "--substrate", "ffesn", "--n", "12", "--steps", "2", "--limit-train", "60", "--limit-test", "20",
-         "--batch-size", "30", "--epochs", "2"]
+TRAIN = [
+    "train",
+    "--substrate",
+    "ffesn",
+    "--n",
+    "12",
+    "--steps",
+    "2",
+    "--limit-train",
+    "60",
+    "--limit-test",
+    "20",
+    "--batch-size",
+    "30",
+    "--epochs",
+    "2",
+]
 
 
 class _Payload:
@@ -216,5 +231,9 @@ def test_ftmle_refuses_a_damaged_checkpoint(trained, tmp_path, capsys, case):
     ckpt = out / "checkpoint.pt"
     content = _tampered(state, case)
     ckpt.write_bytes(content) if isinstance(content, bytes) else torch.save(content, ckpt)
-    _refused(["ftmle", "--checkpoint", str(out), "--limit", "5", "--out", str(tmp_path / "f.h5")], capsys,
-             f"checkpoint {ckpt}:", CASES[case])
+    _refused(
+        ["ftmle", "--checkpoint", str(out), "--limit", "5", "--out", str(tmp_path / "f.h5")],
+        capsys,
+        f"checkpoint {ckpt}:",
+        CASES[case],
+    )

@@ -18,8 +18,28 @@ from stosim.cli import main
 
 def test_simulate_writes_trajectory_and_plot(tmp_path, capsys):
     out, png = tmp_path / "traj.h5", tmp_path / "traj.png"
-    args = ["simulate", "--n", "6", "--coupling", "500 Oe", "--current", "2.5 mA", "--duration", "0.2 ns",
-            "--dt", "1 ps", "--seed", "3", "--save-every", "5", "--out", str(out), "--plot", str(png), "--json"]
+    args = [
+        "simulate",
+        "--n",
+        "6",
+        "--coupling",
+        "500 Oe",
+        "--current",
+        "2.5 mA",
+        "--duration",
+        "0.2 ns",
+        "--dt",
+        "1 ps",
+        "--seed",
+        "3",
+        "--save-every",
+        "5",
+        "--out",
+        str(out),
+        "--plot",
+        str(png),
+        "--json",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 200 and summary["recorded"] == 41
@@ -55,16 +75,44 @@ def test_simulate_with_noise_initial_angles_and_matrix(tmp_path, capsys):
     w = np.random.default_rng(0).uniform(-1, 1, (4, 4))
     np.save(tmp_path / "w.npy", w)
     out = tmp_path / "noisy.h5"
-    assert main(["simulate", "--n", "4", "--coupling-matrix", str(tmp_path / "w.npy"), "--coupling", "0.1 kOe",
-                 "--initial-angles", "30,45", "--duration", "1 ns", "--dt", "1 ps", "--temperature", "300 K",
-                 "--observation-snr", "20", "--dynamical-snr", "30", "--save-every", "1", "--out", str(out),
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--n",
+                "4",
+                "--coupling-matrix",
+                str(tmp_path / "w.npy"),
+                "--coupling",
+                "0.1 kOe",
+                "--initial-angles",
+                "30,45",
+                "--duration",
+                "1 ns",
+                "--dt",
+                "1 ps",
+                "--temperature",
+                "300 K",
+                "--observation-snr",
+                "20",
+                "--dynamical-snr",
+                "30",
+                "--save-every",
+                "1",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["measured_observation_snr_db"]["m"] == pytest.approx(20, abs=0.2)
     assert summary["measured_dynamical_snr_db"] == pytest.approx(30, abs=0.2)
     ds = xr.open_dataset(out, engine="h5netcdf")
-    np.testing.assert_allclose(ds["m"].values[0], np.tile([0.5 * np.sqrt(0.5), 0.5 * np.sqrt(0.5), np.sqrt(3) / 2],
-                                                          (4, 1)), atol=0.2)  # first sample, observed with noise
+    np.testing.assert_allclose(
+        ds["m"].values[0], np.tile([0.5 * np.sqrt(0.5), 0.5 * np.sqrt(0.5), np.sqrt(3) / 2], (4, 1)), atol=0.2
+    )  # first sample, observed with noise
     assert ds.attrs["temperature_k"] == 300.0 and "Heun" in ds.attrs["integrator"]
     ds.close()
 
@@ -111,15 +159,31 @@ def test_simulate_n_must_match_the_coupling_matrix_and_os_errors_are_messages(tm
 def test_train_and_ftmle_need_units_for_sto_times(tmp_path, capsys):
     # a plain number is Lorenz 96 model time; for the STOs it would be seconds (300 s: 3e14 steps)
     for extra in (["--duration", "300"], ["--dt", "1"]):
-        assert main(["train", "--n", "4", "--limit-train", "20", "--limit-test", "10", *extra,
-                     "--out", str(tmp_path / "t")]) == 2
+        assert (
+            main(
+                ["train", "--n", "4", "--limit-train", "20", "--limit-test", "10", *extra, "--out", str(tmp_path / "t")]
+            )
+            == 2
+        )
         assert f"{extra[0]} {extra[1]}: give a time with its unit for substrate sto" in capsys.readouterr().err
         assert main(["ftmle", "--n", "4", "--limit", "2", *extra, "--out", str(tmp_path / "f.h5")]) == 2
         assert "give a time with its unit" in capsys.readouterr().err
     assert not (tmp_path / "t").exists() and not (tmp_path / "f.h5").exists()
     # --config beside --checkpoint would be ignored: refused
-    assert main(["ftmle", "--config", str(REPO_ROOT / "experiments" / "digits-sto.toml"), "--checkpoint", str(tmp_path),
-                 "--out", str(tmp_path / "g.h5")]) == 2
+    assert (
+        main(
+            [
+                "ftmle",
+                "--config",
+                str(REPO_ROOT / "experiments" / "digits-sto.toml"),
+                "--checkpoint",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "g.h5"),
+            ]
+        )
+        == 2
+    )
     assert "drop --config" in capsys.readouterr().err
 
 
@@ -129,18 +193,41 @@ def test_python_m_stosim_runs():
 
 
 def test_lyapunov_refuses_a_flag_of_another_substrate_and_uses_its_own(capsys):
-    small = {"sto": ["--n", "2", "--duration", "10 ps", "--transient", "0 ps"],
-             "ffesn": ["--n", "4", "--duration", "5", "--transient", "0"],
-             "lorenz96": ["--n", "4", "--duration", "1", "--transient", "0"]}
+    small = {
+        "sto": ["--n", "2", "--duration", "10 ps", "--transient", "0 ps"],
+        "ffesn": ["--n", "4", "--duration", "5", "--transient", "0"],
+        "lorenz96": ["--n", "4", "--duration", "1", "--transient", "0"],
+    }
     # each would be silently ignored by the substrate it is given to
-    for substrate, flag, value in (("lorenz96", "--spectral-radius", "2"), ("sto", "--forcing", "4"),
-                                   ("ffesn", "--coupling", "100 Oe"), ("lorenz96", "--current", "1 mA"),
-                                   ("ffesn", "--device", "devices/seed-pmtj.toml")):
+    for substrate, flag, value in (
+        ("lorenz96", "--spectral-radius", "2"),
+        ("sto", "--forcing", "4"),
+        ("ffesn", "--coupling", "100 Oe"),
+        ("lorenz96", "--current", "1 mA"),
+        ("ffesn", "--device", "devices/seed-pmtj.toml"),
+    ):
         assert main(["lyapunov", "--substrate", substrate, *small[substrate], flag, value]) == 2
         assert f"{flag} applies to --substrate" in capsys.readouterr().err
     # on its own substrate a flag is used: the FFESN at rho = 0.5 without input has MLE ln(0.5) per step
-    assert main(["lyapunov", "--substrate", "ffesn", "--n", "5", "--spectral-radius", "0.5", "--duration", "50",
-                 "--transient", "50", "--json"]) == 0
+    assert (
+        main(
+            [
+                "lyapunov",
+                "--substrate",
+                "ffesn",
+                "--n",
+                "5",
+                "--spectral-radius",
+                "0.5",
+                "--duration",
+                "50",
+                "--transient",
+                "50",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.strip())["mle"] == pytest.approx(math.log(0.5), abs=0.01)
 
 
@@ -159,11 +246,25 @@ def test_sweep_json_gives_its_line_also_when_fail_fast_stops_it(tmp_path, capsys
     from stosim.sweep.runner import SweepSummary
 
     spec = tmp_path / "s.toml"
-    spec.write_text('name = "s"\nkind = "simulate"\n[base]\nn = 2\nduration = "10 ps"\ndt = "1 ps"\n'
-                    '[grid]\ncoupling = ["100 Oe", "200 Oe"]\n')
-    summary = SweepSummary(path=tmp_path / "s.h5", n_points=2, n_done=1, n_failed=1, n_pending=0, n_run=2,
-                           n_resumed=0, workers=1, scheduler="local", startup_s=0.1, run_s=1.0, wall_time_s=1.2,
-                           failures=[({"coupling": 200.0}, "ValueError: boom")])
+    spec.write_text(
+        'name = "s"\nkind = "simulate"\n[base]\nn = 2\nduration = "10 ps"\ndt = "1 ps"\n'
+        '[grid]\ncoupling = ["100 Oe", "200 Oe"]\n'
+    )
+    summary = SweepSummary(
+        path=tmp_path / "s.h5",
+        n_points=2,
+        n_done=1,
+        n_failed=1,
+        n_pending=0,
+        n_run=2,
+        n_resumed=0,
+        workers=1,
+        scheduler="local",
+        startup_s=0.1,
+        run_s=1.0,
+        wall_time_s=1.2,
+        failures=[({"coupling": 200.0}, "ValueError: boom")],
+    )
 
     def stopped(*args, **kwargs):  # a --fail-fast sweep whose second point failed (no cluster needed)
         raise SweepFailedError("point coupling=200 failed (--fail-fast): boom", summary)
@@ -194,8 +295,10 @@ def test_simulate_initial_file_errors_name_the_option(tmp_path, capsys):
     np.save(tmp_path / "words.npy", np.array([["a", "b", "c"]] * 3))
     for name in ("two.npz", "text.npy", "words.npy", "missing.npy"):
         out = tmp_path / f"{name}.h5"
-        assert main(["simulate", "--n", "3", "--duration", "10 ps", "--initial", str(tmp_path / name),
-                     "--out", str(out)]) == 2
+        assert (
+            main(["simulate", "--n", "3", "--duration", "10 ps", "--initial", str(tmp_path / name), "--out", str(out)])
+            == 2
+        )
         assert f"--initial {tmp_path / name}: " in capsys.readouterr().err
         assert not out.exists()
 
@@ -227,8 +330,15 @@ def test_atomic_output_flushes_the_folder_and_keeps_the_mode_of_the_file_it_repl
 def test_provenance_attrs_of_numpy_values_read_back_as_written(tmp_path):
     from stosim.storage import provenance_attrs, write_dataset_atomic
 
-    attrs = provenance_attrs(flag=np.bool_(True), flags=[True, False], spins=np.array([0.5, -1.0]),
-                             dtype=np.dtype("float32"), big=2**70, mixed={"n": np.int64(3)}, nothing=None)
+    attrs = provenance_attrs(
+        flag=np.bool_(True),
+        flags=[True, False],
+        spins=np.array([0.5, -1.0]),
+        dtype=np.dtype("float32"),
+        big=2**70,
+        mixed={"n": np.int64(3)},
+        nothing=None,
+    )
     ds = xr.Dataset({"x": ("t", np.arange(2.0), {"units": "1", "long_name": "x"})}, attrs=attrs)
     write_dataset_atomic(ds, tmp_path / "a.h5")
     with xr.open_dataset(tmp_path / "a.h5", engine="h5netcdf") as back:
@@ -245,9 +355,11 @@ def test_provenance_attrs_of_numpy_values_read_back_as_written(tmp_path):
 
 def _trajectory_like(m: np.ndarray, attrs: dict) -> xr.Dataset:
     n_t, n_osc = m.shape[:2]
-    return xr.Dataset({"m": (("time", "oscillator", "component"), m),
-                       "tmr_voltage": (("time", "oscillator"), np.ones((n_t, n_osc)))},
-                      coords={"time": np.arange(n_t) * 1e-9}, attrs=attrs)
+    return xr.Dataset(
+        {"m": (("time", "oscillator", "component"), m), "tmr_voltage": (("time", "oscillator"), np.ones((n_t, n_osc)))},
+        coords={"time": np.arange(n_t) * 1e-9},
+        attrs=attrs,
+    )
 
 
 def test_plots_of_non_finite_or_constant_values_work_and_close_their_figures(tmp_path):

@@ -89,10 +89,13 @@ def test_a_short_gzip_payload_is_truncated(tmp_path):
 
 
 def _idx_pair(folder: Path, split: str, n_images: int, n_labels: int) -> None:
-    stems = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}[split]
-    (folder / f"{stems[0]}.gz").write_bytes(gzip.compress(struct.pack(">IIII", 2051, n_images, 4, 4)
-                                                          + bytes(16 * n_images)))
+    stems = {
+        "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    }[split]
+    (folder / f"{stems[0]}.gz").write_bytes(
+        gzip.compress(struct.pack(">IIII", 2051, n_images, 4, 4) + bytes(16 * n_images))
+    )
     (folder / f"{stems[1]}.gz").write_bytes(gzip.compress(struct.pack(">II", 2049, n_labels) + bytes(n_labels)))
 
 
@@ -105,8 +108,10 @@ def test_empty_idx_files_are_refused_naming_the_file(tmp_path, capsys):
     with pytest.raises(DatasetError, match=rf"{labels}: the header announces 0 labels"):
         read_idx_labels(labels)
     # `stosim train` on them: one line naming the file (it used to end in a ZeroDivisionError)
-    assert main(["train", "--substrate", "linear", "--dataset", "mnist", "--data-dir", str(tmp_path),
-                 "--epochs", "1"]) == 2
+    assert (
+        main(["train", "--substrate", "linear", "--dataset", "mnist", "--data-dir", str(tmp_path), "--epochs", "1"])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(images) in err and "0 images" in err
 
@@ -138,8 +143,9 @@ def _done_sweep(tmp_path: Path) -> tuple[Path, Path]:
     sweep = load_spec(spec)
     state = SweepState(sweep)
     for k, point in enumerate(sweep.points):
-        state.record(point, {"status": "done", "values": {o.name: 0.25 + k for o in sweep.kind.outputs},
-                             "wall_time_s": 1.0})
+        state.record(
+            point, {"status": "done", "values": {o.name: 0.25 + k for o in sweep.kind.outputs}, "wall_time_s": 1.0}
+        )
     return spec, state.save(tmp_path / "s.h5")
 
 
@@ -206,16 +212,23 @@ def _replace(name: str, values):
         for i, label in enumerate(dims):
             if label:
                 f[name].dims[i].attach_scale(f[label])
+
     return change
 
 
 SCHEMA_CASES = {
-    "bad JSON in sweep_runs": (lambda f: f.attrs.__setitem__("sweep_runs", "[{"),
-                               "attribute sweep_runs is not valid JSON"),
-    "bad JSON in the spec": (lambda f: f.attrs.__setitem__("sweep_spec_json", "{'a': 1"),
-                             "attribute sweep_spec_json is not valid JSON"),
-    "spec not an object": (lambda f: f.attrs.__setitem__("sweep_spec_json", "[1, 2]"),
-                           "attribute sweep_spec_json must hold a JSON dict"),
+    "bad JSON in sweep_runs": (
+        lambda f: f.attrs.__setitem__("sweep_runs", "[{"),
+        "attribute sweep_runs is not valid JSON",
+    ),
+    "bad JSON in the spec": (
+        lambda f: f.attrs.__setitem__("sweep_spec_json", "{'a': 1"),
+        "attribute sweep_spec_json is not valid JSON",
+    ),
+    "spec not an object": (
+        lambda f: f.attrs.__setitem__("sweep_spec_json", "[1, 2]"),
+        "attribute sweep_spec_json must hold a JSON dict",
+    ),
     "format": (lambda f: f.attrs.__setitem__("stosim_sweep_format", 7), "attribute stosim_sweep_format = 7"),
     "status type": (_replace("status", np.zeros(2)), "status in"),
     "status value": (_replace("status", np.array([b"done", b"maybe"], dtype="S5")), "holds ['maybe']"),
@@ -239,8 +252,13 @@ def test_sweep_file_schema_is_checked_on_resume(tmp_path, capsys, case):
 def test_a_resume_removes_the_temporary_files_a_killed_run_left(tmp_path, capsys):
     spec, out = _done_sweep(tmp_path)
     ours = [tmp_path / ".s.h5.tmp-a1b2c3d4.h5", tmp_path / ".s.h5.k9_x0zq1.h5"]  # this version's, an earlier one's
-    others = [tmp_path / ".s.h5.tmp-a1b2c3d4.h5.bak", tmp_path / ".other.h5.tmp-a1b2c3d4.h5", tmp_path / "s.h5.tmp",
-              tmp_path / ".s.h5.tmp-TOOLONG12.h5", tmp_path / "notes.txt"]
+    others = [
+        tmp_path / ".s.h5.tmp-a1b2c3d4.h5.bak",
+        tmp_path / ".other.h5.tmp-a1b2c3d4.h5",
+        tmp_path / "s.h5.tmp",
+        tmp_path / ".s.h5.tmp-TOOLONG12.h5",
+        tmp_path / "notes.txt",
+    ]
     for p in ours + others:
         p.write_bytes(b"partial")
     (tmp_path / ".s.h5.tmp-dir00000.h5").mkdir()  # a folder with our pattern: not ours to delete
@@ -278,7 +296,8 @@ def test_simulate_is_refused_while_another_process_writes_the_output(tmp_path, c
     assert out.read_bytes() == before
     # a training folder is locked while it trains: a second writer of its checkpoint is refused
     with output_lock(tmp_path / "run" / "checkpoint.pt"):
-        assert main(["train", "--substrate", "linear", "--epochs", "2", "--out", str(tmp_path / "run"),
-                     "--resume"]) == 2
+        assert (
+            main(["train", "--substrate", "linear", "--epochs", "2", "--out", str(tmp_path / "run"), "--resume"]) == 2
+        )
         assert "being written by another process" in capsys.readouterr().err
     write_text_atomic("free again", tmp_path / "x.txt")

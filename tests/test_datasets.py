@@ -456,9 +456,7 @@ def test_no_network_error_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_download_tries_next_mirror_after_dropped_connection(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_download_tries_next_mirror_after_dropped_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import http.client
 
     payloads = fake_payloads(np.random.default_rng(16))

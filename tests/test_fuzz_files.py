@@ -74,9 +74,12 @@ n = 4
 [grid]
 coupling = ["100 Oe", "500 Oe"]
 """
-SWEEP_BASES = {"train": 'substrate = "sto"\nepochs = 1\ndt = "1 ps"\nduration = "100 ps"',
-               "simulate": 'duration = "100 ps"\ndt = "1 ps"',
-               "mle": 'substrate = "sto"', "ftmle": 'substrate = "sto"\nsamples = 2'}
+SWEEP_BASES = {
+    "train": 'substrate = "sto"\nepochs = 1\ndt = "1 ps"\nduration = "100 ps"',
+    "simulate": 'duration = "100 ps"\ndt = "1 ps"',
+    "mle": 'substrate = "sto"',
+    "ftmle": 'substrate = "sto"\nsamples = 2',
+}
 
 
 def _station_text() -> str:
@@ -87,6 +90,7 @@ def _station_text() -> str:
 # mutation engine (driven by a random.Random, so that a mutant is a seed)
 # ----------------------------------------------------------------------------------------------
 
+
 def _deep(depth: int) -> Any:
     value: Any = 1
     for _ in range(depth):
@@ -95,12 +99,66 @@ def _deep(depth: int) -> Any:
 
 
 HOSTILE: tuple[Any, ...] = (
-    True, False, 0, -1, 1, 2**31, 2**63, 2**64, -(2**63), 2**100, 0.0, -0.0, 1e-320,
-    1e308, -1e308, math.nan, math.inf, -math.inf, 0.5, "", " ", "1", "true", "nan", "inf Oe", "-inf ps", "nan ps",
-    "1e30 Oe", "1e-300 ps", "1e300 s", "5 kg", "500", "500 oe", "500 Oe Oe", "2.5 mA", "1 ns", "300 K", "-5 K",
-    "µs", "1 µs", "1 μm", "ÅÅÅ", "\u0000", "\u202e500 Oe", "é" * 50, "x" * 5000, "../../etc/passwd",
-    "os:system", "stosim.hardware.instruments:CurrentSource2400", "evil_module:Thing", [], [1, 2, 3], ["a", 1],
-    {}, {"a": 1}, {"substrate": "sto"}, _deep(40), [math.nan], ["500 Oe", "500 Oe"], ["500 Oe", "0.5 kOe"],
+    True,
+    False,
+    0,
+    -1,
+    1,
+    2**31,
+    2**63,
+    2**64,
+    -(2**63),
+    2**100,
+    0.0,
+    -0.0,
+    1e-320,
+    1e308,
+    -1e308,
+    math.nan,
+    math.inf,
+    -math.inf,
+    0.5,
+    "",
+    " ",
+    "1",
+    "true",
+    "nan",
+    "inf Oe",
+    "-inf ps",
+    "nan ps",
+    "1e30 Oe",
+    "1e-300 ps",
+    "1e300 s",
+    "5 kg",
+    "500",
+    "500 oe",
+    "500 Oe Oe",
+    "2.5 mA",
+    "1 ns",
+    "300 K",
+    "-5 K",
+    "µs",
+    "1 µs",
+    "1 μm",
+    "ÅÅÅ",
+    "\u0000",
+    "\u202e500 Oe",
+    "é" * 50,
+    "x" * 5000,
+    "../../etc/passwd",
+    "os:system",
+    "stosim.hardware.instruments:CurrentSource2400",
+    "evil_module:Thing",
+    [],
+    [1, 2, 3],
+    ["a", 1],
+    {},
+    {"a": 1},
+    {"substrate": "sto"},
+    _deep(40),
+    [math.nan],
+    ["500 Oe", "500 Oe"],
+    ["500 Oe", "0.5 kOe"],
 )
 
 
@@ -132,10 +190,16 @@ def mutate_tree(tree: dict, rng: random.Random) -> dict:
         paths = _paths(tree)
         op = rng.random()
         if not paths or op < 0.1:
-            target = tree if not paths else rng.choice([tree, *[_parent(tree, p)[p[-1]] for p in paths
-                                                                if isinstance(_parent(tree, p)[p[-1]], dict)]])
-            target[rng.choice(("n", "seed", "zzz", "substrate", "kind", "grid", "base", "driver", "ß"))] = \
-                rng.choice(HOSTILE)
+            target = (
+                tree
+                if not paths
+                else rng.choice(
+                    [tree, *[_parent(tree, p)[p[-1]] for p in paths if isinstance(_parent(tree, p)[p[-1]], dict)]]
+                )
+            )
+            target[rng.choice(("n", "seed", "zzz", "substrate", "kind", "grid", "base", "driver", "ß"))] = rng.choice(
+                HOSTILE
+            )
             continue
         path = rng.choice(paths)
         parent = _parent(tree, path)
@@ -216,7 +280,7 @@ def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
         if n == 0:
             data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
         elif op < 0.3:
-            del data[rng.randrange(n):]
+            del data[rng.randrange(n) :]
         elif op < 0.6:
             for _ in range(rng.randint(1, 8)):
                 data[rng.randrange(n)] = rng.randrange(256)
@@ -244,6 +308,7 @@ def toml_mutant(text: str, rng: random.Random) -> bytes:
 # ----------------------------------------------------------------------------------------------
 # the property, per kind
 # ----------------------------------------------------------------------------------------------
+
 
 class Failure(AssertionError):
     """A mutant that ended otherwise than in a clean refusal or a justified acceptance."""
@@ -323,6 +388,7 @@ def run_toml_mutant(kind: str, seed: int, folder: Path) -> str:
 
 # -- IDX ---------------------------------------------------------------------------------------
 
+
 def _idx_seed(labels: bool) -> bytes:
     import struct
 
@@ -337,7 +403,7 @@ def _idx_mutant(rng: random.Random, labels: bool) -> bytes:
     data = bytearray(_idx_seed(labels))
     if rng.random() < 0.5:  # a header field replaced: huge counts / sizes must not allocate
         slot = rng.randrange(1, 2 if labels else 4)
-        data[4 * slot:4 * slot + 4] = struct.pack(">I", rng.choice((0, 1, 7, 2**16, 2**31, 2**32 - 1)))
+        data[4 * slot : 4 * slot + 4] = struct.pack(">I", rng.choice((0, 1, 7, 2**16, 2**31, 2**32 - 1)))
         return bytes(data) if rng.random() < 0.6 else mutate_bytes(bytes(data), rng)
     if rng.random() < 0.2:
         import gzip
@@ -367,6 +433,7 @@ def run_idx_mutant(seed: int, folder: Path) -> str:
 
 
 # -- sweep HDF5 files ----------------------------------------------------------------------------
+
 
 def _sweep_file(folder: Path) -> tuple[Path, Any]:
     from stosim.sweep.spec import load_spec
@@ -419,8 +486,13 @@ def run_h5_mutant(seed: int, folder: Path, seed_file: Path, sweep: Any) -> str:
 # default run: a few mutants per kind (hypothesis supplies the seeds, derandomized)
 # ----------------------------------------------------------------------------------------------
 
-FUZZ = settings(derandomize=True, max_examples=DEFAULT_EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    derandomize=True,
+    max_examples=DEFAULT_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 SEED = st.integers(min_value=0, max_value=2**32 - 1)
 
 
@@ -512,8 +584,13 @@ def run_checkpoint_mutant(seed: int, folder: Path, seed_bytes: bytes) -> int:
 
 
 def test_checkpoint_mutants_are_refused_cleanly(checkpoint_bytes, tmp_path) -> None:
-    @settings(derandomize=True, max_examples=4, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(
+        derandomize=True,
+        max_examples=4,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
     @given(seed=SEED)
     def prop(seed: int) -> None:
         run_checkpoint_mutant(seed, tmp_path, checkpoint_bytes)
@@ -524,6 +601,7 @@ def test_checkpoint_mutants_are_refused_cleanly(checkpoint_bytes, tmp_path) -> N
 # ----------------------------------------------------------------------------------------------
 # the campaign (-m slow): >= 1000 mutants over every kind, in a subprocess whose peak memory is measured
 # ----------------------------------------------------------------------------------------------
+
 
 def campaign(per_kind: int, folder: Path, seed0: int = 1) -> dict[str, Any]:
     """Run ``per_kind`` mutants of every kind; returns the counts, the failures (text) and the time."""
@@ -550,16 +628,26 @@ def campaign(per_kind: int, folder: Path, seed0: int = 1) -> dict[str, Any]:
     tally("idx", lambda s: run_idx_mutant(s, folder))
     seed_file, sweep = _sweep_file(folder)
     tally("sweep-h5", lambda s: run_h5_mutant(s, folder, seed_file, sweep))
-    return {"counts": counts, "failures": failures, "seconds": time.perf_counter() - t0,
-            "mutants": sum(sum(c.values()) for c in counts.values())}
+    return {
+        "counts": counts,
+        "failures": failures,
+        "seconds": time.perf_counter() - t0,
+        "mutants": sum(sum(c.values()) for c in counts.values()),
+    }
 
 
 @pytest.mark.slow
 def test_fuzz_campaign_over_every_file_kind(tmp_path) -> None:
     per_kind = 120  # 10 kinds: 1200 mutants
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, __file__, str(per_kind), str(tmp_path)], capture_output=True, text=True,
-                          env=env, timeout=3000, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, str(per_kind), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3000,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["mutants"] >= 1000

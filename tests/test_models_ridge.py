@@ -16,7 +16,7 @@ from stosim.ridge import RidgeAccumulator
 def _stream(x: np.ndarray, labels: np.ndarray, n_classes: int, batch: int = 64) -> RidgeAccumulator:
     acc = RidgeAccumulator(x.shape[1], n_classes)
     for i in range(0, x.shape[0], batch):
-        acc.update(x[i:i + batch], labels[i:i + batch])
+        acc.update(x[i : i + batch], labels[i : i + batch])
     return acc
 
 
@@ -86,8 +86,12 @@ def test_ridge_alpha_and_sizes_are_checked() -> None:
     for bad in (float("inf"), 0.0, -1.0, float("nan"), "1", True):  # inf used to reach scipy
         with pytest.raises(ValueError, match=r"ridge alpha = .* is out of range; valid: a finite number > 0"):
             acc.solve(bad)  # type: ignore[arg-type]
-    for n_features, n_classes, name in ((3.5, 2, "n_features"), (0, 2, "n_features"), (3, 1, "n_classes"),
-                                        (3, 2.0, "n_classes")):
+    for n_features, n_classes, name in (
+        (3.5, 2, "n_features"),
+        (0, 2, "n_features"),
+        (3, 1, "n_classes"),
+        (3, 2.0, "n_classes"),
+    ):
         with pytest.raises(ValueError, match=rf"{name} = .* is out of range"):
             RidgeAccumulator(n_features, n_classes)  # type: ignore[arg-type]
     assert RidgeAccumulator(np.int64(3), np.int64(2)).n_features == 3
@@ -122,6 +126,9 @@ def test_model_heads_map_flat_images_to_class_scores(image_shape: tuple[int, int
     x = torch.rand(5, rows * cols)
     front = ConvFrontEnd(image_shape, 3, torch.float32)
     assert front(x).shape == (5, front.n_outputs) and front.n_outputs == 3 * (rows // 2) * (cols // 2)
-    for model in (LinearClassifier(rows * cols, 10), MLPClassifier(rows * cols, 10, 6),
-                  CNNClassifier(image_shape, 10, 6, channels=3)):
+    for model in (
+        LinearClassifier(rows * cols, 10),
+        MLPClassifier(rows * cols, 10, 6),
+        CNNClassifier(image_shape, 10, 6, channels=3),
+    ):
         assert model(x).shape == (5, 10)

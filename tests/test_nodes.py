@@ -53,8 +53,9 @@ def test_a_stochastic_reservoir_is_reproducible_per_seed() -> None:
     x, _ = _data(n=8, d=4)
 
     def features(seed: int) -> np.ndarray:
-        chain = ReadIn(seed=0) >> Reservoir("sto", n=4, coupling="500 Oe", duration="20 ps", dt="1 ps",
-                                            observation_snr_db=20.0, seed=seed)
+        chain = ReadIn(seed=0) >> Reservoir(
+            "sto", n=4, coupling="500 Oe", duration="20 ps", dt="1 ps", observation_snr_db=20.0, seed=seed
+        )
         return chain.run(x)
 
     a, b, c = features(0), features(0), features(1)

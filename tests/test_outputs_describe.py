@@ -49,7 +49,8 @@ def test_metrics_json_records_the_resolved_run(tmp_path: Path) -> None:
     assert metrics["test_accuracy"] == pytest.approx(100 * result.test_accuracy, rel=1e-12)
     assert metrics["accuracy_units"] == "%"
     assert [h["test_accuracy"] for h in metrics["history"]] == pytest.approx(
-        [100 * h["test_accuracy"] for h in result.history], rel=1e-12)
+        [100 * h["test_accuracy"] for h in result.history], rel=1e-12
+    )
     assert metrics["config"]["n"] == 20  # the configuration as given is still there (resume, compare)
 
 
@@ -58,8 +59,10 @@ def test_trajectory_file_has_the_coupling_matrix_the_noise_free_state_and_the_co
     args = ["simulate", "--n", "3", "--duration", "200 ps", "--dt", "1 ps", "--seed", "5"]
     assert main([*args, "--observation-snr", "20", "--out", str(out)]) == 0
     assert main([*args, "--out", str(tmp_path / "clean.h5")]) == 0
-    with (xr.open_dataset(out, engine="h5netcdf") as ds,
-          xr.open_dataset(tmp_path / "clean.h5", engine="h5netcdf") as clean):
+    with (
+        xr.open_dataset(out, engine="h5netcdf") as ds,
+        xr.open_dataset(tmp_path / "clean.h5", engine="h5netcdf") as clean,
+    ):
         # oracle: the noise-free state of the noisy run is the state of the same run without observation noise
         np.testing.assert_array_equal(ds["m_noiseless"].values, clean["m"].values)
         np.testing.assert_array_equal(ds["tmr_voltage_noiseless"].values, clean["tmr_voltage"].values)
@@ -69,8 +72,17 @@ def test_trajectory_file_has_the_coupling_matrix_the_noise_free_state_and_the_co
         np.testing.assert_array_equal(ds["coupling_matrix"].values, array.coupling_matrix)
         assert ds["tmr_voltage"].attrs["units"] == "V"
         config = json.loads(ds.attrs["config"])
-        assert config == {**config, "coupling": "500 Oe", "duration": "200 ps", "dt": "1 ps", "n": 3, "seed": 5,
-                          "observation_snr": "20.0 dB", "current": "2.5 mA", "temperature": "0 K"}
+        assert config == {
+            **config,
+            "coupling": "500 Oe",
+            "duration": "200 ps",
+            "dt": "1 ps",
+            "n": 3,
+            "seed": 5,
+            "observation_snr": "20.0 dB",
+            "current": "2.5 mA",
+            "temperature": "0 K",
+        }
         assert ds.attrs["version_stosim"] == stosim.__version__
 
 
@@ -118,16 +130,23 @@ def test_sweep_legend_values_are_in_the_axis_unit() -> None:
     assert _format_value(coupling, 500.0) == "500 Oe"
 
 
-def test_lyapunov_exponents_within_two_standard_errors_read_as_zero(monkeypatch: pytest.MonkeyPatch,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_lyapunov_exponents_within_two_standard_errors_read_as_zero(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from stosim.analysis.lyapunov import LyapunovResult
     from stosim.studies import run_lyapunov
 
     def fake(*args, **kwargs):
-        return LyapunovResult(exponents=np.array([0.9, 7.5e-5, -1.2]), standard_error=np.array([0.05, 1.4e-4, 0.05]),
-                              running_time=np.array([1.0]), running_estimates=np.zeros((1, 3)),
-                              relative_change_last_quarter=np.zeros(3), time_unit="model time unit", duration=10.0,
-                              transient=1.0)
+        return LyapunovResult(
+            exponents=np.array([0.9, 7.5e-5, -1.2]),
+            standard_error=np.array([0.05, 1.4e-4, 0.05]),
+            running_time=np.array([1.0]),
+            running_estimates=np.zeros((1, 3)),
+            relative_change_last_quarter=np.zeros(3),
+            time_unit="model time unit",
+            duration=10.0,
+            transient=1.0,
+        )
 
     monkeypatch.setattr(run_lyapunov, "substrate_lyapunov", fake)
     assert main(["lyapunov", "--substrate", "lorenz96", "--exponents", "3"]) == 0
@@ -135,18 +154,27 @@ def test_lyapunov_exponents_within_two_standard_errors_read_as_zero(monkeypatch:
     assert ["consistent with zero" in line for line in lines] == [False, True, False]
 
 
-def test_sweep_plots_show_accuracy_in_percent_and_legends_in_the_axis_unit(monkeypatch: pytest.MonkeyPatch,
-                                                                          tmp_path: Path) -> None:
+def test_sweep_plots_show_accuracy_in_percent_and_legends_in_the_axis_unit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from stosim.sweep import plot as sweep_plot
 
     figures = _captured_figures(monkeypatch, sweep_plot)
     acc = np.array([[[0.5, 0.7], [0.6, 0.8]], [[0.55, 0.75], [0.65, 0.85]]])  # (coupling, duration, seed)
     ds = xr.Dataset(
-        {"test_accuracy": (("coupling", "duration", "seed"), acc,
-                           {"units": "1", "long_name": "test accuracy after the last epoch (fraction)"})},
-        coords={"coupling": ("coupling", [200.0, 500.0], {"units": "Oe", "long_name": "coupling"}),
-                "duration": ("duration", [1e-10, 3e-10], {"units": "s", "long_name": "duration"}),
-                "seed": ("seed", [0, 1], {"units": "1", "long_name": "seed"})})
+        {
+            "test_accuracy": (
+                ("coupling", "duration", "seed"),
+                acc,
+                {"units": "1", "long_name": "test accuracy after the last epoch (fraction)"},
+            )
+        },
+        coords={
+            "coupling": ("coupling", [200.0, 500.0], {"units": "Oe", "long_name": "coupling"}),
+            "duration": ("duration", [1e-10, 3e-10], {"units": "s", "long_name": "duration"}),
+            "seed": ("seed", [0, 1], {"units": "1", "long_name": "seed"}),
+        },
+    )
     sweep_plot.plot_sweep(ds, "test_accuracy", "coupling", hue="duration", out=tmp_path / "line.png")
     ax = figures[0].axes[0]
     assert ax.get_ylabel() == "test accuracy after the last epoch (%)"

@@ -22,8 +22,10 @@ from stosim.extras import MissingExtraError, require
 
 ROOT = Path(stosim.__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
-in_checkout = pytest.mark.skipif(not PYPROJECT.is_file() or not (ROOT / "devices").is_dir(),
-                                 reason="needs the source tree (pyproject.toml, devices/)")
+in_checkout = pytest.mark.skipif(
+    not PYPROJECT.is_file() or not (ROOT / "devices").is_dir(),
+    reason="needs the source tree (pyproject.toml, devices/)",
+)
 
 
 def _package_data() -> dict[str, list[str]]:
@@ -57,15 +59,19 @@ def test_device_files_have_one_copy_and_every_one_is_package_data():
 
 def test_missing_extra_names_it():
     require("numpy", "cluster", "anything")  # installed: nothing happens
-    with pytest.raises(MissingExtraError, match=r"a parallel sweep needs no_such_module_x, which is not installed: "
-                                                r"pip install 'stosim\[cluster\]'"):
+    with pytest.raises(
+        MissingExtraError,
+        match=r"a parallel sweep needs no_such_module_x, which is not installed: "
+        r"pip install 'stosim\[cluster\]'",
+    ):
         require("no_such_module_x", "cluster", "a parallel sweep")
 
 
 def test_sweep_without_dask_says_which_extra(tmp_path, monkeypatch, capsys):
     spec = tmp_path / "s.toml"
-    spec.write_text('name = "s"\nkind = "train"\n[base]\nsubstrate = "linear"\n[grid]\nlr = [0.01, 0.02]\n',
-                    encoding="utf-8")
+    spec.write_text(
+        'name = "s"\nkind = "train"\n[base]\nsubstrate = "linear"\n[grid]\nlr = [0.01, 0.02]\n', encoding="utf-8"
+    )
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
     rc = main(["sweep", str(spec), "--out", str(tmp_path / "s.h5"), "--workers", "1"])
     err = capsys.readouterr().err
@@ -124,9 +130,25 @@ def test_the_wheel_ships_the_device_files_and_works_installed(tmp_path):
     for name in ("stosim", "devices"):  # stosim/devices stays a link
         shutil.copytree(ROOT / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path / "dist"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                            "--quiet", "-w", str(dist), str(src)], capture_output=True, text=True, check=False,
-                           timeout=600)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = dist.glob("stosim-*.whl")
     with zipfile.ZipFile(wheel) as z:
@@ -141,8 +163,9 @@ def test_the_wheel_ships_the_device_files_and_works_installed(tmp_path):
     script.write_text(textwrap.dedent(INSTALLED_CHECK), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(site)
-    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         check=False, timeout=600)
+    run = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=600
+    )
     assert run.returncode == 0, run.stderr
     where, devices, names_line, count = run.stdout.strip().splitlines()
     assert Path(where).resolve().is_relative_to(site.resolve()), where  # the unpacked wheel, not the checkout

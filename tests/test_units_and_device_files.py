@@ -82,9 +82,18 @@ def test_seed_device_resolves_to_the_published_parameters(device):
     assert device.reference_direction == (1.0, 0.0, 0.0)
 
 
-
-@pytest.mark.parametrize("key", ["saturation_magnetization_emu_cm3", "anisotropy_field_oe", "radius_cm", "thickness_cm",
-                                 "gyromagnetic_ratio_rad_per_oe_s", "parallel_resistance_ohm", "tmr_ratio"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "saturation_magnetization_emu_cm3",
+        "anisotropy_field_oe",
+        "radius_cm",
+        "thickness_cm",
+        "gyromagnetic_ratio_rad_per_oe_s",
+        "parallel_resistance_ohm",
+        "tmr_ratio",
+    ],
+)
 def test_device_parameters_built_in_code_refuse_infinite_values(device, key):
     # an infinite radius would give H_s0 = 0 (no torque) without a word
     name = key.removesuffix("_emu_cm3").removesuffix("_oe").removesuffix("_cm").removesuffix("_rad_per_oe_s")
@@ -92,11 +101,14 @@ def test_device_parameters_built_in_code_refuse_infinite_values(device, key):
         device.replace(**{key: math.inf})
 
 
-@pytest.mark.parametrize(("key", "value", "valid"), [
-    ("saturation_magnetization_emu_cm3", 1.4483e6, r"in \(0, 10000\] emu/cm\^3"),
-    ("anisotropy_field_oe", 1e9, r"in \[0, 1e\+06\] Oe"),
-    ("gyromagnetic_ratio_rad_per_oe_s", 2.8e6, r"in \[8\.794e\+06, 2\.638e\+07\] rad/\(Oe s\) \(g-factor 1 to 3\)"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "valid"),
+    [
+        ("saturation_magnetization_emu_cm3", 1.4483e6, r"in \(0, 10000\] emu/cm\^3"),
+        ("anisotropy_field_oe", 1e9, r"in \[0, 1e\+06\] Oe"),
+        ("gyromagnetic_ratio_rad_per_oe_s", 2.8e6, r"in \[8\.794e\+06, 2\.638e\+07\] rad/\(Oe s\) \(g-factor 1 to 3\)"),
+    ],
+)
 def test_device_parameters_built_in_code_refuse_values_out_of_physical_range(device, key, value, valid):
     name = key.removesuffix("_emu_cm3").removesuffix("_oe").removesuffix("_rad_per_oe_s")
     with pytest.raises(ValueError, match=rf"device parameter {name} = {value!r} is out of range; valid: {valid}"):
@@ -131,8 +143,11 @@ def _write_device(tmp_path: Path, replace: tuple[str, str] | None = None, append
     [
         (("damping = 0.005", "damping = 1.5"), "", r"free_layer\.damping"),
         (("damping = 0.005", "damping = 0"), "", r"free_layer\.damping"),
-        (('saturation_magnetization = "1448.3 emu/cm^3"', 'saturation_magnetization = "-5 emu/cm^3"'), "",
-         r"free_layer\.saturation_magnetization"),
+        (
+            ('saturation_magnetization = "1448.3 emu/cm^3"', 'saturation_magnetization = "-5 emu/cm^3"'),
+            "",
+            r"free_layer\.saturation_magnetization",
+        ),
         (("direction = [1.0, 0.0, 0.0]", "direction = [1.0, 1.0, 0.0]"), "", r"\|p\| must be 1"),
         (('z = "200 Oe"', 'z = "200"'), "", r"applied_field\.z.*not a field unit"),
         (('current = "2.5 mA"', 'current = "2.5 mOe"'), "", r"spin_torque\.current"),
@@ -141,17 +156,32 @@ def _write_device(tmp_path: Path, replace: tuple[str, str] | None = None, append
         (("[tmr]", "[tmr_]"), "", r"tmr"),
         # out of physical range: M in A/m written as emu/cm^3 (1000 times too large), H_K of 1e5 T,
         # gamma 1e5 times the electron's; a NaN component of p
-        (('saturation_magnetization = "1448.3 emu/cm^3"', 'saturation_magnetization = "1.4483e6 emu/cm^3"'), "",
-         r"free_layer\.saturation_magnetization: Input should be less than or equal to 10000"),
-        (('anisotropy_field = "18.616 kOe"', 'anisotropy_field = "1e9 Oe"'), "",
-         r"free_layer\.anisotropy_field: Input should be less than or equal to 1000000"),
-        (('"1.764e7 rad/(Oe s)"', '"1.764e12 rad/(Oe s)"'), "",
-         r"free_layer\.gyromagnetic_ratio: Input should be less than or equal to 26382300\.1"),
+        (
+            ('saturation_magnetization = "1448.3 emu/cm^3"', 'saturation_magnetization = "1.4483e6 emu/cm^3"'),
+            "",
+            r"free_layer\.saturation_magnetization: Input should be less than or equal to 10000",
+        ),
+        (
+            ('anisotropy_field = "18.616 kOe"', 'anisotropy_field = "1e9 Oe"'),
+            "",
+            r"free_layer\.anisotropy_field: Input should be less than or equal to 1000000",
+        ),
+        (
+            ('"1.764e7 rad/(Oe s)"', '"1.764e12 rad/(Oe s)"'),
+            "",
+            r"free_layer\.gyromagnetic_ratio: Input should be less than or equal to 26382300\.1",
+        ),
         # gamma / 2 pi in Hz/Oe written as rad/(Oe s): g = 0.32
-        (('"1.764e7 rad/(Oe s)"', '"2.8e6 rad/(Oe s)"'), "",
-         r"free_layer\.gyromagnetic_ratio: Input should be greater than or equal to 8794100\.0"),
-        (("direction = [1.0, 0.0, 0.0]", "direction = [nan, 0.0, 0.0]"), "",
-         r"reference_layer\.direction: \|p\| must be 1"),
+        (
+            ('"1.764e7 rad/(Oe s)"', '"2.8e6 rad/(Oe s)"'),
+            "",
+            r"free_layer\.gyromagnetic_ratio: Input should be greater than or equal to 8794100\.0",
+        ),
+        (
+            ("direction = [1.0, 0.0, 0.0]", "direction = [nan, 0.0, 0.0]"),
+            "",
+            r"reference_layer\.direction: \|p\| must be 1",
+        ),
     ],
 )
 def test_invalid_device_files_name_the_key(tmp_path, replace, append, match):
@@ -194,8 +224,9 @@ def test_cli_validate_recognizes_every_shipped_toml(capsys):
 
 def test_cli_validate_names_the_bad_key_of_a_sweep_spec(tmp_path, capsys):
     spec = tmp_path / "bad-sweep.toml"
-    spec.write_text('name = "x"\nkind = "train"\nseeds = [0]\n[base]\nsubstrate = "sto"\nepochz = 3\n'
-                    '[grid]\ncoupling = ["1 Oe"]\n')
+    spec.write_text(
+        'name = "x"\nkind = "train"\nseeds = [0]\n[base]\nsubstrate = "sto"\nepochz = 3\n[grid]\ncoupling = ["1 Oe"]\n'
+    )
     assert main(["validate", str(spec)]) == 1
     err = capsys.readouterr().err
     assert "epochz" in err and "epochs" in err

@@ -74,9 +74,11 @@ def test_readout_only_needs_a_reservoir(tmp_path, capsys) -> None:
 
 
 def test_lorenz96_sizes_and_steps_are_checked_as_the_run_does(tmp_path, capsys) -> None:
-    for text, words in (('substrate = "lorenz96"\nn = 2\n', "n must be an integer >= 4"),
-                        ('substrate = "lorenz96"\nduration = 1e300\ndt = 1e-300\n', "duration"),
-                        ('substrate = "lorenz96"\nduration = 1.0\ndt = 0.3\n', "whole multiple")):
+    for text, words in (
+        ('substrate = "lorenz96"\nn = 2\n', "n must be an integer >= 4"),
+        ('substrate = "lorenz96"\nduration = 1e300\ndt = 1e-300\n', "duration"),
+        ('substrate = "lorenz96"\nduration = 1.0\ndt = 0.3\n', "whole multiple"),
+    ):
         path = tmp_path / "l96.toml"
         path.write_text(text)
         assert main(["validate", str(path)]) == 1, text
@@ -94,13 +96,16 @@ def test_an_experiment_file_without_substrate_is_judged_an_experiment(tmp_path, 
     assert "epochz" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("text", [
-    "a = " + "[" * 1000 + "]" * 1000 + "\n",
-    "a = " + "{b = " * 1000 + "1" + "}" * 1000 + "\n",
-    "a = " + "[" * (MAX_NESTING + 2) + "]" * (MAX_NESTING + 2) + "\n",
-    "a" + ".a" * 100 + " = 1\n",
-    "".join(f"[{'.'.join(['t'] * k)}]\n" for k in range(1, 60)),
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a = " + "[" * 1000 + "]" * 1000 + "\n",
+        "a = " + "{b = " * 1000 + "1" + "}" * 1000 + "\n",
+        "a = " + "[" * (MAX_NESTING + 2) + "]" * (MAX_NESTING + 2) + "\n",
+        "a" + ".a" * 100 + " = 1\n",
+        "".join(f"[{'.'.join(['t'] * k)}]\n" for k in range(1, 60)),
+    ],
+)
 def test_deep_nesting_is_refused_with_the_file_named(tmp_path, capsys, text) -> None:
     path = tmp_path / "deep.toml"
     path.write_text(text)
@@ -130,8 +135,10 @@ def test_files_over_a_mebibyte_non_utf8_and_non_regular_files_are_refused(tmp_pa
 SWEEP = 'name = "x"\nkind = "{kind}"\nseeds = [0]\n[base]\nn = 4\n{base}[grid]\ncoupling = ["500 Oe", "1e5 Oe"]\n'
 
 
-@pytest.mark.parametrize(("kind", "base"), [("train", 'substrate = "sto"\nepochs = 1\n'), ("simulate", ""),
-                                            ("ftmle", 'samples = 1\n'), ("mle", "")])
+@pytest.mark.parametrize(
+    ("kind", "base"),
+    [("train", 'substrate = "sto"\nepochs = 1\n'), ("simulate", ""), ("ftmle", "samples = 1\n"), ("mle", "")],
+)
 def test_a_sweep_with_one_point_the_run_refuses_does_not_validate_nor_start(tmp_path, capsys, kind, base) -> None:
     """1e5 Oe of coupling needs dt < 1 ps: the second point would fail when run; validate names it, and
     `stosim sweep` refuses the spec before it starts any worker (no output file)."""
@@ -148,10 +155,12 @@ def test_a_sweep_with_one_point_the_run_refuses_does_not_validate_nor_start(tmp_
 
 def test_sweep_seeds_and_values_are_strictly_typed(tmp_path, capsys) -> None:
     spec = tmp_path / "s.toml"
-    for text, words in (('name = "x"\nkind = "train"\nseeds = [true]\n', "seeds[0]"),
-                        (f'name = "x"\nkind = "train"\nseed = {2**64}\n', "seed"),
-                        ('name = "x"\nkind = "train"\n[grid]\nlr = [true, 0.1]\n', "lr"),
-                        ('name = "x"\nkind = "simulate"\n[base]\nn = true\n', "n")):
+    for text, words in (
+        ('name = "x"\nkind = "train"\nseeds = [true]\n', "seeds[0]"),
+        (f'name = "x"\nkind = "train"\nseed = {2**64}\n', "seed"),
+        ('name = "x"\nkind = "train"\n[grid]\nlr = [true, 0.1]\n', "lr"),
+        ('name = "x"\nkind = "simulate"\n[base]\nn = true\n', "n"),
+    ):
         spec.write_text(text)
         assert main(["validate", str(spec)]) == 1, text
         err = capsys.readouterr().err
@@ -198,8 +207,11 @@ def test_a_user_driver_is_imported_only_when_running_and_allowed(tmp_path) -> No
 def test_station_numbers_are_strictly_typed(tmp_path, capsys) -> None:
     from stosim.hardware.station import StationFileError, load_station
 
-    for section, key, value in (("array", "n", True), ("array", "coupling_seed", 2**40),
-                                ("current_source", "retries", 1.5)):
+    for section, key, value in (
+        ("array", "n", True),
+        ("array", "coupling_seed", 2**40),
+        ("current_source", "retries", 1.5),
+    ):
         with pytest.raises(StationFileError, match=f"{section}.{key}"):
             load_station(SIM_STATION, overrides={section: {key: value}})
 
@@ -225,7 +237,7 @@ def test_a_file_that_is_not_utf8_is_refused_naming_it(tmp_path) -> None:
 
 def test_a_table_where_a_value_belongs_is_refused_naming_the_key(tmp_path, capsys) -> None:
     path = tmp_path / "e.toml"  # was TypeError: unhashable type: 'dict' (substrate looked up in a frozenset)
-    path.write_text('n = 8\nepochs = 1\n[substrate]\n')
+    path.write_text("n = 8\nepochs = 1\n[substrate]\n")
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
     assert "substrate" in err and "Traceback" not in err

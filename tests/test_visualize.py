@@ -16,8 +16,10 @@ from stosim.visualize import pca, substrate_trajectory
 def test_trajectories_end_where_the_substrate_ends():
     """The recorded trajectory's last state is the substrate's own evolve() result (float64)."""
     x = torch.randn(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    for sub, x0 in ((FFESN(n=12, spectral_radius=1.5, steps=7, seed=1), x),
-                    (Lorenz96(n=12, forcing=8.0, duration=0.3, dt=0.01), x + 8.0)):
+    for sub, x0 in (
+        (FFESN(n=12, spectral_radius=1.5, steps=7, seed=1), x),
+        (Lorenz96(n=12, forcing=8.0, duration=0.3, dt=0.01), x + 8.0),
+    ):
         traj = substrate_trajectory(sub, x0)
         assert traj.states.shape[:2] == (sub.steps + 1 if isinstance(sub, FFESN) else sub.n_steps + 1, 3)
         np.testing.assert_allclose(traj.states[-1], sub.evolve(x0).numpy(), rtol=0, atol=1e-12)
@@ -45,15 +47,36 @@ def test_pca_recovers_a_known_plane():
 
 
 def test_visualize_command_writes_pngs(tmp_path):
-    assert main(["visualize", "--scale", "tiny", "--figure", "ffesn", "--figure", "lorenz96",
-                 "--out-dir", str(tmp_path)]) == 0
+    assert (
+        main(["visualize", "--scale", "tiny", "--figure", "ffesn", "--figure", "lorenz96", "--out-dir", str(tmp_path)])
+        == 0
+    )
     for name in ("state_space_ffesn.png", "state_space_lorenz96.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
 def test_visualize_sto_figures_tiny(tmp_path):
-    assert main(["visualize", "--scale", "tiny", "--figure", "sto-flow", "--figure", "sto-timeseries",
-                 "--figure", "pca", "--out-dir", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state_space_pca.png", "state_space_sto_flow.png",
-                                                          "state_space_sto_timeseries.png"]
+    assert (
+        main(
+            [
+                "visualize",
+                "--scale",
+                "tiny",
+                "--figure",
+                "sto-flow",
+                "--figure",
+                "sto-timeseries",
+                "--figure",
+                "pca",
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "state_space_pca.png",
+        "state_space_sto_flow.png",
+        "state_space_sto_timeseries.png",
+    ]

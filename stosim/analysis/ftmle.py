@@ -124,9 +124,14 @@ _LANCZOS_BASIS_BYTES = 256 << 20
 _SOLVER_DTYPES = (torch.float32, torch.float64)
 
 
-def flow_operators_from_function(f: Callable[[Tensor], Tensor], *, time: float = 1.0, time_unit: str = "1",
-                                 project_tangent: Callable[[Tensor, Tensor], Tensor] = identity_projection,
-                                 jvp_mode: str = "reverse") -> FlowOperators:
+def flow_operators_from_function(
+    f: Callable[[Tensor], Tensor],
+    *,
+    time: float = 1.0,
+    time_unit: str = "1",
+    project_tangent: Callable[[Tensor, Tensor], Tensor] = identity_projection,
+    jvp_mode: str = "reverse",
+) -> FlowOperators:
     """:class:`FlowOperators` of a torch function ``f`` mapping (B, D) batches to (B, D_out), samples independent.
 
     ``vjp`` is one reverse-mode pass (``torch.autograd.grad``; works through custom autograd
@@ -152,20 +157,25 @@ def flow_operators_from_function(f: Callable[[Tensor], Tensor], *, time: float =
             with warnings.catch_warnings():
                 # torch's first forward-mode call scripts its jvp decompositions with the deprecated
                 # torch.jit.script (torch >= 2.10 warns); that is torch-internal, not ours
-                warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                                        category=DeprecationWarning)
+                warnings.filterwarnings(
+                    "ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning
+                )
                 _, out = torch.func.jvp(f, (x0.detach(),), (v,))
         except RuntimeError as err:
-            raise RuntimeError(f"forward-mode torch.func.jvp failed for {f!r}: {err}. Use jvp_mode='reverse' "
-                               "or provide FlowOperators with your own jvp") from err
+            raise RuntimeError(
+                f"forward-mode torch.func.jvp failed for {f!r}: {err}. Use jvp_mode='reverse' "
+                "or provide FlowOperators with your own jvp"
+            ) from err
         return out.detach()
 
     def record(x0: Tensor) -> tuple[Tensor, Tensor]:
         x = x0.detach().requires_grad_(True)
         y = _call_checked(f, x)
         if not y.requires_grad:
-            raise ValueError("f(x0) has no autograd graph to x0: f is not differentiable by torch autograd "
-                             "(provide FlowOperators with your own jvp/vjp)")
+            raise ValueError(
+                "f(x0) has no autograd graph to x0: f is not differentiable by torch autograd "
+                "(provide FlowOperators with your own jvp/vjp)"
+            )
         return x, y
 
     def vjp(x0: Tensor, u: Tensor) -> Tensor:
@@ -184,7 +194,8 @@ def flow_operators_from_function(f: Callable[[Tensor], Tensor], *, time: float =
                     raise RuntimeError(
                         f"the backward pass of {f!r} is not differentiable (a custom autograd Function?), so "
                         "jvp_mode='reverse' cannot form J v; use jvp_mode='forward' or provide FlowOperators with "
-                        "your own jvp (the exact method needs only vjp when D_out <= D)")
+                        "your own jvp (the exact method needs only vjp when D_out <= D)"
+                    )
 
         def vjp_at(w: Tensor) -> Tensor:
             with torch.enable_grad():
@@ -217,8 +228,15 @@ def flow_operators_from_function(f: Callable[[Tensor], Tensor], *, time: float =
         basis = torch.eye(dim, dtype=x0.dtype, device=x0.device).repeat(n_batch, 1)
         return jvp(xs, basis).reshape(n_batch, dim, -1).transpose(1, 2)
 
-    return FlowOperators(jvp=jvp, vjp=vjp, time=time, time_unit=time_unit, project_tangent=project_tangent,
-                         jacobian=jacobian, linearize=linearize)
+    return FlowOperators(
+        jvp=jvp,
+        vjp=vjp,
+        time=time,
+        time_unit=time_unit,
+        project_tangent=project_tangent,
+        jacobian=jacobian,
+        linearize=linearize,
+    )
 
 
 def _call_checked(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -281,9 +299,19 @@ class ModelFTMLEResult:
 # ----------------------------------------------------------------------------------------------
 # the core
 # ----------------------------------------------------------------------------------------------
-def flow_ftmle(flow: FlowOperators | Callable[[Tensor], Tensor], x0: Tensor, *, method: str = "auto",
-               tol: float = 1e-8, max_iter: int = 300, exact_max_dim: int = DEFAULT_EXACT_MAX_DIM, seed: int = 0,
-               batch_size: int | None = None, time: float | None = None, time_unit: str | None = None) -> FTMLEResult:
+def flow_ftmle(
+    flow: FlowOperators | Callable[[Tensor], Tensor],
+    x0: Tensor,
+    *,
+    method: str = "auto",
+    tol: float = 1e-8,
+    max_iter: int = 300,
+    exact_max_dim: int = DEFAULT_EXACT_MAX_DIM,
+    seed: int = 0,
+    batch_size: int | None = None,
+    time: float | None = None,
+    time_unit: str | None = None,
+) -> FTMLEResult:
     """FTMLE ln(sigma_max(J P)) / T of a map at each sample of x0 (B, D).
 
     ``flow``: a :class:`FlowOperators`, or a torch function f(x0) -> x(T) on (B, D) batches (wrapped
@@ -310,20 +338,25 @@ def flow_ftmle(flow: FlowOperators | Callable[[Tensor], Tensor], x0: Tensor, *, 
     x0 = x0.detach()
     if method == "exact":
         chunk = batch_size or max(1, _EXACT_STACK_ROWS // dim)
-        parts = [_exact(ops, x0[i:i + chunk]) for i in range(0, n_batch, chunk)]
+        parts = [_exact(ops, x0[i : i + chunk]) for i in range(0, n_batch, chunk)]
     else:
         gen = torch.Generator(device=x0.device).manual_seed(seed)
         start = torch.randn(x0.shape, generator=gen, dtype=x0.dtype, device=x0.device)
         kmax = min(max_iter, dim)
         chunk = batch_size or max(1, _LANCZOS_BASIS_BYTES // ((kmax + 1) * dim * x0.element_size()))
         solver = _lanczos if method == "lanczos" else _power
-        parts = [solver(ops, x0[i:i + chunk], start[i:i + chunk], tol, max_iter) for i in range(0, n_batch, chunk)]
+        parts = [solver(ops, x0[i : i + chunk], start[i : i + chunk], tol, max_iter) for i in range(0, n_batch, chunk)]
     sigma, iters, conv, vec = (torch.cat([p[k] for p in parts]) for k in range(4))
     ftmle = torch.log(sigma.to(torch.float64)) / ops.time  # log(0) = -inf without a numpy warning
     return FTMLEResult(
-        ftmle=ftmle.cpu().numpy(), sigma_max=sigma.to(torch.float64).cpu().numpy(), time=float(ops.time),
-        time_unit=ops.time_unit, method=method, iterations=iters.cpu().numpy().astype(np.int64),
-        converged=conv.cpu().numpy().astype(bool), right_vector=vec.to(torch.float64).cpu().numpy(),
+        ftmle=ftmle.cpu().numpy(),
+        sigma_max=sigma.to(torch.float64).cpu().numpy(),
+        time=float(ops.time),
+        time_unit=ops.time_unit,
+        method=method,
+        iterations=iters.cpu().numpy().astype(np.int64),
+        converged=conv.cpu().numpy().astype(bool),
+        right_vector=vec.to(torch.float64).cpu().numpy(),
     )
 
 
@@ -333,8 +366,9 @@ def _resolve_flow(flow: object, time: float | None, time_unit: str | None) -> Fl
             raise ValueError("time and time_unit are taken from the FlowOperators; pass them only with a function")
         return flow
     if callable(flow):
-        return flow_operators_from_function(flow, time=1.0 if time is None else time,
-                                            time_unit="1" if time_unit is None else time_unit)
+        return flow_operators_from_function(
+            flow, time=1.0 if time is None else time, time_unit="1" if time_unit is None else time_unit
+        )
     raise ValueError(f"flow must be a FlowOperators or a callable f(x0) -> x(T); got {type(flow).__name__}")
 
 
@@ -365,8 +399,12 @@ def _check_tol(tol: object) -> float:
 
 def _checked(name: str, out: object, n_batch: int, dim: int | None, like: Tensor) -> Tensor:
     """Validate an operator's output: (n_batch, dim) (any dim when None), floating, finite."""
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != n_batch or (
-            dim is not None and out.shape[1] != dim):
+    if (
+        not isinstance(out, torch.Tensor)
+        or out.ndim != 2
+        or out.shape[0] != n_batch
+        or (dim is not None and out.shape[1] != dim)
+    ):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         want = f"({n_batch}, {'D_out' if dim is None else dim})"
         raise ValueError(f"{name} returned {shape}; expected {want}")
@@ -434,8 +472,9 @@ def _exact(ops: FlowOperators, x0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tens
     return sigma, torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.bool), vec
 
 
-def _lanczos(ops: FlowOperators, x0: Tensor, start: Tensor, tol: float,
-             max_iter: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _lanczos(
+    ops: FlowOperators, x0: Tensor, start: Tensor, tol: float, max_iter: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Batched Lanczos with full re-orthogonalization on A = P J^T J P; top Ritz pair per sample."""
     n, d = x0.shape
     kmax = min(max_iter, d)
@@ -491,8 +530,9 @@ def _lanczos(ops: FlowOperators, x0: Tensor, start: Tensor, tol: float,
     return theta.sqrt(), iters, conv, vec
 
 
-def _power(ops: FlowOperators, x0: Tensor, start: Tensor, tol: float,
-           max_iter: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _power(
+    ops: FlowOperators, x0: Tensor, start: Tensor, tol: float, max_iter: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Batched power iteration on A = P J^T J P; Rayleigh quotient and relative residual per sample."""
     n, d = x0.shape
     v = _unit_start(ops, x0, start)
@@ -532,10 +572,18 @@ def _unit_start(ops: FlowOperators, x0: Tensor, start: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 # substrates
 # ----------------------------------------------------------------------------------------------
-def substrate_ftmle(substrate: nn.Module, readin: Tensor | None = None, *, states: Tensor | None = None,
-                    method: str = "auto", tol: float = 1e-8, max_iter: int = 300,
-                    exact_max_dim: int = DEFAULT_EXACT_MAX_DIM, seed: int = 0,
-                    batch_size: int | None = None) -> FTMLEResult:
+def substrate_ftmle(
+    substrate: nn.Module,
+    readin: Tensor | None = None,
+    *,
+    states: Tensor | None = None,
+    method: str = "auto",
+    tol: float = 1e-8,
+    max_iter: int = 300,
+    exact_max_dim: int = DEFAULT_EXACT_MAX_DIM,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> FTMLEResult:
     """Per-sample FTMLE of a substrate's evolution x(0) -> x(T), in 1/(the substrate's time unit).
 
     Give exactly one of ``readin`` (B, readin_size; x(0) = ``substrate.initial_state(readin)``) or
@@ -556,8 +604,9 @@ def substrate_ftmle(substrate: nn.Module, readin: Tensor | None = None, *, state
         raise ValueError("give exactly one of readin or states")
     desc = substrate.describe()
     if substrate.capabilities.stochastic:
-        raise ValueError(f"substrate {desc.name} is stochastic (noise on); FTMLE needs a deterministic map: "
-                         "switch the noise off")
+        raise ValueError(
+            f"substrate {desc.name} is stochastic (noise on); FTMLE needs a deterministic map: switch the noise off"
+        )
     if readin is not None:
         _check_batch(readin, desc.readin_size, "read-in", desc.name)
         with torch.no_grad():
@@ -572,13 +621,27 @@ def substrate_ftmle(substrate: nn.Module, readin: Tensor | None = None, *, state
     else:
         missing = [p.__name__ for p in (Differentiable, Timed) if not isinstance(substrate, p)]
         if missing:
-            raise ValueError(f"substrate {desc.name} has no flow_operators() (it does not declare HasTangentSystem), "
-                             "and without them it must declare Differentiable and Timed; "
-                             f"it lacks {', '.join(missing)}")
-        ops = flow_operators_from_function(substrate.evolve, time=_check_time(substrate.duration),
-                                           time_unit=desc.time_unit, project_tangent=identity_projection)
-    return flow_ftmle(ops, x0.detach(), method=method, tol=tol, max_iter=max_iter, exact_max_dim=exact_max_dim,
-                      seed=seed, batch_size=batch_size)
+            raise ValueError(
+                f"substrate {desc.name} has no flow_operators() (it does not declare HasTangentSystem), "
+                "and without them it must declare Differentiable and Timed; "
+                f"it lacks {', '.join(missing)}"
+            )
+        ops = flow_operators_from_function(
+            substrate.evolve,
+            time=_check_time(substrate.duration),
+            time_unit=desc.time_unit,
+            project_tangent=identity_projection,
+        )
+    return flow_ftmle(
+        ops,
+        x0.detach(),
+        method=method,
+        tol=tol,
+        max_iter=max_iter,
+        exact_max_dim=exact_max_dim,
+        seed=seed,
+        batch_size=batch_size,
+    )
 
 
 def _check_batch(x: object, size: int, what: str, name: str) -> None:
@@ -589,17 +652,24 @@ def _check_batch(x: object, size: int, what: str, name: str) -> None:
         raise ValueError(f"{what} for {name} contains non-finite values")
 
 
-
 # ----------------------------------------------------------------------------------------------
 # models
 # ----------------------------------------------------------------------------------------------
 _STOCHASTIC_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
-def model_ftmle(model_or_layers: nn.Module | Sequence[Callable[[Tensor], Tensor]], x: Tensor,
-                layers: Sequence[str | Callable[[Tensor], Tensor]] | None = None, *, method: str = "auto",
-                tol: float = 1e-8, max_iter: int = 300, exact_max_dim: int = DEFAULT_EXACT_MAX_DIM, seed: int = 0,
-                batch_size: int | None = None) -> ModelFTMLEResult:
+def model_ftmle(
+    model_or_layers: nn.Module | Sequence[Callable[[Tensor], Tensor]],
+    x: Tensor,
+    layers: Sequence[str | Callable[[Tensor], Tensor]] | None = None,
+    *,
+    method: str = "auto",
+    tol: float = 1e-8,
+    max_iter: int = 300,
+    exact_max_dim: int = DEFAULT_EXACT_MAX_DIM,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> ModelFTMLEResult:
     """Layer-wise and whole-composition FTMLE of a network at the samples x (B, ...).
 
     Layers: ``layers`` if given (callables, or names of submodules of ``model_or_layers`` for
@@ -627,8 +697,10 @@ def model_ftmle(model_or_layers: nn.Module | Sequence[Callable[[Tensor], Tensor]
         with torch.no_grad():
             out = fn(h)
         if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != h.shape[0]:
-            raise ValueError(f"layer {name} must map (batch, ...) to (batch, ...); got {type(out).__name__} "
-                             f"{tuple(out.shape) if isinstance(out, torch.Tensor) else ''}")
+            raise ValueError(
+                f"layer {name} must map (batch, ...) to (batch, ...); got {type(out).__name__} "
+                f"{tuple(out.shape) if isinstance(out, torch.Tensor) else ''}"
+            )
         flat = _flattened(fn, h.shape[1:])
         layer_method = _auto(method, h[0].numel(), out[0].numel(), exact_max_dim)
         ops = flow_operators_from_function(flat, time=1.0, time_unit="layer")
@@ -691,17 +763,22 @@ def _resolve_layers(model_or_layers: object, layers: object) -> tuple[list[str],
         names = [_layer_name(i, f) for i, f in enumerate(model_or_layers)]
         fns = list(model_or_layers)
     elif isinstance(model_or_layers, nn.Module):
-        raise ValueError(f"{type(model_or_layers).__name__} is not an nn.Sequential: pass layers=[...] (callables or "
-                         "submodule names) to say which maps are the layers")
+        raise ValueError(
+            f"{type(model_or_layers).__name__} is not an nn.Sequential: pass layers=[...] (callables or "
+            "submodule names) to say which maps are the layers"
+        )
     else:
-        raise ValueError(f"model_or_layers must be an nn.Module or a list of callables; got "
-                         f"{type(model_or_layers).__name__}")
+        raise ValueError(
+            f"model_or_layers must be an nn.Module or a list of callables; got {type(model_or_layers).__name__}"
+        )
     for name, fn in zip(names, fns):
         modules = fn.modules() if isinstance(fn, nn.Module) else ()
         for m in modules:
             if m.training and isinstance(m, _STOCHASTIC_IN_TRAINING):
-                raise ValueError(f"layer {name} contains {type(m).__name__} in training mode, which makes samples "
-                                 "random or dependent; call model.eval() first")
+                raise ValueError(
+                    f"layer {name} contains {type(m).__name__} in training mode, which makes samples "
+                    "random or dependent; call model.eval() first"
+                )
     return names, fns
 
 

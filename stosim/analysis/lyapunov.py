@@ -33,8 +33,14 @@ import numpy as np
 
 N_BLOCKS = 20
 
-__all__ = ["TangentSystem", "LyapunovResult", "lyapunov_spectrum", "kaplan_yorke_dimension", "ks_entropy",
-           "two_trajectory_mle"]
+__all__ = [
+    "TangentSystem",
+    "LyapunovResult",
+    "lyapunov_spectrum",
+    "kaplan_yorke_dimension",
+    "ks_entropy",
+    "two_trajectory_mle",
+]
 
 
 class TangentSystem(abc.ABC):
@@ -150,8 +156,9 @@ def _check_exponents(exponents: np.ndarray) -> np.ndarray:
     """The exponents as a float64 1-D array, non-empty, without NaN or +inf (a NaN would drop out silently)."""
     lam = np.asarray(exponents, dtype=np.float64)
     if lam.ndim != 1 or lam.size == 0 or np.any(np.isnan(lam)) or np.any(lam == np.inf):
-        raise ValueError(f"exponents must be a non-empty 1-D array of numbers in [-inf, inf) (no NaN, no +inf); "
-                         f"got {exponents!r}")
+        raise ValueError(
+            f"exponents must be a non-empty 1-D array of numbers in [-inf, inf) (no NaN, no +inf); got {exponents!r}"
+        )
     return lam
 
 
@@ -162,18 +169,29 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return int(value)
 
 
-def lyapunov_spectrum(system: TangentSystem, x0: np.ndarray, n_exponents: int, n_steps: int,
-                      transient_steps: int = 0, reorthonormalize_every: int = 1, seed: int = 0,
-                      progress: Callable[[int, int], None] | None = None) -> LyapunovResult:
+def lyapunov_spectrum(
+    system: TangentSystem,
+    x0: np.ndarray,
+    n_exponents: int,
+    n_steps: int,
+    transient_steps: int = 0,
+    reorthonormalize_every: int = 1,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> LyapunovResult:
     """The leading ``n_exponents`` Lyapunov exponents of ``system`` along the orbit of ``x0``.
 
     ``transient_steps`` steps are run first and discarded (the tangent vectors are aligned
     during the transient too); the exponents are averaged over the next ``n_steps`` steps.
     """
-    if (isinstance(n_exponents, bool) or not isinstance(n_exponents, numbers.Integral)
-            or not 1 <= n_exponents <= system.dimension):
-        raise ValueError(f"n_exponents = {n_exponents!r} must be in [1, {system.dimension}] "
-                         "(an integer; the tangent dimension)")
+    if (
+        isinstance(n_exponents, bool)
+        or not isinstance(n_exponents, numbers.Integral)
+        or not 1 <= n_exponents <= system.dimension
+    ):
+        raise ValueError(
+            f"n_exponents = {n_exponents!r} must be in [1, {system.dimension}] (an integer; the tangent dimension)"
+        )
     n_exponents = int(n_exponents)
     n_steps = _check_int("n_steps", n_steps, 1)
     transient_steps = _check_int("transient_steps", transient_steps, 0)
@@ -226,10 +244,16 @@ def lyapunov_spectrum(system: TangentSystem, x0: np.ndarray, n_exponents: int, n
     run = np.array(running)
     rel = _relative_change_last_quarter(np.array(elapsed_steps), run, n_steps)
     order = np.argsort(-exponents, kind="stable")
-    return LyapunovResult(exponents=exponents[order], standard_error=sem[order], running_time=np.array(times),
-                          running_estimates=run[:, order], relative_change_last_quarter=rel[order],
-                          time_unit=system.time_unit, duration=duration,
-                          transient=transient_steps * system.step_time)
+    return LyapunovResult(
+        exponents=exponents[order],
+        standard_error=sem[order],
+        running_time=np.array(times),
+        running_estimates=run[:, order],
+        relative_change_last_quarter=rel[order],
+        time_unit=system.time_unit,
+        duration=duration,
+        transient=transient_steps * system.step_time,
+    )
 
 
 def _relative_change_last_quarter(elapsed_steps: np.ndarray, running: np.ndarray, n_steps: int) -> np.ndarray:
@@ -245,8 +269,15 @@ def _relative_change_last_quarter(elapsed_steps: np.ndarray, running: np.ndarray
     return np.abs(final - running[i]) / np.maximum(np.abs(final), 1e-300)
 
 
-def two_trajectory_mle(system: TangentSystem, x0: np.ndarray, n_steps: int, transient_steps: int = 0,
-                       epsilon: float = 1e-8, renormalize_every: int = 1, seed: int = 0) -> float:
+def two_trajectory_mle(
+    system: TangentSystem,
+    x0: np.ndarray,
+    n_steps: int,
+    transient_steps: int = 0,
+    epsilon: float = 1e-8,
+    renormalize_every: int = 1,
+    seed: int = 0,
+) -> float:
     """Maximum Lyapunov exponent from two nearby trajectories (finite differences), renormalized
     to distance ``epsilon`` every ``renormalize_every`` steps (the classical cross-check)."""
     n_steps = _check_int("n_steps", n_steps, 1)
@@ -271,9 +302,11 @@ def two_trajectory_mle(system: TangentSystem, x0: np.ndarray, n_steps: int, tran
             dist = np.linalg.norm(y - x)
         done += k
         if not 0 < dist < math.inf:
-            raise FloatingPointError(f"the distance of the two trajectories became {float(dist)!r} by step {done} "
-                                     "(an orbit diverged, or the perturbation collapsed); reduce dt or "
-                                     "renormalize_every")
+            raise FloatingPointError(
+                f"the distance of the two trajectories became {float(dist)!r} by step {done} "
+                "(an orbit diverged, or the perturbation collapsed); reduce dt or "
+                "renormalize_every"
+            )
         log_sum += math.log(dist / epsilon)
         y = _perturb(system, x, (y - x), epsilon)
     return log_sum / (n_steps * system.step_time)

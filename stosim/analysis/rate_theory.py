@@ -31,8 +31,16 @@ import math
 import numpy as np
 from scipy.special import digamma
 
-__all__ = ["gaussian_average", "dmft_discrete", "dmft_discrete_mle", "ginibre_product_spectrum",
-           "annealed_product_spectrum", "averaged_jacobian_spectrum", "linear_spectrum", "point_symmetry"]
+__all__ = [
+    "gaussian_average",
+    "dmft_discrete",
+    "dmft_discrete_mle",
+    "ginibre_product_spectrum",
+    "annealed_product_spectrum",
+    "averaged_jacobian_spectrum",
+    "linear_spectrum",
+    "point_symmetry",
+]
 
 # Gaussian averages: trapezoidal rule in z = h / sqrt(Delta) on [-12, 12] with step 1/400. tanh has poles at
 # h = i pi/2, i.e. z = i pi / (2 sqrt(Delta)), close to the real axis for large Delta, where Gauss-Hermite
@@ -61,9 +69,9 @@ def dmft_discrete(g: float, input_std: float = 0.0, tol: float = 1e-13, max_iter
     _check_gain(g, input_std)
     if g <= 1.0 and input_std == 0.0:
         return 0.0
-    delta = max(g * g, 1.0) + input_std ** 2
+    delta = max(g * g, 1.0) + input_std**2
     for _ in range(max_iter):
-        new = g * g * gaussian_average(lambda h: np.tanh(h) ** 2, delta) + input_std ** 2
+        new = g * g * gaussian_average(lambda h: np.tanh(h) ** 2, delta) + input_std**2
         if abs(new - delta) <= tol * max(delta, 1e-300):
             return new
         delta = new
@@ -84,8 +92,9 @@ def ginibre_product_spectrum(n: int, g: float, input_std: float = 0.0) -> np.nda
     return 0.5 * (np.log(2.0 * s2) + digamma((n - i + 1) / 2.0))
 
 
-def annealed_product_spectrum(n: int, g: float, n_steps: int = 400, input_std: float = 0.0,
-                              seed: int = 0) -> np.ndarray:
+def annealed_product_spectrum(
+    n: int, g: float, n_steps: int = 400, input_std: float = 0.0, seed: int = 0
+) -> np.ndarray:
     """QR spectrum of products of independent J_s diag(phi'(h_s)), J_s ~ N(0, g^2/N), h_s ~ N(0, Delta)."""
     delta = dmft_discrete(g, input_std)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(11,)))
@@ -123,5 +132,9 @@ def point_symmetry(exponents: np.ndarray) -> dict[str, float]:
     dev = 0.5 * (lam + lam[::-1]) - c
     width = float(lam[0] - lam[-1])
     rms = float(np.sqrt(np.mean(dev * dev)))
-    return {"centre": c, "max_deviation": float(np.max(np.abs(dev))), "rms_deviation": rms,
-            "relative": rms / width if width > 0 else float("nan")}
+    return {
+        "centre": c,
+        "max_deviation": float(np.max(np.abs(dev))),
+        "rms_deviation": rms,
+        "relative": rms / width if width > 0 else float("nan"),
+    }

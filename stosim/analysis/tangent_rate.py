@@ -79,7 +79,7 @@ class RateNetworkTangent(TangentSystem):
 
     def divergence(self, x: np.ndarray) -> float:
         """tr Df (continuous, 1/tau) or ln|det DPhi| (discrete) at the state x."""
-        h = x[:self.n]
+        h = x[: self.n]
         d = 1.0 - np.tanh(h) ** 2
         if self.continuous:
             return float(-self.n + self._diag @ d)
@@ -121,7 +121,7 @@ class RateNetworkTangent(TangentSystem):
 
     def step_with_tangents(self, x: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, s, inp = self._split(x)
-        v = q[:, :self.n]
+        v = q[:, : self.n]
         if self.continuous:
             dt = self.step_time
             k1, v1 = self._stage(h, v, inp)
@@ -152,8 +152,9 @@ class RateNetworkTangent(TangentSystem):
         return q
 
 
-def mean_divergence(system: RateNetworkTangent, x0: np.ndarray, n_steps: int, transient_steps: int = 0,
-                    n_blocks: int = 20) -> tuple[float, float]:
+def mean_divergence(
+    system: RateNetworkTangent, x0: np.ndarray, n_steps: int, transient_steps: int = 0, n_blocks: int = 20
+) -> tuple[float, float]:
     """Time average of :meth:`RateNetworkTangent.divergence` along the orbit of x0 and its standard error.
 
     The divergence is sampled at the start of each of the ``n_steps`` steps after ``transient_steps``

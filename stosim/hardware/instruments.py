@@ -36,9 +36,21 @@ import numpy as np
 
 from stosim.hardware.transport import is_timeout
 
-__all__ = ["Command", "ListCommand", "Instrument", "InstrumentError", "InstrumentTimeoutError", "InstrumentFaultError",
-           "InstrumentIdentityError", "CurrentSource2400", "FieldPulseSource", "SegmentedDigitizer", "INSTRUMENTS",
-           "instrument_class", "idn_model"]
+__all__ = [
+    "Command",
+    "ListCommand",
+    "Instrument",
+    "InstrumentError",
+    "InstrumentTimeoutError",
+    "InstrumentFaultError",
+    "InstrumentIdentityError",
+    "CurrentSource2400",
+    "FieldPulseSource",
+    "SegmentedDigitizer",
+    "INSTRUMENTS",
+    "instrument_class",
+    "idn_model",
+]
 
 
 class InstrumentError(RuntimeError):
@@ -114,7 +126,8 @@ class Command:
         if not math.isfinite(value):
             raise ValueError(
                 f"{who}: {self.name} = {value!r} is not finite; valid: "
-                f"[{_format_limit(lo, self.unit)}, {_format_limit(hi, self.unit)}]")
+                f"[{_format_limit(lo, self.unit)}, {_format_limit(hi, self.unit)}]"
+            )
         if self.kind == "int":
             if int(value) != value:
                 raise ValueError(f"{who}: {self.name} = {value!r} must be an integer")
@@ -124,7 +137,8 @@ class Command:
         if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
             raise ValueError(
                 f"{who}: {self.name} = {value:g} {self.unit} is out of range; valid: "
-                f"[{_format_limit(lo, self.unit)}, {_format_limit(hi, self.unit)}]")
+                f"[{_format_limit(lo, self.unit)}, {_format_limit(hi, self.unit)}]"
+            )
         return value
 
     def message(self, value: Any) -> str:
@@ -154,8 +168,10 @@ class ListCommand:
         bad = ~np.isfinite(v) | (v < lo) | (v > hi)
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{who}: {self.name}[{k}] = {v[k]:g} {self.unit} is out of range "
-                             f"({int(bad.sum())} of {v.size} values); valid: [{lo:g} {self.unit}, {hi:g} {self.unit}]")
+            raise ValueError(
+                f"{who}: {self.name}[{k}] = {v[k]:g} {self.unit} is out of range "
+                f"({int(bad.sum())} of {v.size} values); valid: [{lo:g} {self.unit}, {hi:g} {self.unit}]"
+            )
         return v
 
     def message(self, values: np.ndarray) -> str:
@@ -179,9 +195,17 @@ class Instrument:
     commands: ClassVar[Mapping[str, Command | ListCommand]] = MappingProxyType({})
     error_query: ClassVar[str | None] = ":SYST:ERR?"
 
-    def __init__(self, transport: Any, *, name: str | None = None, address: str = "", retries: int = 2,
-                 timeout_s: float | None = None, retry_delay_s: float = 0.0,
-                 limits: Mapping[str, tuple[float | None, float | None]] | None = None) -> None:
+    def __init__(
+        self,
+        transport: Any,
+        *,
+        name: str | None = None,
+        address: str = "",
+        retries: int = 2,
+        timeout_s: float | None = None,
+        retry_delay_s: float = 0.0,
+        limits: Mapping[str, tuple[float | None, float | None]] | None = None,
+    ) -> None:
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
             raise ValueError(f"retries = {retries!r} must be an integer in [0, 100]")
         self.transport = transport
@@ -213,8 +237,9 @@ class Instrument:
                 continue
             if (cmd.minimum is not None and bound < cmd.minimum) or (cmd.maximum is not None and bound > cmd.maximum):
                 hw = f"[{_format_limit(cmd.minimum, cmd.unit)}, {_format_limit(cmd.maximum, cmd.unit)}]"
-                raise ValueError(f"{self.label}: {command} limit {what} = {bound:g} {cmd.unit} is outside the hardware "
-                                 f"range {hw}")
+                raise ValueError(
+                    f"{self.label}: {command} limit {what} = {bound:g} {cmd.unit} is outside the hardware range {hw}"
+                )
         self._limits[command] = (minimum, maximum)
 
     def limits(self, command: str) -> tuple[float | None, float | None]:
@@ -255,7 +280,8 @@ class Instrument:
         tries = f"after {attempts} attempts" if attempts > 1 else "(not re-sent: it acts each time it arrives)"
         raise InstrumentTimeoutError(
             f"{self.label}: no answer to {op} {short!r} {tries}{timeout}; "
-            "check the connection and that the instrument is on") from last
+            "check the connection and that the instrument is on"
+        ) from last
 
     def _clear_output(self) -> None:
         """Device clear (pyvisa's ``clear()``: discards unread answers), where the transport has one."""
@@ -311,14 +337,17 @@ class Instrument:
         setting is sent (a wrong instrument at the address must not be driven as this one)."""
         want = expected if expected is not None else self.idn
         if not idn_model(want).strip(","):
-            raise InstrumentIdentityError(f"{self.label}: no expected model to check *IDN? against; give the "
-                                          f"station file's [{self.role}] model = \"MAKER,MODEL\"")
+            raise InstrumentIdentityError(
+                f"{self.label}: no expected model to check *IDN? against; give the "
+                f'station file\'s [{self.role}] model = "MAKER,MODEL"'
+            )
         answer = self.identify()
         if idn_model(answer) != idn_model(want):
             raise InstrumentIdentityError(
                 f"{self.label}: *IDN? answered {answer!r}, manufacturer and model {idn_model(answer)!r}; the station "
                 f"expects {idn_model(want)!r} ([{self.role}] model). Check the address, or the station file's model "
-                "if this instrument is meant to be used")
+                "if this instrument is meant to be used"
+            )
         return answer
 
     def check_errors(self) -> None:
@@ -368,16 +397,39 @@ class CurrentSource2400(Instrument):
     role = "current_source"
     model = "Keithley 2400 (SCPI)"
     idn = "KEITHLEY INSTRUMENTS INC.,MODEL 2400"
-    commands = MappingProxyType({
-        "function": Command("function", ":SOUR:FUNC {value}", kind="choice", choices=("CURR", "VOLT"),
-                            description="source function"),
-        "current": Command("current", ":SOUR:CURR {value:.6E}", "A", -1.05, 1.05, query=":SOUR:CURR?",
-                           description="source current setpoint"),
-        "compliance_voltage": Command("compliance_voltage", ":SENS:VOLT:PROT {value:.6E}", "V", 0.2, 210.0,
-                                      query=":SENS:VOLT:PROT?", description="voltage compliance"),
-        "output": Command("output", ":OUTP {value}", kind="choice", choices=("ON", "OFF"), query=":OUTP?",
-                          description="output relay"),
-    })
+    commands = MappingProxyType(
+        {
+            "function": Command(
+                "function", ":SOUR:FUNC {value}", kind="choice", choices=("CURR", "VOLT"), description="source function"
+            ),
+            "current": Command(
+                "current",
+                ":SOUR:CURR {value:.6E}",
+                "A",
+                -1.05,
+                1.05,
+                query=":SOUR:CURR?",
+                description="source current setpoint",
+            ),
+            "compliance_voltage": Command(
+                "compliance_voltage",
+                ":SENS:VOLT:PROT {value:.6E}",
+                "V",
+                0.2,
+                210.0,
+                query=":SENS:VOLT:PROT?",
+                description="voltage compliance",
+            ),
+            "output": Command(
+                "output",
+                ":OUTP {value}",
+                kind="choice",
+                choices=("ON", "OFF"),
+                query=":OUTP?",
+                description="output relay",
+            ),
+        }
+    )
 
     # typed setters (each checks the limits before sending)
     def set_current(self, current_a: float) -> None:
@@ -431,16 +483,47 @@ class FieldPulseSource(Instrument):
     role = "field_source"
     model = "multi-channel field-pulse AWG (SCPI)"
     idn = "STOSIM,FIELD-PULSE-AWG"
-    commands = MappingProxyType({
-        "points": Command("points", ":WAV:POIN {value:d}", "", 1, 3072, query=":WAV:POIN?", kind="int",
-                          description="values per segment (3 per device)"),
-        "segments": Command("segments", ":WAV:SEGM {value:d}", "", 1, 4096, query=":WAV:SEGM?", kind="int",
-                            description="segments in the sequence (samples per batch)"),
-        "waveform": ListCommand("waveform", ":WAV:DATA", "Oe", -5000.0, 5000.0, query=":WAV:DATA?",
-                                description="field-pulse amplitudes, segment-major, then device, then x/y/z"),
-        "output": Command("output", ":OUTP {value}", kind="choice", choices=("ON", "OFF"), query=":OUTP?",
-                          description="output amplifiers"),
-    })
+    commands = MappingProxyType(
+        {
+            "points": Command(
+                "points",
+                ":WAV:POIN {value:d}",
+                "",
+                1,
+                3072,
+                query=":WAV:POIN?",
+                kind="int",
+                description="values per segment (3 per device)",
+            ),
+            "segments": Command(
+                "segments",
+                ":WAV:SEGM {value:d}",
+                "",
+                1,
+                4096,
+                query=":WAV:SEGM?",
+                kind="int",
+                description="segments in the sequence (samples per batch)",
+            ),
+            "waveform": ListCommand(
+                "waveform",
+                ":WAV:DATA",
+                "Oe",
+                -5000.0,
+                5000.0,
+                query=":WAV:DATA?",
+                description="field-pulse amplitudes, segment-major, then device, then x/y/z",
+            ),
+            "output": Command(
+                "output",
+                ":OUTP {value}",
+                kind="choice",
+                choices=("ON", "OFF"),
+                query=":OUTP?",
+                description="output amplifiers",
+            ),
+        }
+    )
 
     def set_points(self, points: int) -> None:
         self.set("points", points)
@@ -481,26 +564,87 @@ class SegmentedDigitizer(Instrument):
     model = "multi-channel segmented digitizer (SCPI)"
     idn = "STOSIM,SEGMENTED-DIGITIZER"
     OVERFLOW = 9.9e37
-    commands = MappingProxyType({
-        "channels": Command("channels", ":CHAN:COUN {value:d}", "", 1, 1024, query=":CHAN:COUN?", kind="int",
-                            description="enabled channels (one per device)"),
-        "segments": Command("segments", ":ACQ:SEGM {value:d}", "", 1, 4096, query=":ACQ:SEGM?", kind="int",
-                            description="segments (triggers) per acquisition"),
-        "points": Command("points", ":ACQ:POIN {value:d}", "", 1, 1000, query=":ACQ:POIN?", kind="int",
-                          description="samples per channel and segment"),
-        "sample_interval": Command("sample_interval", ":ACQ:SINT {value:.6E}", "s", 1e-11, 1e-3,
-                                   query=":ACQ:SINT?", description="time between samples"),
-        "trigger_delay": Command("trigger_delay", ":TRIG:DEL {value:.6E}", "s", 0.0, 1e-3, query=":TRIG:DEL?",
-                                 description="time from the trigger to the first sample"),
-        "voltage_range": Command("voltage_range", ":VOLT:RANG {value:.6E}", "V", 0.05, 10.0, query=":VOLT:RANG?",
-                                 description="input range (full scale, +-)"),
-    })
+    commands = MappingProxyType(
+        {
+            "channels": Command(
+                "channels",
+                ":CHAN:COUN {value:d}",
+                "",
+                1,
+                1024,
+                query=":CHAN:COUN?",
+                kind="int",
+                description="enabled channels (one per device)",
+            ),
+            "segments": Command(
+                "segments",
+                ":ACQ:SEGM {value:d}",
+                "",
+                1,
+                4096,
+                query=":ACQ:SEGM?",
+                kind="int",
+                description="segments (triggers) per acquisition",
+            ),
+            "points": Command(
+                "points",
+                ":ACQ:POIN {value:d}",
+                "",
+                1,
+                1000,
+                query=":ACQ:POIN?",
+                kind="int",
+                description="samples per channel and segment",
+            ),
+            "sample_interval": Command(
+                "sample_interval",
+                ":ACQ:SINT {value:.6E}",
+                "s",
+                1e-11,
+                1e-3,
+                query=":ACQ:SINT?",
+                description="time between samples",
+            ),
+            "trigger_delay": Command(
+                "trigger_delay",
+                ":TRIG:DEL {value:.6E}",
+                "s",
+                0.0,
+                1e-3,
+                query=":TRIG:DEL?",
+                description="time from the trigger to the first sample",
+            ),
+            "voltage_range": Command(
+                "voltage_range",
+                ":VOLT:RANG {value:.6E}",
+                "V",
+                0.05,
+                10.0,
+                query=":VOLT:RANG?",
+                description="input range (full scale, +-)",
+            ),
+        }
+    )
 
-    def configure(self, *, channels: int, points: int, sample_interval_s: float, trigger_delay_s: float,
-                  voltage_range_v: float, segments: int = 1) -> None:
+    def configure(
+        self,
+        *,
+        channels: int,
+        points: int,
+        sample_interval_s: float,
+        trigger_delay_s: float,
+        voltage_range_v: float,
+        segments: int = 1,
+    ) -> None:
         """Check every setting first (nothing is sent if one is out of range), then send them."""
-        settings = {"channels": channels, "points": points, "sample_interval": sample_interval_s,
-                    "trigger_delay": trigger_delay_s, "voltage_range": voltage_range_v, "segments": segments}
+        settings = {
+            "channels": channels,
+            "points": points,
+            "sample_interval": sample_interval_s,
+            "trigger_delay": trigger_delay_s,
+            "voltage_range": voltage_range_v,
+            "segments": segments,
+        }
         for name, value in settings.items():
             self.check(name, value)
         for name, value in settings.items():
@@ -527,16 +671,20 @@ class SegmentedDigitizer(Instrument):
         except ValueError:
             raise InstrumentError(f"{self.label}: :FETC? answer is not a list of numbers: {text[:80]!r}") from None
         if values.size != expected:
-            raise InstrumentError(f"{self.label}: :FETC? returned {values.size} values; expected {expected} "
-                                  f"(segments x channels x points = {' x '.join(map(str, shape))})")
+            raise InstrumentError(
+                f"{self.label}: :FETC? returned {values.size} values; expected {expected} "
+                f"(segments x channels x points = {' x '.join(map(str, shape))})"
+            )
         full_scale = self.values.get("voltage_range")
         if full_scale is None:  # never configured: the widest range the instrument has
             full_scale = self.commands["voltage_range"].maximum
         over = ~np.isfinite(values) | (np.abs(values) >= self.OVERFLOW / 10)
         if over.any():
             seg, ch, pt = np.unravel_index(int(np.flatnonzero(over)[0]), tuple(shape))
-            raise InstrumentFaultError(f"{self.label}: overload on channel {ch} (segment {seg}, sample {pt}): the "
-                                       f"voltage exceeds the input range +-{full_scale:g} V")
+            raise InstrumentFaultError(
+                f"{self.label}: overload on channel {ch} (segment {seg}, sample {pt}): the "
+                f"voltage exceeds the input range +-{full_scale:g} V"
+            )
         outside = np.abs(values) > full_scale
         if outside.any():
             k = int(np.flatnonzero(outside)[0])
@@ -544,15 +692,18 @@ class SegmentedDigitizer(Instrument):
             raise InstrumentFaultError(
                 f"{self.label}: reading {values[k]:g} V on channel {ch} (segment {seg}, sample {pt}) is outside the "
                 f"configured input range [-{full_scale:g} V, {full_scale:g} V] ({int(outside.sum())} of {values.size} "
-                "readings): an instrument fault, not data")
+                "readings): an instrument fault, not data"
+            )
         return values.reshape(tuple(shape))
 
 
-INSTRUMENTS: Mapping[str, type[Instrument]] = MappingProxyType({
-    "keithley2400": CurrentSource2400,
-    "field-pulse-awg": FieldPulseSource,
-    "segmented-digitizer": SegmentedDigitizer,
-})
+INSTRUMENTS: Mapping[str, type[Instrument]] = MappingProxyType(
+    {
+        "keithley2400": CurrentSource2400,
+        "field-pulse-awg": FieldPulseSource,
+        "segmented-digitizer": SegmentedDigitizer,
+    }
+)
 
 
 def instrument_class(driver: str, role: str) -> type[Instrument]:

@@ -91,8 +91,9 @@ UNIT_NORM_TOLERANCE = 1e-6
 DEFAULT_READING_TOLERANCE = 2.0
 
 
-def physical_voltage_window(current_a: float, parallel_resistance_ohm: float, tmr_ratio: float,
-                            tolerance: float = DEFAULT_READING_TOLERANCE) -> tuple[float, float]:
+def physical_voltage_window(
+    current_a: float, parallel_resistance_ohm: float, tmr_ratio: float, tolerance: float = DEFAULT_READING_TOLERANCE
+) -> tuple[float, float]:
     """(lowest, highest) voltage in V a junction can show at the bias ``current_a``: V = I R(m) lies between
     I R_P and I R_AP = I R_P (1 + TMR), widened by the factor (1 + ``tolerance``) on each side (for calibration
     spreads and noise); for I < 0 the window is mirrored."""
@@ -147,8 +148,10 @@ class _Connection:
 
         steps = []
         if cs is not None:
-            steps += [("current source: ramp to 0 A", ramp_down), ("current source: output off",
-                                                                    lambda: cs.set_output(False))]
+            steps += [
+                ("current source: ramp to 0 A", ramp_down),
+                ("current source: output off", lambda: cs.set_output(False)),
+            ]
         if fs is not None:
             steps.append(("field source: output off", lambda: fs.set_output(False)))
         if dg is not None:
@@ -197,8 +200,10 @@ class _Connection:
         except BaseException as exc:  # a finalizer cannot raise; say so
             problems = [f"interrupted ({type(exc).__name__})"]
         if problems:
-            sys.stderr.write(f"stosim: station {self.station.name}: LabSTOArray left open was closed at {when}; the "
-                             f"safe state could not be confirmed: {'; '.join(problems)} -- check the setup by hand\n")
+            sys.stderr.write(
+                f"stosim: station {self.station.name}: LabSTOArray left open was closed at {when}; the "
+                f"safe state could not be confirmed: {'; '.join(problems)} -- check the setup by hand\n"
+            )
 
 
 def _present_current(cs: CurrentSource2400) -> float | None:
@@ -226,8 +231,13 @@ class LabSTOArray(Substrate, Hardware):
     no override: a real junction does not survive its breakdown).
     """
 
-    def __init__(self, station: Station | str | Path, resource_manager: Any | None = None, *,
-                 reading_tolerance: float = DEFAULT_READING_TOLERANCE) -> None:
+    def __init__(
+        self,
+        station: Station | str | Path,
+        resource_manager: Any | None = None,
+        *,
+        reading_tolerance: float = DEFAULT_READING_TOLERANCE,
+    ) -> None:
         super().__init__()
         from stosim.simulation import check_current_limits
 
@@ -236,8 +246,9 @@ class LabSTOArray(Substrate, Hardware):
         dev = st.device
         projection_from_voltage(1.0, st.bias_current_a, dev.parallel_resistance_ohm, dev.tmr_ratio)  # checks
         check_current_limits(dev, st.bias_current_a, what=f"station {st.name}")
-        self.voltage_window_v = physical_voltage_window(st.bias_current_a, dev.parallel_resistance_ohm, dev.tmr_ratio,
-                                                        reading_tolerance)
+        self.voltage_window_v = physical_voltage_window(
+            st.bias_current_a, dev.parallel_resistance_ohm, dev.tmr_ratio, reading_tolerance
+        )
         self.reading_tolerance = float(reading_tolerance)
         self._conn = _Connection(st, resource_manager)
         self._finalizer: weakref.finalize | None = None
@@ -309,8 +320,13 @@ class LabSTOArray(Substrate, Hardware):
         cs.check("compliance_voltage", st.compliance_v)
         cs.check("current", st.bias_current_a)
         fs.check("points", 3 * st.n)
-        dg.configure(channels=st.n, points=SAMPLES_PER_DEVICE, sample_interval_s=st.sample_interval_s,
-                     trigger_delay_s=st.sample_times_s[0], voltage_range_v=st.voltage_range_v)
+        dg.configure(
+            channels=st.n,
+            points=SAMPLES_PER_DEVICE,
+            sample_interval_s=st.sample_interval_s,
+            trigger_delay_s=st.sample_times_s[0],
+            voltage_range_v=st.voltage_range_v,
+        )
         dg.check_errors()
         fs.set_points(3 * st.n)
         fs.set_segments(1)
@@ -335,8 +351,11 @@ class LabSTOArray(Substrate, Hardware):
         except BaseException as exc:
             problems = self._shutdown()
             if problems:
-                exc.add_note("while making the setup safe after this error: " + "; ".join(problems)
-                             + " -- check the setup by hand")
+                exc.add_note(
+                    "while making the setup safe after this error: "
+                    + "; ".join(problems)
+                    + " -- check the setup by hand"
+                )
             raise
 
     def _shutdown(self) -> list[str]:
@@ -358,8 +377,11 @@ class LabSTOArray(Substrate, Hardware):
             return
         problems = self._shutdown()
         if problems:
-            raise HardwareSafetyError(f"station {self.station.name}: the safe state could not be confirmed: "
-                                      + "; ".join(problems) + " -- check the setup by hand")
+            raise HardwareSafetyError(
+                f"station {self.station.name}: the safe state could not be confirmed: "
+                + "; ".join(problems)
+                + " -- check the setup by hand"
+            )
 
     def __enter__(self) -> "LabSTOArray":
         return self.open()
@@ -380,16 +402,26 @@ class LabSTOArray(Substrate, Hardware):
     def describe(self) -> SubstrateDescription:
         st = self.station
         return SubstrateDescription(
-            name="lab-sto", state_size=3 * st.n, readin_size=3 * st.n, readout_size=SAMPLES_PER_DEVICE * st.n,
-            state_units=state_units(st.n), readout_units=READOUT_UNITS, time_unit="s",
-            summary=(f"{st.n} STOs ({st.device.name}) of station {st.name}, biased at {st.bias_current_a:g} A, "
-                     f"prepared by {st.preparation_field_oe:g} Oe field pulses, TMR voltages (measure(), V) sampled "
-                     f"at t = {', '.join(f'{t:g}' for t in st.sample_times_s)} s give the state m.p"),
+            name="lab-sto",
+            state_size=3 * st.n,
+            readin_size=3 * st.n,
+            readout_size=SAMPLES_PER_DEVICE * st.n,
+            state_units=state_units(st.n),
+            readout_units=READOUT_UNITS,
+            time_unit="s",
+            summary=(
+                f"{st.n} STOs ({st.device.name}) of station {st.name}, biased at {st.bias_current_a:g} A, "
+                f"prepared by {st.preparation_field_oe:g} Oe field pulses, TMR voltages (measure(), V) sampled "
+                f"at t = {', '.join(f'{t:g}' for t in st.sample_times_s)} s give the state m.p"
+            ),
         )
 
     def read_configuration(self) -> dict[str, float | int | str]:
-        cfg: dict[str, float | int | str] = {"substrate": "lab-sto", **self.station.configuration(),
-                                             "acquisitions": self.acquisitions}
+        cfg: dict[str, float | int | str] = {
+            "substrate": "lab-sto",
+            **self.station.configuration(),
+            "acquisitions": self.acquisitions,
+        }
         for role, idn in self.identities.items():
             cfg[f"{role}_idn"] = idn
         return cfg
@@ -423,11 +455,15 @@ class LabSTOArray(Substrate, Hardware):
         norm_error = np.abs(np.linalg.norm(m, axis=-1) - 1.0)
         if norm_error.max(initial=0.0) > UNIT_NORM_TOLERANCE:
             b, i = np.unravel_index(int(np.argmax(norm_error)), norm_error.shape)
-            raise ValueError(f"state of sample {b}, device {i} has |m| = {np.linalg.norm(m[b, i]):.6g}; evolve "
-                             "expects the unit vectors of initial_state")
+            raise ValueError(
+                f"state of sample {b}, device {i} has |m| = {np.linalg.norm(m[b, i]):.6g}; evolve "
+                "expects the unit vectors of initial_state"
+            )
         if not self._conn.open:
-            raise DriverClosedError(f"station {self.station.name}: the driver is not open; use `with LabSTOArray(...)"
-                                    " as hw:` or call open() (a driver shut down after an error must be reopened)")
+            raise DriverClosedError(
+                f"station {self.station.name}: the driver is not open; use `with LabSTOArray(...)"
+                " as hw:` or call open() (a driver shut down after an error must be reopened)"
+            )
         # exactly unit length, so that the pulses H_prep m stay within the field limit H_prep <= max_field
         # (checked before anything is sent: a refused state leaves the driver open)
         m = m / np.linalg.norm(m, axis=-1, keepdims=True)
@@ -436,8 +472,8 @@ class LabSTOArray(Substrate, Hardware):
         out = np.empty_like(m)
         with self._guard():
             for start in range(0, m.shape[0], self.station.max_batch):
-                chunk = m[start:start + self.station.max_batch]
-                out[start:start + chunk.shape[0]] = self._acquire(chunk)
+                chunk = m[start : start + self.station.max_batch]
+                out[start : start + chunk.shape[0]] = self._acquire(chunk)
         return torch.from_numpy(out.reshape(state.shape[0], -1)).to(device=state.device)
 
     def _acquire(self, m: np.ndarray) -> np.ndarray:
@@ -478,7 +514,8 @@ class LabSTOArray(Substrate, Hardware):
                 f"{st.bias_current_a * dev.parallel_resistance_ohm:.4g} V to I R_AP = "
                 f"{st.bias_current_a * dev.parallel_resistance_ohm * (1 + dev.tmr_ratio):.4g} V, widened by the factor "
                 f"1 + {self.reading_tolerance:g}; {int(bad.sum())} of {bad.size} readings): an instrument or wiring "
-                "fault (open or shorted junction, wrong channel), not data")
+                "fault (open or shorted junction, wrong channel), not data"
+            )
 
     def state_from_measurement(self, measurement: torch.Tensor) -> torch.Tensor:
         """Measured TMR voltages (B, 3N) in V -> the states (B, 3N): m.p estimates with the nominal affine TMR
@@ -487,19 +524,26 @@ class LabSTOArray(Substrate, Hardware):
         Voltages outside the devices' physical window raise :class:`InstrumentFaultError`."""
         n = self.station.n
         if measurement.ndim != 2 or measurement.shape[1] != SAMPLES_PER_DEVICE * n:
-            raise ValueError(f"measurement has shape {tuple(measurement.shape)}; expected (batch, "
-                             f"{SAMPLES_PER_DEVICE * n}) TMR voltages for {self.describe().name}")
+            raise ValueError(
+                f"measurement has shape {tuple(measurement.shape)}; expected (batch, "
+                f"{SAMPLES_PER_DEVICE * n}) TMR voltages for {self.describe().name}"
+            )
         self._check_physical(measurement.detach().cpu().to(torch.float64).numpy(), f"station {self.station.name}")
         dev = self.station.device
-        return projection_from_voltage(measurement.detach().to(torch.float64), self.station.bias_current_a,
-                                       dev.parallel_resistance_ohm, dev.tmr_ratio)
+        return projection_from_voltage(
+            measurement.detach().to(torch.float64),
+            self.station.bias_current_a,
+            dev.parallel_resistance_ohm,
+            dev.tmr_ratio,
+        )
 
     def readout(self, state: torch.Tensor) -> torch.Tensor:
         """The measured states (B, 3N) are the features (m.p estimates); shape and finiteness are checked."""
         size = SAMPLES_PER_DEVICE * self.station.n
         if state.ndim != 2 or state.shape[1] != size:
-            raise ValueError(f"state has shape {tuple(state.shape)}; expected (batch, {size}) for "
-                             f"{self.describe().name}")
+            raise ValueError(
+                f"state has shape {tuple(state.shape)}; expected (batch, {size}) for {self.describe().name}"
+            )
         if not bool(torch.isfinite(state).all()):
             raise ValueError(f"state for {self.describe().name} contains non-finite values")
         return state

@@ -33,16 +33,26 @@ from stosim.simulation import evolve, steps_for_duration
 from stosim.substrates.base import Capabilities, Substrate, SubstrateDescription
 from stosim.substrates.protocols import Differentiable
 
-__all__ = ["StationModel", "prepare_unit_vectors", "tmr_voltage", "projection_from_voltage", "state_units",
-           "READOUT_UNITS"]
+__all__ = [
+    "StationModel",
+    "prepare_unit_vectors",
+    "tmr_voltage",
+    "projection_from_voltage",
+    "state_units",
+    "READOUT_UNITS",
+]
 
-READOUT_UNITS = ("1 (m.p of each device estimated from its TMR voltage with the nominal affine relation, "
-                 "at t = T - 2 dt, T - dt, T; m.p = m_x for p = e_x)")
+READOUT_UNITS = (
+    "1 (m.p of each device estimated from its TMR voltage with the nominal affine relation, "
+    "at t = T - 2 dt, T - dt, T; m.p = m_x for p = e_x)"
+)
 
 
 def state_units(n: int) -> str:
-    return (f"before evolve: 1 (prepared unit magnetization m_x, m_y, m_z of each of the {n} devices); after "
-            f"evolve: 1 (m.p of each device at t = T - 2 dt, T - dt, T, from its TMR voltage)")
+    return (
+        f"before evolve: 1 (prepared unit magnetization m_x, m_y, m_z of each of the {n} devices); after "
+        f"evolve: 1 (m.p of each device at t = T - 2 dt, T - dt, T, from its TMR voltage)"
+    )
 
 
 def prepare_unit_vectors(readin: torch.Tensor, what: str = "read-in") -> torch.Tensor:
@@ -74,11 +84,13 @@ class StationModel(Substrate, Differentiable):
         self.station = station
         dev = station.device
         if station.coupling_matrix is not None:
-            self.array = STOArray.with_matrix(dev, station.coupling_matrix, station.coupling_oe,
-                                              current_a=station.bias_current_a)
+            self.array = STOArray.with_matrix(
+                dev, station.coupling_matrix, station.coupling_oe, current_a=station.bias_current_a
+            )
         else:
-            self.array = STOArray.generate(dev, station.n, station.coupling_oe, seed=station.coupling_seed,
-                                           current_a=station.bias_current_a)
+            self.array = STOArray.generate(
+                dev, station.n, station.coupling_oe, seed=station.coupling_seed, current_a=station.bias_current_a
+            )
         self.dt_s = float(dt_s)
         check_time_step(self.array, self.dt_s)
         first = station.duration_s - (SAMPLES_PER_DEVICE - 1) * station.sample_interval_s
@@ -86,8 +98,10 @@ class StationModel(Substrate, Differentiable):
             self.steps_first = steps_for_duration(first, self.dt_s)
             self.steps_between = steps_for_duration(station.sample_interval_s, self.dt_s)
         except ValueError as exc:
-            raise ValueError(f"station {station.name}: the sample times {station.sample_times_s} s must be whole "
-                             f"multiples of the model's dt = {self.dt_s:g} s ({exc})") from None
+            raise ValueError(
+                f"station {station.name}: the sample times {station.sample_times_s} s must be whole "
+                f"multiples of the model's dt = {self.dt_s:g} s ({exc})"
+            ) from None
         self._dtype = dtype
         self.register_buffer("p", torch.as_tensor(dev.reference_direction, dtype=dtype))
         projection_from_voltage(1.0, station.bias_current_a, dev.parallel_resistance_ohm, dev.tmr_ratio)  # checks
@@ -104,16 +118,27 @@ class StationModel(Substrate, Differentiable):
     def describe(self) -> SubstrateDescription:
         n = self.station.n
         return SubstrateDescription(
-            name="lab-sto-model", state_size=3 * n, readin_size=3 * n, readout_size=SAMPLES_PER_DEVICE * n,
-            state_units=state_units(n), readout_units=READOUT_UNITS, time_unit="s",
-            summary=(f"simulator model of station {self.station.name}: {n} coupled STOs ({self.station.device.name}, "
-                     f"mu = {self.station.coupling_oe:g} Oe, I = {self.station.bias_current_a:g} A), TMR voltages at "
-                     f"t = {', '.join(f'{t:g}' for t in self.station.sample_times_s)} s; RK4 dt = {self.dt_s:g} s"),
+            name="lab-sto-model",
+            state_size=3 * n,
+            readin_size=3 * n,
+            readout_size=SAMPLES_PER_DEVICE * n,
+            state_units=state_units(n),
+            readout_units=READOUT_UNITS,
+            time_unit="s",
+            summary=(
+                f"simulator model of station {self.station.name}: {n} coupled STOs ({self.station.device.name}, "
+                f"mu = {self.station.coupling_oe:g} Oe, I = {self.station.bias_current_a:g} A), TMR voltages at "
+                f"t = {', '.join(f'{t:g}' for t in self.station.sample_times_s)} s; RK4 dt = {self.dt_s:g} s"
+            ),
         )
 
     def read_configuration(self) -> dict[str, float | int | str]:
-        return {"substrate": "lab-sto-model", **self.station.configuration(), "dt_s": self.dt_s,
-                "dtype": str(self._dtype).removeprefix("torch.")}
+        return {
+            "substrate": "lab-sto-model",
+            **self.station.configuration(),
+            "dt_s": self.dt_s,
+            "dtype": str(self._dtype).removeprefix("torch."),
+        }
 
     def reset(self, seed: int) -> None:
         """No noise in the model; the seed is only checked."""
@@ -128,8 +153,13 @@ class StationModel(Substrate, Differentiable):
     def _advance(self, m: torch.Tensor, n_steps: int) -> torch.Tensor:
         if torch.is_grad_enabled() and m.requires_grad:
             return sto_flow(m, self.array, n_steps, self.dt_s)
-        final, _, _ = evolve(self.array, m.detach().cpu().numpy().astype(np.float64), n_steps, self.dt_s,
-                             dtype=np.float64 if self._dtype == torch.float64 else np.float32)
+        final, _, _ = evolve(
+            self.array,
+            m.detach().cpu().numpy().astype(np.float64),
+            n_steps,
+            self.dt_s,
+            dtype=np.float64 if self._dtype == torch.float64 else np.float32,
+        )
         return torch.from_numpy(final).to(dtype=self._dtype, device=m.device)
 
     def evolve(self, state: torch.Tensor) -> torch.Tensor:

@@ -62,13 +62,14 @@ class PhysicsAwareSubstrate(Substrate, Differentiable, Hardware):
         super().__init__()
         dh, dm = hardware.describe(), model.describe()
         if (dh.readin_size, dh.readout_size) != (dm.readin_size, dm.readout_size):
-            raise ValueError(f"hardware ({dh.readin_size} -> {dh.readout_size}) and model ({dm.readin_size} -> "
-                             f"{dm.readout_size}) read-in/readout sizes differ")
+            raise ValueError(
+                f"hardware ({dh.readin_size} -> {dh.readout_size}) and model ({dm.readin_size} -> "
+                f"{dm.readout_size}) read-in/readout sizes differ"
+            )
         if not model.capabilities.differentiable:
             raise ValueError(f"the model {dm.name} is not differentiable")
         if not isinstance(hardware, Hardware):
-            raise ValueError(f"hardware {dh.name} does not declare stosim.substrates.protocols.Hardware "
-                             "(measure())")
+            raise ValueError(f"hardware {dh.name} does not declare stosim.substrates.protocols.Hardware (measure())")
         self.hardware = hardware
         self.model = model
 
@@ -79,13 +80,15 @@ class PhysicsAwareSubstrate(Substrate, Differentiable, Hardware):
     @property
     def capabilities(self) -> Capabilities:
         c = self.hardware.capabilities
-        return Capabilities(differentiable=True, stochastic=c.stochastic, reproducible=c.reproducible,
-                            hardware=c.hardware)
+        return Capabilities(
+            differentiable=True, stochastic=c.stochastic, reproducible=c.reproducible, hardware=c.hardware
+        )
 
     def describe(self) -> SubstrateDescription:
         d = self.hardware.describe()
-        return dataclasses.replace(d, name=f"physics-aware {d.name}",
-                                   summary=f"{d.summary}; gradients from {self.model.describe().name}")
+        return dataclasses.replace(
+            d, name=f"physics-aware {d.name}", summary=f"{d.summary}; gradients from {self.model.describe().name}"
+        )
 
     def read_configuration(self) -> dict[str, float | int | str]:
         cfg = dict(self.hardware.read_configuration())

@@ -58,9 +58,17 @@ from stosim.checks import MAX_SEED, read_toml
 from stosim.config import DEVICES_DIR, DeviceParameters, format_validation_error, load_device, unit_field_validator
 from stosim.hardware.instruments import INSTRUMENTS, Instrument, InstrumentError, instrument_class
 
-__all__ = ["Station", "InstrumentSpec", "StationFileError", "load_station", "station_from_dict", "STATIONS_DIR",
-           "INSTRUMENTS_DIR", "check_driver_name",
-           "SAMPLES_PER_DEVICE"]
+__all__ = [
+    "Station",
+    "InstrumentSpec",
+    "StationFileError",
+    "load_station",
+    "station_from_dict",
+    "STATIONS_DIR",
+    "INSTRUMENTS_DIR",
+    "check_driver_name",
+    "SAMPLES_PER_DEVICE",
+]
 
 STATIONS_DIR = DEVICES_DIR / "stations"
 INSTRUMENTS_DIR = DEVICES_DIR / "instruments"  # pyvisa-sim definitions of the instrument classes
@@ -89,14 +97,18 @@ def check_driver_name(driver: str, role: str, allow_drivers: Any = ()) -> bool:
     if driver in INSTRUMENTS and INSTRUMENTS[driver].role == role:
         return False
     if ":" not in driver:
-        raise ValueError(f"unknown {role} driver {driver!r}; known: {known} (or a user driver "
-                         "'package.module:ClassName' allowed explicitly)")
+        raise ValueError(
+            f"unknown {role} driver {driver!r}; known: {known} (or a user driver "
+            "'package.module:ClassName' allowed explicitly)"
+        )
     if not _USER_DRIVER.fullmatch(driver):
         raise ValueError(f"{role} driver {driver!r} is not a name 'package.module:ClassName'; known: {known}")
     if driver not in tuple(allow_drivers or ()):
-        raise ValueError(f"user {role} driver {driver!r} is not allowed: a station file may name code but never "
-                         f"imports it; known: {known}; to run your own class, allow it explicitly "
-                         f"(load_station(..., allow_drivers=[{driver!r}]); stosim validate --allow-driver {driver})")
+        raise ValueError(
+            f"user {role} driver {driver!r} is not allowed: a station file may name code but never "
+            f"imports it; known: {known}; to run your own class, allow it explicitly "
+            f"(load_station(..., allow_drivers=[{driver!r}]); stosim validate --allow-driver {driver})"
+        )
     return True
 
 
@@ -198,12 +210,21 @@ class InstrumentSpec:
         try:
             transport = resource_manager.open_resource(self.address, read_termination="\n", write_termination="\n")
         except Exception as exc:  # VisaIOError (no such resource), OSError, ...: name the instrument
-            raise InstrumentError(f"{name or self.role} ({self.driver}): cannot open address {self.address!r}: {exc}; "
-                                  f"check [{self.role}] address in the station file and that the instrument is "
-                                  "connected") from exc
+            raise InstrumentError(
+                f"{name or self.role} ({self.driver}): cannot open address {self.address!r}: {exc}; "
+                f"check [{self.role}] address in the station file and that the instrument is "
+                "connected"
+            ) from exc
         try:
-            return self.cls(transport, name=name or self.role, address=self.address, retries=self.retries,
-                            timeout_s=self.timeout_s, retry_delay_s=self.retry_delay_s, limits=self.limits)
+            return self.cls(
+                transport,
+                name=name or self.role,
+                address=self.address,
+                retries=self.retries,
+                timeout_s=self.timeout_s,
+                retry_delay_s=self.retry_delay_s,
+                limits=self.limits,
+            )
         except BaseException:
             transport.close()
             raise
@@ -250,11 +271,21 @@ class Station:
     def configuration(self) -> dict[str, float | int | str]:
         """Flat description (dataset attributes)."""
         cfg: dict[str, float | int | str] = {
-            "station": self.name, "n": self.n, "device": self.device.name, "coupling_oe": self.coupling_oe,
-            "coupling_seed": self.coupling_seed, "bias_current_a": self.bias_current_a, "duration_s": self.duration_s,
-            "sample_interval_s": self.sample_interval_s, "preparation_field_oe": self.preparation_field_oe,
-            "max_batch": self.max_batch, "max_current_a": self.max_current_a, "compliance_v": self.compliance_v,
-            "ramp_step_a": self.ramp_step_a, "max_field_oe": self.max_field_oe, "voltage_range_v": self.voltage_range_v,
+            "station": self.name,
+            "n": self.n,
+            "device": self.device.name,
+            "coupling_oe": self.coupling_oe,
+            "coupling_seed": self.coupling_seed,
+            "bias_current_a": self.bias_current_a,
+            "duration_s": self.duration_s,
+            "sample_interval_s": self.sample_interval_s,
+            "preparation_field_oe": self.preparation_field_oe,
+            "max_batch": self.max_batch,
+            "max_current_a": self.max_current_a,
+            "compliance_v": self.compliance_v,
+            "ramp_step_a": self.ramp_step_a,
+            "max_field_oe": self.max_field_oe,
+            "voltage_range_v": self.voltage_range_v,
         }
         for spec in self.instruments:
             cfg[f"{spec.role}_driver"] = spec.driver
@@ -303,9 +334,15 @@ def _within(value: float, bounds: tuple[float | None, float | None]) -> bool:
     return (lo is None or value >= lo) and (hi is None or value <= hi)
 
 
-def station_from_dict(raw: Mapping[str, Any], base_dir: str | Path | None = None, *, path: str | Path | None = None,
-                      overrides: Mapping[str, Any] | None = None, allow_drivers: Any = (),
-                      import_drivers: bool = True) -> Station:
+def station_from_dict(
+    raw: Mapping[str, Any],
+    base_dir: str | Path | None = None,
+    *,
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    allow_drivers: Any = (),
+    import_drivers: bool = True,
+) -> Station:
     """Validate a station given as a dict (the parsed TOML); relative paths are resolved against ``base_dir``.
 
     ``allow_drivers``: user driver classes ("package.module:ClassName") the station may name; any other such
@@ -352,59 +389,137 @@ def station_from_dict(raw: Mapping[str, Any], base_dir: str | Path | None = None
     csc, fsc, dgc = (_Unchecked() if classes[s.role] is None else classes[s.role] for s in (cs, fs, dg))
     bias = a.bias_current if a.bias_current is not None else (device.current_a if device else 0.0)
     hw_i = _hardware_range(csc, "current")
-    _check(problems, _within(cs.max_current, hw_i), "current_source.max_current",
-           f"{cs.max_current:g} A is beyond the {cs.driver} range [{hw_i[0]:g} A, {hw_i[1]:g} A]")
-    _check(problems, abs(bias) <= cs.max_current, "array.bias_current",
-           f"{bias:g} A exceeds current_source.max_current = {cs.max_current:g} A")
-    _check(problems, cs.ramp_step <= cs.max_current, "current_source.ramp_step",
-           f"{cs.ramp_step:g} A exceeds current_source.max_current = {cs.max_current:g} A")
+    _check(
+        problems,
+        _within(cs.max_current, hw_i),
+        "current_source.max_current",
+        f"{cs.max_current:g} A is beyond the {cs.driver} range [{hw_i[0]:g} A, {hw_i[1]:g} A]",
+    )
+    _check(
+        problems,
+        abs(bias) <= cs.max_current,
+        "array.bias_current",
+        f"{bias:g} A exceeds current_source.max_current = {cs.max_current:g} A",
+    )
+    _check(
+        problems,
+        cs.ramp_step <= cs.max_current,
+        "current_source.ramp_step",
+        f"{cs.ramp_step:g} A exceeds current_source.max_current = {cs.max_current:g} A",
+    )
     hw_v = _hardware_range(csc, "compliance_voltage")
-    _check(problems, _within(cs.compliance, hw_v), "current_source.compliance",
-           f"{cs.compliance:g} V is outside the {cs.driver} range [{hw_v[0]:g} V, {hw_v[1]:g} V]")
+    _check(
+        problems,
+        _within(cs.compliance, hw_v),
+        "current_source.compliance",
+        f"{cs.compliance:g} V is outside the {cs.driver} range [{hw_v[0]:g} V, {hw_v[1]:g} V]",
+    )
     hw_h = (fsc.commands["waveform"].minimum, fsc.commands["waveform"].maximum)
-    _check(problems, _within(fs.max_field, hw_h), "field_source.max_field",
-           f"{fs.max_field:g} Oe is beyond the {fs.driver} range [{hw_h[0]:g} Oe, {hw_h[1]:g} Oe]")
-    _check(problems, a.preparation_field <= fs.max_field, "array.preparation_field",
-           f"{a.preparation_field:g} Oe exceeds field_source.max_field = {fs.max_field:g} Oe")
+    _check(
+        problems,
+        _within(fs.max_field, hw_h),
+        "field_source.max_field",
+        f"{fs.max_field:g} Oe is beyond the {fs.driver} range [{hw_h[0]:g} Oe, {hw_h[1]:g} Oe]",
+    )
+    _check(
+        problems,
+        a.preparation_field <= fs.max_field,
+        "array.preparation_field",
+        f"{a.preparation_field:g} Oe exceeds field_source.max_field = {fs.max_field:g} Oe",
+    )
     hw_r = _hardware_range(dgc, "voltage_range")
-    _check(problems, _within(dg.voltage_range, hw_r), "digitizer.voltage_range",
-           f"{dg.voltage_range:g} V is outside the {dg.driver} range [{hw_r[0]:g} V, {hw_r[1]:g} V]")
-    _check(problems, _within(3 * a.n, _hardware_range(fsc, "points")), "array.n",
-           f"{a.n} devices need {3 * a.n} field channels; {fs.driver} has at most {fsc.commands['points'].maximum:g}")
-    _check(problems, _within(a.n, _hardware_range(dgc, "channels")), "array.n",
-           f"{a.n} devices need {a.n} digitizer channels; {dg.driver} has at most {dgc.commands['channels'].maximum:g}")
+    _check(
+        problems,
+        _within(dg.voltage_range, hw_r),
+        "digitizer.voltage_range",
+        f"{dg.voltage_range:g} V is outside the {dg.driver} range [{hw_r[0]:g} V, {hw_r[1]:g} V]",
+    )
+    _check(
+        problems,
+        _within(3 * a.n, _hardware_range(fsc, "points")),
+        "array.n",
+        f"{a.n} devices need {3 * a.n} field channels; {fs.driver} has at most {fsc.commands['points'].maximum:g}",
+    )
+    _check(
+        problems,
+        _within(a.n, _hardware_range(dgc, "channels")),
+        "array.n",
+        f"{a.n} devices need {a.n} digitizer channels; {dg.driver} has at most {dgc.commands['channels'].maximum:g}",
+    )
     seg_max = min(fsc.commands["segments"].maximum, dgc.commands["segments"].maximum)
-    _check(problems, a.max_batch <= seg_max, "array.max_batch",
-           f"{a.max_batch} exceeds the instruments' segment memory ({seg_max:g} segments)")
+    _check(
+        problems,
+        a.max_batch <= seg_max,
+        "array.max_batch",
+        f"{a.max_batch} exceeds the instruments' segment memory ({seg_max:g} segments)",
+    )
     hw_dt = _hardware_range(dgc, "sample_interval")
-    _check(problems, _within(a.sample_interval, hw_dt), "array.sample_interval",
-           f"{a.sample_interval:g} s is outside the {dg.driver} range [{hw_dt[0]:g} s, {hw_dt[1]:g} s]")
+    _check(
+        problems,
+        _within(a.sample_interval, hw_dt),
+        "array.sample_interval",
+        f"{a.sample_interval:g} s is outside the {dg.driver} range [{hw_dt[0]:g} s, {hw_dt[1]:g} s]",
+    )
     first = a.duration - (SAMPLES_PER_DEVICE - 1) * a.sample_interval
-    _check(problems, first > 0, "array.duration",
-           f"{a.duration:g} s must exceed {SAMPLES_PER_DEVICE - 1} x array.sample_interval = "
-           f"{(SAMPLES_PER_DEVICE - 1) * a.sample_interval:g} s (the first sample comes before the last)")
+    _check(
+        problems,
+        first > 0,
+        "array.duration",
+        f"{a.duration:g} s must exceed {SAMPLES_PER_DEVICE - 1} x array.sample_interval = "
+        f"{(SAMPLES_PER_DEVICE - 1) * a.sample_interval:g} s (the first sample comes before the last)",
+    )
     if device is not None:
         v_max = abs(bias) * device.parallel_resistance_ohm * (1 + device.tmr_ratio)
-        _check(problems, v_max < dg.voltage_range, "digitizer.voltage_range",
-               f"{dg.voltage_range:g} V is below the devices' largest TMR voltage I R_AP = {v_max:.4g} V at the "
-               f"bias current {bias:g} A")
-        _check(problems, a.n * v_max <= cs.compliance, "current_source.compliance",
-               f"{cs.compliance:g} V is below the largest voltage across the {a.n} devices in series, "
-               f"N I R_AP = {a.n * v_max:.4g} V (the source would limit the current below {bias:g} A)")
+        _check(
+            problems,
+            v_max < dg.voltage_range,
+            "digitizer.voltage_range",
+            f"{dg.voltage_range:g} V is below the devices' largest TMR voltage I R_AP = {v_max:.4g} V at the "
+            f"bias current {bias:g} A",
+        )
+        _check(
+            problems,
+            a.n * v_max <= cs.compliance,
+            "current_source.compliance",
+            f"{cs.compliance:g} V is below the largest voltage across the {a.n} devices in series, "
+            f"N I R_AP = {a.n * v_max:.4g} V (the source would limit the current below {bias:g} A)",
+        )
     if problems:
         raise StationFileError("\n".join(f"{where}: {p}" for p in problems))
     assert device is not None
 
     def spec(s: _InstrumentSection, limits: dict) -> InstrumentSpec:
-        return InstrumentSpec(role=s.role, driver=s.driver, address=s.address, timeout_s=s.timeout, retries=s.retries,
-                              retry_delay_s=s.retry_delay, limits=limits, model=s.model)
+        return InstrumentSpec(
+            role=s.role,
+            driver=s.driver,
+            address=s.address,
+            timeout_s=s.timeout,
+            retries=s.retries,
+            retry_delay_s=s.retry_delay,
+            limits=limits,
+            model=s.model,
+        )
 
     return Station(
-        name=f.name, description=f.description, path=Path(path) if path is not None else None, n=a.n, device=device,
-        device_path=device_path, coupling_oe=a.coupling, coupling_seed=a.coupling_seed, coupling_matrix=w,
-        bias_current_a=float(bias), duration_s=a.duration, sample_interval_s=a.sample_interval,
-        preparation_field_oe=a.preparation_field, max_batch=a.max_batch, max_current_a=cs.max_current,
-        compliance_v=cs.compliance, ramp_step_a=cs.ramp_step, ramp_dwell_s=cs.ramp_dwell, max_field_oe=fs.max_field,
+        name=f.name,
+        description=f.description,
+        path=Path(path) if path is not None else None,
+        n=a.n,
+        device=device,
+        device_path=device_path,
+        coupling_oe=a.coupling,
+        coupling_seed=a.coupling_seed,
+        coupling_matrix=w,
+        bias_current_a=float(bias),
+        duration_s=a.duration,
+        sample_interval_s=a.sample_interval,
+        preparation_field_oe=a.preparation_field,
+        max_batch=a.max_batch,
+        max_current_a=cs.max_current,
+        compliance_v=cs.compliance,
+        ramp_step_a=cs.ramp_step,
+        ramp_dwell_s=cs.ramp_dwell,
+        max_field_oe=fs.max_field,
         voltage_range_v=dg.voltage_range,
         current_source=spec(cs, {"current": (-cs.max_current, cs.max_current)}),
         field_source=spec(fs, {"waveform": (-fs.max_field, fs.max_field)}),
@@ -412,8 +527,13 @@ def station_from_dict(raw: Mapping[str, Any], base_dir: str | Path | None = None
     )
 
 
-def load_station(path: str | Path, *, overrides: Mapping[str, Any] | None = None, allow_drivers: Any = (),
-                 import_drivers: bool = True) -> Station:
+def load_station(
+    path: str | Path,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    allow_drivers: Any = (),
+    import_drivers: bool = True,
+) -> Station:
     """Load and validate a station file; ``overrides`` (nested dict, file keys) are merged in first.
 
     A bare name (``"sim-lab"``) is looked up in ``devices/stations/``. ``allow_drivers`` and
@@ -424,5 +544,6 @@ def load_station(path: str | Path, *, overrides: Mapping[str, Any] | None = None
     if not path.suffix and not path.exists():
         path = STATIONS_DIR / f"{path}.toml"
     raw = read_toml(path, StationFileError, "station file")
-    return station_from_dict(raw, path.parent, path=path, overrides=overrides, allow_drivers=allow_drivers,
-                             import_drivers=import_drivers)
+    return station_from_dict(
+        raw, path.parent, path=path, overrides=overrides, allow_drivers=allow_drivers, import_drivers=import_drivers
+    )

@@ -33,8 +33,18 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from pyvisa import constants
 from pyvisa.errors import VisaIOError
 
-__all__ = ["Transport", "ResourceManagerLike", "is_timeout", "visa_timeout_error", "RecordingTransport",
-           "JournalTransport", "read_journal", "FaultInjectingTransport", "Fault", "WrappingResourceManager"]
+__all__ = [
+    "Transport",
+    "ResourceManagerLike",
+    "is_timeout",
+    "visa_timeout_error",
+    "RecordingTransport",
+    "JournalTransport",
+    "read_journal",
+    "FaultInjectingTransport",
+    "Fault",
+    "WrappingResourceManager",
+]
 
 
 @runtime_checkable
@@ -188,8 +198,11 @@ class Fault:
     raised: int = 0
 
     def matches(self, kind: str, message: str) -> bool:
-        return (self.kind in ("any", kind) and fnmatch.fnmatchcase(message, self.pattern)
-                and (self.times is None or self.raised < self.times))
+        return (
+            self.kind in ("any", kind)
+            and fnmatch.fnmatchcase(message, self.pattern)
+            and (self.times is None or self.raised < self.times)
+        )
 
 
 class FaultInjectingTransport(_Delegating):

@@ -82,8 +82,14 @@ class Mismatch:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("anisotropy_spread", "damping_spread", "current_spread", "resistance_spread", "tmr_spread",
-                     "coupling_matrix_noise"):
+        for name in (
+            "anisotropy_spread",
+            "damping_spread",
+            "current_spread",
+            "resistance_spread",
+            "tmr_spread",
+            "coupling_matrix_noise",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value <= 0.5):
                 raise ValueError(f"mismatch {name} = {value!r} must be a relative spread in [0, 0.5]")
@@ -92,8 +98,9 @@ class Mismatch:
             if not (math.isfinite(value) and -0.5 <= value <= 0.5):
                 raise ValueError(f"mismatch {name} = {value!r} must be a relative error in [-0.5, 0.5]")
         if not (math.isfinite(self.applied_field_error_oe) and abs(self.applied_field_error_oe) <= 1e4):
-            raise ValueError(f"mismatch applied_field_error_oe = {self.applied_field_error_oe!r} must be in "
-                             "[-1e4, 1e4] Oe")
+            raise ValueError(
+                f"mismatch applied_field_error_oe = {self.applied_field_error_oe!r} must be in [-1e4, 1e4] Oe"
+            )
         if not (math.isfinite(self.preparation_angle_deg) and 0 <= self.preparation_angle_deg <= 90):
             raise ValueError(f"mismatch preparation_angle_deg = {self.preparation_angle_deg!r} must be in [0, 90] deg")
         if not (math.isfinite(self.temperature_k) and 0 <= self.temperature_k <= 1e4):
@@ -110,10 +117,21 @@ class Mismatch:
         preparation error, 300 K. Readout calibration: 15 % spread of R_P (5 % in diameter), 10 % of
         the TMR ratio; 30 dB observation SNR. ``scale`` multiplies every spread, error and angle."""
         s = float(scale)
-        return cls(anisotropy_spread=0.05 * s, damping_spread=0.05 * s, current_spread=0.05 * s, current_error=0.05 * s,
-                   coupling_error=0.05 * s, coupling_matrix_noise=0.05 * s, applied_field_error_oe=5.0 * s,
-                   resistance_spread=0.15 * s, tmr_spread=0.10 * s, preparation_angle_deg=3.0 * s,
-                   temperature_k=300.0, observation_snr_db=30.0, seed=seed)
+        return cls(
+            anisotropy_spread=0.05 * s,
+            damping_spread=0.05 * s,
+            current_spread=0.05 * s,
+            current_error=0.05 * s,
+            coupling_error=0.05 * s,
+            coupling_matrix_noise=0.05 * s,
+            applied_field_error_oe=5.0 * s,
+            resistance_spread=0.15 * s,
+            tmr_spread=0.10 * s,
+            preparation_angle_deg=3.0 * s,
+            temperature_k=300.0,
+            observation_snr_db=30.0,
+            seed=seed,
+        )
 
     def as_attrs(self) -> dict[str, float | int | str]:
         return {f"twin_{k}": ("none" if v is None else v) for k, v in dataclasses.asdict(self).items()}
@@ -126,9 +144,14 @@ def _timeout() -> VisaIOError:
 class TwinInstrument:
     """A fake message-based resource: parses ``HEADER [ARG]`` and dispatches to handlers."""
 
-    def __init__(self, lab: "DigitalTwin", address: str, idn: str,
-                 setters: dict[str, tuple[str, float | None, float | None, Any]],
-                 actions: dict[str, Callable[[], str | None]]) -> None:
+    def __init__(
+        self,
+        lab: "DigitalTwin",
+        address: str,
+        idn: str,
+        setters: dict[str, tuple[str, float | None, float | None, Any]],
+        actions: dict[str, Callable[[], str | None]],
+    ) -> None:
         self.lab = lab
         self.address = address
         self.idn = idn
@@ -188,8 +211,12 @@ class TwinInstrument:
         if header.endswith("?") and header[:-1] in self._setters:
             kind, _, _, _ = self._setters[header[:-1]]
             value = self.values[header[:-1]]
-            return {"float": lambda v: f"{v:.6E}", "int": str, "choice": str, "list": lambda v: ",".join(
-                f"{x:.6E}" for x in v)}[kind](value)
+            return {
+                "float": lambda v: f"{v:.6E}",
+                "int": str,
+                "choice": str,
+                "list": lambda v: ",".join(f"{x:.6E}" for x in v),
+            }[kind](value)
         if header in self._setters and arg:
             self._set(header, arg)
             return None
@@ -257,20 +284,31 @@ class DigitalTwin:
         ss = np.random.SeedSequence(mm.seed, spawn_key=(7,))
         rng = [np.random.default_rng(s) for s in ss.spawn(4)]
         # the model's W (as StationModel builds it), then the chip's
-        w_model = (np.asarray(station.coupling_matrix, dtype=np.float64) if station.coupling_matrix is not None
-                   else random_coupling_matrix(n, np.random.SeedSequence(station.coupling_seed, spawn_key=(0,))))
+        w_model = (
+            np.asarray(station.coupling_matrix, dtype=np.float64)
+            if station.coupling_matrix is not None
+            else random_coupling_matrix(n, np.random.SeedSequence(station.coupling_seed, spawn_key=(0,)))
+        )
         off = ~np.eye(n, dtype=bool)
         rms = float(np.sqrt(np.mean(w_model[off] ** 2))) if n > 1 else 0.0
         w_true = w_model + mm.coupling_matrix_noise * rms * rng[0].standard_normal((n, n)) * off
         self.coupling_matrix = w_true
         self.coupling_oe = station.coupling_oe * (1.0 + mm.coupling_error)
         self.device = dev.replace(applied_field_oe=dev.applied_field_oe + mm.applied_field_error_oe)
-        hk_spread = mm.anisotropy_spread * abs(dev.effective_anisotropy_field_oe) / dev.anisotropy_field_oe \
-            if dev.anisotropy_field_oe > 0 else 0.0
-        self.variability = Variability(anisotropy_field=hk_spread, damping=mm.damping_spread,
-                                       current=mm.current_spread, seed=int(rng[1].integers(2**31)))
+        hk_spread = (
+            mm.anisotropy_spread * abs(dev.effective_anisotropy_field_oe) / dev.anisotropy_field_oe
+            if dev.anisotropy_field_oe > 0
+            else 0.0
+        )
+        self.variability = Variability(
+            anisotropy_field=hk_spread,
+            damping=mm.damping_spread,
+            current=mm.current_spread,
+            seed=int(rng[1].integers(2**31)),
+        )
         self.parallel_resistance_ohm = dev.parallel_resistance_ohm * (
-            1.0 + mm.resistance_spread * rng[2].standard_normal(n))
+            1.0 + mm.resistance_spread * rng[2].standard_normal(n)
+        )
         self.tmr_ratio = dev.tmr_ratio * (1.0 + mm.tmr_spread * rng[3].standard_normal(n))
         if np.any(self.parallel_resistance_ohm <= 0) or np.any(self.tmr_ratio < 0):
             raise ValueError("mismatch drew a non-positive R_P or a negative TMR ratio; reduce the spreads")
@@ -282,27 +320,56 @@ class DigitalTwin:
         self.m_current = np.tile(np.array([0.0, 0.0, 1.0]), (1, n, 1))
         self.instruments = {
             station.current_source.address: TwinInstrument(
-                self, station.current_source.address,
+                self,
+                station.current_source.address,
                 "KEITHLEY INSTRUMENTS INC.,MODEL 2400,TWIN0001,C32 (digital twin)",
-                {":SOUR:FUNC": ("choice", ("CURR", "VOLT"), None, "VOLT"),
-                 ":SOUR:CURR": ("float", -1.05, 1.05, 0.0),
-                 ":SENS:VOLT:PROT": ("float", 0.2, 210.0, 21.0),
-                 ":OUTP": ("choice", ("ON", "OFF", "1", "0"), None, "OFF")},
-                {"*RST": lambda: None, "*CLS": lambda: None}),
+                {
+                    ":SOUR:FUNC": ("choice", ("CURR", "VOLT"), None, "VOLT"),
+                    ":SOUR:CURR": ("float", -1.05, 1.05, 0.0),
+                    ":SENS:VOLT:PROT": ("float", 0.2, 210.0, 21.0),
+                    ":OUTP": ("choice", ("ON", "OFF", "1", "0"), None, "OFF"),
+                },
+                {"*RST": lambda: None, "*CLS": lambda: None},
+            ),
             station.field_source.address: TwinInstrument(
-                self, station.field_source.address, "STOSIM,FIELD-PULSE-AWG,TWIN0002,1.0 (digital twin)",
-                {":WAV:POIN": ("int", 1, 3072, 3), ":WAV:SEGM": ("int", 1, 4096, 1),
-                 ":WAV:DATA": ("list", -5000.0, 5000.0, np.zeros(3)),
-                 ":OUTP": ("choice", ("ON", "OFF", "1", "0"), None, "OFF")},
-                {"*RST": lambda: None, "*CLS": lambda: None, ":INIT": self._play, ":ABOR": lambda: None,
-                 "*OPC?": lambda: "1"}),
+                self,
+                station.field_source.address,
+                "STOSIM,FIELD-PULSE-AWG,TWIN0002,1.0 (digital twin)",
+                {
+                    ":WAV:POIN": ("int", 1, 3072, 3),
+                    ":WAV:SEGM": ("int", 1, 4096, 1),
+                    ":WAV:DATA": ("list", -5000.0, 5000.0, np.zeros(3)),
+                    ":OUTP": ("choice", ("ON", "OFF", "1", "0"), None, "OFF"),
+                },
+                {
+                    "*RST": lambda: None,
+                    "*CLS": lambda: None,
+                    ":INIT": self._play,
+                    ":ABOR": lambda: None,
+                    "*OPC?": lambda: "1",
+                },
+            ),
             station.digitizer.address: TwinInstrument(
-                self, station.digitizer.address, "STOSIM,SEGMENTED-DIGITIZER,TWIN0003,1.0 (digital twin)",
-                {":CHAN:COUN": ("int", 1, 1024, 1), ":ACQ:SEGM": ("int", 1, 4096, 1), ":ACQ:POIN": ("int", 1, 1000, 1),
-                 ":ACQ:SINT": ("float", 1e-11, 1e-3, 1e-9), ":TRIG:DEL": ("float", 0.0, 1e-3, 0.0),
-                 ":VOLT:RANG": ("float", 0.05, 10.0, 1.0)},
-                {"*RST": lambda: None, "*CLS": lambda: None, ":INIT": self._arm, ":ABOR": self._abort,
-                 ":FETC?": self._fetch, "*OPC?": lambda: "1"}),
+                self,
+                station.digitizer.address,
+                "STOSIM,SEGMENTED-DIGITIZER,TWIN0003,1.0 (digital twin)",
+                {
+                    ":CHAN:COUN": ("int", 1, 1024, 1),
+                    ":ACQ:SEGM": ("int", 1, 4096, 1),
+                    ":ACQ:POIN": ("int", 1, 1000, 1),
+                    ":ACQ:SINT": ("float", 1e-11, 1e-3, 1e-9),
+                    ":TRIG:DEL": ("float", 0.0, 1e-3, 0.0),
+                    ":VOLT:RANG": ("float", 0.05, 10.0, 1.0),
+                },
+                {
+                    "*RST": lambda: None,
+                    "*CLS": lambda: None,
+                    ":INIT": self._arm,
+                    ":ABOR": self._abort,
+                    ":FETC?": self._fetch,
+                    "*OPC?": lambda: "1",
+                },
+            ),
         }
 
     # -- wiring --------------------------------------------------------------------------
@@ -333,8 +400,9 @@ class DigitalTwin:
         """The chip's array at the delivered current (cached per current)."""
         key = round(current_a, 15)
         if key not in self._arrays:
-            self._arrays[key] = STOArray.with_matrix(self.device, self.coupling_matrix, self.coupling_oe,
-                                                     current_a=current_a, variability=self.variability)
+            self._arrays[key] = STOArray.with_matrix(
+                self.device, self.coupling_matrix, self.coupling_oe, current_a=current_a, variability=self.variability
+            )
         return self._arrays[key]
 
     def _arm(self) -> None:
@@ -360,8 +428,11 @@ class DigitalTwin:
         segments, points = int(fs[":WAV:SEGM"]), int(fs[":WAV:POIN"])
         data = np.asarray(fs[":WAV:DATA"])
         if points != 3 * n or data.size != segments * points:
-            self.field_source._error(-221, f"Settings conflict; {data.size} values for {segments} x {points} points "
-                                           f"and {n} devices x 3 field lines")
+            self.field_source._error(
+                -221,
+                f"Settings conflict; {data.size} values for {segments} x {points} points "
+                f"and {n} devices x 3 field lines",
+            )
             return
         rng = self._next_rng()
         if fs[":OUTP"] in ("ON", "1"):
@@ -378,8 +449,11 @@ class DigitalTwin:
             return  # the sequence ran, nobody recorded it
         channels, n_points = int(dg[":CHAN:COUN"]), int(dg[":ACQ:POIN"])
         if channels != n or int(dg[":ACQ:SEGM"]) != segments:
-            self.digitizer._error(-221, f"Settings conflict; {channels} channels x {dg[':ACQ:SEGM']} segments for "
-                                        f"{n} devices x {segments} triggers")
+            self.digitizer._error(
+                -221,
+                f"Settings conflict; {channels} channels x {dg[':ACQ:SEGM']} segments for "
+                f"{n} devices x {segments} triggers",
+            )
             self._armed = False
             return
         current = self.delivered_current_a()
@@ -395,8 +469,9 @@ class DigitalTwin:
                 m, _, _ = evolve(array, m, steps, self.dt_s, noise=noise, seed=int(rng.integers(2**31)))
                 t_now += steps * self.dt_s
             record[:, :, k] = m @ p
-        volts = voltage_at_bias_current_v(record, self.parallel_resistance_ohm[None, :, None],
-                                          self.tmr_ratio[None, :, None], current)
+        volts = voltage_at_bias_current_v(
+            record, self.parallel_resistance_ohm[None, :, None], self.tmr_ratio[None, :, None], current
+        )
         snr = self.mismatch.observation_snr_db
         if snr is not None:  # per segment (one read-in sample): its N devices x sample times, as the substrate does
             volts = add_observation_noise(volts, snr, rng, sample_axes=(1, 2))

@@ -34,8 +34,9 @@ def _coupled_field(s, coupling_t, use_coupling, hx):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _step_vjp(m, g, coupling_t, coupling, use_coupling, osc, lam, p, dt, work, hxs, zero, g_hx, g_s, out,
-              fields_given=False):
+def _step_vjp(
+    m, g, coupling_t, coupling, use_coupling, osc, lam, p, dt, work, hxs, zero, g_hx, g_s, out, fields_given=False
+):
     """out = (d m'/d m)^T g for one projected RK4 step from m (all (3, Bc, N)).
 
     ``hxs`` (4, Bc, N) receives the stage fields H_x(s_j), or holds them when ``fields_given``."""
@@ -147,15 +148,45 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
         given = keep_fields and length > 1
         if given:
             # states seg[q] at step start + q and the stage fields of each step of the segment
-            _recompute_segment(seg[0].copy(), seg, fields, coupling_t, use_coupling, osc, lam, p, dt, length, zero,
-                               work[0], work[1], work[2])
+            _recompute_segment(
+                seg[0].copy(),
+                seg,
+                fields,
+                coupling_t,
+                use_coupling,
+                osc,
+                lam,
+                p,
+                dt,
+                length,
+                zero,
+                work[0],
+                work[1],
+                work[2],
+            )
         elif length > 1:
             # N <= SMALL_N_MAX: recompute the states seg[q] at step start + q with the forward pass's fused loop
             # (what run_chunk runs there; calling it directly compiles no second signature of run_chunk)
             run_small(seg[0].copy(), coupling_t, use_coupling, osc, lam, p, dt, length - 1, 1, 0, seg[1:])
         for q in range(length - 1, -1, -1):
-            _step_vjp(seg[q], grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, work,
-                      fields[q] if given else hxs, zero, g_hx, g_s, nxt, given)
+            _step_vjp(
+                seg[q],
+                grad,
+                coupling_t,
+                coupling,
+                use_coupling,
+                osc,
+                lam,
+                p,
+                dt,
+                work,
+                fields[q] if given else hxs,
+                zero,
+                g_hx,
+                g_s,
+                nxt,
+                given,
+            )
             grad[:] = nxt
     return grad
 

@@ -33,7 +33,7 @@ def to_chunks(x: np.ndarray, n_chunks: int, lead: int = 0) -> np.ndarray:
     if pad:
         filler = np.repeat(np.take(x, [0], axis=lead), pad, axis=lead)
         x = np.concatenate([x, filler], axis=lead)
-    shape = x.shape[:lead] + (n_chunks, per) + x.shape[lead + 1:]
+    shape = x.shape[:lead] + (n_chunks, per) + x.shape[lead + 1 :]
     x = x.reshape(shape)  # (..., C, Bc, N, 3)
     axes = (lead,) + tuple(range(lead)) + (lead + 3, lead + 1, lead + 2)
     return x.transpose(axes).copy(order="C")
@@ -46,5 +46,3 @@ def from_chunks(x: np.ndarray, n_batch: int) -> np.ndarray:
     y = x.transpose(axes)  # (..., C, Bc, N, 3)
     y = y.reshape(y.shape[:n_lead] + (-1,) + y.shape[-2:])
     return y[..., :n_batch, :, :].copy(order="C")
-
-

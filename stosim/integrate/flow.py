@@ -63,14 +63,34 @@ class _STOFlow(torch.autograd.Function):
         result = np.zeros((n_chunks, 2), dtype=np.int64)
         with single_threaded_blas():
             # save_offset = segment makes the kernel store the state after step s = jK at ckpt[:, j]
-            run_chunks(m, prm.coupling_t, prm.use_coupling, prm.osc, prm.lam, prm.p, dtype(dt_s), n_steps,
-                       METHOD_RK4, segment, segment, ckpt, dummy, False, np.zeros(n_osc, dtype=dtype), dummy, False,
-                       0.0, stats, result)
+            run_chunks(
+                m,
+                prm.coupling_t,
+                prm.use_coupling,
+                prm.osc,
+                prm.lam,
+                prm.p,
+                dtype(dt_s),
+                n_steps,
+                METHOD_RK4,
+                segment,
+                segment,
+                ckpt,
+                dummy,
+                False,
+                np.zeros(n_osc, dtype=dtype),
+                dummy,
+                False,
+                0.0,
+                stats,
+                result,
+            )
         if (result[:, 0] >= 0).any():
             c = int(np.flatnonzero(result[:, 0] >= 0)[0])
             raise FloatingPointError(
                 f"the STO state became non-finite at step {int(result[c, 0]) + 1} of {n_steps}; "
-                f"reduce dt (now {dt_s:g} s)")
+                f"reduce dt (now {dt_s:g} s)"
+            )
         ctx.saved = (ckpt, prm, n_batch, n_chunks, n_steps, dtype(dt_s), segment)
         return torch.from_numpy(from_chunks(m, n_batch)).to(m0.device)
 
@@ -86,11 +106,33 @@ class _STOFlow(torch.autograd.Function):
             g = np.ascontiguousarray(flat.reshape(g.shape[0], g.shape[2], 3, g.shape[3]).transpose(0, 2, 1, 3))
         with single_threaded_blas():
             if n_chunks == 1:
-                adjoint_chunk(ckpt[0], g[0], prm.coupling_t, prm.coupling, prm.use_coupling, prm.osc, prm.lam, prm.p,
-                              dt, n_steps, segment)
+                adjoint_chunk(
+                    ckpt[0],
+                    g[0],
+                    prm.coupling_t,
+                    prm.coupling,
+                    prm.use_coupling,
+                    prm.osc,
+                    prm.lam,
+                    prm.p,
+                    dt,
+                    n_steps,
+                    segment,
+                )
             else:
-                adjoint_chunks(ckpt, g, prm.coupling_t, prm.coupling, prm.use_coupling, prm.osc, prm.lam, prm.p, dt,
-                               n_steps, segment)
+                adjoint_chunks(
+                    ckpt,
+                    g,
+                    prm.coupling_t,
+                    prm.coupling,
+                    prm.use_coupling,
+                    prm.osc,
+                    prm.lam,
+                    prm.p,
+                    dt,
+                    n_steps,
+                    segment,
+                )
         grad_m0 = torch.from_numpy(from_chunks(g, n_batch)).to(grad_out.device)
         return grad_m0, None, None, None, None
 
@@ -104,8 +146,9 @@ def _check_states(norms: np.ndarray, finite: bool, what: str) -> None:
         raise ValueError(f"{what} of sample {b}, oscillator {i} is the zero vector; it has no direction")
 
 
-def sto_flow(m0: torch.Tensor, array: STOArray, n_steps: int, dt_s: float,
-             checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES) -> torch.Tensor:
+def sto_flow(
+    m0: torch.Tensor, array: STOArray, n_steps: int, dt_s: float, checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES
+) -> torch.Tensor:
     """m(T) after ``n_steps`` projected RK4 steps of ``dt_s`` s from unit states m0 (B, N, 3) (float32/64).
 
     Differentiable w.r.t. m0 with the exact gradient of the discrete map (Numba adjoint).
@@ -121,8 +164,9 @@ def sto_flow(m0: torch.Tensor, array: STOArray, n_steps: int, dt_s: float,
     return _STOFlow.apply(m0, array, int(n_steps), float(dt_s), int(checkpoint_bytes))
 
 
-def sto_jvp(m0: np.ndarray, tangent: np.ndarray, array: STOArray, n_steps: int, dt_s: float,
-            dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+def sto_jvp(
+    m0: np.ndarray, tangent: np.ndarray, array: STOArray, n_steps: int, dt_s: float, dtype=np.float64
+) -> tuple[np.ndarray, np.ndarray]:
     """(m(T), J t) for states m0 (B, N, 3) and tangents (B, N, 3) of the projected RK4 map (exact JVP).
 
     Tangents are first projected onto the tangent planes of m0 (perturbations along m0 are
@@ -146,6 +190,7 @@ def sto_jvp(m0: np.ndarray, tangent: np.ndarray, array: STOArray, n_steps: int, 
     m = to_chunks(m0, n_chunks)
     t = to_chunks(t0, n_chunks)
     with single_threaded_blas():
-        tangent_run_chunks(m, t, prm.coupling_t, prm.use_coupling, prm.osc, prm.lam, prm.p, prm.dtype.type(dt_s),
-                           int(n_steps))
+        tangent_run_chunks(
+            m, t, prm.coupling_t, prm.use_coupling, prm.osc, prm.lam, prm.p, prm.dtype.type(dt_s), int(n_steps)
+        )
     return from_chunks(m, m0.shape[0]), from_chunks(t, m0.shape[0])

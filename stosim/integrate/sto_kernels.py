@@ -68,8 +68,24 @@ def run_small(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every,
             # stage 1: k1 = f(x0); acc = k1/6; s = x0 + h/2 k1
             _small_field(x0[0], coupling_t, use_coupling, hx)
             for i in range(n_osc):
-                kx, ky, kz = llg_point(x0[0, i], x0[1, i], x0[2, i], hx[i], zero, zero, h_appl[i], hk_eff[i],
-                                       hs0[i], alpha[i], pref[i], lam, px, py, pz, one)
+                kx, ky, kz = llg_point(
+                    x0[0, i],
+                    x0[1, i],
+                    x0[2, i],
+                    hx[i],
+                    zero,
+                    zero,
+                    h_appl[i],
+                    hk_eff[i],
+                    hs0[i],
+                    alpha[i],
+                    pref[i],
+                    lam,
+                    px,
+                    py,
+                    pz,
+                    one,
+                )
                 acc[0, i] = sixth * kx
                 acc[1, i] = sixth * ky
                 acc[2, i] = sixth * kz
@@ -80,8 +96,24 @@ def run_small(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every,
             for a_next in (half, dt):
                 _small_field(s[0], coupling_t, use_coupling, hx)
                 for i in range(n_osc):
-                    kx, ky, kz = llg_point(s[0, i], s[1, i], s[2, i], hx[i], zero, zero, h_appl[i], hk_eff[i],
-                                           hs0[i], alpha[i], pref[i], lam, px, py, pz, one)
+                    kx, ky, kz = llg_point(
+                        s[0, i],
+                        s[1, i],
+                        s[2, i],
+                        hx[i],
+                        zero,
+                        zero,
+                        h_appl[i],
+                        hk_eff[i],
+                        hs0[i],
+                        alpha[i],
+                        pref[i],
+                        lam,
+                        px,
+                        py,
+                        pz,
+                        one,
+                    )
                     acc[0, i] += third * kx
                     acc[1, i] += third * ky
                     acc[2, i] += third * kz
@@ -92,8 +124,24 @@ def run_small(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every,
             _small_field(s[0], coupling_t, use_coupling, hx)
             bad = -1
             for i in range(n_osc):
-                kx, ky, kz = llg_point(s[0, i], s[1, i], s[2, i], hx[i], zero, zero, h_appl[i], hk_eff[i],
-                                       hs0[i], alpha[i], pref[i], lam, px, py, pz, one)
+                kx, ky, kz = llg_point(
+                    s[0, i],
+                    s[1, i],
+                    s[2, i],
+                    hx[i],
+                    zero,
+                    zero,
+                    h_appl[i],
+                    hk_eff[i],
+                    hs0[i],
+                    alpha[i],
+                    pref[i],
+                    lam,
+                    px,
+                    py,
+                    pz,
+                    one,
+                )
                 x = x0[0, i] + dt * (acc[0, i] + sixth * kx)
                 y = x0[1, i] + dt * (acc[1, i] + sixth * ky)
                 z = x0[2, i] + dt * (acc[2, i] + sixth * kz)
@@ -167,9 +215,27 @@ def _add_state_noise(m, xi, factor, stats):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def run_chunk(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
-              save_every, save_offset, traj, field_noise, has_field_noise, noise_sigma,
-              state_noise, has_state_noise, state_noise_factor, stats):
+def run_chunk(
+    m,
+    coupling_t,
+    use_coupling,
+    osc,
+    lam,
+    p,
+    dt,
+    n_steps,
+    method,
+    save_every,
+    save_offset,
+    traj,
+    field_noise,
+    has_field_noise,
+    noise_sigma,
+    state_noise,
+    has_state_noise,
+    state_noise_factor,
+    stats,
+):
     """Advance one chunk m (3, Bc, N) in place by ``n_steps`` steps of ``dt`` seconds.
 
     ``traj`` (S, 3, Bc, N) receives m after global step s = save_offset + k + 1 whenever
@@ -223,14 +289,51 @@ def run_chunk(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def run_chunks(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
-               save_every, save_offset, traj, field_noise, has_field_noise, noise_sigma,
-               state_noise, has_state_noise, state_noise_factor, stats, result):
+def run_chunks(
+    m,
+    coupling_t,
+    use_coupling,
+    osc,
+    lam,
+    p,
+    dt,
+    n_steps,
+    method,
+    save_every,
+    save_offset,
+    traj,
+    field_noise,
+    has_field_noise,
+    noise_sigma,
+    state_noise,
+    has_state_noise,
+    state_noise_factor,
+    stats,
+    result,
+):
     """:func:`run_chunk` on every chunk in parallel. m (C, 3, Bc, N), traj (C, S, 3, Bc, N),
     noise (C, n_steps, 3, Bc, N) (or a dummy (C, 1, 3, 1, 1)), stats (C, 3), result (C, 2)."""
     for c in prange(m.shape[0]):
-        k, bad = run_chunk(m[c], coupling_t, use_coupling, osc, lam, p, dt, n_steps, method,
-                           save_every, save_offset, traj[c], field_noise[c], has_field_noise, noise_sigma,
-                           state_noise[c], has_state_noise, state_noise_factor, stats[c])
+        k, bad = run_chunk(
+            m[c],
+            coupling_t,
+            use_coupling,
+            osc,
+            lam,
+            p,
+            dt,
+            n_steps,
+            method,
+            save_every,
+            save_offset,
+            traj[c],
+            field_noise[c],
+            has_field_noise,
+            noise_sigma,
+            state_noise[c],
+            has_state_noise,
+            state_noise_factor,
+            stats[c],
+        )
         result[c, 0] = k
         result[c, 1] = bad

@@ -21,8 +21,19 @@ __all__ = ["tangent_run", "tangent_run_chunks"]
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _tangent_step(m, t, coupling_t, use_coupling, osc, lam, p, dt, work, hx, thx, zero):
     """One projected RK4 step of (m, t) in place; m, t (3, B, N)."""
-    s, ds, k1, k2, k3, k4, d1, d2, d3, d4, scratch = (work[0], work[1], work[2], work[3], work[4], work[5],
-                                                      work[6], work[7], work[8], work[9], work[10])
+    s, ds, k1, k2, k3, k4, d1, d2, d3, d4, scratch = (
+        work[0],
+        work[1],
+        work[2],
+        work[3],
+        work[4],
+        work[5],
+        work[6],
+        work[7],
+        work[8],
+        work[9],
+        work[10],
+    )
     consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(m.dtype)  # in working precision
     half, c_zero, c_one = dt * consts[0], consts[3], consts[4]
     # stage 1

@@ -36,11 +36,21 @@ def _standard_normal(m: torch.Tensor, rng: np.random.Generator | None, generator
     return torch.randn(m.shape, generator=generator, dtype=m.dtype, device=m.device)
 
 
-def evolve_torch(m: torch.Tensor, n_steps: int, dt_s: float, coupling_t: torch.Tensor | None, osc: torch.Tensor,
-                 lam: float, p: torch.Tensor, *, thermal_sigma_oe: torch.Tensor | None = None,
-                 dynamical_factor: float | None = None, generator: torch.Generator | None = None,
-                 thermal_rng: np.random.Generator | None = None,
-                 dynamical_rng: np.random.Generator | None = None) -> torch.Tensor:
+def evolve_torch(
+    m: torch.Tensor,
+    n_steps: int,
+    dt_s: float,
+    coupling_t: torch.Tensor | None,
+    osc: torch.Tensor,
+    lam: float,
+    p: torch.Tensor,
+    *,
+    thermal_sigma_oe: torch.Tensor | None = None,
+    dynamical_factor: float | None = None,
+    generator: torch.Generator | None = None,
+    thermal_rng: np.random.Generator | None = None,
+    dynamical_rng: np.random.Generator | None = None,
+) -> torch.Tensor:
     """Advance m (B, N, 3) by ``n_steps`` steps of ``dt_s`` seconds, differentiably.
 
     ``thermal_sigma_oe`` (N,): per-oscillator thermal field standard deviation (Heun is used);

@@ -19,8 +19,14 @@ from stosim.physics.llg import (
     OSC_TORQUE_FIELD_OE,
 )
 
-__all__ = ["STOArray", "Variability", "oscillator_parameters", "check_step_count", "check_time_step",
-           "MAX_ROTATION_PER_STEP_RAD"]
+__all__ = [
+    "STOArray",
+    "Variability",
+    "oscillator_parameters",
+    "check_step_count",
+    "check_time_step",
+    "MAX_ROTATION_PER_STEP_RAD",
+]
 
 MAX_OSCILLATORS = 100_000
 # the largest turn of m per integration step that check_time_step accepts (RK4 loses its accuracy, and
@@ -69,8 +75,9 @@ class Variability:
         return out
 
 
-def oscillator_parameters(device: DeviceParameters, n_oscillators: int, current_a: float,
-                          variability: Variability | None = None) -> np.ndarray:
+def oscillator_parameters(
+    device: DeviceParameters, n_oscillators: int, current_a: float, variability: Variability | None = None
+) -> np.ndarray:
     """The (5, N) per-oscillator table of the kernels for N copies of ``device`` at ``current_a``.
 
     Rows: H_appl (Oe), H_K - 4 pi M (Oe), H_s0 = hbar eta I/(2 e M V) (Oe), alpha,
@@ -78,13 +85,18 @@ def oscillator_parameters(device: DeviceParameters, n_oscillators: int, current_
     are scaled by its own factor.
     """
     ones = np.ones(n_oscillators)
-    f = variability.factors(n_oscillators) if variability is not None and not variability.is_zero else {
-        name: ones for name in VARIABLE_PARAMETERS}
+    f = (
+        variability.factors(n_oscillators)
+        if variability is not None and not variability.is_zero
+        else {name: ones for name in VARIABLE_PARAMETERS}
+    )
     alpha = device.damping * f["damping"]
     h_k = device.anisotropy_field_oe * f["anisotropy_field"]
     if np.any(alpha < 0) or np.any(alpha >= 1) or np.any(h_k < 0) or np.any(f["current"] <= 0):
-        raise ValueError("device variability drew a damping outside [0, 1), a negative anisotropy field or a "
-                         "reversed current (factor 1 + s xi <= 0); reduce the spread (or change its seed)")
+        raise ValueError(
+            "device variability drew a damping outside [0, 1), a negative anisotropy field or a "
+            "reversed current (factor 1 + s xi <= 0); reduce the spread (or change its seed)"
+        )
     table = np.empty((N_OSC_PARAMS, n_oscillators))
     table[OSC_APPLIED_FIELD_OE] = device.applied_field_oe
     table[OSC_ANISOTROPY_OE] = h_k - 4 * math.pi * device.saturation_magnetization_emu_cm3
@@ -121,30 +133,59 @@ class STOArray:
         self.coupling_matrix.setflags(write=False)
         with np.errstate(over="ignore"):
             if not np.all(np.isfinite(self.coupling_oe * self.coupling_matrix)):
-                raise ValueError(f"coupling = {self.coupling_oe!r} Oe times coupling_matrix overflows; "
-                                 "the product mu W must be finite")
+                raise ValueError(
+                    f"coupling = {self.coupling_oe!r} Oe times coupling_matrix overflows; "
+                    "the product mu W must be finite"
+                )
         self.oscillator_parameters()  # variability draws outside the physical range raise here, at construction
         # rad/s, for check_time_step (computed once: the array is immutable)
         object.__setattr__(self, "max_precession_rate_rad_s", max_precession_rate(self))
 
     @classmethod
-    def generate(cls, device: DeviceParameters, n_oscillators: int, coupling_oe: float, *,
-                 seed: int = 0, current_a: float | None = None, variability: Variability | None = None) -> "STOArray":
+    def generate(
+        cls,
+        device: DeviceParameters,
+        n_oscillators: int,
+        coupling_oe: float,
+        *,
+        seed: int = 0,
+        current_a: float | None = None,
+        variability: Variability | None = None,
+    ) -> "STOArray":
         """Array with a random W (uniform [-1, 1], zero diagonal, spectral radius 1) from ``seed``."""
         w = random_coupling_matrix(n_oscillators, np.random.SeedSequence(seed, spawn_key=(0,)))
-        return cls(device, n_oscillators, float(coupling_oe), w,
-                   device.current_a if current_a is None else float(current_a), variability)
+        return cls(
+            device,
+            n_oscillators,
+            float(coupling_oe),
+            w,
+            device.current_a if current_a is None else float(current_a),
+            variability,
+        )
 
     @classmethod
-    def with_matrix(cls, device: DeviceParameters, coupling_matrix: np.ndarray | str | Path, coupling_oe: float, *,
-                    current_a: float | None = None, variability: Variability | None = None) -> "STOArray":
+    def with_matrix(
+        cls,
+        device: DeviceParameters,
+        coupling_matrix: np.ndarray | str | Path,
+        coupling_oe: float,
+        *,
+        current_a: float | None = None,
+        variability: Variability | None = None,
+    ) -> "STOArray":
         """Array with an explicit W (an array or a .npy file), used as it is (not rescaled)."""
         if isinstance(coupling_matrix, (str, Path)):
             w = load_coupling_matrix(coupling_matrix)
         else:
             w = validate_coupling_matrix(coupling_matrix)
-        return cls(device, int(w.shape[0]), float(coupling_oe), w,
-                   device.current_a if current_a is None else float(current_a), variability)
+        return cls(
+            device,
+            int(w.shape[0]),
+            float(coupling_oe),
+            w,
+            device.current_a if current_a is None else float(current_a),
+            variability,
+        )
 
     def oscillator_parameters(self) -> np.ndarray:
         """(5, N) per-oscillator parameter table for the kernels (float64)."""
@@ -161,8 +202,11 @@ class STOArray:
             "coupling_oe": float(self.coupling_oe),
             "current_a": float(self.current_a),
             "coupling_matrix_spectral_radius": float(np.max(np.abs(np.linalg.eigvals(self.coupling_matrix)))),
-            **({f"variability_{k}": getattr(self.variability, k) for k in (*VARIABLE_PARAMETERS, "seed")}
-               if self.variability is not None else {}),
+            **(
+                {f"variability_{k}": getattr(self.variability, k) for k in (*VARIABLE_PARAMETERS, "seed")}
+                if self.variability is not None
+                else {}
+            ),
         }
 
 
@@ -189,13 +233,14 @@ def check_time_step(array: STOArray, dt_s: float) -> None:
     """Refuse a step ``dt_s`` (s) that is not a finite number > 0, or over which m could turn by more
     than MAX_ROTATION_PER_STEP_RAD: the integration would be silently wrong (the projection onto the
     sphere hides any blow-up)."""
-    if (isinstance(dt_s, bool) or not isinstance(dt_s, (int, float, np.integer, np.floating))
-            or not 0 < dt_s < math.inf):
+    if isinstance(dt_s, bool) or not isinstance(dt_s, (int, float, np.integer, np.floating)) or not 0 < dt_s < math.inf:
         raise ValueError(f"dt = {dt_s!r} s must be a finite number > 0 s")
     rate = array.max_precession_rate_rad_s
     if rate * dt_s > MAX_ROTATION_PER_STEP_RAD:
-        raise ValueError(f"dt = {dt_s:g} s is too large for this array: its fastest precession, up to "
-                         f"{rate:.3g} rad/s (fields up to mu sum_j |W_ij| = "
-                         f"{abs(array.coupling_oe) * np.abs(array.coupling_matrix).sum(axis=1).max():.4g} Oe of "
-                         f"coupling), turns m by up to {rate * dt_s:.3g} rad per step; use "
-                         f"dt <= {MAX_ROTATION_PER_STEP_RAD / rate:.3g} s")
+        raise ValueError(
+            f"dt = {dt_s:g} s is too large for this array: its fastest precession, up to "
+            f"{rate:.3g} rad/s (fields up to mu sum_j |W_ij| = "
+            f"{abs(array.coupling_oe) * np.abs(array.coupling_matrix).sum(axis=1).max():.4g} Oe of "
+            f"coupling), turns m by up to {rate * dt_s:.3g} rad per step; use "
+            f"dt <= {MAX_ROTATION_PER_STEP_RAD / rate:.3g} s"
+        )

@@ -76,8 +76,24 @@ def stage_accumulate(m, ms, hx, hy, hz, osc, lam, p, a_next, keep, w, acc, nxt):
         nx, ny, nz = nxt[0, b], nxt[1, b], nxt[2, b]
         fx, fy, fz = hx[b], hy[b], hz[b]
         for i in range(n_osc):
-            kx, ky, kz = llg_point(mx[i], my[i], mz[i], fx[i], fy[i], fz[i],
-                                   h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one)
+            kx, ky, kz = llg_point(
+                mx[i],
+                my[i],
+                mz[i],
+                fx[i],
+                fy[i],
+                fz[i],
+                h_appl[i],
+                hk_eff[i],
+                hs0[i],
+                alpha[i],
+                pref[i],
+                lam,
+                px,
+                py,
+                pz,
+                one,
+            )
             ax[i] = keep * ax[i] + w * kx
             ay[i] = keep * ay[i] + w * ky
             az[i] = keep * az[i] + w * kz
@@ -105,8 +121,24 @@ def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
         fx, fy, fz = hx[b], hy[b], hz[b]
         n_bad = 0
         for i in range(n_osc):
-            kx, ky, kz = llg_point(mx[i], my[i], mz[i], fx[i], fy[i], fz[i],
-                                   h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one)
+            kx, ky, kz = llg_point(
+                mx[i],
+                my[i],
+                mz[i],
+                fx[i],
+                fy[i],
+                fz[i],
+                h_appl[i],
+                hk_eff[i],
+                hs0[i],
+                alpha[i],
+                pref[i],
+                lam,
+                px,
+                py,
+                pz,
+                one,
+            )
             x = m0x[i] + dt * (ax[i] + w * kx)
             y = m0y[i] + dt * (ay[i] + w * ky)
             z = m0z[i] + dt * (az[i] + w * kz)
@@ -209,8 +241,27 @@ def stage_vjp(ms, hx, hy, hz, v, osc, lam, p, g_state, g_hx):
         fx, fy, fz = hx[b], hy[b], hz[b]
         ox, oy, oz, oh = g_state[0, b], g_state[1, b], g_state[2, b], g_hx[b]
         for i in range(n_osc):
-            a, bb, c, d = llg_vjp_point(mx[i], my[i], mz[i], fx[i], fy[i], fz[i], vx[i], vy[i], vz[i],
-                                        h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one)
+            a, bb, c, d = llg_vjp_point(
+                mx[i],
+                my[i],
+                mz[i],
+                fx[i],
+                fy[i],
+                fz[i],
+                vx[i],
+                vy[i],
+                vz[i],
+                h_appl[i],
+                hk_eff[i],
+                hs0[i],
+                alpha[i],
+                pref[i],
+                lam,
+                px,
+                py,
+                pz,
+                one,
+            )
             ox[i] = a
             oy[i] = bb
             oz[i] = c
@@ -263,8 +314,28 @@ def stage_jvp(ms, hx, hy, hz, t, thx, osc, lam, p, out):
         fx, fy, fz, fh = hx[b], hy[b], hz[b], thx[b]
         ox, oy, oz = out[0, b], out[1, b], out[2, b]
         for i in range(n_osc):
-            a, bb, c = llg_jvp_point(mx[i], my[i], mz[i], fx[i], fy[i], fz[i], tx[i], ty[i], tz[i], fh[i],
-                                     h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one)
+            a, bb, c = llg_jvp_point(
+                mx[i],
+                my[i],
+                mz[i],
+                fx[i],
+                fy[i],
+                fz[i],
+                tx[i],
+                ty[i],
+                tz[i],
+                fh[i],
+                h_appl[i],
+                hk_eff[i],
+                hs0[i],
+                alpha[i],
+                pref[i],
+                lam,
+                px,
+                py,
+                pz,
+                one,
+            )
             ox[i] = a
             oy[i] = bb
             oz[i] = c

@@ -23,9 +23,19 @@ import numpy as np
 
 from stosim.constants import BOLTZMANN_ERG_K
 
-__all__ = ["snr_noise_factor", "measured_snr_db", "thermal_field_sigma_oe", "add_observation_noise", "check_snr_db",
-           "MIN_SNR_DB", "dynamical_step_factor", "check_noise_reference_s", "MIN_NOISE_REFERENCE_S",
-           "MAX_NOISE_REFERENCE_S", "observation_noise_scale"]
+__all__ = [
+    "snr_noise_factor",
+    "measured_snr_db",
+    "thermal_field_sigma_oe",
+    "add_observation_noise",
+    "check_snr_db",
+    "MIN_SNR_DB",
+    "dynamical_step_factor",
+    "check_noise_reference_s",
+    "MIN_NOISE_REFERENCE_S",
+    "MAX_NOISE_REFERENCE_S",
+    "observation_noise_scale",
+]
 
 
 MIN_SNR_DB = -100.0  # noise amplitude 1e5 times the signal's: below it the signal is gone (and 10^(-SNR/20) overflows)
@@ -37,12 +47,16 @@ def check_snr_db(snr_db: float, name: str) -> float:
     Strings, booleans and None are refused (a ValueError naming ``name``), not converted.
     """
     if isinstance(snr_db, bool) or not isinstance(snr_db, numbers.Real):
-        raise ValueError(f"{name} = {snr_db!r} must be a real number of dB in [{MIN_SNR_DB:g} dB, inf dB] "
-                         "(a finite number, or inf for no noise)")
+        raise ValueError(
+            f"{name} = {snr_db!r} must be a real number of dB in [{MIN_SNR_DB:g} dB, inf dB] "
+            "(a finite number, or inf for no noise)"
+        )
     value = float(snr_db)
     if math.isnan(value) or value < MIN_SNR_DB:
-        raise ValueError(f"{name} = {snr_db!r} dB is out of range; valid: [{MIN_SNR_DB:g} dB, inf dB] "
-                         "(a finite number, or inf for no noise)")
+        raise ValueError(
+            f"{name} = {snr_db!r} dB is out of range; valid: [{MIN_SNR_DB:g} dB, inf dB] "
+            "(a finite number, or inf for no noise)"
+        )
     return value
 
 
@@ -61,12 +75,16 @@ def check_noise_reference_s(reference_s: float | None, name: str = "dynamical_no
     if reference_s is None:
         return None
     if isinstance(reference_s, bool) or not isinstance(reference_s, numbers.Real):
-        raise ValueError(f"{name} = {reference_s!r} must be a time in s in [{MIN_NOISE_REFERENCE_S:g} s, "
-                         f"{MAX_NOISE_REFERENCE_S:g} s] (e.g. 1e-12 for 1 ps), or None for the per-step definition")
+        raise ValueError(
+            f"{name} = {reference_s!r} must be a time in s in [{MIN_NOISE_REFERENCE_S:g} s, "
+            f"{MAX_NOISE_REFERENCE_S:g} s] (e.g. 1e-12 for 1 ps), or None for the per-step definition"
+        )
     value = float(reference_s)
     if not (math.isfinite(value) and MIN_NOISE_REFERENCE_S <= value <= MAX_NOISE_REFERENCE_S):
-        raise ValueError(f"{name} = {reference_s!r} s is out of range; valid: [{MIN_NOISE_REFERENCE_S:g} s, "
-                         f"{MAX_NOISE_REFERENCE_S:g} s], or None for the per-step definition")
+        raise ValueError(
+            f"{name} = {reference_s!r} s is out of range; valid: [{MIN_NOISE_REFERENCE_S:g} s, "
+            f"{MAX_NOISE_REFERENCE_S:g} s], or None for the per-step definition"
+        )
     return value
 
 
@@ -92,14 +110,24 @@ def measured_snr_db(signal: np.ndarray, noise: np.ndarray) -> float:
     return float(10.0 * np.log10(np.var(signal) / np.var(noise)))
 
 
-def thermal_field_sigma_oe(damping: np.ndarray | float, temperature_k: float, gyromagnetic_ratio: float,
-                           magnetization_emu_cm3: np.ndarray | float, volume_cm3: np.ndarray | float,
-                           dt_s: float) -> np.ndarray:
+def thermal_field_sigma_oe(
+    damping: np.ndarray | float,
+    temperature_k: float,
+    gyromagnetic_ratio: float,
+    magnetization_emu_cm3: np.ndarray | float,
+    volume_cm3: np.ndarray | float,
+    dt_s: float,
+) -> np.ndarray:
     """Per-component standard deviation of the thermal field in Oe for one step of dt seconds."""
     if not (temperature_k >= 0 and math.isfinite(temperature_k)):
         raise ValueError(f"temperature = {temperature_k!r} K must be finite and >= 0 K")
-    return np.sqrt(2.0 * np.asarray(damping) * BOLTZMANN_ERG_K * temperature_k
-                   / (gyromagnetic_ratio * np.asarray(magnetization_emu_cm3) * np.asarray(volume_cm3) * dt_s))
+    return np.sqrt(
+        2.0
+        * np.asarray(damping)
+        * BOLTZMANN_ERG_K
+        * temperature_k
+        / (gyromagnetic_ratio * np.asarray(magnetization_emu_cm3) * np.asarray(volume_cm3) * dt_s)
+    )
 
 
 def observation_noise_scale(signal, snr_db: float, sample_axes: int | tuple[int, ...] | None = None):

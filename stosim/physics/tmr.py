@@ -43,6 +43,8 @@ def projection_from_voltage(voltage_v, bias_current_a: float, parallel_resistanc
     Raises ``ValueError`` when the relation cannot be inverted (I = 0, TMR = 0 or R_P <= 0).
     """
     if bias_current_a == 0 or tmr_ratio == 0 or parallel_resistance_ohm <= 0:
-        raise ValueError(f"cannot infer m.p from a voltage with I = {bias_current_a!r} A, TMR ratio = {tmr_ratio!r}, "
-                         f"R_P = {parallel_resistance_ohm!r} Ohm (I and TMR must be non-zero, R_P > 0)")
+        raise ValueError(
+            f"cannot infer m.p from a voltage with I = {bias_current_a!r} A, TMR ratio = {tmr_ratio!r}, "
+            f"R_P = {parallel_resistance_ohm!r} Ohm (I and TMR must be non-zero, R_P > 0)"
+        )
     return 1.0 - (2.0 / tmr_ratio) * (_array(voltage_v) / (bias_current_a * parallel_resistance_ohm) - 1.0)

@@ -13,8 +13,14 @@ import torch
 __all__ = ["llg_rhs_torch", "rk4_step_torch", "STORightHandSide"]
 
 
-def llg_rhs_torch(m: torch.Tensor, coupling_t: torch.Tensor | None, osc: torch.Tensor, lam: float,
-                  p: torch.Tensor, extra_field: torch.Tensor | None = None) -> torch.Tensor:
+def llg_rhs_torch(
+    m: torch.Tensor,
+    coupling_t: torch.Tensor | None,
+    osc: torch.Tensor,
+    lam: float,
+    p: torch.Tensor,
+    extra_field: torch.Tensor | None = None,
+) -> torch.Tensor:
     """dm/dt (1/s), shape (B, N, 3).
 
     ``coupling_t`` is (mu W)^T in Oe (N x N) or None for no coupling; ``osc`` the (5, N)
@@ -43,8 +49,15 @@ def llg_rhs_torch(m: torch.Tensor, coupling_t: torch.Tensor | None, osc: torch.T
     return torch.stack((-pref * (ax + alpha * dx), -pref * (ay + alpha * dy), -pref * (az + alpha * dz)), dim=-1)
 
 
-def rk4_step_torch(m: torch.Tensor, dt_s: float, coupling_t: torch.Tensor | None, osc: torch.Tensor, lam: float,
-                   p: torch.Tensor, project: bool = True) -> torch.Tensor:
+def rk4_step_torch(
+    m: torch.Tensor,
+    dt_s: float,
+    coupling_t: torch.Tensor | None,
+    osc: torch.Tensor,
+    lam: float,
+    p: torch.Tensor,
+    project: bool = True,
+) -> torch.Tensor:
     """One classical RK4 step of dt seconds, then (by default) projection onto |m| = 1."""
     f = lambda x: llg_rhs_torch(x, coupling_t, osc, lam, p)  # noqa: E731
     k1 = f(m)
@@ -58,8 +71,14 @@ def rk4_step_torch(m: torch.Tensor, dt_s: float, coupling_t: torch.Tensor | None
 class STORightHandSide(torch.nn.Module):
     """f(t, m) for torchdiffeq: the coupled array's dm/dt with m of shape (B, N, 3)."""
 
-    def __init__(self, coupling_t: np.ndarray | torch.Tensor | None, osc: np.ndarray | torch.Tensor, lam: float,
-                 p: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self,
+        coupling_t: np.ndarray | torch.Tensor | None,
+        osc: np.ndarray | torch.Tensor,
+        lam: float,
+        p: np.ndarray | torch.Tensor,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
         super().__init__()
         as_t = lambda x: torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=dtype)  # noqa: E731
         self.register_buffer("coupling_t", as_t(coupling_t) if coupling_t is not None else None)

@@ -73,24 +73,43 @@ def epochs_to_converge(test_loss: list[float] | np.ndarray, tolerance: float) ->
     return int(np.argmax((loss - lmin) / lmin <= tolerance)) + 1
 
 
-def chaotic_mlp(n_inputs: int, n_classes: int, hidden: int, hidden_layers: int, rho: float, activation: str = "tanh",
-                seed: int = 0, dtype: torch.dtype = torch.float32) -> MLPClassifier:
+def chaotic_mlp(
+    n_inputs: int,
+    n_classes: int,
+    hidden: int,
+    hidden_layers: int,
+    rho: float,
+    activation: str = "tanh",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> MLPClassifier:
     """The C.3 MLP: read-in, ``hidden_layers`` square layers at spectral radius ``rho``, readout."""
     torch.manual_seed(seed)
-    return MLPClassifier(n_inputs, n_classes, hidden, dtype, depth=hidden_layers + 1, activation=activation,
-                         spectral_radius=rho, init_seed=seed)
+    return MLPClassifier(
+        n_inputs,
+        n_classes,
+        hidden,
+        dtype,
+        depth=hidden_layers + 1,
+        activation=activation,
+        spectral_radius=rho,
+        init_seed=seed,
+    )
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(x[i:i + 2048]) for i in range(0, x.shape[0], 2048)])
-    return (float(nn.functional.cross_entropy(logits, y, reduction="mean")),
-            float((logits.argmax(1) == y).double().mean()))
+        logits = torch.cat([model(x[i : i + 2048]) for i in range(0, x.shape[0], 2048)])
+    return (
+        float(nn.functional.cross_entropy(logits, y, reduction="mean")),
+        float((logits.argmax(1) == y).double().mean()),
+    )
 
 
-def run_chaotic_init_study(spec: ChaoticInitSpec, out: Path, progress: Callable[[str], None] | None = None
-                           ) -> dict[str, Any]:
+def run_chaotic_init_study(
+    spec: ChaoticInitSpec, out: Path, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Train one MLP per rho; results.json / results.md and three figures (dnn_chaotic_*.png)."""
     from stosim.datasets import load_dataset
     from stosim.studies.results import write_results
@@ -107,14 +126,18 @@ def run_chaotic_init_study(spec: ChaoticInitSpec, out: Path, progress: Callable[
         opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
         gen = torch.Generator().manual_seed(spec.seed)
         loss0, acc0 = _loss(model, xt, yt)
-        rec = {"test_loss": [], "test_accuracy": [], "train_loss": [],
-               "rho": [[spectral_radius(w) for w in model.hidden_weights()]]}
+        rec = {
+            "test_loss": [],
+            "test_accuracy": [],
+            "train_loss": [],
+            "rho": [[spectral_radius(w) for w in model.hidden_weights()]],
+        }
         for _ in range(spec.epochs):
             model.train()
             order = torch.randperm(x.shape[0], generator=gen)
             total = 0.0
             for i in range(0, x.shape[0], spec.batch_size):
-                idx = order[i:i + spec.batch_size]
+                idx = order[i : i + spec.batch_size]
                 opt.zero_grad()
                 loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
                 if not torch.isfinite(loss):
@@ -136,10 +159,12 @@ def run_chaotic_init_study(spec: ChaoticInitSpec, out: Path, progress: Callable[
         rec["wall_time_s"] = time.perf_counter() - t0
         runs[str(rho)] = rec
         if progress:
-            progress(f"rho {rho:g}: min test loss {rec['min_test_loss']:.4f}, final test acc "
-                     f"{100 * rec['test_accuracy'][-1]:.1f}%, converged at epoch {rec['epochs_to_converge']}, "
-                     f"rho per layer {rec['rho'][0][0]:.3g} -> {', '.join(f'{r:.3g}' for r in rec['rho'][-1])} "
-                     f"({rec['wall_time_s']:.0f} s)")
+            progress(
+                f"rho {rho:g}: min test loss {rec['min_test_loss']:.4f}, final test acc "
+                f"{100 * rec['test_accuracy'][-1]:.1f}%, converged at epoch {rec['epochs_to_converge']}, "
+                f"rho per layer {rec['rho'][0][0]:.3g} -> {', '.join(f'{r:.3g}' for r in rec['rho'][-1])} "
+                f"({rec['wall_time_s']:.0f} s)"
+            )
     results = {"spec": spec.model_dump(), "runs": runs}
     _plot(out, spec, runs)
     write_results(results, out, _markdown(spec, runs))
@@ -147,15 +172,21 @@ def run_chaotic_init_study(spec: ChaoticInitSpec, out: Path, progress: Callable[
 
 
 def _markdown(spec: ChaoticInitSpec, runs: dict) -> str:
-    lines = [("| rho | initial test loss | min test loss (epoch) | final test acc | epochs to converge | "
-              f"epochs to test loss <= {spec.loss_level:g} | rho after training |"),
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        (
+            "| rho | initial test loss | min test loss (epoch) | final test acc | epochs to converge | "
+            f"epochs to test loss <= {spec.loss_level:g} | rho after training |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for rho, r in runs.items():
-        lines.append(f"| {rho} | {r['initial_test_loss']:.3f} | "
-                     f"{r['min_test_loss']:.4f} ({r['min_test_loss_epoch']}) | "
-                     f"{100 * r['test_accuracy'][-1]:.2f}% | {r['epochs_to_converge']} | "
-                     f"{r['epochs_to_loss_level'] if r['epochs_to_loss_level'] is not None else 'never'} | "
-                     f"{', '.join(f'{v:.3f}' for v in r['rho'][-1])} |")
+        lines.append(
+            f"| {rho} | {r['initial_test_loss']:.3f} | "
+            f"{r['min_test_loss']:.4f} ({r['min_test_loss_epoch']}) | "
+            f"{100 * r['test_accuracy'][-1]:.2f}% | {r['epochs_to_converge']} | "
+            f"{r['epochs_to_loss_level'] if r['epochs_to_loss_level'] is not None else 'never'} | "
+            f"{', '.join(f'{v:.3f}' for v in r['rho'][-1])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -169,8 +200,14 @@ def _plot(out: Path, spec: ChaoticInitSpec, runs: dict) -> None:
     loss = np.array([runs[r]["test_loss"] for r in runs])
     fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
     try:
-        im = ax.imshow(loss, aspect="auto", origin="lower", cmap="viridis", norm=LogNorm(),
-                       extent=(0.5, spec.epochs + 0.5, -0.5, len(rhos) - 0.5))
+        im = ax.imshow(
+            loss,
+            aspect="auto",
+            origin="lower",
+            cmap="viridis",
+            norm=LogNorm(),
+            extent=(0.5, spec.epochs + 0.5, -0.5, len(rhos) - 0.5),
+        )
         ax.set_yticks(range(len(rhos)), [f"{r:g}" for r in rhos])
         ax.set_xlabel("epoch")
         ax.set_ylabel("initial spectral radius rho")

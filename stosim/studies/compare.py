@@ -34,8 +34,10 @@ def _experiment_names(configs: list[Path]) -> list[str]:
     names = [Path(c).stem for c in configs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ConfigError(f"configs: the experiment files must have distinct names (runs go to OUT/<name>); "
-                          f"{', '.join(repeated)} appear(s) more than once")
+        raise ConfigError(
+            f"configs: the experiment files must have distinct names (runs go to OUT/<name>); "
+            f"{', '.join(repeated)} appear(s) more than once"
+        )
     return names
 
 
@@ -58,9 +60,13 @@ def _run_one(config: Path, seed: int, out: Path, on_epoch: Callable | None) -> d
     return {**result.summary(), "config": cfg.resolved()}
 
 
-def run_comparison(configs: list[Path], seeds: list[int], out_dir: Path,
-                   on_run: Callable[[str, int], None] | None = None,
-                   on_epoch: Callable[[dict], None] | None = None) -> dict[str, list[dict]]:
+def run_comparison(
+    configs: list[Path],
+    seeds: list[int],
+    out_dir: Path,
+    on_run: Callable[[str, int], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict[str, list[dict]]:
     """Train every config for every seed (a seed given twice counts once); returns name -> list of
     per-seed summaries."""
     results: dict[str, list[dict]] = {}
@@ -101,7 +107,7 @@ def _references(configs: list[Path]) -> dict[str, str]:
 
 
 def _mean_std(values: list[float]) -> str:
-    """"mean +/- std" of ``values`` (%, two decimals), std the sample standard deviation
+    """ "mean +/- std" of ``values`` (%, two decimals), std the sample standard deviation
     sqrt(sum (x - mean)^2 / (n - 1)); one value has no spread to show, so it is given alone (a
     "+/- 0.00" would claim a spread of zero that no second seed measured)."""
     mean = statistics.mean(values)
@@ -120,11 +126,13 @@ def comparison_table(results: dict[str, list[dict]], configs: list[Path]) -> str
     the fraction of training images classified correctly by the model of each step as it trained; with
     the test accuracy it shows overfitting), epochs to converge, wall time."""
     refs = _references(configs)
-    lines = ["| model | seeds | best test acc. over epochs and seeds (%) | "
-             "final test acc., mean +/- std over seeds (%) | "
-             "train acc. in the last epoch (%, mean) | epochs to converge (mean) | "
-             "wall time per run (s, mean) | seed study best / mean (%) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | seeds | best test acc. over epochs and seeds (%) | "
+        "final test acc., mean +/- std over seeds (%) | "
+        "train acc. in the last epoch (%, mean) | epochs to converge (mean) | "
+        "wall time per run (s, mean) | seed study best / mean (%) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, runs in results.items():
         best = [_percent(r, "best_test_accuracy") for r in runs]
         final = [_percent(r, "test_accuracy") for r in runs]
@@ -132,5 +140,6 @@ def comparison_table(results: dict[str, list[dict]], configs: list[Path]) -> str
             f"| {name} | {len(runs)} | {max(best):.2f} | {_mean_std(final)} | "
             f"{statistics.mean(_percent(r, 'final_train_accuracy') for r in runs):.2f} | "
             f"{statistics.mean(r['epochs_to_converge'] for r in runs):.1f} | "
-            f"{statistics.mean(r['wall_time_s'] for r in runs):.0f} | {refs.get(name, '')} |")
+            f"{statistics.mean(r['wall_time_s'] for r in runs):.0f} | {refs.get(name, '')} |"
+        )
     return "\n".join(lines) + "\n"

@@ -85,7 +85,8 @@ class ToySpec(BaseModel):
     study: Literal["toy-ftmle"]
     name: str = "toy-ftmle"
     tasks: list[Literal["spirals", "circles", "moons", "blobs"]] = Field(
-        default_factory=lambda: ["spirals", "circles", "moons", "blobs"], min_length=1)
+        default_factory=lambda: ["spirals", "circles", "moons", "blobs"], min_length=1
+    )
     n_train: int = Field(default=2000, ge=4, le=1_000_000)
     n_test: int = Field(default=1000, ge=4, le=1_000_000)
     depth: int = Field(default=5, ge=1, le=50, description="hidden layers")
@@ -107,7 +108,8 @@ class TableSpec(BaseModel):
     study: Literal["init-table"]
     name: str = "init-table"
     models: list[Literal["toy-mlp", "mnist-mlp", "mnist-cnn", "mnist-ae"]] = Field(
-        default_factory=lambda: ["toy-mlp", "mnist-mlp", "mnist-cnn", "mnist-ae"], min_length=1)
+        default_factory=lambda: ["toy-mlp", "mnist-mlp", "mnist-cnn", "mnist-ae"], min_length=1
+    )
     data_dir: str = "../shared/data/mnist"
     toy_task: Literal["spirals", "circles", "moons", "blobs"] = "spirals"
     toy_epochs: int = Field(default=150, ge=1, le=100_000)
@@ -129,8 +131,12 @@ class TableSpec(BaseModel):
 STUDY_SCALE: dict[str, dict[str, Any]] = {
     "toy-ftmle": {"n_train": 2000, "grid": 95, "epochs": 500},
     "init-table": {"toy_epochs": 500, "n_train": 60_000, "epochs": 10, "n_ftmle": 1000},
-    "chaotic-init": {"n_train": 60_000, "n_test": 10_000, "epochs": 100,
-                     "rhos": [0.1, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5, 1.7, 2.0, 2.3, 2.6, 3.0, 4.0, 5.0, 7.0, 10.0]},
+    "chaotic-init": {
+        "n_train": 60_000,
+        "n_test": 10_000,
+        "epochs": 100,
+        "rhos": [0.1, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5, 1.7, 2.0, 2.3, 2.6, 3.0, 4.0, 5.0, 7.0, 10.0],
+    },
 }
 
 
@@ -157,8 +163,9 @@ def load_dnn_spec(path: str | Path, scale: str = "file") -> BaseModel:
     try:
         return kinds[study].model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{path}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-                 for e in exc.errors()]
+        lines = [
+            f"{path}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+        ]
         raise DNNSpecError("\n".join(lines)) from None
 
 
@@ -215,10 +222,15 @@ class ConvAutoencoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(),
-                                     nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
-        self.decoder = nn.Sequential(nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
-                                     nn.ConvTranspose2d(8, 1, 3, stride=2, padding=1, output_padding=1), nn.Sigmoid())
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()
+        )
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(8, 1, 3, stride=2, padding=1, output_padding=1),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
@@ -256,8 +268,9 @@ def ftmle_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     raise ValueError(f"no layer list for {type(model).__name__}")
 
 
-def layer_ftmle(model: nn.Module, x: torch.Tensor, *, method: str = "auto", tol: float = 1e-6,
-                seed: int = 0) -> dict[str, np.ndarray]:
+def layer_ftmle(
+    model: nn.Module, x: torch.Tensor, *, method: str = "auto", tol: float = 1e-6, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Per-sample FTMLE (1/layer) of each layer and of the whole model ("overall") at x, in float64."""
     model = _float64_copy(model)
     names, mods = zip(*ftmle_layers(model))
@@ -286,18 +299,29 @@ def layer_statistics(values: dict[str, np.ndarray]) -> dict[str, dict[str, float
         if name.startswith("_"):
             continue
         finite = v[np.isfinite(v)]
-        stats[name] = {"mean": float(finite.mean()) if finite.size else float("nan"),
-                       "std": float(finite.std()) if finite.size else float("nan"),
-                       "max": float(finite.max()) if finite.size else float("nan"),
-                       "positive_fraction": float((v > 0).mean()), "n_minus_inf": int(np.isneginf(v).sum())}
+        stats[name] = {
+            "mean": float(finite.mean()) if finite.size else float("nan"),
+            "std": float(finite.std()) if finite.size else float("nan"),
+            "max": float(finite.max()) if finite.size else float("nan"),
+            "positive_fraction": float((v > 0).mean()),
+            "n_minus_inf": int(np.isneginf(v).sum()),
+        }
     return stats
 
 
 # ----------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------
-def _adam_epochs(model: nn.Module, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor], *, epochs: int,
-                 batch_size: int, lr: float, seed: int) -> None:
+def _adam_epochs(
+    model: nn.Module,
+    n: int,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> None:
     """Adam over ``epochs`` passes of ``n`` examples, shuffled per epoch from ``seed``; ``batch_loss(idx)`` is the
     loss of the examples ``idx``. Leaves the model in eval mode."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -307,32 +331,52 @@ def _adam_epochs(model: nn.Module, n: int, batch_loss: Callable[[torch.Tensor], 
         order = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
             opt.zero_grad()
-            batch_loss(order[i:i + batch_size]).backward()
+            batch_loss(order[i : i + batch_size]).backward()
             opt.step()
     model.eval()
 
 
-def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
-                   seed: int) -> float:
+def fit_classifier(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, lr: float, seed: int
+) -> float:
     """Adam on the cross-entropy, shuffled per epoch from ``seed``; returns the final training accuracy."""
-    _adam_epochs(model, x.shape[0], lambda idx: nn.functional.cross_entropy(model(x[idx]), y[idx]), epochs=epochs,
-                 batch_size=batch_size, lr=lr, seed=seed)
+    _adam_epochs(
+        model,
+        x.shape[0],
+        lambda idx: nn.functional.cross_entropy(model(x[idx]), y[idx]),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+    )
     with torch.no_grad():
         return float((_predict(model, x) == y).double().mean())
 
 
 def fit_autoencoder(model: nn.Module, x: torch.Tensor, *, epochs: int, batch_size: int, lr: float, seed: int) -> float:
     """Adam on the mean squared reconstruction error; returns the final mean squared error."""
-    _adam_epochs(model, x.shape[0], lambda idx: nn.functional.mse_loss(model(x[idx]), x[idx]), epochs=epochs,
-                 batch_size=batch_size, lr=lr, seed=seed)
+    _adam_epochs(
+        model,
+        x.shape[0],
+        lambda idx: nn.functional.mse_loss(model(x[idx]), x[idx]),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+    )
     with torch.no_grad():
-        return float(sum(nn.functional.mse_loss(model(x[i:i + 1000]), x[i:i + 1000], reduction="sum")
-                         for i in range(0, x.shape[0], 1000)) / x.numel())
+        return float(
+            sum(
+                nn.functional.mse_loss(model(x[i : i + 1000]), x[i : i + 1000], reduction="sum")
+                for i in range(0, x.shape[0], 1000)
+            )
+            / x.numel()
+        )
 
 
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([model(x[i:i + 4096]).argmax(1) for i in range(0, x.shape[0], 4096)])
+        return torch.cat([model(x[i : i + 4096]).argmax(1) for i in range(0, x.shape[0], 4096)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,19 +398,27 @@ def boundary_statistics(pred: np.ndarray, ftmle: np.ndarray, band: int) -> dict[
     edge[1:, :] |= pred[1:, :] != pred[:-1, :]
     edge[:-1, :] |= pred[1:, :] != pred[:-1, :]
     if not edge.any():
-        return {"near_mean": float("nan"), "far_mean": float("nan"), "difference": float("nan"),
-                "near_positive_fraction": float("nan"), "far_positive_fraction": float("nan"),
-                "spearman_vs_distance": float("nan")}
+        return {
+            "near_mean": float("nan"),
+            "far_mean": float("nan"),
+            "difference": float("nan"),
+            "near_positive_fraction": float("nan"),
+            "far_positive_fraction": float("nan"),
+            "spearman_vs_distance": float("nan"),
+        }
     dist = ndimage.distance_transform_edt(~edge)
     ok = np.isfinite(ftmle)
     near, far = ok & (dist <= band), ok & (dist > band)
     constant = np.ptp(ftmle[ok]) == 0 or np.ptp(dist[ok]) == 0  # a linear layer: one value everywhere
     rho = float("nan") if constant else stats.spearmanr(ftmle[ok].ravel(), dist[ok].ravel()).statistic
-    return {"near_mean": float(ftmle[near].mean()), "far_mean": float(ftmle[far].mean()) if far.any() else float("nan"),
-            "difference": float(ftmle[near].mean() - ftmle[far].mean()) if far.any() else float("nan"),
-            "near_positive_fraction": float((ftmle[near] > 0).mean()),
-            "far_positive_fraction": float((ftmle[far] > 0).mean()) if far.any() else float("nan"),
-            "spearman_vs_distance": float(rho)}
+    return {
+        "near_mean": float(ftmle[near].mean()),
+        "far_mean": float(ftmle[far].mean()) if far.any() else float("nan"),
+        "difference": float(ftmle[near].mean() - ftmle[far].mean()) if far.any() else float("nan"),
+        "near_positive_fraction": float((ftmle[near] > 0).mean()),
+        "far_positive_fraction": float((ftmle[far] > 0).mean()) if far.any() else float("nan"),
+        "spearman_vs_distance": float(rho),
+    }
 
 
 def _train_toy(task: str, spec_like: Any, epochs: int, seed: int) -> tuple[MLPClassifier, dict[str, float]]:
@@ -374,10 +426,10 @@ def _train_toy(task: str, spec_like: Any, epochs: int, seed: int) -> tuple[MLPCl
     xt, yt = make_task(task, spec_like.n_test, seed + 1)
     model = toy_mlp(task_classes(task), spec_like.depth, spec_like.hidden, spec_like.activation, seed)
     xs, ys = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
-    train_acc = fit_classifier(model, xs, ys, epochs=epochs, batch_size=spec_like.batch_size, lr=spec_like.lr,
-                               seed=seed)
-    test_acc = float((_predict(model, torch.as_tensor(xt, dtype=torch.float32)) == torch.as_tensor(yt))
-                     .double().mean())
+    train_acc = fit_classifier(
+        model, xs, ys, epochs=epochs, batch_size=spec_like.batch_size, lr=spec_like.lr, seed=seed
+    )
+    test_acc = float((_predict(model, torch.as_tensor(xt, dtype=torch.float32)) == torch.as_tensor(yt)).double().mean())
     return model, {"train_accuracy": train_acc, "test_accuracy": test_acc}
 
 
@@ -392,24 +444,42 @@ def run_toy_study(spec: ToySpec, out: Path, progress: Progress | None = None) ->
         values = layer_ftmle(model, grid, seed=spec.seed)
         pred = _predict(model, grid.float()).numpy().reshape(spec.grid, spec.grid)
         overall = values["overall"].reshape(spec.grid, spec.grid)
-        entry = {**acc, "statistics": layer_statistics(values),
-                 "boundary": boundary_statistics(pred, overall, spec.band),
-                 "layer_boundary": {k: boundary_statistics(pred, v.reshape(spec.grid, spec.grid), spec.band)
-                                    for k, v in values.items() if not k.startswith("_") and k != "overall"},
-                 "all_converged": bool(values["_converged"].all()), "wall_time_s": time.perf_counter() - t0}
+        entry = {
+            **acc,
+            "statistics": layer_statistics(values),
+            "boundary": boundary_statistics(pred, overall, spec.band),
+            "layer_boundary": {
+                k: boundary_statistics(pred, v.reshape(spec.grid, spec.grid), spec.band)
+                for k, v in values.items()
+                if not k.startswith("_") and k != "overall"
+            },
+            "all_converged": bool(values["_converged"].all()),
+            "wall_time_s": time.perf_counter() - t0,
+        }
         results["tasks"][task] = entry
         x_train, y_train = make_task(task, spec.n_train, spec.seed)
         _plot_toy_maps(out / f"dnn_toy_{task}.png", task, xs, ys, pred, values, x_train, y_train, acc)
         if progress:
-            progress(f"{task}: test accuracy {100 * acc['test_accuracy']:.1f}%, overall FTMLE near/far boundary "
-                     f"{entry['boundary']['near_mean']:.3f} / {entry['boundary']['far_mean']:.3f} 1/layer "
-                     f"({entry['wall_time_s']:.0f} s)")
+            progress(
+                f"{task}: test accuracy {100 * acc['test_accuracy']:.1f}%, overall FTMLE near/far boundary "
+                f"{entry['boundary']['near_mean']:.3f} / {entry['boundary']['far_mean']:.3f} 1/layer "
+                f"({entry['wall_time_s']:.0f} s)"
+            )
     write_results(results, out, _toy_markdown(results))
     return results
 
 
-def _plot_toy_maps(path: Path, task: str, xs: np.ndarray, ys: np.ndarray, pred: np.ndarray,
-                   values: dict[str, np.ndarray], x_train: np.ndarray, y_train: np.ndarray, acc: dict) -> None:
+def _plot_toy_maps(
+    path: Path,
+    task: str,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    pred: np.ndarray,
+    values: dict[str, np.ndarray],
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    acc: dict,
+) -> None:
     from matplotlib.colors import TwoSlopeNorm
 
     from stosim.plotting import _pyplot, save_figure
@@ -420,7 +490,7 @@ def _plot_toy_maps(path: Path, task: str, xs: np.ndarray, ys: np.ndarray, pred: 
     cols = math.ceil((len(names) + 1) / 2)
     fig, grid_axes = plt.subplots(2, cols, figsize=(2.9 * cols, 5.6), constrained_layout=True)
     axes = list(grid_axes.ravel())
-    for ax in axes[len(names) + 1:]:
+    for ax in axes[len(names) + 1 :]:
         ax.set_visible(False)
     try:
         ext = (xs[0], xs[-1], ys[0], ys[-1])
@@ -445,16 +515,20 @@ def _plot_toy_maps(path: Path, task: str, xs: np.ndarray, ys: np.ndarray, pred: 
 
 
 def _toy_markdown(results: dict) -> str:
-    lines = ["| task | test acc | overall mean | overall max | " +
-             " | ".join(f"{k} mean" for k in next(iter(results["tasks"].values()))["statistics"] if k != "overall") +
-             " | near-boundary mean | far mean | Spearman(FTMLE, distance) |"]
+    lines = [
+        "| task | test acc | overall mean | overall max | "
+        + " | ".join(f"{k} mean" for k in next(iter(results["tasks"].values()))["statistics"] if k != "overall")
+        + " | near-boundary mean | far mean | Spearman(FTMLE, distance) |"
+    ]
     lines.append("|" + " --- |" * (lines[0].count("|") - 1))
     for task, e in results["tasks"].items():
         st, b = e["statistics"], e["boundary"]
         layers = " | ".join(f"{v['mean']:.3f}" for k, v in st.items() if k != "overall")
-        lines.append(f"| {task} | {100 * e['test_accuracy']:.1f}% | {st['overall']['mean']:.3f} | "
-                     f"{st['overall']['max']:.3f} | {layers} | {b['near_mean']:.3f} | {b['far_mean']:.3f} | "
-                     f"{b['spearman_vs_distance']:.2f} |")
+        lines.append(
+            f"| {task} | {100 * e['test_accuracy']:.1f}% | {st['overall']['mean']:.3f} | "
+            f"{st['overall']['max']:.3f} | {layers} | {b['near_mean']:.3f} | {b['far_mean']:.3f} | "
+            f"{b['spearman_vs_distance']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -487,13 +561,22 @@ def run_table_study(spec: TableSpec, out: Path, progress: Progress | None = None
             x, y, x_eval = mnist
             trained = _fresh_model(name, spec)
             if name == "mnist-ae":
-                info = {"train_mse": fit_autoencoder(trained, x, epochs=spec.epochs, batch_size=spec.batch_size,
-                                                     lr=spec.lr, seed=spec.seed)}
+                info = {
+                    "train_mse": fit_autoencoder(
+                        trained, x, epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed
+                    )
+                }
             else:
-                info = {"train_accuracy": fit_classifier(trained, x, y, epochs=spec.epochs,
-                                                         batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed)}
-        models = {"trained": trained, "default": init_weights_(_fresh_model(name, spec), "default", spec.seed + 1),
-                  "xavier": init_weights_(_fresh_model(name, spec), "xavier", spec.seed + 1)}
+                info = {
+                    "train_accuracy": fit_classifier(
+                        trained, x, y, epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed
+                    )
+                }
+        models = {
+            "trained": trained,
+            "default": init_weights_(_fresh_model(name, spec), "default", spec.seed + 1),
+            "xavier": init_weights_(_fresh_model(name, spec), "xavier", spec.seed + 1),
+        }
         entry: dict[str, Any] = {"training": info, "n_samples": int(x_eval.shape[0])}
         dists = {}
         for init, model in models.items():
@@ -506,16 +589,17 @@ def run_table_study(spec: TableSpec, out: Path, progress: Progress | None = None
         results["models"][name] = entry
         _plot_init_hist(out / f"dnn_init_{name}.png", name, dists)
         if progress:
-            progress(f"{name}: overall mean FTMLE trained {entry['trained']['overall']['mean']:.3f}, default "
-                     f"{entry['default']['overall']['mean']:.3f}, xavier {entry['xavier']['overall']['mean']:.3f} "
-                     f"1/layer ({entry['wall_time_s']:.0f} s)")
+            progress(
+                f"{name}: overall mean FTMLE trained {entry['trained']['overall']['mean']:.3f}, default "
+                f"{entry['default']['overall']['mean']:.3f}, xavier {entry['xavier']['overall']['mean']:.3f} "
+                f"1/layer ({entry['wall_time_s']:.0f} s)"
+            )
     write_results(results, out, _table_markdown(results))
     return results
 
 
 def _table_toy_spec(spec: TableSpec) -> ToySpec:
-    return ToySpec(study="toy-ftmle", tasks=[spec.toy_task], epochs=spec.toy_epochs, grid=spec.toy_grid,
-                   seed=spec.seed)
+    return ToySpec(study="toy-ftmle", tasks=[spec.toy_task], epochs=spec.toy_epochs, grid=spec.toy_grid, seed=spec.seed)
 
 
 def _fresh_model(name: str, spec: TableSpec) -> nn.Module:
@@ -564,4 +648,3 @@ def _table_markdown(results: dict) -> str:
                 out.append(f"| {init} | {stat} | " + " | ".join(f"{e[init][c][stat]:.3f}" for c in cols) + " |")
         out.append("")
     return "\n".join(out)
-

@@ -42,8 +42,16 @@ __all__ = ["train_classifier", "accuracy", "fit_ridge_readout", "ComparisonResul
 # ---------------------------------------------------------------------------------------
 
 
-def train_classifier(classifier: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float = 1e-2,
-                     batch_size: int = 64, seed: int = 0) -> list[float]:
+def train_classifier(
+    classifier: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float = 1e-2,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> list[float]:
     """Adam on the cross-entropy, mini-batches shuffled by ``seed``; returns the mean loss per epoch."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam([p for p in classifier.parameters() if p.requires_grad], lr=lr)
@@ -52,7 +60,7 @@ def train_classifier(classifier: torch.nn.Module, x: torch.Tensor, y: torch.Tens
         order = torch.randperm(x.shape[0], generator=gen)
         total = 0.0
         for start in range(0, x.shape[0], batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             loss = torch.nn.functional.cross_entropy(classifier(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -67,19 +75,25 @@ def accuracy(classifier: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batc
     """Fraction of ``x`` classified as ``y``."""
     correct = 0
     for start in range(0, x.shape[0], batch_size):
-        correct += int((classifier(x[start:start + batch_size]).argmax(1) == y[start:start + batch_size]).sum())
+        correct += int((classifier(x[start : start + batch_size]).argmax(1) == y[start : start + batch_size]).sum())
     return correct / x.shape[0]
 
 
 @torch.no_grad()
-def fit_ridge_readout(classifier: ReservoirClassifier, x: torch.Tensor, y: torch.Tensor, alpha: float = 1e-3,
-                      n_classes: int | None = None, batch_size: int = 1024) -> None:
+def fit_ridge_readout(
+    classifier: ReservoirClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alpha: float = 1e-3,
+    n_classes: int | None = None,
+    batch_size: int = 1024,
+) -> None:
     """Readout-only training: set ``classifier.readout`` to the ridge solution on its features of ``x``
     (the substrate is only run forward: works for non-differentiable hardware)."""
     k = int(n_classes if n_classes is not None else classifier.readout.out_features)
     acc = RidgeAccumulator(classifier.readout.in_features, k)
     for start in range(0, x.shape[0], batch_size):
-        acc.update(classifier.features(x[start:start + batch_size]), y[start:start + batch_size])
+        acc.update(classifier.features(x[start : start + batch_size]), y[start : start + batch_size])
     w, b = acc.solve(alpha)
     classifier.readout.weight.copy_(torch.as_tensor(w.T, dtype=classifier.readout.weight.dtype))
     if classifier.readout.bias is not None:
@@ -118,12 +132,14 @@ class ComparisonResult:
         return float("nan") if drop <= 0 else (self.physics_aware_on_twin - self.sim_on_twin) / drop
 
     def summary(self) -> str:
-        return (f"digits, {self.n_train} train / {self.n_test} test, {self.epochs} epochs: "
-                f"sim-trained {100 * self.sim_on_model:.1f} % in simulation -> {100 * self.sim_on_twin:.1f} % on the "
-                f"twin; physics-aware {100 * self.physics_aware_on_twin:.1f} % on the twin "
-                f"({100 * self.recovered_fraction:.0f} % of the drop recovered); ridge readout on hardware features: "
-                f"{100 * self.ridge_on_twin:.1f} % (random read-in), {100 * self.sim_readin_ridge_on_twin:.1f} % "
-                f"(sim-trained read-in)")
+        return (
+            f"digits, {self.n_train} train / {self.n_test} test, {self.epochs} epochs: "
+            f"sim-trained {100 * self.sim_on_model:.1f} % in simulation -> {100 * self.sim_on_twin:.1f} % on the "
+            f"twin; physics-aware {100 * self.physics_aware_on_twin:.1f} % on the twin "
+            f"({100 * self.recovered_fraction:.0f} % of the drop recovered); ridge readout on hardware features: "
+            f"{100 * self.ridge_on_twin:.1f} % (random read-in), {100 * self.sim_readin_ridge_on_twin:.1f} % "
+            f"(sim-trained read-in)"
+        )
 
 
 def _digits(n_train: int | None, n_test: int | None, seed: int) -> tuple[torch.Tensor, ...]:
@@ -147,8 +163,10 @@ def _classifier(n_inputs: int, substrate: Substrate, seed: int) -> ReservoirClas
 
 
 def _layers(classifier: ReservoirClassifier) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: {k: v.detach().clone() for k, v in getattr(classifier, name).state_dict().items()}
-            for name in ("read_in", "readout")}
+    return {
+        name: {k: v.detach().clone() for k, v in getattr(classifier, name).state_dict().items()}
+        for name in ("read_in", "readout")
+    }
 
 
 def _load_layers(classifier: ReservoirClassifier, layers: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -156,10 +174,20 @@ def _load_layers(classifier: ReservoirClassifier, layers: dict[str, dict[str, to
         getattr(classifier, name).load_state_dict(state)
 
 
-def compare_sim_vs_physics_aware(station: Station | str | Path = "twin-lab", mismatch: Mismatch | None = None, *,
-                                 n_train: int | None = None, n_test: int | None = None, epochs: int = 10,
-                                 lr: float = 1e-2, batch_size: int = 64, seed: int = 0, model_dt_s: float = 1e-12,
-                                 twin_dt_s: float = 1e-12, ridge_alpha: float = 1e-3) -> ComparisonResult:
+def compare_sim_vs_physics_aware(
+    station: Station | str | Path = "twin-lab",
+    mismatch: Mismatch | None = None,
+    *,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    epochs: int = 10,
+    lr: float = 1e-2,
+    batch_size: int = 64,
+    seed: int = 0,
+    model_dt_s: float = 1e-12,
+    twin_dt_s: float = 1e-12,
+    ridge_alpha: float = 1e-3,
+) -> ComparisonResult:
     """Train on digits in simulation and physics-aware on the twin; evaluate both on the twin.
 
     1. A :class:`ReservoirClassifier` (read-in, station model, readout) is trained end to end in
@@ -208,10 +236,27 @@ def compare_sim_vs_physics_aware(station: Station | str | Path = "twin-lab", mis
         fit_ridge_readout(ridge, xtr, ytr, ridge_alpha)
         ridge_on_twin = accuracy(ridge, xte, yte)
         acquisitions = hw.acquisitions
-    config = {**st.configuration(), **mismatch.as_attrs(), "lr": lr, "batch_size": batch_size, "seed": seed,
-              "model_dt_s": model_dt_s, "twin_dt_s": twin_dt_s, "ridge_alpha": ridge_alpha,
-              "hardware_acquisitions": acquisitions}
-    return ComparisonResult(sim_on_model=sim_on_model, sim_on_twin=sim_on_twin, physics_aware_on_twin=pat_on_twin,
-                            physics_aware_on_model=pat_on_model, ridge_on_twin=ridge_on_twin,
-                            sim_readin_ridge_on_twin=sim_readin_ridge, n_train=int(xtr.shape[0]),
-                            n_test=int(xte.shape[0]), epochs=epochs, seconds=seconds, configuration=config)
+    config = {
+        **st.configuration(),
+        **mismatch.as_attrs(),
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "model_dt_s": model_dt_s,
+        "twin_dt_s": twin_dt_s,
+        "ridge_alpha": ridge_alpha,
+        "hardware_acquisitions": acquisitions,
+    }
+    return ComparisonResult(
+        sim_on_model=sim_on_model,
+        sim_on_twin=sim_on_twin,
+        physics_aware_on_twin=pat_on_twin,
+        physics_aware_on_model=pat_on_model,
+        ridge_on_twin=ridge_on_twin,
+        sim_readin_ridge_on_twin=sim_readin_ridge,
+        n_train=int(xtr.shape[0]),
+        n_test=int(xte.shape[0]),
+        epochs=epochs,
+        seconds=seconds,
+        configuration=config,
+    )

@@ -25,8 +25,13 @@ def _mle_vs_g(s: dict[str, Any], ax) -> None:
     below = [(r["g"], r["fixed_point_prediction"]) for r in rows if "fixed_point_prediction" in r]
     if s["study"] == "discrete-mle-vs-g":
         gg = np.linspace(min(g.min(), 0.3), g.max(), 300)
-        ax.plot(gg, [dmft_discrete_mle(v) for v in gg], "-", color="C1",
-                label=r"mean field $\frac{1}{2}\ln(g^2\langle\phi'^2\rangle)$ ($\ln g$ below 1)")
+        ax.plot(
+            gg,
+            [dmft_discrete_mle(v) for v in gg],
+            "-",
+            color="C1",
+            label=r"mean field $\frac{1}{2}\ln(g^2\langle\phi'^2\rangle)$ ($\ln g$ below 1)",
+        )
         if below:
             ax.plot(*zip(*below), "s", mfc="none", color="C2", label=r"$\ln\rho(J)$ (fixed point)")
     elif below:
@@ -53,10 +58,24 @@ def _size(s: dict[str, Any], axes) -> None:
     ax.legend(fontsize=7)
     rows = s["rows"]
     n = np.array([r["n"] for r in rows])
-    ax2.errorbar(n, [r["dky_over_n"] for r in rows], yerr=[r["dky_over_n_se"] for r in rows], fmt="o-", ms=4,
-                 capsize=2, label="$D_{KY}/N$")
-    ax2.errorbar(n, [r["hks_over_n"] for r in rows], yerr=[r["hks_over_n_se"] for r in rows], fmt="s-", ms=4,
-                 capsize=2, label=f"$h_{{KS}}/N$ (1/{s['time_unit']})")
+    ax2.errorbar(
+        n,
+        [r["dky_over_n"] for r in rows],
+        yerr=[r["dky_over_n_se"] for r in rows],
+        fmt="o-",
+        ms=4,
+        capsize=2,
+        label="$D_{KY}/N$",
+    )
+    ax2.errorbar(
+        n,
+        [r["hks_over_n"] for r in rows],
+        yerr=[r["hks_over_n_se"] for r in rows],
+        fmt="s-",
+        ms=4,
+        capsize=2,
+        label=f"$h_{{KS}}/N$ (1/{s['time_unit']})",
+    )
     ax2.set_xscale("log")
     ax2.minorticks_off()
     ax2.set_xticks(n, [str(v) for v in n])
@@ -65,8 +84,11 @@ def _size(s: dict[str, Any], axes) -> None:
 
 
 def _rmt(s: dict[str, Any], axes) -> None:
-    panels = (("onset", "near onset: Re eig(-1 + J<D>)"), ("intense", "intense chaos: Re eig(-1 + J<D>)"),
-              ("discrete_ginibre", "discrete: Ginibre products"))
+    panels = (
+        ("onset", "near onset: Re eig(-1 + J<D>)"),
+        ("intense", "intense chaos: Re eig(-1 + J<D>)"),
+        ("discrete_ginibre", "discrete: Ginibre products"),
+    )
     for ax, (key, title) in zip(axes, panels):
         d = s[key]
         lam = np.asarray(d["measured"])
@@ -90,8 +112,14 @@ def _input(s: dict[str, Any], axes) -> None:
     x = [r["input_std"] for r in rows]
     ax.errorbar(x, [r["ks_entropy"] for r in rows], yerr=[r["ks_entropy_se"] for r in rows], fmt="o-", capsize=2)
     ax.set_ylabel(r"$h_{KS}$ (1/tau)")
-    ax2.errorbar(x, [r["kaplan_yorke_dimension"] for r in rows], yerr=[r["kaplan_yorke_dimension_se"] for r in rows],
-                 fmt="s-", color="C1", capsize=2)
+    ax2.errorbar(
+        x,
+        [r["kaplan_yorke_dimension"] for r in rows],
+        yerr=[r["kaplan_yorke_dimension_se"] for r in rows],
+        fmt="s-",
+        color="C1",
+        capsize=2,
+    )
     ax2.set_ylabel("$D_{KY}$")
     for a in axes:
         a.set_xlabel(f"input std (OU, correlation time {s['input_tau']:g} tau)")

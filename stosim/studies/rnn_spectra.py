@@ -82,15 +82,32 @@ def block_summary(result) -> dict[str, float]:
     def se(v: list[float]) -> float:
         return float(np.std(v, ddof=1) / math.sqrt(k)) if k > 1 else float("nan")
 
-    return {"kaplan_yorke_dimension": result.kaplan_yorke_dimension, "kaplan_yorke_dimension_se": se(dky),
-            "ks_entropy": result.ks_entropy, "ks_entropy_se": se(hks), "sum_se": se(sums)}
+    return {
+        "kaplan_yorke_dimension": result.kaplan_yorke_dimension,
+        "kaplan_yorke_dimension_se": se(dky),
+        "ks_entropy": result.ks_entropy,
+        "ks_entropy_se": se(hks),
+        "sum_se": se(sums),
+    }
 
 
-def spectrum_point(*, n: int, g: float, time: str = "continuous", dt: float = 0.1, duration: float = 200.0,
-                   transient: float = 50.0, n_exponents: int | None = None, seed: int = 0,
-                   input_std: float = 0.0, input_tau: float = 0.0, reorthonormalize_every: int = 5,
-                   spectral_radius: bool = False, cross_check: bool = False, J: np.ndarray | None = None,
-                   ) -> dict[str, Any]:
+def spectrum_point(
+    *,
+    n: int,
+    g: float,
+    time: str = "continuous",
+    dt: float = 0.1,
+    duration: float = 200.0,
+    transient: float = 50.0,
+    n_exponents: int | None = None,
+    seed: int = 0,
+    input_std: float = 0.0,
+    input_tau: float = 0.0,
+    reorthonormalize_every: int = 5,
+    spectral_radius: bool = False,
+    cross_check: bool = False,
+    J: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Lyapunov spectrum (the leading ``n_exponents``, default all N) of one rate network and diagnostics.
 
     Returns exponents and standard errors (1/tau or 1/step), D_KY, h_KS with block standard errors,
@@ -132,19 +149,34 @@ def spectrum_point(*, n: int, g: float, time: str = "continuous", dt: float = 0.
             out["log_spectral_radius"] = float(np.log(np.abs(eig).max()))
             out["max_real_eig_minus_1"] = float(eig.real.max() - 1.0)
         if cross_check:
-            out["two_trajectory_mle"] = two_trajectory_mle(system, x0, steps, transient_steps=trans,
-                                                           renormalize_every=reorth, seed=seed)
+            out["two_trajectory_mle"] = two_trajectory_mle(
+                system, x0, steps, transient_steps=trans, renormalize_every=reorth, seed=seed
+            )
     blocks = np.array([b.mean() for b in np.array_split(div, N_BLOCKS)])
-    out.update({
-        "n": n, "g": g, "time": time, "seed": seed, "input_std": input_std, "input_tau": input_tau,
-        "exponents": res.exponents.tolist(), "standard_error": res.standard_error.tolist(),
-        "mle": res.mle, "mle_se": float(res.standard_error[0]), "time_unit": res.time_unit,
-        "sum": float(res.exponents.sum()),
-        "divergence": float(div.mean()), "divergence_se": float(blocks.std(ddof=1) / math.sqrt(N_BLOCKS)),
-        "mean_slope": (slope_sum / steps).tolist(), "mean_slope_squared": slope2 / steps,
-        "duration": res.duration, "transient": res.transient, "full": k == n,
-        **block_summary(res),
-    })
+    out.update(
+        {
+            "n": n,
+            "g": g,
+            "time": time,
+            "seed": seed,
+            "input_std": input_std,
+            "input_tau": input_tau,
+            "exponents": res.exponents.tolist(),
+            "standard_error": res.standard_error.tolist(),
+            "mle": res.mle,
+            "mle_se": float(res.standard_error[0]),
+            "time_unit": res.time_unit,
+            "sum": float(res.exponents.sum()),
+            "divergence": float(div.mean()),
+            "divergence_se": float(blocks.std(ddof=1) / math.sqrt(N_BLOCKS)),
+            "mean_slope": (slope_sum / steps).tolist(),
+            "mean_slope_squared": slope2 / steps,
+            "duration": res.duration,
+            "transient": res.transient,
+            "full": k == n,
+            **block_summary(res),
+        }
+    )
     if k == n:
         out["symmetry"] = point_symmetry(res.exponents)
     out["wall_s"] = time_module() - t0
@@ -155,9 +187,19 @@ def time_module() -> float:
     return time.perf_counter()
 
 
-def trained_point(*, n: int = 64, g: float = 1.8, dt: float = 0.1, period: float = 10.0, horizon: float = 40.0,
-                  iterations: int = 300, lr: float = 3e-3, seed: int = 0, duration: float = 300.0,
-                  transient: float = 100.0) -> dict[str, Any]:
+def trained_point(
+    *,
+    n: int = 64,
+    g: float = 1.8,
+    dt: float = 0.1,
+    period: float = 10.0,
+    horizon: float = 40.0,
+    iterations: int = 300,
+    lr: float = 3e-3,
+    seed: int = 0,
+    duration: float = 300.0,
+    transient: float = 100.0,
+) -> dict[str, Any]:
     """Train J and a readout w (BPTT through the RK4 steps, Adam) so that z = w . tanh(h(t)) follows
     sin(2 pi t / period) for t in (0, horizon] from a fixed h(0); full spectra before and after."""
     import torch
@@ -171,16 +213,28 @@ def trained_point(*, n: int = 64, g: float = 1.8, dt: float = 0.1, period: float
         torch.set_num_threads(threads)
 
 
-def _trained(n: int, g: float, dt: float, period: float, horizon: float, iterations: int, lr: float, seed: int,
-             duration: float, transient: float, t0: float) -> dict[str, Any]:
+def _trained(
+    n: int,
+    g: float,
+    dt: float,
+    period: float,
+    horizon: float,
+    iterations: int,
+    lr: float,
+    seed: int,
+    duration: float,
+    transient: float,
+    t0: float,
+) -> dict[str, Any]:
     import torch
 
     from stosim.substrates.rate_network import RateNetwork
 
     torch.manual_seed(seed)
     sub = RateNetwork(n=n, g=g, dt=dt, duration=dt, seed=seed, trainable=True)
-    before = spectrum_point(n=n, g=g, dt=dt, duration=duration, transient=transient, seed=seed,
-                            J=sub.J.detach().numpy().copy())
+    before = spectrum_point(
+        n=n, g=g, dt=dt, duration=duration, transient=transient, seed=seed, J=sub.J.detach().numpy().copy()
+    )
     gen = torch.Generator().manual_seed(seed)
     h0 = torch.randn(1, n, dtype=torch.float64, generator=gen)
     w = torch.nn.Parameter(torch.randn(n, dtype=torch.float64, generator=gen) / math.sqrt(n))
@@ -198,10 +252,17 @@ def _trained(n: int, g: float, dt: float, period: float, horizon: float, iterati
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    after = spectrum_point(n=n, g=g, dt=dt, duration=duration, transient=transient, seed=seed,
-                           J=sub.J.detach().numpy().copy())
-    return {"before": before, "after": after, "loss_first": losses[0], "loss_last": losses[-1],
-            "losses": losses, "wall_s": time_module() - t0}
+    after = spectrum_point(
+        n=n, g=g, dt=dt, duration=duration, transient=transient, seed=seed, J=sub.J.detach().numpy().copy()
+    )
+    return {
+        "before": before,
+        "after": after,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "losses": losses,
+        "wall_s": time_module() - t0,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -254,8 +315,12 @@ class TrainedParams(_Params):
 
 
 _PARAMS: dict[str, type[_Params]] = {
-    "discrete-mle-vs-g": MLEvsGParams, "continuous-mle-vs-g": MLEvsGParams, "size-scaling": SizeParams,
-    "rmt": RMTParams, "input": InputParams, "trained": TrainedParams,
+    "discrete-mle-vs-g": MLEvsGParams,
+    "continuous-mle-vs-g": MLEvsGParams,
+    "size-scaling": SizeParams,
+    "rmt": RMTParams,
+    "input": InputParams,
+    "trained": TrainedParams,
 }
 STUDIES = tuple(_PARAMS)
 
@@ -279,8 +344,10 @@ class StudySpec(BaseModel):
         try:
             return _PARAMS[self.study](**values)
         except ValidationError as exc:
-            lines = [f"[{scale}] {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-                     for e in exc.errors()]
+            lines = [
+                f"[{scale}] {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                for e in exc.errors()
+            ]
             raise ValueError("; ".join(lines)) from None
 
 
@@ -294,8 +361,9 @@ def load_study(path: str | Path) -> StudySpec:
     try:
         spec = StudySpec(**raw)
     except ValidationError as exc:
-        lines = [f"{path}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-                 for e in exc.errors()]
+        lines = [
+            f"{path}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+        ]
         raise ValueError("\n".join(lines)) from None
     for scale in ("reduced", "full"):
         if getattr(spec, scale):
@@ -315,17 +383,34 @@ def _serial_map(func: Callable[..., Any], kwargs: Sequence[dict[str, Any]]) -> l
 
 def _mle_vs_g(p: MLEvsGParams, mapper: Mapper, discrete: bool) -> dict[str, Any]:
     time_kind = "discrete" if discrete else "continuous"
-    points = [{"n": p.n, "g": g, "time": time_kind, "dt": p.dt, "duration": p.duration, "transient": p.transient,
-               "n_exponents": 1, "seed": s, "spectral_radius": g < 1.0, "cross_check": g in p.cross_check_g}
-              for g in p.g for s in p.seeds]
+    points = [
+        {
+            "n": p.n,
+            "g": g,
+            "time": time_kind,
+            "dt": p.dt,
+            "duration": p.duration,
+            "transient": p.transient,
+            "n_exponents": 1,
+            "seed": s,
+            "spectral_radius": g < 1.0,
+            "cross_check": g in p.cross_check_g,
+        }
+        for g in p.g
+        for s in p.seeds
+    ]
     results = mapper(spectrum_point, points)
     rows = []
     for g in p.g:
         rs = [r for r in results if r["g"] == g]
         mle = np.array([r["mle"] for r in rs])
-        row = {"g": g, "mle": float(mle.mean()),
-               "mle_se": float(math.sqrt(np.mean([r["mle_se"] ** 2 for r in rs]) / len(rs))),
-               "mle_seed_std": float(mle.std(ddof=1)) if len(rs) > 1 else float("nan"), "seeds": len(rs)}
+        row = {
+            "g": g,
+            "mle": float(mle.mean()),
+            "mle_se": float(math.sqrt(np.mean([r["mle_se"] ** 2 for r in rs]) / len(rs))),
+            "mle_seed_std": float(mle.std(ddof=1)) if len(rs) > 1 else float("nan"),
+            "seeds": len(rs),
+        }
         if discrete:
             row["dmft"] = dmft_discrete_mle(g)
             row["relative_deviation"] = (row["mle"] - row["dmft"]) / abs(row["dmft"])
@@ -340,8 +425,9 @@ def _mle_vs_g(p: MLEvsGParams, mapper: Mapper, discrete: bool) -> dict[str, Any]
     summary: dict[str, Any] = {"rows": rows, "n": p.n, "time_unit": results[0]["time_unit"]}
     if discrete:
         chaotic = [r for r in rows if r["g"] >= 2.0]
-        summary["max_abs_relative_deviation_g_ge_2"] = max(abs(r["relative_deviation"]) for r in chaotic) \
-            if chaotic else float("nan")
+        summary["max_abs_relative_deviation_g_ge_2"] = (
+            max(abs(r["relative_deviation"]) for r in chaotic) if chaotic else float("nan")
+        )
     return summary
 
 
@@ -359,8 +445,11 @@ def _seed_sd(rs: list[dict[str, Any]], key: str, n: int) -> float:
 
 
 def _size_scaling(p: SizeParams, mapper: Mapper) -> dict[str, Any]:
-    points = [{"n": n, "g": p.g, "time": p.time, "dt": p.dt, "duration": p.duration, "transient": p.transient,
-               "seed": s} for n in p.n for s in p.seeds]
+    points = [
+        {"n": n, "g": p.g, "time": p.time, "dt": p.dt, "duration": p.duration, "transient": p.transient, "seed": s}
+        for n in p.n
+        for s in p.seeds
+    ]
     results = mapper(spectrum_point, points)
     x = np.linspace(0.02, 0.98, 49)
     curves, rows = {}, []
@@ -370,25 +459,39 @@ def _size_scaling(p: SizeParams, mapper: Mapper) -> dict[str, Any]:
         curves[n] = np.interp(x, (np.arange(1, n + 1) - 0.5) / n, lam)
         dky, dky_se = _per_unit(rs, "kaplan_yorke_dimension", n)
         hks, hks_se = _per_unit(rs, "ks_entropy", n)
-        rows.append({"n": n, "seeds": len(rs), "mle": float(lam[0]), "dky_over_n": dky, "dky_over_n_se": dky_se,
-                     "hks_over_n": hks, "hks_over_n_se": hks_se,
-                     "sum": float(np.mean([r["sum"] for r in rs])),
-                     "divergence": float(np.mean([r["divergence"] for r in rs])),
-                     "sum_minus_divergence": float(np.mean([r["sum"] - r["divergence"] for r in rs])),
-                     "divergence_se": float(np.mean([r["divergence_se"] for r in rs])),
-                     "sum_se": float(np.mean([r["sum_se"] for r in rs])),
-                     "symmetry_relative": float(np.mean([r["symmetry"]["relative"] for r in rs])),
-                     # seed-to-seed spread (sample standard deviation over networks), NaN for one seed
-                     "dky_over_n_seed_sd": _seed_sd(rs, "kaplan_yorke_dimension", n),
-                     "hks_over_n_seed_sd": _seed_sd(rs, "ks_entropy", n),
-                     "wall_s": float(sum(r["wall_s"] for r in rs))})
+        rows.append(
+            {
+                "n": n,
+                "seeds": len(rs),
+                "mle": float(lam[0]),
+                "dky_over_n": dky,
+                "dky_over_n_se": dky_se,
+                "hks_over_n": hks,
+                "hks_over_n_se": hks_se,
+                "sum": float(np.mean([r["sum"] for r in rs])),
+                "divergence": float(np.mean([r["divergence"] for r in rs])),
+                "sum_minus_divergence": float(np.mean([r["sum"] - r["divergence"] for r in rs])),
+                "divergence_se": float(np.mean([r["divergence_se"] for r in rs])),
+                "sum_se": float(np.mean([r["sum_se"] for r in rs])),
+                "symmetry_relative": float(np.mean([r["symmetry"]["relative"] for r in rs])),
+                # seed-to-seed spread (sample standard deviation over networks), NaN for one seed
+                "dky_over_n_seed_sd": _seed_sd(rs, "kaplan_yorke_dimension", n),
+                "hks_over_n_seed_sd": _seed_sd(rs, "ks_entropy", n),
+                "wall_s": float(sum(r["wall_s"] for r in rs)),
+            }
+        )
     ref = curves[max(p.n)]
     for row in rows:
         dev = curves[row["n"]] - ref
         row["collapse_max_abs_vs_largest_n"] = float(np.max(np.abs(dev)))
-        row["collapse_rms_vs_largest_n"] = float(np.sqrt(np.mean(dev ** 2)))
-    return {"rows": rows, "g": p.g, "time": p.time, "time_unit": results[0]["time_unit"],
-            "spectra": {str(r["n"]) + ":" + str(r["seed"]): r["exponents"] for r in results}}
+        row["collapse_rms_vs_largest_n"] = float(np.sqrt(np.mean(dev**2)))
+    return {
+        "rows": rows,
+        "g": p.g,
+        "time": p.time,
+        "time_unit": results[0]["time_unit"],
+        "spectra": {str(r["n"]) + ":" + str(r["seed"]): r["exponents"] for r in results},
+    }
 
 
 def _rmt(p: RMTParams, mapper: Mapper) -> dict[str, Any]:
@@ -396,8 +499,14 @@ def _rmt(p: RMTParams, mapper: Mapper) -> dict[str, Any]:
     points = [
         {"n": p.n, "g": p.onset_g, "dt": p.dt, "duration": p.duration, "transient": p.transient, "seed": s},
         {"n": p.n, "g": p.intense_g, "dt": p.intense_dt, "duration": p.duration, "transient": p.transient, "seed": s},
-        {"n": p.n, "g": p.discrete_g, "time": "discrete", "duration": p.discrete_duration, "transient": p.transient,
-         "seed": s},
+        {
+            "n": p.n,
+            "g": p.discrete_g,
+            "time": "discrete",
+            "duration": p.discrete_duration,
+            "transient": p.transient,
+            "seed": s,
+        },
     ]
     onset, intense, disc = mapper(spectrum_point, points)
     out: dict[str, Any] = {"n": p.n}
@@ -413,49 +522,105 @@ def _rmt(p: RMTParams, mapper: Mapper) -> dict[str, Any]:
     # discrete time: Ginibre products (analytic) and annealed products J_s D_s (numerical)
     gin = ginibre_product_spectrum(p.n, p.discrete_g)
     ann = annealed_product_spectrum(p.n, p.discrete_g, n_steps=int(min(p.discrete_duration, 400)), seed=s)
-    for name, point, model in (("onset", onset, approx), ("intense", intense, approx_i),
-                               ("intense_linear", intense, lin), ("discrete_ginibre", disc, gin),
-                               ("discrete_annealed", disc, ann)):
+    for name, point, model in (
+        ("onset", onset, approx),
+        ("intense", intense, approx_i),
+        ("intense_linear", intense, lin),
+        ("discrete_ginibre", disc, gin),
+        ("discrete_annealed", disc, ann),
+    ):
         lam = np.array(point["exponents"])
         width = float(lam[0] - lam[-1])
-        out[name] = {"g": point["g"], "time": point["time"], "measured": lam.tolist(), "approximation": model.tolist(),
-                     "rms_difference": float(np.sqrt(np.mean((lam - model) ** 2))),
-                     "rms_relative_to_width": float(np.sqrt(np.mean((lam - model) ** 2)) / width),
-                     "mle": float(lam[0]), "mle_approximation": float(model[0]),
-                     "symmetry": point["symmetry"], "sum": point["sum"], "sum_se": point["sum_se"],
-                     "divergence": point["divergence"], "divergence_se": point["divergence_se"]}
+        out[name] = {
+            "g": point["g"],
+            "time": point["time"],
+            "measured": lam.tolist(),
+            "approximation": model.tolist(),
+            "rms_difference": float(np.sqrt(np.mean((lam - model) ** 2))),
+            "rms_relative_to_width": float(np.sqrt(np.mean((lam - model) ** 2)) / width),
+            "mle": float(lam[0]),
+            "mle_approximation": float(model[0]),
+            "symmetry": point["symmetry"],
+            "sum": point["sum"],
+            "sum_se": point["sum_se"],
+            "divergence": point["divergence"],
+            "divergence_se": point["divergence_se"],
+        }
     return out
 
 
 def _input(p: InputParams, mapper: Mapper) -> dict[str, Any]:
-    points = [{"n": p.n, "g": p.g, "dt": p.dt, "duration": p.duration, "transient": p.transient, "seed": s,
-               "input_std": sd, "input_tau": p.input_tau} for sd in p.input_std for s in p.seeds]
+    points = [
+        {
+            "n": p.n,
+            "g": p.g,
+            "dt": p.dt,
+            "duration": p.duration,
+            "transient": p.transient,
+            "seed": s,
+            "input_std": sd,
+            "input_tau": p.input_tau,
+        }
+        for sd in p.input_std
+        for s in p.seeds
+    ]
     results = mapper(spectrum_point, points)
     rows = []
     for sd in p.input_std:
         rs = [r for r in results if r["input_std"] == sd]
-        rows.append({"input_std": sd, "mle": float(np.mean([r["mle"] for r in rs])),
-                     "ks_entropy": float(np.mean([r["ks_entropy"] for r in rs])),
-                     "ks_entropy_se": float(math.sqrt(np.mean([r["ks_entropy_se"] ** 2 for r in rs]) / len(rs))),
-                     "kaplan_yorke_dimension": float(np.mean([r["kaplan_yorke_dimension"] for r in rs])),
-                     "kaplan_yorke_dimension_se": float(math.sqrt(np.mean([r["kaplan_yorke_dimension_se"] ** 2
-                                                                           for r in rs]) / len(rs)))})
+        rows.append(
+            {
+                "input_std": sd,
+                "mle": float(np.mean([r["mle"] for r in rs])),
+                "ks_entropy": float(np.mean([r["ks_entropy"] for r in rs])),
+                "ks_entropy_se": float(math.sqrt(np.mean([r["ks_entropy_se"] ** 2 for r in rs]) / len(rs))),
+                "kaplan_yorke_dimension": float(np.mean([r["kaplan_yorke_dimension"] for r in rs])),
+                "kaplan_yorke_dimension_se": float(
+                    math.sqrt(np.mean([r["kaplan_yorke_dimension_se"] ** 2 for r in rs]) / len(rs))
+                ),
+            }
+        )
     return {"rows": rows, "n": p.n, "g": p.g, "input_tau": p.input_tau}
 
 
 def _trained_study(p: TrainedParams, mapper: Mapper) -> dict[str, Any]:
-    points = [{"n": p.n, "g": p.g, "dt": p.dt, "period": p.period, "horizon": p.horizon, "iterations": p.iterations,
-               "lr": p.lr, "seed": s, "duration": p.duration, "transient": p.transient} for s in p.seeds]
+    points = [
+        {
+            "n": p.n,
+            "g": p.g,
+            "dt": p.dt,
+            "period": p.period,
+            "horizon": p.horizon,
+            "iterations": p.iterations,
+            "lr": p.lr,
+            "seed": s,
+            "duration": p.duration,
+            "transient": p.transient,
+        }
+        for s in p.seeds
+    ]
     results = mapper(trained_point, points)
     rows = []
     for r in results:
         b, a = r["before"], r["after"]
-        rows.append({"seed": b["seed"], "loss_first": r["loss_first"], "loss_last": r["loss_last"],
-                     "mle_before": b["mle"], "mle_before_se": b["mle_se"], "mle_after": a["mle"],
-                     "mle_after_se": a["mle_se"], "dky_before": b["kaplan_yorke_dimension"],
-                     "dky_after": a["kaplan_yorke_dimension"], "hks_before": b["ks_entropy"],
-                     "hks_after": a["ks_entropy"], "exponents_before": b["exponents"],
-                     "exponents_after": a["exponents"], "second_exponent_after": a["exponents"][1]})
+        rows.append(
+            {
+                "seed": b["seed"],
+                "loss_first": r["loss_first"],
+                "loss_last": r["loss_last"],
+                "mle_before": b["mle"],
+                "mle_before_se": b["mle_se"],
+                "mle_after": a["mle"],
+                "mle_after_se": a["mle_se"],
+                "dky_before": b["kaplan_yorke_dimension"],
+                "dky_after": a["kaplan_yorke_dimension"],
+                "hks_before": b["ks_entropy"],
+                "hks_after": a["ks_entropy"],
+                "exponents_before": b["exponents"],
+                "exponents_after": a["exponents"],
+                "second_exponent_after": a["exponents"][1],
+            }
+        )
     return {"rows": rows, "n": p.n, "g": p.g}
 
 
@@ -473,16 +638,19 @@ def run_study(spec: StudySpec, scale: str = "reduced", mapper: Mapper | None = N
         "trained": lambda: _trained_study(params, mapper),
     }[spec.study]
     summary = run()
-    summary.update({"study": spec.study, "scale": scale, "parameters": params.model_dump(),
-                    "wall_time_s": time_module() - t0})
+    summary.update(
+        {"study": spec.study, "scale": scale, "parameters": params.model_dump(), "wall_time_s": time_module() - t0}
+    )
     return summary
 
 
 def dask_mapper(client) -> Mapper:
     """A mapper that runs the points as Dask tasks on ``client`` (results in input order)."""
+
     def mapper(func: Callable[..., Any], kwargs: Sequence[dict[str, Any]]) -> list[Any]:
         futures = [client.submit(func, pure=False, **kw) for kw in kwargs]
         return client.gather(futures)
+
     return mapper
 
 

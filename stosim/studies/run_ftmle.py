@@ -23,8 +23,9 @@ from stosim.substrates import registry
 __all__ = ["dataset_ftmle"]
 
 
-def dataset_ftmle(cfg: TrainConfig, checkpoint: Path | None = None, *, limit: int = 200, method: str = "auto",
-                  batch_size: int = 64):
+def dataset_ftmle(
+    cfg: TrainConfig, checkpoint: Path | None = None, *, limit: int = 200, method: str = "auto", batch_size: int = 64
+):
     """Per-sample FTMLE of the substrate of ``cfg`` (or of the checkpoint's configuration) on the test split.
 
     Returns an xarray Dataset with ``ftmle`` (1/time unit) and ``label`` over dim ``sample``.
@@ -44,8 +45,9 @@ def dataset_ftmle(cfg: TrainConfig, checkpoint: Path | None = None, *, limit: in
         cfg = state.settings
     ftmle_substrates = [name for name, spec in registry.specs().items() if spec.ftmle]
     if cfg.substrate not in ftmle_substrates:
-        raise ConfigError(f"ftmle needs a reservoir model ({', '.join(ftmle_substrates)}); got substrate = "
-                          f"{cfg.substrate!r}")
+        raise ConfigError(
+            f"ftmle needs a reservoir model ({', '.join(ftmle_substrates)}); got substrate = {cfg.substrate!r}"
+        )
     _, test = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.seed, limit_test=limit)
     model = build_model(cfg, test.n_features, test.n_classes, test.image_shape)
     if state is not None:
@@ -61,14 +63,24 @@ def dataset_ftmle(cfg: TrainConfig, checkpoint: Path | None = None, *, limit: in
         {
             "ftmle": ("sample", result.ftmle, {"units": unit, "long_name": "finite-time maximum Lyapunov exponent"}),
             "label": ("sample", test.labels, {"units": "1", "long_name": "class label"}),
-            "converged": ("sample", result.converged.astype(np.int8), {"units": "1",
-                                                                      "long_name": "iterative method converged"}),
+            "converged": (
+                "sample",
+                result.converged.astype(np.int8),
+                {"units": "1", "long_name": "iterative method converged"},
+            ),
         },
         coords={"sample": ("sample", np.arange(len(test)), {"units": "1", "long_name": "test sample index"})},
     )
-    ds.attrs.update(provenance_attrs(config=cfg.resolved(), trained=int(state is not None),
-                                     trained_epochs=state.epoch if state is not None else 0,
-                                     checkpoint=str(checkpoint) if checkpoint else "none", method=result.method,
-                                     horizon=result.time, horizon_unit=result.time_unit,
-                                     substrate_configuration=model.substrate.read_configuration()))
+    ds.attrs.update(
+        provenance_attrs(
+            config=cfg.resolved(),
+            trained=int(state is not None),
+            trained_epochs=state.epoch if state is not None else 0,
+            checkpoint=str(checkpoint) if checkpoint else "none",
+            method=result.method,
+            horizon=result.time,
+            horizon_unit=result.time_unit,
+            substrate_configuration=model.substrate.read_configuration(),
+        )
+    )
     return ds

@@ -17,6 +17,7 @@ from stosim.substrates.rate_network import RATE_DISCRETE_DEFAULTS  # noqa: F401 
 
 __all__ = ["LYAPUNOV_DEFAULTS", "substrate_tangent_system", "substrate_lyapunov"]
 
+
 class _LyapunovDefaults(Mapping):
     """substrate -> its Lyapunov defaults (duration, transient and step in its time unit, STO: seconds; size;
     reorthonormalize_every), looked up in the substrate registry (the substrates with a tangent system)."""
@@ -37,8 +38,9 @@ class _LyapunovDefaults(Mapping):
 LYAPUNOV_DEFAULTS: Mapping[str, Mapping[str, float]] = _LyapunovDefaults()  # read-only
 
 
-def substrate_tangent_system(substrate: str, *, n: int | None = None, dt: float | None = None, seed: int = 0,
-                             **params) -> tuple[TangentSystem, np.ndarray]:
+def substrate_tangent_system(
+    substrate: str, *, n: int | None = None, dt: float | None = None, seed: int = 0, **params
+) -> tuple[TangentSystem, np.ndarray]:
     """(tangent system, initial state) of a registered substrate with a tangent system
     (:func:`stosim.substrates.registry.lyapunov_names`) and seeded initial state; ``params``: the keywords of
     its tangent factory (e.g. STO: coupling_oe, current_a, device; rate network: g, time, input_std,
@@ -63,9 +65,16 @@ def _keywords(build: Callable) -> set[str]:
     return {name for name, p in inspect.signature(build).parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 
-def substrate_lyapunov(substrate: str, *, n_exponents: int = 1, duration: float | None = None,
-                       transient: float | None = None, seed: int = 0,
-                       progress: Callable[[int, int], None] | None = None, **params) -> LyapunovResult:
+def substrate_lyapunov(
+    substrate: str,
+    *,
+    n_exponents: int = 1,
+    duration: float | None = None,
+    transient: float | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    **params,
+) -> LyapunovResult:
     """Leading ``n_exponents`` exponents of a substrate's autonomous dynamics (defaults: LYAPUNOV_DEFAULTS)."""
     defaults = LYAPUNOV_DEFAULTS.get(substrate)
     if defaults is None:
@@ -81,9 +90,16 @@ def substrate_lyapunov(substrate: str, *, n_exponents: int = 1, duration: float 
     n_transient = round(transient / system.step_time)
     # rate network: many small products and QRs, one BLAS thread is much faster on a loaded machine
     with single_threaded_blas() if registry.get(substrate).tangent.single_thread_blas else contextlib.nullcontext():
-        return lyapunov_spectrum(system, x0, n_exponents, n_steps, transient_steps=n_transient,
-                                 reorthonormalize_every=defaults["reorthonormalize_every"], seed=seed,
-                                 progress=progress)
+        return lyapunov_spectrum(
+            system,
+            x0,
+            n_exponents,
+            n_steps,
+            transient_steps=n_transient,
+            reorthonormalize_every=defaults["reorthonormalize_every"],
+            seed=seed,
+            progress=progress,
+        )
 
 
 def _averaging_steps(duration: float, system: TangentSystem) -> int:
@@ -91,6 +107,8 @@ def _averaging_steps(duration: float, system: TangentSystem) -> int:
     ``ValueError`` (it would silently become one step)."""
     n_steps = round(duration / system.step_time)
     if n_steps < 1:
-        raise ValueError(f"duration = {duration!r} {system.time_unit} must be at least one step "
-                         f"({system.step_time!r} {system.time_unit}); it sets the averaging time")
+        raise ValueError(
+            f"duration = {duration!r} {system.time_unit} must be at least one step "
+            f"({system.step_time!r} {system.time_unit}); it sets the averaging time"
+        )
     return int(n_steps)

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from stosim.substrates import registry
 
-__all__ = ["DEFAULT_SUBSTRATE", "check_lyapunov_substrate", "check_ftmle_substrate", "ftmle_substrates",
-           "point_time_unit"]
+__all__ = [
+    "DEFAULT_SUBSTRATE",
+    "check_lyapunov_substrate",
+    "check_ftmle_substrate",
+    "ftmle_substrates",
+    "point_time_unit",
+]
 
 DEFAULT_SUBSTRATE = registry.names()[0]  # the first built-in substrate: the coupled STOs
 

@@ -41,62 +41,79 @@ from stosim.studies.substrate_names import (
 from stosim.studies.training import STO_SUBSTRATES, STO_TIME_KEYS, UNIT_DIMENSIONS, OptionalSNRdB, TrainConfig
 from stosim.units import UnitError, parse_quantity
 
-__all__ = ["PointKind", "Output", "point_kinds", "get_kind", "parameter_metadata", "DeviceOverrides",
-           "TrainPoint", "MLEPoint", "SimulatePoint", "FTMLEPoint", "execute_point", "resolve_device", "device_toml",
-           "STO_SUBSTRATES", "TEXT_UNITS", "normalize_raw"]
+__all__ = [
+    "PointKind",
+    "Output",
+    "point_kinds",
+    "get_kind",
+    "parameter_metadata",
+    "DeviceOverrides",
+    "TrainPoint",
+    "MLEPoint",
+    "SimulatePoint",
+    "FTMLEPoint",
+    "execute_point",
+    "resolve_device",
+    "device_toml",
+    "STO_SUBSTRATES",
+    "TEXT_UNITS",
+    "normalize_raw",
+]
 
 MAX_ERROR_CHARS = 1500  # longer error messages are cut (numba typing errors run to pages)
 TEXT_UNITS = "n/a"  # the `units` attribute of text variables and categorical coordinates
 
 # units (internal) and long names of parameters; "time" units depend on the substrate
-_PARAMETERS = MappingProxyType({
-    "coupling": ("Oe", "coupling strength mu"),
-    "current": ("A", "bias current I"),
-    "duration": ("time", "evolution time T"),
-    "dt": ("time", "time step dt"),
-    "transient": ("time", "discarded transient"),
-    "temperature": ("K", "temperature"),
-    "dynamical_snr": ("dB", "dynamical noise SNR"),
-    "dynamical_noise_reference": ("s", "reference time t_ref of the dynamical noise SNR"),
-    "observation_snr": ("dB", "observation noise SNR"),
-    "spectral_radius": ("1", "FFESN spectral radius rho"),
-    "density": ("1", "FFESN connection density"),
-    "steps": ("1", "FFESN steps K"),
-    "forcing": ("1", "Lorenz 96 forcing F"),
-    "g": ("1", "rate network gain g"),
-    "input_std": ("1", "rate network input strength"),
-    "input_tau": ("time", "rate network input correlation time"),
-    "network_time": (TEXT_UNITS, "rate network dynamics (continuous or discrete time)"),
-    "n": ("1", "reservoir size N (oscillators / nodes / sites)"),
-    "hidden": ("1", "hidden units"),
-    "applied_field": ("Oe", "applied field H_appl along +z"),
-    "anisotropy_field": ("Oe", "interfacial anisotropy field H_K"),
-    "damping": ("1", "Gilbert damping alpha"),
-    "polarization": ("1", "spin polarization eta"),
-    "torque_asymmetry": ("1", "spin-torque asymmetry lambda"),
-    "tmr_ratio": ("1", "TMR ratio (R_AP - R_P)/R_P"),
-    "lr": ("1", "learning rate"),
-    "momentum": ("1", "SGD momentum"),
-    "epochs": ("1", "training epochs"),
-    "batch_size": ("1", "batch size"),
-    "limit_train": ("1", "training samples"),
-    "limit_test": ("1", "test samples"),
-    "ridge_alpha": ("1", "ridge regularization alpha"),
-    "conv_channels": ("1", "convolution channels"),
-    "n_exponents": ("1", "number of Lyapunov exponents"),
-    "save_every": ("1", "steps between recorded states"),
-    "samples": ("1", "input samples"),
-    "readin_scale": ("1", "read-in standard deviation"),
-    "tol": ("1", "relative tolerance"),
-    "max_iter": ("1", "iteration limit"),
-    "method": (TEXT_UNITS, "method"),
-    "substrate": (TEXT_UNITS, "substrate"),
-    "dataset": (TEXT_UNITS, "dataset"),
-    "optimizer": (TEXT_UNITS, "optimizer"),
-    "device": (TEXT_UNITS, "device file"),
-    "dtype": (TEXT_UNITS, "floating-point type"),
-    "readout_only": ("1", "readout-only ridge training (1 = true)"),
-})
+_PARAMETERS = MappingProxyType(
+    {
+        "coupling": ("Oe", "coupling strength mu"),
+        "current": ("A", "bias current I"),
+        "duration": ("time", "evolution time T"),
+        "dt": ("time", "time step dt"),
+        "transient": ("time", "discarded transient"),
+        "temperature": ("K", "temperature"),
+        "dynamical_snr": ("dB", "dynamical noise SNR"),
+        "dynamical_noise_reference": ("s", "reference time t_ref of the dynamical noise SNR"),
+        "observation_snr": ("dB", "observation noise SNR"),
+        "spectral_radius": ("1", "FFESN spectral radius rho"),
+        "density": ("1", "FFESN connection density"),
+        "steps": ("1", "FFESN steps K"),
+        "forcing": ("1", "Lorenz 96 forcing F"),
+        "g": ("1", "rate network gain g"),
+        "input_std": ("1", "rate network input strength"),
+        "input_tau": ("time", "rate network input correlation time"),
+        "network_time": (TEXT_UNITS, "rate network dynamics (continuous or discrete time)"),
+        "n": ("1", "reservoir size N (oscillators / nodes / sites)"),
+        "hidden": ("1", "hidden units"),
+        "applied_field": ("Oe", "applied field H_appl along +z"),
+        "anisotropy_field": ("Oe", "interfacial anisotropy field H_K"),
+        "damping": ("1", "Gilbert damping alpha"),
+        "polarization": ("1", "spin polarization eta"),
+        "torque_asymmetry": ("1", "spin-torque asymmetry lambda"),
+        "tmr_ratio": ("1", "TMR ratio (R_AP - R_P)/R_P"),
+        "lr": ("1", "learning rate"),
+        "momentum": ("1", "SGD momentum"),
+        "epochs": ("1", "training epochs"),
+        "batch_size": ("1", "batch size"),
+        "limit_train": ("1", "training samples"),
+        "limit_test": ("1", "test samples"),
+        "ridge_alpha": ("1", "ridge regularization alpha"),
+        "conv_channels": ("1", "convolution channels"),
+        "n_exponents": ("1", "number of Lyapunov exponents"),
+        "save_every": ("1", "steps between recorded states"),
+        "samples": ("1", "input samples"),
+        "readin_scale": ("1", "read-in standard deviation"),
+        "tol": ("1", "relative tolerance"),
+        "max_iter": ("1", "iteration limit"),
+        "method": (TEXT_UNITS, "method"),
+        "substrate": (TEXT_UNITS, "substrate"),
+        "dataset": (TEXT_UNITS, "dataset"),
+        "optimizer": (TEXT_UNITS, "optimizer"),
+        "device": (TEXT_UNITS, "device file"),
+        "dtype": (TEXT_UNITS, "floating-point type"),
+        "readout_only": ("1", "readout-only ridge training (1 = true)"),
+    }
+)
 
 
 def time_units(substrate: str, kind: str) -> str:
@@ -137,8 +154,9 @@ def normalize_raw(key: str, value: Any, substrate: str) -> Any:
         return value
     if key in STO_TIME_KEYS and substrate not in STO_SUBSTRATES:
         if isinstance(value, str):
-            raise ValueError(f"{key}: {substrate} time is a plain number ({time_units(substrate, 'mle')}s), "
-                             f"not {value!r}")
+            raise ValueError(
+                f"{key}: {substrate} time is a plain number ({time_units(substrate, 'mle')}s), not {value!r}"
+            )
         return value
     parse_quantity(value, dimension, name=key)  # raises UnitError (a ValueError) naming the key
     return value
@@ -147,6 +165,7 @@ def normalize_raw(key: str, value: Any, substrate: str) -> Any:
 # ----------------------------------------------------------------------------------------------
 # point configurations
 # ----------------------------------------------------------------------------------------------
+
 
 def _unit(dimension: str):
     def parse(cls, value: Any, info) -> Any:
@@ -176,8 +195,14 @@ class DeviceOverrides(BaseModel):
 
     def device_overrides(self) -> dict[str, float]:
         """DeviceParameters field -> value for the overrides that are set."""
-        names = {"applied_field": "applied_field_oe", "anisotropy_field": "anisotropy_field_oe", "damping": "damping",
-                 "polarization": "polarization", "torque_asymmetry": "torque_asymmetry", "tmr_ratio": "tmr_ratio"}
+        names = {
+            "applied_field": "applied_field_oe",
+            "anisotropy_field": "anisotropy_field_oe",
+            "damping": "damping",
+            "polarization": "polarization",
+            "torque_asymmetry": "torque_asymmetry",
+            "tmr_ratio": "tmr_ratio",
+        }
         return {names[k]: float(getattr(self, k)) for k in names if getattr(self, k) is not None}
 
 
@@ -212,29 +237,31 @@ def device_toml(dev) -> str:
     import json
 
     p = ", ".join(repr(float(c)) for c in dev.reference_direction)
-    return "\n".join([
-        f"name = {json.dumps(dev.name)}",
-        'description = "written by stosim sweep: a device file with overridden parameters"',
-        "[free_layer]",
-        f'saturation_magnetization = "{dev.saturation_magnetization_emu_cm3!r} emu/cm^3"',
-        f'anisotropy_field = "{dev.anisotropy_field_oe!r} Oe"',
-        f"damping = {dev.damping!r}",
-        f'radius = "{dev.radius_cm!r} cm"',
-        f'thickness = "{dev.thickness_cm!r} cm"',
-        f'gyromagnetic_ratio = "{dev.gyromagnetic_ratio_rad_per_oe_s!r} rad/(Oe s)"',
-        "[spin_torque]",
-        f"polarization = {dev.polarization!r}",
-        f"asymmetry = {dev.torque_asymmetry!r}",
-        f'current = "{dev.current_a!r} A"',
-        "[reference_layer]",
-        f"direction = [{p}]",
-        "[applied_field]",
-        f'z = "{dev.applied_field_oe!r} Oe"',
-        "[tmr]",
-        f'parallel_resistance = "{dev.parallel_resistance_ohm!r} Ohm"',
-        f"tmr_ratio = {dev.tmr_ratio!r}",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"name = {json.dumps(dev.name)}",
+            'description = "written by stosim sweep: a device file with overridden parameters"',
+            "[free_layer]",
+            f'saturation_magnetization = "{dev.saturation_magnetization_emu_cm3!r} emu/cm^3"',
+            f'anisotropy_field = "{dev.anisotropy_field_oe!r} Oe"',
+            f"damping = {dev.damping!r}",
+            f'radius = "{dev.radius_cm!r} cm"',
+            f'thickness = "{dev.thickness_cm!r} cm"',
+            f'gyromagnetic_ratio = "{dev.gyromagnetic_ratio_rad_per_oe_s!r} rad/(Oe s)"',
+            "[spin_torque]",
+            f"polarization = {dev.polarization!r}",
+            f"asymmetry = {dev.torque_asymmetry!r}",
+            f'current = "{dev.current_a!r} A"',
+            "[reference_layer]",
+            f"direction = [{p}]",
+            "[applied_field]",
+            f'z = "{dev.applied_field_oe!r} Oe"',
+            "[tmr]",
+            f'parallel_resistance = "{dev.parallel_resistance_ohm!r} Ohm"',
+            f"tmr_ratio = {dev.tmr_ratio!r}",
+            "",
+        ]
+    )
 
 
 class _STOPointMixin:
@@ -256,8 +283,9 @@ class TrainPoint(TrainConfig, DeviceOverrides, _STOPointMixin):
     def _overrides_need_sto(self) -> "TrainPoint":
         if self.device_overrides() and self.substrate not in STO_SUBSTRATES:
             keys = ", ".join(k for k in DeviceOverrides.model_fields if getattr(self, k) is not None)
-            raise ValueError(f"{keys}: device parameters apply to STO substrates only, not substrate = "
-                             f"{self.substrate!r}")
+            raise ValueError(
+                f"{keys}: device parameters apply to STO substrates only, not substrate = {self.substrate!r}"
+            )
         return self
 
     def check_point(self) -> None:
@@ -334,8 +362,9 @@ class SimulatePoint(DeviceOverrides, _STOPointMixin):
     save_every: int = Field(default=10, ge=1)
     temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
     dynamical_snr: OptionalSNRdB = None
-    dynamical_noise_reference: float | None = Field(default=None, ge=1e-18, le=1.0,
-                                                    description="s; None: the dynamical SNR is per step")
+    dynamical_noise_reference: float | None = Field(
+        default=None, ge=1e-18, le=1.0, description="s; None: the dynamical SNR is per step"
+    )
     observation_snr: OptionalSNRdB = None
     device: str | None = None
     dtype: Literal["float32", "float64"] = "float64"
@@ -357,6 +386,7 @@ class SimulatePoint(DeviceOverrides, _STOPointMixin):
 # ----------------------------------------------------------------------------------------------
 # the kinds
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Output:
@@ -398,11 +428,13 @@ class PointKind:
         return field.default if field is not None else DEFAULT_SUBSTRATE
 
 
-EXTRA_DIM_ATTRS = MappingProxyType({
-    "epoch": {"units": "1", "long_name": "training epoch"},
-    "exponent": {"units": "1", "long_name": "Lyapunov exponent index (1: the largest)"},
-    "sample": {"units": "1", "long_name": "input sample (random read-in)"},
-})
+EXTRA_DIM_ATTRS = MappingProxyType(
+    {
+        "epoch": {"units": "1", "long_name": "training epoch"},
+        "exponent": {"units": "1", "long_name": "Lyapunov exponent index (1: the largest)"},
+        "sample": {"units": "1", "long_name": "input sample (random read-in)"},
+    }
+)
 
 
 def _rate_units(cfg: BaseModel) -> str:
@@ -455,8 +487,11 @@ def _trained_untrained_ftmle(train_cfg: TrainConfig, run_dir: Path, samples: int
 
     untrained = dataset_ftmle(train_cfg, None, limit=samples)["ftmle"].values
     trained = dataset_ftmle(train_cfg, run_dir / "checkpoint.pt", limit=samples)["ftmle"].values
-    return dict(zip(keys, (float(np.mean(untrained)), float(np.std(untrained)), float(np.mean(trained)),
-                           float(np.std(trained)))))
+    return dict(
+        zip(
+            keys, (float(np.mean(untrained)), float(np.std(untrained)), float(np.mean(trained)), float(np.std(trained)))
+        )
+    )
 
 
 def _train_epochs(configs: list[TrainPoint]) -> dict[str, np.ndarray]:
@@ -474,13 +509,14 @@ _TRAIN = PointKind(
         Output("epochs_to_converge", "1", "first epoch with test accuracy within 0.5 percentage points of the best"),
         Output("epochs_run", "1", "epochs trained (1 for a ridge readout)"),
         Output("test_accuracy_curve", "%", "test accuracy after each epoch", ("epoch",)),
-        Output("ftmle_untrained_mean", _rate_units, "mean FTMLE over test samples, untrained model",
-               applies=_has_ftmle),
-        Output("ftmle_untrained_std", _rate_units, "standard deviation of the FTMLE, untrained model",
-               applies=_has_ftmle),
+        Output(
+            "ftmle_untrained_mean", _rate_units, "mean FTMLE over test samples, untrained model", applies=_has_ftmle
+        ),
+        Output(
+            "ftmle_untrained_std", _rate_units, "standard deviation of the FTMLE, untrained model", applies=_has_ftmle
+        ),
         Output("ftmle_trained_mean", _rate_units, "mean FTMLE over test samples, trained model", applies=_has_ftmle),
-        Output("ftmle_trained_std", _rate_units, "standard deviation of the FTMLE, trained model",
-               applies=_has_ftmle),
+        Output("ftmle_trained_std", _rate_units, "standard deviation of the FTMLE, trained model", applies=_has_ftmle),
     ),
     extra_dims=_train_epochs,
     description="train a reservoir model (stosim.studies.training.train) and evaluate it",
@@ -491,13 +527,27 @@ def _run_mle(cfg: MLEPoint) -> dict[str, Any]:
     from stosim.studies.run_lyapunov import substrate_lyapunov
 
     device = resolve_device(cfg.device, cfg.device_overrides()) if cfg.substrate in STO_SUBSTRATES else None
-    result = substrate_lyapunov(cfg.substrate, n_exponents=cfg.n_exponents, duration=cfg.duration,
-                                transient=cfg.transient, seed=cfg.seed, n=cfg.n, dt=cfg.dt,
-                                coupling_oe=cfg.coupling, current_a=cfg.current, device=device,
-                                spectral_radius=cfg.spectral_radius, density=cfg.density, forcing=cfg.forcing,
-                                # each substrate's tangent system takes its own keywords of these
-                                g=cfg.g, time=cfg.network_time, input_std=cfg.input_std,
-                                input_tau=cfg.input_tau, zero_diagonal=cfg.zero_diagonal)
+    result = substrate_lyapunov(
+        cfg.substrate,
+        n_exponents=cfg.n_exponents,
+        duration=cfg.duration,
+        transient=cfg.transient,
+        seed=cfg.seed,
+        n=cfg.n,
+        dt=cfg.dt,
+        coupling_oe=cfg.coupling,
+        current_a=cfg.current,
+        device=device,
+        spectral_radius=cfg.spectral_radius,
+        density=cfg.density,
+        forcing=cfg.forcing,
+        # each substrate's tangent system takes its own keywords of these
+        g=cfg.g,
+        time=cfg.network_time,
+        input_std=cfg.input_std,
+        input_tau=cfg.input_tau,
+        zero_diagonal=cfg.zero_diagonal,
+    )
     return {
         "mle": result.mle,
         "mle_standard_error": float(result.standard_error[0]),
@@ -517,10 +567,17 @@ _MLE = PointKind(
         Output("mle_standard_error", _rate_units, "standard error of the MLE (20 blocks)"),
         Output("mle_relative_change_last_quarter", "1", "relative change of the running MLE over the last quarter"),
         Output("lyapunov_exponents", _rate_units, "leading Lyapunov exponents (descending)", ("exponent",)),
-        Output("kaplan_yorke_dimension", "1", "Kaplan-Yorke dimension of the computed exponents (a lower bound "
-               "when their sum is positive)"),
-        Output("ks_entropy", _rate_units, "KS entropy bound (sum of the positive computed exponents; a lower "
-               "bound when the last computed exponent is positive)"),
+        Output(
+            "kaplan_yorke_dimension",
+            "1",
+            "Kaplan-Yorke dimension of the computed exponents (a lower bound when their sum is positive)",
+        ),
+        Output(
+            "ks_entropy",
+            _rate_units,
+            "KS entropy bound (sum of the positive computed exponents; a lower "
+            "bound when the last computed exponent is positive)",
+        ),
     ),
     extra_dims=lambda configs: {"exponent": np.arange(1, max(c.n_exponents for c in configs) + 1)},
     description="Lyapunov exponents of a substrate's autonomous dynamics (stosim.studies.run_lyapunov)",
@@ -534,11 +591,19 @@ def _run_simulate(cfg: SimulatePoint) -> dict[str, Any]:
     dev = resolve_device(cfg.device, cfg.device_overrides())
     array = STOArray.generate(dev, cfg.n, cfg.coupling, seed=cfg.seed, current_a=cfg.current)
     save_every = min(cfg.save_every, steps_for_duration(cfg.duration, cfg.dt))
-    traj = simulate(array, random_initial_state(cfg.n, cfg.seed), cfg.duration, cfg.dt, save_every=save_every,
-                    temperature_k=cfg.temperature, dynamical_snr_db=cfg.dynamical_snr,
-                    observation_snr_db=cfg.observation_snr, seed=cfg.seed,
-                    dtype=np.float32 if cfg.dtype == "float32" else np.float64,
-                    dynamical_noise_reference_s=cfg.dynamical_noise_reference)
+    traj = simulate(
+        array,
+        random_initial_state(cfg.n, cfg.seed),
+        cfg.duration,
+        cfg.dt,
+        save_every=save_every,
+        temperature_k=cfg.temperature,
+        dynamical_snr_db=cfg.dynamical_snr,
+        observation_snr_db=cfg.observation_snr,
+        seed=cfg.seed,
+        dtype=np.float32 if cfg.dtype == "float32" else np.float64,
+        dynamical_noise_reference_s=cfg.dynamical_noise_reference,
+    )
     keep = traj.time_s >= cfg.transient - 1e-9 * cfg.dt
     m = traj.m[keep, 0].astype(np.float64)  # (S, N, 3)
     v = traj.tmr_voltage_v[keep, 0].astype(np.float64)  # (S, N)
@@ -551,8 +616,9 @@ def _run_simulate(cfg: SimulatePoint) -> dict[str, Any]:
         "mx_amplitude": float(mx.std(axis=0).mean()),
         "mx_mean_field_std": float(mx.mean(axis=1).std()),
         "mz_mean": float(m[..., 2].mean()),
-        "measured_dynamical_snr": (math.nan if traj.measured_dynamical_snr_db is None
-                                   else float(traj.measured_dynamical_snr_db)),
+        "measured_dynamical_snr": (
+            math.nan if traj.measured_dynamical_snr_db is None else float(traj.measured_dynamical_snr_db)
+        ),
         "recorded_states": int(keep.sum()),
     }
 
@@ -626,20 +692,33 @@ def _run_ftmle(cfg: FTMLEPoint) -> dict[str, Any]:
     if cfg.substrate == "sto":
         from stosim.substrates.sto_array import CoupledSTOArray
 
-        sub = CoupledSTOArray(n=cfg.n or 100, coupling_oe=cfg.coupling, duration_s=cfg.duration or 300e-12,
-                              dt_s=cfg.dt or 1e-12, current_a=cfg.current,
-                              device=resolve_device(cfg.device, cfg.device_overrides()), seed=cfg.seed)
+        sub = CoupledSTOArray(
+            n=cfg.n or 100,
+            coupling_oe=cfg.coupling,
+            duration_s=cfg.duration or 300e-12,
+            dt_s=cfg.dt or 1e-12,
+            current_a=cfg.current,
+            device=resolve_device(cfg.device, cfg.device_overrides()),
+            seed=cfg.seed,
+        )
     elif cfg.substrate == "ffesn":
         from stosim.substrates.ffesn import FFESN
 
-        sub = FFESN(n=cfg.n or 500, spectral_radius=cfg.spectral_radius, steps=cfg.steps, density=cfg.density,
-                    seed=cfg.seed)
+        sub = FFESN(
+            n=cfg.n or 500, spectral_radius=cfg.spectral_radius, steps=cfg.steps, density=cfg.density, seed=cfg.seed
+        )
     elif cfg.substrate == "rate-network":
         from stosim.substrates.rate_network import RateNetwork
 
         discrete = cfg.network_time == "discrete"
-        sub = RateNetwork(n=cfg.n or 200, g=cfg.g, time=cfg.network_time, seed=cfg.seed, dt=cfg.dt or 0.1,
-                          duration=float(cfg.steps) if discrete else (cfg.duration or 5.0))
+        sub = RateNetwork(
+            n=cfg.n or 200,
+            g=cfg.g,
+            time=cfg.network_time,
+            seed=cfg.seed,
+            dt=cfg.dt or 0.1,
+            duration=float(cfg.steps) if discrete else (cfg.duration or 5.0),
+        )
     else:
         from stosim.substrates.lorenz96 import Lorenz96
 
@@ -647,8 +726,9 @@ def _run_ftmle(cfg: FTMLEPoint) -> dict[str, Any]:
     size = sub.describe().readin_size
     gen = torch.Generator().manual_seed(cfg.seed)
     readin = cfg.readin_scale * torch.randn(cfg.samples, size, generator=gen, dtype=torch.float64)
-    result = substrate_ftmle(sub, readin.to(sub.dtype), method=cfg.method,
-                             tol=cfg.tol, max_iter=cfg.max_iter, seed=cfg.seed)
+    result = substrate_ftmle(
+        sub, readin.to(sub.dtype), method=cfg.method, tol=cfg.tol, max_iter=cfg.max_iter, seed=cfg.seed
+    )
     f = np.asarray(result.ftmle, dtype=np.float64)
     return {
         "ftmle_mean": float(f.mean()),
@@ -695,6 +775,7 @@ def get_kind(name: str) -> PointKind:
 # execution in a worker
 # ----------------------------------------------------------------------------------------------
 
+
 def _one_thread() -> None:
     """One compute thread for torch and Numba in this process (BLAS is limited around the run); works
     whenever Numba was imported and whatever the worker's environment says (stosim.integrate.threads)."""
@@ -725,6 +806,9 @@ def execute_point(kind_name: str, config: dict[str, Any]) -> dict[str, Any]:
         message = str(exc)
         if len(message) > MAX_ERROR_CHARS:
             message = message[:MAX_ERROR_CHARS] + " [...]"
-        return {"status": "failed", "error": f"{type(exc).__name__}: {message} (at {Path(where.filename).name}:"
-                                             f"{where.lineno})", "wall_time_s": time.perf_counter() - t0}
+        return {
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {message} (at {Path(where.filename).name}:{where.lineno})",
+            "wall_time_s": time.perf_counter() - t0,
+        }
     return {"status": "done", "values": values, "wall_time_s": time.perf_counter() - t0}

@@ -56,8 +56,12 @@ def _blobs(rng: np.random.Generator, labels: np.ndarray, noise: float) -> np.nda
     return centres[labels] + rng.normal(0.0, 0.25 * noise, size=(labels.size, 2))
 
 
-TASKS: dict[str, tuple[int, _Gen]] = {"spirals": (2, _spirals), "circles": (2, _circles), "moons": (2, _moons),
-                                     "blobs": (4, _blobs)}
+TASKS: dict[str, tuple[int, _Gen]] = {
+    "spirals": (2, _spirals),
+    "circles": (2, _circles),
+    "moons": (2, _moons),
+    "blobs": (4, _blobs),
+}
 
 
 def task_classes(name: str) -> int:

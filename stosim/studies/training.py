@@ -43,10 +43,28 @@ from stosim.storage import output_lock, remove_stale_temporaries, write_text_ato
 from stosim.substrates.protocols import Stochastic
 from stosim.units import UnitError, format_quantity, format_time, parse_quantity, values_agree
 
-__all__ = ["TrainConfig", "STO_SUBSTRATES", "STO_TIME_KEYS", "UNIT_DIMENSIONS", "train", "TrainResult", "build_model",
-           "load_train_config", "validate_train_config", "check_train_run", "with_defaults", "resolved_config",
-           "run_seeds", "SUBSTRATE_KEYS", "substrate_keys", "config_differences", "model_inputs", "learning_rate",
-           "ConfigError", "SUBSTRATES"]
+__all__ = [
+    "TrainConfig",
+    "STO_SUBSTRATES",
+    "STO_TIME_KEYS",
+    "UNIT_DIMENSIONS",
+    "train",
+    "TrainResult",
+    "build_model",
+    "load_train_config",
+    "validate_train_config",
+    "check_train_run",
+    "with_defaults",
+    "resolved_config",
+    "run_seeds",
+    "SUBSTRATE_KEYS",
+    "substrate_keys",
+    "config_differences",
+    "model_inputs",
+    "learning_rate",
+    "ConfigError",
+    "SUBSTRATES",
+]
 
 SUBSTRATES = kind_names()  # the model kinds (stosim.model_kinds) registered at import
 log = logging.getLogger(__name__)  # diagnostics; the CLI shows them with -v
@@ -75,8 +93,7 @@ def _check_optional_snr_db(v: float | None, info: ValidationInfo) -> float | Non
 
 
 # a noise SNR field of a config (dB; None or +inf: no noise), validated by check_snr_db
-OptionalSNRdB = Annotated[float | None, AfterValidator(_check_optional_snr_db),
-                          Field(description="dB; +inf: no noise")]
+OptionalSNRdB = Annotated[float | None, AfterValidator(_check_optional_snr_db), Field(description="dB; +inf: no noise")]
 
 
 class TrainConfig(BaseModel):
@@ -96,26 +113,34 @@ class TrainConfig(BaseModel):
     lr: float = Field(default=0.01, gt=0, le=10)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr_schedule: Literal["constant", "cosine"] = Field(
-        default="constant", description="cosine: lr decays to 0 over the run, lr_k = lr (1 + cos(pi k / K)) / 2 "
-                                        "at step k of K = epochs x batches per epoch")
+        default="constant",
+        description="cosine: lr decays to 0 over the run, lr_k = lr (1 + cos(pi k / K)) / 2 "
+        "at step k of K = epochs x batches per epoch",
+    )
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=0.0, ge=0, le=10,
-                                description="adam: decoupled weight decay (AdamW); sgd: L2 penalty coefficient")
-    input_offset: float = Field(default=0.0, ge=-1, le=1,
-                                description="subtracted from every input value (pixels in [0, 1]) before the read-in; "
-                                            "0.5 centres the pixels")
+    weight_decay: float = Field(
+        default=0.0, ge=0, le=10, description="adam: decoupled weight decay (AdamW); sgd: L2 penalty coefficient"
+    )
+    input_offset: float = Field(
+        default=0.0,
+        ge=-1,
+        le=1,
+        description="subtracted from every input value (pixels in [0, 1]) before the read-in; 0.5 centres the pixels",
+    )
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     dtype: Literal["float32", "float64"] = "float64"
     readout_only: bool = False
     ridge_alpha: float = Field(default=1e-2, gt=0)
     # substrate parameters (None: the substrate's default)
     n: int | None = Field(default=None, ge=1, le=100_000, description="oscillators / nodes / sites")
-    hidden: int | None = Field(default=None, ge=1, le=100_000,
-                               description="hidden units of mlp/cnn (default 3 x 100, the STO feature count)")
+    hidden: int | None = Field(
+        default=None, ge=1, le=100_000, description="hidden units of mlp/cnn (default 3 x 100, the STO feature count)"
+    )
     depth: int = Field(default=1, ge=1, le=100, description="mlp: hidden layers of `hidden` units")
     activation: Literal["relu", "tanh"] = Field(default="relu", description="mlp: hidden activation")
     init_spectral_radius: float | None = Field(
-        default=None, gt=0, le=10, description="mlp (depth >= 2): square hidden weights drawn at this spectral radius")
+        default=None, gt=0, le=10, description="mlp (depth >= 2): square hidden weights drawn at this spectral radius"
+    )
     coupling: float = Field(default=500.0, ge=-1e6, le=1e6, description="mu, Oe")
     current: float | None = Field(default=None, ge=-1, le=1, description="A")
     duration: float | None = Field(default=None, gt=0, description="sto: s; lorenz96: model time")
@@ -127,16 +152,21 @@ class TrainConfig(BaseModel):
     conv_channels: int = Field(default=8, ge=1, le=256)
     g: float = Field(default=1.5, gt=0, le=100, description="rate network gain g")
     network_time: Literal["continuous", "discrete"] = Field(
-        default="continuous", description="rate network: tau dh/dt = -h + J tanh h (RK4, times in tau) or "
-                                          "h_(s+1) = J tanh h_s (duration = steps)")
+        default="continuous",
+        description="rate network: tau dh/dt = -h + J tanh h (RK4, times in tau) or "
+        "h_(s+1) = J tanh h_s (duration = steps)",
+    )
     input_std: float = Field(default=0.0, ge=0, le=100, description="rate network input strength")
     input_tau: float = Field(default=0.0, ge=0, le=1e6, description="rate network input correlation time (0: white)")
     temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
     dynamical_snr: OptionalSNRdB = None
     dynamical_noise_reference: float | None = Field(
-        default=None, ge=1e-18, le=1.0,
+        default=None,
+        ge=1e-18,
+        le=1.0,
         description="s, e.g. '1 ps': the dynamical SNR is that of the noise accumulated over this time (a Wiener "
-                    "increment, independent of dt); None: per integration step, the seed study's (dt-dependent)")
+        "increment, independent of dt); None: per integration step, the seed study's (dt-dependent)",
+    )
     observation_snr: OptionalSNRdB = None
     variability: float = Field(default=0.0, ge=0, le=0.5, description="relative spread of H_K, alpha, I")
     train_with_noise: bool = Field(default=True, description="False: train noiselessly, evaluate with the noise")
@@ -172,8 +202,10 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _readout_needs_reservoir(self) -> "TrainConfig":
         if self.readout_only and not kind(self.substrate).reservoir:
-            raise ValueError(f"readout_only, substrate: a ridge readout needs a reservoir model; substrate = "
-                             f"{self.substrate!r} has no fixed features")
+            raise ValueError(
+                f"readout_only, substrate: a ridge readout needs a reservoir model; substrate = "
+                f"{self.substrate!r} has no fixed features"
+            )
         return self
 
     @property
@@ -202,8 +234,9 @@ def config_differences(saved_config: dict[str, Any], cfg: TrainConfig, ignore: t
     saved, current = with_defaults(saved_config), _as_json(cfg.resolved())
     ignore = (*ignore, *LOCATION_KEYS)  # where the (checksummed) data lives does not change the run
     # floats within a relative 1e-12: a quantity parsed by an earlier version may differ in its last bit
-    return sorted(k for k in set(saved) | set(current)
-                  if k not in ignore and not values_agree(saved.get(k), current.get(k)))
+    return sorted(
+        k for k in set(saved) | set(current) if k not in ignore and not values_agree(saved.get(k), current.get(k))
+    )
 
 
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
@@ -237,11 +270,19 @@ def _resolve_file_paths(raw: dict[str, Any], path: Path) -> None:
 
 # dimension of each quantity that must carry a unit in experiment files and sweep specs; "time" applies to
 # the STO substrates only (Lorenz 96 time is in model time units, FFESN time in steps: plain numbers there)
-UNIT_DIMENSIONS = MappingProxyType({
-    "coupling": "field", "current": "current", "temperature": "temperature", "applied_field": "field",
-    "anisotropy_field": "field", "duration": "time", "dt": "time", "transient": "time",
-    "dynamical_noise_reference": "time",
-})
+UNIT_DIMENSIONS = MappingProxyType(
+    {
+        "coupling": "field",
+        "current": "current",
+        "temperature": "temperature",
+        "applied_field": "field",
+        "anisotropy_field": "field",
+        "duration": "time",
+        "dt": "time",
+        "transient": "time",
+        "dynamical_noise_reference": "time",
+    }
+)
 STO_TIME_KEYS = frozenset({"duration", "dt", "transient"})
 _UNIT_EXAMPLES = MappingProxyType({"field": "500 Oe", "current": "2.5 mA", "temperature": "300 K", "time": "300 ps"})
 
@@ -254,8 +295,10 @@ def _check_file_units(raw: dict[str, Any], source: str) -> None:
     for key, dimension in UNIT_DIMENSIONS.items():
         value = raw.get(key)
         if (key not in STO_TIME_KEYS or sto) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            raise ConfigError(f"{source}: {key} = {value!r} has no unit; write it with one, e.g. "
-                              f'{key} = "{_UNIT_EXAMPLES[dimension]}"')
+            raise ConfigError(
+                f"{source}: {key} = {value!r} has no unit; write it with one, e.g. "
+                f'{key} = "{_UNIT_EXAMPLES[dimension]}"'
+            )
 
 
 def validate_train_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -301,15 +344,37 @@ def check_train_run(cfg: TrainConfig, source: str = "config", device: Any = None
 
 
 @functools.lru_cache(maxsize=256)
-def _build_sto(n: int, coupling: float, dt: float, current: float | None, device: Any, seed: int, temperature: float,
-               dynamical_snr: float | None, observation_snr: float | None, variability: float, dtype: str) -> None:
+def _build_sto(
+    n: int,
+    coupling: float,
+    dt: float,
+    current: float | None,
+    device: Any,
+    seed: int,
+    temperature: float,
+    dynamical_snr: float | None,
+    observation_snr: float | None,
+    variability: float,
+    dtype: str,
+) -> None:
     """Build the CoupledSTOArray of these settings over one step (raises what the run's build raises);
     remembered, so that the points of a sweep that differ only in their duration build it once."""
     from stosim.substrates.sto_array import CoupledSTOArray
 
-    CoupledSTOArray(n=n, coupling_oe=coupling, duration_s=dt, dt_s=dt, current_a=current, device=device, seed=seed,
-                    temperature_k=temperature, dynamical_snr_db=dynamical_snr, observation_snr_db=observation_snr,
-                    variability=variability, dtype=torch.float64 if dtype == "float64" else torch.float32)
+    CoupledSTOArray(
+        n=n,
+        coupling_oe=coupling,
+        duration_s=dt,
+        dt_s=dt,
+        current_a=current,
+        device=device,
+        seed=seed,
+        temperature_k=temperature,
+        dynamical_snr_db=dynamical_snr,
+        observation_snr_db=observation_snr,
+        variability=variability,
+        dtype=torch.float64 if dtype == "float64" else torch.float32,
+    )
 
 
 def _check_step_ratio(duration: float, dt: float) -> None:
@@ -331,8 +396,19 @@ def _check_substrates(cfg: TrainConfig, device: Any) -> None:
         check_steps(steps_for_duration(cfg.duration or 300e-12, cfg.dt or 1e-12))
         if n <= EXACT_CHECK_MAX_N:
             for seed in seeds:  # as _sto builds them (duration checked above: one step of dt here)
-                _build_sto(n, cfg.coupling, cfg.dt or 1e-12, cfg.current, dev, seed, cfg.temperature,
-                           cfg.dynamical_snr, cfg.observation_snr, cfg.variability, cfg.dtype)
+                _build_sto(
+                    n,
+                    cfg.coupling,
+                    cfg.dt or 1e-12,
+                    cfg.current,
+                    dev,
+                    seed,
+                    cfg.temperature,
+                    cfg.dynamical_snr,
+                    cfg.observation_snr,
+                    cfg.variability,
+                    cfg.dtype,
+                )
         else:
             bound = STOArray.with_matrix(dev, np.array([[0.0, 1.0], [1.0, 0.0]]), cfg.coupling, current_a=cfg.current)
             check_time_step(bound, cfg.dt or 1e-12)
@@ -353,10 +429,12 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, image_shape: tu
     model_kind = kind(cfg.substrate)
     mlp_only = ("depth", "activation", "init_spectral_radius")
     if not set(mlp_only) <= set(model_kind.keys) and (
-            cfg.depth != 1 or cfg.activation != "relu" or cfg.init_spectral_radius is not None):
+        cfg.depth != 1 or cfg.activation != "relu" or cfg.init_spectral_radius is not None
+    ):
         owners = " or ".join(repr(k.name) for k in kinds().values() if set(mlp_only) <= set(k.keys))
-        raise ConfigError(f"depth, activation and init_spectral_radius apply to substrate = {owners} only, "
-                          f"not {cfg.substrate!r}")
+        raise ConfigError(
+            f"depth, activation and init_spectral_radius apply to substrate = {owners} only, not {cfg.substrate!r}"
+        )
     return model_kind.build(cfg, n_inputs, n_classes, image_shape, _torch_dtype(cfg))
 
 
@@ -375,15 +453,30 @@ def _device_limit_warnings(model: torch.nn.Module, allow_beyond_limits: bool) ->
 # the TrainConfig keys that set a substrate's (or a baseline's) parameters, per substrate; the other
 # substrate keys do not apply to it (the command line refuses them, the resolved configuration omits them)
 SUBSTRATE_KEYS = KIND_KEYS  # kind -> its keys, looked up in the registry (stosim.model_kinds)
-_GENERAL_KEYS = ("substrate", "dataset", "data_dir", "limit_train", "limit_test", "epochs", "batch_size", "lr",
-                 "optimizer", "lr_schedule", "momentum", "weight_decay", "input_offset", "seed", "dtype",
-                 "readout_only", "ridge_alpha")
+_GENERAL_KEYS = (
+    "substrate",
+    "dataset",
+    "data_dir",
+    "limit_train",
+    "limit_test",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "lr_schedule",
+    "momentum",
+    "weight_decay",
+    "input_offset",
+    "seed",
+    "dtype",
+    "readout_only",
+    "ridge_alpha",
+)
 
 
 def substrate_keys() -> frozenset[str]:
     """Every key that sets a parameter of some substrate or baseline (see :data:`SUBSTRATE_KEYS`)."""
     return frozenset(k for keys in SUBSTRATE_KEYS.values() for k in keys)
-
 
 
 def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -407,16 +500,24 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
         out.pop("momentum")
     n = cfg.n or cfg.default_n
     sto = cfg.substrate in STO_SUBSTRATES
-    values: dict[str, Any] = {"n": n, "hidden": cfg.hidden or 3 * n, "spectral_radius": cfg.spectral_radius,
-                              "steps": cfg.steps, "forcing": cfg.forcing, "conv_channels": cfg.conv_channels,
-                              "depth": cfg.depth, "activation": cfg.activation,
-                              "init_spectral_radius": ("default" if cfg.init_spectral_radius is None
-                                                       else cfg.init_spectral_radius),
-                              "variability": cfg.variability, "train_with_noise": cfg.train_with_noise,
-                              "coupling": format_quantity(cfg.coupling, "field"),
-                              "temperature": format_quantity(cfg.temperature, "temperature")}
-    values["dynamical_noise_reference"] = ("per step" if cfg.dynamical_noise_reference is None
-                                           else format_time(cfg.dynamical_noise_reference))
+    values: dict[str, Any] = {
+        "n": n,
+        "hidden": cfg.hidden or 3 * n,
+        "spectral_radius": cfg.spectral_radius,
+        "steps": cfg.steps,
+        "forcing": cfg.forcing,
+        "conv_channels": cfg.conv_channels,
+        "depth": cfg.depth,
+        "activation": cfg.activation,
+        "init_spectral_radius": ("default" if cfg.init_spectral_radius is None else cfg.init_spectral_radius),
+        "variability": cfg.variability,
+        "train_with_noise": cfg.train_with_noise,
+        "coupling": format_quantity(cfg.coupling, "field"),
+        "temperature": format_quantity(cfg.temperature, "temperature"),
+    }
+    values["dynamical_noise_reference"] = (
+        "per step" if cfg.dynamical_noise_reference is None else format_time(cfg.dynamical_noise_reference)
+    )
     for key in ("dynamical_snr", "observation_snr"):
         value = getattr(cfg, key)
         values[key] = "off" if value is None or math.isinf(value) else f"{value:g} dB"
@@ -471,9 +572,14 @@ class TrainResult:
     model: torch.nn.Module
 
     def summary(self) -> dict[str, Any]:
-        return {"test_accuracy": self.test_accuracy, "best_test_accuracy": self.best_test_accuracy,
-                "epochs": self.epochs, "epochs_to_converge": self.epochs_to_converge,
-                "wall_time_s": self.wall_time_s, "final_train_accuracy": self.history[-1]["train_accuracy"]}
+        return {
+            "test_accuracy": self.test_accuracy,
+            "best_test_accuracy": self.best_test_accuracy,
+            "epochs": self.epochs,
+            "epochs_to_converge": self.epochs_to_converge,
+            "wall_time_s": self.wall_time_s,
+            "final_train_accuracy": self.history[-1]["train_accuracy"],
+        }
 
 
 ACCURACY_KEYS = frozenset({"test_accuracy", "best_test_accuracy", "final_train_accuracy", "train_accuracy"})
@@ -502,7 +608,7 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     chunk = max(batch_size, 256)
     with torch.no_grad():
         for i in range(0, x.shape[0], chunk):
-            correct += int((model(x[i:i + chunk]).argmax(1) == y[i:i + chunk]).sum())
+            correct += int((model(x[i : i + chunk]).argmax(1) == y[i : i + chunk]).sum())
     return correct / x.shape[0]
 
 
@@ -520,8 +626,14 @@ def _reset_noise(model: torch.nn.Module, seed: int, epoch: int, phase: int) -> N
         sub.reset(int(np.random.SeedSequence(seed, spawn_key=(epoch, phase, k)).generate_state(1)[0]))
 
 
-def _fit_ridge(model: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, n_classes: int,
-               on_batch: Callable[[int, int], None] | None) -> None:
+def _fit_ridge(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    on_batch: Callable[[int, int], None] | None,
+) -> None:
     if not hasattr(model, "features"):
         raise ConfigError(f"readout_only needs a reservoir model; substrate = {cfg.substrate!r} has no fixed features")
     readout = model.reservoir.readout if isinstance(model, ConvReservoirClassifier) else model.readout
@@ -530,7 +642,7 @@ def _fit_ridge(model: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, y: tor
     n_batches = math.ceil(x.shape[0] / cfg.batch_size)
     with torch.no_grad():
         for k, i in enumerate(range(0, x.shape[0], cfg.batch_size)):
-            acc.update(model.features(x[i:i + cfg.batch_size]), y[i:i + cfg.batch_size])
+            acc.update(model.features(x[i : i + cfg.batch_size]), y[i : i + cfg.batch_size])
             if on_batch:
                 on_batch(k + 1, n_batches)
         w, b = acc.solve(cfg.ridge_alpha, fit_intercept=readout.bias is not None)
@@ -539,9 +651,18 @@ def _fit_ridge(model: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, y: tor
             readout.bias.copy_(torch.as_tensor(b, dtype=readout.bias.dtype))
 
 
-def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, x_train: torch.Tensor,
-                 y_train: torch.Tensor, n_classes: int, epoch: int, n_batches: int, readout_only: bool,
-                 on_batch: Callable[[int, int], None] | None) -> tuple[float | None, int | None]:
+def _train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    n_classes: int,
+    epoch: int,
+    n_batches: int,
+    readout_only: bool,
+    on_batch: Callable[[int, int], None] | None,
+) -> tuple[float | None, int | None]:
     """One pass over the training data (shuffled from (seed, epoch)); returns (summed loss, correct) or,
     for a ridge readout, (None, None)."""
     if readout_only:
@@ -551,7 +672,7 @@ def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: 
     order = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
     loss_sum, train_correct = 0.0, 0
     for k in range(n_batches):
-        idx = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
+        idx = order[k * cfg.batch_size : (k + 1) * cfg.batch_size]
         xb, yb = x_train[idx], y_train[idx]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, (epoch - 1) * n_batches + k, cfg.epochs * n_batches)
@@ -559,8 +680,9 @@ def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: 
         logits = model(xb)
         loss = torch.nn.functional.cross_entropy(logits, yb)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became non-finite at epoch {epoch}, batch {k + 1}; "
-                                     f"lower the learning rate (lr = {cfg.lr})")
+            raise FloatingPointError(
+                f"the loss became non-finite at epoch {epoch}, batch {k + 1}; lower the learning rate (lr = {cfg.lr})"
+            )
         loss.backward()
         optimizer.step()
         loss_sum += float(loss.detach()) * len(idx)
@@ -594,10 +716,15 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
     return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / total_steps))
 
 
-def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False,
-          on_batch: Callable[[int, int], None] | None = None,
-          on_epoch: Callable[[dict[str, float]], None] | None = None,
-          allow_beyond_limits: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    allow_beyond_limits: bool = False,
+) -> TrainResult:
     """Train ``cfg``; with ``out_dir``: checkpoint every epoch, ``metrics.json`` and a learning-curve PNG,
     written by this process alone (it holds :func:`~stosim.storage.output_lock` on the checkpoint; the
     temporary files a killed run left beside these outputs are removed).
@@ -610,36 +737,50 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool =
     warning, and ``metrics.json`` lists the limits exceeded under ``device_limit_warnings``.
     """
     if out_dir is None:
-        return _train(cfg, None, resume=resume, on_batch=on_batch, on_epoch=on_epoch,
-                      allow_beyond_limits=allow_beyond_limits)
+        return _train(
+            cfg, None, resume=resume, on_batch=on_batch, on_epoch=on_epoch, allow_beyond_limits=allow_beyond_limits
+        )
     out = Path(out_dir)
     with output_lock(out / CHECKPOINT):
         for name in (METRICS, CURVE):
             remove_stale_temporaries(out / name)
-        return _train(cfg, out, resume=resume, on_batch=on_batch, on_epoch=on_epoch,
-                      allow_beyond_limits=allow_beyond_limits)
+        return _train(
+            cfg, out, resume=resume, on_batch=on_batch, on_epoch=on_epoch, allow_beyond_limits=allow_beyond_limits
+        )
 
 
-def _train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False,
-           on_batch: Callable[[int, int], None] | None = None,
-           on_epoch: Callable[[dict[str, float]], None] | None = None,
-           allow_beyond_limits: bool = False) -> TrainResult:
+def _train(
+    cfg: TrainConfig,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    allow_beyond_limits: bool = False,
+) -> TrainResult:
     """The body of :func:`train` (with ``out_dir``, its caller holds the output lock)."""
     check_train_run(cfg)  # the checks stosim validate applies, before any data is loaded
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    train_ds, test_ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.seed,
-                                     limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+    train_ds, test_ds = load_dataset(
+        cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.seed, limit_train=cfg.limit_train, limit_test=cfg.limit_test
+    )
     dtype = _torch_dtype(cfg)
     x_train, y_train = _tensors(cfg, train_ds, dtype)
     x_test, y_test = _tensors(cfg, test_ds, dtype)
     n_classes = train_ds.n_classes
     model = build_model(cfg, x_train.shape[1], n_classes, train_ds.image_shape)
     limit_warnings = _device_limit_warnings(model, allow_beyond_limits)
-    log.info("training %s on %s (%d train, %d test images): %s", cfg.substrate, cfg.dataset, x_train.shape[0],
-             x_test.shape[0], resolved_config(cfg))
+    log.info(
+        "training %s on %s (%d train, %d test images): %s",
+        cfg.substrate,
+        cfg.dataset,
+        x_train.shape[0],
+        x_test.shape[0],
+        resolved_config(cfg),
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(cfg, params)
     history: list[dict[str, float]] = []
@@ -652,13 +793,17 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool 
         # more epochs extend a constant-lr run; a cosine schedule is fixed by its epoch count
         diff = config_differences(ckpt.config, cfg, ignore=("epochs",) if cfg.lr_schedule == "constant" else ())
         if diff:
-            raise ConfigError(f"resuming: the checkpoint in {out} was made with a different configuration ({diff}); "
-                              f"train into another folder or delete {out / CHECKPOINT}")
+            raise ConfigError(
+                f"resuming: the checkpoint in {out} was made with a different configuration ({diff}); "
+                f"train into another folder or delete {out / CHECKPOINT}"
+            )
         restore_model(ckpt, model)
         restore_optimizer(ckpt, optimizer)
         if cfg.epochs < ckpt.epoch:
-            raise ConfigError(f"resuming: epochs = {cfg.epochs}, but the checkpoint in {out} has already "
-                              f"trained {ckpt.epoch} epochs; epochs must be >= {ckpt.epoch}")
+            raise ConfigError(
+                f"resuming: epochs = {cfg.epochs}, but the checkpoint in {out} has already "
+                f"trained {ckpt.epoch} epochs; epochs must be >= {ckpt.epoch}"
+            )
         history = ckpt.history
         start_epoch = ckpt.epoch + 1
         elapsed_before = ckpt.wall_time_s
@@ -676,38 +821,74 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool 
                 if isinstance(sub, Stochastic):
                     quiet.enter_context(sub.noise_suspended())
         with quiet:
-            loss_sum, train_correct = _train_epoch(model, optimizer, cfg, x_train, y_train, n_classes, epoch,
-                                                   n_batches, readout_only, on_batch)
+            loss_sum, train_correct = _train_epoch(
+                model, optimizer, cfg, x_train, y_train, n_classes, epoch, n_batches, readout_only, on_batch
+            )
         _reset_noise(model, cfg.seed, epoch, 1)
-        train_acc = (train_correct / x_train.shape[0] if train_correct is not None
-                     else _evaluate(model, x_train, y_train, cfg.batch_size))
+        train_acc = (
+            train_correct / x_train.shape[0]
+            if train_correct is not None
+            else _evaluate(model, x_train, y_train, cfg.batch_size)
+        )
         test_acc = _evaluate(model, x_test, y_test, cfg.batch_size)
-        record = {"epoch": epoch, "train_loss": None if loss_sum is None else loss_sum / x_train.shape[0],
-                  "train_accuracy": train_acc,
-                  "test_accuracy": test_acc, "epoch_time_s": time.perf_counter() - t_epoch}
+        record = {
+            "epoch": epoch,
+            "train_loss": None if loss_sum is None else loss_sum / x_train.shape[0],
+            "train_accuracy": train_acc,
+            "test_accuracy": test_acc,
+            "epoch_time_s": time.perf_counter() - t_epoch,
+        }
         history.append(record)
-        log.info("%s epoch %d: train accuracy %.4f, test accuracy %.4f (%.1f s)", cfg.substrate, epoch, train_acc,
-                 test_acc, record["epoch_time_s"])
+        log.info(
+            "%s epoch %d: train accuracy %.4f, test accuracy %.4f (%.1f s)",
+            cfg.substrate,
+            epoch,
+            train_acc,
+            test_acc,
+            record["epoch_time_s"],
+        )
         if out is not None:
-            save_checkpoint(out / CHECKPOINT, model=model, optimizer=optimizer, epoch=epoch, history=history,
-                            config=cfg.resolved(), wall_time_s=elapsed_before + time.perf_counter() - t_start)
+            save_checkpoint(
+                out / CHECKPOINT,
+                model=model,
+                optimizer=optimizer,
+                epoch=epoch,
+                history=history,
+                config=cfg.resolved(),
+                wall_time_s=elapsed_before + time.perf_counter() - t_start,
+            )
         if on_epoch:
             on_epoch(record)
     wall = elapsed_before + time.perf_counter() - t_start
-    result = TrainResult(history=history, test_accuracy=history[-1]["test_accuracy"],
-                         best_test_accuracy=max(h["test_accuracy"] for h in history), epochs=len(history),
-                         epochs_to_converge=_epochs_to_converge(history), wall_time_s=wall, out_dir=out, model=model)
+    result = TrainResult(
+        history=history,
+        test_accuracy=history[-1]["test_accuracy"],
+        best_test_accuracy=max(h["test_accuracy"] for h in history),
+        epochs=len(history),
+        epochs_to_converge=_epochs_to_converge(history),
+        wall_time_s=wall,
+        out_dir=out,
+        model=model,
+    )
     if out is not None:
         from stosim.storage import package_versions
 
         versions = package_versions()
         # files give accuracies in percent (as sweep files and the printed lines do); TrainResult keeps fractions
-        metrics = {**_in_percent(result.summary()), "accuracy_units": "%", "config": cfg.resolved(),
-                   "resolved_config": resolved_config(cfg), "seeds": run_seeds(cfg),
-                   "stosim_version": versions["stosim"], "versions": versions,
-                   "history": [_in_percent(h) for h in history],
-                   "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]),
-                   "n_parameters": sum(p.numel() for p in params), "device_limit_warnings": list(limit_warnings)}
+        metrics = {
+            **_in_percent(result.summary()),
+            "accuracy_units": "%",
+            "config": cfg.resolved(),
+            "resolved_config": resolved_config(cfg),
+            "seeds": run_seeds(cfg),
+            "stosim_version": versions["stosim"],
+            "versions": versions,
+            "history": [_in_percent(h) for h in history],
+            "n_train": int(x_train.shape[0]),
+            "n_test": int(x_test.shape[0]),
+            "n_parameters": sum(p.numel() for p in params),
+            "device_limit_warnings": list(limit_warnings),
+        }
         write_text_atomic(json.dumps(metrics, indent=2, default=str), out / METRICS)
         from stosim.plotting import plot_learning_curve
 

@@ -64,8 +64,12 @@ class Capabilities:
         """
         hardware = isinstance(substrate, Hardware)
         noisy = isinstance(substrate, Stochastic) and bool(substrate.noise_on)
-        return cls(differentiable=isinstance(substrate, Differentiable), stochastic=hardware or noisy,
-                   reproducible=not hardware, hardware=hardware)
+        return cls(
+            differentiable=isinstance(substrate, Differentiable),
+            stochastic=hardware or noisy,
+            reproducible=not hardware,
+            hardware=hardware,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +138,9 @@ class Substrate(torch.nn.Module, abc.ABC):
         if readin.ndim != 2 or readin.shape[1] != size:
             raise ValueError(f"read-in has shape {tuple(readin.shape)}; expected (batch, {size}) for {desc.name}")
         if not readin.is_floating_point():
-            raise ValueError(f"read-in for {desc.name} has dtype {readin.dtype}; it must be a floating dtype "
-                             "(torch.float64 or torch.float32)")
+            raise ValueError(
+                f"read-in for {desc.name} has dtype {readin.dtype}; it must be a floating dtype "
+                "(torch.float64 or torch.float32)"
+            )
         if not torch.isfinite(readin).all():
             raise ValueError(f"read-in for {desc.name} contains non-finite values")

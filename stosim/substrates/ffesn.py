@@ -50,8 +50,9 @@ def _check_dtype(dtype: object) -> torch.dtype:
     return dtype  # type: ignore[return-value]
 
 
-def _check_matrix_arguments(n: object, spectral_radius: object, density: object,
-                            seed: object) -> tuple[int, float, float, int]:
+def _check_matrix_arguments(
+    n: object, spectral_radius: object, density: object, seed: object
+) -> tuple[int, float, float, int]:
     """Validated (n, rho, density, seed) of W: n >= 1, rho in (0, 10], density in (0, 1], seed >= 0."""
     n = check_count(n, "n", 1)
     rho = _check_real("spectral_radius", spectral_radius)
@@ -121,7 +122,8 @@ class FFESN(Substrate, Differentiable, Timed):
     ) -> None:
         super().__init__()
         self.n, self.spectral_radius, self.density, self.seed = _check_matrix_arguments(
-            n, spectral_radius, density, seed)
+            n, spectral_radius, density, seed
+        )
         self.steps = check_count(steps, "steps", 1)
         dtype = _check_dtype(dtype)
         w = draw_ffesn_matrix(self.n, self.spectral_radius, self.density, self.seed)
@@ -212,12 +214,14 @@ def _check_config(cfg, n: int, dtype: torch.dtype) -> None:
 
 def _build_from_config(cfg, seed: int, dtype: torch.dtype) -> FFESN:
     """The FFESN of a training configuration (TrainConfig keys of the spec below)."""
-    return FFESN(n=cfg.n or SPEC.default_n, spectral_radius=cfg.spectral_radius, steps=cfg.steps, seed=seed,
-                 dtype=dtype)
+    return FFESN(
+        n=cfg.n or SPEC.default_n, spectral_radius=cfg.spectral_radius, steps=cfg.steps, seed=seed, dtype=dtype
+    )
 
 
-def _tangent(n: int, dt: float | None, seed: int, rng: np.random.Generator, *, spectral_radius: float = 1.5,
-             density: float = 0.5):
+def _tangent(
+    n: int, dt: float | None, seed: int, rng: np.random.Generator, *, spectral_radius: float = 1.5, density: float = 0.5
+):
     """The FFESN map's tangent system (exponents per step) and a uniform initial state in [-1, 1]."""
     from stosim.analysis.tangent_models import FFESNTangent
 
@@ -227,10 +231,22 @@ def _tangent(n: int, dt: float | None, seed: int, rng: np.random.Generator, *, s
     return system, rng.uniform(-1, 1, n)
 
 
-SPEC = register(SubstrateSpec(
-    name="ffesn", summary="feed-forward echo state network: steps layers of one random matrix (a map)",
-    keys=("n", "spectral_radius", "steps"), default_n=500, time_unit="steps", seeded_matrix=True,
-    readout_bias=False, cls=FFESN, build=_build_from_config, check=_check_config,
-    tangent=TangentSpec(build=_tangent, defaults={"duration": 2000.0, "transient": 500.0, "dt": 1.0, "n": 500,
-                                                  "reorthonormalize_every": 1},
-                        flags={"spectral_radius": "spectral_radius"})))
+SPEC = register(
+    SubstrateSpec(
+        name="ffesn",
+        summary="feed-forward echo state network: steps layers of one random matrix (a map)",
+        keys=("n", "spectral_radius", "steps"),
+        default_n=500,
+        time_unit="steps",
+        seeded_matrix=True,
+        readout_bias=False,
+        cls=FFESN,
+        build=_build_from_config,
+        check=_check_config,
+        tangent=TangentSpec(
+            build=_tangent,
+            defaults={"duration": 2000.0, "transient": 500.0, "dt": 1.0, "n": 500, "reorthonormalize_every": 1},
+            flags={"spectral_radius": "spectral_radius"},
+        ),
+    )
+)

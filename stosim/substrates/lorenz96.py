@@ -203,14 +203,20 @@ class Lorenz96(Substrate, Differentiable, Timed):
             raise ValueError(f"{what} contains non-finite values (NaN or inf)")
 
     def extra_repr(self) -> str:
-        return (f"n={self.n}, forcing={self.forcing:g}, duration={self.duration:g}, dt={self.dt:g}, "
-                f"n_steps={self.n_steps}")
+        return (
+            f"n={self.n}, forcing={self.forcing:g}, duration={self.duration:g}, dt={self.dt:g}, n_steps={self.n_steps}"
+        )
 
 
 def _build_from_config(cfg, seed: int, dtype: torch.dtype) -> Lorenz96:  # seed unused: no random draw
     """The Lorenz 96 ring of a training configuration (TrainConfig keys of the spec below)."""
-    return Lorenz96(n=cfg.n or SPEC.default_n, forcing=cfg.forcing, duration=cfg.duration or SPEC.duration,
-                    dt=cfg.dt or SPEC.dt, dtype=dtype)
+    return Lorenz96(
+        n=cfg.n or SPEC.default_n,
+        forcing=cfg.forcing,
+        duration=cfg.duration or SPEC.duration,
+        dt=cfg.dt or SPEC.dt,
+        dtype=dtype,
+    )
 
 
 def _check_config(cfg, n: int, dtype: torch.dtype) -> None:
@@ -230,10 +236,22 @@ def _tangent(n: int, dt: float, seed: int, rng, *, forcing: float = 8.0):
     return Lorenz96Tangent(n, forcing, dt=dt), forcing + rng.standard_normal(n)
 
 
-SPEC = register(SubstrateSpec(
-    name="lorenz96", summary="Lorenz 96 ring dx_i/dt = (x_(i+1) - x_(i-2)) x_(i-1) - x_i + F (RK4, model time)",
-    keys=("n", "forcing", "duration", "dt"), default_n=500, time_unit="model time", duration=1.0, dt=0.01,
-    cls=Lorenz96, build=_build_from_config, check=_check_config,
-    tangent=TangentSpec(build=_tangent, defaults={"duration": 1000.0, "transient": 50.0, "dt": 0.01, "n": 40,
-                                                  "reorthonormalize_every": 10},
-                        flags={"forcing": "forcing"})))
+SPEC = register(
+    SubstrateSpec(
+        name="lorenz96",
+        summary="Lorenz 96 ring dx_i/dt = (x_(i+1) - x_(i-2)) x_(i-1) - x_i + F (RK4, model time)",
+        keys=("n", "forcing", "duration", "dt"),
+        default_n=500,
+        time_unit="model time",
+        duration=1.0,
+        dt=0.01,
+        cls=Lorenz96,
+        build=_build_from_config,
+        check=_check_config,
+        tangent=TangentSpec(
+            build=_tangent,
+            defaults={"duration": 1000.0, "transient": 50.0, "dt": 0.01, "n": 40, "reorthonormalize_every": 10},
+            flags={"forcing": "forcing"},
+        ),
+    )
+)

@@ -67,14 +67,21 @@ class RateNetworkParameters(BaseModel):
     g: float = Field(default=2.0, gt=0, le=100, allow_inf_nan=False, description="gain g, in (0, 100]")
     time: Literal["continuous", "discrete"] = "continuous"
     tau: float = Field(default=1.0, gt=0, le=1e6, allow_inf_nan=False, description="time constant, in (0, 1e6]")
-    dt: float = Field(default=0.05, gt=0, allow_inf_nan=False,
-                      description="RK4 step, in (0, tau/2] (continuous time only)")
-    duration: float = Field(default=1.0, gt=0, allow_inf_nan=False,
-                            description="evolution time (continuous: multiple of dt; discrete: whole steps)")
-    input_std: float = Field(default=0.0, ge=0, le=100, allow_inf_nan=False,
-                             description="input strength, in [0, 100] (0: autonomous)")
-    input_tau: float = Field(default=0.0, ge=0, le=1e6, allow_inf_nan=False,
-                             description="input correlation time, in [0, 1e6] (0: white)")
+    dt: float = Field(
+        default=0.05, gt=0, allow_inf_nan=False, description="RK4 step, in (0, tau/2] (continuous time only)"
+    )
+    duration: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="evolution time (continuous: multiple of dt; discrete: whole steps)",
+    )
+    input_std: float = Field(
+        default=0.0, ge=0, le=100, allow_inf_nan=False, description="input strength, in [0, 100] (0: autonomous)"
+    )
+    input_tau: float = Field(
+        default=0.0, ge=0, le=1e6, allow_inf_nan=False, description="input correlation time, in [0, 1e6] (0: white)"
+    )
     zero_diagonal: bool = False
     seed: int = Field(default=0, ge=0, description="seed of J and of the input, >= 0")
 
@@ -82,8 +89,9 @@ class RateNetworkParameters(BaseModel):
     def _check(self) -> "RateNetworkParameters":
         if self.time == "continuous":
             if self.dt > 0.5 * self.tau:
-                raise ValueError(f"dt = {self.dt!r} must be in (0, tau/2] = (0, {0.5 * self.tau:g}] "
-                                 "(RK4 accuracy and stability)")
+                raise ValueError(
+                    f"dt = {self.dt!r} must be in (0, tau/2] = (0, {0.5 * self.tau:g}] (RK4 accuracy and stability)"
+                )
             steps = round(self.duration / self.dt)
             if steps < 1 or abs(steps * self.dt - self.duration) > _MULTIPLE_RTOL * self.duration:
                 raise ValueError(f"duration = {self.duration!r} must be a whole multiple of dt = {self.dt!r}")
@@ -115,8 +123,9 @@ def rate_parameters(**values: object) -> RateNetworkParameters:
             key = ".".join(str(p) for p in err["loc"]) or "parameters"
             field = RateNetworkParameters.model_fields.get(key)
             valid = f" (valid: {field.description})" if field is not None and field.description else ""
-            lines.append(f"rate network {key} = {err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}"
-                         f"{valid}")
+            lines.append(
+                f"rate network {key} = {err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}{valid}"
+            )
         raise ValueError("; ".join(lines)) from None
 
 
@@ -196,7 +205,7 @@ class FrozenInput:
         first, last = start // INPUT_BLOCK, (start + count - 1) // INPUT_BLOCK
         rows = np.concatenate([self.block(b) for b in range(first, last + 1)])
         off = start - first * INPUT_BLOCK
-        return rows[off:off + count]
+        return rows[off : off + count]
 
 
 class RateNetwork(Substrate, Differentiable, Stochastic, Timed):
@@ -214,8 +223,9 @@ class RateNetwork(Substrate, Differentiable, Stochastic, Timed):
         self.params = rate_parameters(**params)
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of torch.float64, torch.float32; got {dtype!r}")
-        j = torch.as_tensor(draw_coupling_matrix(self.params.n, self.params.g, self.params.seed,
-                                                 self.params.zero_diagonal), dtype=dtype)
+        j = torch.as_tensor(
+            draw_coupling_matrix(self.params.n, self.params.g, self.params.seed, self.params.zero_diagonal), dtype=dtype
+        )
         if trainable:
             self.J = torch.nn.Parameter(j)
         else:
@@ -270,21 +280,31 @@ class RateNetwork(Substrate, Differentiable, Stochastic, Timed):
     # -- interface -------------------------------------------------------------------------
     def describe(self) -> SubstrateDescription:
         p = self.params
-        law = ("tau dh/dt = -h + J tanh(h) + I" if p.time == "continuous" else "h_(s+1) = J tanh(h_s) + I_s")
+        law = "tau dh/dt = -h + J tanh(h) + I" if p.time == "continuous" else "h_(s+1) = J tanh(h_s) + I_s"
         return SubstrateDescription(
-            name="rate-network", state_size=p.n, readin_size=p.n, readout_size=p.n,
-            state_units="dimensionless (synaptic current h)", readout_units="dimensionless (rate tanh h)",
+            name="rate-network",
+            state_size=p.n,
+            readin_size=p.n,
+            readout_size=p.n,
+            state_units="dimensionless (synaptic current h)",
+            readout_units="dimensionless (rate tanh h)",
             time_unit=p.time_unit,
-            summary=(f"random rate network ({p.time} time): {law}, J_ij ~ N(0, g^2/N), N={p.n}, g={p.g:g}, "
-                     f"{self.n_steps} steps" + (f" of dt={p.dt:g} tau (RK4)" if p.time == "continuous" else "")
-                     + (f", input std {p.input_std:g}, correlation time {p.input_tau:g}" if p.input_std else "")),
+            summary=(
+                f"random rate network ({p.time} time): {law}, J_ij ~ N(0, g^2/N), N={p.n}, g={p.g:g}, "
+                f"{self.n_steps} steps"
+                + (f" of dt={p.dt:g} tau (RK4)" if p.time == "continuous" else "")
+                + (f", input std {p.input_std:g}, correlation time {p.input_tau:g}" if p.input_std else "")
+            ),
         )
 
     def read_configuration(self) -> dict[str, float | int | str]:
         p = self.params
-        return {"substrate": "rate-network", **{k: (int(v) if isinstance(v, bool) else v)
-                                                for k, v in p.model_dump().items()},
-                "n_steps": self.n_steps, "dtype": _DTYPES.get(self.dtype, str(self.dtype))}
+        return {
+            "substrate": "rate-network",
+            **{k: (int(v) if isinstance(v, bool) else v) for k, v in p.model_dump().items()},
+            "n_steps": self.n_steps,
+            "dtype": _DTYPES.get(self.dtype, str(self.dtype)),
+        }
 
     @property
     def noise_on(self) -> bool:
@@ -321,8 +341,10 @@ class RateNetwork(Substrate, Differentiable, Stochastic, Timed):
         for s in range(self.n_steps):
             h = self.step(h, 0.0 if inputs is None else inputs[s])
         if not bool(torch.isfinite(h.detach()).all()):
-            raise FloatingPointError(f"rate network state became non-finite within {self.n_steps} steps "
-                                     f"(N={self.n}, g={self.params.g:g}, dt={self.params.dt:g})")
+            raise FloatingPointError(
+                f"rate network state became non-finite within {self.n_steps} steps "
+                f"(N={self.n}, g={self.params.g:g}, dt={self.params.dt:g})"
+            )
         return h
 
     def readout(self, state: torch.Tensor) -> torch.Tensor:
@@ -346,19 +368,37 @@ def _build_from_config(cfg, seed: int, dtype: torch.dtype) -> RateNetwork:
     """The rate network of a training configuration (TrainConfig keys of the spec below): continuous time
     runs ``duration`` tau in steps of ``dt``; discrete time runs ``steps`` steps."""
     discrete = cfg.network_time == "discrete"
-    return RateNetwork(n=cfg.n or SPEC.default_n, g=cfg.g, time=cfg.network_time,
-                       duration=float(cfg.steps) if discrete else (cfg.duration or SPEC.duration),
-                       dt=cfg.dt or SPEC.dt, input_std=cfg.input_std, input_tau=cfg.input_tau, seed=seed,
-                       dtype=dtype)
+    return RateNetwork(
+        n=cfg.n or SPEC.default_n,
+        g=cfg.g,
+        time=cfg.network_time,
+        duration=float(cfg.steps) if discrete else (cfg.duration or SPEC.duration),
+        dt=cfg.dt or SPEC.dt,
+        input_std=cfg.input_std,
+        input_tau=cfg.input_tau,
+        seed=seed,
+        dtype=dtype,
+    )
 
 
 # discrete-time Lyapunov defaults (steps); the spec's defaults are the continuous time's (tau, RK4)
 RATE_DISCRETE_DEFAULTS = MappingProxyType(
-    {"duration": 2000.0, "transient": 200.0, "dt": 1.0, "reorthonormalize_every": 1})
+    {"duration": 2000.0, "transient": 200.0, "dt": 1.0, "reorthonormalize_every": 1}
+)
 
 
-def _tangent(n: int, dt: float, seed: int, rng: np.random.Generator, *, g: float = 2.0, time: str = "continuous",
-             input_std: float = 0.0, input_tau: float = 0.0, zero_diagonal: bool = False):
+def _tangent(
+    n: int,
+    dt: float,
+    seed: int,
+    rng: np.random.Generator,
+    *,
+    g: float = 2.0,
+    time: str = "continuous",
+    input_std: float = 0.0,
+    input_tau: float = 0.0,
+    zero_diagonal: bool = False,
+):
     """The rate network's tangent system (exponents in 1/tau, or per step in discrete time)."""
     from stosim.analysis.tangent_rate import RateNetworkTangent
 
@@ -366,20 +406,37 @@ def _tangent(n: int, dt: float, seed: int, rng: np.random.Generator, *, g: float
         if dt != SPEC.tangent.defaults["dt"]:
             raise ValueError(f"dt = {dt!r}: the discrete-time rate network is a map; leave dt unset")
         dt = 1.0
-    system = RateNetworkTangent(n=n, g=g, time=time, dt=dt, input_std=input_std, input_tau=input_tau,
-                                zero_diagonal=zero_diagonal, seed=seed)
+    system = RateNetworkTangent(
+        n=n, g=g, time=time, dt=dt, input_std=input_std, input_tau=input_tau, zero_diagonal=zero_diagonal, seed=seed
+    )
     return system, system.initial_state(rng.standard_normal(n))
 
 
-SPEC = register(SubstrateSpec(
-    name="rate-network", summary="random rate network tau dh/dt = -h + J tanh h (Sompolinsky-Crisanti-Sommers)",
-    keys=("n", "g", "network_time", "steps", "duration", "dt", "input_std", "input_tau"), default_n=200,
-    time_unit="tau", duration=5.0, dt=0.1, cls=RateNetwork, build=_build_from_config,
-    tangent=TangentSpec(
-        build=_tangent, defaults={"duration": 500.0, "transient": 100.0, "dt": 0.1, "n": 200,
-                                  "reorthonormalize_every": 10},
-        defaults_for=lambda params: (RATE_DISCRETE_DEFAULTS if params.get("time") == "discrete"
-                                     else SPEC.tangent.defaults),
-        flags={"g": "g", "time": "time", "input_std": "input_std", "input_tau": "input_tau",
-               "zero_diagonal": "zero_diagonal"},
-        single_thread_blas=True)))
+SPEC = register(
+    SubstrateSpec(
+        name="rate-network",
+        summary="random rate network tau dh/dt = -h + J tanh h (Sompolinsky-Crisanti-Sommers)",
+        keys=("n", "g", "network_time", "steps", "duration", "dt", "input_std", "input_tau"),
+        default_n=200,
+        time_unit="tau",
+        duration=5.0,
+        dt=0.1,
+        cls=RateNetwork,
+        build=_build_from_config,
+        tangent=TangentSpec(
+            build=_tangent,
+            defaults={"duration": 500.0, "transient": 100.0, "dt": 0.1, "n": 200, "reorthonormalize_every": 10},
+            defaults_for=lambda params: (
+                RATE_DISCRETE_DEFAULTS if params.get("time") == "discrete" else SPEC.tangent.defaults
+            ),
+            flags={
+                "g": "g",
+                "time": "time",
+                "input_std": "input_std",
+                "input_tau": "input_tau",
+                "zero_diagonal": "zero_diagonal",
+            },
+            single_thread_blas=True,
+        ),
+    )
+)

@@ -19,12 +19,26 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["SubstrateSpec", "TangentSpec", "register", "unregister", "get", "names", "specs", "lyapunov_names",
-           "BUILTIN_MODULES", "TIME_UNITS"]
+__all__ = [
+    "SubstrateSpec",
+    "TangentSpec",
+    "register",
+    "unregister",
+    "get",
+    "names",
+    "specs",
+    "lyapunov_names",
+    "BUILTIN_MODULES",
+    "TIME_UNITS",
+]
 
 # the modules that declare the built-in substrates (imported on the first look-up)
-BUILTIN_MODULES = ("stosim.substrates.sto_array", "stosim.substrates.ffesn", "stosim.substrates.lorenz96",
-                   "stosim.substrates.rate_network")
+BUILTIN_MODULES = (
+    "stosim.substrates.sto_array",
+    "stosim.substrates.ffesn",
+    "stosim.substrates.lorenz96",
+    "stosim.substrates.rate_network",
+)
 # a substrate's time unit: "s" (times carry a unit: "300 ps"), or one of plain-number units
 TIME_UNITS = ("s", "model time", "steps", "tau")
 

@@ -70,24 +70,37 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
         CoupledSTOArray(n=100, coupling_oe=500.0, duration_s=300e-12, dt_s=1e-12)   # the same array
     """
 
-    def __init__(self, n: int = 50, coupling_oe: float | str = 500.0, duration_s: float | str = 300e-12,
-                 dt_s: float | str = 1e-12, *,
-                 current_a: float | str | None = None, device: DeviceParameters | str | Path | None = None,
-                 seed: int = 0,
-                 coupling_matrix: np.ndarray | str | Path | None = None, temperature_k: float | str = 0.0,
-                 dynamical_snr_db: float | None = None, observation_snr_db: float | None = None,
-                 variability: float = 0.0, dtype: torch.dtype | str = torch.float64,
-                 coupling: float | str | None = None, duration: float | str | None = None,
-                 dt: float | str | None = None,
-                 current: float | str | None = None, temperature: float | str | None = None,
-                 dynamical_noise_reference_s: float | None = None) -> None:
+    def __init__(
+        self,
+        n: int = 50,
+        coupling_oe: float | str = 500.0,
+        duration_s: float | str = 300e-12,
+        dt_s: float | str = 1e-12,
+        *,
+        current_a: float | str | None = None,
+        device: DeviceParameters | str | Path | None = None,
+        seed: int = 0,
+        coupling_matrix: np.ndarray | str | Path | None = None,
+        temperature_k: float | str = 0.0,
+        dynamical_snr_db: float | None = None,
+        observation_snr_db: float | None = None,
+        variability: float = 0.0,
+        dtype: torch.dtype | str = torch.float64,
+        coupling: float | str | None = None,
+        duration: float | str | None = None,
+        dt: float | str | None = None,
+        current: float | str | None = None,
+        temperature: float | str | None = None,
+        dynamical_noise_reference_s: float | None = None,
+    ) -> None:
         super().__init__()
         coupling_oe = quantity(either(coupling, "coupling", coupling_oe, "coupling_oe", 500.0), "field", "coupling")
         duration_s = quantity(either(duration, "duration", duration_s, "duration_s", 300e-12), "time", "duration")
         dt_s = quantity(either(dt, "dt", dt_s, "dt_s", 1e-12), "time", "dt")
         current_a = optional_quantity(either(current, "current", current_a, "current_a", None), "current", "current")
-        temperature_k = quantity(either(temperature, "temperature", temperature_k, "temperature_k", 0.0),
-                                 "temperature", "temperature")
+        temperature_k = quantity(
+            either(temperature, "temperature", temperature_k, "temperature_k", 0.0), "temperature", "temperature"
+        )
         dtype = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, str) else dtype
         if dtype not in _DTYPES:
             raise ValueError(f"dtype = {dtype!r} must be torch.float64 or torch.float32")
@@ -98,8 +111,9 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
         if coupling_matrix is not None:
             array = STOArray.with_matrix(dev, coupling_matrix, coupling_oe, current_a=current_a, variability=spread)
             if array.n_oscillators != n:
-                raise ValueError(f"n = {n} does not match the {array.n_oscillators} x {array.n_oscillators} "
-                                 "coupling_matrix")
+                raise ValueError(
+                    f"n = {n} does not match the {array.n_oscillators} x {array.n_oscillators} coupling_matrix"
+                )
         else:
             array = STOArray.generate(dev, n, coupling_oe, seed=seed, current_a=current_a, variability=spread)
         self.array = array
@@ -108,17 +122,26 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
         self.duration_s = float(duration_s)
         self.dt_s = float(dt_s)
         self.seed = int(seed)
-        self.noise = NoiseSettings(temperature_k=float(temperature_k), dynamical_snr_db=dynamical_snr_db,
-                                   dynamical_noise_reference_s=dynamical_noise_reference_s)
-        self.observation_snr_db = (None if observation_snr_db is None
-                                   else check_snr_db(observation_snr_db, "observation_snr"))
+        self.noise = NoiseSettings(
+            temperature_k=float(temperature_k),
+            dynamical_snr_db=dynamical_snr_db,
+            dynamical_noise_reference_s=dynamical_noise_reference_s,
+        )
+        self.observation_snr_db = (
+            None if observation_snr_db is None else check_snr_db(observation_snr_db, "observation_snr")
+        )
         self._dtype = dtype
         self.register_buffer("coupling_t", torch.as_tensor(array.coupling_transposed_oe(), dtype=dtype))
         self.register_buffer("osc", torch.as_tensor(array.oscillator_parameters(), dtype=dtype))
         self.register_buffer("p", torch.as_tensor(dev.reference_direction, dtype=dtype))
-        sigma = thermal_field_sigma_oe(array.oscillator_parameters()[OSC_DAMPING], self.noise.temperature_k,
-                                       dev.gyromagnetic_ratio_rad_per_oe_s, dev.saturation_magnetization_emu_cm3,
-                                       dev.volume_cm3, self.dt_s)
+        sigma = thermal_field_sigma_oe(
+            array.oscillator_parameters()[OSC_DAMPING],
+            self.noise.temperature_k,
+            dev.gyromagnetic_ratio_rad_per_oe_s,
+            dev.saturation_magnetization_emu_cm3,
+            dev.volume_cm3,
+            self.dt_s,
+        )
         self.register_buffer("thermal_sigma_oe", torch.as_tensor(sigma, dtype=dtype))
         self.noise_enabled = True
         self.reset(0)
@@ -136,8 +159,11 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
     @property
     def noise_on(self) -> bool:
         """True when some noise is on: T > 0 K, or a finite dynamical or observation SNR (inf dB: no noise)."""
-        return (self.noise.temperature_k > 0 or _finite_snr(self.noise.dynamical_snr_db)
-                or _finite_snr(self.observation_snr_db))
+        return (
+            self.noise.temperature_k > 0
+            or _finite_snr(self.noise.dynamical_snr_db)
+            or _finite_snr(self.observation_snr_db)
+        )
 
     @contextlib.contextmanager
     def noise_suspended(self) -> Iterator[None]:
@@ -151,11 +177,18 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
     def describe(self) -> SubstrateDescription:
         n = self.array.n_oscillators
         return SubstrateDescription(
-            name="sto", state_size=3 * n, readin_size=3 * n, readout_size=3 * n, state_units="1 (unit magnetization)",
-            readout_units="1 (m_x, m_y, m_z of each oscillator)", time_unit="s",
-            summary=(f"{n} coupled MTJ STOs (LLG-Slonczewski, RK4 dt = {self.dt_s:g} s) evolved for "
-                     f"T = {self.duration_s:g} s; H_coupling,i = mu sum_j W_ij m_x,j e_x, "
-                     f"mu = {self.array.coupling_oe:g} Oe"),
+            name="sto",
+            state_size=3 * n,
+            readin_size=3 * n,
+            readout_size=3 * n,
+            state_units="1 (unit magnetization)",
+            readout_units="1 (m_x, m_y, m_z of each oscillator)",
+            time_unit="s",
+            summary=(
+                f"{n} coupled MTJ STOs (LLG-Slonczewski, RK4 dt = {self.dt_s:g} s) evolved for "
+                f"T = {self.duration_s:g} s; H_coupling,i = mu sum_j W_ij m_x,j e_x, "
+                f"mu = {self.array.coupling_oe:g} Oe"
+            ),
         )
 
     def read_configuration(self) -> dict[str, float | int | str]:
@@ -169,8 +202,9 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
             "seed": self.seed,
             "temperature_k": self.noise.temperature_k,
             "dynamical_snr_db": "none" if self.noise.dynamical_snr_db is None else self.noise.dynamical_snr_db,
-            "dynamical_noise_reference_s": ("none" if self.noise.dynamical_noise_reference_s is None
-                                            else self.noise.dynamical_noise_reference_s),
+            "dynamical_noise_reference_s": (
+                "none" if self.noise.dynamical_noise_reference_s is None else self.noise.dynamical_noise_reference_s
+            ),
             "observation_snr_db": "none" if self.observation_snr_db is None else self.observation_snr_db,
             "device": self.array.device.name,
             "variability": 0.0 if self.array.variability is None else self.array.variability.damping,
@@ -216,17 +250,33 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
             out = sto_flow(m, self.array, self.n_steps, self.dt_s)
         elif torch.is_grad_enabled() and state.requires_grad:
             # the noise streams of the Numba path below (same seed, same draws): one realisation per seed
-            streams = {kind: np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(kind,)))
-                       for kind in (STREAM_THERMAL, STREAM_DYNAMICAL)}
+            streams = {
+                kind: np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(kind,)))
+                for kind in (STREAM_THERMAL, STREAM_DYNAMICAL)
+            }
             out = evolve_torch(
-                m, self.n_steps, self.dt_s, self.coupling_t if self.array.coupling_oe != 0 else None, self.osc,
-                self.array.device.torque_asymmetry, self.p,
+                m,
+                self.n_steps,
+                self.dt_s,
+                self.coupling_t if self.array.coupling_oe != 0 else None,
+                self.osc,
+                self.array.device.torque_asymmetry,
+                self.p,
                 thermal_sigma_oe=self.thermal_sigma_oe if noise.temperature_k > 0 else None,
                 dynamical_factor=noise.dynamical_factor(self.dt_s) if dyn_on else None,
-                thermal_rng=streams[STREAM_THERMAL], dynamical_rng=streams[STREAM_DYNAMICAL])
+                thermal_rng=streams[STREAM_THERMAL],
+                dynamical_rng=streams[STREAM_DYNAMICAL],
+            )
         else:
-            final, _, _ = evolve(self.array, m.detach().cpu().numpy().astype(np.float64), self.n_steps, self.dt_s,
-                                 noise=noise, seed=seed, dtype=_DTYPES[self.dtype])
+            final, _, _ = evolve(
+                self.array,
+                m.detach().cpu().numpy().astype(np.float64),
+                self.n_steps,
+                self.dt_s,
+                noise=noise,
+                seed=seed,
+                dtype=_DTYPES[self.dtype],
+            )
             out = torch.from_numpy(final).to(device=state.device, dtype=self.dtype)
         return out.reshape(state.shape)
 
@@ -243,8 +293,14 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
         n = self.array.n_oscillators
 
         def jvp(x0: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            _, jv = sto_jvp(x0.detach().cpu().numpy().reshape(-1, n, 3), v.detach().cpu().numpy().reshape(-1, n, 3),
-                            self.array, self.n_steps, self.dt_s, dtype=_DTYPES[x0.dtype])
+            _, jv = sto_jvp(
+                x0.detach().cpu().numpy().reshape(-1, n, 3),
+                v.detach().cpu().numpy().reshape(-1, n, 3),
+                self.array,
+                self.n_steps,
+                self.dt_s,
+                dtype=_DTYPES[x0.dtype],
+            )
             return torch.from_numpy(jv.reshape(x0.shape[0], -1)).to(x0)
 
         def vjp(x0: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -254,8 +310,9 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
                 (grad,) = torch.autograd.grad(out, x, u.reshape(out.shape))
             return grad.reshape(x0.shape[0], -1)
 
-        return FlowOperators(jvp=jvp, vjp=vjp, project_tangent=unit_sphere_tangent_projection, time=self.duration_s,
-                             time_unit="s")
+        return FlowOperators(
+            jvp=jvp, vjp=vjp, project_tangent=unit_sphere_tangent_projection, time=self.duration_s, time_unit="s"
+        )
 
     def readout(self, state: torch.Tensor) -> torch.Tensor:
         """The 3N components of m, with observation noise when an SNR is set.
@@ -292,14 +349,32 @@ def _directions(m: torch.Tensor, what: str) -> torch.Tensor:
 def _build_from_config(cfg, seed: int, dtype: torch.dtype) -> CoupledSTOArray:
     """The array of a training configuration (TrainConfig keys of the spec below) with matrix seed ``seed``."""
     return CoupledSTOArray(
-        n=cfg.n or SPEC.default_n, coupling_oe=cfg.coupling, duration_s=cfg.duration or SPEC.duration,
-        dt_s=cfg.dt or SPEC.dt, current_a=cfg.current, device=cfg.device, seed=seed, temperature_k=cfg.temperature,
-        dynamical_snr_db=cfg.dynamical_snr, observation_snr_db=cfg.observation_snr, variability=cfg.variability,
-        dtype=dtype, dynamical_noise_reference_s=cfg.dynamical_noise_reference)
+        n=cfg.n or SPEC.default_n,
+        coupling_oe=cfg.coupling,
+        duration_s=cfg.duration or SPEC.duration,
+        dt_s=cfg.dt or SPEC.dt,
+        current_a=cfg.current,
+        device=cfg.device,
+        seed=seed,
+        temperature_k=cfg.temperature,
+        dynamical_snr_db=cfg.dynamical_snr,
+        observation_snr_db=cfg.observation_snr,
+        variability=cfg.variability,
+        dtype=dtype,
+        dynamical_noise_reference_s=cfg.dynamical_noise_reference,
+    )
 
 
-def _tangent(n: int, dt: float, seed: int, rng: np.random.Generator, *, coupling_oe: float = 500.0,
-             current_a: float | None = None, device=None):
+def _tangent(
+    n: int,
+    dt: float,
+    seed: int,
+    rng: np.random.Generator,
+    *,
+    coupling_oe: float = 500.0,
+    current_a: float | None = None,
+    device=None,
+):
     """The LLG tangent system of the array (exponents in 1/s) and a random unit magnetization per oscillator."""
     from stosim.analysis.tangent_sto import STOArrayTangent
 
@@ -309,12 +384,38 @@ def _tangent(n: int, dt: float, seed: int, rng: np.random.Generator, *, coupling
     return system, (m / np.linalg.norm(m, axis=-1, keepdims=True)).reshape(-1)
 
 
-SPEC = register(SubstrateSpec(
-    name="sto", summary="coupled spin-torque oscillators (LLG + STT, TMR readout, Ampere-law coupling)",
-    keys=("n", "coupling", "current", "duration", "dt", "device", "temperature", "dynamical_snr",
-          "observation_snr", "variability", "train_with_noise", "dynamical_noise_reference"),
-    default_n=100, time_unit="s", duration=300e-12, dt=1e-12, coupled_sto=True, seeded_matrix=True,
-    cls=CoupledSTOArray, build=_build_from_config,
-    tangent=TangentSpec(build=_tangent, defaults=MappingProxyType(
-        {"duration": 200e-9, "transient": 50e-9, "dt": 1e-12, "n": 200, "reorthonormalize_every": 10}),
-        flags=MappingProxyType({"coupling": "coupling_oe", "current": "current_a", "device": "device"}))))
+SPEC = register(
+    SubstrateSpec(
+        name="sto",
+        summary="coupled spin-torque oscillators (LLG + STT, TMR readout, Ampere-law coupling)",
+        keys=(
+            "n",
+            "coupling",
+            "current",
+            "duration",
+            "dt",
+            "device",
+            "temperature",
+            "dynamical_snr",
+            "observation_snr",
+            "variability",
+            "train_with_noise",
+            "dynamical_noise_reference",
+        ),
+        default_n=100,
+        time_unit="s",
+        duration=300e-12,
+        dt=1e-12,
+        coupled_sto=True,
+        seeded_matrix=True,
+        cls=CoupledSTOArray,
+        build=_build_from_config,
+        tangent=TangentSpec(
+            build=_tangent,
+            defaults=MappingProxyType(
+                {"duration": 200e-9, "transient": 50e-9, "dt": 1e-12, "n": 200, "reorthonormalize_every": 10}
+            ),
+            flags=MappingProxyType({"coupling": "coupling_oe", "current": "current_a", "device": "device"}),
+        ),
+    )
+)

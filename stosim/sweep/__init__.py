@@ -17,6 +17,21 @@ from stosim.sweep.runner import PointEvent, SweepFailedError, SweepSummary, run_
 from stosim.sweep.spec import ResolvedSweep, SpecError, SweepSpec, load_spec, parse_spec, resolve_spec
 from stosim.sweep.store import ResumeError, read_sweep
 
-__all__ = ["load_spec", "parse_spec", "resolve_spec", "SweepSpec", "ResolvedSweep", "SpecError", "run_sweep",
-           "SweepSummary", "PointEvent", "SweepFailedError", "ResumeError", "read_sweep", "plot_sweep", "PlotError",
-           "PointKind", "point_kinds"]
+__all__ = [
+    "load_spec",
+    "parse_spec",
+    "resolve_spec",
+    "SweepSpec",
+    "ResolvedSweep",
+    "SpecError",
+    "run_sweep",
+    "SweepSummary",
+    "PointEvent",
+    "SweepFailedError",
+    "ResumeError",
+    "read_sweep",
+    "plot_sweep",
+    "PlotError",
+    "PointKind",
+    "point_kinds",
+]

@@ -38,9 +38,11 @@ def _pyplot():
 
 
 # display prefixes for coordinates stored in SI base units (the file keeps the internal unit)
-_PREFIXES = {"s": ((1e-15, "fs"), (1e-12, "ps"), (1e-9, "ns"), (1e-6, "us"), (1e-3, "ms"), (1.0, "s")),
-             "A": ((1e-6, "uA"), (1e-3, "mA"), (1.0, "A")),
-             "V": ((1e-3, "mV"), (1.0, "V"))}
+_PREFIXES = {
+    "s": ((1e-15, "fs"), (1e-12, "ps"), (1e-9, "ns"), (1e-6, "us"), (1e-3, "ms"), (1.0, "s")),
+    "A": ((1e-6, "uA"), (1e-3, "mA"), (1.0, "A")),
+    "V": ((1e-3, "mV"), (1.0, "V")),
+}
 
 
 def _display_scale(obj) -> tuple[float, str]:
@@ -93,9 +95,18 @@ def _axis_values(coord) -> tuple[np.ndarray, list[str], bool, bool]:
     return np.arange(values.size, dtype=float), [str(x) for x in values], False, True
 
 
-def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Path | None = None, *,
-               band: Literal["minmax", "std"] = "minmax", hue: str | None = None,
-               lyapunov_time=None, lyapunov_var: str = "mle") -> Path:
+def plot_sweep(
+    ds_or_path,
+    var: str,
+    x: str,
+    y: str | None = None,
+    out: str | Path | None = None,
+    *,
+    band: Literal["minmax", "std"] = "minmax",
+    hue: str | None = None,
+    lyapunov_time=None,
+    lyapunov_var: str = "mle",
+) -> Path:
     """Plot ``var`` of a sweep (Dataset or file) against ``x`` (line) or ``x`` and ``y`` (heat map); save a PNG.
 
     With ``hue`` (line plots only) one line, with its band over seeds, is drawn per value of that dimension.
@@ -159,9 +170,14 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
     if y is None:
         fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
         pos, ticks, log, categorical = _axis_values(ds[x])
-        lines = ([(None, da)] if hue is None else
-                 [(f"{_label(ds[hue], hue).split(' (')[0]} = {_format_value(ds[hue], v)}", da.isel({hue: k}))
-                  for k, v in enumerate(ds[hue].values)])
+        lines = (
+            [(None, da)]
+            if hue is None
+            else [
+                (f"{_label(ds[hue], hue).split(' (')[0]} = {_format_value(ds[hue], v)}", da.isel({hue: k}))
+                for k, v in enumerate(ds[hue].values)
+            ]
+        )
         for name, line in lines:
             prefix = f"{name}: " if name else ""
             if spread:
@@ -197,8 +213,13 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
         values = da.transpose(y, x).values
         nx, ny = values.shape[1], values.shape[0]
         fig, ax = plt.subplots(figsize=(1.2 + 0.9 * max(nx, 4), 1.0 + 0.7 * max(ny, 4)), constrained_layout=True)
-        mesh = ax.pcolormesh(np.arange(nx + 1) - 0.5, np.arange(ny + 1) - 0.5, np.ma.masked_invalid(values),
-                             cmap="viridis", shading="flat")
+        mesh = ax.pcolormesh(
+            np.arange(nx + 1) - 0.5,
+            np.arange(ny + 1) - 0.5,
+            np.ma.masked_invalid(values),
+            cmap="viridis",
+            shading="flat",
+        )
         cbar = fig.colorbar(mesh, ax=ax)
         cbar.set_label(var_label)
         xticks, yticks = _axis_values(ds[x])[1], _axis_values(ds[y])[1]
@@ -212,8 +233,15 @@ def plot_sweep(ds_or_path, var: str, x: str, y: str | None = None, out: str | Pa
             for j in range(ny):
                 for i in range(nx):
                     v = values[j, i]
-                    ax.text(i, j, "n/a" if not np.isfinite(v) else f"{v:.3g}", ha="center", va="center",
-                            fontsize=7, color="white" if np.isfinite(v) and v < mid else "black")
+                    ax.text(
+                        i,
+                        j,
+                        "n/a" if not np.isfinite(v) else f"{v:.3g}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if np.isfinite(v) and v < mid else "black",
+                    )
         if curve is not None:
             _draw_lyapunov_time(ax, curve)
     title = str(ds.attrs.get("sweep_name", "sweep"))
@@ -277,8 +305,10 @@ def lyapunov_time_curve(mle_sweep, heatmap, x: str, y: str, var: str = "mle") ->
             raise FileNotFoundError(f"--lyapunov-time {mle_sweep} does not exist")
         mle_sweep = read_sweep(Path(mle_sweep))
     if var not in mle_sweep.data_vars:
-        raise PlotError(f"--lyapunov-var {var!r}: not a variable of the --lyapunov-time sweep; variables: "
-                        f"{', '.join(v for v in mle_sweep.data_vars if mle_sweep[v].dtype.kind in 'iuf')}")
+        raise PlotError(
+            f"--lyapunov-var {var!r}: not a variable of the --lyapunov-time sweep; variables: "
+            f"{', '.join(v for v in mle_sweep.data_vars if mle_sweep[v].dtype.kind in 'iuf')}"
+        )
     da = mle_sweep[var]
     if x not in da.dims:
         raise PlotError(f"--lyapunov-time: {var} is not swept over --x {x!r}; its dimensions: {', '.join(da.dims)}")
@@ -286,8 +316,10 @@ def lyapunov_time_curve(mle_sweep, heatmap, x: str, y: str, var: str = "mle") ->
     time_units = str(heatmap[y].attrs.get("units", ""))
     accepted = {f"1/{time_units}", f"1/({time_units})"} | ({"1/step", "1"} if time_units in ("1", "step") else set())
     if rate_units not in accepted:
-        raise PlotError(f"--lyapunov-time: {var} is in {rate_units!r}, not a rate in 1/({time_units}) of --y {y!r}; "
-                        "the Lyapunov time 1/MLE must be in the units of the heat map's time axis")
+        raise PlotError(
+            f"--lyapunov-time: {var} is in {rate_units!r}, not a rate in 1/({time_units}) of --y {y!r}; "
+            "the Lyapunov time 1/MLE must be in the units of the heat map's time axis"
+        )
     other = [d for d in da.dims if d != x]
     with _quiet():
         mle = (da.mean(other, skipna=True) if other else da).transpose(x).values.astype(float)
@@ -300,14 +332,23 @@ def lyapunov_time_curve(mle_sweep, heatmap, x: str, y: str, var: str = "mle") ->
     _, unit = _display_scale(heatmap[y])
     unit = "steps" if time_units in ("1", "step") else unit
     n_seeds = f", mean over {mle_sweep.sizes['seed']} seeds" if "seed" in da.dims else ""
-    return LyapunovTimeCurve(x_values=xs, lyapunov_time=t_l, x_pos=x_pos, y_pos=y_pos,
-                             label=f"Lyapunov time 1/{var} ({unit}{n_seeds})")
+    return LyapunovTimeCurve(
+        x_values=xs, lyapunov_time=t_l, x_pos=x_pos, y_pos=y_pos, label=f"Lyapunov time 1/{var} ({unit}{n_seeds})"
+    )
 
 
 def _draw_lyapunov_time(ax, curve: LyapunovTimeCurve) -> None:
     """The curve as a white-edged red line with markers; gaps where MLE <= 0 or off the drawn range."""
-    ax.plot(curve.x_pos, curve.y_pos, "-o", color="red", markersize=3, linewidth=2, label=curve.label,
-            path_effects=_outline())
+    ax.plot(
+        curve.x_pos,
+        curve.y_pos,
+        "-o",
+        color="red",
+        markersize=3,
+        linewidth=2,
+        label=curve.label,
+        path_effects=_outline(),
+    )
     ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
 
 

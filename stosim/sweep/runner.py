@@ -30,8 +30,12 @@ __all__ = ["run_sweep", "SweepSummary", "PointEvent", "SweepFailedError", "THREA
 # one compute thread per worker process (OpenMP, BLAS); torch and Numba are set in the task. Not
 # NUMBA_NUM_THREADS: a nanny applies env= after the worker process may have imported Numba, and a changed
 # NUMBA_NUM_THREADS then fails the next compilation (stosim.integrate.threads.one_compute_thread)
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-              "VECLIB_MAXIMUM_THREADS": "1"}
+THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+}
 SCHEDULER_WORKER_WAIT_S = 120.0
 
 
@@ -97,12 +101,20 @@ def local_cluster(workers: int) -> Iterator[Any]:
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers = {workers!r} must be an integer >= 1")
     with tempfile.TemporaryDirectory(prefix="stosim-dask-") as scratch:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, env=dict(THREAD_ENV), local_directory=scratch,
-                               silence_logs=logging.ERROR, plugins=(IgnoreInterrupt(),),  # Ctrl-C: see worker.py
-                               # no dashboard; the scheduler's small HTTP endpoint (health, metrics) on a
-                               # free loopback port rather than trying the shared default 8787 first
-                               scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            env=dict(THREAD_ENV),
+            local_directory=scratch,
+            silence_logs=logging.ERROR,
+            plugins=(IgnoreInterrupt(),),  # Ctrl-C: see worker.py
+            # no dashboard; the scheduler's small HTTP endpoint (health, metrics) on a
+            # free loopback port rather than trying the shared default 8787 first
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        )
         try:
             client = Client(cluster)
             try:
@@ -134,8 +146,10 @@ def _client(workers: int | None, scheduler: str | None, client: Any) -> Iterator
             try:
                 c.wait_for_workers(1, timeout=SCHEDULER_WORKER_WAIT_S)
             except (TimeoutError, OSError):
-                raise ConnectionError(f"the dask scheduler {scheduler} has had no workers for "
-                                      f"{SCHEDULER_WORKER_WAIT_S:g} s; start some (dask worker {scheduler})") from None
+                raise ConnectionError(
+                    f"the dask scheduler {scheduler} has had no workers for "
+                    f"{SCHEDULER_WORKER_WAIT_S:g} s; start some (dask worker {scheduler})"
+                ) from None
             yield c, scheduler
         finally:
             c.close()
@@ -151,10 +165,20 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def run_sweep(sweep: ResolvedSweep, out: str | Path, *, workers: int | None = None, scheduler: str | None = None,
-              client: Any = None, resume: bool = False, overwrite: bool = False, fail_fast: bool = False,
-              flush_seconds: float = 1.0, on_start: Callable[[int, int], None] | None = None,
-              on_point: Callable[[PointEvent], None] | None = None) -> SweepSummary:
+def run_sweep(
+    sweep: ResolvedSweep,
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    fail_fast: bool = False,
+    flush_seconds: float = 1.0,
+    on_start: Callable[[int, int], None] | None = None,
+    on_point: Callable[[PointEvent], None] | None = None,
+) -> SweepSummary:
     """Run the points of ``sweep`` not yet done and store them in ``out`` (HDF5).
 
     - ``workers``: size of the LocalCluster (default: the CPU cores); ``scheduler``: address of an
@@ -185,9 +209,13 @@ def run_sweep(sweep: ResolvedSweep, out: str | Path, *, workers: int | None = No
         n_resumed = state.load_completed(out) if resume else 0
         todo = [p for p in sweep.points if not state.is_done(p)]
         state.started_utc = state.started_utc or utc_now()
-        run_record: dict[str, Any] = {"started_utc": utc_now(), "finished_utc": None, "points_to_run": len(todo),
-                                      "resumed_points": n_resumed,
-                                      "cluster": scheduler or (f"LocalCluster({workers})" if workers else "client")}
+        run_record: dict[str, Any] = {
+            "started_utc": utc_now(),
+            "finished_utc": None,
+            "points_to_run": len(todo),
+            "resumed_points": n_resumed,
+            "cluster": scheduler or (f"LocalCluster({workers})" if workers else "client"),
+        }
         failures: list[tuple[dict[str, Any], str]] = []
         startup_s = run_s = 0.0
         stopped: tuple[Point, str] | None = None
@@ -210,16 +238,29 @@ def run_sweep(sweep: ResolvedSweep, out: str | Path, *, workers: int | None = No
                 run_record["finished_utc"] = utc_now()
                 state.save(out, finished=True)
         counts = state.counts()
-        summary = SweepSummary(path=out, n_points=len(sweep.points), n_done=counts[STATUS_DONE],
-                               n_failed=counts[STATUS_FAILED], n_pending=counts["pending"],
-                               n_run=sum(1 for p in todo if state.status[p.index] != "pending"),
-                               n_resumed=n_resumed, workers=workers, scheduler=cluster_name, startup_s=startup_s,
-                               run_s=run_s, wall_time_s=time.perf_counter() - t_start, failures=failures,
-                               n_saves=state.saves)
+        summary = SweepSummary(
+            path=out,
+            n_points=len(sweep.points),
+            n_done=counts[STATUS_DONE],
+            n_failed=counts[STATUS_FAILED],
+            n_pending=counts["pending"],
+            n_run=sum(1 for p in todo if state.status[p.index] != "pending"),
+            n_resumed=n_resumed,
+            workers=workers,
+            scheduler=cluster_name,
+            startup_s=startup_s,
+            run_s=run_s,
+            wall_time_s=time.perf_counter() - t_start,
+            failures=failures,
+            n_saves=state.saves,
+        )
     if stopped is not None:
         point, error = stopped
-        raise SweepFailedError(f"point {_where(point)} failed (--fail-fast): {error}; {summary.n_done} done points "
-                               f"saved in {out}, {summary.n_pending} pending", summary)
+        raise SweepFailedError(
+            f"point {_where(point)} failed (--fail-fast): {error}; {summary.n_done} done points "
+            f"saved in {out}, {summary.n_pending} pending",
+            summary,
+        )
     return summary
 
 
@@ -227,17 +268,31 @@ def _where(point: Point) -> str:
     return ", ".join(f"{k} = {v}" for k, v in point.coords.items()) or "(the only point)"
 
 
-def _collect(client: Any, sweep: ResolvedSweep, todo: list[Point], state: SweepState, out: Path,
-             failures: list[tuple[dict[str, Any], str]], fail_fast: bool, flush_seconds: float,
-             on_point: Callable[[PointEvent], None] | None) -> tuple[Point, str] | None:
+def _collect(
+    client: Any,
+    sweep: ResolvedSweep,
+    todo: list[Point],
+    state: SweepState,
+    out: Path,
+    failures: list[tuple[dict[str, Any], str]],
+    fail_fast: bool,
+    flush_seconds: float,
+    on_point: Callable[[PointEvent], None] | None,
+) -> tuple[Point, str] | None:
     """Submit ``todo``, record outcomes as they complete, save every ``flush_seconds``."""
     from dask.distributed import as_completed
 
     token = os.urandom(4).hex()
     futures = {}
     for p in todo:
-        fut = client.submit(execute_point, sweep.kind.name, p.config, key=f"stosim-sweep-{sweep.spec.name}-{p.flat}-"
-                            f"{token}", priority=-p.flat, retries=0)
+        fut = client.submit(
+            execute_point,
+            sweep.kind.name,
+            p.config,
+            key=f"stosim-sweep-{sweep.spec.name}-{p.flat}-{token}",
+            priority=-p.flat,
+            retries=0,
+        )
         futures[fut.key] = (fut, p)
     ac = as_completed([f for f, _ in futures.values()], with_results=False)
     finished = 0
@@ -258,9 +313,16 @@ def _collect(client: Any, sweep: ResolvedSweep, todo: list[Point], state: SweepS
         if outcome["status"] != STATUS_DONE:
             failures.append((dict(point.coords), error))
         if on_point is not None:
-            on_point(PointEvent(point=point, status=outcome["status"], error=error,
-                                wall_time_s=float(outcome.get("wall_time_s", math.nan)), finished=finished,
-                                to_run=len(todo)))
+            on_point(
+                PointEvent(
+                    point=point,
+                    status=outcome["status"],
+                    error=error,
+                    wall_time_s=float(outcome.get("wall_time_s", math.nan)),
+                    finished=finished,
+                    to_run=len(todo),
+                )
+            )
         return point, (error if outcome["status"] != STATUS_DONE else None)
 
     dirty = False

@@ -55,8 +55,17 @@ from stosim.studies.sweep_points import (
     resolve_device,
 )
 
-__all__ = ["SweepSpec", "SpecError", "load_spec", "parse_spec", "resolve_spec", "ResolvedSweep", "Point",
-           "MAX_POINTS", "SPEC_FORMAT"]
+__all__ = [
+    "SweepSpec",
+    "SpecError",
+    "load_spec",
+    "parse_spec",
+    "resolve_spec",
+    "ResolvedSweep",
+    "Point",
+    "MAX_POINTS",
+    "SPEC_FORMAT",
+]
 
 MAX_POINTS = 1_000_000
 DEFAULT_DEVICE_KEY = "(default)"  # the device of points that name none (the seed study's pMTJ)
@@ -130,8 +139,9 @@ class SweepSpec(BaseModel):
     @model_validator(mode="after")
     def _combinations(self) -> "SweepSpec":
         if self.seed is not None and self.seeds is not None:
-            raise ValueError("seed, seeds: give either seed (the root of per-point seeds) or seeds (a seed "
-                             "dimension), not both")
+            raise ValueError(
+                "seed, seeds: give either seed (the root of per-point seeds) or seeds (a seed dimension), not both"
+            )
         if self.independent_seeds and self.seeds is None:
             raise ValueError("independent_seeds: needs seeds = [...]")
         for section in ("base", "grid"):
@@ -340,13 +350,18 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
         for j, value in enumerate(coord_values):
             first = next((i for i, v in enumerate(coord_values) if v == value), j)  # (NaN equals nothing)
             if first != j:
-                raise SpecError(f"{source}: grid.{key}[{first}] and grid.{key}[{j}] are the same value "
-                                f"({spec.grid[key][first]!r}, {spec.grid[key][j]!r}); grid values must be distinct")
-        units = {parameter_metadata(key, getattr(c, "substrate", kind.substrate_default), kind.name)[0]
-                 for c in configs}
+                raise SpecError(
+                    f"{source}: grid.{key}[{first}] and grid.{key}[{j}] are the same value "
+                    f"({spec.grid[key][first]!r}, {spec.grid[key][j]!r}); grid values must be distinct"
+                )
+        units = {
+            parameter_metadata(key, getattr(c, "substrate", kind.substrate_default), kind.name)[0] for c in configs
+        }
         if len(units) > 1:
-            raise SpecError(f"{source}: grid.{key}: the points mix units ({', '.join(sorted(units))}) because "
-                            "they mix substrate families; sweep one family per spec")
+            raise SpecError(
+                f"{source}: grid.{key}: the points mix units ({', '.join(sorted(units))}) because "
+                "they mix substrate families; sweep one family per spec"
+            )
         arr = _coordinate_array(coord_values)
         unit = units.pop() if arr.dtype != object else TEXT_UNITS
         long_name = parameter_metadata(key, DEFAULT_SUBSTRATE, kind.name)[1]
@@ -354,8 +369,13 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
             long_name += " (1 = true)"
         dims.append(Dimension(key, arr, {"units": unit, "long_name": long_name}))
     if spec.seeds is not None:
-        dims.append(Dimension("seed", np.asarray(spec.seeds, dtype=np.int64),
-                              {"units": "1", "long_name": "seed (W, read-in initialization, data order, noise)"}))
+        dims.append(
+            Dimension(
+                "seed",
+                np.asarray(spec.seeds, dtype=np.int64),
+                {"units": "1", "long_name": "seed (W, read-in initialization, data order, noise)"},
+            )
+        )
 
     root = 0 if spec.seed is None else spec.seed
     points: list[Point] = []
@@ -368,24 +388,27 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
             else:
                 run_seed = derive_seed(s, g) if spec.independent_seeds else int(s)
                 index = (*combo, s_i)
-            coords = {d.name: d.values[i].item() if hasattr(d.values[i], "item") else d.values[i]
-                      for d, i in zip(dims, index)}
+            coords = {
+                d.name: d.values[i].item() if hasattr(d.values[i], "item") else d.values[i] for d, i in zip(dims, index)
+            }
             config = {**cfg_dict, "seed": run_seed}
-            _check_run(kind, model.model_validate(config, strict=True), source,
-                       _point_name(spec, combo, grid_keys, s))
+            _check_run(kind, model.model_validate(config, strict=True), source, _point_name(spec, combo, grid_keys, s))
             points.append(Point(index=index, flat=flat, grid_index=g, coords=coords, config=config, seed=run_seed))
             flat += 1
 
-    extra = tuple(Dimension(name, np.asarray(values), dict(EXTRA_DIM_ATTRS.get(name, {"units": "1",
-                                                                                       "long_name": name})))
-                  for name, values in kind.extra_dims(configs).items())
+    extra = tuple(
+        Dimension(name, np.asarray(values), dict(EXTRA_DIM_ATTRS.get(name, {"units": "1", "long_name": name})))
+        for name, values in kind.extra_dims(configs).items()
+    )
     outputs = kind.outputs_for(configs)
     output_units = {}
     for out in outputs:
         units = {out.units_for(c) for c in configs if out.applies_to(c)}
         if len(units) > 1:
-            raise SpecError(f"{source}: grid: output {out.name} would mix units ({', '.join(sorted(units))}); "
-                            "sweep one substrate family per spec")
+            raise SpecError(
+                f"{source}: grid: output {out.name} would mix units ({', '.join(sorted(units))}); "
+                "sweep one substrate family per spec"
+            )
         output_units[out.name] = units.pop()
 
     # the base keys as validated alone where they can be (as sweep files written before store them),
@@ -407,18 +430,37 @@ def resolve_spec(spec: SweepSpec, source: str = "spec") -> ResolvedSweep:
         "grid_units": {d.name: d.attrs["units"] for d in dims if d.name != "seed"},
         "devices": _device_records(grid_configs),
     }
-    return ResolvedSweep(spec=spec, kind=kind, dims=tuple(dims), points=tuple(points), extra_dims=extra,
-                         output_units=output_units, resolved=resolved, source=source, outputs=outputs)
+    return ResolvedSweep(
+        spec=spec,
+        kind=kind,
+        dims=tuple(dims),
+        points=tuple(points),
+        extra_dims=extra,
+        output_units=output_units,
+        resolved=resolved,
+        source=source,
+        outputs=outputs,
+    )
 
 
 def _device_records(configs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The parameters of every device file the STO points load (key: the file or name as given,
     "(default)" for the seed study's pMTJ), before overrides: a resumed sweep compares them, so a
     device file edited between the runs is not mixed into one result file."""
-    names = sorted({c.get("device") or DEFAULT_DEVICE_KEY for c in configs
-                    if "device" in c and c.get("substrate", DEFAULT_SUBSTRATE) in STO_SUBSTRATES})
-    return {name: {k: _json_safe(v) for k, v in dataclasses.asdict(
-        resolve_device(None if name == DEFAULT_DEVICE_KEY else name, {})).items()} for name in names}
+    names = sorted(
+        {
+            c.get("device") or DEFAULT_DEVICE_KEY
+            for c in configs
+            if "device" in c and c.get("substrate", DEFAULT_SUBSTRATE) in STO_SUBSTRATES
+        }
+    )
+    return {
+        name: {
+            k: _json_safe(v)
+            for k, v in dataclasses.asdict(resolve_device(None if name == DEFAULT_DEVICE_KEY else name, {})).items()
+        }
+        for name in names
+    }
 
 
 def _describe(values: dict[str, Any], where: dict[str, str]) -> str:
@@ -466,31 +508,50 @@ def _run_checks(kind: str, cfg: Any) -> None:
         if cfg.n <= EXACT_CHECK_MAX_N:
             array = STOArray.generate(device, cfg.n, cfg.coupling, seed=cfg.seed, current_a=cfg.current)
         else:  # coupling row sum 1, a lower bound of sum_j |W_ij| for a W of spectral radius 1
-            array = STOArray.with_matrix(device, np.array([[0.0, 1.0], [1.0, 0.0]]), cfg.coupling,
-                                         current_a=cfg.current)
+            array = STOArray.with_matrix(
+                device, np.array([[0.0, 1.0], [1.0, 0.0]]), cfg.coupling, current_a=cfg.current
+            )
         check_time_step(array, cfg.dt)
     elif kind == "mle":
         from stosim.studies.run_lyapunov import LYAPUNOV_DEFAULTS, substrate_tangent_system
 
         limit = FFESN_CHECK_MAX_N if cfg.substrate == "ffesn" else EXACT_CHECK_MAX_N
         if (cfg.n or LYAPUNOV_DEFAULTS[cfg.substrate]["n"]) <= limit:
-            substrate_tangent_system(cfg.substrate, seed=cfg.seed, n=cfg.n, dt=cfg.dt, coupling_oe=cfg.coupling,
-                                     current_a=cfg.current, device=device, spectral_radius=cfg.spectral_radius,
-                                     density=cfg.density, forcing=cfg.forcing)
+            substrate_tangent_system(
+                cfg.substrate,
+                seed=cfg.seed,
+                n=cfg.n,
+                dt=cfg.dt,
+                coupling_oe=cfg.coupling,
+                current_a=cfg.current,
+                device=device,
+                spectral_radius=cfg.spectral_radius,
+                density=cfg.density,
+                forcing=cfg.forcing,
+            )
     elif kind == "ftmle":
         if cfg.substrate == "sto" and (cfg.n or 100) <= EXACT_CHECK_MAX_N:
             from stosim.substrates.sto_array import CoupledSTOArray
 
-            sub = CoupledSTOArray(n=cfg.n or 100, coupling_oe=cfg.coupling, duration_s=cfg.duration or 300e-12,
-                                  dt_s=cfg.dt or 1e-12, current_a=cfg.current, device=device, seed=cfg.seed)
+            sub = CoupledSTOArray(
+                n=cfg.n or 100,
+                coupling_oe=cfg.coupling,
+                duration_s=cfg.duration or 300e-12,
+                dt_s=cfg.dt or 1e-12,
+                current_a=cfg.current,
+                device=device,
+                seed=cfg.seed,
+            )
             check_steps(sub.n_steps)
         elif cfg.substrate == "ffesn" and (cfg.n or 500) <= FFESN_CHECK_MAX_N:
             from stosim.substrates.ffesn import FFESN
 
-            FFESN(n=cfg.n or 500, spectral_radius=cfg.spectral_radius, steps=cfg.steps, density=cfg.density,
-                  seed=cfg.seed)
+            FFESN(
+                n=cfg.n or 500, spectral_radius=cfg.spectral_radius, steps=cfg.steps, density=cfg.density, seed=cfg.seed
+            )
         elif cfg.substrate == "lorenz96":
             from stosim.substrates.lorenz96 import Lorenz96
 
-            check_steps(Lorenz96(n=cfg.n or 500, forcing=cfg.forcing, duration=cfg.duration or 1.0,
-                                 dt=cfg.dt or 0.01).n_steps)
+            check_steps(
+                Lorenz96(n=cfg.n or 500, forcing=cfg.forcing, duration=cfg.duration or 1.0, dt=cfg.dt or 0.01).n_steps
+            )

@@ -29,8 +29,7 @@ from stosim.studies.sweep_points import TEXT_UNITS
 from stosim.sweep.spec import Point, ResolvedSweep
 from stosim.units import values_agree
 
-__all__ = ["SweepState", "read_sweep", "ResumeError", "STATUS_DONE", "STATUS_FAILED", "STATUS_PENDING",
-           "FORMAT_ATTR"]
+__all__ = ["SweepState", "read_sweep", "ResumeError", "STATUS_DONE", "STATUS_FAILED", "STATUS_PENDING", "FORMAT_ATTR"]
 
 STATUS_DONE, STATUS_FAILED, STATUS_PENDING = "done", "failed", "pending"
 FORMAT_ATTR = "stosim_sweep_format"
@@ -103,7 +102,7 @@ class SweepState:
         for out in self.sweep.outputs:
             value = np.asarray(values[out.name], dtype=np.float64)
             if out.extra_dims:
-                row = np.full(self.values[out.name].shape[len(idx):], np.nan)
+                row = np.full(self.values[out.name].shape[len(idx) :], np.nan)
                 row[: value.shape[0]] = value
                 self.values[out.name][idx] = row
             else:
@@ -126,48 +125,68 @@ class SweepState:
                 # done points whose value is NaN / inf (undefined there, e.g. a standard error from one block)
                 attrs["n_done_not_finite"] = int(np.sum(done & ~np.isfinite(self.values[out.name])))
             data_vars[out.name] = (dims + out.extra_dims, self.values[out.name], attrs)
-        data_vars["wall_time_s"] = (dims, self.wall_time, {
-            "units": "s", "long_name": "wall-clock time of the point in its worker "
-                                       "(a worker's first point includes compilation and imports)"})
+        data_vars["wall_time_s"] = (
+            dims,
+            self.wall_time,
+            {
+                "units": "s",
+                "long_name": "wall-clock time of the point in its worker "
+                "(a worker's first point includes compilation and imports)",
+            },
+        )
         data_vars["run_seed"] = (dims, self.run_seed, {"units": "1", "long_name": "seed the point ran with"})
-        data_vars["status"] = (dims, self.status.astype(str).astype(object), {
-            "units": TEXT_UNITS, "long_name": "point status: done, failed or pending"})
-        data_vars["error"] = (dims, self.error.astype(str).astype(object), {
-            "units": TEXT_UNITS, "long_name": "error message of a failed point (empty otherwise)"})
+        data_vars["status"] = (
+            dims,
+            self.status.astype(str).astype(object),
+            {"units": TEXT_UNITS, "long_name": "point status: done, failed or pending"},
+        )
+        data_vars["error"] = (
+            dims,
+            self.error.astype(str).astype(object),
+            {"units": TEXT_UNITS, "long_name": "error message of a failed point (empty otherwise)"},
+        )
         ds = xr.Dataset(data_vars, coords=coords)
         counts = self.counts()
         spec = sw.spec
-        seeds_attr = (spec.seeds if spec.seeds is not None else
-                      f"derived: SeedSequence({0 if spec.seed is None else spec.seed}, spawn_key=(point index,)); "
-                      "see run_seed")
-        ds.attrs.update(provenance_attrs(**{
-            FORMAT_ATTR: 1,
-            "title": f"stosim sweep {spec.name} (kind = {spec.kind})",
-            "sweep_name": spec.name,
-            "sweep_kind": spec.kind,
-            "sweep_description": spec.description,
-            "sweep_spec_json": sw.resolved_json,
-            "sweep_spec_sha256": sw.spec_hash,
-            "sweep_spec_source": sw.source,
-            "sweep_seeds": seeds_attr,
-            "sweep_independent_seeds": spec.independent_seeds,
-            "sweep_dims": json.dumps(list(dims)),
-            "sweep_started_utc": self.started_utc or utc_now(),
-            "sweep_finished_utc": utc_now() if finished and counts[STATUS_PENDING] == 0 else "none",
-            "sweep_runs": json.dumps(self.runs),
-            "n_points": len(sw.points),
-            "n_done": counts[STATUS_DONE],
-            "n_failed": counts[STATUS_FAILED],
-            "n_pending": counts[STATUS_PENDING],
-        }))
+        seeds_attr = (
+            spec.seeds
+            if spec.seeds is not None
+            else f"derived: SeedSequence({0 if spec.seed is None else spec.seed}, spawn_key=(point index,)); "
+            "see run_seed"
+        )
+        ds.attrs.update(
+            provenance_attrs(
+                **{
+                    FORMAT_ATTR: 1,
+                    "title": f"stosim sweep {spec.name} (kind = {spec.kind})",
+                    "sweep_name": spec.name,
+                    "sweep_kind": spec.kind,
+                    "sweep_description": spec.description,
+                    "sweep_spec_json": sw.resolved_json,
+                    "sweep_spec_sha256": sw.spec_hash,
+                    "sweep_spec_source": sw.source,
+                    "sweep_seeds": seeds_attr,
+                    "sweep_independent_seeds": spec.independent_seeds,
+                    "sweep_dims": json.dumps(list(dims)),
+                    "sweep_started_utc": self.started_utc or utc_now(),
+                    "sweep_finished_utc": utc_now() if finished and counts[STATUS_PENDING] == 0 else "none",
+                    "sweep_runs": json.dumps(self.runs),
+                    "n_points": len(sw.points),
+                    "n_done": counts[STATUS_DONE],
+                    "n_failed": counts[STATUS_FAILED],
+                    "n_pending": counts[STATUS_PENDING],
+                }
+            )
+        )
         return ds
 
     def save(self, path: str | Path, *, finished: bool = False) -> Path:
         """Rewrite ``path`` atomically (temporary file beside it, then rename)."""
         self.saves += 1
         # the runner holds the output's lock for the whole sweep; checksums: a damaged file is refused on --resume
-        return write_dataset_atomic(self.to_dataset(finished=finished), path, overwrite=True, lock=False,
-                                    checksums=True)
+        return write_dataset_atomic(
+            self.to_dataset(finished=finished), path, overwrite=True, lock=False, checksums=True
+        )
 
     # -- resume -----------------------------------------------------------------------------------
     def _with_new_defaults(self, saved: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:
@@ -181,8 +200,12 @@ class SweepState:
         saved_base, my_base = saved.get("base"), mine.get("base")
         if isinstance(saved_base, dict) and isinstance(my_base, dict):
             for key, value in my_base.items():
-                if (key not in saved_base and key in fields and key not in saved.get("grid", {})
-                        and json.loads(json.dumps(fields[key].default, default=str)) == value):
+                if (
+                    key not in saved_base
+                    and key in fields
+                    and key not in saved.get("grid", {})
+                    and json.loads(json.dumps(fields[key].default, default=str)) == value
+                ):
                     saved_base[key] = value
         return saved
 
@@ -204,20 +227,25 @@ class SweepState:
                 f.visititems(lambda _, obj: _read_every_attribute(obj))
             ds = read_sweep(path)
         except Exception as exc:  # damaged HDF5: OSError, KeyError, RuntimeError, TypeError, ...
-            raise ResumeError(f"--resume: cannot read {path} as a sweep file ({type(exc).__name__}: "
-                              f"{_first_line(exc)}); it is damaged or not a sweep file") from None
+            raise ResumeError(
+                f"--resume: cannot read {path} as a sweep file ({type(exc).__name__}: "
+                f"{_first_line(exc)}); it is damaged or not a sweep file"
+            ) from None
         if FORMAT_ATTR not in ds.attrs or "sweep_spec_json" not in ds.attrs:
             raise ResumeError(f"--resume: {path} is not a stosim sweep file")
         version = _scalar(ds.attrs[FORMAT_ATTR])
         if version != 1:
-            raise ResumeError(f"--resume: {path}: attribute {FORMAT_ATTR} = {version!r:.60}; "
-                              "this version reads format 1")
+            raise ResumeError(
+                f"--resume: {path}: attribute {FORMAT_ATTR} = {version!r:.60}; this version reads format 1"
+            )
         mine = json.loads(self.sweep.resolved_json)
         saved = self._with_new_defaults(_json_attr(ds, path, "sweep_spec_json", dict), mine)
         diff = _diff(saved, mine)
         if diff:
-            raise ResumeError(f"--resume: {path} was written by a different spec (differs in {', '.join(diff)}); "
-                              "resume with the same spec, or pass --overwrite to start again")
+            raise ResumeError(
+                f"--resume: {path} was written by a different spec (differs in {', '.join(diff)}); "
+                "resume with the same spec, or pass --overwrite to start again"
+            )
         runs = _json_attr(ds, path, "sweep_runs", list, default="[]")
         if not all(isinstance(r, dict) for r in runs):
             raise ResumeError(f"--resume: {path}: attribute sweep_runs must be a JSON list of records")
@@ -243,22 +271,28 @@ class SweepState:
             if values.shape != shape:
                 raise ResumeError(f"--resume: {name} in {path} has shape {values.shape}, expected {shape}")
             if values.dtype.kind not in kinds:
-                raise ResumeError(f"--resume: {name} in {path} holds values of type {values.dtype}, expected "
-                                  f"{_KIND_NAMES[kinds]}")
+                raise ResumeError(
+                    f"--resume: {name} in {path} holds values of type {values.dtype}, expected {_KIND_NAMES[kinds]}"
+                )
         status = ds["status"].values.astype(str)
         unknown = sorted(set(status.ravel().tolist()) - {STATUS_DONE, STATUS_FAILED, STATUS_PENDING})
         if unknown:
-            raise ResumeError(f"--resume: status in {path} holds {unknown[:3]!r}; valid: {STATUS_DONE}, "
-                              f"{STATUS_FAILED}, {STATUS_PENDING}")
+            raise ResumeError(
+                f"--resume: status in {path} holds {unknown[:3]!r}; valid: {STATUS_DONE}, "
+                f"{STATUS_FAILED}, {STATUS_PENDING}"
+            )
         done = status == STATUS_DONE
         seeds = ds["run_seed"].values
         if np.any(seeds[done] != self.run_seed[done]):
-            raise ResumeError(f"--resume: run_seed in {path} differs from the spec's seeds at "
-                              f"{int(np.sum(seeds[done] != self.run_seed[done]))} done point(s); the file is damaged")
+            raise ResumeError(
+                f"--resume: run_seed in {path} differs from the spec's seeds at "
+                f"{int(np.sum(seeds[done] != self.run_seed[done]))} done point(s); the file is damaged"
+            )
         wall = ds["wall_time_s"].values
         if not np.all(np.isfinite(wall[done]) & (wall[done] >= 0)):
-            raise ResumeError(f"--resume: wall_time_s in {path} is negative or not finite at a done point; "
-                              "the file is damaged")
+            raise ResumeError(
+                f"--resume: wall_time_s in {path} is negative or not finite at a done point; the file is damaged"
+            )
         for out in sw.outputs:
             self.values[out.name][done] = ds[out.name].values[done]
         self.wall_time[done] = wall[done]
@@ -274,12 +308,15 @@ class SweepState:
                 raise ResumeError(f"--resume: {path} lacks the coordinate {dim.name}")
             found, want = ds[dim.name].values, np.asarray(dim.values)
             same = found.shape == want.shape and (
-                np.array_equal(found.astype(str), want.astype(str)) if want.dtype.kind in "OSU" or
-                found.dtype.kind in "OSU" else
-                bool(np.all(np.isclose(found, want, rtol=1e-12, atol=0, equal_nan=True))))
+                np.array_equal(found.astype(str), want.astype(str))
+                if want.dtype.kind in "OSU" or found.dtype.kind in "OSU"
+                else bool(np.all(np.isclose(found, want, rtol=1e-12, atol=0, equal_nan=True)))
+            )
             if not same:
-                raise ResumeError(f"--resume: the coordinate {dim.name} in {path} is {found.tolist()!r:.80}, the spec "
-                                  f"gives {want.tolist()!r:.80}; the file is damaged or from another spec")
+                raise ResumeError(
+                    f"--resume: the coordinate {dim.name} in {path} is {found.tolist()!r:.80}, the spec "
+                    f"gives {want.tolist()!r:.80}; the file is damaged or from another spec"
+                )
 
 
 _KIND_NAMES = {"OSU": "text", "f": "floating-point numbers", "iu": "integers"}
@@ -294,10 +331,13 @@ def _check_units(var: Any, name: str, want: str, path: str | Path) -> None:
     if found == want:
         return
     if want == "%" and found == "1":
-        raise ResumeError(f"--resume: {path}: {name} was written with accuracy as a fraction by an earlier "
-                          "version (units '1'; this version stores percent, units '%'); start a new file")
-    raise ResumeError(f"--resume: {path}: {name} has units {found!r:.40}, this version writes {want!r}; "
-                      "start a new file")
+        raise ResumeError(
+            f"--resume: {path}: {name} was written with accuracy as a fraction by an earlier "
+            "version (units '1'; this version stores percent, units '%'); start a new file"
+        )
+    raise ResumeError(
+        f"--resume: {path}: {name} has units {found!r:.40}, this version writes {want!r}; start a new file"
+    )
 
 
 def _read_every_attribute(obj: Any) -> None:
@@ -327,8 +367,9 @@ def _json_attr(ds: Any, path: str | Path, name: str, kind: type, default: str | 
     except json.JSONDecodeError as exc:
         raise ResumeError(f"--resume: {path}: attribute {name} is not valid JSON ({exc})") from None
     if not isinstance(value, kind):
-        raise ResumeError(f"--resume: {path}: attribute {name} must hold a JSON {kind.__name__}, found "
-                          f"{type(value).__name__}")
+        raise ResumeError(
+            f"--resume: {path}: attribute {name} must hold a JSON {kind.__name__}, found {type(value).__name__}"
+        )
     return value
 
 
@@ -345,4 +386,3 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
                 out.extend(_diff(a[key], b[key], name))
         return out
     return [] if values_agree(a, b) else [prefix or "(spec)"]
-

@@ -39,8 +39,9 @@ def stop_workers_now(cluster: Any, grace_s: float = 0.5) -> None:
     """
 
     async def close_all() -> None:
-        await asyncio.gather(*(nanny.close(timeout=grace_s) for nanny in list(cluster.workers.values())),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(nanny.close(timeout=grace_s) for nanny in list(cluster.workers.values())), return_exceptions=True
+        )
 
     with contextlib.suppress(Exception):  # the cluster's own close follows and reports what is wrong
         cluster.sync(close_all)

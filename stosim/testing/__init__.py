@@ -22,8 +22,18 @@ from stosim.testing.conformance import (
     run_check,
 )
 
-__all__ = ["CHECKS", "CHECK_NAMES", "Check", "ConformanceError", "ConformanceReport", "ConformanceSettings",
-           "SkipCheck", "SubstrateConformance", "check_substrate", "run_check"]
+__all__ = [
+    "CHECKS",
+    "CHECK_NAMES",
+    "Check",
+    "ConformanceError",
+    "ConformanceReport",
+    "ConformanceSettings",
+    "SkipCheck",
+    "SubstrateConformance",
+    "check_substrate",
+    "run_check",
+]
 
 
 def __getattr__(name: str) -> Any:

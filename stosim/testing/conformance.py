@@ -122,8 +122,12 @@ class ConformanceReport:
         return not self.failed
 
     def __str__(self) -> str:
-        lines = [(f"conformance of {self.substrate}: {len(self.passed)} passed, {len(self.skipped)} skipped, "
-                  f"{len(self.failed)} failed")]
+        lines = [
+            (
+                f"conformance of {self.substrate}: {len(self.passed)} passed, {len(self.skipped)} skipped, "
+                f"{len(self.failed)} failed"
+            )
+        ]
         lines += [f"  FAILED  {name}: {err}" for name, err in self.failed.items()]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)
@@ -198,8 +202,10 @@ def check_capabilities(sub: Substrate, s: ConformanceSettings) -> None:
     for field in dataclasses.fields(Capabilities):
         assert isinstance(getattr(caps, field.name), bool), f"capabilities.{field.name} is not a bool"
     derived = Capabilities.from_protocols(sub)
-    assert caps == derived, (f"capabilities {caps} disagree with the declared protocols {derived} "
-                             "(declare the mixins of stosim.substrates.protocols, or drop the override)")
+    assert caps == derived, (
+        f"capabilities {caps} disagree with the declared protocols {derived} "
+        "(declare the mixins of stosim.substrates.protocols, or drop the override)"
+    )
     assert sub.dtype in (torch.float64, torch.float32), f"dtype = {sub.dtype!r}"
 
 
@@ -214,8 +220,12 @@ def check_shapes_and_dtypes(sub: Substrate, s: ConformanceSettings) -> None:
         y = sub.readout(xt)
         f = sub(u)
     b = s.batch
-    for what, t, shape in (("initial_state", x0, (b, d.state_size)), ("evolve", xt, (b, d.state_size)),
-                           ("readout", y, (b, d.readout_size)), ("forward", f, (b, d.readout_size))):
+    for what, t, shape in (
+        ("initial_state", x0, (b, d.state_size)),
+        ("evolve", xt, (b, d.state_size)),
+        ("readout", y, (b, d.readout_size)),
+        ("forward", f, (b, d.readout_size)),
+    ):
         assert isinstance(t, torch.Tensor), f"{what} returned {type(t).__name__}"
         assert tuple(t.shape) == shape, f"{what} returned shape {tuple(t.shape)}; expected {shape}"
         assert t.dtype == sub.dtype, f"{what} returned dtype {t.dtype}; the substrate's is {sub.dtype}"
@@ -243,8 +253,12 @@ def check_readin_shape_refused(sub: Substrate, s: ConformanceSettings) -> None:
     """a read-in of the wrong shape raises ValueError naming the substrate."""
     d = sub.describe()
     size = d.readin_size
-    for what, shape in (("an extra column", (s.batch, size + 1)), ("a missing column", (s.batch, size - 1)),
-                        ("a 1-d read-in", (size,)), ("a 3-d read-in", (1, s.batch, size))):
+    for what, shape in (
+        ("an extra column", (s.batch, size + 1)),
+        ("a missing column", (s.batch, size - 1)),
+        ("a 1-d read-in", (size,)),
+        ("a 3-d read-in", (1, s.batch, size)),
+    ):
         bad = torch.zeros(shape, dtype=sub.dtype)
         _refused(lambda bad=bad: sub(bad), f"read-in with {what} {shape}", d.name)
 
@@ -270,9 +284,12 @@ def check_state_non_finite_refused(sub: Substrate, s: ConformanceSettings) -> No
     with torch.no_grad():
         state = sub.initial_state(_readin(sub, s)).detach().clone()
     state[-1, 0] = float("nan")
-    for graph in ((False, True) if isinstance(sub, Differentiable) else (False,)):
-        _refused(lambda graph=graph: sub.evolve(state.clone().requires_grad_(graph)),
-                 f"a NaN state ({'with' if graph else 'without'} a graph)", "finite")
+    for graph in (False, True) if isinstance(sub, Differentiable) else (False,):
+        _refused(
+            lambda graph=graph: sub.evolve(state.clone().requires_grad_(graph)),
+            f"a NaN state ({'with' if graph else 'without'} a graph)",
+            "finite",
+        )
 
 
 def check_gradients(sub: Substrate, s: ConformanceSettings) -> None:
@@ -322,8 +339,9 @@ def check_tangent_system_protocol(sub: Substrate, s: ConformanceSettings) -> Non
     ops = sub.flow_operators()
     assert isinstance(ops, FlowOperators), f"flow_operators() returned {type(ops).__name__}"
     if isinstance(sub, Timed):
-        assert ops.time == sub.duration, \
+        assert ops.time == sub.duration, (
             f"flow_operators().time = {ops.time!r} differs from duration = {sub.duration!r}"
+        )
         assert ops.time_unit == sub.describe().time_unit, "flow_operators().time_unit differs from describe()'s"
     gen = torch.Generator().manual_seed(s.seed + 2)
     with torch.no_grad():
@@ -331,16 +349,18 @@ def check_tangent_system_protocol(sub: Substrate, s: ConformanceSettings) -> Non
     v = sub.project_tangent(x0, torch.randn(x0.shape, generator=gen, dtype=torch.float64).to(x0.dtype))
     assert v.shape == x0.shape, f"project_tangent returned shape {tuple(v.shape)}; expected {tuple(x0.shape)}"
     tol = 1e-10 if x0.dtype == torch.float64 else 1e-4
-    assert torch.allclose(sub.project_tangent(x0, v), v, rtol=0, atol=tol * float(v.abs().max())), \
+    assert torch.allclose(sub.project_tangent(x0, v), v, rtol=0, atol=tol * float(v.abs().max())), (
         "project_tangent is not a projection (P P v != P v)"
+    )
     w = torch.randn(x0.shape, generator=gen, dtype=torch.float64).to(x0.dtype)
     jv, jtw = ops.jvp(x0, v), ops.vjp(x0, w)
     assert jv.shape == x0.shape and jtw.shape == x0.shape, "jvp/vjp must map (B, state_size) to (B, state_size)"
     lhs, rhs = (w * jv).sum(dim=1), (jtw * v).sum(dim=1)
     scale = w.norm(dim=1) * jv.norm(dim=1) + jtw.norm(dim=1) * v.norm(dim=1)
     rtol = 1e-8 if x0.dtype == torch.float64 else 1e-3
-    assert bool(((lhs - rhs).abs() <= rtol * scale).all()), \
+    assert bool(((lhs - rhs).abs() <= rtol * scale).all()), (
         f"<w, J v> = {lhs.tolist()} differs from <J^T w, v> = {rhs.tolist()}: jvp and vjp are not adjoint"
+    )
 
 
 def check_hardware_protocol(sub: Substrate, s: ConformanceSettings) -> None:
@@ -352,21 +372,38 @@ def check_hardware_protocol(sub: Substrate, s: ConformanceSettings) -> None:
         x0 = sub.initial_state(_readin(sub, s))
     m = sub.measure(x0)
     assert isinstance(m, torch.Tensor) and m.is_floating_point(), f"measure returned {type(m).__name__}"
-    assert m.ndim >= 2 and m.shape[0] == s.batch, \
+    assert m.ndim >= 2 and m.shape[0] == s.batch, (
         f"measure returned shape {tuple(m.shape)}; expected (B={s.batch}, ...)"
+    )
     assert not m.requires_grad, "measure returned a tensor with a graph"
     assert bool(torch.isfinite(m).all()), "measure returned non-finite readings"
     state = sub.state_from_measurement(m)
-    assert tuple(state.shape) == (s.batch, d.state_size), \
+    assert tuple(state.shape) == (s.batch, d.state_size), (
         f"state_from_measurement returned shape {tuple(state.shape)}; expected {(s.batch, d.state_size)}"
+    )
     assert state.dtype == sub.dtype and bool(torch.isfinite(state).all())
 
 
-CHECKS: tuple[Check, ...] = tuple(Check(f.__name__.removeprefix("check_"), f) for f in (
-    check_describe, check_read_configuration, check_capabilities, check_shapes_and_dtypes, check_reset_reproducible,
-    check_seeds_differ, check_readin_shape_refused, check_readin_dtype_refused, check_readin_non_finite_refused,
-    check_state_non_finite_refused, check_gradients, check_stochastic_protocol, check_timed_protocol,
-    check_tangent_system_protocol, check_hardware_protocol))
+CHECKS: tuple[Check, ...] = tuple(
+    Check(f.__name__.removeprefix("check_"), f)
+    for f in (
+        check_describe,
+        check_read_configuration,
+        check_capabilities,
+        check_shapes_and_dtypes,
+        check_reset_reproducible,
+        check_seeds_differ,
+        check_readin_shape_refused,
+        check_readin_dtype_refused,
+        check_readin_non_finite_refused,
+        check_state_non_finite_refused,
+        check_gradients,
+        check_stochastic_protocol,
+        check_timed_protocol,
+        check_tangent_system_protocol,
+        check_hardware_protocol,
+    )
+)
 """Every check of the suite, in the order they run."""
 
 CHECK_NAMES: tuple[str, ...] = tuple(c.name for c in CHECKS)
@@ -382,8 +419,9 @@ def run_check(check: Check | str, substrate: Substrate, settings: ConformanceSet
     check.run(substrate, settings or ConformanceSettings())
 
 
-def check_substrate(substrate: Substrate, *, batch: int = 3, seed: int = 0, gradcheck: bool = True,
-                    raise_on_failure: bool = True) -> ConformanceReport:
+def check_substrate(
+    substrate: Substrate, *, batch: int = 3, seed: int = 0, gradcheck: bool = True, raise_on_failure: bool = True
+) -> ConformanceReport:
     """Run every check of :data:`CHECKS` on ``substrate`` (an open driver, for hardware).
 
     Returns the :class:`ConformanceReport` (``ran`` lists every check, in order); with

@@ -45,7 +45,6 @@ class SubstrateConformance:
     @pytest.mark.parametrize("check", CHECKS, ids=CHECK_NAMES)
     def test_conformance(self, substrate: Substrate, check: Check) -> None:
         try:
-            run_check(check, substrate, ConformanceSettings(batch=self.batch, seed=self.seed,
-                                                            gradcheck=self.gradcheck))
+            run_check(check, substrate, ConformanceSettings(batch=self.batch, seed=self.seed, gradcheck=self.gradcheck))
         except SkipCheck as skip:
             pytest.skip(f"{check.name}: {skip}")

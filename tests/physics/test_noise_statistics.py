@@ -44,8 +44,14 @@ def _macrospin():
     base = load_device()
     hk_eff = base.anisotropy_field_oe - 4 * math.pi * base.saturation_magnetization_emu_cm3
     volume = 2 * XI * BOLTZMANN_ERG_K * TEMPERATURE_K / (base.saturation_magnetization_emu_cm3 * hk_eff)
-    dev = dataclasses.replace(base, name="macrospin", applied_field_oe=0.0, current_a=0.0, damping=0.5,
-                              radius_cm=math.sqrt(volume / (math.pi * base.thickness_cm)))
+    dev = dataclasses.replace(
+        base,
+        name="macrospin",
+        applied_field_oe=0.0,
+        current_a=0.0,
+        damping=0.5,
+        radius_cm=math.sqrt(volume / (math.pi * base.thickness_cm)),
+    )
     xi = dev.saturation_magnetization_emu_cm3 * hk_eff * dev.volume_cm3 / (2 * BOLTZMANN_ERG_K * TEMPERATURE_K)
     return STOArray.generate(dev, 1, 0.0, seed=0), xi
 
@@ -82,8 +88,15 @@ def test_boltzmann_prediction_is_what_the_test_assumes():
 
 def test_numba_simulate_samples_the_boltzmann_distribution():
     array, xi = _macrospin()
-    traj = simulate(array, _start(), N_SNAPSHOTS * SNAPSHOT_STEPS * DT, DT, save_every=SNAPSHOT_STEPS,
-                    temperature_k=TEMPERATURE_K, seed=1)
+    traj = simulate(
+        array,
+        _start(),
+        N_SNAPSHOTS * SNAPSHOT_STEPS * DT,
+        DT,
+        save_every=SNAPSHOT_STEPS,
+        temperature_k=TEMPERATURE_K,
+        seed=1,
+    )
     _check_equilibrium(traj.m[1:, :, 0, 2] ** 2, xi)
 
 
@@ -91,16 +104,32 @@ def test_torch_noisy_steps_sample_the_boltzmann_distribution():
     array, xi = _macrospin()
     dev = array.device
     osc = array.oscillator_parameters()
-    sigma = torch.as_tensor(thermal_field_sigma_oe(osc[OSC_DAMPING], TEMPERATURE_K, dev.gyromagnetic_ratio_rad_per_oe_s,
-                                                   dev.saturation_magnetization_emu_cm3, dev.volume_cm3, DT))
+    sigma = torch.as_tensor(
+        thermal_field_sigma_oe(
+            osc[OSC_DAMPING],
+            TEMPERATURE_K,
+            dev.gyromagnetic_ratio_rad_per_oe_s,
+            dev.saturation_magnetization_emu_cm3,
+            dev.volume_cm3,
+            DT,
+        )
+    )
     rng = np.random.default_rng(np.random.SeedSequence(2, spawn_key=(STREAM_THERMAL,)))
     m = torch.as_tensor(_start())
     snapshots = []
     with torch.no_grad():
         for _ in range(N_SNAPSHOTS):
-            m = evolve_torch(m, SNAPSHOT_STEPS, DT, None, torch.as_tensor(osc), dev.torque_asymmetry,
-                             torch.as_tensor(np.asarray(dev.reference_direction, dtype=float)),
-                             thermal_sigma_oe=sigma, thermal_rng=rng)
+            m = evolve_torch(
+                m,
+                SNAPSHOT_STEPS,
+                DT,
+                None,
+                torch.as_tensor(osc),
+                dev.torque_asymmetry,
+                torch.as_tensor(np.asarray(dev.reference_direction, dtype=float)),
+                thermal_sigma_oe=sigma,
+                thermal_rng=rng,
+            )
             snapshots.append(m[:, 0, 2].numpy() ** 2)
     _check_equilibrium(np.array(snapshots), xi)
 
@@ -119,8 +148,9 @@ def _one_step_states(batch: int = 200, n: int = 50):
 def _state_snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
     """10 log10 of sum_b var(x_b) / sum_b var(noise_b), variances over each sample's 3N components."""
     b = clean.shape[0]
-    return float(10 * np.log10(clean.reshape(b, -1).var(axis=1).sum()
-                               / (noisy - clean).reshape(b, -1).var(axis=1).sum()))
+    return float(
+        10 * np.log10(clean.reshape(b, -1).var(axis=1).sum() / (noisy - clean).reshape(b, -1).var(axis=1).sum())
+    )
 
 
 @pytest.mark.parametrize("snr_db", [20.0, 30.0])
@@ -134,12 +164,17 @@ def test_dynamical_noise_realises_the_requested_snr_on_both_engines(snr_db):
     noisy, _, reported = evolve(array, m0, 1, 1e-12, noise=NoiseSettings(dynamical_snr_db=snr_db), seed=4)
     assert reported == pytest.approx(snr_db, abs=0.05)
     assert _state_snr_db(clean, noisy) == pytest.approx(snr_db + PROJECTION_GAIN_DB, abs=0.15)
-    args = (torch.as_tensor(array.coupling_transposed_oe()), torch.as_tensor(array.oscillator_parameters()),
-            array.device.torque_asymmetry, torch.as_tensor(np.asarray(array.device.reference_direction, dtype=float)))
+    args = (
+        torch.as_tensor(array.coupling_transposed_oe()),
+        torch.as_tensor(array.oscillator_parameters()),
+        array.device.torque_asymmetry,
+        torch.as_tensor(np.asarray(array.device.reference_direction, dtype=float)),
+    )
     m = torch.as_tensor(m0)
     clean_t = evolve_torch(m, 1, 1e-12, *args).numpy()
-    noisy_t = evolve_torch(m, 1, 1e-12, *args, dynamical_factor=10 ** (-snr_db / 20),
-                           generator=torch.Generator().manual_seed(4)).numpy()
+    noisy_t = evolve_torch(
+        m, 1, 1e-12, *args, dynamical_factor=10 ** (-snr_db / 20), generator=torch.Generator().manual_seed(4)
+    ).numpy()
     assert _state_snr_db(clean_t, noisy_t) == pytest.approx(snr_db + PROJECTION_GAIN_DB, abs=0.15)
 
 
@@ -164,8 +199,10 @@ def test_observation_noise_realises_the_requested_snr(snr_db):
 
 # -- (c) one noise stream per seed ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("noise", [{"temperature_k": 300.0}, {"dynamical_snr_db": 20.0},
-                                   {"temperature_k": 300.0, "dynamical_snr_db": 20.0}])
+
+@pytest.mark.parametrize(
+    "noise", [{"temperature_k": 300.0}, {"dynamical_snr_db": 20.0}, {"temperature_k": 300.0, "dynamical_snr_db": 20.0}]
+)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_noisy_evolve_is_one_realisation_with_and_without_a_graph(noise, dtype):
     """Same seed: the torch path (graph recorded) and the Numba path (no_grad) agree to round-off
@@ -193,8 +230,13 @@ def test_digital_twin_observation_noise_realises_the_requested_snr_per_segment()
     is 10 dB within 0.4 dB (1440 draws: 0.16 dB standard error; plus the protocol's text precision)."""
     from stosim.hardware import DigitalTwin, LabSTOArray, Mismatch, load_station
 
-    st = load_station("twin-lab", overrides={"array": {"n": 16, "duration": "50 ps", "sample_interval": "10 ps"},
-                                             "current_source": {"ramp_dwell": "0 s"}})
+    st = load_station(
+        "twin-lab",
+        overrides={
+            "array": {"n": 16, "duration": "50 ps", "sample_interval": "10 ps"},
+            "current_source": {"ramp_dwell": "0 s"},
+        },
+    )
     u = torch.randn(30, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with LabSTOArray(st, DigitalTwin(st).resource_manager()) as hw:
         clean = hw(u)

@@ -23,7 +23,7 @@ def test_ridge_readout_equals_scikit_learn():
     labels = rng.integers(0, 4, 300)
     acc = RidgeAccumulator(12, 4)
     for i in range(0, 300, 64):  # streamed in batches
-        acc.update(x[i:i + 64], labels[i:i + 64])
+        acc.update(x[i : i + 64], labels[i : i + 64])
     w, b = acc.solve(alpha=0.7)
     ref = Ridge(alpha=0.7, fit_intercept=True).fit(x, np.eye(4)[labels])
     np.testing.assert_allclose(w, ref.coef_.T, rtol=1e-10, atol=1e-12)
@@ -50,8 +50,16 @@ def test_every_model_trains_above_chance(substrate):
 @pytest.mark.parametrize("batch_size", [50, 300, 700])
 def test_reported_accuracy_counts_every_test_image(batch_size):
     # the evaluation chunks must tile the test set for any batch size (also one above the 256-image chunk)
-    cfg = TrainConfig(dataset="digits", substrate="mlp", n=10, limit_train=600, limit_test=797,
-                      batch_size=batch_size, epochs=10, lr=0.05)
+    cfg = TrainConfig(
+        dataset="digits",
+        substrate="mlp",
+        n=10,
+        limit_train=600,
+        limit_test=797,
+        batch_size=batch_size,
+        epochs=10,
+        lr=0.05,
+    )
     result = train(cfg)
     _, test_ds = load_dataset("digits", None, False, seed=0, limit_train=600, limit_test=797)
     x = torch.as_tensor(test_ds.flat(), dtype=torch.float64)
@@ -71,8 +79,10 @@ def test_model_hidden_sizes_are_equal():
 
 def _strict_json(path) -> dict:
     """``path`` parsed as standard JSON (NaN / Infinity are not JSON and fail here)."""
+
     def refuse(constant: str):
         raise ValueError(f"{path} holds {constant}, which is not JSON")
+
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
@@ -151,10 +161,12 @@ def test_config_validation_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match="epochs"):
         load_train_config(bad)
     # a plain number where a unit is needed (300 would be 300 s for the STOs); Lorenz 96 time is plain
-    for text, match in (('substrate = "sto"\nduration = 300\n', r'duration = 300 has no unit.*"300 ps"'),
-                        ('substrate = "deep-sto"\ndt = 1e-12\n', r"dt = 1e-12 has no unit"),
-                        ('substrate = "sto"\ncoupling = 500\n', r'coupling = 500 has no unit.*"500 Oe"'),
-                        ('substrate = "lorenz96"\ntemperature = 0\n', r"temperature = 0 has no unit")):
+    for text, match in (
+        ('substrate = "sto"\nduration = 300\n', r'duration = 300 has no unit.*"300 ps"'),
+        ('substrate = "deep-sto"\ndt = 1e-12\n', r"dt = 1e-12 has no unit"),
+        ('substrate = "sto"\ncoupling = 500\n', r'coupling = 500 has no unit.*"500 Oe"'),
+        ('substrate = "lorenz96"\ntemperature = 0\n', r"temperature = 0 has no unit"),
+    ):
         bad.write_text(text)
         with pytest.raises(ConfigError, match=match):
             load_train_config(bad)
@@ -165,8 +177,28 @@ def test_config_validation_names_the_key(tmp_path):
 
 def test_cli_train_writes_metrics_curve_and_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--substrate", "sto", "--dataset", "digits", "--limit-train", "150", "--limit-test", "60",
-            "--n", "6", "--duration", "10 ps", "--epochs", "2", "--batch-size", "50", "--out", str(out), "--json"]
+    args = [
+        "train",
+        "--substrate",
+        "sto",
+        "--dataset",
+        "digits",
+        "--limit-train",
+        "150",
+        "--limit-test",
+        "60",
+        "--n",
+        "6",
+        "--duration",
+        "10 ps",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "50",
+        "--out",
+        str(out),
+        "--json",
+    ]
     assert main(args) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("test_accuracy", "best_test_accuracy", "epochs", "wall_time_s"):
@@ -182,8 +214,10 @@ def test_cli_train_writes_metrics_curve_and_checkpoint(tmp_path, capsys):
 
 def test_cli_train_with_config_file(tmp_path, capsys):
     cfg = tmp_path / "exp.toml"
-    cfg.write_text('substrate = "ffesn"\ndataset = "digits"\nn = 30\nspectral_radius = 0.9\nsteps = 3\n'
-                   'epochs = 1\nlimit_train = 100\nlimit_test = 50\n')
+    cfg.write_text(
+        'substrate = "ffesn"\ndataset = "digits"\nn = 30\nspectral_radius = 0.9\nsteps = 3\n'
+        "epochs = 1\nlimit_train = 100\nlimit_test = 50\n"
+    )
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["substrate"] == "ffesn"
     assert main(["train", "--config", str(cfg), "--lr", "-1", "--out", str(tmp_path / "p")]) == 2
@@ -215,8 +249,9 @@ def test_input_offset_shifts_the_inputs_seen_by_the_model(monkeypatch):
     import stosim.studies.training as training
 
     seen: list[torch.Tensor] = []
-    cfg = TrainConfig(dataset="digits", substrate="linear", limit_train=50, limit_test=20, epochs=1,
-                      batch_size=50, input_offset=0.5)
+    cfg = TrainConfig(
+        dataset="digits", substrate="linear", limit_train=50, limit_test=20, epochs=1, batch_size=50, input_offset=0.5
+    )
     model = build_model(cfg, 64, 10, (8, 8))
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
     monkeypatch.setattr(training, "build_model", lambda *a, **k: model)
@@ -238,7 +273,7 @@ def test_cosine_schedule_sets_the_lr_of_every_step(monkeypatch):
     # lr_k = lr (1 + cos(pi k / K)) / 2: lr at k = 0, lr / 2 at k = K / 2, lr (1 + cos(pi 3/4)) / 2 at k = 3K / 4
     assert learning_rate(cfg, 0, 8) == 0.2
     assert learning_rate(cfg, 4, 8) == pytest.approx(0.1, rel=1e-15)
-    assert learning_rate(cfg, 6, 8) == pytest.approx(0.1 * (1 - 2 ** -0.5), rel=1e-14)
+    assert learning_rate(cfg, 6, 8) == pytest.approx(0.1 * (1 - 2**-0.5), rel=1e-14)
     assert learning_rate(TrainConfig(lr=0.2), 6, 8) == 0.2
     with pytest.raises(ValueError, match="step"):
         learning_rate(cfg, 8, 8)
@@ -255,8 +290,18 @@ def test_cosine_schedule_sets_the_lr_of_every_step(monkeypatch):
         return opt
 
     monkeypatch.setattr(training, "_optimizer", recording)
-    train(TrainConfig(dataset="digits", substrate="linear", limit_train=200, limit_test=50, batch_size=50,
-                      epochs=2, lr=0.2, lr_schedule="cosine"))
+    train(
+        TrainConfig(
+            dataset="digits",
+            substrate="linear",
+            limit_train=200,
+            limit_test=50,
+            batch_size=50,
+            epochs=2,
+            lr=0.2,
+            lr_schedule="cosine",
+        )
+    )
     expected = [0.1 * (1 + np.cos(np.pi * k / 8)) for k in range(8)]
     np.testing.assert_allclose(seen, expected, rtol=1e-14, atol=0)
 
@@ -282,8 +327,11 @@ def test_runs_saved_before_a_config_key_existed_still_match(tmp_path):
     from stosim.studies.training import with_defaults
 
     cfg = TrainConfig(**{**SMALL, "epochs": 1})
-    saved = {k: v for k, v in json.loads(json.dumps(cfg.resolved(), default=str)).items()
-             if k not in ("weight_decay", "input_offset")}
+    saved = {
+        k: v
+        for k, v in json.loads(json.dumps(cfg.resolved(), default=str)).items()
+        if k not in ("weight_decay", "input_offset")
+    }
     assert with_defaults(saved) == json.loads(json.dumps(cfg.resolved(), default=str))
     (tmp_path / "metrics.json").write_text(json.dumps({"config": saved, "test_accuracy": 0.5}))
     assert _finished(cfg, tmp_path) is not None
@@ -317,8 +365,10 @@ def test_atomic_output_leaves_no_partial_file(tmp_path):
 def test_plots_take_their_format_from_the_suffix_and_default_to_png(tmp_path):
     from stosim.plotting import plot_learning_curve
 
-    history = [{"epoch": 1, "train_accuracy": 0.5, "test_accuracy": 0.4},
-               {"epoch": 2, "train_accuracy": 0.7, "test_accuracy": 0.6}]
+    history = [
+        {"epoch": 1, "train_accuracy": 0.5, "test_accuracy": 0.4},
+        {"epoch": 2, "train_accuracy": 0.7, "test_accuracy": 0.6},
+    ]
     written = plot_learning_curve(history, tmp_path / "curve")  # no suffix: PNG, as matplotlib does
     assert written == tmp_path / "curve.png" and written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pdf = plot_learning_curve(history, tmp_path / "curve.pdf")

@@ -124,11 +124,13 @@ print(twice(21), numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
 def test_a_changed_numba_thread_count_does_not_fail_the_next_compilation(tmp_path):
     probe = _write(tmp_path, PROBE, "probe.py")
     env = _env(NUMBA_NUM_THREADS="2", NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    bare = subprocess.run([sys.executable, str(probe), "bare"], env=env, capture_output=True, text=True, check=False,
-                          timeout=300)
+    bare = subprocess.run(
+        [sys.executable, str(probe), "bare"], env=env, capture_output=True, text=True, check=False, timeout=300
+    )
     assert bare.returncode != 0 and "Cannot set NUMBA_NUM_THREADS" in bare.stderr, bare.stderr  # the failure
-    setup = subprocess.run([sys.executable, str(probe), "worker-setup"], env=env, capture_output=True, text=True,
-                           check=False, timeout=300)
+    setup = subprocess.run(
+        [sys.executable, str(probe), "worker-setup"], env=env, capture_output=True, text=True, check=False, timeout=300
+    )
     assert setup.returncode == 0, setup.stderr
     assert setup.stdout.split() == ["42", "1", "2"]  # compiled; one thread used of a pool of two
 
@@ -152,10 +154,10 @@ def fresh_local_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fresh-local")
     spec, out, cache = _write(folder, STO_SPEC, "fresh.toml"), folder / "fresh.h5", folder / "numba-cache"
     cache.mkdir()
-    cmd = [sys.executable, str(_entry_point(folder)), "sweep", str(spec), "--out", str(out), "--workers", "2",
-           "--json"]
-    done = subprocess.run(cmd, env=_env(NUMBA_CACHE_DIR=str(cache)), capture_output=True, text=True, check=False,
-                          timeout=1200)
+    cmd = [sys.executable, str(_entry_point(folder)), "sweep", str(spec), "--out", str(out), "--workers", "2", "--json"]
+    done = subprocess.run(
+        cmd, env=_env(NUMBA_CACHE_DIR=str(cache)), capture_output=True, text=True, check=False, timeout=1200
+    )
     return spec, out, cache, done
 
 
@@ -178,10 +180,27 @@ def test_external_scheduler_and_workers_with_their_own_empty_caches(fresh_local_
     procs: list[subprocess.Popen] = []
     try:
         with open(tmp_path / "scheduler.log", "wb") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-                 "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-                env=_env(), stdout=log, stderr=log, start_new_session=True, cwd=tmp_path))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "distributed.cli.dask_scheduler",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        "0",
+                        "--no-dashboard",
+                        "--scheduler-file",
+                        str(scheduler_file),
+                    ],
+                    env=_env(),
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    cwd=tmp_path,
+                )
+            )
         t0 = time.monotonic()
         while not scheduler_file.exists() or not scheduler_file.read_text(encoding="utf-8").strip():
             assert time.monotonic() - t0 < 120, (tmp_path / "scheduler.log").read_text()
@@ -195,12 +214,30 @@ def test_external_scheduler_and_workers_with_their_own_empty_caches(fresh_local_
             cache.mkdir()
             caches.append(cache)
             with open(tmp_path / f"worker-{k}.log", "wb") as log:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
-                     "--nworkers", "1", "--host", "127.0.0.1", "--no-dashboard",
-                     "--local-directory", str(tmp_path / f"worker-{k}")],
-                    env=_env(NUMBA_CACHE_DIR=str(cache)), stdout=log, stderr=log, start_new_session=True,
-                    cwd=tmp_path))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "distributed.cli.dask_worker",
+                            address,
+                            "--nthreads",
+                            "1",
+                            "--nworkers",
+                            "1",
+                            "--host",
+                            "127.0.0.1",
+                            "--no-dashboard",
+                            "--local-directory",
+                            str(tmp_path / f"worker-{k}"),
+                        ],
+                        env=_env(NUMBA_CACHE_DIR=str(cache)),
+                        stdout=log,
+                        stderr=log,
+                        start_new_session=True,
+                        cwd=tmp_path,
+                    )
+                )
         from dask.distributed import Client
 
         with Client(address, timeout="60s") as client:
@@ -229,11 +266,22 @@ def test_external_scheduler_and_workers_with_their_own_empty_caches(fresh_local_
 def test_ctrl_c_stops_the_sweep_and_resume_finishes_it_bit_identical(tmp_path):
     spec = _write(tmp_path, QUICK_SPEC, "quick.toml")
     out = tmp_path / "interrupted.h5"
-    cmd = [sys.executable, str(_entry_point(tmp_path)), "sweep", str(spec), "--out", str(out), "--workers", "2",
-           "--flush-seconds", "0"]
+    cmd = [
+        sys.executable,
+        str(_entry_point(tmp_path)),
+        "sweep",
+        str(spec),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--flush-seconds",
+        "0",
+    ]
     # a session of its own: SIGINT to its process group is what Ctrl-C in a terminal sends (workers included)
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     lines: list[str] = []
     first_done = threading.Event()
 

@@ -209,7 +209,7 @@ def test_projected_ftmle_of_nonlinear_sphere_map_equals_tangent_basis_svd():
         basis = torch.zeros(6, 4, dtype=F64)
         for i in range(2):  # orthonormal basis of the plane orthogonal to m_i
             uu, _, _ = torch.linalg.svd(torch.eye(3, dtype=F64) - torch.outer(m[i], m[i]))
-            basis[3 * i:3 * i + 3, 2 * i:2 * i + 2] = uu[:, :2]
+            basis[3 * i : 3 * i + 3, 2 * i : 2 * i + 2] = uu[:, :2]
         want = math.log(_sigma_max(jac @ basis)) / 2.0
         assert abs(exact.ftmle[b] - want) < ORACLE_TOL
         # the unprojected value is larger (so the projection matters here) ...
@@ -235,9 +235,11 @@ def test_model_ftmle_equals_autograd_jacobian_svd(method):
     assert res.total.time == 3.0 and res.total.time_unit == "layer"
     h = net[0](x).detach()
     for b in range(3):
-        want = [math.log(_sigma_max(net[0].weight.detach())),
-                math.log(float(torch.max(1.0 - torch.tanh(h[b]) ** 2))),
-                math.log(_sigma_max(net[2].weight.detach()))]
+        want = [
+            math.log(_sigma_max(net[0].weight.detach())),
+            math.log(float(torch.max(1.0 - torch.tanh(h[b]) ** 2))),
+            math.log(_sigma_max(net[2].weight.detach())),
+        ]
         np.testing.assert_allclose(res.layer_ftmle[:, b], want, rtol=0, atol=ORACLE_TOL)
         jac = torch.autograd.functional.jacobian(net, x[b])
         assert abs(res.total.ftmle[b] - math.log(_sigma_max(jac)) / 3.0) < ORACLE_TOL
@@ -302,9 +304,9 @@ def test_sto_array_ftmle_is_exact_and_projected():
             e = torch.zeros(1, 9, dtype=F64)
             e[0, j] = eps
             with torch.no_grad():
-                cols.append((sub.evolve(x0[b:b + 1] + e) - sub.evolve(x0[b:b + 1] - e))[0] / (2 * eps))
+                cols.append((sub.evolve(x0[b : b + 1] + e) - sub.evolve(x0[b : b + 1] - e))[0] / (2 * eps))
         jac = torch.stack(cols, dim=1)
-        proj = unit_sphere_tangent_projection(x0[b:b + 1].repeat(9, 1), torch.eye(9, dtype=F64)).T
+        proj = unit_sphere_tangent_projection(x0[b : b + 1].repeat(9, 1), torch.eye(9, dtype=F64)).T
         want = math.log(_sigma_max(jac @ proj)) / 20e-12
         assert abs(res.ftmle[b] - want) <= 1e-7 * abs(want)  # central differences: O(eps^2) + round-off/eps
     for v, m in zip(res.right_vector.reshape(2, 3, 3), x0.reshape(2, 3, 3).numpy()):

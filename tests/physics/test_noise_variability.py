@@ -19,8 +19,15 @@ def _readin(n: int, batch: int = 4) -> torch.Tensor:
 
 def test_zero_noise_reproduces_the_noiseless_run_exactly():
     clean = CoupledSTOArray(n=10, duration_s=50e-12, seed=2)
-    zero = CoupledSTOArray(n=10, duration_s=50e-12, seed=2, temperature_k=0.0, dynamical_snr_db=float("inf"),
-                           observation_snr_db=float("inf"), variability=0.0)
+    zero = CoupledSTOArray(
+        n=10,
+        duration_s=50e-12,
+        seed=2,
+        temperature_k=0.0,
+        dynamical_snr_db=float("inf"),
+        observation_snr_db=float("inf"),
+        variability=0.0,
+    )
     u = _readin(10)
     np.testing.assert_array_equal(clean(u).numpy(), zero(u).numpy())
 

@@ -84,11 +84,54 @@ def test_train_config_builds_the_chaotic_mlp():
 
 def test_cli_train_mlp_with_spectral_radius(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--substrate", "mlp", "--dataset", "digits", "--limit-train", "200", "--limit-test", "100",
-               "--epochs", "1", "--hidden", "16", "--depth", "3", "--activation", "tanh",
-               "--init-spectral-radius", "1.3", "--optimizer", "sgd", "--lr", "0.05", "--out", str(out), "--json"])
+    rc = main(
+        [
+            "train",
+            "--substrate",
+            "mlp",
+            "--dataset",
+            "digits",
+            "--limit-train",
+            "200",
+            "--limit-test",
+            "100",
+            "--epochs",
+            "1",
+            "--hidden",
+            "16",
+            "--depth",
+            "3",
+            "--activation",
+            "tanh",
+            "--init-spectral-radius",
+            "1.3",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.05",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert rc == 0
     assert '"substrate": "mlp"' in capsys.readouterr().out
-    assert main(["train", "--substrate", "sto", "--depth", "2", "--dataset", "digits", "--epochs", "1",
-                 "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--substrate",
+                "sto",
+                "--depth",
+                "2",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     assert "--depth does not apply to --substrate sto" in capsys.readouterr().err

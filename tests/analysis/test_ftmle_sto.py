@@ -28,10 +28,21 @@ def test_sto_operators_iterative_equals_exact_and_autograd_reference():
     np.testing.assert_allclose(lanczos.ftmle, exact.ftmle, rtol=1e-6)
     # reference: the Jacobian of the same map through autograd (reverse mode only), tangent-projected
     states = sub.initial_state(u)
-    ref = flow_ftmle(flow_operators_from_function(
-        lambda x: sto_flow((x / x.reshape(-1, 10, 3).norm(dim=-1).repeat_interleave(3, 1)).reshape(-1, 10, 3),
-                           sub.array, sub.n_steps, sub.dt_s).reshape(x.shape[0], -1),
-        time=sub.duration_s, time_unit="s", project_tangent=unit_sphere_tangent_projection), states, method="exact")
+    ref = flow_ftmle(
+        flow_operators_from_function(
+            lambda x: sto_flow(
+                (x / x.reshape(-1, 10, 3).norm(dim=-1).repeat_interleave(3, 1)).reshape(-1, 10, 3),
+                sub.array,
+                sub.n_steps,
+                sub.dt_s,
+            ).reshape(x.shape[0], -1),
+            time=sub.duration_s,
+            time_unit="s",
+            project_tangent=unit_sphere_tangent_projection,
+        ),
+        states,
+        method="exact",
+    )
     np.testing.assert_allclose(exact.ftmle, ref.ftmle, rtol=1e-9)
     assert np.all(exact.ftmle > 0)  # transient expansion at mu = 500 Oe
 
@@ -42,20 +53,44 @@ def test_uncoupled_array_ftmle_is_the_largest_single_oscillator_ftmle():
     u = torch.randn(5, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     array = substrate_ftmle(CoupledSTOArray(n=3, coupling_oe=0.0, duration_s=100e-12, seed=0), u, method="exact")
     single = CoupledSTOArray(n=1, coupling_oe=0.0, duration_s=100e-12, seed=0)
-    each = np.stack([substrate_ftmle(single, u[:, 3 * i:3 * i + 3], method="exact").ftmle for i in range(3)])
+    each = np.stack([substrate_ftmle(single, u[:, 3 * i : 3 * i + 3], method="exact").ftmle for i in range(3)])
     np.testing.assert_allclose(array.ftmle, each.max(axis=0), rtol=1e-10)
 
 
 def test_cli_ftmle_untrained_and_trained(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--n", "6", "--duration", "20 ps", "--epochs", "1", "--limit-train", "100",
-                 "--limit-test", "20", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--n",
+                "6",
+                "--duration",
+                "20 ps",
+                "--epochs",
+                "1",
+                "--limit-train",
+                "100",
+                "--limit-test",
+                "20",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    for name, extra in (("u", ["--substrate", "sto", "--n", "6", "--duration", "20 ps"]),
-                        ("t", ["--checkpoint", str(run)])):
+    for name, extra in (
+        ("u", ["--substrate", "sto", "--n", "6", "--duration", "20 ps"]),
+        ("t", ["--checkpoint", str(run)]),
+    ):
         out = tmp_path / f"{name}.h5"
-        assert main(["ftmle", *extra, "--limit", "20", "--out", str(out), "--plot", str(tmp_path / f"{name}.png"),
-                     "--json"]) == 0
+        assert (
+            main(
+                ["ftmle", *extra, "--limit", "20", "--out", str(out), "--plot", str(tmp_path / f"{name}.png"), "--json"]
+            )
+            == 0
+        )
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert summary["n_samples"] == 20 and summary["units"] == "1/s"
         assert summary["trained"] == (name == "t")

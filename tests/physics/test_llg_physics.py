@@ -31,8 +31,11 @@ def test_undamped_precession_frequency_and_conserved_mz(device):
     assert np.max(np.abs(m[:, 2] - mz0)) < 1e-10
     phase = np.unwrap(np.arctan2(m[:, 1], m[:, 0]))
     slope = np.polyfit(traj.time_s, phase, 1)[0]
-    f_expected = dev.gyromagnetic_ratio_rad_per_oe_s / (2 * math.pi) * (
-        dev.applied_field_oe + dev.effective_anisotropy_field_oe * mz0)
+    f_expected = (
+        dev.gyromagnetic_ratio_rad_per_oe_s
+        / (2 * math.pi)
+        * (dev.applied_field_oe + dev.effective_anisotropy_field_oe * mz0)
+    )
     # counter-clockwise about +z (dm/dt = -gamma m x H); relative tolerance 1e-9
     assert slope / (2 * math.pi) == pytest.approx(f_expected, rel=1e-9)
 
@@ -46,8 +49,11 @@ def _mz_closed_form(t: np.ndarray, mz0: float, h_appl: float, hk: float, rate: f
     a, b = h_appl, hk
 
     def g(z):
-        return (b / (b * b - a * a) * math.log(abs(a + b * z)) - math.log(1 - z) / (2 * (a + b))
-                + math.log(1 + z) / (2 * (a - b)))
+        return (
+            b / (b * b - a * a) * math.log(abs(a + b * z))
+            - math.log(1 - z) / (2 * (a + b))
+            + math.log(1 + z) / (2 * (a - b))
+        )
 
     g0 = g(mz0)
     out = []
@@ -62,8 +68,9 @@ def test_damped_relaxation_of_mz_matches_closed_form(device):
     dev = device.replace(damping=0.05, current_a=0.0)
     array = STOArray.generate(dev, 1, 0.0, seed=0)
     mz0 = 0.2
-    traj = simulate(array, initial_state_from_angles(1, math.degrees(math.acos(mz0)), 30.0), 8e-9, 1e-12,
-                    save_every=100)
+    traj = simulate(
+        array, initial_state_from_angles(1, math.degrees(math.acos(mz0)), 30.0), 8e-9, 1e-12, save_every=100
+    )
     rate = dev.damping * dev.gyromagnetic_ratio_rad_per_oe_s / (1 + dev.damping**2)
     expected = _mz_closed_form(traj.time_s, mz0, dev.applied_field_oe, dev.effective_anisotropy_field_oe, rate)
     assert expected[-1] > 0.99  # the run covers the whole relaxation
@@ -120,21 +127,34 @@ def test_critical_current_and_growth_rate(device, ratio):
     linearization differs from it by < 1 %: tolerance 2 % of alpha gamma (H_appl + H_K').
     """
     i_c = device.critical_current_a
-    assert i_c == pytest.approx(4 * device.damping * 1.602176634e-19 * device.saturation_magnetization_emu_cm3
-                                * device.volume_cm3 * (device.applied_field_oe + device.effective_anisotropy_field_oe)
-                                / (1.054571817e-27 * device.polarization * device.torque_asymmetry), rel=1e-9)
+    assert i_c == pytest.approx(
+        4
+        * device.damping
+        * 1.602176634e-19
+        * device.saturation_magnetization_emu_cm3
+        * device.volume_cm3
+        * (device.applied_field_oe + device.effective_anisotropy_field_oe)
+        / (1.054571817e-27 * device.polarization * device.torque_asymmetry),
+        rel=1e-9,
+    )
     array = STOArray.generate(device, 1, 0.0, seed=0, current_a=ratio * i_c)
     m_star = _fixed_point(array, np.array([0.0, 0.0, 1.0]))
-    scale = device.damping * device.gyromagnetic_ratio_rad_per_oe_s * (
-        device.applied_field_oe + device.effective_anisotropy_field_oe)
+    scale = (
+        device.damping
+        * device.gyromagnetic_ratio_rad_per_oe_s
+        * (device.applied_field_oe + device.effective_anisotropy_field_oe)
+    )
     sigma = _tangent_jacobian_growth_rate(array, m_star)
     print(f"I/I_c = {ratio}: growth rate {sigma:.5g} 1/s, formula {scale * (ratio - 1):.5g} 1/s")
     assert sigma == pytest.approx(scale * (ratio - 1), abs=0.02 * scale)
     assert np.sign(sigma) == np.sign(ratio - 1)
 
     # the simulated deviation from m* grows/decays at sigma (envelope over whole periods)
-    period = 2 * math.pi / (device.gyromagnetic_ratio_rad_per_oe_s * (device.applied_field_oe
-                                                                       + device.effective_anisotropy_field_oe))
+    period = (
+        2
+        * math.pi
+        / (device.gyromagnetic_ratio_rad_per_oe_s * (device.applied_field_oe + device.effective_anisotropy_field_oe))
+    )
     m0 = m_star + 1e-4 * np.cross(m_star, [1.0, 0.0, 0.0])
     m0 /= np.linalg.norm(m0)
     duration = 2e-9
@@ -142,7 +162,7 @@ def test_critical_current_and_growth_rate(device, ratio):
     dist = np.linalg.norm(traj.m[:, 0, 0] - m_star, axis=-1)
     n_per = int(round(period / 1e-12))
     n_periods = dist.size // n_per
-    env = np.array([np.sqrt(np.mean(dist[k * n_per:(k + 1) * n_per] ** 2)) for k in range(n_periods)])
+    env = np.array([np.sqrt(np.mean(dist[k * n_per : (k + 1) * n_per] ** 2)) for k in range(n_periods)])
     slope = np.polyfit(np.arange(n_periods) * n_per * 1e-12, np.log(env), 1)[0]
     assert slope == pytest.approx(sigma, abs=0.02 * scale)
 
@@ -178,8 +198,9 @@ def test_zero_coupling_is_exactly_the_uncoupled_dynamics(device):
     zero_w = STOArray.with_matrix(device, np.zeros((n, n)), 800.0)
     a, _, _ = evolve(coupled_off, m0, 2000, 1e-12)
     b, _, _ = evolve(zero_w, m0, 2000, 1e-12)
-    singles = np.stack([evolve(STOArray.generate(device, 1, 0.0), m0[i:i + 1], 2000, 1e-12)[0][0, 0]
-                        for i in range(n)])
+    singles = np.stack(
+        [evolve(STOArray.generate(device, 1, 0.0), m0[i : i + 1], 2000, 1e-12)[0][0, 0] for i in range(n)]
+    )
     np.testing.assert_array_equal(a[0], singles)
     np.testing.assert_array_equal(b[0], singles)
     # and a nonzero coupling does change the dynamics
@@ -211,12 +232,15 @@ def test_thermal_equilibrium_matches_boltzmann(device):
     n = 4000
     array = STOArray.generate(dev, 1, 0.0, seed=0)
     m0 = np.tile([0.0, 0.0, 1.0], (n, 1, 1))  # a batch of n independent devices
-    _, saved, _ = evolve(array, m0, 12000, 1e-12, noise=NoiseSettings(temperature_k=temperature), seed=5,
-                         save_every=2000)
+    _, saved, _ = evolve(
+        array, m0, 12000, 1e-12, noise=NoiseSettings(temperature_k=temperature), seed=5, save_every=2000
+    )
     samples = 1 - saved[2:, :, 0, 2]  # snapshots at 6, 8, 10, 12 ns, after the relaxation
     m1, m2 = _boltzmann_moments(dev, temperature)
-    print(f"<1 - m_z>: simulated {samples.mean():.5g}, Boltzmann {m1:.5g}; "
-          f"<(1 - m_z)^2>: simulated {(samples**2).mean():.5g}, Boltzmann {m2:.5g}")
+    print(
+        f"<1 - m_z>: simulated {samples.mean():.5g}, Boltzmann {m1:.5g}; "
+        f"<(1 - m_z)^2>: simulated {(samples**2).mean():.5g}, Boltzmann {m2:.5g}"
+    )
     sem = samples.std() / math.sqrt(samples.size / 2)  # snapshots 2 ns apart: correlation time ~1 ns
     assert samples.mean() == pytest.approx(m1, abs=4 * sem)
     sem2 = (samples**2).std() / math.sqrt(samples.size / 2)
@@ -256,8 +280,9 @@ def test_time_step_bound_holds_for_every_state_and_is_nearly_attained(device):
     aligned[0, :, 0] = np.sign(array.coupling_matrix[i])
     aligned[0, i] = (0.0, 1.0, 0.0)  # W_ii = 0: oscillator i feels the full sum, perpendicular to it
     m = np.concatenate([m, aligned])
-    rates = np.linalg.norm(llg_rhs_batch(np.ascontiguousarray(m.transpose(2, 0, 1)), m[..., 0] @ coupling_t, osc,
-                                         lam, p), axis=0)
+    rates = np.linalg.norm(
+        llg_rhs_batch(np.ascontiguousarray(m.transpose(2, 0, 1)), m[..., 0] @ coupling_t, osc, lam, p), axis=0
+    )
     bound = array.max_precession_rate_rad_s
     assert rates.max() <= bound
     assert rates[-1, i] >= 0.5 * bound

@@ -44,8 +44,9 @@ def test_jvp_is_the_exact_derivative_and_the_transpose_of_the_adjoint(device):
 def test_single_free_running_sto_is_not_chaotic(device):
     """A single STO (2-D phase space on the sphere) on its limit cycle: exponents (0, negative)."""
     system = STOArrayTangent(STOArray.generate(device, 1, 0.0), 1e-12)
-    res = lyapunov_spectrum(system, random_initial_state(1, 0).reshape(-1), 2, 100_000, transient_steps=30_000,
-                            reorthonormalize_every=10)
+    res = lyapunov_spectrum(
+        system, random_initial_state(1, 0).reshape(-1), 2, 100_000, transient_steps=30_000, reorthonormalize_every=10
+    )
     relaxation = res.exponents[1]
     assert relaxation < -1e8  # the orbit attracts (alpha gamma H ~ 5e7-4e8 1/s)
     # the phase exponent is zero within its spread and tiny next to the relaxation rate
@@ -68,22 +69,29 @@ def test_a_single_sto_flow_leaves_its_input_alone_and_has_the_gradient_of_a_batc
         grads.append(g[0])
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=0)
     # the single STO's MLE, one exponent (the check "a single STO cannot be chaotic" in its smallest form)
-    res = lyapunov_spectrum(STOArrayTangent(array.__class__.generate(device, 1, 0.0), 1e-12),
-                            random_initial_state(1, 0).reshape(-1), 1, 20_000, transient_steps=5_000,
-                            reorthonormalize_every=10)
+    res = lyapunov_spectrum(
+        STOArrayTangent(array.__class__.generate(device, 1, 0.0), 1e-12),
+        random_initial_state(1, 0).reshape(-1),
+        1,
+        20_000,
+        transient_steps=5_000,
+        reorthonormalize_every=10,
+    )
     assert np.isfinite(res.mle) and res.mle < 3 * res.standard_error[0] + 1e6
 
 
 def test_flow_and_jvp_inputs_are_checked(device):
     array = STOArray.generate(device, 2, 500.0)
     m0 = random_initial_state(2, 0, batch=1)
-    for kwargs, match in (({"n_steps": -3}, "n_steps = -3 must be an integer >= 1"),
-                          ({"n_steps": 2.5}, "n_steps = 2.5 must be an integer >= 1"),
-                          ({"n_steps": True}, "n_steps = True must be an integer >= 1"),
-                          ({"dt_s": -1e-12}, "dt = -1e-12 s must be a finite number > 0 s"),
-                          ({"dt_s": float("nan")}, "dt = nan s must be a finite number > 0 s"),
-                          ({"dt_s": True}, "dt = True s must be a finite number > 0 s"),
-                          ({"dt_s": float("inf")}, "dt = inf s must be a finite number > 0 s")):
+    for kwargs, match in (
+        ({"n_steps": -3}, "n_steps = -3 must be an integer >= 1"),
+        ({"n_steps": 2.5}, "n_steps = 2.5 must be an integer >= 1"),
+        ({"n_steps": True}, "n_steps = True must be an integer >= 1"),
+        ({"dt_s": -1e-12}, "dt = -1e-12 s must be a finite number > 0 s"),
+        ({"dt_s": float("nan")}, "dt = nan s must be a finite number > 0 s"),
+        ({"dt_s": True}, "dt = True s must be a finite number > 0 s"),
+        ({"dt_s": float("inf")}, "dt = inf s must be a finite number > 0 s"),
+    ):
         run = {"n_steps": 5, "dt_s": 1e-12, **kwargs}
         # one check (stosim.physics.array.check_step_count / check_time_step) behind every entry point
         with pytest.raises(ValueError, match=match):
@@ -116,10 +124,22 @@ def test_flow_and_jvp_inputs_are_checked(device):
 
 def test_uncoupled_array_has_no_positive_exponent_and_coupling_makes_it_chaotic(device):
     x0 = random_initial_state(4, 1).reshape(-1)
-    free = lyapunov_spectrum(STOArrayTangent(STOArray.generate(device, 4, 0.0), 1e-12), x0, 1, 60_000,
-                             transient_steps=30_000, reorthonormalize_every=10)
-    coupled = lyapunov_spectrum(STOArrayTangent(STOArray.generate(device, 4, 500.0, seed=2), 1e-12), x0, 1, 60_000,
-                                transient_steps=30_000, reorthonormalize_every=10)
+    free = lyapunov_spectrum(
+        STOArrayTangent(STOArray.generate(device, 4, 0.0), 1e-12),
+        x0,
+        1,
+        60_000,
+        transient_steps=30_000,
+        reorthonormalize_every=10,
+    )
+    coupled = lyapunov_spectrum(
+        STOArrayTangent(STOArray.generate(device, 4, 500.0, seed=2), 1e-12),
+        x0,
+        1,
+        60_000,
+        transient_steps=30_000,
+        reorthonormalize_every=10,
+    )
     assert free.mle < 3 * free.standard_error[0] + 1e6
     assert coupled.mle > 10 * max(free.mle, 1e7)
 
@@ -135,8 +155,25 @@ def test_qr_mle_agrees_with_two_trajectory_estimate():
 
 
 def test_cli_lyapunov_json(capsys):
-    assert main(["lyapunov", "--substrate", "sto", "--n", "4", "--duration", "5 ns", "--transient", "1 ns",
-                 "--exponents", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "lyapunov",
+                "--substrate",
+                "sto",
+                "--n",
+                "4",
+                "--duration",
+                "5 ns",
+                "--transient",
+                "1 ns",
+                "--exponents",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("exponents", "mle", "kaplan_yorke_dimension", "ks_entropy"):
         assert key in out

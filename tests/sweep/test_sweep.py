@@ -55,8 +55,17 @@ duration = "12 ps"
 coupling = ["100 Oe", "1000 Oe"]
 dt = ["1 ps", "5 ps"]
 """
-COMPARED = ["test_accuracy", "best_test_accuracy", "final_train_accuracy", "epochs_to_converge", "epochs_run",
-            "test_accuracy_curve", "run_seed", "status", "error"]
+COMPARED = [
+    "test_accuracy",
+    "best_test_accuracy",
+    "final_train_accuracy",
+    "epochs_to_converge",
+    "epochs_run",
+    "test_accuracy_curve",
+    "run_seed",
+    "status",
+    "error",
+]
 
 
 def _write(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
@@ -97,35 +106,51 @@ def tiny_run(client, tmp_path_factory):
 BASE_OK = {"name": "t", "kind": "train", "base": {"n": 4, "epochs": 1}, "grid": {"coupling": ["100 Oe"]}}
 
 
-@pytest.mark.parametrize("change, names", [
-    ({"colour": "red"}, "colour: unknown key"),
-    ({"kind": "dance"}, "kind: unknown kind; valid: train, mle, simulate, ftmle"),
-    ({"base": {"n": 4, "epochz": 1}}, "base.epochz: unknown key for kind = 'train'"),
-    ({"grid": {"coupling": []}}, "grid.coupling: empty list"),
-    ({"grid": {"coupling": ["100 Oe", "5 kg"]}}, "grid.coupling[1]: unit 'kg' in '5 kg' is not a field unit"),
-    ({"grid": {"duration": [300, 100]}}, "grid.duration[0]: 300 has no unit"),
-    ({"grid": {"coupling": ["100 Oe", "100 Oe"]}}, "grid.coupling: value '100 Oe' appears twice"),
-    ({"grid": {"coupling": ["500 Oe", "0.5 kOe"]}}, "grid.coupling[0] and grid.coupling[1] are the same value"),
-    ({"grid": {"spectral_radius": [1, 1.0]}}, "grid.spectral_radius[0] and grid.spectral_radius[1] are the same"),
-    # equal after unit conversion, bit for bit ("0.1 ns" once gave 1.0000000000000002e-10 s, "100 ps" 1e-10 s)
-    ({"grid": {"duration": ["0.1 ns", "100 ps"]}}, "grid.duration[0] and grid.duration[1] are the same value"),
-    ({"grid": {"coupling": ["0.07 T", "700 Oe"]}}, "grid.coupling[0] and grid.coupling[1] are the same value"),
-    ({"grid": {"limit_train": [100, 0]}}, "grid.limit_train[1]: Input should be greater than or equal to 1"),
-    ({"grid": {"damping": [0.01, 1.5]}}, "grid.damping[1]: Input should be less than 1"),
-    ({"base": {"n": 4, "seed": 3}}, "base.seed: set seeds with the top-level"),
-    ({"base": {"n": 4}, "grid": {"n": [4, 8]}}, "grid.n: also set in [base]"),
-    ({"seeds": []}, "seeds: empty list"),
-    ({"seed": 1, "seeds": [0, 1]}, "seed, seeds: give either seed"),
-    ({"independent_seeds": True}, "independent_seeds: needs seeds"),
-    ({"name": "a b"}, "name: use letters"),
-    ({"base": {"substrate": "mlp", "damping": 0.01}}, "base.damping: device parameters apply to STO substrates only"),
-    ({"grid": {"observation_snr": [20, "loud"]}}, "grid.observation_snr[1]: expected a signal-to-noise ratio in dB"),
-    ({"base": {"n": 4, "observation_snr": float("nan")}},
-     "base.observation_snr: observation_snr = nan dB is out of range; valid: [-100 dB, inf dB]"),
-    ({"kind": "simulate", "base": {"dynamical_snr": float("nan")}},
-     "base.dynamical_snr: dynamical_snr = nan dB is out of range"),
-    ({"kind": "ftmle", "base": {"n": 4, "readin_scale": float("inf")}}, "base.readin_scale: Input should be a finite"),
-])
+@pytest.mark.parametrize(
+    "change, names",
+    [
+        ({"colour": "red"}, "colour: unknown key"),
+        ({"kind": "dance"}, "kind: unknown kind; valid: train, mle, simulate, ftmle"),
+        ({"base": {"n": 4, "epochz": 1}}, "base.epochz: unknown key for kind = 'train'"),
+        ({"grid": {"coupling": []}}, "grid.coupling: empty list"),
+        ({"grid": {"coupling": ["100 Oe", "5 kg"]}}, "grid.coupling[1]: unit 'kg' in '5 kg' is not a field unit"),
+        ({"grid": {"duration": [300, 100]}}, "grid.duration[0]: 300 has no unit"),
+        ({"grid": {"coupling": ["100 Oe", "100 Oe"]}}, "grid.coupling: value '100 Oe' appears twice"),
+        ({"grid": {"coupling": ["500 Oe", "0.5 kOe"]}}, "grid.coupling[0] and grid.coupling[1] are the same value"),
+        ({"grid": {"spectral_radius": [1, 1.0]}}, "grid.spectral_radius[0] and grid.spectral_radius[1] are the same"),
+        # equal after unit conversion, bit for bit ("0.1 ns" once gave 1.0000000000000002e-10 s, "100 ps" 1e-10 s)
+        ({"grid": {"duration": ["0.1 ns", "100 ps"]}}, "grid.duration[0] and grid.duration[1] are the same value"),
+        ({"grid": {"coupling": ["0.07 T", "700 Oe"]}}, "grid.coupling[0] and grid.coupling[1] are the same value"),
+        ({"grid": {"limit_train": [100, 0]}}, "grid.limit_train[1]: Input should be greater than or equal to 1"),
+        ({"grid": {"damping": [0.01, 1.5]}}, "grid.damping[1]: Input should be less than 1"),
+        ({"base": {"n": 4, "seed": 3}}, "base.seed: set seeds with the top-level"),
+        ({"base": {"n": 4}, "grid": {"n": [4, 8]}}, "grid.n: also set in [base]"),
+        ({"seeds": []}, "seeds: empty list"),
+        ({"seed": 1, "seeds": [0, 1]}, "seed, seeds: give either seed"),
+        ({"independent_seeds": True}, "independent_seeds: needs seeds"),
+        ({"name": "a b"}, "name: use letters"),
+        (
+            {"base": {"substrate": "mlp", "damping": 0.01}},
+            "base.damping: device parameters apply to STO substrates only",
+        ),
+        (
+            {"grid": {"observation_snr": [20, "loud"]}},
+            "grid.observation_snr[1]: expected a signal-to-noise ratio in dB",
+        ),
+        (
+            {"base": {"n": 4, "observation_snr": float("nan")}},
+            "base.observation_snr: observation_snr = nan dB is out of range; valid: [-100 dB, inf dB]",
+        ),
+        (
+            {"kind": "simulate", "base": {"dynamical_snr": float("nan")}},
+            "base.dynamical_snr: dynamical_snr = nan dB is out of range",
+        ),
+        (
+            {"kind": "ftmle", "base": {"n": 4, "readin_scale": float("inf")}},
+            "base.readin_scale: Input should be a finite",
+        ),
+    ],
+)
 def test_invalid_specs_fail_naming_the_key(change, names):
     with pytest.raises(SpecError) as err:
         resolve_spec(parse_spec({**BASE_OK, **change}, "spec.toml"), source="spec.toml")
@@ -136,8 +161,16 @@ def test_invalid_specs_fail_naming_the_key(change, names):
 def test_point_count_limit_holds_for_grids_beyond_int64():
     # 8 keys x 256 values = 2**64 points: a product in int64 wraps around to 0 and would pass the limit
     # (then the first point's error, or an endless loop); counted exactly, the spec fails at once
-    keys = ["lr", "momentum", "weight_decay", "input_offset", "ridge_alpha", "spectral_radius", "forcing",
-            "variability"]
+    keys = [
+        "lr",
+        "momentum",
+        "weight_decay",
+        "input_offset",
+        "ridge_alpha",
+        "spectral_radius",
+        "forcing",
+        "variability",
+    ]
     grid = {k: [-1.0] + [float(i) / 256 for i in range(1, 256)] for k in keys}
     with pytest.raises(SpecError, match=r"spec\.toml: grid: 18446744073709551616 points, more than 1000000"):
         resolve_spec(parse_spec({"name": "big", "kind": "train", "grid": grid}), source="spec.toml")
@@ -160,17 +193,33 @@ FTMLE_VARS = {"ftmle_untrained_mean", "ftmle_untrained_std", "ftmle_trained_mean
 @pytest.mark.parametrize("substrate", ["linear", "mlp", "cnn"])
 def test_train_sweeps_of_the_baselines_resolve(substrate):
     # no dynamics, so no FTMLE: no ftmle_* variables even when ftmle_samples asks for them
-    sweep = resolve_spec(parse_spec({"name": "b", "kind": "train", "base": {"substrate": substrate, "epochs": 1,
-                                                                            "ftmle_samples": 4},
-                                     "grid": {"lr": [0.1, 0.01]}}))
+    sweep = resolve_spec(
+        parse_spec(
+            {
+                "name": "b",
+                "kind": "train",
+                "base": {"substrate": substrate, "epochs": 1, "ftmle_samples": 4},
+                "grid": {"lr": [0.1, 0.01]},
+            }
+        )
+    )
     assert len(sweep) == 2 and not FTMLE_VARS & set(sweep.output_units)
     assert sweep.output_units["test_accuracy"] == "%"
 
 
 def test_train_sweep_has_ftmle_variables_only_with_ftmle_samples(tmp_path):
     def sweep_for(grid: dict, **base) -> object:
-        return resolve_spec(parse_spec({"name": "f", "kind": "train", "seed": 1,
-                                        "base": {"substrate": "ffesn", "n": 8, "epochs": 1, **base}, "grid": grid}))
+        return resolve_spec(
+            parse_spec(
+                {
+                    "name": "f",
+                    "kind": "train",
+                    "seed": 1,
+                    "base": {"substrate": "ffesn", "n": 8, "epochs": 1, **base},
+                    "grid": grid,
+                }
+            )
+        )
 
     def saved_variables(sweep) -> set[str]:
         state = SweepState(sweep)
@@ -201,11 +250,12 @@ def test_spec_errors_from_files_and_cli(tmp_path, capsys):
     assert main(["sweep", str(bad), "--out", str(tmp_path / "x.h5")]) == 2
     assert "grid.coupling[1]" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()  # validated before any work
-    smoke = Path(__file__).resolve().parents[1] / "experiments" / "smoke-sweep.toml"
+    smoke = Path(__file__).resolve().parents[2] / "experiments" / "smoke-sweep.toml"
     assert main(["sweep", str(smoke), "--dry-run"]) == 0
     assert "12 points; coupling = 100, 500, 1000 (Oe); duration = 1e-10, 3e-10 (s)" in capsys.readouterr().out
-    l96 = _write(tmp_path, 'name = "y"\nkind = "mle"\n[base]\nsubstrate = "lorenz96"\n[grid]\nduration = ["3 ps"]\n',
-                 "l96.toml")
+    l96 = _write(
+        tmp_path, 'name = "y"\nkind = "mle"\n[base]\nsubstrate = "lorenz96"\n[grid]\nduration = ["3 ps"]\n', "l96.toml"
+    )
     with pytest.raises(SpecError, match=r"grid\.duration\[0\]: lorenz96 time is a plain number"):
         load_spec(l96)
 
@@ -223,8 +273,18 @@ def test_resolved_spec_coordinates_and_seeds(tmp_path):
     assert other.resolved == sweep.resolved
     assert sweep.resolved["base"]["epochs"] == 1 and sweep.resolved["base"]["lr"] == 0.01  # defaults filled in
     # noise and device parameters: SNR in dB (plain or "20 dB"), temperature in K, current in A
-    noisy = resolve_spec(parse_spec({**BASE_OK, "grid": {"observation_snr": ["10 dB", 20, "inf dB"],
-                                                         "temperature": ["0 K", "300 K"], "current": ["2.5 mA"]}}))
+    noisy = resolve_spec(
+        parse_spec(
+            {
+                **BASE_OK,
+                "grid": {
+                    "observation_snr": ["10 dB", 20, "inf dB"],
+                    "temperature": ["0 K", "300 K"],
+                    "current": ["2.5 mA"],
+                },
+            }
+        )
+    )
     snr, temperature, current = noisy.dims
     assert snr.attrs["units"] == "dB" and snr.values.tolist() == [10.0, 20.0, float("inf")]
     assert temperature.attrs["units"] == "K" and current.attrs["units"] == "A" and current.values[0] == 2.5e-3
@@ -250,8 +310,9 @@ def test_point_kinds_run_in_process():
     sim = execute_point("simulate", {"n": 3, "duration": 50e-12, "dt": 1e-12, "save_every": 5, "applied_field": 300.0})
     assert sim["status"] == "done", sim.get("error")
     assert 0 < sim["values"]["tmr_voltage_mean"] and -1 <= sim["values"]["mz_mean"] <= 1
-    mle = execute_point("mle", {"substrate": "ffesn", "n": 30, "spectral_radius": 0.5, "duration": 200.0,
-                                "transient": 50.0})
+    mle = execute_point(
+        "mle", {"substrate": "ffesn", "n": 30, "spectral_radius": 0.5, "duration": 200.0, "transient": 50.0}
+    )
     assert mle["status"] == "done", mle.get("error")
     assert mle["values"]["mle"] == pytest.approx(np.log(0.5), abs=1e-3)  # docs/physics.md 6: MLE = ln(rho) for rho < 1
     ftmle = execute_point("ftmle", {"substrate": "ffesn", "n": 20, "samples": 3, "spectral_radius": 0.5, "steps": 3})
@@ -259,8 +320,10 @@ def test_point_kinds_run_in_process():
     assert ftmle["values"]["ftmle_samples"].shape == (3,) and ftmle["values"]["ftmle_max"] < 0  # contracting
     bad = execute_point("simulate", {"n": 3, "duration": 10e-12, "dt": 3e-12})
     assert bad["status"] == "failed" and "whole multiple" in bad["error"]
-    trained = execute_point("train", {"n": 4, "epochs": 1, "limit_train": 60, "limit_test": 30, "duration": 5e-12,
-                                      "dt": 1e-12, "damping": 0.02})  # via a written device file
+    trained = execute_point(
+        "train",
+        {"n": 4, "epochs": 1, "limit_train": 60, "limit_test": 30, "duration": 5e-12, "dt": 1e-12, "damping": 0.02},
+    )  # via a written device file
     assert trained["status"] == "done", trained.get("error")
 
 
@@ -316,8 +379,11 @@ def test_sweep_accuracies_are_100_times_the_training_result(tiny_run, tmp_path):
     result = train(TrainPoint.model_validate(point.config).train_config(), tmp_path / "run")
     assert 0 < result.test_accuracy <= 1  # the training result: a fraction
     curve = [100 * h["test_accuracy"] for h in result.history]
-    expected = {"test_accuracy": 100 * result.test_accuracy, "best_test_accuracy": 100 * result.best_test_accuracy,
-                "final_train_accuracy": 100 * result.history[-1]["train_accuracy"]}
+    expected = {
+        "test_accuracy": 100 * result.test_accuracy,
+        "best_test_accuracy": 100 * result.best_test_accuracy,
+        "final_train_accuracy": 100 * result.history[-1]["train_accuracy"],
+    }
     for name, value in expected.items():
         np.testing.assert_allclose(ds[name].values[point.index], value, rtol=1e-12, err_msg=name)
     np.testing.assert_allclose(ds["test_accuracy_curve"].values[point.index][: len(curve)], curve, rtol=1e-12)
@@ -337,8 +403,10 @@ def test_resuming_a_file_with_fraction_accuracies_is_refused(tiny_run, tmp_path,
     spec, reference, _, _ = tiny_run
     old = tmp_path / "old.h5"
     _as_fraction_file(reference, old)
-    message = (rf"{re.escape(str(old))}: test_accuracy was written with accuracy as a fraction by an earlier "
-               r"version .*start a new file")
+    message = (
+        rf"{re.escape(str(old))}: test_accuracy was written with accuracy as a fraction by an earlier "
+        r"version .*start a new file"
+    )
     with pytest.raises(ResumeError, match=message):
         SweepState(load_spec(spec)).load_completed(old)
     with pytest.raises(ResumeError, match=message):
@@ -394,8 +462,12 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tiny_run, tmp_path, capsys)
     out = tmp_path / "killed.h5"
     args = ["sweep", str(spec), "--out", str(out), "--workers", "1", "--flush-seconds", "0"]
     # the writer runs in its own process, with this module's point checks off there too (TINY's 5 ps points)
-    cmd = [sys.executable, "-c", "import sys, stosim.sweep.spec as s; s._run_checks = lambda kind, cfg: None; "
-           f"from stosim.cli import main; sys.exit(main({args!r}))"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys, stosim.sweep.spec as s; s._run_checks = lambda kind, cfg: None; "
+        f"from stosim.cli import main; sys.exit(main({args!r}))",
+    ]
     with open(tmp_path / "killed.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
     try:
@@ -430,11 +502,16 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tiny_run, tmp_path, capsys)
 
 
 def test_fail_fast_stops_after_saving(client, tmp_path):
-    spec = _write(tmp_path, TINY.replace('dt = ["1 ps", "5 ps"]', 'dt = ["5 ps", "1 ps"]')
-                  .replace('coupling = ["100 Oe", "1000 Oe"]', 'coupling = ["100 Oe", "300 Oe", "1000 Oe"]'))
+    spec = _write(
+        tmp_path,
+        TINY.replace('dt = ["1 ps", "5 ps"]', 'dt = ["5 ps", "1 ps"]').replace(
+            'coupling = ["100 Oe", "1000 Oe"]', 'coupling = ["100 Oe", "300 Oe", "1000 Oe"]'
+        ),
+    )
     out = tmp_path / "ff.h5"
-    with pytest.raises(SweepFailedError, match=r"coupling = 100.0, dt = 5e-12, seed = [01] failed .*whole multiple"
-                       ) as err:
+    with pytest.raises(
+        SweepFailedError, match=r"coupling = 100.0, dt = 5e-12, seed = [01] failed .*whole multiple"
+    ) as err:
         run_sweep(load_spec(spec), out, client=client, fail_fast=True)
     assert err.value.summary.n_failed >= 1 and err.value.summary.n_pending >= 6  # stopped at once: 12 points
     ds = read_sweep(out)
@@ -463,8 +540,11 @@ def test_existing_output_resume_checks(client, tiny_run, tmp_path, capsys):
     assert (summary.n_resumed, summary.n_run, summary.n_done, summary.n_failed) == (4, 4, 4, 4)
     a, b = read_sweep(out), read_sweep(reference)
     for name in COMPARED + ["wall_time_s"]:
-        np.testing.assert_array_equal(a[name].values[a["status"].values.astype(str) == "done"],
-                                      b[name].values[b["status"].values.astype(str) == "done"], err_msg=name)
+        np.testing.assert_array_equal(
+            a[name].values[a["status"].values.astype(str) == "done"],
+            b[name].values[b["status"].values.astype(str) == "done"],
+            err_msg=name,
+        )
 
 
 def test_a_sweep_file_from_before_a_config_key_existed_resumes(client, tiny_run, tmp_path):
@@ -491,12 +571,22 @@ def test_a_sweep_file_from_before_a_config_key_existed_resumes(client, tiny_run,
 def test_resume_takes_a_spec_whose_numbers_differ_in_the_last_bit_only(tmp_path):
     # a file written before quantities were rounded once stores "200 ns" as 2.0000000000000002e-07 s:
     # the same spec (numbers equal within a relative 1e-12); a real change is still refused
-    sweep = resolve_spec(parse_spec({"name": "r", "kind": "simulate", "seed": 1, "base": {"n": 2, "dt": "1 ps"},
-                                     "grid": {"duration": ["100 ns", "200 ns"]}}))
+    sweep = resolve_spec(
+        parse_spec(
+            {
+                "name": "r",
+                "kind": "simulate",
+                "seed": 1,
+                "base": {"n": 2, "dt": "1 ps"},
+                "grid": {"duration": ["100 ns", "200 ns"]},
+            }
+        )
+    )
     assert sweep.dims[0].values.tolist() == [1e-7, 2e-7] and not sweep.extra_dims
     state = SweepState(sweep)
-    state.record(sweep.points[0], {"status": "done", "values": {o.name: 0.5 for o in sweep.kind.outputs},
-                                   "wall_time_s": 1.0})
+    state.record(
+        sweep.points[0], {"status": "done", "values": {o.name: 0.5 for o in sweep.kind.outputs}, "wall_time_s": 1.0}
+    )
     out = state.save(tmp_path / "r.h5")
 
     def rewrite(durations: list[float]) -> None:
@@ -520,13 +610,19 @@ def test_resume_refuses_a_device_file_edited_between_the_runs(tmp_path):
     file written before the parameters were recorded resumes (taken to use today's files)."""
     device = tmp_path / "dev.toml"
     device.write_text((DEVICES_DIR / "seed-pmtj.toml").read_text(encoding="utf-8"), encoding="utf-8")
-    raw = {"name": "d", "kind": "simulate", "seed": 1, "base": {"n": 2, "dt": "1 ps", "device": str(device)},
-           "grid": {"duration": ["10 ps", "20 ps"]}}
+    raw = {
+        "name": "d",
+        "kind": "simulate",
+        "seed": 1,
+        "base": {"n": 2, "dt": "1 ps", "device": str(device)},
+        "grid": {"duration": ["10 ps", "20 ps"]},
+    }
     sweep = resolve_spec(parse_spec(raw))
     assert sweep.resolved["devices"][str(device)]["damping"] == load_device(device).damping
     state = SweepState(sweep)
-    state.record(sweep.points[0], {"status": "done", "values": {o.name: 0.5 for o in sweep.kind.outputs},
-                                   "wall_time_s": 1.0})
+    state.record(
+        sweep.points[0], {"status": "done", "values": {o.name: 0.5 for o in sweep.kind.outputs}, "wall_time_s": 1.0}
+    )
     out = state.save(tmp_path / "d.h5")
     assert SweepState(resolve_spec(parse_spec(raw))).load_completed(out) == 1
     text = device.read_text(encoding="utf-8")
@@ -542,8 +638,17 @@ def test_resume_refuses_a_device_file_edited_between_the_runs(tmp_path):
 
 
 def test_resume_from_a_file_without_status_is_a_resume_error(tmp_path):
-    sweep = resolve_spec(parse_spec({"name": "s", "kind": "simulate", "seed": 1, "base": {"n": 2, "dt": "1 ps"},
-                                     "grid": {"duration": ["10 ps", "20 ps"]}}))
+    sweep = resolve_spec(
+        parse_spec(
+            {
+                "name": "s",
+                "kind": "simulate",
+                "seed": 1,
+                "base": {"n": 2, "dt": "1 ps"},
+                "grid": {"duration": ["10 ps", "20 ps"]},
+            }
+        )
+    )
     out = SweepState(sweep).save(tmp_path / "s.h5")
     with h5py.File(out, "r+") as f:
         del f["wall_time_s"]
@@ -552,7 +657,9 @@ def test_resume_from_a_file_without_status_is_a_resume_error(tmp_path):
 
 
 def test_simulate_sweep_over_a_device_parameter(client, tmp_path):
-    spec = _write(tmp_path, """
+    spec = _write(
+        tmp_path,
+        """
         name = "sim"
         kind = "simulate"
         seed = 3
@@ -564,7 +671,8 @@ def test_simulate_sweep_over_a_device_parameter(client, tmp_path):
         [grid]
         applied_field = ["100 Oe", "0.05 T"]
         current = ["1 mA", "3 mA"]
-        """)
+        """,
+    )
     out = tmp_path / "sim.h5"
     summary = run_sweep(load_spec(spec), out, client=client)
     assert summary.n_done == 4
@@ -588,8 +696,23 @@ def test_plots_1d_and_2d(tiny_run, tmp_path, capsys):
     std = plot_sweep(read_sweep(out), "best_test_accuracy", x="dt", out=tmp_path / "std.png", band="std")
     for png in (line, heat, std):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["plot", str(out), "--x", "coupling", "--y", "seed", "--var", "test_accuracy",
-                 "--out", str(tmp_path / "cli.png")]) == 0
+    assert (
+        main(
+            [
+                "plot",
+                str(out),
+                "--x",
+                "coupling",
+                "--y",
+                "seed",
+                "--var",
+                "test_accuracy",
+                "--out",
+                str(tmp_path / "cli.png"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "cli.png").exists()
     with pytest.raises(PlotError, match=r"--x 'mu' is not a dimension of test_accuracy; dimensions: coupling, dt"):
         plot_sweep(out, "test_accuracy", x="mu")
@@ -601,12 +724,18 @@ def test_plots_1d_and_2d(tiny_run, tmp_path, capsys):
 
 
 def test_experiment_specs_are_valid():
-    root = Path(__file__).resolve().parents[1] / "experiments"
+    root = Path(__file__).resolve().parents[2] / "experiments"
     specs = sorted(p for p in root.rglob("*.toml") if "kind" in tomllib.loads(p.read_text(encoding="utf-8")))
     names = {p.name for p in specs}
-    assert {"smoke-sweep.toml", "heatmap-sto-coupling-duration.toml", "heatmap-ffesn-rho-steps.toml",
-            "heatmap-lorenz96-forcing-duration.toml", "mle-vs-coupling-sto.toml", "mle-vs-rho-ffesn.toml",
-            "mle-vs-forcing-lorenz96.toml"} <= names
+    assert {
+        "smoke-sweep.toml",
+        "heatmap-sto-coupling-duration.toml",
+        "heatmap-ffesn-rho-steps.toml",
+        "heatmap-lorenz96-forcing-duration.toml",
+        "mle-vs-coupling-sto.toml",
+        "mle-vs-rho-ffesn.toml",
+        "mle-vs-forcing-lorenz96.toml",
+    } <= names
     for path in specs:
         assert len(load_spec(path)) >= 2, path
 
@@ -619,11 +748,18 @@ def test_plot_hue_draws_one_line_per_value(tmp_path):
 
     rng = np.random.default_rng(0)
     ds = xr.Dataset(
-        {"test_accuracy": (("snr", "coupling", "seed"), rng.uniform(0.8, 1.0, (3, 2, 4)),
-                           {"units": "1", "long_name": "test accuracy"})},
-        coords={"snr": ("snr", [0.0, 10.0, 20.0], {"units": "dB", "long_name": "SNR"}),
-                "coupling": ("coupling", [1.0, 500.0], {"units": "Oe", "long_name": "coupling strength mu"}),
-                "seed": ("seed", np.arange(4), {"units": "1", "long_name": "seed"})},
+        {
+            "test_accuracy": (
+                ("snr", "coupling", "seed"),
+                rng.uniform(0.8, 1.0, (3, 2, 4)),
+                {"units": "1", "long_name": "test accuracy"},
+            )
+        },
+        coords={
+            "snr": ("snr", [0.0, 10.0, 20.0], {"units": "dB", "long_name": "SNR"}),
+            "coupling": ("coupling", [1.0, 500.0], {"units": "Oe", "long_name": "coupling strength mu"}),
+            "seed": ("seed", np.arange(4), {"units": "1", "long_name": "seed"}),
+        },
     )
     out = plot_sweep(ds, "test_accuracy", "snr", out=tmp_path / "hue.png", hue="coupling")
     assert out.stat().st_size > 5000
@@ -650,10 +786,18 @@ def test_line_plot_keeps_a_point_at_an_infinite_coordinate(tmp_path, monkeypatch
     save_figure = sweep_plot.save_figure
     monkeypatch.setattr(sweep_plot, "save_figure", capture)
     ds = xr.Dataset(
-        {"test_accuracy": (("observation_snr", "seed"), np.array([[0.5, 0.6], [0.8, 0.9], [0.95, 0.97]]),
-                           {"units": "1", "long_name": "test accuracy"})},
-        coords={"observation_snr": ("observation_snr", [10.0, 20.0, np.inf], {"units": "dB", "long_name": "SNR"}),
-                "seed": ("seed", np.arange(2), {"units": "1", "long_name": "seed"})})
+        {
+            "test_accuracy": (
+                ("observation_snr", "seed"),
+                np.array([[0.5, 0.6], [0.8, 0.9], [0.95, 0.97]]),
+                {"units": "1", "long_name": "test accuracy"},
+            )
+        },
+        coords={
+            "observation_snr": ("observation_snr", [10.0, 20.0, np.inf], {"units": "dB", "long_name": "SNR"}),
+            "seed": ("seed", np.arange(2), {"units": "1", "long_name": "seed"}),
+        },
+    )
     plot_sweep(ds, "test_accuracy", "observation_snr", out=tmp_path / "snr.png")
     np.testing.assert_array_equal(drawn["x"], [0.0, 1.0, 2.0])
     assert drawn["ticks"] == ["10", "20", "inf"] and drawn["scale"] == "linear"

@@ -20,10 +20,13 @@ def test_table1_files_are_valid(path):
 
 def test_compare_writes_a_markdown_table_and_reuses_runs(tmp_path, capsys):
     a, b = tmp_path / "lin.toml", tmp_path / "sto.toml"
-    a.write_text('substrate = "linear"\ndataset = "digits"\nepochs = 2\nlr = 0.05\n'
-                 'limit_train = 200\nlimit_test = 100\n')
-    b.write_text('substrate = "sto"\ndataset = "digits"\nn = 6\nduration = "10 ps"\nepochs = 1\n'
-                 'limit_train = 100\nlimit_test = 50\n')
+    a.write_text(
+        'substrate = "linear"\ndataset = "digits"\nepochs = 2\nlr = 0.05\nlimit_train = 200\nlimit_test = 100\n'
+    )
+    b.write_text(
+        'substrate = "sto"\ndataset = "digits"\nn = 6\nduration = "10 ps"\nepochs = 1\n'
+        "limit_train = 100\nlimit_test = 50\n"
+    )
     (tmp_path / "reference.toml").write_text('lin = "92.5 / 92.4"\n')
     md = tmp_path / "table.md"
     args = ["compare", str(a), str(b), "--seeds", "0", "1", "--out", str(tmp_path / "runs"), "--markdown", str(md)]
@@ -40,8 +43,9 @@ def test_compare_writes_a_markdown_table_and_reuses_runs(tmp_path, capsys):
 
 def test_compare_finished_only_tabulates_existing_runs_and_skips_the_reference_file(tmp_path, capsys):
     a, b = tmp_path / "lin.toml", tmp_path / "mlp.toml"
-    a.write_text('substrate = "linear"\ndataset = "digits"\nepochs = 1\nlr = 0.05\n'
-                 'limit_train = 100\nlimit_test = 50\n')
+    a.write_text(
+        'substrate = "linear"\ndataset = "digits"\nepochs = 1\nlr = 0.05\nlimit_train = 100\nlimit_test = 50\n'
+    )
     b.write_text('substrate = "mlp"\ndataset = "digits"\nn = 4\nepochs = 1\nlimit_train = 100\nlimit_test = 50\n')
     ref = tmp_path / "reference.toml"
     ref.write_text('lin = "92.5 / 92.4"\n')
@@ -51,8 +55,9 @@ def test_compare_finished_only_tabulates_existing_runs_and_skips_the_reference_f
     assert main(["compare", str(b), "--seeds", "3", "--out", str(runs)]) == 0
     capsys.readouterr()
     md = tmp_path / "finished.md"
-    assert main(["compare", str(a), str(b), str(ref), "--finished-only", "--out", str(runs),
-                 "--markdown", str(md)]) == 0
+    assert (
+        main(["compare", str(a), str(b), str(ref), "--finished-only", "--out", str(runs), "--markdown", str(md)]) == 0
+    )
     table = md.read_text()
     assert "| lin | 2 |" in table and "| mlp | 1 |" in table
     # an experiment whose file changed since its runs is not tabulated, and nothing is trained
@@ -72,18 +77,38 @@ def test_compare_refuses_two_experiments_of_one_name_and_counts_a_repeated_seed_
         (tmp_path / folder / "lin.toml").write_text(text)
     runs = tmp_path / "runs"
     # both would train into runs/lin/seed0
-    assert main(["compare", str(tmp_path / "a" / "lin.toml"), str(tmp_path / "b" / "lin.toml"),
-                 "--out", str(runs)]) == 2
+    assert (
+        main(["compare", str(tmp_path / "a" / "lin.toml"), str(tmp_path / "b" / "lin.toml"), "--out", str(runs)]) == 2
+    )
     assert "distinct names" in capsys.readouterr().err and not runs.exists()
     md = tmp_path / "table.md"
-    assert main(["compare", str(tmp_path / "a" / "lin.toml"), "--seeds", "0", "0", "--out", str(runs),
-                 "--markdown", str(md)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(tmp_path / "a" / "lin.toml"),
+                "--seeds",
+                "0",
+                "0",
+                "--out",
+                str(runs),
+                "--markdown",
+                str(md),
+            ]
+        )
+        == 0
+    )
     assert "| lin | 1 |" in md.read_text()
 
 
 def _summary(final: float, best: float) -> dict:
-    return {"test_accuracy": final, "best_test_accuracy": best, "final_train_accuracy": 0.99, "epochs_to_converge": 3,
-            "wall_time_s": 10.0}
+    return {
+        "test_accuracy": final,
+        "best_test_accuracy": best,
+        "final_train_accuracy": 0.99,
+        "epochs_to_converge": 3,
+        "wall_time_s": 10.0,
+    }
 
 
 def test_table_gives_no_spread_for_one_seed_and_the_sample_std_for_more(tmp_path):

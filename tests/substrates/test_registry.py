@@ -19,14 +19,19 @@ from stosim.substrates import registry
 from stosim.substrates.base import Substrate, SubstrateDescription
 from stosim.substrates.protocols import Differentiable
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "stosim"
 
 # where a substrate's or model kind's name may be written as a string literal: the registries and each
 # substrate's own module (its declaration, its describe() name)
-DECLARING_MODULES = {"stosim/substrates/registry.py", "stosim/model_kinds.py", "stosim/substrates/sto_array.py",
-                     "stosim/substrates/ffesn.py", "stosim/substrates/lorenz96.py",
-                     "stosim/substrates/rate_network.py"}
+DECLARING_MODULES = {
+    "stosim/substrates/registry.py",
+    "stosim/model_kinds.py",
+    "stosim/substrates/sto_array.py",
+    "stosim/substrates/ffesn.py",
+    "stosim/substrates/lorenz96.py",
+    "stosim/substrates/rate_network.py",
+}
 # the literals that remain elsewhere, per file: name -> count. Each is a known exception; the test fails when
 # one is removed too, so the list only shrinks.
 EXCEPTIONS = {
@@ -75,8 +80,16 @@ def test_registry_keeps_the_defaults() -> None:
     from stosim.studies.training import SUBSTRATE_KEYS, TrainConfig
 
     assert {name: TrainConfig(substrate=name).default_n for name in kind_names()} == {
-        "sto": 100, "cnn-sto": 100, "deep-sto": 100, "ffesn": 500, "lorenz96": 500, "rate-network": 200,
-        "linear": 100, "mlp": 100, "cnn": 100}
+        "sto": 100,
+        "cnn-sto": 100,
+        "deep-sto": 100,
+        "ffesn": 500,
+        "lorenz96": 500,
+        "rate-network": 200,
+        "linear": 100,
+        "mlp": 100,
+        "cnn": 100,
+    }
     assert LYAPUNOV_DEFAULTS["sto"]["duration"] == 200e-9 and LYAPUNOV_DEFAULTS["lorenz96"]["n"] == 40
     assert LYAPUNOV_DEFAULTS["ffesn"]["reorthonormalize_every"] == 1
     assert SUBSTRATE_KEYS["cnn-sto"][-1] == "conv_channels" and SUBSTRATE_KEYS["linear"] == ()
@@ -95,18 +108,19 @@ def test_unknown_substrate_is_refused_naming_the_valid_ones() -> None:
 def test_docs_table_is_up_to_date() -> None:
     from stosim.substrate_docs import DOCS_PATH, substrates_markdown
 
-    assert DOCS_PATH.read_text(encoding="utf-8") == substrates_markdown(), \
+    assert DOCS_PATH.read_text(encoding="utf-8") == substrates_markdown(), (
         "docs/substrates.md is out of date: run python -m stosim.substrate_docs"
+    )
 
 
 def test_building_the_parser_imports_no_torch() -> None:
-    code = ("import sys; from stosim.cli import build_parser; build_parser(); "
-            "print('torch' in sys.modules)")
+    code = "import sys; from stosim.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split() == ["False"]
 
 
 # -- a substrate declared here only ------------------------------------------------------------------------
+
 
 class Decay(Substrate, Differentiable):
     """x -> a^steps x: a linear contraction map (the smallest substrate that trains)."""
@@ -117,8 +131,16 @@ class Decay(Substrate, Differentiable):
         self.register_buffer("decay", torch.tensor(decay, dtype=dtype))
 
     def describe(self) -> SubstrateDescription:
-        return SubstrateDescription(name="test-decay", state_size=self.n, readin_size=self.n, readout_size=self.n,
-                                    state_units="1", readout_units="1", time_unit="step", summary="x -> a x")
+        return SubstrateDescription(
+            name="test-decay",
+            state_size=self.n,
+            readin_size=self.n,
+            readout_size=self.n,
+            state_units="1",
+            readout_units="1",
+            time_unit="step",
+            summary="x -> a x",
+        )
 
     def read_configuration(self) -> dict[str, float | int | str]:
         return {"n": self.n, "decay": float(self.decay), "steps": self.steps}
@@ -134,7 +156,7 @@ class Decay(Substrate, Differentiable):
         return readin
 
     def evolve(self, state: torch.Tensor) -> torch.Tensor:
-        return state * self.decay ** self.steps
+        return state * self.decay**self.steps
 
 
 class DecayTangent(TangentSystem):
@@ -160,11 +182,21 @@ def _tangent(n: int, dt: float, seed: int, rng: np.random.Generator, *, decay: f
 
 @pytest.fixture
 def test_substrate():
-    spec = registry.register(registry.SubstrateSpec(
-        name="test-decay", summary="x -> a^steps x", keys=("n", "steps"), default_n=6, time_unit="steps",
-        cls=Decay, build=lambda cfg, seed, dtype: Decay(cfg.n or 6, DECAY, cfg.steps, dtype),
-        tangent=registry.TangentSpec(build=_tangent, defaults={"duration": 20.0, "transient": 2.0, "dt": 1.0,
-                                                               "n": 4, "reorthonormalize_every": 1})))
+    spec = registry.register(
+        registry.SubstrateSpec(
+            name="test-decay",
+            summary="x -> a^steps x",
+            keys=("n", "steps"),
+            default_n=6,
+            time_unit="steps",
+            cls=Decay,
+            build=lambda cfg, seed, dtype: Decay(cfg.n or 6, DECAY, cfg.steps, dtype),
+            tangent=registry.TangentSpec(
+                build=_tangent,
+                defaults={"duration": 20.0, "transient": 2.0, "dt": 1.0, "n": 4, "reorthonormalize_every": 1},
+            ),
+        )
+    )
     yield spec
     registry.unregister(spec.name)
 
@@ -180,10 +212,13 @@ def test_a_substrate_registered_in_a_test_is_usable_everywhere(test_substrate) -
     model = build_model(cfg, n_inputs=64, n_classes=10, image_shape=(8, 8))
     assert isinstance(model.substrate, Decay) and model.substrate.n == 6
     x = torch.ones(2, 64, dtype=torch.float64)
-    torch.testing.assert_close(model.substrate(model.read_in(x)), DECAY ** 3 * model.read_in(x))
+    torch.testing.assert_close(model.substrate(model.read_in(x)), DECAY**3 * model.read_in(x))
     parser = build_parser()
-    for argv in (["train", "--substrate", "test-decay", "--out", "x"],
-                 ["lyapunov", "--substrate", "test-decay"], ["ftmle", "--substrate", "test-decay", "--out", "x.h5"]):
+    for argv in (
+        ["train", "--substrate", "test-decay", "--out", "x"],
+        ["lyapunov", "--substrate", "test-decay"],
+        ["ftmle", "--substrate", "test-decay", "--out", "x.h5"],
+    ):
         assert parser.parse_args(argv).substrate == "test-decay"
     result = substrate_lyapunov("test-decay", n_exponents=2)
     np.testing.assert_allclose(result.exponents, [math.log(DECAY)] * 2, rtol=1e-12)  # ln a per step, exactly

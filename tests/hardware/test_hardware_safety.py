@@ -41,7 +41,7 @@ from stosim.simulation import DeviceLimitError
 
 pytestmark = pytest.mark.hardware_sim
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SIM_STATION = STATIONS_DIR / "sim-lab.toml"
 CS, FS, DG = "GPIB0::24::INSTR", "TCPIP0::192.168.1.20::inst0::INSTR", "TCPIP0::192.168.1.21::inst0::INSTR"
 _VISA_RESOURCE_MANAGER = pyvisa.ResourceManager
@@ -86,7 +86,7 @@ def assert_journal_safe(journal: list) -> None:
 # the safe state without close()
 # ---------------------------------------------------------------------------------------
 
-USER_SCRIPT = textwrap.dedent('''
+USER_SCRIPT = textwrap.dedent("""
     import sys
     import pyvisa
     from stosim.hardware import JournalTransport, LabSTOArray, WrappingResourceManager, load_station
@@ -110,7 +110,7 @@ USER_SCRIPT = textwrap.dedent('''
         raise RuntimeError("user code failed")
 
     user_code()
-''')
+""")
 
 
 @pytest.mark.parametrize("mode", ["manager-passed-in", "driver-opens-the-manager"])
@@ -122,8 +122,15 @@ def test_an_exception_in_user_code_without_close_still_ends_in_the_safe_state(tm
     script = tmp_path / "user.py"
     script.write_text(USER_SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(script), str(definitions), str(journal), mode], capture_output=True,
-                          text=True, timeout=120, env=env, cwd=tmp_path, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(definitions), str(journal), mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 1 and proc.stdout == "bias on\n"
     assert proc.stderr.rstrip().endswith("RuntimeError: user code failed")
     assert "safe state could not be confirmed" not in proc.stderr
@@ -136,13 +143,17 @@ def test_an_exception_in_user_code_without_close_still_ends_in_the_safe_state(tm
 
 
 def test_a_driver_left_open_is_made_safe_when_it_is_garbage_collected(tmp_path: Path) -> None:
-    st = load_station("twin-lab", overrides={"array": {"n": 2, "duration": "30 ps", "sample_interval": "10 ps"},
-                                             "current_source": {"ramp_dwell": "0 s"}})
+    st = load_station(
+        "twin-lab",
+        overrides={
+            "array": {"n": 2, "duration": "30 ps", "sample_interval": "10 ps"},
+            "current_source": {"ramp_dwell": "0 s"},
+        },
+    )
     twin = DigitalTwin(st)
     cs, fs = twin.current_source, twin.field_source
     journal = tmp_path / "journal.txt"
-    hw = LabSTOArray(st, WrappingResourceManager(twin.resource_manager(),
-                                                 lambda a, r: JournalTransport(r, journal, a)))
+    hw = LabSTOArray(st, WrappingResourceManager(twin.resource_manager(), lambda a, r: JournalTransport(r, journal, a)))
     hw.open()
     hw(torch.ones(1, 6, dtype=torch.float64))
     assert (cs.values[":OUTP"], cs.values[":SOUR:CURR"], fs.values[":OUTP"]) == ("ON", 2.5e-3, "ON")
@@ -151,15 +162,22 @@ def test_a_driver_left_open_is_made_safe_when_it_is_garbage_collected(tmp_path: 
     assert (cs.values[":OUTP"], cs.values[":SOUR:CURR"], fs.values[":OUTP"]) == ("OFF", 0.0, "OFF")
     assert cs.closed and fs.closed and twin.digitizer.closed
     entries = read_journal(journal)
-    entries = [(CS if a == st.current_source.address else FS if a == st.field_source.address else DG, k, m)
-               for a, k, m in entries]
+    entries = [
+        (CS if a == st.current_source.address else FS if a == st.field_source.address else DG, k, m)
+        for a, k, m in entries
+    ]
     assert_journal_safe(entries)
 
 
 def test_a_closed_driver_leaves_nothing_to_do_at_exit_or_collection(tmp_path: Path) -> None:
     """close() detaches the finalizer: collecting the driver afterwards sends nothing more."""
-    st = load_station("twin-lab", overrides={"array": {"n": 2, "duration": "30 ps", "sample_interval": "10 ps"},
-                                             "current_source": {"ramp_dwell": "0 s"}})
+    st = load_station(
+        "twin-lab",
+        overrides={
+            "array": {"n": 2, "duration": "30 ps", "sample_interval": "10 ps"},
+            "current_source": {"ramp_dwell": "0 s"},
+        },
+    )
     twin = DigitalTwin(st)
     hw = LabSTOArray(st, twin.resource_manager())
     with hw:
@@ -191,17 +209,31 @@ class FakeRecord:
         return self.record if message == ":FETC?" else answer
 
 
-@pytest.mark.parametrize(("record", "match"), [
-    ("1e6,1.375,1.65,1.925,2.2,1.65",
-     (r"digitizer \(SegmentedDigitizer at TCPIP0::192.168.1.21::inst0::INSTR\): reading 1e\+06 V on channel 0 "
-      r"\(segment 0, sample 0\) is outside the configured input range \[-5 V, 5 V\] \(1 of 6 readings\)")),
-    ("-0.5,1.375,1.65,1.925,2.2,1.65",
-     (r"digitizer \(SegmentedDigitizer at .*\): reading -0.5 V of device 0 \(sample 0, time 0\) is outside the "
-      r"voltage the junctions can produce at I = 0.0025 A, \[0.3667 V, 6.6 V\] \(I R_P = 1.1 V to I R_AP = 2.2 V")),
-    ("1.1,1.375,1.65,1.925,2.2,9.9E37", r"overload on channel 1 \(segment 0, sample 2\)"),
-])
-def test_readings_outside_the_range_or_the_physical_window_are_instrument_faults(tmp_path: Path, record: str,
-                                                                                 match: str) -> None:
+@pytest.mark.parametrize(
+    ("record", "match"),
+    [
+        (
+            "1e6,1.375,1.65,1.925,2.2,1.65",
+            (
+                r"digitizer \(SegmentedDigitizer at TCPIP0::192.168.1.21::inst0::INSTR\): "
+                r"reading 1e\+06 V on channel 0 "
+                r"\(segment 0, sample 0\) is outside the configured input range \[-5 V, 5 V\] \(1 of 6 readings\)"
+            ),
+        ),
+        (
+            "-0.5,1.375,1.65,1.925,2.2,1.65",
+            (
+                r"digitizer \(SegmentedDigitizer at .*\): reading -0.5 V of device 0 \(sample 0, time 0\) "
+                r"is outside the voltage the junctions can produce at I = 0.0025 A, \[0.3667 V, 6.6 V\] "
+                r"\(I R_P = 1.1 V to I R_AP = 2.2 V"
+            ),
+        ),
+        ("1.1,1.375,1.65,1.925,2.2,9.9E37", r"overload on channel 1 \(segment 0, sample 2\)"),
+    ],
+)
+def test_readings_outside_the_range_or_the_physical_window_are_instrument_faults(
+    tmp_path: Path, record: str, match: str
+) -> None:
     rm = _VISA_RESOURCE_MANAGER(f"{sim_definitions(tmp_path / 'sim')}@sim")
     wrapped = WrappingResourceManager(rm, lambda a, r: FakeRecord(r, record) if a == DG else r)
     hw = LabSTOArray(station(), wrapped)
@@ -216,13 +248,17 @@ def test_the_measured_state_refuses_voltages_the_devices_cannot_produce() -> Non
     st = station()
     hw = LabSTOArray(st, None)
     good = torch.tensor([[1.1, 1.375, 1.65, 1.925, 2.2, 1.65]], dtype=torch.float64)
-    np.testing.assert_allclose(hw.state_from_measurement(good).numpy().ravel(), [1.0, 0.5, 0.0, -0.5, -1.0, 0.0],
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        hw.state_from_measurement(good).numpy().ravel(), [1.0, 0.5, 0.0, -0.5, -1.0, 0.0], atol=1e-12
+    )
     for v in (1e6, -0.5, 0.0, float("nan")):
         bad = good.clone()
         bad[0, 4] = v
-        with pytest.raises(InstrumentFaultError, match=rf"station sim-lab: reading {re.escape(f'{v:g}')} V of device 1 "
-                                                      r"\(sample 0, time 1\) is outside"):
+        with pytest.raises(
+            InstrumentFaultError,
+            match=rf"station sim-lab: reading {re.escape(f'{v:g}')} V of device 1 "
+            r"\(sample 0, time 1\) is outside",
+        ):
             hw.state_from_measurement(bad)
 
 
@@ -245,11 +281,13 @@ def test_a_wrong_instrument_at_an_address_is_refused_before_it_is_driven(tmp_pat
     rm = _VISA_RESOURCE_MANAGER(f"{definitions}@sim")
     journal = tmp_path / "journal.txt"
     hw = LabSTOArray(station(), WrappingResourceManager(rm, lambda a, r: JournalTransport(r, journal, a)))
-    with pytest.raises(InstrumentIdentityError,
-                       match=r"current_source \(CurrentSource2400 at GPIB0::24::INSTR\): \*IDN\? answered "
-                             r"'KEITHLEY INSTRUMENTS INC.,MODEL 2651A,SIM0001,C32 \(pyvisa-sim\)', manufacturer and "
-                             r"model 'KEITHLEY INSTRUMENTS INC.,MODEL 2651A'; the station expects "
-                             r"'KEITHLEY INSTRUMENTS INC.,MODEL 2400' \(\[current_source\] model\)"):
+    with pytest.raises(
+        InstrumentIdentityError,
+        match=r"current_source \(CurrentSource2400 at GPIB0::24::INSTR\): \*IDN\? answered "
+        r"'KEITHLEY INSTRUMENTS INC.,MODEL 2651A,SIM0001,C32 \(pyvisa-sim\)', manufacturer and "
+        r"model 'KEITHLEY INSTRUMENTS INC.,MODEL 2651A'; the station expects "
+        r"'KEITHLEY INSTRUMENTS INC.,MODEL 2400' \(\[current_source\] model\)",
+    ):
         hw.open()
     # nothing but *IDN? reached it before the refusal, then the safe-state sequence
     cs = [m for a, kind, m in read_journal(journal) if a == CS and kind in ("write", "query")]
@@ -260,8 +298,10 @@ def test_a_wrong_instrument_at_an_address_is_refused_before_it_is_driven(tmp_pat
 def test_the_station_file_names_the_model_it_expects(tmp_path: Path) -> None:
     definitions = sim_definitions(tmp_path / "sim", {"MODEL 2400,SIM0001": "MODEL 2410,SIM0001"})
     # the station names the instrument that is there: accepted (case and blanks do not matter)
-    st = load_station(SIM_STATION, overrides={"current_source": {"model": "keithley instruments inc., model  2410",
-                                                                 "ramp_dwell": "0 s"}})
+    st = load_station(
+        SIM_STATION,
+        overrides={"current_source": {"model": "keithley instruments inc., model  2410", "ramp_dwell": "0 s"}},
+    )
     with LabSTOArray(st, _VISA_RESOURCE_MANAGER(f"{definitions}@sim")) as hw:
         assert hw.identities["current_source"].startswith("KEITHLEY INSTRUMENTS INC.,MODEL 2410")
     # the digitizer the station file names is not the one at the address
@@ -296,8 +336,10 @@ def test_a_station_biased_beyond_the_device_limits_is_refused(tmp_path: Path) ->
     device = tmp_path / "dev.toml"
     device.write_text((REPO / "devices" / "seed-pmtj.toml").read_text() + '\n[limits]\nmax_current = "2 mA"\n')
     st = load_station(SIM_STATION, overrides={"array": {"device": str(device)}})
-    with pytest.raises(DeviceLimitError,
-                       match=r"station sim-lab refused: bias current \|I\| = 2.5 mA exceeds the "
-                             r"maximum current of device seed-pmtj, I_max = 2 mA \(limits.max_current\)"):
+    with pytest.raises(
+        DeviceLimitError,
+        match=r"station sim-lab refused: bias current \|I\| = 2.5 mA exceeds the "
+        r"maximum current of device seed-pmtj, I_max = 2 mA \(limits.max_current\)",
+    ):
         LabSTOArray(st, None)
     shutil.rmtree(tmp_path, ignore_errors=True)

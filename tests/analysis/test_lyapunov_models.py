@@ -45,6 +45,7 @@ def _lorenz96_fixed_point_spectrum(n: int, forcing: float) -> np.ndarray:
 
 # -- Lorenz 96: the tangent map ---------------------------------------------------------------
 
+
 def test_lorenz96_step_and_jvp_match_the_substrate():
     sub = Lorenz96(n=12, forcing=8.0, duration=0.5, dt=0.01)
     system = Lorenz96Tangent.from_substrate(sub)
@@ -163,14 +164,16 @@ def test_lorenz96_stable_fixed_point_spectrum_is_analytic():
     exp(-gap t) with gaps >= 0.25 over 50 time units of transient. Measured max error 3e-9."""
     n, forcing = 10, 0.5
     ref = _lorenz96_fixed_point_spectrum(n, forcing)
-    res = lyapunov_spectrum(Lorenz96Tangent(n, forcing), np.full(n, forcing), n, 5_000, transient_steps=5_000,
-                            reorthonormalize_every=10)
+    res = lyapunov_spectrum(
+        Lorenz96Tangent(n, forcing), np.full(n, forcing), n, 5_000, transient_steps=5_000, reorthonormalize_every=10
+    )
     assert res.mle < 0
     assert res.mle == pytest.approx(ref[0], abs=1e-6)  # ref[0] = 0.5 (cos 72 - cos 144 deg) - 1 = -0.4410
     np.testing.assert_allclose(res.exponents, ref, rtol=0, atol=1e-6)
 
 
 # -- FFESN -------------------------------------------------------------------------------------
+
 
 def test_ffesn_tangent_matches_the_substrate_and_autograd():
     sub = FFESN(n=20, spectral_radius=1.5, steps=1, seed=3)
@@ -226,6 +229,7 @@ def test_ffesn_rho_2_has_a_positive_mle():
 
 
 # -- derived quantities --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("spectrum", "d_ky", "h_ks"),
@@ -286,17 +290,18 @@ class _CounterSystem(TangentSystem):
         (100, 0, 1, 75),
     ],
 )
-def test_relative_change_last_quarter_uses_the_estimate_at_three_quarters(n_steps, transient, every,
-                                                                          quarter_steps):
+def test_relative_change_last_quarter_uses_the_estimate_at_three_quarters(n_steps, transient, every, quarter_steps):
     """rel = |lambda(T) - lambda(3T/4)| / |lambda(T)| with exact running estimates (see _CounterSystem).
 
     The old index (3 n_records) // 4 took the record one interval after 3/4 of the run: with 4 records
     it was the final estimate itself, so the reported change was always 0. Tolerance 1e-12 (round-off)."""
+
     def running(e: int) -> float:  # exact running estimate after e averaged steps, in 1/tick
         return float(np.mean(np.arange(transient + 1, transient + e + 1))) / 0.5
 
-    res = lyapunov_spectrum(_CounterSystem(), np.zeros(1), 1, n_steps, transient_steps=transient,
-                            reorthonormalize_every=every)
+    res = lyapunov_spectrum(
+        _CounterSystem(), np.zeros(1), 1, n_steps, transient_steps=transient, reorthonormalize_every=every
+    )
     assert res.mle == pytest.approx(running(n_steps), rel=1e-12)
     want = abs(running(n_steps) - running(quarter_steps)) / running(n_steps)
     assert want > 0.01
@@ -325,8 +330,9 @@ def test_lyapunov_spectrum_rejects_non_integer_counts(kwargs, match):
     passed as one step."""
     run = {"n_exponents": 2, "n_steps": 10, **kwargs}
     with pytest.raises(ValueError, match=match):
-        lyapunov_spectrum(Lorenz96Tangent(6, 8.0), np.full(6, 8.0) + np.arange(6), run.pop("n_exponents"),
-                          run.pop("n_steps"), **run)
+        lyapunov_spectrum(
+            Lorenz96Tangent(6, 8.0), np.full(6, 8.0) + np.arange(6), run.pop("n_exponents"), run.pop("n_steps"), **run
+        )
 
 
 @pytest.mark.parametrize(
@@ -354,6 +360,7 @@ def test_substrate_lyapunov_rejects_a_duration_shorter_than_one_step(duration):
 
 
 # -- published values (slow) ----------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_lorenz96_n40_f8_matches_published_values():

@@ -30,9 +30,10 @@ from stosim.studies.dnn_chaos import (
 from stosim.studies.toy_tasks import TASKS, grid_points, make_task
 
 MNIST_DIR = Path(os.environ.get("STOSIM_MNIST_DIR", SHARED_MNIST))  # the shared data folder unless overridden
-needs_mnist = pytest.mark.skipif(not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
-                                 reason=f"MNIST IDX files not found in {MNIST_DIR} (the shared data folder; "
-                                        "set STOSIM_MNIST_DIR to another)")
+needs_mnist = pytest.mark.skipif(
+    not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
+    reason=f"MNIST IDX files not found in {MNIST_DIR} (the shared data folder; set STOSIM_MNIST_DIR to another)",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -100,9 +101,12 @@ def test_toy_task_geometry_and_bad_arguments():
     r = np.linalg.norm(x, axis=1)
     np.testing.assert_allclose(r[y == 0], 0.5, atol=1e-12)
     np.testing.assert_allclose(r[y == 1], 1.0, atol=1e-12)
-    for kwargs, name in (({"name": "swirl"}, "task"), ({"name": "blobs", "n": 3}, "n"),
-                         ({"name": "moons", "seed": -1}, "seed"),
-                         ({"name": "moons", "noise_scale": -1.0}, "noise_scale")):
+    for kwargs, name in (
+        ({"name": "swirl"}, "task"),
+        ({"name": "blobs", "n": 3}, "n"),
+        ({"name": "moons", "seed": -1}, "seed"),
+        ({"name": "moons", "noise_scale": -1.0}, "noise_scale"),
+    ):
         with pytest.raises(ValueError, match=name):
             make_task(**{"n": 100, **kwargs})
     xs, ys, pts = grid_points(5, 1.0)
@@ -113,7 +117,7 @@ def test_boundary_statistics_on_a_known_map():
     """Two half-planes, FTMLE = -distance to the boundary: near > far and Spearman = -1."""
     n = 40
     pred = np.zeros((n, n), dtype=int)
-    pred[:, n // 2:] = 1
+    pred[:, n // 2 :] = 1
     col = np.arange(n)
     dist = np.minimum(np.abs(col - (n // 2 - 1)), np.abs(col - n // 2))
     ftmle = -np.tile(dist, (n, 1)).astype(float)
@@ -146,6 +150,7 @@ def test_layer_ftmle_of_the_cnn_matches_the_exact_jacobian():
     x = torch.rand(2, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     res = model_ftmle([model.conv1, model.pool1], x, tol=1e-10)
     assert res.layers[0].method == "lanczos" and res.layers[0].all_converged
+
     def conv(z: torch.Tensor) -> torch.Tensor:
         return model.conv1(z.reshape(1, 1, 28, 28)).flatten()
 
@@ -162,8 +167,17 @@ def test_layer_ftmle_of_the_cnn_matches_the_exact_jacobian():
 
 def _toy_spec(tmp_path, **extra):
     spec = tmp_path / "toy.toml"
-    body = {"study": "toy-ftmle", "tasks": ["moons"], "n_train": 60, "n_test": 20, "depth": 2, "hidden": 8,
-            "epochs": 2, "grid": 8, **extra}
+    body = {
+        "study": "toy-ftmle",
+        "tasks": ["moons"],
+        "n_train": 60,
+        "n_test": 20,
+        "depth": 2,
+        "hidden": 8,
+        "epochs": 2,
+        "grid": 8,
+        **extra,
+    }
     spec.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in body.items()) + "\n")
     return spec
 
@@ -194,15 +208,19 @@ def test_cli_dnn_toy_smoke(tmp_path, capsys):
 @needs_mnist
 def test_cli_dnn_mnist_studies_smoke(tmp_path, capsys):
     table = tmp_path / "table.toml"
-    table.write_text(f'study = "init-table"\nmodels = ["mnist-ae", "mnist-mlp"]\ndata_dir = "{MNIST_DIR}"\n'
-                     "n_train = 40\nepochs = 1\nn_ftmle = 2\nmlp_depth = 2\nmlp_hidden = 16\n")
+    table.write_text(
+        f'study = "init-table"\nmodels = ["mnist-ae", "mnist-mlp"]\ndata_dir = "{MNIST_DIR}"\n'
+        "n_train = 40\nepochs = 1\nn_ftmle = 2\nmlp_depth = 2\nmlp_hidden = 16\n"
+    )
     assert main(["dnn", str(table), "--out", str(tmp_path / "t")]) == 0
     res = json.loads((tmp_path / "t" / "results.json").read_text())["models"]
     assert set(res["mnist-ae"]["trained"]) >= {"overall", "encoder", "decoder"}
     assert set(res["mnist-mlp"]) >= {"trained", "default", "xavier"}
     ci = tmp_path / "ci.toml"
-    ci.write_text(f'study = "chaotic-init"\ndata_dir = "{MNIST_DIR}"\nrhos = [0.5, 2.0]\nhidden = 16\n'
-                  "n_train = 40\nn_test = 20\nepochs = 2\ntrack_rhos = [2.0]\n")
+    ci.write_text(
+        f'study = "chaotic-init"\ndata_dir = "{MNIST_DIR}"\nrhos = [0.5, 2.0]\nhidden = 16\n'
+        "n_train = 40\nn_test = 20\nepochs = 2\ntrack_rhos = [2.0]\n"
+    )
     assert main(["dnn", str(ci), "--out", str(tmp_path / "c")]) == 0
     runs = json.loads((tmp_path / "c" / "results.json").read_text())["runs"]
     assert len(runs["2.0"]["rho"]) == 3 and len(runs["2.0"]["rho"][0]) == 3

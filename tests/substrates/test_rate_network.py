@@ -30,12 +30,15 @@ def _x0(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(n)
 
 
-@pytest.mark.parametrize("kw", [
-    {"time": "continuous", "dt": 0.1},
-    {"time": "discrete"},
-    {"time": "continuous", "dt": 0.1, "input_std": 0.5, "input_tau": 2.0},
-    {"time": "discrete", "input_std": 0.3},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"time": "continuous", "dt": 0.1},
+        {"time": "discrete"},
+        {"time": "continuous", "dt": 0.1, "input_std": 0.5, "input_tau": 2.0},
+        {"time": "discrete", "input_std": 0.3},
+    ],
+)
 def test_tangent_matches_finite_differences(kw: dict) -> None:
     sys = RateNetworkTangent(n=12, g=2.0, seed=3, **kw)
     x = sys.steps(sys.initial_state(_x0(12)), 7)
@@ -61,8 +64,10 @@ def test_jacobian_is_the_flow_derivative() -> None:
 
 
 def test_substrate_and_tangent_system_take_the_same_steps() -> None:
-    for kw in ({"time": "continuous", "dt": 0.1, "duration": 2.0, "input_std": 0.4, "input_tau": 1.0},
-               {"time": "discrete", "duration": 5.0, "input_std": 0.4}):
+    for kw in (
+        {"time": "continuous", "dt": 0.1, "duration": 2.0, "input_std": 0.4, "input_tau": 1.0},
+        {"time": "discrete", "duration": 5.0, "input_std": 0.4},
+    ):
         sub = RateNetwork(n=10, g=2.0, seed=4, **kw)
         sys = RateNetworkTangent.from_substrate(sub)
         h0 = _x0(10)
@@ -93,7 +98,8 @@ def test_dmft_below_onset_and_quadrature() -> None:
     assert dmft_discrete_mle(0.8) == pytest.approx(math.log(0.8), rel=1e-12)
     delta = dmft_discrete(2.5)
     from stosim.analysis.rate_theory import gaussian_average
-    assert delta == pytest.approx(2.5 ** 2 * gaussian_average(lambda h: np.tanh(h) ** 2, delta), rel=1e-11)
+
+    assert delta == pytest.approx(2.5**2 * gaussian_average(lambda h: np.tanh(h) ** 2, delta), rel=1e-11)
     # input adds its variance; the MLE decreases with input (saturation)
     assert dmft_discrete_mle(2.0, input_std=1.0) < dmft_discrete_mle(2.0)
     lam = ginibre_product_spectrum(200, 3.0)
@@ -107,8 +113,13 @@ def test_gaussian_average_matches_adaptive_quadrature(variance: float) -> None:
     from stosim.analysis.rate_theory import gaussian_average
 
     for f in (lambda h: np.tanh(h) ** 2, lambda h: (1.0 - np.tanh(h) ** 2) ** 2):
-        ref = quad(lambda z: f(math.sqrt(variance) * z) * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi),
-                   -np.inf, np.inf, limit=400, epsabs=1e-14)[0]
+        ref = quad(
+            lambda z: f(math.sqrt(variance) * z) * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi),
+            -np.inf,
+            np.inf,
+            limit=400,
+            epsabs=1e-14,
+        )[0]
         assert gaussian_average(f, variance) == pytest.approx(ref, abs=1e-10)
 
 
@@ -175,14 +186,24 @@ def test_frozen_ou_input_statistics_and_block_continuity() -> None:
     lag1 = np.mean(w[1:] * w[:-1]) / np.mean(w * w)
     assert lag1 == pytest.approx(a, abs=0.02)
     fresh = FrozenInput(p)  # regenerating block 2 alone gives the same values (the chain is rebuilt)
-    np.testing.assert_array_equal(fresh.block(2), w[2 * INPUT_BLOCK:])
+    np.testing.assert_array_equal(fresh.block(2), w[2 * INPUT_BLOCK :])
 
 
-@pytest.mark.parametrize(("kw", "name"), [
-    ({"g": -1.0}, "g"), ({"g": 0.0}, "g"), ({"n": 1}, "n"), ({"dt": 0.8}, "dt"), ({"input_std": -0.1}, "input_std"),
-    ({"tau": float("nan")}, "tau"), ({"duration": 1.05, "dt": 0.1}, "duration"),
-    ({"time": "discrete", "duration": 2.5}, "duration"), ({"time": "sometimes"}, "time"), ({"gain": 2.0}, "gain"),
-])
+@pytest.mark.parametrize(
+    ("kw", "name"),
+    [
+        ({"g": -1.0}, "g"),
+        ({"g": 0.0}, "g"),
+        ({"n": 1}, "n"),
+        ({"dt": 0.8}, "dt"),
+        ({"input_std": -0.1}, "input_std"),
+        ({"tau": float("nan")}, "tau"),
+        ({"duration": 1.05, "dt": 0.1}, "duration"),
+        ({"time": "discrete", "duration": 2.5}, "duration"),
+        ({"time": "sometimes"}, "time"),
+        ({"gain": 2.0}, "gain"),
+    ],
+)
 def test_parameter_validation_names_the_parameter(kw: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         RateNetwork(**kw)
@@ -206,13 +227,51 @@ def test_substrate_interface() -> None:
 def test_cli_lyapunov_rate_network(capsys: pytest.CaptureFixture[str]) -> None:
     from stosim.cli import main
 
-    assert main(["lyapunov", "--substrate", "rate-network", "--n", "60", "--g", "3", "--time", "discrete",
-                 "--exponents", "2", "--duration", "300", "--transient", "50", "--json"]) == 0
+    assert (
+        main(
+            [
+                "lyapunov",
+                "--substrate",
+                "rate-network",
+                "--n",
+                "60",
+                "--g",
+                "3",
+                "--time",
+                "discrete",
+                "--exponents",
+                "2",
+                "--duration",
+                "300",
+                "--transient",
+                "50",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["units"] == "1/step" and out["substrate"] == "rate-network"
     assert abs(out["mle"] - dmft_discrete_mle(3.0)) < 0.06
-    assert main(["lyapunov", "--substrate", "rate-network", "--n", "40", "--g", "0.5", "--duration", "20",
-                 "--transient", "10", "--json"]) == 0
+    assert (
+        main(
+            [
+                "lyapunov",
+                "--substrate",
+                "rate-network",
+                "--n",
+                "40",
+                "--g",
+                "0.5",
+                "--duration",
+                "20",
+                "--transient",
+                "10",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["units"] == "1/tau" and out["mle"] < 0
 
@@ -236,7 +295,28 @@ def test_training_model_and_ftmle_use_the_rate_network() -> None:
 def test_cli_ftmle_rate_network(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     from stosim.cli import main
 
-    assert main(["ftmle", "--substrate", "rate-network", "--n", "30", "--g", "0.5", "--network-time", "discrete",
-                 "--steps", "10", "--limit", "3", "--out", str(tmp_path / "f.h5"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "ftmle",
+                "--substrate",
+                "rate-network",
+                "--n",
+                "30",
+                "--g",
+                "0.5",
+                "--network-time",
+                "discrete",
+                "--steps",
+                "10",
+                "--limit",
+                "3",
+                "--out",
+                str(tmp_path / "f.h5"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["units"] == "1/step" and out["mean"] < 0  # contracting below onset

@@ -3,7 +3,7 @@
 - The station driver's full command protocol against the pyvisa-sim definitions in
   ``devices/instruments/`` (commands sent, limits refused before sending, timeouts retried
   then reported, safe shutdown after an error and on KeyboardInterrupt).
-- The substrate conformance suite (tests/test_substrate_conformance.py) on the driver talking
+- The substrate conformance suite (tests/substrates/test_substrate_conformance.py) on the driver talking
   to the digital twin, on the station's simulator model and on the physics-aware wrapper.
 - Station-file validation errors naming the key.
 - Physics-aware training vs training in simulation, evaluated on the mismatched twin.
@@ -101,9 +101,11 @@ def is_closed(rm: pyvisa.ResourceManager) -> bool:
 
 def recording(rm, log: list, faults: dict[str, list[Fault]] | None = None) -> WrappingResourceManager:
     """Every opened resource records into ``log`` as (address, kind, message); ``faults`` per address."""
+
     def wrap(address, res):
         inner = FaultInjectingTransport(res, (faults or {}).get(address, [])) if faults else res
         return RecordingTransport(inner, log, label=address)
+
     return WrappingResourceManager(rm, wrap)
 
 
@@ -131,8 +133,13 @@ def station():
 
 
 def twin_station(n: int = 4, **array):
-    return load_station("twin-lab", overrides={"array": {"n": n, "duration": "50 ps", "sample_interval": "10 ps",
-                                                         **array}, "current_source": {"ramp_dwell": "0 s"}})
+    return load_station(
+        "twin-lab",
+        overrides={
+            "array": {"n": n, "duration": "50 ps", "sample_interval": "10 ps", **array},
+            "current_source": {"ramp_dwell": "0 s"},
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -160,12 +167,36 @@ def test_protocol_sends_the_expected_commands_and_converts_voltages(station, sim
 
     ramp_up = [f":SOUR:CURR {v:.6E}" for v in (0.0, 5e-4, 1e-3, 1.5e-3, 2e-3, 2.5e-3)]
     ramp_down = [f":SOUR:CURR {v:.6E}" for v in (2e-3, 1.5e-3, 1e-3, 5e-4, 0.0)]
-    assert sent(log, CS) == ["*IDN?", ":SYST:ERR?", ":SOUR:FUNC CURR", ":SENS:VOLT:PROT 5.000000E+00", ":OUTP?",
-                             ramp_up[0], ":OUTP ON", *ramp_up[1:], ":SYST:ERR?",
-                             ":SOUR:CURR?", *ramp_down, ":OUTP OFF"]
-    assert sent(log, DG) == ["*IDN?", ":SYST:ERR?", ":CHAN:COUN 2", ":ACQ:POIN 3", ":ACQ:SINT 2.500000E-11",
-                             ":TRIG:DEL 1.000000E-10", ":VOLT:RANG 5.000000E+00", ":ACQ:SEGM 1", ":SYST:ERR?",
-                             ":SYST:ERR?", ":INIT", ":FETC?", ":SYST:ERR?", ":ABOR"]  # errors read before arming
+    assert sent(log, CS) == [
+        "*IDN?",
+        ":SYST:ERR?",
+        ":SOUR:FUNC CURR",
+        ":SENS:VOLT:PROT 5.000000E+00",
+        ":OUTP?",
+        ramp_up[0],
+        ":OUTP ON",
+        *ramp_up[1:],
+        ":SYST:ERR?",
+        ":SOUR:CURR?",
+        *ramp_down,
+        ":OUTP OFF",
+    ]
+    assert sent(log, DG) == [
+        "*IDN?",
+        ":SYST:ERR?",
+        ":CHAN:COUN 2",
+        ":ACQ:POIN 3",
+        ":ACQ:SINT 2.500000E-11",
+        ":TRIG:DEL 1.000000E-10",
+        ":VOLT:RANG 5.000000E+00",
+        ":ACQ:SEGM 1",
+        ":SYST:ERR?",
+        ":SYST:ERR?",
+        ":INIT",
+        ":FETC?",
+        ":SYST:ERR?",
+        ":ABOR",
+    ]  # errors read before arming
     fs = sent(log, FS)
     assert fs[:6] == ["*IDN?", ":SYST:ERR?", ":WAV:POIN 6", ":WAV:SEGM 1", ":OUTP ON", ":SYST:ERR?"]
     assert fs[6].startswith(":WAV:DATA ") and fs[7:] == [":SYST:ERR?", ":INIT", "*OPC?", ":SYST:ERR?", ":OUTP OFF"]
@@ -234,9 +265,11 @@ def test_simulated_instrument_reports_what_the_driver_would_have_refused(station
 
 def test_timeouts_are_retried_a_bounded_number_of_times(station, sim_rm) -> None:
     rm, log = sim_rm(), []
-    faults = {DG: [Fault(":FETC?", times=2, before=False)],  # the answer is lost twice
-              FS: [Fault(":WAV:DATA *", times=1)],  # the waveform is lost once
-              CS: [Fault(":SOUR:CURR 1.000000E-03", error=TimeoutError, times=2)]}  # a transport's own timeout
+    faults = {
+        DG: [Fault(":FETC?", times=2, before=False)],  # the answer is lost twice
+        FS: [Fault(":WAV:DATA *", times=1)],  # the waveform is lost once
+        CS: [Fault(":SOUR:CURR 1.000000E-03", error=TimeoutError, times=2)],
+    }  # a transport's own timeout
     with LabSTOArray(station, recording(rm, log, faults)) as hw:
         features = hw(readin(station.n))
         assert hw.digitizer.attempts_failed == 2 and hw.field_source.attempts_failed == 1
@@ -329,8 +362,7 @@ def test_an_error_during_open_leaves_the_setup_safe(station, sim_rm) -> None:
     assert_safe(rm)
 
 
-def test_a_resource_manager_the_driver_opened_is_closed_and_one_passed_in_is_not(station, sim_rm,
-                                                                                  monkeypatch) -> None:
+def test_a_resource_manager_the_driver_opened_is_closed_and_one_passed_in_is_not(station, sim_rm, monkeypatch) -> None:
     """Without a resource manager the driver opens pyvisa.ResourceManager() and closes it on close
     (also when open fails); a manager passed in belongs to the caller and stays open."""
     made: list[pyvisa.ResourceManager] = []
@@ -348,8 +380,11 @@ def test_a_resource_manager_the_driver_opened_is_closed_and_one_passed_in_is_not
         pass
     assert len(made) == 2 and is_closed(made[1])
     # open fails (the digitizer never answers): the setup is made safe and the manager closed all the same
-    monkeypatch.setattr(pyvisa, "ResourceManager",
-                        lambda: made.append(recording(sim_rm(), [], {DG: [Fault("*IDN?", times=None)]})) or made[-1])
+    monkeypatch.setattr(
+        pyvisa,
+        "ResourceManager",
+        lambda: made.append(recording(sim_rm(), [], {DG: [Fault("*IDN?", times=None)]})) or made[-1],
+    )
     with pytest.raises(InstrumentTimeoutError):
         LabSTOArray(station).open()
     assert is_closed(made[2].inner)
@@ -409,28 +444,34 @@ def _raw() -> dict:
     return tomllib.loads(SIM_STATION.read_text())
 
 
-@pytest.mark.parametrize("overrides, key, words", [
-    ({"current_source": {"max_curent": "5 mA"}}, "current_source.max_curent", "Extra inputs are not permitted"),
-    ({"bogus": 1}, "bogus", "Extra inputs are not permitted"),
-    ({"current_source": {"role": "digitizer"}}, "current_source.role", "Extra inputs are not permitted"),
-    ({"current_source": {"max_current": "5 Oe"}}, "current_source.max_current", "not a current unit"),
-    ({"current_source": {"max_current": 0.005}}, "current_source.max_current", "has no unit"),
-    ({"current_source": {"driver": "keithley9999"}}, "current_source.driver", "unknown current_source driver"),
-    ({"digitizer": {"driver": "keithley2400"}}, "digitizer.driver", "unknown digitizer driver"),
-    ({"current_source": {"max_current": "2 A"}}, "current_source.max_current", "beyond the keithley2400 range"),
-    ({"array": {"bias_current": "6 mA"}}, "array.bias_current", "exceeds current_source.max_current = 0.005 A"),
-    ({"array": {"preparation_field": "3 kOe"}}, "array.preparation_field", "exceeds field_source.max_field"),
-    ({"field_source": {"max_field": "9 kOe"}}, "field_source.max_field", "beyond the field-pulse-awg range"),
-    ({"digitizer": {"voltage_range": "1 V"}}, "digitizer.voltage_range", "below the devices' largest TMR voltage"),
-    # 2 devices in series, 2.2 V each at most: 4 V covers one device but not the chain
-    ({"current_source": {"compliance": "4 V"}}, "current_source.compliance",
-     "across the 2 devices in series, N I R_AP = 4.4 V"),
-    ({"array": {"duration": "40 ps"}}, "array.duration", "must exceed 2 x array.sample_interval"),
-    ({"array": {"n": 2000}}, "array.n", "less than or equal to 1024"),
-    ({"array": {"max_batch": 5000}}, "array.max_batch", "segment memory"),
-    ({"array": {"device": "missing.toml"}}, "array.device", "cannot read device file"),
-    ({"current_source": {"retries": 50}}, "current_source.retries", "less than or equal to 10"),
-])
+@pytest.mark.parametrize(
+    "overrides, key, words",
+    [
+        ({"current_source": {"max_curent": "5 mA"}}, "current_source.max_curent", "Extra inputs are not permitted"),
+        ({"bogus": 1}, "bogus", "Extra inputs are not permitted"),
+        ({"current_source": {"role": "digitizer"}}, "current_source.role", "Extra inputs are not permitted"),
+        ({"current_source": {"max_current": "5 Oe"}}, "current_source.max_current", "not a current unit"),
+        ({"current_source": {"max_current": 0.005}}, "current_source.max_current", "has no unit"),
+        ({"current_source": {"driver": "keithley9999"}}, "current_source.driver", "unknown current_source driver"),
+        ({"digitizer": {"driver": "keithley2400"}}, "digitizer.driver", "unknown digitizer driver"),
+        ({"current_source": {"max_current": "2 A"}}, "current_source.max_current", "beyond the keithley2400 range"),
+        ({"array": {"bias_current": "6 mA"}}, "array.bias_current", "exceeds current_source.max_current = 0.005 A"),
+        ({"array": {"preparation_field": "3 kOe"}}, "array.preparation_field", "exceeds field_source.max_field"),
+        ({"field_source": {"max_field": "9 kOe"}}, "field_source.max_field", "beyond the field-pulse-awg range"),
+        ({"digitizer": {"voltage_range": "1 V"}}, "digitizer.voltage_range", "below the devices' largest TMR voltage"),
+        # 2 devices in series, 2.2 V each at most: 4 V covers one device but not the chain
+        (
+            {"current_source": {"compliance": "4 V"}},
+            "current_source.compliance",
+            "across the 2 devices in series, N I R_AP = 4.4 V",
+        ),
+        ({"array": {"duration": "40 ps"}}, "array.duration", "must exceed 2 x array.sample_interval"),
+        ({"array": {"n": 2000}}, "array.n", "less than or equal to 1024"),
+        ({"array": {"max_batch": 5000}}, "array.max_batch", "segment memory"),
+        ({"array": {"device": "missing.toml"}}, "array.device", "cannot read device file"),
+        ({"current_source": {"retries": 50}}, "current_source.retries", "less than or equal to 10"),
+    ],
+)
 def test_station_errors_name_the_key(overrides: dict, key: str, words: str) -> None:
     with pytest.raises(StationFileError) as info:
         station_from_dict(_raw(), STATIONS_DIR, path=SIM_STATION, overrides=overrides)
@@ -499,8 +540,14 @@ def test_twin_speaks_scpi_like_an_instrument() -> None:
     # with the bias current turned off behind the driver's back the devices give 0 V: not a voltage a junction
     # biased at 2.5 mA can show, so an instrument fault (and the setup is made safe), not data
     hw = LabSTOArray(st, twin.resource_manager())
-    with pytest.raises(InstrumentFaultError, match=r"reading 0 V of device 0 .* outside the voltage the junctions "
-                                                   r"can produce at I = 0.0025 A, \[0.3667 V, 6.6 V\]"), hw:
+    with (
+        pytest.raises(
+            InstrumentFaultError,
+            match=r"reading 0 V of device 0 .* outside the voltage the junctions "
+            r"can produce at I = 0.0025 A, \[0.3667 V, 6.6 V\]",
+        ),
+        hw,
+    ):
         twin.current_source.write(":OUTP OFF")
         hw.evolve(hw.initial_state(readin(4)))
     assert not hw.is_open and twin.current_source.values[":SOUR:CURR"] == 0.0
@@ -534,8 +581,11 @@ class LateAnswers:
 def test_a_late_answer_is_cleared_before_the_query_is_sent_again() -> None:
     st = twin_station()
     twin = DigitalTwin(st)
-    cs = CurrentSource2400(LateAnswers(twin.resource_manager().open_resource(st.current_source.address), ("*IDN?",)),
-                           address=st.current_source.address, retries=2)
+    cs = CurrentSource2400(
+        LateAnswers(twin.resource_manager().open_resource(st.current_source.address), ("*IDN?",)),
+        address=st.current_source.address,
+        retries=2,
+    )
     assert cs.identify().startswith("KEITHLEY")
     assert cs.attempts_failed == 1
     assert cs.get("current") == 0.0  # not the late *IDN? answer
@@ -581,11 +631,15 @@ def test_a_state_at_the_norm_tolerance_is_prepared_at_the_field_limit() -> None:
 def test_a_wrong_address_names_the_instrument_and_the_key() -> None:
     st = twin_station()
     rm = DigitalTwin(st).resource_manager()  # knows only the station's three addresses
-    bad = load_station("twin-lab", overrides={"array": {"n": 4},
-                                              "digitizer": {"address": "TCPIP0::10.9.9.9::inst0::INSTR"}})
+    bad = load_station(
+        "twin-lab", overrides={"array": {"n": 4}, "digitizer": {"address": "TCPIP0::10.9.9.9::inst0::INSTR"}}
+    )
     hw = LabSTOArray(bad, rm)
-    with pytest.raises(InstrumentError, match=r"digitizer \(segmented-digitizer\): cannot open address "
-                                              r"'TCPIP0::10\.9\.9\.9::inst0::INSTR'.*\[digitizer\] address"):
+    with pytest.raises(
+        InstrumentError,
+        match=r"digitizer \(segmented-digitizer\): cannot open address "
+        r"'TCPIP0::10\.9\.9\.9::inst0::INSTR'.*\[digitizer\] address",
+    ):
         hw.open()
     assert not hw.is_open
 
@@ -614,8 +668,9 @@ def _model():
 
 def _physics_aware():
     st = twin_station()
-    return PhysicsAwareSubstrate(LabSTOArray(st, DigitalTwin(st, Mismatch.lab(1.0, seed=1)).resource_manager()),
-                                 StationModel(st))
+    return PhysicsAwareSubstrate(
+        LabSTOArray(st, DigitalTwin(st, Mismatch.lab(1.0, seed=1)).resource_manager()), StationModel(st)
+    )
 
 
 SUBSTRATES = [("lab-on-twin", _lab_on_twin), ("station-model", _model), ("physics-aware", _physics_aware)]
@@ -704,11 +759,15 @@ def test_physics_aware_training_recovers_the_accuracy_lost_on_the_mismatched_twi
 
 
 def test_a_station_can_name_its_own_instrument_class() -> None:
-    st = load_station(SIM_STATION, overrides={"current_source": {
-        "driver": "stosim.hardware.instruments:CurrentSource2400"}},
-        allow_drivers=["stosim.hardware.instruments:CurrentSource2400"])
+    st = load_station(
+        SIM_STATION,
+        overrides={"current_source": {"driver": "stosim.hardware.instruments:CurrentSource2400"}},
+        allow_drivers=["stosim.hardware.instruments:CurrentSource2400"],
+    )
     assert st.current_source.cls is CurrentSource2400
-    for driver, words in (("stosim.hardware.instruments:FieldPulseSource", "not an Instrument subclass with role"),
-                          ("stosim.nowhere:Thing", "cannot import")):
+    for driver, words in (
+        ("stosim.hardware.instruments:FieldPulseSource", "not an Instrument subclass with role"),
+        ("stosim.nowhere:Thing", "cannot import"),
+    ):
         with pytest.raises(StationFileError, match=f"current_source.driver: .*{words}"):
             load_station(SIM_STATION, overrides={"current_source": {"driver": driver}}, allow_drivers=[driver])

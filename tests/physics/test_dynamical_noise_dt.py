@@ -39,8 +39,14 @@ def _rms_numba(array: STOArray, dt_s: float, reference_s: float | None, seed: in
     n_steps = round(DURATION_S / dt_s)
     m0 = _initial(BATCH)
     clean, _, _ = evolve(array, m0[:1], n_steps, dt_s)
-    noisy, _, _ = evolve(array, m0, n_steps, dt_s, seed=seed,
-                         noise=NoiseSettings(dynamical_snr_db=SNR_DB, dynamical_noise_reference_s=reference_s))
+    noisy, _, _ = evolve(
+        array,
+        m0,
+        n_steps,
+        dt_s,
+        seed=seed,
+        noise=NoiseSettings(dynamical_snr_db=SNR_DB, dynamical_noise_reference_s=reference_s),
+    )
     return float(np.sqrt(np.mean((noisy - clean) ** 2)))
 
 
@@ -101,8 +107,16 @@ def test_measured_snr_reports_the_reference_definition(array):
     """simulate reports the SNR of the noise accumulated over t_ref: the setting, for both definitions."""
     m0 = _initial(1)[0]
     for dt_s, reference_s in ((1e-12, None), (0.25e-12, 1e-12), (0.5e-12, 4e-12)):
-        traj = simulate(array, m0, 200e-12, dt_s, save_every=100, dynamical_snr_db=20.0,
-                        dynamical_noise_reference_s=reference_s, seed=2)
+        traj = simulate(
+            array,
+            m0,
+            200e-12,
+            dt_s,
+            save_every=100,
+            dynamical_snr_db=20.0,
+            dynamical_noise_reference_s=reference_s,
+            seed=2,
+        )
         assert traj.measured_dynamical_snr_db == pytest.approx(20.0, abs=0.3)
 
 
@@ -127,26 +141,72 @@ def test_reference_reaches_the_substrate_and_the_cli(tmp_path, capsys):
     from stosim.cli import main
     from stosim.studies.training import build_model, validate_train_config
 
-    cfg = validate_train_config({"substrate": "deep-sto", "n": 4, "dynamical_snr": 30.0,
-                                 "dynamical_noise_reference": "2 ps", "duration": "10 ps"})
+    cfg = validate_train_config(
+        {
+            "substrate": "deep-sto",
+            "n": 4,
+            "dynamical_snr": 30.0,
+            "dynamical_noise_reference": "2 ps",
+            "duration": "10 ps",
+        }
+    )
     model = build_model(cfg, 64, 10, (8, 8))
     for sub in (model.first, model.second):
         assert sub.noise.dynamical_noise_reference_s == pytest.approx(2e-12)
         assert sub.read_configuration()["dynamical_noise_reference_s"] == pytest.approx(2e-12)
     out = tmp_path / "t.h5"
-    assert main(["simulate", "--n", "4", "--duration", "100 ps", "--dt", "0.5 ps", "--dynamical-snr", "20",
-                 "--dynamical-noise-reference", "1 ps", "--out", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--n",
+                "4",
+                "--duration",
+                "100 ps",
+                "--dt",
+                "0.5 ps",
+                "--dynamical-snr",
+                "20",
+                "--dynamical-noise-reference",
+                "1 ps",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["measured_dynamical_snr_db"] == pytest.approx(20.0, abs=0.5)
-    assert main(["simulate", "--n", "4", "--duration", "10 ps", "--dynamical-snr", "20",
-                 "--dynamical-noise-reference", "-1 ps", "--out", str(tmp_path / "u.h5")]) == 2
+    assert (
+        main(
+            [
+                "simulate",
+                "--n",
+                "4",
+                "--duration",
+                "10 ps",
+                "--dynamical-snr",
+                "20",
+                "--dynamical-noise-reference",
+                "-1 ps",
+                "--out",
+                str(tmp_path / "u.h5"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_sweep_specs_take_the_reference_with_a_unit():
     from stosim.sweep import SpecError, parse_spec, resolve_spec
 
-    raw = {"name": "ref", "kind": "simulate", "base": {"n": 4, "duration": "20 ps", "dynamical_snr": 30.0},
-           "grid": {"dynamical_noise_reference": ["1 ps", "4 ps"]}}
+    raw = {
+        "name": "ref",
+        "kind": "simulate",
+        "base": {"n": 4, "duration": "20 ps", "dynamical_snr": 30.0},
+        "grid": {"dynamical_noise_reference": ["1 ps", "4 ps"]},
+    }
     sweep = resolve_spec(parse_spec(raw))
     dim = next(d for d in sweep.dims if d.name == "dynamical_noise_reference")
     np.testing.assert_allclose(dim.values.astype(float), [1e-12, 4e-12])

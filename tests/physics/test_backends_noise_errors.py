@@ -75,8 +75,9 @@ def test_tmr_endpoints_and_monotonicity(device):
 def test_trajectory_tmr_voltage_is_the_readout_of_m(device):
     array = STOArray.generate(device, 5, 300.0, seed=1)
     traj = simulate(array, _state(5, 1, 3)[0], 50e-12, 1e-12, save_every=5)
-    expected = voltage_at_bias_current_v(traj.m[..., 0], device.parallel_resistance_ohm, device.tmr_ratio,
-                                         device.current_a)
+    expected = voltage_at_bias_current_v(
+        traj.m[..., 0], device.parallel_resistance_ohm, device.tmr_ratio, device.current_a
+    )
     np.testing.assert_allclose(traj.tmr_voltage_v, expected, rtol=1e-15)
 
 
@@ -85,8 +86,11 @@ def test_tmr_voltage_uses_each_devices_own_current_under_variability(device):
     proportional to I_i), so its output is V_i = I_i R(m_i), not I R(m_i); float64, 1e-14 relative."""
     array = STOArray.generate(device, 5, 300.0, seed=1, variability=Variability(current=0.2, seed=4))
     traj = simulate(array, _state(5, 1, 3)[0], 20e-12, 1e-12, save_every=5)
-    currents = (device.current_a * array.oscillator_parameters()[OSC_TORQUE_FIELD_OE]
-                / spin_torque_field_oe(device, device.current_a))
+    currents = (
+        device.current_a
+        * array.oscillator_parameters()[OSC_TORQUE_FIELD_OE]
+        / spin_torque_field_oe(device, device.current_a)
+    )
     assert np.ptp(currents) > 0.05 * device.current_a  # the devices do differ
     expected = voltage_at_bias_current_v(traj.m[..., 0], device.parallel_resistance_ohm, device.tmr_ratio, currents)
     np.testing.assert_allclose(traj.tmr_voltage_v, expected, rtol=1e-14)
@@ -107,8 +111,9 @@ def test_observation_noise_has_the_requested_snr(device, snr_db):
 def test_dynamical_noise_has_the_requested_snr_and_stays_on_the_sphere(device, snr_db):
     array = STOArray.generate(device, 50, 500.0, seed=1)
     m0 = _state(50, 8, 5)
-    final, saved, measured = evolve(array, m0, 500, 1e-12, noise=NoiseSettings(dynamical_snr_db=snr_db), seed=2,
-                                    save_every=50)
+    final, saved, measured = evolve(
+        array, m0, 500, 1e-12, noise=NoiseSettings(dynamical_snr_db=snr_db), seed=2, save_every=50
+    )
     assert measured == pytest.approx(snr_db, abs=0.2)
     assert np.max(np.abs(np.linalg.norm(saved, axis=-1) - 1)) < 1e-14
     again, _, _ = evolve(array, m0, 500, 1e-12, noise=NoiseSettings(dynamical_snr_db=snr_db), seed=2)

@@ -33,9 +33,15 @@ def test_adjoint_equals_backprop_through_a_torch_rk4_loop(device, budget):
     (out * weights).sum().backward()
     g_fast = m0.grad.clone()
     m0.grad = None
-    ref = evolve_torch(m0, 150, 1e-12, torch.as_tensor(array.coupling_transposed_oe()),
-                       torch.as_tensor(array.oscillator_parameters()), device.torque_asymmetry,
-                       torch.as_tensor(device.reference_direction, dtype=torch.float64))
+    ref = evolve_torch(
+        m0,
+        150,
+        1e-12,
+        torch.as_tensor(array.coupling_transposed_oe()),
+        torch.as_tensor(array.oscillator_parameters()),
+        device.torque_asymmetry,
+        torch.as_tensor(device.reference_direction, dtype=torch.float64),
+    )
     (ref * weights).sum().backward()
     assert torch.max(torch.abs(out - ref)) < 1e-13
     assert torch.max(torch.abs(g_fast - m0.grad)) / torch.max(torch.abs(m0.grad)) < 1e-10
@@ -63,8 +69,9 @@ def test_substrate_gradcheck_through_readin_normalization():
 
 
 def test_noisy_substrate_gradients_flow_and_runs_repeat_after_reset():
-    sub = CoupledSTOArray(n=4, coupling_oe=300.0, duration_s=10e-12, dt_s=1e-12, seed=0, temperature_k=300.0,
-                          dynamical_snr_db=30.0)
+    sub = CoupledSTOArray(
+        n=4, coupling_oe=300.0, duration_s=10e-12, dt_s=1e-12, seed=0, temperature_k=300.0, dynamical_snr_db=30.0
+    )
     u = torch.randn(2, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
     sub.reset(7)
     y1 = sub(u)
@@ -85,8 +92,12 @@ def test_adjoint_agrees_with_torchdiffeq_odeint_adjoint(device):
     array = STOArray.generate(device, 10, 500.0, seed=1)
     m0 = _unit(3, 10, 0)
     weights = torch.randn(3, 10, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    rhs = STORightHandSide(array.coupling_transposed_oe(), array.oscillator_parameters(), device.torque_asymmetry,
-                           device.reference_direction)
+    rhs = STORightHandSide(
+        array.coupling_transposed_oe(),
+        array.oscillator_parameters(),
+        device.torque_asymmetry,
+        device.reference_direction,
+    )
 
     def tangential(g):
         return g - m0 * (g * m0).sum(-1, keepdim=True)
@@ -96,8 +107,14 @@ def test_adjoint_agrees_with_torchdiffeq_odeint_adjoint(device):
         x = m0.clone().requires_grad_(True)
         (sto_flow(x, array, steps, dt) * weights).sum().backward()
         y = m0.clone().requires_grad_(True)
-        out = odeint_adjoint(rhs, y, torch.tensor([0.0, steps * dt], dtype=torch.float64), method="rk4",
-                             options={"step_size": dt}, adjoint_params=())
+        out = odeint_adjoint(
+            rhs,
+            y,
+            torch.tensor([0.0, steps * dt], dtype=torch.float64),
+            method="rk4",
+            options={"step_size": dt},
+            adjoint_params=(),
+        )
         (out[-1] * weights).sum().backward()
         errors.append(float((tangential(x.grad) - tangential(y.grad)).abs().max() / tangential(y.grad).abs().max()))
     assert errors[0] < 1e-8

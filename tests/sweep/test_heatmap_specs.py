@@ -14,13 +14,21 @@ from stosim.sweep import PlotError, load_spec, plot_sweep
 from stosim.sweep.plot import lyapunov_time_curve
 
 EXPERIMENTS = REPO_ROOT / "experiments"
-STUDY = {"ffesn": "heatmap-ffesn-rho-steps.toml", "lorenz96": "heatmap-lorenz96-forcing-duration.toml",
-         "sto": "heatmap-sto-coupling-duration.toml"}
-STUDY_MLE = {"ffesn": "chaos/mle-vs-rho-ffesn.toml", "lorenz96": "chaos/mle-vs-forcing-lorenz96.toml",
-             "sto": "chaos/mle-vs-coupling-sto.toml"}
-REDUCED = {"ffesn": ("heatmaps/ffesn-rho-steps-reduced.toml", "heatmaps/mle-ffesn-reduced.toml"),
-           "lorenz96": ("heatmaps/lorenz96-forcing-duration-reduced.toml", "heatmaps/mle-lorenz96-reduced.toml"),
-           "sto": ("heatmaps/sto-coupling-duration-reduced.toml", "heatmaps/mle-sto-reduced.toml")}
+STUDY = {
+    "ffesn": "heatmap-ffesn-rho-steps.toml",
+    "lorenz96": "heatmap-lorenz96-forcing-duration.toml",
+    "sto": "heatmap-sto-coupling-duration.toml",
+}
+STUDY_MLE = {
+    "ffesn": "chaos/mle-vs-rho-ffesn.toml",
+    "lorenz96": "chaos/mle-vs-forcing-lorenz96.toml",
+    "sto": "chaos/mle-vs-coupling-sto.toml",
+}
+REDUCED = {
+    "ffesn": ("heatmaps/ffesn-rho-steps-reduced.toml", "heatmaps/mle-ffesn-reduced.toml"),
+    "lorenz96": ("heatmaps/lorenz96-forcing-duration-reduced.toml", "heatmaps/mle-lorenz96-reduced.toml"),
+    "sto": ("heatmaps/sto-coupling-duration-reduced.toml", "heatmaps/mle-sto-reduced.toml"),
+}
 X_AXIS = {"ffesn": "spectral_radius", "lorenz96": "forcing", "sto": "coupling"}
 
 
@@ -58,8 +66,10 @@ def _heatmap(units_y: str = "1") -> xr.Dataset:
     rho = xr.DataArray([0.5, 1.0, 1.5, 2.0], dims="spectral_radius", attrs={"units": "1", "long_name": "rho"})
     steps = xr.DataArray([1, 2, 5, 10], dims="steps", attrs={"units": units_y, "long_name": "K"})
     acc = np.random.default_rng(0).uniform(0.8, 0.9, (4, 4, 2))
-    ds = xr.Dataset({"best_test_accuracy": (("spectral_radius", "steps", "seed"), acc, {"units": "1"})},
-                    coords={"spectral_radius": rho, "steps": steps, "seed": [0, 1]})
+    ds = xr.Dataset(
+        {"best_test_accuracy": (("spectral_radius", "steps", "seed"), acc, {"units": "1"})},
+        coords={"spectral_radius": rho, "steps": steps, "seed": [0, 1]},
+    )
     ds.attrs["sweep_name"] = "synthetic"
     return ds
 
@@ -67,9 +77,10 @@ def _heatmap(units_y: str = "1") -> xr.Dataset:
 def _mle(values, units: str = "1/step") -> xr.Dataset:
     rho = np.array([0.5, 1.0, 1.5, 2.0, 3.0])
     mle = np.stack([values, values], axis=-1)  # two identical seeds
-    return xr.Dataset({"mle": (("spectral_radius", "seed"), mle, {"units": units})},
-                      coords={"spectral_radius": xr.DataArray(rho, dims="spectral_radius", attrs={"units": "1"}),
-                              "seed": [0, 1]})
+    return xr.Dataset(
+        {"mle": (("spectral_radius", "seed"), mle, {"units": units})},
+        coords={"spectral_radius": xr.DataArray(rho, dims="spectral_radius", attrs={"units": "1"}), "seed": [0, 1]},
+    )
 
 
 def test_lyapunov_time_curve_positions():
@@ -106,13 +117,20 @@ def test_plot_draws_the_lyapunov_time_line(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(plot, "save_figure", capture)
-    out = plot_sweep(_heatmap(), "best_test_accuracy", "spectral_radius", "steps", tmp_path / "h.png",
-                     lyapunov_time=_mle([-0.1, 0.5, 0.2, 0.4, 0.3]))
+    out = plot_sweep(
+        _heatmap(),
+        "best_test_accuracy",
+        "spectral_radius",
+        "steps",
+        tmp_path / "h.png",
+        lyapunov_time=_mle([-0.1, 0.5, 0.2, 0.4, 0.3]),
+    )
     assert out.stat().st_size > 1000
     np.testing.assert_allclose(drawn["y"][1:3], [1.0, 2.0])
     with pytest.raises(PlotError, match="needs --y"):
-        plot_sweep(_heatmap(), "best_test_accuracy", "spectral_radius", None, tmp_path / "l.png",
-                   lyapunov_time=_mle([0.1] * 5))
+        plot_sweep(
+            _heatmap(), "best_test_accuracy", "spectral_radius", None, tmp_path / "l.png", lyapunov_time=_mle([0.1] * 5)
+        )
 
 
 def test_dry_run_lists_every_point(capsys):

@@ -4,7 +4,7 @@ To add a substrate, append ``(id, zero-argument factory, declared protocols)`` t
 every check of :data:`stosim.testing.conformance.CHECKS` then runs on it. Factories should build
 small instances so the whole suite stays fast. The hardware substrates (the station driver on
 pyvisa-sim and on the digital twin, the station model, the physics-aware wrapper) run the same
-suite in tests/test_hardware.py.
+suite in tests/hardware/test_hardware.py.
 """
 
 from __future__ import annotations
@@ -43,19 +43,49 @@ FACTORIES: list[tuple[str, Callable[[], Substrate], set[type]]] = [
     ("ffesn-float32", lambda: FFESN(n=8, steps=2, seed=1, dtype=torch.float32), {Differentiable, Timed}),
     ("lorenz96", lambda: Lorenz96(n=10, forcing=8.0, duration=0.1, dt=0.01), {Differentiable, Timed}),
     ("sto", lambda: CoupledSTOArray(n=6, coupling_oe=500.0, duration_s=20e-12, dt_s=1e-12, seed=1), STO_PROTOCOLS),
-    ("sto-noisy", lambda: CoupledSTOArray(n=6, coupling_oe=500.0, duration_s=20e-12, dt_s=1e-12, seed=1,
-                                          temperature_k=300.0, dynamical_snr_db=20.0, observation_snr_db=20.0),
-     STO_PROTOCOLS),
+    (
+        "sto-noisy",
+        lambda: CoupledSTOArray(
+            n=6,
+            coupling_oe=500.0,
+            duration_s=20e-12,
+            dt_s=1e-12,
+            seed=1,
+            temperature_k=300.0,
+            dynamical_snr_db=20.0,
+            observation_snr_db=20.0,
+        ),
+        STO_PROTOCOLS,
+    ),
     # SNR = inf dB means no noise: deterministic, so it must not claim to be stochastic
-    ("sto-inf-snr", lambda: CoupledSTOArray(n=6, coupling_oe=500.0, duration_s=20e-12, dt_s=1e-12, seed=1,
-                                            dynamical_snr_db=float("inf"), observation_snr_db=float("inf")),
-     STO_PROTOCOLS),
-    ("rate-network", lambda: RateNetwork(n=12, g=2.0, duration=1.0, dt=0.1, seed=1),
-     {Differentiable, Stochastic, Timed}),
-    ("rate-network-discrete", lambda: RateNetwork(n=12, g=2.0, time="discrete", duration=3, seed=1),
-     {Differentiable, Stochastic, Timed}),
-    ("rate-network-input", lambda: RateNetwork(n=12, g=2.0, duration=1.0, dt=0.1, input_std=0.5, input_tau=0.5,
-                                               seed=1), {Differentiable, Stochastic, Timed}),
+    (
+        "sto-inf-snr",
+        lambda: CoupledSTOArray(
+            n=6,
+            coupling_oe=500.0,
+            duration_s=20e-12,
+            dt_s=1e-12,
+            seed=1,
+            dynamical_snr_db=float("inf"),
+            observation_snr_db=float("inf"),
+        ),
+        STO_PROTOCOLS,
+    ),
+    (
+        "rate-network",
+        lambda: RateNetwork(n=12, g=2.0, duration=1.0, dt=0.1, seed=1),
+        {Differentiable, Stochastic, Timed},
+    ),
+    (
+        "rate-network-discrete",
+        lambda: RateNetwork(n=12, g=2.0, time="discrete", duration=3, seed=1),
+        {Differentiable, Stochastic, Timed},
+    ),
+    (
+        "rate-network-input",
+        lambda: RateNetwork(n=12, g=2.0, duration=1.0, dt=0.1, input_std=0.5, input_tau=0.5, seed=1),
+        {Differentiable, Stochastic, Timed},
+    ),
 ]
 IDS = [name for name, _, _ in FACTORIES]
 
@@ -70,8 +100,9 @@ class TestConformance(SubstrateConformance):
 
 
 @pytest.mark.parametrize(("name", "factory", "protocols"), FACTORIES, ids=IDS)
-def test_each_substrate_runs_every_check_and_declares_its_protocols(name: str, factory: Callable[[], Substrate],
-                                                                    protocols: set[type]) -> None:
+def test_each_substrate_runs_every_check_and_declares_its_protocols(
+    name: str, factory: Callable[[], Substrate], protocols: set[type]
+) -> None:
     sub = factory()
     assert {p for p in PROTOCOLS if isinstance(sub, p)} == protocols
     report = check_substrate(sub)
@@ -164,22 +195,41 @@ class NonAdjoint(CoupledSTOArray):
         return dataclasses.replace(ops, vjp=lambda x0, u: 2 * ops.vjp(x0, u))
 
 
-@pytest.mark.parametrize(("broken", "failed"), [
-    (lambda: ClaimsNoise(n=6, steps=1), {"capabilities", "seeds_differ"}),
-    (lambda: WrongReadoutSize(n=6, steps=1), {"shapes_and_dtypes"}),
-    (lambda: NoGradient(n=6, steps=1), {"gradients"}),
-    (lambda: WrongGradient(n=6, steps=1), {"gradients"}),
-    (lambda: AcceptsAnything(n=6, steps=1), {"readin_shape_refused", "readin_dtype_refused",
-                                             "readin_non_finite_refused", "state_non_finite_refused"}),
-    (lambda: UnnamedErrors(n=6, steps=1), {"readin_shape_refused", "readin_dtype_refused",
-                                           "readin_non_finite_refused"}),
-    (lambda: NoisySuspendFails(n=2, duration_s=5e-12, observation_snr_db=10.0),
-     {"stochastic_protocol", "gradients"}),  # gradcheck relies on noise_suspended too
-    (lambda: NonAdjoint(n=2, duration_s=5e-12), {"tangent_system_protocol"}),
-], ids=["claims-noise", "wrong-readout-size", "no-gradient", "wrong-gradient", "accepts-anything",
-        "unnamed-errors", "noise-not-suspended", "non-adjoint"])
-def test_the_suite_fails_a_substrate_that_breaks_the_contract(broken: Callable[[], Substrate],
-                                                              failed: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("broken", "failed"),
+    [
+        (lambda: ClaimsNoise(n=6, steps=1), {"capabilities", "seeds_differ"}),
+        (lambda: WrongReadoutSize(n=6, steps=1), {"shapes_and_dtypes"}),
+        (lambda: NoGradient(n=6, steps=1), {"gradients"}),
+        (lambda: WrongGradient(n=6, steps=1), {"gradients"}),
+        (
+            lambda: AcceptsAnything(n=6, steps=1),
+            {"readin_shape_refused", "readin_dtype_refused", "readin_non_finite_refused", "state_non_finite_refused"},
+        ),
+        (
+            lambda: UnnamedErrors(n=6, steps=1),
+            {"readin_shape_refused", "readin_dtype_refused", "readin_non_finite_refused"},
+        ),
+        (
+            lambda: NoisySuspendFails(n=2, duration_s=5e-12, observation_snr_db=10.0),
+            {"stochastic_protocol", "gradients"},
+        ),  # gradcheck relies on noise_suspended too
+        (lambda: NonAdjoint(n=2, duration_s=5e-12), {"tangent_system_protocol"}),
+    ],
+    ids=[
+        "claims-noise",
+        "wrong-readout-size",
+        "no-gradient",
+        "wrong-gradient",
+        "accepts-anything",
+        "unnamed-errors",
+        "noise-not-suspended",
+        "non-adjoint",
+    ],
+)
+def test_the_suite_fails_a_substrate_that_breaks_the_contract(
+    broken: Callable[[], Substrate], failed: set[str]
+) -> None:
     sub = broken()
     report = check_substrate(sub, raise_on_failure=False)
     assert set(report.failed) == failed, str(report)

@@ -10,7 +10,7 @@ import pytest
 
 from stosim.studies.rnn_spectra import STUDIES, StudySpec, load_study, run_study
 
-SPECS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "rnn").glob("*.toml"))
+SPECS = sorted((Path(__file__).resolve().parents[2] / "experiments" / "rnn").glob("*.toml"))
 
 TINY = {
     "discrete-mle-vs-g": {"n": 60, "g": [0.5, 3.0], "duration": 200, "transient": 20, "cross_check_g": [3.0]},
@@ -57,8 +57,9 @@ def test_cli_rnn_study(tmp_path: Path) -> None:
     from stosim.cli import main
 
     spec = tmp_path / "s.toml"
-    spec.write_text('study = "input"\n[reduced]\nn = 10\ninput_std = [0.0, 0.5]\nduration = 10\ntransient = 2\n',
-                    encoding="utf-8")
+    spec.write_text(
+        'study = "input"\n[reduced]\nn = 10\ninput_std = [0.0, 0.5]\nduration = 10\ntransient = 2\n', encoding="utf-8"
+    )
     assert main(["rnn-study", str(spec), "--out", str(tmp_path / "o"), "--figure", str(tmp_path / "f.png")]) == 0
     assert (tmp_path / "o" / "summary.json").exists() and (tmp_path / "f.png").stat().st_size > 1000
     assert main(["rnn-study", str(spec), "--out", str(tmp_path / "o"), "--scale", "full"]) == 2
@@ -69,8 +70,9 @@ def test_cli_rnn_study_on_a_dask_cluster_gives_the_serial_result(tmp_path: Path)
     from stosim.cli import main
 
     spec = tmp_path / "s.toml"
-    spec.write_text('study = "input"\n[reduced]\nn = 10\ninput_std = [0.0, 0.5]\nduration = 10\ntransient = 2\n',
-                    encoding="utf-8")
+    spec.write_text(
+        'study = "input"\n[reduced]\nn = 10\ninput_std = [0.0, 0.5]\nduration = 10\ntransient = 2\n', encoding="utf-8"
+    )
     assert main(["rnn-study", str(spec), "--out", str(tmp_path / "serial")]) == 0
     assert main(["rnn-study", str(spec), "--out", str(tmp_path / "dask"), "--workers", "1"]) == 0
     serial = json.loads((tmp_path / "serial" / "summary.json").read_text())

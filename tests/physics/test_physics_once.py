@@ -37,8 +37,12 @@ def _unit_states(batch: int, n: int, seed: int) -> np.ndarray:
 
 
 def _torch_args(array):
-    return (torch.as_tensor(array.coupling_transposed_oe()), torch.as_tensor(array.oscillator_parameters()),
-            array.device.torque_asymmetry, torch.as_tensor(np.asarray(array.device.reference_direction, dtype=float)))
+    return (
+        torch.as_tensor(array.coupling_transposed_oe()),
+        torch.as_tensor(array.oscillator_parameters()),
+        array.device.torque_asymmetry,
+        torch.as_tensor(np.asarray(array.device.reference_direction, dtype=float)),
+    )
 
 
 @pytest.fixture(params=sorted(ARRAYS), scope="module")
@@ -60,8 +64,13 @@ def test_numba_and_torch_rhs_agree(array):
     m = _unit_states(7, N, 1)
     ct, osc, lam, p = _torch_args(array)
     hx = m[..., 0] @ array.coupling_transposed_oe()
-    f_numba = llg_rhs_batch(np.ascontiguousarray(m.transpose(2, 0, 1)), hx, array.oscillator_parameters(), lam,
-                            np.asarray(array.device.reference_direction, dtype=float)).transpose(1, 2, 0)
+    f_numba = llg_rhs_batch(
+        np.ascontiguousarray(m.transpose(2, 0, 1)),
+        hx,
+        array.oscillator_parameters(),
+        lam,
+        np.asarray(array.device.reference_direction, dtype=float),
+    ).transpose(1, 2, 0)
     f_torch = llg_rhs_torch(torch.as_tensor(m), ct, osc, lam, p).numpy()
     assert np.max(np.abs(f_numba - f_torch)) <= 1e-12 * np.max(np.abs(f_torch))
 
@@ -104,8 +113,14 @@ def test_tangent_equals_central_finite_differences(array):
     assert np.max(np.abs(jt - fd)) < 1e-7 * np.max(np.abs(fd))
 
 
-@pytest.mark.parametrize("noise", [NoiseSettings(temperature_k=300.0), NoiseSettings(dynamical_snr_db=20.0),
-                                   NoiseSettings(temperature_k=300.0, dynamical_snr_db=15.0)])
+@pytest.mark.parametrize(
+    "noise",
+    [
+        NoiseSettings(temperature_k=300.0),
+        NoiseSettings(dynamical_snr_db=20.0),
+        NoiseSettings(temperature_k=300.0, dynamical_snr_db=15.0),
+    ],
+)
 def test_noisy_torch_path_equals_numba_path_for_one_seed(array, noise):
     """Stochastic Heun with a thermal field and/or dynamical noise: the torch steps fed from the
     streams of the seed equal simulation.evolve (Numba) with that seed to 1e-12 after 100 steps."""
@@ -114,20 +129,37 @@ def test_noisy_torch_path_equals_numba_path_for_one_seed(array, noise):
     dev = array.device
     sigma = None
     if noise.temperature_k > 0:
-        sigma = torch.as_tensor(thermal_field_sigma_oe(array.oscillator_parameters()[OSC_DAMPING], noise.temperature_k,
-                                                       dev.gyromagnetic_ratio_rad_per_oe_s,
-                                                       dev.saturation_magnetization_emu_cm3, dev.volume_cm3, DT))
-    rngs = [np.random.default_rng(np.random.SeedSequence(11, spawn_key=(k,)))
-            for k in (STREAM_THERMAL, STREAM_DYNAMICAL)]
+        sigma = torch.as_tensor(
+            thermal_field_sigma_oe(
+                array.oscillator_parameters()[OSC_DAMPING],
+                noise.temperature_k,
+                dev.gyromagnetic_ratio_rad_per_oe_s,
+                dev.saturation_magnetization_emu_cm3,
+                dev.volume_cm3,
+                DT,
+            )
+        )
+    rngs = [
+        np.random.default_rng(np.random.SeedSequence(11, spawn_key=(k,))) for k in (STREAM_THERMAL, STREAM_DYNAMICAL)
+    ]
     factor = None if noise.dynamical_snr_db is None else 10 ** (-noise.dynamical_snr_db / 20)
-    out = evolve_torch(torch.as_tensor(m0), 100, DT, *_torch_args(array), thermal_sigma_oe=sigma,
-                       dynamical_factor=factor, thermal_rng=rngs[0], dynamical_rng=rngs[1])
+    out = evolve_torch(
+        torch.as_tensor(m0),
+        100,
+        DT,
+        *_torch_args(array),
+        thermal_sigma_oe=sigma,
+        dynamical_factor=factor,
+        thermal_rng=rngs[0],
+        dynamical_rng=rngs[1],
+    )
     noiseless, _, _ = evolve(array, m0, 100, DT)
     assert np.max(np.abs(final - noiseless)) > 1e-3  # the noise does act
     assert np.max(np.abs(final - out.numpy())) < 1e-12
 
 
 # -- TMR and observation noise: one definition ------------------------------------------------------
+
 
 def test_tmr_inverse_round_trips_numpy_and_torch():
     mp = np.linspace(-1, 1, 11)
@@ -158,8 +190,9 @@ def test_observation_noise_scale_is_per_sample_for_numpy_and_torch():
         noise = np.asarray(y - signal)
         ratio = noise.std(axis=-1) / x.std(axis=-1)
         np.testing.assert_allclose(ratio, 0.1, rtol=0.05)  # 3000 draws: 1.3 % standard error of a std
-        np.testing.assert_allclose(np.asarray(observation_noise_scale(signal, 20.0, -1))[:, 0], 0.1 * x.std(axis=-1),
-                                   rtol=1e-12)
+        np.testing.assert_allclose(
+            np.asarray(observation_noise_scale(signal, 20.0, -1))[:, 0], 0.1 * x.std(axis=-1), rtol=1e-12
+        )
     whole = add_observation_noise(x, 20.0, np.random.default_rng(1)) - x  # None: one scale for the whole array
     np.testing.assert_allclose(whole.std(axis=-1), 0.1 * x.std(), rtol=0.05)
     assert add_observation_noise(x, float("inf"), np.random.default_rng(1)) is x
