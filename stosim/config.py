@@ -23,12 +23,14 @@ import dataclasses
 import importlib.resources
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from types import MappingProxyType
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from stosim import parameters as _parameters
 from stosim.checks import read_toml
-from stosim.constants import BOHR_MAGNETON_ERG_G, ELEMENTARY_CHARGE_C, HBAR_ERG_S
+from stosim.constants import ELEMENTARY_CHARGE_C, HBAR_ERG_S
 from stosim.units import UnitError, format_quantity, parse_quantity
 
 __all__ = [
@@ -53,15 +55,13 @@ def _devices_dir() -> Path:
 DEVICES_DIR = _devices_dir()
 DEFAULT_DEVICE_NAME = "seed-pmtj.toml"
 
-# upper limits of the device parameters (files and DeviceParameters alike). M: 4 pi M <= 126 kOe, five times
-# that of FeCo (~1950 emu/cm^3), the largest known; an M in A/m written as emu/cm^3 (1000 times too large) fails
-MAX_MAGNETIZATION_EMU_CM3 = 1e4
-MAX_ANISOTROPY_FIELD_OE = 1e6  # 100 T, as for the sweep's device overrides
-# gamma = g mu_B / hbar with a g-factor in [1, 3] (ferromagnets: 1.9-2.2): a gamma / 2 pi in Hz/Oe (2.8e6)
-# written as rad/(Oe s) fails, as does a gamma in SI units (1.76e11 rad/(T s))
-GYROMAGNETIC_PER_G_FACTOR_RAD_PER_OE_S = BOHR_MAGNETON_ERG_G / HBAR_ERG_S
-MIN_GYROMAGNETIC_RAD_PER_OE_S = 1.0 * GYROMAGNETIC_PER_G_FACTOR_RAD_PER_OE_S
-MAX_GYROMAGNETIC_RAD_PER_OE_S = 3.0 * GYROMAGNETIC_PER_G_FACTOR_RAD_PER_OE_S
+# the device parameters' ranges and limits are declared once, in stosim.parameters
+MAX_MAGNETIZATION_EMU_CM3 = _parameters.MAX_MAGNETIZATION_EMU_CM3
+MAX_ANISOTROPY_FIELD_OE = _parameters.MAX_ANISOTROPY_FIELD_OE
+MIN_GYROMAGNETIC_RAD_PER_OE_S = _parameters.MIN_GYROMAGNETIC_RAD_PER_OE_S
+MAX_GYROMAGNETIC_RAD_PER_OE_S = _parameters.MAX_GYROMAGNETIC_RAD_PER_OE_S
+DEFAULT_BREAKDOWN_VOLTAGE_V = _parameters.DEFAULT_BREAKDOWN_VOLTAGE_V
+MAX_BREAKDOWN_VOLTAGE_V = _parameters.MAX_BREAKDOWN_VOLTAGE_V
 
 # -- device limits (docs/hardware.md "Device limits") ------------------------------------------------
 # Resistance-area product RA = R_P pi r^2 of the junction. MgO tunnel barriers span about 0.3 Ohm um^2
@@ -71,14 +71,31 @@ MAX_GYROMAGNETIC_RAD_PER_OE_S = 3.0 * GYROMAGNETIC_PER_G_FACTOR_RAD_PER_OE_S
 # = 4.98 Ohm um^2, the RA ~ 5 Ohm um^2 its file states.
 MIN_RA_OHM_UM2 = 0.01
 MAX_RA_OHM_UM2 = 1e6
-# Dielectric breakdown of the barrier. MgO barriers of ~1 nm (RA of a few Ohm um^2) break down at about
-# 1-2 V under DC or slowly ramped stress (breakdown fields of order 1 V/nm; see e.g. Schaefers et al., "Electric
-# breakdown in ultrathin MgO tunnel barrier junctions for spin-transfer torque switching", arXiv:0907.3579
-# (2009): breakdown not much above the switching voltages of such junctions). We take the middle of that
-# range, 1.5 V, as the default of a device file that gives no breakdown_voltage: a literature-typical value,
-# not a measurement of the seed device; give the measured one in the file's [limits] when it is known.
-DEFAULT_BREAKDOWN_VOLTAGE_V = 1.5
-MAX_BREAKDOWN_VOLTAGE_V = 10.0  # no tunnel barrier of a few nm holds 10 V (~10 V/nm even at 1 nm)
+# the breakdown voltage's default and limit: stosim.parameters (DEFAULT_BREAKDOWN_VOLTAGE_V, 1.5 V, typical of
+# MgO barriers of ~1 nm; MAX_BREAKDOWN_VOLTAGE_V, 10 V)
+
+# DeviceParameters field -> the parameter (stosim.parameters) it holds, in the internal unit
+DEVICE_FIELDS = MappingProxyType(
+    {
+        "saturation_magnetization_emu_cm3": "saturation_magnetization",
+        "anisotropy_field_oe": "anisotropy_field",
+        "applied_field_oe": "applied_field",
+        "damping": "damping",
+        "gyromagnetic_ratio_rad_per_oe_s": "gyromagnetic_ratio",
+        "radius_cm": "radius",
+        "thickness_cm": "thickness",
+        "polarization": "polarization",
+        "torque_asymmetry": "torque_asymmetry",
+        "current_a": "current",
+        "parallel_resistance_ohm": "parallel_resistance",
+        "tmr_ratio": "tmr_ratio",
+        "max_current_a": "max_current",
+        "breakdown_voltage_v": "breakdown_voltage",
+    }
+)
+
+
+_OPTIONAL_FIELDS = ("max_current_a", "breakdown_voltage_v")  # None: derived (DeviceParameters.current_limit_a)
 
 
 class DeviceFileError(ValueError):
@@ -122,50 +139,19 @@ class DeviceParameters:
     breakdown_voltage_v: float | None = None
 
     def __post_init__(self) -> None:
-        checks = [
-            (
-                "saturation_magnetization",
-                0 < self.saturation_magnetization_emu_cm3 <= MAX_MAGNETIZATION_EMU_CM3,
-                f"in (0, {MAX_MAGNETIZATION_EMU_CM3:g}] emu/cm^3",
-            ),
-            (
-                "anisotropy_field",
-                0 <= self.anisotropy_field_oe <= MAX_ANISOTROPY_FIELD_OE,
-                f"in [0, {MAX_ANISOTROPY_FIELD_OE:g}] Oe",
-            ),
-            ("applied_field", math.isfinite(self.applied_field_oe), "a finite value in Oe"),
-            ("damping", 0 <= self.damping < 1, "in [0, 1)"),
-            (
-                "gyromagnetic_ratio",
-                MIN_GYROMAGNETIC_RAD_PER_OE_S <= self.gyromagnetic_ratio_rad_per_oe_s <= MAX_GYROMAGNETIC_RAD_PER_OE_S,
-                f"in [{MIN_GYROMAGNETIC_RAD_PER_OE_S:.4g}, "
-                f"{MAX_GYROMAGNETIC_RAD_PER_OE_S:.4g}] rad/(Oe s) (g-factor 1 to 3)",
-            ),
-            ("radius", 0 < self.radius_cm <= 1e-3, "in (0, 1e-3] cm (<= 10 um)"),
-            ("thickness", 0 < self.thickness_cm <= 1e-4, "in (0, 1e-4] cm (<= 1 um)"),
-            ("polarization", 0 <= self.polarization <= 1, "in [0, 1]"),
-            ("torque_asymmetry", -1 < self.torque_asymmetry < 1, "in (-1, 1)"),
-            ("current", math.isfinite(self.current_a) and abs(self.current_a) <= 1.0, "|I| <= 1 A"),
-            ("parallel_resistance", _finite(self.parallel_resistance_ohm) > 0, "finite, > 0 Ohm"),
-            (
-                "tmr_ratio",
-                0 < _finite(self.tmr_ratio) <= 10,
-                "in (0, 10] (a TMR ratio of 0 means R_AP = R_P: the TMR voltage carries no signal of m)",
-            ),
-            (
-                "max_current",
-                self.max_current_a is None or 0 < _finite(self.max_current_a) <= 1.0,
-                "in (0, 1] A, or None (derived: breakdown voltage / R_P)",
-            ),
-            (
-                "breakdown_voltage",
-                self.breakdown_voltage_v is None or 0 < _finite(self.breakdown_voltage_v) <= MAX_BREAKDOWN_VOLTAGE_V,
-                f"in (0, {MAX_BREAKDOWN_VOLTAGE_V:g}] V, or None (default {DEFAULT_BREAKDOWN_VOLTAGE_V:g} V)",
-            ),
-        ]
-        for name, ok, valid in checks:
-            if not ok:
-                value = getattr(self, next(f.name for f in dataclasses.fields(self) if f.name.startswith(name)))
+        # the ranges of stosim.parameters; damping and polarization may also take their idealized value 0
+        for field, name in DEVICE_FIELDS.items():
+            value = getattr(self, field)
+            param = _parameters.get(name)
+            optional = field in _OPTIONAL_FIELDS
+            if value is None and optional:
+                continue
+            if not param.contains(value, allow_ideal=True):
+                valid = param.valid()
+                if param.ideal:
+                    valid += " (or " + ", ".join(f"{v:g}" for v in param.ideal) + ": the idealized limit)"
+                if optional:
+                    valid += f", or None ({param.none_means})"
                 raise ValueError(f"device parameter {name} = {value!r} is out of range; valid: {valid}")
         p = self.reference_direction
         if len(p) != 3 or not all(math.isfinite(c) for c in p) or abs(math.sqrt(sum(c * c for c in p)) - 1) > 1e-9:
@@ -318,33 +304,41 @@ def unit_field_validator(dimension: str):
     return validate
 
 
-class FreeLayerSection(_Section):
-    saturation_magnetization: Annotated[float, Field(gt=0, le=MAX_MAGNETIZATION_EMU_CM3, description="M, emu/cm^3")]
-    anisotropy_field: Annotated[float, Field(ge=0, le=MAX_ANISOTROPY_FIELD_OE, description="H_K, Oe")]
-    damping: Annotated[float, Field(gt=0, lt=1, description="Gilbert damping alpha")]
-    radius: Annotated[float, Field(gt=0, le=1e-3, description="cm (<= 10 um)")]
-    thickness: Annotated[float, Field(gt=0, le=1e-4, description="cm (<= 1 um)")]
-    gyromagnetic_ratio: Annotated[
-        float,
-        Field(
-            ge=MIN_GYROMAGNETIC_RAD_PER_OE_S,
-            le=MAX_GYROMAGNETIC_RAD_PER_OE_S,
-            description="rad/(Oe s), g mu_B / hbar with g in [1, 3]",
-        ),
-    ] = 1.764e7
+def _field(name: str, default: Any = ...) -> Any:
+    """The pydantic field of the device parameter ``name``: its range and description from stosim.parameters."""
+    return _parameters.get(name).field(default)
 
-    _m = field_validator("saturation_magnetization", mode="before")(unit_field_validator("magnetization"))
-    _hk = field_validator("anisotropy_field", mode="before")(unit_field_validator("field"))
-    _len = field_validator("radius", "thickness", mode="before")(unit_field_validator("length"))
-    _gamma = field_validator("gyromagnetic_ratio", mode="before")(unit_field_validator("gyromagnetic"))
+
+def _units(*keys: str):
+    """The before-validator that parses the unit strings of the section keys ``keys`` (each the last part of
+    a parameter's ``device_key``) into the internal unit of the parameter's dimension."""
+    dimensions = {
+        p.device_key.rsplit(".", 1)[1]: p.dimension for p in _parameters.parameters().values() if p.device_key
+    }
+
+    def validate(cls, value: Any, info) -> float | None:
+        return unit_field_validator(dimensions[info.field_name])(cls, value, info)
+
+    return field_validator(*keys, mode="before")(validate)
+
+
+class FreeLayerSection(_Section):
+    saturation_magnetization: float = _field("saturation_magnetization")
+    anisotropy_field: float = _field("anisotropy_field")
+    damping: float = _field("damping")
+    radius: float = _field("radius")
+    thickness: float = _field("thickness")
+    gyromagnetic_ratio: float = _field("gyromagnetic_ratio", 1.764e7)
+
+    _parse_units = _units("saturation_magnetization", "anisotropy_field", "radius", "thickness", "gyromagnetic_ratio")
 
 
 class SpinTorqueSection(_Section):
-    polarization: Annotated[float, Field(gt=0, le=1, description="spin polarization eta")]
-    asymmetry: Annotated[float, Field(gt=-1, lt=1, description="torque asymmetry lambda")]
-    current: Annotated[float, Field(ge=-1.0, le=1.0, description="A")]
+    polarization: float = _field("polarization")
+    asymmetry: float = _field("torque_asymmetry")
+    current: float = _field("current")
 
-    _i = field_validator("current", mode="before")(unit_field_validator("current"))
+    _parse_units = _units("current")
 
 
 class ReferenceLayerSection(_Section):
@@ -368,27 +362,26 @@ class ReferenceLayerSection(_Section):
 
 
 class AppliedFieldSection(_Section):
-    z: Annotated[float, Field(ge=-1e5, le=1e5, description="H_appl along +z, Oe")]
+    z: float = _field("applied_field")
 
-    _z = field_validator("z", mode="before")(unit_field_validator("field"))
+    _parse_units = _units("z")
 
 
 class TMRSection(_Section):
-    parallel_resistance: Annotated[float, Field(gt=0, description="R_P, Ohm")]
-    tmr_ratio: Annotated[float, Field(gt=0, le=10, description="(R_AP - R_P)/R_P; 0 would leave no readout signal")]
+    parallel_resistance: float = _field("parallel_resistance")
+    tmr_ratio: float = _field("tmr_ratio")
 
-    _r = field_validator("parallel_resistance", mode="before")(unit_field_validator("resistance"))
+    _parse_units = _units("parallel_resistance")
 
 
 class LimitsSection(_Section):
     """Optional ``[limits]``: the largest bias current and the barrier's breakdown voltage (defaults:
     :attr:`DeviceParameters.current_limit_a`, :attr:`DeviceParameters.breakdown_limit_v`)."""
 
-    max_current: Annotated[float | None, Field(gt=0, le=1.0, description="A")] = None
-    breakdown_voltage: Annotated[float | None, Field(gt=0, le=MAX_BREAKDOWN_VOLTAGE_V, description="V")] = None
+    max_current: float | None = _field("max_current", None)
+    breakdown_voltage: float | None = _field("breakdown_voltage", None)
 
-    _i = field_validator("max_current", mode="before")(unit_field_validator("current"))
-    _v = field_validator("breakdown_voltage", mode="before")(unit_field_validator("voltage"))
+    _parse_units = _units("max_current", "breakdown_voltage")
 
 
 class DeviceFile(_Section):

@@ -28,6 +28,7 @@ import torch
 
 from stosim.checks import check_count
 from stosim.integrate.threads import single_threaded_blas
+from stosim.parameters import Parameter, declare
 from stosim.substrates.base import Substrate, SubstrateDescription
 from stosim.substrates.protocols import Differentiable, Timed
 from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
@@ -36,6 +37,21 @@ __all__ = ["FFESN", "draw_ffesn_matrix"]
 
 _DTYPES = {torch.float64: "float64", torch.float32: "float32"}
 _MAX_SPECTRAL_RADIUS = 10.0
+
+# the FFESN's own settings (stosim.parameters): keys of experiment files, sweep points and flags
+SPECTRAL_RADIUS, DENSITY, STEPS = declare(
+    Parameter(
+        "spectral_radius",
+        "dimensionless",
+        "FFESN spectral radius rho",
+        minimum=0.0,
+        open_min=True,
+        maximum=_MAX_SPECTRAL_RADIUS,
+    ),
+    Parameter("density", "dimensionless", "FFESN connection density", minimum=0.0, open_min=True, maximum=1.0),
+    Parameter("steps", "count", "FFESN steps K", minimum=1, maximum=10_000),
+    module=__name__,
+)
 
 
 def _check_real(name: str, value: object) -> float:

@@ -23,6 +23,7 @@ import numbers
 
 import torch
 
+from stosim.parameters import Parameter, declare
 from stosim.substrates.base import Substrate, SubstrateDescription
 from stosim.substrates.protocols import Differentiable, Timed
 from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
@@ -32,6 +33,12 @@ __all__ = ["Lorenz96"]
 _DTYPES = {torch.float64: "float64", torch.float32: "float32"}
 _MAX_ABS_FORCING = 1.0e3
 _MULTIPLE_RTOL = 1.0e-9
+
+# the Lorenz 96 system's own setting (stosim.parameters)
+(FORCING,) = declare(
+    Parameter("forcing", "dimensionless", "Lorenz 96 forcing F", minimum=-_MAX_ABS_FORCING, maximum=_MAX_ABS_FORCING),
+    module=__name__,
+)
 
 
 def _check_real(name: str, value: object) -> float:

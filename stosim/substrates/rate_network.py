@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stosim.parameters import Parameter, declare
 from stosim.substrates.base import Substrate, SubstrateDescription
 from stosim.substrates.protocols import Differentiable, Stochastic, Timed
 from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
@@ -57,6 +58,26 @@ _DTYPES = {torch.float64: "float64", torch.float32: "float32"}
 _MULTIPLE_RTOL = 1.0e-9
 INPUT_BLOCK = 256  # steps per block of the frozen input (each block has its own spawned seed)
 
+# the rate network's own settings (stosim.parameters): keys of experiment files, sweep points and flags
+GAIN, NETWORK_TIME, INPUT_STD, INPUT_TAU, ZERO_DIAGONAL = declare(
+    Parameter("g", "dimensionless", "rate network gain g", minimum=0.0, open_min=True, maximum=100.0),
+    Parameter("network_time", "text", "rate network dynamics (continuous or discrete time)"),
+    Parameter(
+        "input_std", "dimensionless", "rate network input strength", minimum=0.0, maximum=100.0, note="(0: autonomous)"
+    ),
+    Parameter(
+        "input_tau",
+        "dimensionless",
+        "rate network input correlation time",
+        minimum=0.0,
+        maximum=1e6,
+        note="(0: white)",
+        substrate_time=True,
+    ),
+    Parameter("zero_diagonal", "switch", "rate network without self-coupling (J_ii = 0)"),
+    module=__name__,
+)
+
 
 class RateNetworkParameters(BaseModel):
     """Validated parameters of a random rate network (ranges in the field descriptions)."""
@@ -64,7 +85,7 @@ class RateNetworkParameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     n: int = Field(default=200, ge=2, le=20_000, description="N, number of units, in [2, 20000]")
-    g: float = Field(default=2.0, gt=0, le=100, allow_inf_nan=False, description="gain g, in (0, 100]")
+    g: float = GAIN.field(2.0, allow_inf_nan=False)
     time: Literal["continuous", "discrete"] = "continuous"
     tau: float = Field(default=1.0, gt=0, le=1e6, allow_inf_nan=False, description="time constant, in (0, 1e6]")
     dt: float = Field(
@@ -76,12 +97,8 @@ class RateNetworkParameters(BaseModel):
         allow_inf_nan=False,
         description="evolution time (continuous: multiple of dt; discrete: whole steps)",
     )
-    input_std: float = Field(
-        default=0.0, ge=0, le=100, allow_inf_nan=False, description="input strength, in [0, 100] (0: autonomous)"
-    )
-    input_tau: float = Field(
-        default=0.0, ge=0, le=1e6, allow_inf_nan=False, description="input correlation time, in [0, 1e6] (0: white)"
-    )
+    input_std: float = INPUT_STD.field(0.0, allow_inf_nan=False)
+    input_tau: float = INPUT_TAU.field(0.0, allow_inf_nan=False)
     zero_diagonal: bool = False
     seed: int = Field(default=0, ge=0, description="seed of J and of the input, >= 0")
 
