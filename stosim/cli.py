@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "cli_message"]
 
 
 class CLIError(Exception):
@@ -119,7 +119,13 @@ _STO_GRADIENT_KERNELS = ("stosim.integrate.sto_kernels", "stosim.integrate.adjoi
 _STO_TANGENT_KERNELS = ("stosim.integrate.tangent",)
 
 
-def _quantity(dimension: str, flag: str):
+def _quantity(name: str):
+    """Parser of the flag of the quantity ``name`` (stosim.parameters: its dimension and flag)."""
+    from stosim.parameters import get
+
+    param = get(name)
+    dimension, flag = param.dimension, param.flag
+
     def parse(text: str) -> float:
         from stosim.units import UnitError, parse_quantity
 
@@ -130,6 +136,52 @@ def _quantity(dimension: str, flag: str):
 
     parse.__name__ = f"{dimension} quantity"
     return parse
+
+
+def _help(name: str, tail: str) -> str:
+    """Help of the flag of the parameter ``name``: its long name (stosim.parameters), then ``tail``."""
+    from stosim.parameters import get
+
+    return f"{get(name).long_name}, {tail}"
+
+
+def _flags(parser: argparse.ArgumentParser, command: str) -> dict[str, tuple[str, bool]]:
+    """Library parameter name -> (flag, is a switch) of ``command``'s options (from argparse: the dest, and
+    the plural of an appending flag's dest: ``allow_drivers`` for ``--allow-driver``)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices.get(command)
+    out: dict[str, tuple[str, bool]] = {}
+    for action in sub._actions if sub is not None else ():
+        if not action.option_strings or action.dest == "help":
+            continue
+        flag = max(action.option_strings, key=len)
+        out[action.dest] = (flag, action.nargs == 0)
+        if isinstance(action, argparse._AppendAction):
+            out[action.dest + "s"] = (flag, False)
+    return out
+
+
+def cli_message(text: str, parser: argparse.ArgumentParser, command: str) -> str:
+    """A library error as the command line says it: each parameter it names (``resume=True``, ``var='mle'``,
+    ``allow_drivers=['pkg.mod:Cls']``) becomes the flag of ``command`` (``--resume``, ``--var 'mle'``,
+    ``--allow-driver pkg.mod:Cls``). Keys of files (the parameters of stosim.parameters, written
+    ``coupling = 500``) are left as they are unless they are switches (``download=True``)."""
+    import re
+
+    from stosim.parameters import parameters
+
+    declared = parameters()
+    for name, (flag, switch) in sorted(_flags(parser, command).items(), key=lambda item: -len(item[0])):
+        if name in declared and not switch:
+            continue
+        before = rf"(?<![\w.-]){re.escape(name)}="
+        text = re.sub(before + r"True\b", flag, text)
+        text = re.sub(
+            before + r"\[([^\]]*)\]",
+            lambda m: flag + " " + " ".join(v.strip().strip("'\"") for v in m.group(1).split(",")),
+            text,
+        )
+        text = re.sub(before + r"(?=\S)", flag + " ", text)
+    return text
 
 
 def _angles(text: str) -> tuple[float, float]:
@@ -336,18 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--coupling",
-        type=_quantity("field", "--coupling"),
+        type=_quantity("coupling"),
         default=500.0,
-        help="coupling magnitude mu, e.g. '500 Oe' (default 500 Oe)",
+        help=_help("coupling", "e.g. '500 Oe' (default 500 Oe)"),
     )
     p.add_argument(
         "--current",
-        type=_quantity("current", "--current"),
+        type=_quantity("current"),
         default=None,
-        help="bias current, e.g. '2.5 mA' (default: the device file's)",
+        help=_help("current", "e.g. '2.5 mA' (default: the device file's)"),
     )
-    p.add_argument("--duration", type=_quantity("time", "--duration"), default=20e-9, help="e.g. '20 ns' (default)")
-    p.add_argument("--dt", type=_quantity("time", "--dt"), default=1e-12, help="time step, e.g. '1 ps' (default)")
+    p.add_argument("--duration", type=_quantity("duration"), default=20e-9, help=_help("duration", "e.g. '20 ns'"))
+    p.add_argument("--dt", type=_quantity("dt"), default=1e-12, help=_help("dt", "e.g. '1 ps'"))
     p.add_argument("--seed", type=_seed("--seed"), default=0, help="seed of W, initial state and noise (default 0)")
     init = p.add_mutually_exclusive_group()
     init.add_argument(
@@ -367,15 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--temperature",
-        type=_quantity("temperature", "--temperature"),
+        type=_quantity("temperature"),
         default=0.0,
-        help="thermal noise at this temperature, e.g. '300 K' (default 0 K: none)",
+        help=_help("temperature", "thermal noise, e.g. '300 K' (default 0 K: none)"),
     )
     p.add_argument("--observation-snr", type=float, default=None, metavar="DB", help="observation noise SNR in dB")
     p.add_argument("--dynamical-snr", type=float, default=None, metavar="DB", help="dynamical noise SNR in dB")
     p.add_argument(
         "--dynamical-noise-reference",
-        type=_quantity("time", "--dynamical-noise-reference"),
+        type=_quantity("dynamical_noise_reference"),
         default=None,
         metavar="TIME",
         help="e.g. '1 ps': the dynamical SNR is that of the noise accumulated over this "
@@ -486,8 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lyapunov", help="Lyapunov exponents of a substrate's autonomous dynamics (QR method)")
     p.add_argument("--substrate", choices=lyapunov_choices(), metavar="NAME", default="sto")
     p.add_argument("--n", type=int, default=None, help="oscillators / nodes / sites (sto 200, ffesn 500, lorenz96 40)")
-    p.add_argument("--coupling", type=_quantity("field", "--coupling"), default=None, help="STO mu (default 500 Oe)")
-    p.add_argument("--current", type=_quantity("current", "--current"), default=None, help="STO bias current")
+    p.add_argument(
+        "--coupling", type=_quantity("coupling"), default=None, help=_help("coupling", "STO (default 500 Oe)")
+    )
+    p.add_argument("--current", type=_quantity("current"), default=None, help=_help("current", "STO"))
     p.add_argument("--device", type=Path, default=None, help="STO device file")
     p.add_argument("--spectral-radius", type=float, default=None, help="FFESN rho (default 1.5)")
     p.add_argument("--forcing", type=float, default=None, help="Lorenz 96 F (default 8)")
@@ -1199,7 +1253,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             what = _validate_one(path, args.allow_driver)
         except ValueError as exc:  # DeviceFileError, SpecError, ConfigError, StationFileError
             failed += 1
-            print(f"INVALID {path}: {exc}" if str(path) not in str(exc) else f"INVALID {exc}", file=sys.stderr)
+            text = cli_message(str(exc), build_parser(), "validate")
+            print(f"INVALID {path}: {text}" if str(path) not in text else f"INVALID {text}", file=sys.stderr)
         else:
             print(f"ok      {path} ({what})")
     return 1 if failed else 0
@@ -1396,7 +1451,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         )
     except SweepFailedError as exc:
         bar.close()
-        print(f"stosim sweep: stopped: {exc}", file=sys.stderr)
+        print(f"stosim sweep: stopped: {cli_message(str(exc), build_parser(), 'sweep')}", file=sys.stderr)
         if args.json:  # the promised JSON line, also when --fail-fast stopped the sweep
             print(_sweep_json(exc.summary))
         return 1
@@ -1493,10 +1548,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         FileNotFoundError,
         FloatingPointError,
     ) as exc:
-        print(f"stosim {args.command}: error: {exc}", file=sys.stderr)
+        print(f"stosim {args.command}: error: {cli_message(str(exc), parser, args.command)}", file=sys.stderr)
         return 2
     except OSError as exc:  # a directory where a file belongs, no permission, a full disk, ...
-        print(f"stosim {args.command}: error: {exc}", file=sys.stderr)
+        print(f"stosim {args.command}: error: {cli_message(str(exc), parser, args.command)}", file=sys.stderr)
         return 2
     except MemoryError:
         print(

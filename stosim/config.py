@@ -107,11 +107,6 @@ def default_device_path() -> Path:
     return DEVICES_DIR / DEFAULT_DEVICE_NAME
 
 
-def _finite(value: float) -> float:
-    """``value``, or NaN (which fails every range check) when it is not finite."""
-    return value if math.isfinite(value) else math.nan
-
-
 @dataclasses.dataclass(frozen=True)
 class DeviceParameters:
     """Resolved parameters of one MTJ spin-torque oscillator, CGS units.

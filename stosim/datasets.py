@@ -147,7 +147,7 @@ _CLASS_NAMES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 
 _DOWNLOAD_HINT = (
-    "Get them with load_dataset({name!r}, download=True) (command line: --download), "
+    "Get them with download=True (fetched from the mirrors, checksummed), "
     "or copy the four files from {mirror} into that folder"
 )
 

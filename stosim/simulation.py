@@ -77,7 +77,7 @@ class DeviceLimitWarning(UserWarning):
     """A run beyond the device's limits, made because the caller insisted (``allow_beyond_limits``)."""
 
 
-OVERRIDE_HINT = "pass --allow-beyond-limits (Python: allow_beyond_limits=True) to run it anyway"
+OVERRIDE_HINT = "pass allow_beyond_limits=True to run it anyway"
 
 
 def check_device_limits(array: STOArray, *, allow_beyond_limits: bool = False, what: str = "run") -> tuple[str, ...]:

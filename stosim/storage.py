@@ -238,7 +238,7 @@ def write_dataset_atomic(
     )
     with output_lock(path) if lock else contextlib.nullcontext():
         if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         with atomic_output(path) as tmp:
             ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=True, encoding=encoding)
     return path

@@ -104,7 +104,7 @@ def test_a_simulation_beyond_the_limits_is_refused_naming_them() -> None:
             r"simulation refused: bias current \|I\| = 100 mA exceeds the maximum current of device seed-pmtj, "
             r"I_max = 3\.409 mA \(V_bd / R_P\); junction voltage \|I\| R_P = 44 V exceeds the breakdown voltage of "
             r"device seed-pmtj, V_bd = 1\.5 V \(default for MgO barriers\); the model would report up to \|I\| R_AP "
-            r"= 88 V; pass --allow-beyond-limits \(Python: allow_beyond_limits=True\) to run it anyway"
+            r"= 88 V; pass allow_beyond_limits=True to run it anyway"
         ),
     ):
         simulate(array, M0, 5e-12, 1e-12)

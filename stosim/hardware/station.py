@@ -106,8 +106,8 @@ def check_driver_name(driver: str, role: str, allow_drivers: Any = ()) -> bool:
     if driver not in tuple(allow_drivers or ()):
         raise ValueError(
             f"user {role} driver {driver!r} is not allowed: a station file may name code but never "
-            f"imports it; known: {known}; to run your own class, allow it explicitly "
-            f"(load_station(..., allow_drivers=[{driver!r}]); stosim validate --allow-driver {driver})"
+            f"imports it; known: {known}; to run your own class, allow it explicitly: "
+            f"allow_drivers=[{driver!r}]"
         )
     return True
 

@@ -40,7 +40,7 @@ def dataset_ftmle(
         if checkpoint.is_dir():
             checkpoint = checkpoint / "checkpoint.pt"
         if not checkpoint.exists():
-            raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist (a `stosim train` output folder)")
+            raise FileNotFoundError(f"checkpoint={checkpoint} does not exist (a `stosim train` output folder)")
         state = load_checkpoint(checkpoint, validate_config=lambda c: validate_train_config(c, source="config"))
         cfg = state.settings
     ftmle_substrates = [name for name, spec in registry.specs().items() if spec.ftmle]

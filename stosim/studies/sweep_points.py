@@ -29,8 +29,10 @@ from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from stosim.parameters import TEXT_UNITS as PARAMETER_TEXT_UNITS
+from stosim.parameters import get as get_parameter
 from stosim.studies.substrate_names import (
     DEFAULT_SUBSTRATE,
     check_ftmle_substrate,
@@ -61,59 +63,7 @@ __all__ = [
 ]
 
 MAX_ERROR_CHARS = 1500  # longer error messages are cut (numba typing errors run to pages)
-TEXT_UNITS = "n/a"  # the `units` attribute of text variables and categorical coordinates
-
-# units (internal) and long names of parameters; "time" units depend on the substrate
-_PARAMETERS = MappingProxyType(
-    {
-        "coupling": ("Oe", "coupling strength mu"),
-        "current": ("A", "bias current I"),
-        "duration": ("time", "evolution time T"),
-        "dt": ("time", "time step dt"),
-        "transient": ("time", "discarded transient"),
-        "temperature": ("K", "temperature"),
-        "dynamical_snr": ("dB", "dynamical noise SNR"),
-        "dynamical_noise_reference": ("s", "reference time t_ref of the dynamical noise SNR"),
-        "observation_snr": ("dB", "observation noise SNR"),
-        "spectral_radius": ("1", "FFESN spectral radius rho"),
-        "density": ("1", "FFESN connection density"),
-        "steps": ("1", "FFESN steps K"),
-        "forcing": ("1", "Lorenz 96 forcing F"),
-        "g": ("1", "rate network gain g"),
-        "input_std": ("1", "rate network input strength"),
-        "input_tau": ("time", "rate network input correlation time"),
-        "network_time": (TEXT_UNITS, "rate network dynamics (continuous or discrete time)"),
-        "n": ("1", "reservoir size N (oscillators / nodes / sites)"),
-        "hidden": ("1", "hidden units"),
-        "applied_field": ("Oe", "applied field H_appl along +z"),
-        "anisotropy_field": ("Oe", "interfacial anisotropy field H_K"),
-        "damping": ("1", "Gilbert damping alpha"),
-        "polarization": ("1", "spin polarization eta"),
-        "torque_asymmetry": ("1", "spin-torque asymmetry lambda"),
-        "tmr_ratio": ("1", "TMR ratio (R_AP - R_P)/R_P"),
-        "lr": ("1", "learning rate"),
-        "momentum": ("1", "SGD momentum"),
-        "epochs": ("1", "training epochs"),
-        "batch_size": ("1", "batch size"),
-        "limit_train": ("1", "training samples"),
-        "limit_test": ("1", "test samples"),
-        "ridge_alpha": ("1", "ridge regularization alpha"),
-        "conv_channels": ("1", "convolution channels"),
-        "n_exponents": ("1", "number of Lyapunov exponents"),
-        "save_every": ("1", "steps between recorded states"),
-        "samples": ("1", "input samples"),
-        "readin_scale": ("1", "read-in standard deviation"),
-        "tol": ("1", "relative tolerance"),
-        "max_iter": ("1", "iteration limit"),
-        "method": (TEXT_UNITS, "method"),
-        "substrate": (TEXT_UNITS, "substrate"),
-        "dataset": (TEXT_UNITS, "dataset"),
-        "optimizer": (TEXT_UNITS, "optimizer"),
-        "device": (TEXT_UNITS, "device file"),
-        "dtype": (TEXT_UNITS, "floating-point type"),
-        "readout_only": ("1", "readout-only ridge training (1 = true)"),
-    }
-)
+TEXT_UNITS = PARAMETER_TEXT_UNITS  # the `units` attribute of text variables and categorical coordinates
 
 
 def time_units(substrate: str, kind: str) -> str:
@@ -124,11 +74,9 @@ def time_units(substrate: str, kind: str) -> str:
 
 
 def parameter_metadata(key: str, substrate: str = DEFAULT_SUBSTRATE, kind: str = "train") -> tuple[str, str]:
-    """(units, long_name) of a swept parameter."""
-    units, long_name = _PARAMETERS.get(key, ("1", key.replace("_", " ")))
-    if units == "time":
-        units = time_units(substrate, kind)
-    return units, long_name
+    """(units, long_name) of a swept parameter (stosim.parameters; a substrate time is in the substrate's unit)."""
+    param = get_parameter(key)
+    return (time_units(substrate, kind) if param.substrate_time else param.unit), param.long_name
 
 
 SNR_KEYS = frozenset({"dynamical_snr", "observation_snr"})
@@ -167,6 +115,11 @@ def normalize_raw(key: str, value: Any, substrate: str) -> Any:
 # ----------------------------------------------------------------------------------------------
 
 
+def _field(name: str, default: Any, **kwargs: Any) -> Any:
+    """The pydantic field of the parameter ``name`` (stosim.parameters: range and description)."""
+    return get_parameter(name).field(default, **kwargs)
+
+
 def _unit(dimension: str):
     def parse(cls, value: Any, info) -> Any:
         if isinstance(value, str):
@@ -184,12 +137,12 @@ class DeviceOverrides(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    applied_field: float | None = Field(default=None, ge=-1e5, le=1e5, description="H_appl along +z, Oe")
-    anisotropy_field: float | None = Field(default=None, ge=0, le=1e6, description="H_K, Oe")
-    damping: float | None = Field(default=None, gt=0, lt=1, description="Gilbert damping alpha")
-    polarization: float | None = Field(default=None, gt=0, le=1, description="spin polarization eta")
-    torque_asymmetry: float | None = Field(default=None, gt=-1, lt=1, description="lambda")
-    tmr_ratio: float | None = Field(default=None, ge=0, le=10, description="(R_AP - R_P)/R_P")
+    applied_field: float | None = _field("applied_field", None)
+    anisotropy_field: float | None = _field("anisotropy_field", None)
+    damping: float | None = _field("damping", None)
+    polarization: float | None = _field("polarization", None)
+    torque_asymmetry: float | None = _field("torque_asymmetry", None)
+    tmr_ratio: float | None = _field("tmr_ratio", None)
 
     _fields_oe = field_validator("applied_field", "anisotropy_field", mode="before")(_unit("field"))
 
@@ -277,7 +230,7 @@ class TrainPoint(TrainConfig, DeviceOverrides, _STOPointMixin):
     ``ftmle_samples``: the FTMLE of the substrate over that many test samples, for the model at
     initialization (untrained read-in) and after training (reservoir substrates only; 0: none)."""
 
-    ftmle_samples: int = Field(default=0, ge=0, le=10_000)
+    ftmle_samples: int = _field("ftmle_samples", 0)
 
     @model_validator(mode="after")
     def _overrides_need_sto(self) -> "TrainPoint":
@@ -319,23 +272,23 @@ class MLEPoint(DeviceOverrides, _STOPointMixin):
     """
 
     substrate: str = DEFAULT_SUBSTRATE
-    n: int | None = Field(default=None, ge=1, le=100_000)
-    dt: float | None = Field(default=None, gt=0)
-    duration: float | None = Field(default=None, gt=0)
-    transient: float | None = Field(default=None, ge=0)
-    g: float = Field(default=2.0, gt=0, le=100, description="rate network gain g")
+    n: int | None = _field("n", None)
+    dt: float | None = _field("dt", None)
+    duration: float | None = _field("duration", None)
+    transient: float | None = _field("transient", None)
+    g: float = _field("g", 2.0)
     network_time: Literal["continuous", "discrete"] = "continuous"
-    input_std: float = Field(default=0.0, ge=0, le=100, description="rate network input strength")
-    input_tau: float = Field(default=0.0, ge=0, le=1e6, description="rate network input correlation time")
+    input_std: float = _field("input_std", 0.0)
+    input_tau: float = _field("input_tau", 0.0)
     zero_diagonal: bool = False
-    n_exponents: int = Field(default=1, ge=1, le=10_000)
-    coupling: float = Field(default=500.0, ge=-1e6, le=1e6, description="mu, Oe")
-    current: float | None = Field(default=None, ge=-1, le=1, description="A")
+    n_exponents: int = _field("n_exponents", 1)
+    coupling: float = _field("coupling", 500.0)
+    current: float | None = _field("current", None)
     device: str | None = None
-    spectral_radius: float = Field(default=1.2, gt=0, le=10)
-    density: float = Field(default=0.5, gt=0, le=1)
-    forcing: float = Field(default=8.0, ge=-1e3, le=1e3)
-    seed: int = Field(default=0, ge=0)
+    spectral_radius: float = _field("spectral_radius", 1.2)
+    density: float = _field("density", 0.5)
+    forcing: float = _field("forcing", 8.0)
+    seed: int = _field("seed", 0)
 
     _coupling = field_validator("coupling", mode="before")(_unit("field"))
     _current = field_validator("current", mode="before")(_unit("current"))
@@ -353,22 +306,20 @@ class MLEPoint(DeviceOverrides, _STOPointMixin):
 class SimulatePoint(DeviceOverrides, _STOPointMixin):
     """A ``simulate`` point: a free run of N coupled STOs from a random (seeded) initial state."""
 
-    n: int = Field(default=10, ge=1, le=100_000)
-    coupling: float = Field(default=500.0, ge=-1e6, le=1e6, description="mu, Oe")
-    current: float | None = Field(default=None, ge=-1, le=1, description="A")
-    duration: float = Field(default=20e-9, gt=0, description="s")
-    dt: float = Field(default=1e-12, gt=0, description="s")
-    transient: float = Field(default=0.0, ge=0, description="s, excluded from the statistics")
-    save_every: int = Field(default=10, ge=1)
-    temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
+    n: int = _field("n", 10)
+    coupling: float = _field("coupling", 500.0)
+    current: float | None = _field("current", None)
+    duration: float = _field("duration", 20e-9)
+    dt: float = _field("dt", 1e-12)
+    transient: float = _field("transient", 0.0, description="discarded transient, excluded from the statistics")
+    save_every: int = _field("save_every", 10)
+    temperature: float = _field("temperature", 0.0)
     dynamical_snr: OptionalSNRdB = None
-    dynamical_noise_reference: float | None = Field(
-        default=None, ge=1e-18, le=1.0, description="s; None: the dynamical SNR is per step"
-    )
+    dynamical_noise_reference: float | None = _field("dynamical_noise_reference", None)
     observation_snr: OptionalSNRdB = None
     device: str | None = None
     dtype: Literal["float32", "float64"] = "float64"
-    seed: int = Field(default=0, ge=0)
+    seed: int = _field("seed", 0)
 
     _coupling = field_validator("coupling", mode="before")(_unit("field"))
     _current = field_validator("current", mode="before")(_unit("current"))
@@ -652,24 +603,24 @@ class FTMLEPoint(DeviceOverrides, _STOPointMixin):
     """
 
     substrate: str = DEFAULT_SUBSTRATE
-    n: int | None = Field(default=None, ge=1, le=100_000)
-    dt: float | None = Field(default=None, gt=0)
-    duration: float | None = Field(default=None, gt=0)
-    g: float = Field(default=2.0, gt=0, le=100, description="rate network gain g")
+    n: int | None = _field("n", None)
+    dt: float | None = _field("dt", None)
+    duration: float | None = _field("duration", None)
+    g: float = _field("g", 2.0)
     network_time: Literal["continuous", "discrete"] = "continuous"
-    coupling: float = Field(default=500.0, ge=-1e6, le=1e6, description="mu, Oe")
-    current: float | None = Field(default=None, ge=-1, le=1, description="A")
+    coupling: float = _field("coupling", 500.0)
+    current: float | None = _field("current", None)
     device: str | None = None
-    spectral_radius: float = Field(default=1.0, gt=0, le=10)
-    steps: int = Field(default=5, ge=1, le=10_000)
-    density: float = Field(default=0.5, gt=0, le=1)
-    forcing: float = Field(default=8.0, ge=-1e3, le=1e3)
-    samples: int = Field(default=16, ge=1, le=100_000)
-    readin_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    spectral_radius: float = _field("spectral_radius", 1.0)
+    steps: int = _field("steps", 5)
+    density: float = _field("density", 0.5)
+    forcing: float = _field("forcing", 8.0)
+    samples: int = _field("samples", 16)
+    readin_scale: float = _field("readin_scale", 1.0, allow_inf_nan=False)
     method: Literal["auto", "exact", "lanczos", "power"] = "auto"
-    tol: float = Field(default=1e-8, gt=0, lt=1)
-    max_iter: int = Field(default=300, ge=1)
-    seed: int = Field(default=0, ge=0)
+    tol: float = _field("tol", 1e-8)
+    max_iter: int = _field("max_iter", 300)
+    seed: int = _field("seed", 0)
 
     _coupling = field_validator("coupling", mode="before")(_unit("field"))
     _current = field_validator("current", mode="before")(_unit("current"))

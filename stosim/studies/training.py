@@ -33,10 +33,13 @@ from pydantic import (
 )
 
 from stosim.checkpoint import load_checkpoint, restore_model, restore_optimizer, save_checkpoint
-from stosim.checks import MAX_SEED, check_steps, read_toml
+from stosim.checks import check_steps, read_toml
 from stosim.datasets import ImageDataset, load_dataset
 from stosim.model_kinds import KIND_KEYS, kind, kind_names, kinds
 from stosim.models import ConvReservoirClassifier
+from stosim.parameters import SUBSTRATE_TIME_KEYS
+from stosim.parameters import UNIT_DIMENSIONS as UNIT_DIMENSIONS
+from stosim.parameters import get as get_parameter
 from stosim.physics.noise import check_snr_db
 from stosim.ridge import RidgeAccumulator
 from stosim.storage import output_lock, remove_stale_temporaries, write_text_atomic
@@ -73,6 +76,11 @@ METRICS = "metrics.json"
 CURVE = "learning_curve.png"
 
 
+def _field(name: str, default: Any, **kwargs: Any) -> Any:
+    """The pydantic field of the parameter ``name`` (stosim.parameters: range and description)."""
+    return get_parameter(name).field(default, **kwargs)
+
+
 class ConfigError(ValueError):
     """An invalid training configuration; the message names the key."""
 
@@ -106,69 +114,70 @@ class TrainConfig(BaseModel):
     dataset: Literal["digits", "mnist", "fashion-mnist"] = "digits"
     data_dir: str | None = None
     download: bool = False
-    limit_train: int | None = Field(default=None, ge=1)
-    limit_test: int | None = Field(default=None, ge=1)
-    epochs: int = Field(default=20, ge=1, le=10_000)
-    batch_size: int = Field(default=64, ge=1, le=65_536)
-    lr: float = Field(default=0.01, gt=0, le=10)
+    limit_train: int | None = _field("limit_train", None)
+    limit_test: int | None = _field("limit_test", None)
+    epochs: int = _field("epochs", 20)
+    batch_size: int = _field("batch_size", 64)
+    lr: float = _field("lr", 0.01)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr_schedule: Literal["constant", "cosine"] = Field(
         default="constant",
         description="cosine: lr decays to 0 over the run, lr_k = lr (1 + cos(pi k / K)) / 2 "
         "at step k of K = epochs x batches per epoch",
     )
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(
-        default=0.0, ge=0, le=10, description="adam: decoupled weight decay (AdamW); sgd: L2 penalty coefficient"
+    momentum: float = _field("momentum", 0.9)
+    weight_decay: float = _field(
+        "weight_decay", 0.0, description="adam: decoupled weight decay (AdamW); sgd: L2 penalty coefficient"
     )
-    input_offset: float = Field(
-        default=0.0,
-        ge=-1,
-        le=1,
+    input_offset: float = _field(
+        "input_offset",
+        0.0,
         description="subtracted from every input value (pixels in [0, 1]) before the read-in; 0.5 centres the pixels",
     )
-    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    seed: int = _field("seed", 0)
     dtype: Literal["float32", "float64"] = "float64"
     readout_only: bool = False
-    ridge_alpha: float = Field(default=1e-2, gt=0)
+    ridge_alpha: float = _field("ridge_alpha", 1e-2)
     # substrate parameters (None: the substrate's default)
-    n: int | None = Field(default=None, ge=1, le=100_000, description="oscillators / nodes / sites")
-    hidden: int | None = Field(
-        default=None, ge=1, le=100_000, description="hidden units of mlp/cnn (default 3 x 100, the STO feature count)"
+    n: int | None = _field("n", None)
+    hidden: int | None = _field(
+        "hidden", None, description="hidden units of mlp/cnn (default 3 x 100, the STO feature count)"
     )
-    depth: int = Field(default=1, ge=1, le=100, description="mlp: hidden layers of `hidden` units")
+    depth: int = _field("depth", 1, description="mlp: hidden layers of `hidden` units")
     activation: Literal["relu", "tanh"] = Field(default="relu", description="mlp: hidden activation")
-    init_spectral_radius: float | None = Field(
-        default=None, gt=0, le=10, description="mlp (depth >= 2): square hidden weights drawn at this spectral radius"
+    init_spectral_radius: float | None = _field(
+        "init_spectral_radius",
+        None,
+        description="mlp (depth >= 2): square hidden weights drawn at this spectral radius",
     )
-    coupling: float = Field(default=500.0, ge=-1e6, le=1e6, description="mu, Oe")
-    current: float | None = Field(default=None, ge=-1, le=1, description="A")
-    duration: float | None = Field(default=None, gt=0, description="sto: s; lorenz96: model time")
-    dt: float | None = Field(default=None, gt=0, description="sto: s; lorenz96: model time")
+    coupling: float = _field("coupling", 500.0)
+    current: float | None = _field("current", None)
+    duration: float | None = _field("duration", None, description="sto: s; lorenz96: model time")
+    dt: float | None = _field("dt", None, description="sto: s; lorenz96: model time")
     device: str | None = None
-    spectral_radius: float = Field(default=1.0, gt=0, le=10)
-    steps: int = Field(default=5, ge=1, le=10_000)
-    forcing: float = Field(default=8.0, ge=-1e3, le=1e3)
-    conv_channels: int = Field(default=8, ge=1, le=256)
-    g: float = Field(default=1.5, gt=0, le=100, description="rate network gain g")
-    network_time: Literal["continuous", "discrete"] = Field(
-        default="continuous",
+    spectral_radius: float = _field("spectral_radius", 1.0)
+    steps: int = _field("steps", 5)
+    forcing: float = _field("forcing", 8.0)
+    conv_channels: int = _field("conv_channels", 8)
+    g: float = _field("g", 1.5)
+    network_time: Literal["continuous", "discrete"] = _field(
+        "network_time",
+        "continuous",
         description="rate network: tau dh/dt = -h + J tanh h (RK4, times in tau) or "
         "h_(s+1) = J tanh h_s (duration = steps)",
     )
-    input_std: float = Field(default=0.0, ge=0, le=100, description="rate network input strength")
-    input_tau: float = Field(default=0.0, ge=0, le=1e6, description="rate network input correlation time (0: white)")
-    temperature: float = Field(default=0.0, ge=0, le=1e4, description="K")
+    input_std: float = _field("input_std", 0.0)
+    input_tau: float = _field("input_tau", 0.0)
+    temperature: float = _field("temperature", 0.0)
     dynamical_snr: OptionalSNRdB = None
-    dynamical_noise_reference: float | None = Field(
-        default=None,
-        ge=1e-18,
-        le=1.0,
+    dynamical_noise_reference: float | None = _field(
+        "dynamical_noise_reference",
+        None,
         description="s, e.g. '1 ps': the dynamical SNR is that of the noise accumulated over this time (a Wiener "
         "increment, independent of dt); None: per integration step, the seed study's (dt-dependent)",
     )
     observation_snr: OptionalSNRdB = None
-    variability: float = Field(default=0.0, ge=0, le=0.5, description="relative spread of H_K, alpha, I")
+    variability: float = _field("variability", 0.0)
     train_with_noise: bool = Field(default=True, description="False: train noiselessly, evaluate with the noise")
 
     @field_validator("substrate")
@@ -179,25 +188,12 @@ class TrainConfig(BaseModel):
             raise ValueError(f"Input should be {', '.join(valid[:-1])} or {valid[-1]}")
         return v
 
-    @field_validator("coupling", mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _coupling(cls, v: Any) -> Any:
-        return _parse(v, "field", "coupling") if isinstance(v, str) else v
-
-    @field_validator("current", mode="before")
-    @classmethod
-    def _current(cls, v: Any) -> Any:
-        return _parse(v, "current", "current") if isinstance(v, str) else v
-
-    @field_validator("temperature", mode="before")
-    @classmethod
-    def _temperature(cls, v: Any) -> Any:
-        return _parse(v, "temperature", "temperature") if isinstance(v, str) else v
-
-    @field_validator("duration", "dt", "dynamical_noise_reference", mode="before")
-    @classmethod
-    def _time(cls, v: Any, info) -> Any:
-        return _parse(v, "time", info.field_name) if isinstance(v, str) else v
+    def _units(cls, v: Any, info: ValidationInfo) -> Any:
+        """A quantity with a unit ("500 Oe", "300 ps") in the internal unit of its parameter's dimension."""
+        dimension = UNIT_DIMENSIONS.get(info.field_name)
+        return _parse(v, dimension, info.field_name) if dimension is not None and isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _readout_needs_reservoir(self) -> "TrainConfig":
@@ -268,22 +264,10 @@ def _resolve_file_paths(raw: dict[str, Any], path: Path) -> None:
         raw[key] = str(beside)
 
 
-# dimension of each quantity that must carry a unit in experiment files and sweep specs; "time" applies to
-# the STO substrates only (Lorenz 96 time is in model time units, FFESN time in steps: plain numbers there)
-UNIT_DIMENSIONS = MappingProxyType(
-    {
-        "coupling": "field",
-        "current": "current",
-        "temperature": "temperature",
-        "applied_field": "field",
-        "anisotropy_field": "field",
-        "duration": "time",
-        "dt": "time",
-        "transient": "time",
-        "dynamical_noise_reference": "time",
-    }
-)
-STO_TIME_KEYS = frozenset({"duration", "dt", "transient"})
+# UNIT_DIMENSIONS: dimension of each quantity that must carry a unit in experiment files and sweep specs
+# (stosim.parameters); the substrate times (STO_TIME_KEYS) for the STO substrates only (Lorenz 96 time is in
+# model time units, FFESN time in steps: plain numbers there)
+STO_TIME_KEYS = SUBSTRATE_TIME_KEYS
 _UNIT_EXAMPLES = MappingProxyType({"field": "500 Oe", "current": "2.5 mA", "temperature": "300 K", "time": "300 ps"})
 
 

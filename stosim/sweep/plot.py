@@ -128,26 +128,29 @@ def plot_sweep(
         ds = ds_or_path
     numeric = [v for v in ds.data_vars if ds[v].dtype.kind in "iuf"]
     if var not in ds.data_vars:
-        raise PlotError(f"--var {var!r}: no such variable; variables: {', '.join(numeric)}")
+        raise PlotError(f"var={var!r}: no such variable; variables: {', '.join(numeric)}")
     if var not in numeric:
-        raise PlotError(f"--var {var!r} is not numeric; variables: {', '.join(numeric)}")
+        raise PlotError(f"var={var!r} is not numeric; variables: {', '.join(numeric)}")
     da = ds[var]
     scale, var_label = _value_display(ds[var], var)
     if scale != 1.0:
         da = da * scale
     if hue is not None and y is not None:
-        raise PlotError("--hue draws one line per value; it cannot be combined with --y (a heat map)")
+        raise PlotError(f"hue={hue!r} draws one line per value; it cannot be combined with y={y!r} (a heat map)")
     if hue is not None and hue == x:
-        raise PlotError(f"--hue and --x are both {x!r}; give two different dimensions")
-    for flag, dim in (("--x", x), ("--y", y), ("--hue", hue)):
+        raise PlotError(f"hue={hue!r} and x={x!r}: give two different dimensions")
+    for flag, dim in (("x", x), ("y", y), ("hue", hue)):
         if dim is not None and dim not in da.dims:
-            raise PlotError(f"{flag} {dim!r} is not a dimension of {var}; dimensions: {', '.join(da.dims)}")
+            raise PlotError(f"{flag}={dim!r} is not a dimension of {var}; dimensions: {', '.join(da.dims)}")
     if y is not None and x == y:
-        raise PlotError(f"--x and --y are both {x!r}; give two different dimensions")
+        raise PlotError(f"x={x!r} and y={y!r}: give two different dimensions")
     if band not in ("minmax", "std"):
         raise PlotError(f"band = {band!r}; valid: minmax, std")
     if lyapunov_time is not None and y is None:
-        raise PlotError("--lyapunov-time draws T = 1/MLE over a heat map; it needs --y (the time axis)")
+        raise PlotError(
+            "the Lyapunov-time curve (lyapunov_time=...) draws T = 1/MLE over a heat map; "
+            "it needs y=... (the time axis)"
+        )
     curve = None if lyapunov_time is None else lyapunov_time_curve(lyapunov_time, ds, x, y, lyapunov_var)
     axes = [x] if y is None else [x, y]
     if hue is not None:
@@ -280,7 +283,7 @@ def _cell_position(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     grid = np.asarray(grid, dtype=float)
     values = np.asarray(values, dtype=float)
     if not np.all(np.isfinite(grid)) or grid.size < 2 or not np.all(np.diff(grid) > 0):
-        raise PlotError("--lyapunov-time needs numeric, increasing, finite coordinates on both heat-map axes")
+        raise PlotError("the Lyapunov-time curve needs numeric, increasing, finite coordinates on both heat-map axes")
     log = bool(np.all(grid > 0) and grid[-1] / grid[0] >= 50)
     with _quiet():
         g, v = (np.log(grid), np.log(values)) if log else (grid, values)
@@ -302,22 +305,22 @@ def lyapunov_time_curve(mle_sweep, heatmap, x: str, y: str, var: str = "mle") ->
 
     if isinstance(mle_sweep, (str, Path)):
         if not Path(mle_sweep).exists():
-            raise FileNotFoundError(f"--lyapunov-time {mle_sweep} does not exist")
+            raise FileNotFoundError(f"lyapunov_time={mle_sweep} does not exist")
         mle_sweep = read_sweep(Path(mle_sweep))
     if var not in mle_sweep.data_vars:
         raise PlotError(
-            f"--lyapunov-var {var!r}: not a variable of the --lyapunov-time sweep; variables: "
+            f"lyapunov_var={var!r}: not a variable of the MLE sweep (lyapunov_time); variables: "
             f"{', '.join(v for v in mle_sweep.data_vars if mle_sweep[v].dtype.kind in 'iuf')}"
         )
     da = mle_sweep[var]
     if x not in da.dims:
-        raise PlotError(f"--lyapunov-time: {var} is not swept over --x {x!r}; its dimensions: {', '.join(da.dims)}")
+        raise PlotError(f"the MLE sweep's {var} is not swept over x={x!r}; its dimensions: {', '.join(da.dims)}")
     rate_units = str(da.attrs.get("units", ""))
     time_units = str(heatmap[y].attrs.get("units", ""))
     accepted = {f"1/{time_units}", f"1/({time_units})"} | ({"1/step", "1"} if time_units in ("1", "step") else set())
     if rate_units not in accepted:
         raise PlotError(
-            f"--lyapunov-time: {var} is in {rate_units!r}, not a rate in 1/({time_units}) of --y {y!r}; "
+            f"the MLE sweep's {var} is in {rate_units!r}, not a rate in 1/({time_units}) of y={y!r}; "
             "the Lyapunov time 1/MLE must be in the units of the heat map's time axis"
         )
     other = [d for d in da.dims if d != x]

@@ -191,15 +191,15 @@ def run_sweep(
     """
     out = Path(out)
     if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other: continue the file or replace it")
+        raise ValueError("resume=True and overwrite=True exclude each other: continue the file or replace it")
     if sum(x is not None for x in (scheduler, client)) > 1 or (workers is not None and (scheduler or client)):
         raise ValueError("give one of workers (a LocalCluster), scheduler (an address) or client")
     if not math.isfinite(flush_seconds) or flush_seconds < 0:
         raise ValueError(f"flush_seconds = {flush_seconds!r} must be >= 0")
     if out.exists() and not (resume or overwrite):
-        raise FileExistsError(f"{out} exists; pass --resume to continue it or --overwrite to replace it")
+        raise FileExistsError(f"{out} exists; pass resume=True to continue it or overwrite=True to replace it")
     if resume and not out.exists():
-        raise FileNotFoundError(f"--resume: {out} does not exist; run without --resume to start the sweep")
+        raise FileNotFoundError(f"resume=True: {out} does not exist; run without resume=True to start the sweep")
     if workers is None and scheduler is None and client is None:
         workers = default_workers()
 
@@ -257,7 +257,7 @@ def run_sweep(
     if stopped is not None:
         point, error = stopped
         raise SweepFailedError(
-            f"point {_where(point)} failed (--fail-fast): {error}; {summary.n_done} done points "
+            f"point {_where(point)} failed (fail_fast=True): {error}; {summary.n_done} done points "
             f"saved in {out}, {summary.n_pending} pending",
             summary,
         )

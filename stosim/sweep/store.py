@@ -228,40 +228,40 @@ class SweepState:
             ds = read_sweep(path)
         except Exception as exc:  # damaged HDF5: OSError, KeyError, RuntimeError, TypeError, ...
             raise ResumeError(
-                f"--resume: cannot read {path} as a sweep file ({type(exc).__name__}: "
+                f"resume=True: cannot read {path} as a sweep file ({type(exc).__name__}: "
                 f"{_first_line(exc)}); it is damaged or not a sweep file"
             ) from None
         if FORMAT_ATTR not in ds.attrs or "sweep_spec_json" not in ds.attrs:
-            raise ResumeError(f"--resume: {path} is not a stosim sweep file")
+            raise ResumeError(f"resume=True: {path} is not a stosim sweep file")
         version = _scalar(ds.attrs[FORMAT_ATTR])
         if version != 1:
             raise ResumeError(
-                f"--resume: {path}: attribute {FORMAT_ATTR} = {version!r:.60}; this version reads format 1"
+                f"resume=True: {path}: attribute {FORMAT_ATTR} = {version!r:.60}; this version reads format 1"
             )
         mine = json.loads(self.sweep.resolved_json)
         saved = self._with_new_defaults(_json_attr(ds, path, "sweep_spec_json", dict), mine)
         diff = _diff(saved, mine)
         if diff:
             raise ResumeError(
-                f"--resume: {path} was written by a different spec (differs in {', '.join(diff)}); "
-                "resume with the same spec, or pass --overwrite to start again"
+                f"resume=True: {path} was written by a different spec (differs in {', '.join(diff)}); "
+                "resume with the same spec, or pass overwrite=True to start again"
             )
         runs = _json_attr(ds, path, "sweep_runs", list, default="[]")
         if not all(isinstance(r, dict) for r in runs):
-            raise ResumeError(f"--resume: {path}: attribute sweep_runs must be a JSON list of records")
+            raise ResumeError(f"resume=True: {path}: attribute sweep_runs must be a JSON list of records")
         started = ds.attrs.get("sweep_started_utc", "")
         if not isinstance(started, str):
-            raise ResumeError(f"--resume: {path}: attribute sweep_started_utc must be text, found {started!r:.60}")
+            raise ResumeError(f"resume=True: {path}: attribute sweep_started_utc must be text, found {started!r:.60}")
         sw = self.sweep
         for name in ("status", "wall_time_s", "run_seed"):
             if name not in ds:
-                raise ResumeError(f"--resume: {path} lacks the variable {name}; it is not a complete sweep file")
+                raise ResumeError(f"resume=True: {path} lacks the variable {name}; it is not a complete sweep file")
         for out in sw.outputs:
             if out.name not in ds:
-                raise ResumeError(f"--resume: {path} lacks the variable {out.name}")
+                raise ResumeError(f"resume=True: {path} lacks the variable {out.name}")
             _check_units(ds[out.name], out.name, sw.output_units[out.name], path)
         if tuple(ds["status"].dims) != sw.dim_names:
-            raise ResumeError(f"--resume: {path} has dimensions {ds['status'].dims}, expected {sw.dim_names}")
+            raise ResumeError(f"resume=True: {path} has dimensions {ds['status'].dims}, expected {sw.dim_names}")
         self._check_coordinates(ds, path)
         expected = {"status": ("OSU", sw.shape), "wall_time_s": ("f", sw.shape), "run_seed": ("iu", sw.shape)}
         for out in sw.outputs:
@@ -269,29 +269,29 @@ class SweepState:
         for name, (kinds, shape) in expected.items():
             values = ds[name].values
             if values.shape != shape:
-                raise ResumeError(f"--resume: {name} in {path} has shape {values.shape}, expected {shape}")
+                raise ResumeError(f"resume=True: {name} in {path} has shape {values.shape}, expected {shape}")
             if values.dtype.kind not in kinds:
                 raise ResumeError(
-                    f"--resume: {name} in {path} holds values of type {values.dtype}, expected {_KIND_NAMES[kinds]}"
+                    f"resume=True: {name} in {path} holds values of type {values.dtype}, expected {_KIND_NAMES[kinds]}"
                 )
         status = ds["status"].values.astype(str)
         unknown = sorted(set(status.ravel().tolist()) - {STATUS_DONE, STATUS_FAILED, STATUS_PENDING})
         if unknown:
             raise ResumeError(
-                f"--resume: status in {path} holds {unknown[:3]!r}; valid: {STATUS_DONE}, "
+                f"resume=True: status in {path} holds {unknown[:3]!r}; valid: {STATUS_DONE}, "
                 f"{STATUS_FAILED}, {STATUS_PENDING}"
             )
         done = status == STATUS_DONE
         seeds = ds["run_seed"].values
         if np.any(seeds[done] != self.run_seed[done]):
             raise ResumeError(
-                f"--resume: run_seed in {path} differs from the spec's seeds at "
+                f"resume=True: run_seed in {path} differs from the spec's seeds at "
                 f"{int(np.sum(seeds[done] != self.run_seed[done]))} done point(s); the file is damaged"
             )
         wall = ds["wall_time_s"].values
         if not np.all(np.isfinite(wall[done]) & (wall[done] >= 0)):
             raise ResumeError(
-                f"--resume: wall_time_s in {path} is negative or not finite at a done point; the file is damaged"
+                f"resume=True: wall_time_s in {path} is negative or not finite at a done point; the file is damaged"
             )
         for out in sw.outputs:
             self.values[out.name][done] = ds[out.name].values[done]
@@ -305,7 +305,7 @@ class SweepState:
         """The file's coordinates are the spec's (grid values, seeds, output dimensions)."""
         for dim in self.sweep.dims + self.sweep.extra_dims:
             if dim.name not in ds.coords:
-                raise ResumeError(f"--resume: {path} lacks the coordinate {dim.name}")
+                raise ResumeError(f"resume=True: {path} lacks the coordinate {dim.name}")
             found, want = ds[dim.name].values, np.asarray(dim.values)
             same = found.shape == want.shape and (
                 np.array_equal(found.astype(str), want.astype(str))
@@ -314,7 +314,7 @@ class SweepState:
             )
             if not same:
                 raise ResumeError(
-                    f"--resume: the coordinate {dim.name} in {path} is {found.tolist()!r:.80}, the spec "
+                    f"resume=True: the coordinate {dim.name} in {path} is {found.tolist()!r:.80}, the spec "
                     f"gives {want.tolist()!r:.80}; the file is damaged or from another spec"
                 )
 
@@ -332,11 +332,11 @@ def _check_units(var: Any, name: str, want: str, path: str | Path) -> None:
         return
     if want == "%" and found == "1":
         raise ResumeError(
-            f"--resume: {path}: {name} was written with accuracy as a fraction by an earlier "
+            f"resume=True: {path}: {name} was written with accuracy as a fraction by an earlier "
             "version (units '1'; this version stores percent, units '%'); start a new file"
         )
     raise ResumeError(
-        f"--resume: {path}: {name} has units {found!r:.40}, this version writes {want!r}; start a new file"
+        f"resume=True: {path}: {name} has units {found!r:.40}, this version writes {want!r}; start a new file"
     )
 
 
@@ -361,14 +361,14 @@ def _json_attr(ds: Any, path: str | Path, name: str, kind: type, default: str | 
     """Attribute ``name`` of ``ds`` parsed as JSON of type ``kind``; a ResumeError naming file and attribute."""
     text = ds.attrs.get(name, default)
     if not isinstance(text, str):
-        raise ResumeError(f"--resume: {path}: attribute {name} must be JSON text, found {type(text).__name__}")
+        raise ResumeError(f"resume=True: {path}: attribute {name} must be JSON text, found {type(text).__name__}")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ResumeError(f"--resume: {path}: attribute {name} is not valid JSON ({exc})") from None
+        raise ResumeError(f"resume=True: {path}: attribute {name} is not valid JSON ({exc})") from None
     if not isinstance(value, kind):
         raise ResumeError(
-            f"--resume: {path}: attribute {name} must hold a JSON {kind.__name__}, found {type(value).__name__}"
+            f"resume=True: {path}: attribute {name} must hold a JSON {kind.__name__}, found {type(value).__name__}"
         )
     return value
 

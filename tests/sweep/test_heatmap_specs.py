@@ -101,7 +101,7 @@ def test_lyapunov_time_units_must_match_the_time_axis():
         lyapunov_time_curve(_mle([0.1] * 5, units="1/s"), _heatmap(), "spectral_radius", "steps")
     sto = lyapunov_time_curve(_mle([2e10] * 5, units="1/s"), _heatmap(units_y="s"), "spectral_radius", "steps")
     np.testing.assert_allclose(sto.lyapunov_time, 5e-11)
-    with pytest.raises(PlotError, match="--lyapunov-var"):
+    with pytest.raises(PlotError, match="lyapunov_var="):
         lyapunov_time_curve(_mle([0.1] * 5), _heatmap(), "spectral_radius", "steps", var="lle")
 
 
@@ -127,7 +127,7 @@ def test_plot_draws_the_lyapunov_time_line(tmp_path, monkeypatch):
     )
     assert out.stat().st_size > 1000
     np.testing.assert_allclose(drawn["y"][1:3], [1.0, 2.0])
-    with pytest.raises(PlotError, match="needs --y"):
+    with pytest.raises(PlotError, match=r"needs y=\.\.\."):
         plot_sweep(
             _heatmap(), "best_test_accuracy", "spectral_radius", None, tmp_path / "l.png", lyapunov_time=_mle([0.1] * 5)
         )
