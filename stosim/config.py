@@ -63,14 +63,10 @@ MAX_GYROMAGNETIC_RAD_PER_OE_S = _parameters.MAX_GYROMAGNETIC_RAD_PER_OE_S
 DEFAULT_BREAKDOWN_VOLTAGE_V = _parameters.DEFAULT_BREAKDOWN_VOLTAGE_V
 MAX_BREAKDOWN_VOLTAGE_V = _parameters.MAX_BREAKDOWN_VOLTAGE_V
 
-# -- device limits (docs/hardware.md "Device limits") ------------------------------------------------
-# Resistance-area product RA = R_P pi r^2 of the junction. MgO tunnel barriers span about 0.3 Ohm um^2
-# (~0.8 nm, STT-MRAM and STOs) to 1e4 Ohm um^2 and more (2-3 nm, sensors); RA grows exponentially with the
-# barrier thickness. The bounds below are more than a decade wider on each side; an R_P outside them (1e300 Ohm, or
-# 440 mOhm written for 440 Ohm) is not a tunnel junction of this radius. Seed device: 440 Ohm x pi (60 nm)^2
-# = 4.98 Ohm um^2, the RA ~ 5 Ohm um^2 its file states.
-MIN_RA_OHM_UM2 = 0.01
-MAX_RA_OHM_UM2 = 1e6
+# -- device limits (docs/hardware.md "Device limits"): the resistance-area product RA = R_P pi r^2 of MgO
+# tunnel barriers, in Ohm um^2 (stosim.parameters explains the bounds)
+MIN_RA_OHM_UM2 = _parameters.MIN_RA_OHM_UM2
+MAX_RA_OHM_UM2 = _parameters.MAX_RA_OHM_UM2
 # the breakdown voltage's default and limit: stosim.parameters (DEFAULT_BREAKDOWN_VOLTAGE_V, 1.5 V, typical of
 # MgO barriers of ~1 nm; MAX_BREAKDOWN_VOLTAGE_V, 10 V)
 

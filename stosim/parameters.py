@@ -49,6 +49,8 @@ __all__ = [
     "MAX_BREAKDOWN_VOLTAGE_V",
     "DEFAULT_BREAKDOWN_VOLTAGE_V",
     "MAX_APPLIED_FIELD_OE",
+    "MIN_RA_OHM_UM2",
+    "MAX_RA_OHM_UM2",
 ]
 
 TEXT_UNITS = "n/a"  # the `units` of text settings (and of text variables and categorical coordinates)
@@ -77,6 +79,13 @@ MAX_GYROMAGNETIC_RAD_PER_OE_S = 3.0 * GYROMAGNETIC_PER_G_FACTOR_RAD_PER_OE_S
 # not a measurement of the seed device; give the measured one in the file's [limits] when it is known.
 DEFAULT_BREAKDOWN_VOLTAGE_V = 1.5
 MAX_BREAKDOWN_VOLTAGE_V = 10.0  # no tunnel barrier of a few nm holds 10 V (~10 V/nm even at 1 nm)
+# Resistance-area product RA = R_P pi r^2 of the junction. MgO tunnel barriers span about 0.3 Ohm um^2
+# (~0.8 nm, STT-MRAM and STOs) to 1e4 Ohm um^2 and more (2-3 nm, sensors); RA grows exponentially with the
+# barrier thickness. The bounds below are more than a decade wider on each side; an R_P outside them (1e300 Ohm, or
+# 440 mOhm written for 440 Ohm) is not a tunnel junction of this radius. Seed device: 440 Ohm x pi (60 nm)^2
+# = 4.98 Ohm um^2, the RA ~ 5 Ohm um^2 its file states.
+MIN_RA_OHM_UM2 = 0.01
+MAX_RA_OHM_UM2 = 1e6
 MIN_SNR_DB = -100.0  # stosim.physics.noise.MIN_SNR_DB (a noise 1e5 times the signal)
 
 
@@ -151,7 +160,7 @@ class Parameter:
 
     def valid(self) -> str:
         """The valid range as text, e.g. ``in (0, 1)``, ``in [-1, 1] A``, ``>= 0 K``, with the note."""
-        unit = "" if self.unit in ("1", TEXT_UNITS) else f" {self.unit}"
+        unit = "" if self.unit in ("1", TEXT_UNITS) or self.substrate_time else f" {self.unit}"
         lo, hi = self.minimum, self.maximum
         if lo is not None and hi is not None:
             left, right = "(" if self.open_min else "[", ")" if self.open_max else "]"
@@ -378,7 +387,7 @@ declare(
         "parallel-state resistance R_P",
         minimum=0.0,
         open_min=True,
-        note="(and RA = R_P pi r^2 in [0.01, 1e6] Ohm um^2)",
+        note=f"(and RA = R_P pi r^2 in [{MIN_RA_OHM_UM2:g}, {MAX_RA_OHM_UM2:g}] Ohm um^2)",
         device_key="tmr.parallel_resistance",
         **_D,
     ),
@@ -395,7 +404,7 @@ declare(
     _p(
         "max_current",
         "current",
-        "largest bias current |I|",
+        "largest bias current (magnitude)",
         minimum=0.0,
         open_min=True,
         maximum=1.0,
