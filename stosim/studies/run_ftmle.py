@@ -71,9 +71,11 @@ def dataset_ftmle(
         },
         coords={"sample": ("sample", np.arange(len(test)), {"units": "1", "long_name": "test sample index"})},
     )
+    config = cfg.resolved()
     ds.attrs.update(
         provenance_attrs(
-            config=cfg.resolved(),
+            config=config,
+            config_units=_config_units(config, result.time_unit),
             trained=int(state is not None),
             trained_epochs=state.epoch if state is not None else 0,
             checkpoint=str(checkpoint) if checkpoint else "none",
@@ -84,3 +86,14 @@ def dataset_ftmle(
         )
     )
     return ds
+
+
+def _config_units(config: dict, time_unit: str) -> dict[str, str]:
+    """The unit of each value of ``config`` (internal units, stosim.parameters; substrate times in
+    ``time_unit``, the substrate's): the ``config_units`` attribute beside ``config``."""
+    from stosim.parameters import parameters
+
+    declared = parameters()
+    return {
+        key: (time_unit if declared[key].substrate_time else declared[key].unit) for key in config if key in declared
+    }

@@ -96,6 +96,10 @@ def test_cli_ftmle_untrained_and_trained(tmp_path, capsys):
         assert summary["trained"] == (name == "t")
         ds = xr.open_dataset(out, engine="h5netcdf")
         assert ds["ftmle"].attrs["units"] == "1/s" and ds.sizes["sample"] == 20
+        # the configuration's values are in internal units; their units from stosim.parameters
+        units = json.loads(ds.attrs["config_units"])
+        assert units["coupling"] == "Oe" and units["duration"] == "s" and units["temperature"] == "K"
+        assert units["dynamical_snr"] == "dB" and units["substrate"] == "n/a"
         ds.close()
         assert (tmp_path / f"{name}.png").stat().st_size > 5000
     assert main(["ftmle", "--checkpoint", str(run), "--n", "5", "--out", str(tmp_path / "x.h5")]) == 2
