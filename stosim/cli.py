@@ -332,6 +332,11 @@ _MISSING_HELP = {
 def _finish_parser(sub: argparse._SubParsersAction) -> None:
     """Every command's help: defaults shown, examples (epilog), and a text for each flag of `train` and
     `ftmle` that takes its default from the configuration."""
+    from stosim.parameters import parameters
+
+    # the flags of train and ftmle show the valid range of their parameters (stosim.parameters; the substrates'
+    # own parameters are declared when the substrates are imported, which building the parser does not do)
+    declared = {p.flag: p for p in parameters().values()}
     for name, command in sub.choices.items():
         command.formatter_class = _HelpFormatter
         command.epilog = _EPILOGS.get(name, command.epilog)
@@ -347,6 +352,11 @@ def _finish_parser(sub: argparse._SubParsersAction) -> None:
                 action.help = _CONFIG_FLAG_HELP[action.dest]
             elif not action.help and action.option_strings:
                 action.help = " "  # documented by the epilog; keeps the flag listed with its metavar
+    for command in (sub.choices["train"], sub.choices["ftmle"]):  # (their flags are validated as TrainConfig)
+        for action in command._actions:
+            param = declared.get(max(action.option_strings, key=len, default=""))
+            if param is not None and param.bounded and (action.help or "").strip() and "valid:" not in action.help:
+                action.help += f"; valid: {param.valid()}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -398,8 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=_help("current", "e.g. '2.5 mA' (default: the device file's)"),
     )
-    p.add_argument("--duration", type=_quantity("duration"), default=20e-9, help=_help("duration", "e.g. '20 ns'"))
-    p.add_argument("--dt", type=_quantity("dt"), default=1e-12, help=_help("dt", "e.g. '1 ps'"))
+    p.add_argument(
+        "--duration", type=_quantity("duration"), default=20e-9, help=_help("duration", "e.g. '20 ns' (default)")
+    )
+    p.add_argument("--dt", type=_quantity("dt"), default=1e-12, help=_help("dt", "e.g. '1 ps' (default)"))
     p.add_argument("--seed", type=_seed("--seed"), default=0, help="seed of W, initial state and noise (default 0)")
     init = p.add_mutually_exclusive_group()
     init.add_argument(

@@ -39,7 +39,8 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from stosim.checks import MAX_SEED, read_toml
+from stosim.checks import read_toml
+from stosim.parameters import get as get_parameter
 from stosim.studies.substrate_names import DEFAULT_SUBSTRATE
 from stosim.studies.sweep_points import (
     EXTRA_DIM_ATTRS,
@@ -82,6 +83,9 @@ def derive_seed(entropy: int, index: int) -> int:
     return int(np.random.SeedSequence(int(entropy), spawn_key=(int(index),)).generate_state(1)[0] >> 1)
 
 
+SEED = get_parameter("seed")  # (stosim.parameters: [0, 2**32 - 1])
+
+
 class SweepSpec(BaseModel):
     """The TOML file as written (quantities still strings); see the module docstring."""
 
@@ -91,8 +95,8 @@ class SweepSpec(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     kind: str
     description: str = ""
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = None
+    seed: int | None = SEED.field(None, description="root seed of the points' seeds")
+    seeds: list[Annotated[int, SEED.field(...)]] | None = None
     independent_seeds: bool = False
     base: dict[str, Scalar] = {}
     grid: dict[str, list[Scalar]] = {}
