@@ -130,8 +130,8 @@ class Parameter:
     # -- units ---------------------------------------------------------------------------------------------
     @property
     def unit(self) -> str:
-        """The internal unit of its values ("1": a plain number; "n/a": text; substrate times: "s" for the
-        STOs, see :meth:`units_for`)."""
+        """The internal unit of its values ("1": a plain number; "n/a": text; a substrate time's unit is the
+        substrate's: :func:`stosim.studies.sweep_points.parameter_metadata`)."""
         if self.dimension == "snr":
             return SNR_UNIT
         if self.dimension == "text":
@@ -512,6 +512,7 @@ def _unit_dimensions(params: Iterable[Parameter]) -> Mapping[str, str]:
 
 
 # dimension of each key of experiment files and sweep specs that must carry a unit; the substrate times
-# (SUBSTRATE_TIME_KEYS) only where the substrate's time unit is s (the STOs; elsewhere plain numbers)
+# (SUBSTRATE_TIME_KEYS) only where the substrate's time unit is s (the STOs; elsewhere plain numbers). Taken at
+# import from the parameters declared above: a substrate's own parameters are plain numbers (a test checks it)
 UNIT_DIMENSIONS: Mapping[str, str] = _unit_dimensions(_REGISTRY.values())
 SUBSTRATE_TIME_KEYS = frozenset(name for name in UNIT_DIMENSIONS if _REGISTRY[name].substrate_time)

@@ -116,6 +116,8 @@ def test_derived_tables_keep_their_contents() -> None:
         "dynamical_noise_reference": "time",
     }
     assert STO_TIME_KEYS == {"duration", "dt", "transient"}
+    # UNIT_DIMENSIONS is taken when stosim.parameters is imported: the substrates' own parameters carry no unit
+    assert not [p.name for p in P.parameters().values() if p.module != P.__name__ and p.has_unit]
     assert parameter_metadata("coupling") == ("Oe", "coupling strength mu")
     assert parameter_metadata("duration", "lorenz96", "mle")[0] != "s" and parameter_metadata("duration")[0] == "s"
     assert parameter_metadata("input_tau", "rate-network", "mle") == ("tau", "rate network input correlation time")
