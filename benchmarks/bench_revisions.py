@@ -290,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
     finally:
         if not keep:
-            for tree in trees.values():
+            for tree in trees.values():  # deregisters each of them too (no prune: other worktrees are not ours)
                 _remove_worktree(tree)
-            subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], capture_output=True, check=False)
+            parent.rmdir()
     load_after = _loadavg()
 
     summary: dict[str, dict] = {}
