@@ -46,6 +46,7 @@ uncommitted edits), 5 rounds of 3 timed calls. ``--json`` adds one final line wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         if not keep:
             for tree in trees.values():  # deregisters each of them too (no prune: other worktrees are not ours)
                 _remove_worktree(tree)
-            parent.rmdir()
+            with contextlib.suppress(OSError):
+                parent.rmdir()
     load_after = _loadavg()
 
     summary: dict[str, dict] = {}
