@@ -1,14 +1,24 @@
 """stosim: spin-torque-oscillator reservoirs, simulated.
 
-Public API (the rest lives in private-by-convention modules; everything is imported on first use,
-so ``import stosim`` stays fast):
+The public API, one screen (every name is imported on first use, so ``import stosim`` stays fast):
 
-- :func:`load_device`, :class:`DeviceParameters`: device files (``devices/*.toml``).
-- :class:`STOArray`: N coupled MTJ oscillators (Ampere-law coupling mu W).
-- :func:`simulate`, :func:`evolve`, :class:`Trajectory`: run an array in time (Numba kernels).
-- :class:`CoupledSTOArray`, :class:`FFESN`, :class:`Lorenz96`: substrates (one interface, states (B, state_size)).
-- :class:`ReservoirEstimator`: a scikit-learn style classifier (fit / predict / score) over any substrate.
-- :func:`parse_quantity`, :func:`quantity`: unit strings such as "200 Oe" or "2.5 mA".
+- devices: :func:`load_device`, :class:`DeviceParameters` (``devices/*.toml``); :class:`STOArray`, N coupled
+  MTJ oscillators (Ampere-law coupling mu W).
+- time evolution: :func:`simulate`, :func:`evolve`, :class:`Trajectory`, :class:`NoiseSettings`,
+  :class:`SimulationDivergedError` (Numba kernels).
+- substrates (one interface, states (B, state_size)): :class:`Substrate`, :class:`CoupledSTOArray`,
+  :class:`FFESN`, :class:`Lorenz96`, :class:`RateNetwork`; :func:`build_substrate` (by registered name),
+  :func:`substrate_names`.
+- models (read-in -> substrate -> readout, and baselines): :class:`ReservoirClassifier`,
+  :class:`DeepReservoirClassifier`, :class:`ConvReservoirClassifier`, :class:`LinearClassifier`,
+  :class:`MLPClassifier`, :class:`CNNClassifier`.
+- training: :func:`train`, :class:`TrainConfig`, :func:`load_train_config` (what ``stosim train`` runs);
+  :class:`ReservoirEstimator` (scikit-learn style fit / predict / score), :func:`dataset_arrays`.
+- chaos: :func:`lyapunov_spectrum` (QR method on a tangent system), :func:`substrate_lyapunov` (a
+  substrate's autonomous dynamics, by name); :func:`substrate_ftmle`, :func:`model_ftmle` (finite-time
+  maximal Lyapunov exponents per sample).
+- sweeps: :func:`load_sweep_spec` (a TOML spec, validated and resolved), :func:`run_sweep`, :func:`read_sweep`.
+- quantities: :func:`parse_quantity`, :func:`quantity` (unit strings such as "200 Oe" or "2.5 mA").
 
 Quantities: every public constructor and function takes a quantity either as a string with a unit
 ("500 Oe", "300 ps", "2.5 mA", "300 K"; the parser of the files, :mod:`stosim.units`) or as a plain
@@ -26,40 +36,53 @@ import importlib
 from importlib import metadata as _metadata
 from typing import Any
 
-__all__ = [
-    "FFESN",
-    "CoupledSTOArray",
-    "DeviceParameters",
-    "Lorenz96",
-    "NoiseSettings",
-    "ReservoirEstimator",
-    "STOArray",
-    "SimulationDivergedError",
-    "Trajectory",
-    "__version__",
-    "evolve",
-    "load_device",
-    "parse_quantity",
-    "quantity",
-    "simulate",
-]
-
+# public name -> "module" (the same name there) or "module:name"
 _LAZY = {
-    "DeviceParameters": "stosim.config",
+    # devices and time evolution
     "load_device": "stosim.config",
+    "DeviceParameters": "stosim.config",
     "STOArray": "stosim.physics.array",
     "simulate": "stosim.simulation",
     "evolve": "stosim.simulation",
     "Trajectory": "stosim.simulation",
     "NoiseSettings": "stosim.simulation",
     "SimulationDivergedError": "stosim.simulation",
+    # substrates
+    "Substrate": "stosim.substrates.base",
+    "CoupledSTOArray": "stosim.substrates.sto_array",
+    "FFESN": "stosim.substrates.ffesn",
+    "Lorenz96": "stosim.substrates.lorenz96",
+    "RateNetwork": "stosim.substrates.rate_network",
+    "build_substrate": "stosim.estimator",
+    "substrate_names": "stosim.estimator",
+    # models
+    "ReservoirClassifier": "stosim.models",
+    "DeepReservoirClassifier": "stosim.models",
+    "ConvReservoirClassifier": "stosim.models",
+    "LinearClassifier": "stosim.models",
+    "MLPClassifier": "stosim.models",
+    "CNNClassifier": "stosim.models",
+    # training
+    "train": "stosim.studies.training",
+    "TrainConfig": "stosim.studies.training",
+    "load_train_config": "stosim.studies.training",
+    "ReservoirEstimator": "stosim.estimator",
+    "dataset_arrays": "stosim.estimator",
+    # chaos
+    "lyapunov_spectrum": "stosim.analysis.lyapunov",
+    "substrate_lyapunov": "stosim.studies.run_lyapunov",
+    "substrate_ftmle": "stosim.analysis.ftmle",
+    "model_ftmle": "stosim.analysis.ftmle",
+    # sweeps
+    "load_sweep_spec": "stosim.sweep.spec:load_spec",
+    "run_sweep": "stosim.sweep.runner",
+    "read_sweep": "stosim.sweep.store",
+    # quantities
     "parse_quantity": "stosim.units",
     "quantity": "stosim.quantities",
-    "CoupledSTOArray": "stosim.substrates",
-    "FFESN": "stosim.substrates",
-    "Lorenz96": "stosim.substrates",
-    "ReservoirEstimator": "stosim.estimator",
 }
+
+__all__ = ["__version__", *_LAZY]
 
 
 def _version() -> str:
@@ -75,10 +98,11 @@ __version__ = _version()
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    target = _LAZY.get(name)
+    if target is None:
         raise AttributeError(f"module 'stosim' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, _, attribute = target.partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
     globals()[name] = value
     return value
 

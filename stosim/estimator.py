@@ -40,13 +40,13 @@ import torch
 from stosim.checks import check_count
 from stosim.models import ReservoirClassifier
 from stosim.ridge import RidgeAccumulator
+from stosim.substrates import registry
 from stosim.substrates.base import Substrate
 
-__all__ = ["SUBSTRATE_NAMES", "ReservoirEstimator", "build_substrate", "dataset_arrays"]
+__all__ = ["ReservoirEstimator", "build_substrate", "dataset_arrays", "substrate_names"]
 
 log = logging.getLogger(__name__)
 
-SUBSTRATE_NAMES = ("sto", "ffesn", "lorenz96")
 _TRAININGS = ("ridge", "gradient")
 _OPTIMIZERS = ("adam", "sgd")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -56,26 +56,30 @@ _EVAL_CHUNK = 256
 def build_substrate(
     name: str, params: dict[str, Any] | None = None, *, seed: int = 0, dtype: str = "float64"
 ) -> Substrate:
-    """The substrate called ``name`` ("sto", "ffesn", "lorenz96") with constructor keywords ``params``
-    (quantities as unit strings or plain numbers in the keyword's unit, e.g. ``{"coupling": "500 Oe"}``);
-    ``seed`` draws its fixed random matrix (STO W, FFESN W) unless ``params`` gives one."""
-    from stosim.substrates import FFESN, CoupledSTOArray, Lorenz96
-
+    """The registered substrate called ``name`` (:func:`substrate_names`; :mod:`stosim.substrates.registry`)
+    built by its class with constructor keywords ``params`` (quantities as unit strings or plain numbers in
+    the keyword's unit, e.g. ``{"coupling": "500 Oe"}``); ``seed`` draws its fixed random matrix (a
+    substrate whose spec declares ``seeded_matrix``) unless ``params`` gives one."""
+    spec = _spec(name)
     kwargs = dict(params or {})
-    kwargs.setdefault("dtype", _torch_dtype(dtype))
-    if isinstance(kwargs["dtype"], str):
-        kwargs["dtype"] = _torch_dtype(kwargs["dtype"])
-    if name == "sto":
+    kwargs["dtype"] = _torch_dtype(kwargs.get("dtype", dtype))
+    if spec.seeded_matrix:
         kwargs.setdefault("seed", seed)
-        return CoupledSTOArray(**kwargs)
-    if name == "ffesn":
-        kwargs.setdefault("seed", seed)
-        return FFESN(**kwargs)
-    if name == "lorenz96":
-        return Lorenz96(**kwargs)
-    raise ValueError(
-        f"substrate = {name!r} is not known; valid: one of {', '.join(SUBSTRATE_NAMES)} or a Substrate instance"
-    )
+    return spec.cls(**kwargs)
+
+
+def substrate_names() -> tuple[str, ...]:
+    """The substrates :class:`ReservoirEstimator` builds by name: every registered one with a class."""
+    return tuple(name for name, spec in registry.specs().items() if spec.cls is not None)
+
+
+def _spec(name: object) -> registry.SubstrateSpec:
+    spec = registry.specs().get(name) if isinstance(name, str) else None
+    if spec is None or spec.cls is None:
+        raise ValueError(
+            f"substrate = {name!r} is not known; valid: one of {', '.join(substrate_names())} or a Substrate instance"
+        )
+    return spec
 
 
 def dataset_arrays(
@@ -110,11 +114,13 @@ class ReservoirEstimator:
     Parameters
     ----------
     substrate:
-        "sto" (coupled STOs), "ffesn", "lorenz96", or a :class:`~stosim.substrates.base.Substrate`
-        instance (used as it is; its dtype is the model's).
+        the name of a registered substrate (:func:`substrate_names`: "sto", the coupled STOs, by default;
+        "ffesn", "lorenz96", "rate-network", ...) or a :class:`~stosim.substrates.base.Substrate` instance
+        (used as it is; its dtype is the model's).
     substrate_params:
-        keywords of the substrate's constructor, e.g. ``{"n": 50, "coupling": "500 Oe", "duration":
-        "300 ps", "dt": "1 ps"}`` (names only).
+        keywords of the substrate class's constructor (the class its registry entry declares), e.g.
+        ``{"n": 50, "coupling": "500 Oe", "duration": "300 ps", "dt": "1 ps"}`` for "sto" or ``{"n": 100,
+        "g": 1.5, "duration": 5.0}`` for "rate-network" (names only).
     training:
         "ridge" (readout by ridge regression, fixed random read-in) or "gradient" (end to end).
     epochs, batch_size, lr, optimizer:
@@ -139,7 +145,7 @@ class ReservoirEstimator:
 
     def __init__(
         self,
-        substrate: str | Substrate = "sto",
+        substrate: str | Substrate = registry.names()[0],
         *,
         substrate_params: dict[str, Any] | None = None,
         training: str = "ridge",
@@ -311,16 +317,12 @@ class ReservoirEstimator:
             raise RuntimeError("this ReservoirEstimator is not fitted yet; call fit(X, y) first")
 
     def _new_model(self, n_features: int) -> None:
-        name = self.substrate if isinstance(self.substrate, str) else None
         if isinstance(self.substrate, Substrate):
-            sub = self.substrate
-        elif name is not None:
-            sub = build_substrate(name, self.substrate_params, seed=self.seed, dtype=self.dtype)
+            sub, bias = self.substrate, True
         else:
-            raise ValueError(
-                f"substrate = {self.substrate!r}; valid: one of {', '.join(SUBSTRATE_NAMES)} or a Substrate instance"
-            )
-        bias = name != "ffesn"  # as in `stosim train`: the FFESN's read-in and readout have no bias
+            spec = _spec(self.substrate)
+            sub = build_substrate(spec.name, self.substrate_params, seed=self.seed, dtype=self.dtype)
+            bias = spec.readout_bias  # as in `stosim train` (e.g. the FFESN's read-in and readout have no bias)
         with torch.random.fork_rng(devices=[]):  # the read-in's initialization from seed, global RNG untouched
             torch.manual_seed(self.seed)
             self.model_ = ReservoirClassifier(n_features, len(self.classes_), sub, readin_bias=bias, readout_bias=bias)

@@ -181,6 +181,29 @@ def test_predictions_are_reproducible_with_noise() -> None:
     np.testing.assert_array_equal(again.decision_function(x), clf.decision_function(x))
 
 
+def test_estimator_builds_every_registered_substrate_by_name() -> None:
+    """The estimator reads the substrate registry: each registered substrate is built by its declared class,
+    the rate network included, with the read-in/readout bias and the matrix seed its spec declares."""
+    from stosim.substrates import registry
+    from stosim.substrates.rate_network import RateNetwork, draw_coupling_matrix
+
+    assert stosim.substrate_names() == registry.names()
+    x, y = _blobs(90)
+    params = {"n": 20, "g": 1.5, "duration": 2.0, "dt": 0.1}
+    clf = ReservoirEstimator("rate-network", substrate_params=params, seed=3).fit(x, y)
+    sub = clf.model_.substrate
+    assert isinstance(sub, RateNetwork) and sub.n == 20 and sub.dtype == torch.float64
+    # the estimator's seed draws the coupling matrix J (the spec declares seeded_matrix)
+    np.testing.assert_array_equal(sub.J.numpy(), draw_coupling_matrix(20, 1.5, 3))
+    assert (clf.model_.readout.bias is not None) == registry.get("rate-network").readout_bias
+    assert clf.score(x, y) > 0.9
+    grad = ReservoirEstimator("rate-network", substrate_params=params, training="gradient", epochs=4, lr=0.05)
+    assert grad.fit(x, y).history_[-1] < grad.history_[0]
+    assert ReservoirEstimator("ffesn", substrate_params={"n": 8}).fit(x, y).model_.readout.bias is None
+    with pytest.raises(ValueError, match="valid: one of sto, ffesn, lorenz96, rate-network"):
+        stosim.build_substrate("nope")
+
+
 # -- version, import, CLI -----------------------------------------------------------------------------
 def test_version_has_one_source(capsys: pytest.CaptureFixture[str]) -> None:
     assert stosim.__version__ == importlib.metadata.version("stosim")
@@ -356,3 +379,128 @@ def test_score_refuses_labels_of_another_length() -> None:
     with pytest.raises(ValueError, match="one label per row"):
         clf.score(x, y[:-3])
     assert clf.score(x, torch.as_tensor(y)) == clf.score(x, y)
+
+
+# -- the public API: one screen of entry points at the top level --------------------------------------
+# what a user needs without knowing the module paths; removing one of these fails here
+ENTRY_POINTS = {
+    "simulate",
+    "evolve",
+    "load_device",
+    "CoupledSTOArray",
+    "FFESN",
+    "Lorenz96",
+    "RateNetwork",
+    "Substrate",
+    "ReservoirClassifier",
+    "DeepReservoirClassifier",
+    "LinearClassifier",
+    "MLPClassifier",
+    "train",
+    "TrainConfig",
+    "lyapunov_spectrum",
+    "substrate_lyapunov",
+    "substrate_ftmle",
+    "model_ftmle",
+    "run_sweep",
+    "load_sweep_spec",
+    "ReservoirEstimator",
+}
+
+
+def test_top_level_names_resolve_are_listed_and_documented() -> None:
+    import stosim.analysis.ftmle
+    import stosim.studies.training
+    import stosim.substrates.rate_network
+    import stosim.sweep.spec
+
+    assert ENTRY_POINTS <= set(stosim.__all__)
+    assert set(stosim.__all__) <= set(dir(stosim))
+    for name in stosim.__all__:
+        assert getattr(stosim, name) is not None, name
+        if name != "__version__":
+            assert f"`{name}`" in stosim.__doc__, f"{name} is missing from stosim's docstring"
+    # the same objects as in their modules (no copies), aliases included
+    assert stosim.train is stosim.studies.training.train and stosim.TrainConfig is stosim.studies.training.TrainConfig
+    assert stosim.RateNetwork is stosim.substrates.rate_network.RateNetwork
+    assert stosim.load_sweep_spec is stosim.sweep.spec.load_spec
+    assert stosim.substrate_ftmle is stosim.analysis.ftmle.substrate_ftmle
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        stosim.nope  # noqa: B018
+    # one screen: the list of entry points in the docstring
+    api = stosim.__doc__.split("\n\n")[1:3]
+    assert sum(len(part.splitlines()) for part in api) <= 30
+
+
+def test_listing_the_api_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, stosim; names = dir(stosim); assert 'train' in names and 'RateNetwork' in names; "
+        "print('torch' in sys.modules, 'numba' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_train_through_the_top_level_names() -> None:
+    cfg = stosim.TrainConfig(
+        substrate="rate-network",
+        dataset="digits",
+        n=40,
+        duration=1.0,
+        limit_train=200,
+        limit_test=100,
+        batch_size=50,
+        epochs=3,
+        lr=0.03,
+    )
+    result = stosim.train(cfg)
+    assert result.epochs == 3 and isinstance(result.model, stosim.ReservoirClassifier)
+    assert isinstance(result.model.substrate, stosim.RateNetwork)
+    assert result.best_test_accuracy > 0.4  # chance is 0.1
+
+
+def test_lyapunov_spectrum_through_the_top_level_names() -> None:
+    """Oracle: below the onset of chaos (g < 1) the rate network decays to h = 0, where its Jacobian is
+    (-I + J) / tau; the largest exponent is -1 + max Re eig(J) (tau = 1, RK4 error O(dt^4) ~ 1e-5)."""
+    from stosim.analysis.lyapunov import TangentSystem
+    from stosim.substrates.rate_network import draw_coupling_matrix
+
+    g, n, seed = 0.5, 20, 2
+    result = stosim.substrate_lyapunov(
+        "rate-network", n=n, g=g, seed=seed, n_exponents=1, duration=200.0, transient=20.0
+    )
+    expected = -1.0 + np.linalg.eigvals(draw_coupling_matrix(n, g, seed)).real.max()
+    assert result.exponents[0] == pytest.approx(expected, abs=0.03)
+
+    class Diagonal(TangentSystem):
+        """x -> diag(a) x: exponents ln|a_i| per step, exactly."""
+
+        dimension = ambient_dimension = 3
+        step_time, time_unit = 1.0, "step"
+        a = np.array([2.0, 0.5, -0.25])
+
+        def step(self, x):
+            return self.a * x
+
+        def step_with_tangents(self, x, q):
+            return self.a * x, self.a[:, None] * q
+
+    spectrum = stosim.lyapunov_spectrum(Diagonal(), np.ones(3), n_exponents=3, n_steps=50)
+    np.testing.assert_allclose(spectrum.exponents, np.log([2.0, 0.5, 0.25]), rtol=1e-12)
+
+
+def test_ftmle_through_the_top_level_names() -> None:
+    """Oracles: a linear layer's FTMLE is ln sigma_max(W); one FFESN step x -> tanh(W x) has the Jacobian
+    diag(1 - tanh^2(W x)) W (time unit: one step)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 6, bias=False).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    total = stosim.model_ftmle([layer], x, method="exact").total.ftmle
+    sigma = torch.linalg.matrix_norm(layer.weight.detach(), ord=2)
+    np.testing.assert_allclose(total, np.log(float(sigma)), rtol=1e-10)
+
+    ffesn = stosim.FFESN(n=8, steps=1, spectral_radius=1.2, seed=1)
+    result = stosim.substrate_ftmle(ffesn, states=x[:, :1].repeat(1, 8) * 0.3, method="exact")
+    for b, x0 in enumerate(x[:, :1].repeat(1, 8) * 0.3):
+        jac = torch.diag(1 - torch.tanh(ffesn.W @ x0) ** 2) @ ffesn.W
+        assert result.ftmle[b] == pytest.approx(float(torch.log(torch.linalg.matrix_norm(jac, ord=2))), rel=1e-10)

@@ -438,6 +438,7 @@ SPEC = register(
         time_unit="tau",
         duration=5.0,
         dt=0.1,
+        seeded_matrix=True,
         cls=RateNetwork,
         build=_build_from_config,
         tangent=TangentSpec(

@@ -38,9 +38,6 @@ EXCEPTIONS = {
     # `stosim lyapunov --substrate` default and the unit-check fallback for an unreadable config: the parser
     # must not import the registry (torch) to build; the --figure choices are figure names, not substrates
     "stosim/cli.py": {"sto": 2, "ffesn": 1, "lorenz96": 1},
-    # ReservoirEstimator(substrate="sto" | "ffesn" | "lorenz96", substrate_params=...): its own constructor
-    # keywords per substrate (not the TrainConfig keys); not yet moved to the registry
-    "stosim/estimator.py": {"sto": 3, "ffesn": 3, "lorenz96": 2},
     # sweep ftmle points build their substrates with the point's keys (density, device overrides, no dtype)
     "stosim/studies/sweep_points.py": {"sto": 1, "ffesn": 1, "rate-network": 1},
     # sweep spec's run-level checks of mle / ftmle points (they build with the point's keys); not yet moved
