@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ from physics_devices import ARRAYS
 
 from stosim.integrate.flow import sto_flow, sto_jvp
 from stosim.integrate.torch_steps import evolve_torch
-from stosim.physics.llg import OSC_DAMPING, llg_rhs_batch
+from stosim.physics.llg import OSC_DAMPING, OSC_PREFACTOR, llg_point, llg_rhs_batch
 from stosim.physics.noise import (
     add_observation_noise,
     observation_noise_scale,
@@ -156,6 +158,48 @@ def test_noisy_torch_path_equals_numba_path_for_one_seed(array, noise):
     noiseless, _, _ = evolve(array, m0, 100, DT)
     assert np.max(np.abs(final - noiseless)) > 1e-3  # the noise does act
     assert np.max(np.abs(final - out.numpy())) < 1e-12
+
+
+# -- the coupling field, against its closed form -------------------------------------------------------
+
+
+def _coupling_response(m: np.ndarray, array) -> np.ndarray:
+    """f(coupled) - f(uncoupled) in 1/s, closed form: B is affine in H, so a field h_i e_x with
+    h_i = mu sum_j W_ij m_x,j (Oe) adds -gamma/(1+alpha^2) h_i [m x e_x + alpha m x (m x e_x)]."""
+    h = array.coupling_oe * m[..., 0] @ array.coupling_matrix.T
+    osc = array.oscillator_parameters()
+    m_cross_ex = np.stack([np.zeros_like(h), m[..., 2], -m[..., 1]], axis=-1)
+    torque = m_cross_ex + osc[OSC_DAMPING][:, None] * np.cross(m, m_cross_ex)
+    return -(osc[OSC_PREFACTOR] * h)[..., None] * torque
+
+
+@pytest.mark.parametrize("n", [N, 40])  # 12: the fused small-N Numba loop; 40: the chunked BLAS loop
+def test_coupling_field_is_mu_w_m_x_along_x_on_both_engines(n):
+    """Both engines' coupling against the closed form on the all-terms device (it catches a coupling
+    written wrongly in both engines alike, e.g. from m_y, which no cross-engine test can see).
+    Numba: one RK4 step of 1e-17 s, coupled minus uncoupled, divided by dt (O(dt) = 1e-6 relative);
+    also with a thermal field (the Heun loop). Torch: the right-hand side, 1e-12 relative."""
+    array = ARRAYS["all-terms"](n)
+    uncoupled = dataclasses.replace(array, coupling_oe=0.0)
+    m0 = _unit_states(3, n, 7)
+    want = _coupling_response(m0, array)
+    scale = np.max(np.abs(want))
+    assert scale > 1e9  # 1/s: the coupling acts
+    dt = 1e-17
+    for noise in (NoiseSettings(), NoiseSettings(temperature_k=300.0)):
+        step = evolve(array, m0, 1, dt, noise=noise, seed=1)[0] - evolve(uncoupled, m0, 1, dt, noise=noise, seed=1)[0]
+        assert np.max(np.abs(step / dt - want)) < 1e-5 * scale
+    ct, osc, lam, p = _torch_args(array)
+    m = torch.as_tensor(m0)
+    got = (llg_rhs_torch(m, ct, osc, lam, p) - llg_rhs_torch(m, None, osc, lam, p)).numpy()
+    assert np.max(np.abs(got - want)) < 1e-12 * scale
+
+
+def test_torch_engine_evaluates_the_numba_body():
+    """One definition: the torch right-hand side calls the Python body of the Numba kernel."""
+    from stosim.physics import torch_llg
+
+    assert torch_llg._llg_point is llg_point.py_func
 
 
 # -- TMR and observation noise: one definition ------------------------------------------------------
