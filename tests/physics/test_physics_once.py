@@ -6,6 +6,28 @@
   :mod:`physics_devices` (tilted p, coupling, asymmetry, applied field, variability).
 - TMR and observation noise: the hardware model, the digital twin, simulate and the substrate
   use :mod:`stosim.physics.tmr` and :func:`stosim.physics.noise.add_observation_noise`.
+
+Mutations these tests catch (each applied by hand, the tests run, the mutation reverted):
+
+- (a) the torch path's thermal field doubled, in ``integrate/torch_steps.py`` (field * 2):
+  ``test_noisy_torch_path_equals_numba_path_for_one_seed`` (both devices, thermal cases),
+  ``test_noise_statistics.py::test_torch_noisy_steps_sample_the_boltzmann_distribution`` and
+  ``::test_noisy_evolve_is_one_realisation_with_and_without_a_graph``; in the substrate's
+  ``thermal_sigma_oe`` buffer: ``test_noisy_evolve_is_one_realisation_with_and_without_a_graph``.
+- (b) Euler instead of Heun in the torch noisy path: ``test_noisy_torch_path_equals_numba_path_for_one_seed``
+  and ``test_noisy_evolve_is_one_realisation_with_and_without_a_graph`` (the Boltzmann test alone
+  does not see it at dt = 1 ps).
+- (c) the coupling field from m_y instead of m_x in both engines (Numba forward loops, adjoint,
+  tangent, torch): every cross-engine trajectory, gradient and tangent test passes;
+  ``test_coupling_field_is_mu_w_m_x_along_x_on_both_engines`` (closed form, N = 12 and 40) catches it,
+  and the right-hand-side comparisons whose Numba side is fed the field m_x (mu W)^T by the test
+  (``test_numba_and_torch_rhs_agree``,
+  ``test_backends_noise_errors.py::test_numba_and_torch_rhs_and_trajectories_agree``).
+- (d) a term zero on the seed device, a field-like torque 0.1 H_s0 (p_y e_y + p_z e_z): in the torch
+  engine only, every seed-device test passes and the all-terms cases of the right-hand-side, RK4,
+  adjoint-gradient and noisy-path tests fail; in the shared body (both engines) but not in the
+  hand-written derivatives (``llg_vjp_point``, ``llg_jvp_point``): ``test_adjoint_gradient_equals_torch_autograd``
+  and ``test_tangent_equals_central_finite_differences`` on the all-terms device.
 """
 
 from __future__ import annotations
