@@ -11,9 +11,10 @@ Three implementations of the same deterministic RK4 step of the coupled LLG-Slon
 
 1. ``stosim``      -- ``stosim.evolve(array, m0, n_steps, dt_s, dtype=...)`` (Numba kernels,
    ``prange`` over batch chunks, single-threaded BLAS per chunk). JIT warm-up excluded.
-2. ``numpy-rk4``   -- a plain, vectorized NumPy RK4 loop written here from the equations
-   (component arrays (B, N); coupling field H_x = m_x @ (mu W)^T; projection onto |m| = 1
-   after each step, as stosim does). Its float64 result is checked against stosim's
+2. ``numpy-rk4``   -- a plain, vectorized NumPy RK4 loop (component arrays (B, N); coupling
+   field H_x = m_x @ (mu W)^T; projection onto |m| = 1 after each step, as stosim does) whose
+   right-hand side is the Python body of stosim's Numba kernel (``llg_point.py_func``, the one
+   definition of the formula) evaluated on NumPy arrays. Its float64 result is checked against stosim's
    (max |diff| < 1e-9 after the run) -- a benchmark of a wrong answer is worthless.
 3. ``torchdiffeq`` -- ``stosim.physics.torch_llg.STORightHandSide`` stepped by
    ``torchdiffeq.odeint(func, m0, torch.tensor([0, T]), method="rk4", options={"step_size": dt})``
@@ -96,6 +97,7 @@ from torchdiffeq import odeint
 import stosim
 from stosim.integrate.threads import single_threaded_blas
 from stosim.physics.array import check_time_step
+from stosim.physics.llg import llg_point, oscillator_rows
 from stosim.physics.torch_llg import STORightHandSide
 
 AGREEMENT_TOL = 1e-9
@@ -120,27 +122,19 @@ def numpy_rk4(
     """
     dt = np.dtype(dtype).type
     ct = np.ascontiguousarray(coupling_t, dtype=dtype)
-    h_appl, hk_eff, hs0, alpha, pref = np.asarray(osc, dtype=dtype)
+    h_appl, hk_eff, hs0, alpha, pref = oscillator_rows.py_func(np.asarray(osc, dtype=dtype))
     px, py, pz = (dt(c) for c in p)
     lam = dt(lam)
-    one = dt(1.0)
+    one, zero = dt(1.0), dt(0.0)
     h, half = dt(dt_s), dt(0.5 * dt_s)
 
     def rhs(m):  # m (3, B, N) -> dm/dt (3, B, N) in 1/s
         mx, my, mz = m
         hx = mx @ ct  # Ampere-law coupling field along x (Oe)
-        hz = h_appl + hk_eff * mz  # applied + effective anisotropy field along z (Oe)
-        hs = hs0 / (one + lam * (mx * px + my * py + mz * pz))  # spin-torque field H_s (Oe)
-        bx = hx + hs * (py * mz - pz * my)  # B = H + H_s (p x m)
-        by = hs * (pz * mx - px * mz)
-        bz = hz + hs * (px * my - py * mx)
-        ax = my * bz - mz * by  # m x B
-        ay = mz * bx - mx * bz
-        az = mx * by - my * bx
-        dx = my * az - mz * ay  # m x (m x B)
-        dy = mz * ax - mx * az
-        dz = mx * ay - my * ax
-        return np.stack((-pref * (ax + alpha * dx), -pref * (ay + alpha * dy), -pref * (az + alpha * dz)))
+        # the LLG-Slonczewski formula itself: the Python body of stosim's Numba kernel, on NumPy arrays
+        return np.stack(
+            llg_point.py_func(mx, my, mz, hx, zero, zero, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one)
+        )
 
     m = np.ascontiguousarray(np.moveaxis(np.asarray(m0, dtype=dtype), -1, 0))  # (3, B, N)
     for _ in range(n_steps):

@@ -13,7 +13,9 @@ Methods
   a step: m* = m + dt f(m, h), m' = m + dt/2 [f(m, h) + f(m*, h)], projected.
 
 Dynamical (state) noise is added after each step: m <- (m + s_b xi) / |...| with
-s_b = std(m[b]) 10^(-SNR/20), the standard deviation over the sample's N x 3 components.
+s_b = std(m[b]) f, the standard deviation over the sample's N x 3 components times the per-step
+factor f; the update is :func:`stosim.physics.noise.make_state_noise_point`, shared with the torch
+steps.
 """
 
 from __future__ import annotations
@@ -21,11 +23,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from stosim.physics.llg import llg_point, stage_accumulate, stage_final
+from stosim.physics.llg import llg_point, oscillator_rows, stage_accumulate, stage_final
+from stosim.physics.noise import make_state_noise_point
 
 METHOD_RK4 = 0
 METHOD_HEUN = 1
 SMALL_N_MAX = 32  # up to this many oscillators a noiseless RK4 run uses the fused per-sample loop
+
+# the dynamical-noise update of one oscillator, the body the torch steps evaluate too (one = 1.0 here:
+# s is accumulated in float64, and float32 states are updated in float64 and stored, as always)
+_state_noise_point = njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})(
+    make_state_noise_point(np.sqrt)
+)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -48,7 +57,7 @@ def run_small(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every,
     cost is the arithmetic, with no per-stage BLAS call or array pass). Returns like :func:`run_chunk`."""
     _, n_batch, n_osc = m.shape
     dtp = m.dtype
-    h_appl, hk_eff, hs0, alpha, pref = osc[0], osc[1], osc[2], osc[3], osc[4]
+    h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]
     consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(dtp)
     half, sixth, third, one = dt * consts[0], consts[1], consts[2], consts[4]
@@ -202,13 +211,9 @@ def _add_state_noise(m, xi, factor, stats):
             dy = s * xi[1, b, i]
             dz = s * xi[2, b, i]
             noise_sq += dx * dx + dy * dy + dz * dz
-            x = m[0, b, i] + dx
-            y = m[1, b, i] + dy
-            z = m[2, b, i] + dz
-            inv = 1.0 / np.sqrt(x * x + y * y + z * z)
-            m[0, b, i] = x * inv
-            m[1, b, i] = y * inv
-            m[2, b, i] = z * inv
+            m[0, b, i], m[1, b, i], m[2, b, i] = _state_noise_point(
+                m[0, b, i], m[1, b, i], m[2, b, i], s, xi[0, b, i], xi[1, b, i], xi[2, b, i], 1.0
+            )
         stats[0] += var
         stats[1] += noise_sq / n_val
         stats[2] += 1.0

@@ -2,7 +2,8 @@
 
 Same schemes as the Numba loops (:mod:`stosim.integrate.sto_kernels`): RK4 with projection
 onto |m| = 1 for deterministic runs, stochastic Heun for a thermal field, and dynamical
-noise m <- (m + s_b xi)/|...| with s_b = std(m[b]) f after each step, f the per-step factor of
+noise m <- (m + s_b xi)/|...| with s_b = std(m[b]) f after each step (the update of
+:func:`stosim.physics.noise.make_state_noise_point`, the body the Numba loops compile), f the per-step factor of
 :meth:`stosim.simulation.NoiseSettings.dynamical_factor`: 10^(-SNR/20) per step (the seed study's
 definition) or 10^(-SNR/20) sqrt(dt / t_ref) over a reference time t_ref (independent of dt). States
 are (B, N, 3) tensors.
@@ -19,9 +20,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stosim.physics.noise import make_state_noise_point
 from stosim.physics.torch_llg import llg_rhs_torch, rk4_step_torch
 
 __all__ = ["evolve_torch"]
+
+# m <- (m + s xi)/|m + s xi|: the body the Numba loops compile (stosim.integrate.sto_kernels)
+_state_noise_point = make_state_noise_point(torch.sqrt)
 
 
 def _project(m: torch.Tensor) -> torch.Tensor:
@@ -64,13 +69,14 @@ def evolve_torch(
     for _ in range(n_steps):
         if thermal_sigma_oe is not None:
             field = _standard_normal(m, thermal_rng, generator) * thermal_sigma_oe[:, None]
+            # stochastic Heun in the order of the Numba stage kernels: m + dt (k1/2 + k2/2)
             k1 = llg_rhs_torch(m, coupling_t, osc, lam, p, field)
             k2 = llg_rhs_torch(m + dt_s * k1, coupling_t, osc, lam, p, field)
-            m = _project(m + 0.5 * dt_s * (k1 + k2))
+            m = _project(m + dt_s * (0.5 * k1 + 0.5 * k2))
         else:
             m = rk4_step_torch(m, dt_s, coupling_t, osc, lam, p)
         if dynamical_factor is not None:
             xi = _standard_normal(m, dynamical_rng, generator)
             s = m.detach().reshape(m.shape[0], -1).std(dim=1, unbiased=False) * dynamical_factor
-            m = _project(m + s[:, None, None] * xi)
+            m = torch.stack(_state_noise_point(*m.unbind(-1), s[:, None], *xi.unbind(-1), 1.0), dim=-1)
     return m

@@ -19,6 +19,12 @@ Per-oscillator parameters travel as one array ``osc`` of shape (5, N), rows
 variability needs no other kernel. States are stored component-major, (3, B, N),
 so that m_x of a batch is one contiguous (B, N) matrix for the coupling product and the
 pointwise loops run over contiguous rows (vectorized by LLVM).
+
+One definition for every engine: :func:`llg_point` is plain arithmetic on its arguments, so its
+Python body (``llg_point.py_func``) evaluated on torch tensors (:mod:`stosim.physics.torch_llg`)
+or NumPy arrays (the NumPy reference of ``benchmarks/bench_simulate.py``) computes the same
+formula, elementwise, as the Numba kernels below; :func:`oscillator_rows` unpacks the ``osc``
+rows by name for all of them.
 """
 
 from __future__ import annotations
@@ -35,11 +41,30 @@ N_OSC_PARAMS = 5
 
 
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
+def oscillator_rows(osc):
+    """The rows of ``osc`` (5, N) by name: (H_appl, H_K - 4 pi M, H_s0 (Oe), alpha, gamma/(1+alpha^2) (rad/(Oe s))).
+
+    Pure indexing by the module-level row constants (compile-time constants in Numba), so
+    ``oscillator_rows.py_func`` unpacks a torch tensor or NumPy array in the same order.
+    """
+    return (
+        osc[OSC_APPLIED_FIELD_OE],
+        osc[OSC_ANISOTROPY_OE],
+        osc[OSC_TORQUE_FIELD_OE],
+        osc[OSC_DAMPING],
+        osc[OSC_PREFACTOR],
+    )
+
+
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def llg_point(mx, my, mz, hx, hy, hz, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one):
     """dm/dt of one free layer (1/s); (hx, hy, hz) is the coupling + noise field in Oe.
 
     The applied and anisotropy fields along z and the spin torque are added here. ``one`` is 1
     in the working precision (float literals would promote float32 arithmetic to float64).
+    The body is arithmetic only: ``llg_point.py_func`` applied to torch tensors or NumPy arrays
+    (any broadcastable shapes; scalars for absent fields) is the same formula elementwise, the
+    one definition behind the torch engine and the NumPy benchmark reference.
     """
     bz_h = hz + h_appl + hk_eff * mz
     hs = hs0 / (one + lam * (mx * px + my * py + mz * pz))
@@ -66,7 +91,7 @@ def stage_accumulate(m, ms, hx, hy, hz, osc, lam, p, a_next, keep, w, acc, nxt):
     stage of a step (acc must hold finite numbers) and 1 afterwards.
     """
     _, n_batch, n_osc = m.shape
-    h_appl, hk_eff, hs0, alpha, pref = osc[0], osc[1], osc[2], osc[3], osc[4]
+    h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]
     one = np.ones(1, dtype=m.dtype)[0]
     for b in range(n_batch):
@@ -110,7 +135,7 @@ def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
     oscillator whose new state is not finite (or whose norm overflowed or vanished).
     """
     _, n_batch, n_osc = m.shape
-    h_appl, hk_eff, hs0, alpha, pref = osc[0], osc[1], osc[2], osc[3], osc[4]
+    h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]
     one = np.ones(1, dtype=m.dtype)[0]
     for b in range(n_batch):
@@ -232,7 +257,7 @@ def stage_vjp(ms, hx, hy, hz, v, osc, lam, p, g_state, g_hx):
     All (3, B, N) except hx, hy, hz, g_hx (B, N).
     """
     _, n_batch, n_osc = ms.shape
-    h_appl, hk_eff, hs0, alpha, pref = osc[0], osc[1], osc[2], osc[3], osc[4]
+    h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]
     one = np.ones(1, dtype=ms.dtype)[0]
     for b in range(n_batch):
@@ -305,7 +330,7 @@ def llg_jvp_point(mx, my, mz, hx, hy, hz, tx, ty, tz, thx, h_appl, hk_eff, hs0, 
 def stage_jvp(ms, hx, hy, hz, t, thx, osc, lam, p, out):
     """out = (df/dm)(ms) t + (df/dh_x) thx for every oscillator; (3, B, N) arrays, hx/hy/hz/thx (B, N)."""
     _, n_batch, n_osc = ms.shape
-    h_appl, hk_eff, hs0, alpha, pref = osc[0], osc[1], osc[2], osc[3], osc[4]
+    h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]
     one = np.ones(1, dtype=ms.dtype)[0]
     for b in range(n_batch):

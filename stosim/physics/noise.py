@@ -8,7 +8,10 @@
   time T grows like sqrt(T / dt)); per reference time t_ref: a Wiener increment
   sigma_step = std(state) 10^(-SNR/20) sqrt(dt / t_ref), whose accumulated variance after a time T,
   (T / dt) sigma_step^2 = var(state) 10^(-SNR/10) T / t_ref, does not depend on dt. The SNR is then
-  that of the noise accumulated over t_ref.
+  that of the noise accumulated over t_ref. After the step each oscillator's state becomes
+  m <- (m + s_b xi) / |m + s_b xi| with xi standard normal, s_b = std(m[b]) f (population std
+  over the sample's 3N components, f the factor above): :func:`make_state_noise_point`, the one
+  definition that the Numba loops and the torch steps both evaluate.
 - Thermal field (stochastic LLG): per-component standard deviation
   sigma_th = sqrt(2 alpha k_B T / (gamma M V dt)) in Oe, with k_B in erg/K, M in emu/cm^3,
   V in cm^3, dt in s, gamma in rad/(Oe s).
@@ -35,6 +38,7 @@ __all__ = [
     "MIN_NOISE_REFERENCE_S",
     "MAX_NOISE_REFERENCE_S",
     "observation_noise_scale",
+    "make_state_noise_point",
 ]
 
 
@@ -103,6 +107,26 @@ def dynamical_step_factor(snr_db: float, dt_s: float, reference_s: float | None 
     if not (math.isfinite(dt_s) and dt_s > 0):
         raise ValueError(f"dt = {dt_s!r} s must be a finite number > 0 s")
     return factor * math.sqrt(dt_s / reference_s)
+
+
+def make_state_noise_point(sqrt):
+    """The dynamical-noise update of one oscillator, for an engine whose square root is ``sqrt``.
+
+    Returns ``state_noise_point(mx, my, mz, s, xi_x, xi_y, xi_z, one) -> (mx', my', mz')`` with
+    m' = (m + s xi) / |m + s xi|: plain arithmetic, so the Numba loops (``sqrt = np.sqrt``, compiled
+    with ``njit(inline="always")``) and the torch steps (``sqrt = torch.sqrt``, elementwise on
+    tensors) run this one body. ``s`` = std(m[b]) f is the sample's noise amplitude (dimensionless,
+    f from :func:`dynamical_step_factor`); ``one`` is 1 in the working precision.
+    """
+
+    def state_noise_point(mx, my, mz, s, xi_x, xi_y, xi_z, one):
+        x = mx + s * xi_x
+        y = my + s * xi_y
+        z = mz + s * xi_z
+        inv = one / sqrt(x * x + y * y + z * z)
+        return x * inv, y * inv, z * inv
+
+    return state_noise_point
 
 
 def measured_snr_db(signal: np.ndarray, noise: np.ndarray) -> float:

@@ -1,8 +1,11 @@
-"""Torch implementation of the same LLG-Slonczewski right-hand side (for autograd, torchdiffeq, GPUs).
+"""The LLG-Slonczewski right-hand side on torch tensors (for autograd, torchdiffeq, GPUs).
 
-Equations as in :mod:`stosim.physics.llg`; states here are (B, N, 3) tensors (batch,
-oscillator, component). A cross-backend test keeps both implementations equal to ~1e-12
-in float64.
+Not a second implementation: :func:`llg_rhs_torch` evaluates the Python body of the Numba
+kernel :func:`stosim.physics.llg.llg_point` (``llg_point.py_func``, plain arithmetic) on
+(B, N) component tensors, and unpacks the parameter rows with the same
+:func:`stosim.physics.llg.oscillator_rows`. States here are (B, N, 3) tensors (batch,
+oscillator, component). Tests keep both engines equal to ~1e-12 in float64 (only the
+order of floating-point contractions differs).
 """
 
 from __future__ import annotations
@@ -10,7 +13,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stosim.physics.llg import llg_point, oscillator_rows
+
 __all__ = ["llg_rhs_torch", "rk4_step_torch", "STORightHandSide"]
+
+_llg_point = llg_point.py_func  # the Numba kernel's own body, evaluated on tensors
+_oscillator_rows = oscillator_rows.py_func
 
 
 def llg_rhs_torch(
@@ -24,29 +32,22 @@ def llg_rhs_torch(
     """dm/dt (1/s), shape (B, N, 3).
 
     ``coupling_t`` is (mu W)^T in Oe (N x N) or None for no coupling; ``osc`` the (5, N)
-    per-oscillator parameters (H_appl, H_K', H_s0, alpha, gamma/(1+alpha^2)); ``p`` the unit
-    reference direction (3,); ``extra_field`` an optional (B, N, 3) field in Oe (noise).
+    per-oscillator parameters (rows :data:`stosim.physics.llg.OSC_APPLIED_FIELD_OE` ...);
+    ``p`` the unit reference direction (3,); ``extra_field`` an optional (B, N, 3) field in
+    Oe (noise). The fields h_x = m_x (mu W)^T (+ noise), h_y, h_z (noise) enter
+    :func:`stosim.physics.llg.llg_point` as in the Numba stage kernels.
     """
     mx, my, mz = m.unbind(-1)
-    h_appl, hk_eff, hs0, alpha, pref = osc.unbind(0)
-    hx = mx @ coupling_t if coupling_t is not None else torch.zeros_like(mx)
-    hy = torch.zeros_like(mx)
-    hz = h_appl + hk_eff * mz
+    h_appl, hk_eff, hs0, alpha, pref = _oscillator_rows(osc)
+    hx = mx @ coupling_t if coupling_t is not None else 0.0
+    hy = hz = 0.0
     if extra_field is not None:
-        ex, ey, ez = extra_field.unbind(-1)
-        hx, hy, hz = hx + ex, hy + ey, hz + ez
+        ex, hy, hz = extra_field.unbind(-1)
+        hx = hx + ex
     px, py, pz = p.unbind(0)
-    hs = hs0 / (1.0 + lam * (mx * px + my * py + mz * pz))
-    bx = hx + hs * (py * mz - pz * my)
-    by = hy + hs * (pz * mx - px * mz)
-    bz = hz + hs * (px * my - py * mx)
-    ax = my * bz - mz * by
-    ay = mz * bx - mx * bz
-    az = mx * by - my * bx
-    dx = my * az - mz * ay
-    dy = mz * ax - mx * az
-    dz = mx * ay - my * ax
-    return torch.stack((-pref * (ax + alpha * dx), -pref * (ay + alpha * dy), -pref * (az + alpha * dz)), dim=-1)
+    return torch.stack(
+        _llg_point(mx, my, mz, hx, hy, hz, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, 1.0), dim=-1
+    )
 
 
 def rk4_step_torch(

@@ -6,9 +6,33 @@
   :mod:`physics_devices` (tilted p, coupling, asymmetry, applied field, variability).
 - TMR and observation noise: the hardware model, the digital twin, simulate and the substrate
   use :mod:`stosim.physics.tmr` and :func:`stosim.physics.noise.add_observation_noise`.
+
+Mutations these tests catch (each applied by hand, the tests run, the mutation reverted):
+
+- (a) the torch path's thermal field doubled, in ``integrate/torch_steps.py`` (field * 2):
+  ``test_noisy_torch_path_equals_numba_path_for_one_seed`` (both devices, thermal cases),
+  ``test_noise_statistics.py::test_torch_noisy_steps_sample_the_boltzmann_distribution`` and
+  ``::test_noisy_evolve_is_one_realisation_with_and_without_a_graph``; in the substrate's
+  ``thermal_sigma_oe`` buffer: ``test_noisy_evolve_is_one_realisation_with_and_without_a_graph``.
+- (b) Euler instead of Heun in the torch noisy path: ``test_noisy_torch_path_equals_numba_path_for_one_seed``
+  and ``test_noisy_evolve_is_one_realisation_with_and_without_a_graph`` (the Boltzmann test alone
+  does not see it at dt = 1 ps).
+- (c) the coupling field from m_y instead of m_x in both engines (Numba forward loops, adjoint,
+  tangent, torch): every cross-engine trajectory, gradient and tangent test passes;
+  ``test_coupling_field_is_mu_w_m_x_along_x_on_both_engines`` (closed form, N = 12 and 40) catches it,
+  and the right-hand-side comparisons whose Numba side is fed the field m_x (mu W)^T by the test
+  (``test_numba_and_torch_rhs_agree``,
+  ``test_backends_noise_errors.py::test_numba_and_torch_rhs_and_trajectories_agree``).
+- (d) a term zero on the seed device, a field-like torque 0.1 H_s0 (p_y e_y + p_z e_z): in the torch
+  engine only, every seed-device test passes and the all-terms cases of the right-hand-side, RK4,
+  adjoint-gradient and noisy-path tests fail; in the shared body (both engines) but not in the
+  hand-written derivatives (``llg_vjp_point``, ``llg_jvp_point``): ``test_adjoint_gradient_equals_torch_autograd``
+  and ``test_tangent_equals_central_finite_differences`` on the all-terms device.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -17,7 +41,14 @@ from physics_devices import ARRAYS
 
 from stosim.integrate.flow import sto_flow, sto_jvp
 from stosim.integrate.torch_steps import evolve_torch
-from stosim.physics.llg import OSC_DAMPING, llg_rhs_batch
+from stosim.physics.llg import (
+    OSC_ANISOTROPY_OE,
+    OSC_DAMPING,
+    OSC_PREFACTOR,
+    OSC_TORQUE_FIELD_OE,
+    llg_point,
+    llg_rhs_batch,
+)
 from stosim.physics.noise import (
     add_observation_noise,
     observation_noise_scale,
@@ -56,7 +87,8 @@ def test_all_terms_device_switches_every_term_on():
     osc = arr.oscillator_parameters()
     assert np.all(np.abs(p) > 0.3) and abs(np.linalg.norm(p) - 1) < 1e-15
     assert arr.device.torque_asymmetry != 0 and arr.device.applied_field_oe != 0 and arr.coupling_oe != 0
-    assert all(np.ptp(row) > 0 for row in osc[1:])  # H_K', H_s0, alpha, prefactor differ between devices
+    varied = (OSC_ANISOTROPY_OE, OSC_TORQUE_FIELD_OE, OSC_DAMPING, OSC_PREFACTOR)
+    assert all(np.ptp(osc[row]) > 0 for row in varied)  # H_K', H_s0, alpha, prefactor differ between devices
 
 
 def test_numba_and_torch_rhs_agree(array):
@@ -156,6 +188,48 @@ def test_noisy_torch_path_equals_numba_path_for_one_seed(array, noise):
     noiseless, _, _ = evolve(array, m0, 100, DT)
     assert np.max(np.abs(final - noiseless)) > 1e-3  # the noise does act
     assert np.max(np.abs(final - out.numpy())) < 1e-12
+
+
+# -- the coupling field, against its closed form -------------------------------------------------------
+
+
+def _coupling_response(m: np.ndarray, array) -> np.ndarray:
+    """f(coupled) - f(uncoupled) in 1/s, closed form: B is affine in H, so a field h_i e_x with
+    h_i = mu sum_j W_ij m_x,j (Oe) adds -gamma/(1+alpha^2) h_i [m x e_x + alpha m x (m x e_x)]."""
+    h = array.coupling_oe * m[..., 0] @ array.coupling_matrix.T
+    osc = array.oscillator_parameters()
+    m_cross_ex = np.stack([np.zeros_like(h), m[..., 2], -m[..., 1]], axis=-1)
+    torque = m_cross_ex + osc[OSC_DAMPING][:, None] * np.cross(m, m_cross_ex)
+    return -(osc[OSC_PREFACTOR] * h)[..., None] * torque
+
+
+@pytest.mark.parametrize("n", [N, 40])  # 12: the fused small-N Numba loop; 40: the chunked BLAS loop
+def test_coupling_field_is_mu_w_m_x_along_x_on_both_engines(n):
+    """Both engines' coupling against the closed form on the all-terms device (it catches a coupling
+    written wrongly in both engines alike, e.g. from m_y, which no cross-engine test can see).
+    Numba: one RK4 step of 1e-17 s, coupled minus uncoupled, divided by dt (O(dt) = 1e-6 relative);
+    also with a thermal field (the Heun loop). Torch: the right-hand side, 1e-12 relative."""
+    array = ARRAYS["all-terms"](n)
+    uncoupled = dataclasses.replace(array, coupling_oe=0.0)
+    m0 = _unit_states(3, n, 7)
+    want = _coupling_response(m0, array)
+    scale = np.max(np.abs(want))
+    assert scale > 1e9  # 1/s: the coupling acts
+    dt = 1e-17
+    for noise in (NoiseSettings(), NoiseSettings(temperature_k=300.0)):
+        step = evolve(array, m0, 1, dt, noise=noise, seed=1)[0] - evolve(uncoupled, m0, 1, dt, noise=noise, seed=1)[0]
+        assert np.max(np.abs(step / dt - want)) < 1e-5 * scale
+    ct, osc, lam, p = _torch_args(array)
+    m = torch.as_tensor(m0)
+    got = (llg_rhs_torch(m, ct, osc, lam, p) - llg_rhs_torch(m, None, osc, lam, p)).numpy()
+    assert np.max(np.abs(got - want)) < 1e-12 * scale
+
+
+def test_torch_engine_evaluates_the_numba_body():
+    """One definition: the torch right-hand side calls the Python body of the Numba kernel."""
+    from stosim.physics import torch_llg
+
+    assert torch_llg._llg_point is llg_point.py_func
 
 
 # -- TMR and observation noise: one definition ------------------------------------------------------
