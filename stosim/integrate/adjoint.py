@@ -19,8 +19,9 @@ gradient of the discrete map, so it agrees with backprop through a torch RK4 loo
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from stosim.integrate.chunks import for_each_chunk
 from stosim.integrate.sto_kernels import SMALL_N_MAX, run_small
 from stosim.physics.llg import stage_accumulate, stage_final, stage_vjp
 
@@ -122,7 +123,7 @@ def _recompute_segment(x, seg, fields, coupling_t, use_coupling, osc, lam, p, dt
             seg[q + 1] = x
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, n_steps, segment):
     """Gradient of the projected RK4 flow over ``n_steps`` w.r.t. the initial state of one chunk.
 
@@ -166,8 +167,11 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
             )
         elif length > 1:
             # N <= SMALL_N_MAX: recompute the states seg[q] at step start + q with the forward pass's fused loop
-            # (what run_chunk runs there; calling it directly compiles no second signature of run_chunk)
-            run_small(seg[0].copy(), coupling_t, use_coupling, osc, lam, p, dt, length - 1, 1, 0, seg[1:])
+            # (what run_chunk runs there; calling it directly compiles no second signature of run_chunk; the
+            # np.int64 casts keep literal 1 and 0 from compiling a second signature of run_small itself)
+            run_small(
+                seg[0].copy(), coupling_t, use_coupling, osc, lam, p, dt, length - 1, np.int64(1), np.int64(0), seg[1:]
+            )
         for q in range(length - 1, -1, -1):
             _step_vjp(
                 seg[q],
@@ -191,8 +195,10 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
     return grad
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def adjoint_chunks(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, n_steps, segment):
-    """:func:`adjoint_chunk` over chunks in parallel: ckpt (C, J + 1, 3, Bc, N), grad (C, 3, Bc, N)."""
-    for c in prange(grad.shape[0]):
+def adjoint_chunks(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, n_steps, segment) -> None:
+    """:func:`adjoint_chunk` over chunks on parallel threads: ckpt (C, J + 1, 3, Bc, N), grad (C, 3, Bc, N)."""
+
+    def body(c: int) -> None:
         adjoint_chunk(ckpt[c], grad[c], coupling_t, coupling, use_coupling, osc, lam, p, dt, n_steps, segment)
+
+    for_each_chunk(grad.shape[0], body)

@@ -1,10 +1,11 @@
 """Time-stepping loops for coupled STO arrays (Numba; the whole loop runs compiled).
 
 The batch is split into C chunks laid out as (C, 3, Bc, N) arrays. Samples never interact,
-so each chunk runs its whole time loop on its own thread (``prange`` over chunks) with no
+so each chunk runs its whole time loop on its own thread with no
 synchronisation between steps. Within a chunk each Runge-Kutta stage evaluates the
 Ampere-law coupling field as one matrix product hx = m_x @ (mu W)^T, (Bc x N)(N x N)
 through single-threaded BLAS, followed by one pointwise pass (:mod:`stosim.physics.llg`).
+The chunks run on Python threads; :func:`run_chunk` releases the GIL (``nogil=True``).
 
 Methods
 -------
@@ -19,8 +20,9 @@ s_b = std(m[b]) 10^(-SNR/20), the standard deviation over the sample's N x 3 com
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from stosim.integrate.chunks import for_each_chunk
 from stosim.physics.llg import llg_point, stage_accumulate, stage_final
 
 METHOD_RK4 = 0
@@ -214,7 +216,7 @@ def _add_state_noise(m, xi, factor, stats):
         stats[2] += 1.0
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def run_chunk(
     m,
     coupling_t,
@@ -288,7 +290,6 @@ def run_chunk(
     return -1, -1
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
 def run_chunks(
     m,
     coupling_t,
@@ -310,11 +311,14 @@ def run_chunks(
     state_noise_factor,
     stats,
     result,
-):
-    """:func:`run_chunk` on every chunk in parallel. m (C, 3, Bc, N), traj (C, S, 3, Bc, N),
-    noise (C, n_steps, 3, Bc, N) (or a dummy (C, 1, 3, 1, 1)), stats (C, 3), result (C, 2)."""
-    for c in prange(m.shape[0]):
-        k, bad = run_chunk(
+) -> None:
+    """:func:`run_chunk` on every chunk, chunks on parallel threads (:func:`~stosim.integrate.chunks.for_each_chunk`).
+
+    m (C, 3, Bc, N), traj (C, S, 3, Bc, N), noise (C, n_steps, 3, Bc, N) (or a dummy (C, 1, 3, 1, 1)),
+    stats (C, 3), result (C, 2) receives each chunk's (step, index) as :func:`run_chunk` returns it."""
+
+    def body(c: int) -> None:
+        result[c] = run_chunk(
             m[c],
             coupling_t,
             use_coupling,
@@ -335,5 +339,5 @@ def run_chunks(
             state_noise_factor,
             stats[c],
         )
-        result[c, 0] = k
-        result[c, 1] = bad
+
+    for_each_chunk(m.shape[0], body)
