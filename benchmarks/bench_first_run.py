@@ -8,9 +8,11 @@ with the cache the first run left (kernels load from disk). Printed for each: wa
 may be shared: CPU time is the fairer figure under load (wall time counts other jobs' time slices).
 
 The cold child also records every Numba compilation (``numba.core.event`` "numba:compile": the kernel,
-its argument types, wall and CPU seconds exclusive of the compilations nested in it), printed as a table
-(``--json``: one JSON line with keys ``cold_wall_s``, ``cold_cpu_s``, ``warm_wall_s``, ``warm_cpu_s``,
-``overhead_wall_s``, ``overhead_cpu_s``, ``compiles``, ``load_average``).
+its argument types, wall and CPU seconds exclusive of the compilations nested in it, and the CPU seconds
+of those spent inside LLVM (the "numba:llvm_lock" event: optimization and machine code), printed
+as a table (``--json``: one JSON line with keys ``cold_wall_s``, ``cold_cpu_s``, ``warm_wall_s``, ``warm_cpu_s``,
+``overhead_wall_s``, ``overhead_cpu_s``, ``compile_cpu_s``, ``compile_llvm_cpu_s``, ``compiles``,
+``load_average``).
 
     python benchmarks/bench_first_run.py [--epochs 1] [--json]
 """
@@ -36,29 +38,48 @@ def _child(out: str, epochs: int, record: str | None) -> None:
     if record:
         from numba.core import event
 
+        stack: list[list[float]] = []  # per open compilation: wall, CPU at start; nested wall, CPU; LLVM CPU
+
         class _Compiles(event.Listener):
             """Wall and CPU time of each compilation, exclusive of the ones nested in it."""
 
-            def __init__(self) -> None:
-                self.stack: list[list] = []
-
             def on_start(self, ev) -> None:
-                self.stack.append([time.perf_counter(), time.process_time(), 0.0, 0.0])
+                stack.append([time.perf_counter(), time.process_time(), 0.0, 0.0, 0.0])
 
             def on_end(self, ev) -> None:
-                w0, c0, w_in, c_in = self.stack.pop()
+                w0, c0, w_in, c_in, llvm = stack.pop()
                 wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-                if self.stack:  # nested: its time is not the parent's own
-                    self.stack[-1][2] += wall
-                    self.stack[-1][3] += cpu
+                if stack:  # nested: its time is not the parent's own
+                    stack[-1][2] += wall
+                    stack[-1][3] += cpu
                 disp = ev.data["dispatcher"]
-                name = f"{disp.py_func.__module__}.{disp.py_func.__qualname__}"
-                args = ", ".join(str(a) for a in ev.data["args"])
                 compiles.append(
-                    {"kernel": name, "args": args, "wall_s": round(wall - w_in, 2), "cpu_s": round(cpu - c_in, 2)}
+                    {
+                        "kernel": f"{disp.py_func.__module__}.{disp.py_func.__qualname__}",
+                        "args": ", ".join(str(a) for a in ev.data["args"]),
+                        "wall_s": round(wall - w_in, 2),
+                        "cpu_s": round(cpu - c_in, 2),
+                        "llvm_cpu_s": round(llvm, 2),
+                    }
                 )
 
+        class _LLVM(event.Listener):
+            """CPU time inside LLVM (the LLVM lock held), added to the innermost open compilation."""
+
+            depth, t0 = 0, 0.0
+
+            def on_start(self, ev) -> None:
+                self.depth += 1
+                if self.depth == 1:
+                    self.t0 = time.process_time()
+
+            def on_end(self, ev) -> None:
+                self.depth -= 1
+                if self.depth == 0 and stack:
+                    stack[-1][4] += time.process_time() - self.t0
+
         event.register("numba:compile", _Compiles())
+        event.register("numba:llvm_lock", _LLVM())
     from stosim.cli import main
 
     rc = main(["train", "--epochs", str(epochs), "--out", out])
@@ -103,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_wall_s": round(cold["wall_s"] - warm["wall_s"], 1),
         "overhead_cpu_s": round(cold["cpu_s"] - warm["cpu_s"], 1),
         "compile_cpu_s": round(sum(c["cpu_s"] for c in cold["compiles"]), 1),
+        "compile_llvm_cpu_s": round(sum(c["llvm_cpu_s"] for c in cold["compiles"]), 1),
         "compiles": cold["compiles"],
         "warm_compiles": len(warm["compiles"]),
         "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -114,9 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':8s} {'wall s':>8s} {'CPU s':>8s}")
     for tag in ("cold", "warm", "overhead"):
         print(f"{tag:8s} {out[tag + '_wall_s']:8.1f} {out[tag + '_cpu_s']:8.1f}")
-    print(f"compilations on the empty cache (exclusive times; {out['warm_compiles']} on the warm one):")
+    print(
+        f"compilations on the empty cache: {out['compile_cpu_s']} s CPU, {out['compile_llvm_cpu_s']} s of it in LLVM "
+        f"({len(cold['compiles'])} functions, {out['warm_compiles']} on the warm cache); the ones over 0.2 s CPU "
+        "(exclusive of nested compilations):"
+    )
     for c in sorted(cold["compiles"], key=lambda c: -c["cpu_s"]):
-        print(f"  {c['cpu_s']:7.1f} s CPU {c['wall_s']:7.1f} s wall  {c['kernel']}({c['args'][:90]})")
+        if c["cpu_s"] > 0.2:
+            print(
+                f"  {c['cpu_s']:6.2f} s CPU ({c['llvm_cpu_s']:5.2f} LLVM) {c['wall_s']:6.2f} s wall  "
+                f"{c['kernel']}({c['args'][:70]})"
+            )
     return 0
 
 

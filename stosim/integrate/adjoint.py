@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from stosim.integrate.chunks import for_each_chunk
-from stosim.integrate.sto_kernels import SMALL_N_MAX, run_small
+from stosim.integrate.sto_kernels import SMALL_N_MAX, copy_into, run_small
 from stosim.physics.llg import stage_accumulate, stage_final, stage_vjp
 
 __all__ = ["adjoint_chunks"]
@@ -34,7 +34,7 @@ def _coupled_field(s, coupling_t, use_coupling, hx):
         np.dot(s[0], coupling_t, hx)
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def _step_vjp(
     m, g, coupling_t, coupling, use_coupling, osc, lam, p, dt, work, hxs, zero, g_hx, g_s, out, fields_given=False
 ):
@@ -74,25 +74,31 @@ def _step_vjp(
             out[1, b, i] = (gy - ny * dot) * inv
             out[2, b, i] = (gz - nz * dot) * inv
     gu = work[8]
-    gu[:] = out
+    copy_into(gu, out)
     # stage 4: g_k4 = h/6 g_u; s4 = m + h k3
     for c in range(3):
-        gk[c] = sixth * gu[c]
+        for b in range(n_batch):
+            for i in range(n_osc):
+                gk[c, b, i] = sixth * gu[c, b, i]
     _stage_back(s4, hxs[3], zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
-    for c in range(3):
-        out[c] += g_s[c]
-        gk[c] = third * gu[c] + dt * g_s[c]  # g_k3
+    _next_gk(out, gk, gu, g_s, third, dt)  # g_k3
     _stage_back(s3, hxs[2], zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
-    for c in range(3):
-        out[c] += g_s[c]
-        gk[c] = third * gu[c] + half * g_s[c]  # g_k2
+    _next_gk(out, gk, gu, g_s, third, half)  # g_k2
     _stage_back(s2, hxs[1], zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
-    for c in range(3):
-        out[c] += g_s[c]
-        gk[c] = sixth * gu[c] + half * g_s[c]  # g_k1
+    _next_gk(out, gk, gu, g_s, sixth, half)  # g_k1
     _stage_back(m, hxs[0], zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
+    out += g_s  # on whole arrays: an augmented assignment to a subscript (out[c] += ...) is a slice assignment
+
+
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
+def _next_gk(out, gk, gu, g_s, a, b_coef):
+    """out += g_s; g_k = a g_u + b g_s, elementwise over (3, Bc, N) (loops: see :func:`copy_into`)."""
+    _, n_batch, n_osc = out.shape
     for c in range(3):
-        out[c] += g_s[c]
+        for b in range(n_batch):
+            for i in range(n_osc):
+                out[c, b, i] += g_s[c, b, i]
+                gk[c, b, i] = a * gu[c, b, i] + b_coef * g_s[c, b, i]
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -100,10 +106,11 @@ def _stage_back(s, hx, zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
     """g_s = J_m(s)^T g_k + e_x (g_hx @ mu W), g_hx = J_hx(s)^T g_k."""
     stage_vjp(s, hx, zero, zero, gk, osc, lam, p, g_s, g_hx)
     if use_coupling:
-        g_s[0] += np.dot(g_hx, coupling)
+        g_sx = g_s[0]
+        g_sx += np.dot(g_hx, coupling)  # in place on the view (g_s[0] += ... would be a slice assignment)
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def _recompute_segment(x, seg, fields, coupling_t, use_coupling, osc, lam, p, dt, length, zero, acc, tmp, tmp2):
     """Recompute ``length`` RK4 steps from x = seg[0] (as :func:`run_chunk` does, bitwise): seg[q] = state at
     step q (q < length), fields[q, j] = H_x of stage j of step q. ``x`` is overwritten."""
@@ -120,7 +127,7 @@ def _recompute_segment(x, seg, fields, coupling_t, use_coupling, osc, lam, p, dt
         _coupled_field(tmp, coupling_t, use_coupling, f[3])
         if q + 1 < length:
             stage_final(x, tmp, f[3], zero, zero, osc, lam, p, dt, sixth, acc, x)
-            seg[q + 1] = x
+            copy_into(seg[q + 1], x)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -145,7 +152,7 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
     for j in range(n_seg - 1, -1, -1):
         start = j * segment
         length = min(segment, n_steps - start)
-        seg[0] = ckpt[j]
+        copy_into(seg[0], ckpt[j])
         given = keep_fields and length > 1
         if given:
             # states seg[q] at step start + q and the stage fields of each step of the segment
@@ -191,7 +198,7 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
                 nxt,
                 given,
             )
-            grad[:] = nxt
+            copy_into(grad, nxt)
     return grad
 
 

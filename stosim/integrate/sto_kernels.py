@@ -30,6 +30,21 @@ METHOD_HEUN = 1
 SMALL_N_MAX = 32  # up to this many oscillators a noiseless RK4 run uses the fused per-sample loop
 
 
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
+def copy_into(dst, src):
+    """dst[...] = src for C-contiguous arrays of one shape, as a loop.
+
+    The kernels copy arrays with this rather than slice assignment (``dst[:] = src``): Numba compiles a
+    slice assignment together with the formatting of its shape-mismatch message (string and tuple
+    formatting, about 3 s of the first run's compilation), and a loop needs none of it."""
+    if dst.shape != src.shape:
+        raise ValueError("copy_into: the arrays differ in shape")
+    d = dst.reshape(dst.size)
+    s = src.reshape(src.size)
+    for k in range(d.size):
+        d[k] = s[k]
+
+
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _small_field(sx, coupling_t, use_coupling, hx):
     """hx = s_x @ (mu W)^T for one sample, written out (no BLAS call for a small N)."""
@@ -177,7 +192,7 @@ def _coupling(ms, coupling_t, use_coupling, hx, field_x, has_field):
         if has_field:
             hx += field_x
     elif has_field:
-        hx[:] = field_x
+        copy_into(hx, field_x)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -286,7 +301,7 @@ def run_chunk(
             _add_state_noise(m, state_noise[k], state_noise_factor, stats)
         step = save_offset + k + 1
         if step % save_every == 0:
-            traj[step // save_every - 1] = m
+            copy_into(traj[step // save_every - 1], m)
     return -1, -1
 
 
