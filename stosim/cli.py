@@ -78,45 +78,39 @@ def _step_progress(desc: str, total: int | None = None, unit: str = "step") -> I
         progress.bar.close()
 
 
-def _kernel_dispatchers(*modules: str) -> list:
-    """The Numba entry kernels (dispatchers) of ``modules``."""
-    import importlib
-
-    from numba.core.registry import CPUDispatcher
-
-    out = []
-    for name in modules:
-        module = importlib.import_module(name)
-        out += [v for k, v in vars(module).items() if isinstance(v, CPUDispatcher) and not k.startswith("_")]
-    return out
+COMPILATION_NOTICE = "compiling kernels for this run (first run only; cached for later runs) ..."
+_COMPILING_COMMANDS = frozenset({"train", "simulate", "ftmle", "lyapunov", "compare"})  # run Numba kernels here
 
 
-def _announce_compilation(*modules: str) -> None:
-    """One line on stderr before the first run that compiles the Numba kernels (tens of seconds to minutes):
-    when, in one of ``modules``, none of the entry kernels is compiled in this process or has an index in
-    Numba's on-disk cache at least as new as its source file (Numba drops entries older than the source). Only
-    file times are looked at; nothing is read."""
-    import os
+@contextlib.contextmanager
+def _compilation_notice() -> Iterator[None]:
+    """Print :data:`COMPILATION_NOTICE` once on stderr when, inside the block, a Numba kernel starts compiling.
 
-    def warm(kernel) -> bool:
-        cache = getattr(kernel, "_cache", None)
-        index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
-        source = getattr(getattr(getattr(cache, "_impl", None), "locator", None), "_py_file", None)
-        return bool(kernel.signatures) or bool(
-            index and source and os.path.exists(index) and os.path.getmtime(index) >= os.path.getmtime(source)
-        )
+    It listens to Numba's "numba:compile" event, which fires only for a real compilation (a kernel loaded
+    from the on-disk cache fires none): the line appears exactly when a run compiles, whatever it compiles,
+    and never on a warm cache. Printed through tqdm so that a progress bar on stderr stays whole."""
+    from numba.core import event
 
-    try:  # a module is cold when none of its entry kernels is warm
-        cold = [m for m in modules if (kernels := _kernel_dispatchers(m)) and not any(warm(k) for k in kernels)]
-    except Exception:  # a Numba internals change must not stop a run; say nothing then
-        return
-    if cold:
-        print("compiling kernels (first run only; about a minute) ...", file=sys.stderr, flush=True)
+    class _Notice(event.Listener):
+        said = False
 
+        def on_start(self, ev: event.Event) -> None:
+            if not self.said:
+                self.said = True
+                from tqdm import tqdm
 
-_STO_KERNELS = ("stosim.integrate.sto_kernels",)
-_STO_GRADIENT_KERNELS = ("stosim.integrate.sto_kernels", "stosim.integrate.adjoint")
-_STO_TANGENT_KERNELS = ("stosim.integrate.tangent",)
+                tqdm.write(COMPILATION_NOTICE, file=sys.stderr)
+                sys.stderr.flush()
+
+        def on_end(self, ev: event.Event) -> None:
+            pass
+
+    listener = _Notice()
+    event.register("numba:compile", listener)
+    try:
+        yield
+    finally:
+        event.unregister("numba:compile", listener)
 
 
 def _quantity(name: str):
@@ -809,10 +803,7 @@ def _cmd_ftmle(args: argparse.Namespace) -> int:
     cfg = _train_config(args, overrides)
     _refuse_other_substrate_flags(args, keys, cfg.substrate)
     _check_plain_times(args, cfg)
-    from stosim.substrates.registry import specs
 
-    if getattr(specs().get(cfg.substrate), "coupled_sto", False):
-        _announce_compilation(*_STO_TANGENT_KERNELS)
     ds = dataset_ftmle(cfg, args.checkpoint, limit=args.limit, method=args.method)
     _describe_ftmle_run(ds, cfg)
     write_dataset_atomic(ds, args.out, overwrite=True)
@@ -958,11 +949,8 @@ def _lyapunov_parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_lyapunov(args: argparse.Namespace) -> int:
     from stosim.studies.run_lyapunov import substrate_lyapunov
-    from stosim.substrates.registry import get
 
     params = {"n": args.n, "dt": _substrate_time(args.dt, args.substrate, "--dt"), **_lyapunov_parameters(args)}
-    if get(args.substrate).coupled_sto:
-        _announce_compilation(*_STO_TANGENT_KERNELS)
     with _step_progress("lyapunov") as progress:
         result = substrate_lyapunov(
             args.substrate,
@@ -1153,11 +1141,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_plain_times(args, cfg)
     if (args.out / "checkpoint.pt").exists() and not args.resume:
         raise CLIError(f"--out {args.out} holds a checkpoint; pass --resume to continue it or choose another --out")
-    from stosim.studies.training import STO_SUBSTRATES
-
-    if cfg.substrate in STO_SUBSTRATES:
-        _announce_compilation(*(_STO_KERNELS if cfg.readout_only else _STO_GRADIENT_KERNELS))
-
     with _step_progress("epoch 1", unit="batch") as bar:
 
         def on_epoch(rec: dict) -> None:
@@ -1352,7 +1335,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     except ArithmeticError:  # --duration / --dt beyond the float range
         raise CLIError(f"--duration / --dt = {args.duration!r} s / {args.dt!r} s: too many steps") from None
     save_every = _save_every(args.save_every, total)
-    _announce_compilation(*_STO_KERNELS)
     with _step_progress("simulate", total) as progress:
         traj = simulate(
             array,
@@ -1550,6 +1532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stosim.datasets import DatasetError
 
     try:
+        if args.command in _COMPILING_COMMANDS:
+            with _compilation_notice():
+                return _COMMANDS[args.command](args)
         return _COMMANDS[args.command](args)
     except (
         CLIError,

@@ -279,27 +279,43 @@ def test_all_experiment_files_validate_from_another_folder(
     assert main(["validate", *files]) == 0, capsys.readouterr().err
 
 
-def test_compilation_notice_only_before_the_first_compilation(
+def test_compilation_notice_once_while_compiling_and_never_on_a_warm_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from stosim.cli import _announce_compilation
+    import importlib
+    import sys
 
-    (tmp_path / "h23_fresh_kernels.py").write_text(
+    from stosim.cli import COMPILATION_NOTICE, _compilation_notice
+
+    (tmp_path / "h22_fresh_kernels.py").write_text(
         textwrap.dedent("""
         from numba import njit
 
         @njit(cache=True)
         def twice(x):
             return 2.0 * x
+
+        @njit(cache=True)
+        def thrice(x):
+            return 3.0 * x
     """)
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    _announce_compilation("h23_fresh_kernels")
-    assert "compiling kernels (first run only" in capsys.readouterr().err
-    import h23_fresh_kernels
+    import h22_fresh_kernels as kernels
 
-    assert h23_fresh_kernels.twice(2.0) == 4.0
-    _announce_compilation("h23_fresh_kernels")
+    with _compilation_notice():
+        assert capsys.readouterr().err == ""  # nothing before a compilation starts
+        assert kernels.twice(2.0) == 4.0
+        assert kernels.thrice(2.0) == 6.0
+    assert capsys.readouterr().err == COMPILATION_NOTICE + "\n"  # once for the two compilations
+    assert kernels.twice(2) == 4.0  # a new signature compiles, but outside the block: no line
+    assert capsys.readouterr().err == ""
+    # a new process (here: the module imported again) loads both from the on-disk cache: no line
+    del sys.modules["h22_fresh_kernels"]
+    kernels = importlib.import_module("h22_fresh_kernels")
+    with _compilation_notice():
+        assert kernels.twice(2.0) == 4.0
+        assert kernels.thrice(2.0) == 6.0
     assert capsys.readouterr().err == ""
 
 

@@ -19,9 +19,10 @@ gradient of the discrete map, so it agrees with backprop through a torch RK4 loo
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from stosim.integrate.sto_kernels import SMALL_N_MAX, run_small
+from stosim.integrate.chunks import for_each_chunk
+from stosim.integrate.sto_kernels import SMALL_N_MAX, copy_into, run_small
 from stosim.physics.llg import stage_accumulate, stage_final, stage_vjp
 
 __all__ = ["adjoint_chunks"]
@@ -33,7 +34,7 @@ def _coupled_field(s, coupling_t, use_coupling, hx):
         np.dot(s[0], coupling_t, hx)
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def _step_vjp(
     m, g, coupling_t, coupling, use_coupling, osc, lam, p, dt, work, hxs, zero, g_hx, g_s, out, fields_given=False
 ):
@@ -73,25 +74,31 @@ def _step_vjp(
             out[1, b, i] = (gy - ny * dot) * inv
             out[2, b, i] = (gz - nz * dot) * inv
     gu = work[8]
-    gu[:] = out
+    copy_into(gu, out)
     # stage 4: g_k4 = h/6 g_u; s4 = m + h k3
     for c in range(3):
-        gk[c] = sixth * gu[c]
+        for b in range(n_batch):
+            for i in range(n_osc):
+                gk[c, b, i] = sixth * gu[c, b, i]
     _stage_back(s4, hxs[3], zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
-    for c in range(3):
-        out[c] += g_s[c]
-        gk[c] = third * gu[c] + dt * g_s[c]  # g_k3
+    _next_gk(out, gk, gu, g_s, third, dt)  # g_k3
     _stage_back(s3, hxs[2], zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
-    for c in range(3):
-        out[c] += g_s[c]
-        gk[c] = third * gu[c] + half * g_s[c]  # g_k2
+    _next_gk(out, gk, gu, g_s, third, half)  # g_k2
     _stage_back(s2, hxs[1], zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
-    for c in range(3):
-        out[c] += g_s[c]
-        gk[c] = sixth * gu[c] + half * g_s[c]  # g_k1
+    _next_gk(out, gk, gu, g_s, sixth, half)  # g_k1
     _stage_back(m, hxs[0], zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
+    out += g_s  # on whole arrays: an augmented assignment to a subscript (out[c] += ...) is a slice assignment
+
+
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
+def _next_gk(out, gk, gu, g_s, a, b_coef):
+    """out += g_s; g_k = a g_u + b g_s, elementwise over (3, Bc, N) (loops: see :func:`copy_into`)."""
+    _, n_batch, n_osc = out.shape
     for c in range(3):
-        out[c] += g_s[c]
+        for b in range(n_batch):
+            for i in range(n_osc):
+                out[c, b, i] += g_s[c, b, i]
+                gk[c, b, i] = a * gu[c, b, i] + b_coef * g_s[c, b, i]
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -99,10 +106,11 @@ def _stage_back(s, hx, zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
     """g_s = J_m(s)^T g_k + e_x (g_hx @ mu W), g_hx = J_hx(s)^T g_k."""
     stage_vjp(s, hx, zero, zero, gk, osc, lam, p, g_s, g_hx)
     if use_coupling:
-        g_s[0] += np.dot(g_hx, coupling)
+        g_sx = g_s[0]
+        g_sx += np.dot(g_hx, coupling)  # in place on the view (g_s[0] += ... would be a slice assignment)
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def _recompute_segment(x, seg, fields, coupling_t, use_coupling, osc, lam, p, dt, length, zero, acc, tmp, tmp2):
     """Recompute ``length`` RK4 steps from x = seg[0] (as :func:`run_chunk` does, bitwise): seg[q] = state at
     step q (q < length), fields[q, j] = H_x of stage j of step q. ``x`` is overwritten."""
@@ -119,10 +127,10 @@ def _recompute_segment(x, seg, fields, coupling_t, use_coupling, osc, lam, p, dt
         _coupled_field(tmp, coupling_t, use_coupling, f[3])
         if q + 1 < length:
             stage_final(x, tmp, f[3], zero, zero, osc, lam, p, dt, sixth, acc, x)
-            seg[q + 1] = x
+            copy_into(seg[q + 1], x)
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, n_steps, segment):
     """Gradient of the projected RK4 flow over ``n_steps`` w.r.t. the initial state of one chunk.
 
@@ -144,7 +152,7 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
     for j in range(n_seg - 1, -1, -1):
         start = j * segment
         length = min(segment, n_steps - start)
-        seg[0] = ckpt[j]
+        copy_into(seg[0], ckpt[j])
         given = keep_fields and length > 1
         if given:
             # states seg[q] at step start + q and the stage fields of each step of the segment
@@ -166,8 +174,11 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
             )
         elif length > 1:
             # N <= SMALL_N_MAX: recompute the states seg[q] at step start + q with the forward pass's fused loop
-            # (what run_chunk runs there; calling it directly compiles no second signature of run_chunk)
-            run_small(seg[0].copy(), coupling_t, use_coupling, osc, lam, p, dt, length - 1, 1, 0, seg[1:])
+            # (what run_chunk runs there; calling it directly compiles no second signature of run_chunk; the
+            # np.int64 casts keep literal 1 and 0 from compiling a second signature of run_small itself)
+            run_small(
+                seg[0].copy(), coupling_t, use_coupling, osc, lam, p, dt, length - 1, np.int64(1), np.int64(0), seg[1:]
+            )
         for q in range(length - 1, -1, -1):
             _step_vjp(
                 seg[q],
@@ -187,12 +198,14 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
                 nxt,
                 given,
             )
-            grad[:] = nxt
+            copy_into(grad, nxt)
     return grad
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def adjoint_chunks(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, n_steps, segment):
-    """:func:`adjoint_chunk` over chunks in parallel: ckpt (C, J + 1, 3, Bc, N), grad (C, 3, Bc, N)."""
-    for c in prange(grad.shape[0]):
+def adjoint_chunks(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, n_steps, segment) -> None:
+    """:func:`adjoint_chunk` over chunks on parallel threads: ckpt (C, J + 1, 3, Bc, N), grad (C, 3, Bc, N)."""
+
+    def body(c: int) -> None:
         adjoint_chunk(ckpt[c], grad[c], coupling_t, coupling, use_coupling, osc, lam, p, dt, n_steps, segment)
+
+    for_each_chunk(grad.shape[0], body)

@@ -1,15 +1,33 @@
-"""Batch chunking of the Numba kernels: (B, N, 3) states <-> (C, 3, Bc, N) chunks.
+"""Batch chunking of the Numba kernels: (B, N, 3) states <-> (C, 3, Bc, N) chunks, and their threads.
 
 Samples never interact, so each chunk runs its whole time loop on one thread; chunks are
 small enough (<= CHUNK_MAX_SAMPLES samples) that a chunk's working set stays in cache.
+
+The chunks run on Python threads (:func:`for_each_chunk`) calling kernels compiled with
+``nogil=True``, not in a ``parallel=True`` kernel: a chunk's call is a whole time loop (milliseconds
+to seconds), so dispatching it from Python costs nothing measurable, while a ``parallel=True``
+wrapper is compiled on top of the kernel it calls (the kernel's code linked and optimized again,
+plus the parallel-region machinery), which made the first run compile for minutes.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 
-__all__ = ["chunk_count", "to_chunks", "from_chunks", "PARALLEL_MIN_VALUES", "CHUNK_MAX_SAMPLES"]
+__all__ = [
+    "chunk_count",
+    "to_chunks",
+    "from_chunks",
+    "for_each_chunk",
+    "PARALLEL_MIN_VALUES",
+    "CHUNK_MAX_SAMPLES",
+]
 
 PARALLEL_MIN_VALUES = 4096  # batch x N from which chunks run in parallel
 CHUNK_MAX_SAMPLES = 32  # samples per chunk
@@ -46,3 +64,47 @@ def from_chunks(x: np.ndarray, n_batch: int) -> np.ndarray:
     y = x.transpose(axes)  # (..., C, Bc, N, 3)
     y = y.reshape(y.shape[:n_lead] + (-1,) + y.shape[-2:])
     return y[..., :n_batch, :, :].copy(order="C")
+
+
+_pool_lock = threading.Lock()
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid that made it, pool)
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The process's chunk threads (NUMBA_NUM_THREADS - 1 workers; the caller runs one stripe itself).
+
+    Made again in a forked child, where the parent's worker threads do not exist."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            workers = max(1, numba.config.NUMBA_NUM_THREADS - 1)
+            _pool = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stosim-chunk"))
+        return _pool[1]
+
+
+def _stripe(body: Callable[[int], None], first: int, step: int, n_chunks: int) -> None:
+    for c in range(first, n_chunks, step):
+        body(c)
+
+
+def for_each_chunk(n_chunks: int, body: Callable[[int], None]) -> None:
+    """``body(c)`` for every chunk c < ``n_chunks``, on T = min(n_chunks, numba.get_num_threads()) threads.
+
+    Thread t runs chunks t, t + T, t + 2T, ... (chunks are the same size); the calling thread runs
+    stripe 0. ``body`` must call a kernel compiled with ``nogil=True`` (else the threads take turns).
+    ``numba.get_num_threads()`` is read in the calling thread, so ``numba.set_num_threads(1)`` (a sweep
+    worker) runs every chunk in the calling thread. Returns when every chunk is done; the first
+    exception raised by a chunk is re-raised then."""
+    threads = min(n_chunks, numba.get_num_threads())
+    if threads <= 1:
+        _stripe(body, 0, 1, n_chunks)
+        return
+    pool = _executor()
+    futures = [pool.submit(_stripe, body, t, threads, n_chunks) for t in range(1, threads)]
+    try:
+        _stripe(body, 0, threads, n_chunks)
+    finally:
+        for f in futures:  # every stripe ends before the arrays it writes are used or raised past
+            f.exception()
+    for f in futures:
+        f.result()

@@ -1,10 +1,11 @@
 """Time-stepping loops for coupled STO arrays (Numba; the whole loop runs compiled).
 
 The batch is split into C chunks laid out as (C, 3, Bc, N) arrays. Samples never interact,
-so each chunk runs its whole time loop on its own thread (``prange`` over chunks) with no
+so each chunk runs its whole time loop on its own thread with no
 synchronisation between steps. Within a chunk each Runge-Kutta stage evaluates the
 Ampere-law coupling field as one matrix product hx = m_x @ (mu W)^T, (Bc x N)(N x N)
 through single-threaded BLAS, followed by one pointwise pass (:mod:`stosim.physics.llg`).
+The chunks run on Python threads; :func:`run_chunk` releases the GIL (``nogil=True``).
 
 Methods
 -------
@@ -21,8 +22,9 @@ steps.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from stosim.integrate.chunks import for_each_chunk
 from stosim.physics.llg import llg_point, oscillator_rows, stage_accumulate, stage_final
 from stosim.physics.noise import make_state_noise_point
 
@@ -35,6 +37,21 @@ SMALL_N_MAX = 32  # up to this many oscillators a noiseless RK4 run uses the fus
 _state_noise_point = njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})(
     make_state_noise_point(np.sqrt)
 )
+
+
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
+def copy_into(dst, src):
+    """dst[...] = src for C-contiguous arrays of one shape, as a loop.
+
+    The kernels copy arrays with this rather than slice assignment (``dst[:] = src``): Numba compiles a
+    slice assignment together with the formatting of its shape-mismatch message (string and tuple
+    formatting, about 3 s of the first run's compilation), and a loop needs none of it."""
+    if dst.shape != src.shape:
+        raise ValueError("copy_into: the arrays differ in shape")
+    d = dst.reshape(dst.size)
+    s = src.reshape(src.size)
+    for k in range(d.size):
+        d[k] = s[k]
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -184,7 +201,7 @@ def _coupling(ms, coupling_t, use_coupling, hx, field_x, has_field):
         if has_field:
             hx += field_x
     elif has_field:
-        hx[:] = field_x
+        copy_into(hx, field_x)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -219,7 +236,7 @@ def _add_state_noise(m, xi, factor, stats):
         stats[2] += 1.0
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def run_chunk(
     m,
     coupling_t,
@@ -289,11 +306,10 @@ def run_chunk(
             _add_state_noise(m, state_noise[k], state_noise_factor, stats)
         step = save_offset + k + 1
         if step % save_every == 0:
-            traj[step // save_every - 1] = m
+            copy_into(traj[step // save_every - 1], m)
     return -1, -1
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
 def run_chunks(
     m,
     coupling_t,
@@ -315,11 +331,14 @@ def run_chunks(
     state_noise_factor,
     stats,
     result,
-):
-    """:func:`run_chunk` on every chunk in parallel. m (C, 3, Bc, N), traj (C, S, 3, Bc, N),
-    noise (C, n_steps, 3, Bc, N) (or a dummy (C, 1, 3, 1, 1)), stats (C, 3), result (C, 2)."""
-    for c in prange(m.shape[0]):
-        k, bad = run_chunk(
+) -> None:
+    """:func:`run_chunk` on every chunk, chunks on parallel threads (:func:`~stosim.integrate.chunks.for_each_chunk`).
+
+    m (C, 3, Bc, N), traj (C, S, 3, Bc, N), noise (C, n_steps, 3, Bc, N) (or a dummy (C, 1, 3, 1, 1)),
+    stats (C, 3), result (C, 2) receives each chunk's (step, index) as :func:`run_chunk` returns it."""
+
+    def body(c: int) -> None:
+        result[c] = run_chunk(
             m[c],
             coupling_t,
             use_coupling,
@@ -340,5 +359,5 @@ def run_chunks(
             state_noise_factor,
             stats[c],
         )
-        result[c, 0] = k
-        result[c, 1] = bad
+
+    for_each_chunk(m.shape[0], body)

@@ -11,8 +11,9 @@ unit spheres.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from stosim.integrate.chunks import for_each_chunk
 from stosim.physics.llg import stage_accumulate, stage_jvp
 
 __all__ = ["tangent_run", "tangent_run_chunks"]
@@ -87,7 +88,7 @@ def _tangent_step(m, t, coupling_t, use_coupling, osc, lam, p, dt, work, hx, thx
             t[2, b, i] = (vz - nz * dot) * inv
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def tangent_run(m, t, coupling_t, use_coupling, osc, lam, p, dt, n_steps):
     """Advance states m (3, B, N) and their tangents t (3, B, N) in place by ``n_steps`` steps."""
     _, n_batch, n_osc = m.shape
@@ -99,8 +100,10 @@ def tangent_run(m, t, coupling_t, use_coupling, osc, lam, p, dt, n_steps):
         _tangent_step(m, t, coupling_t, use_coupling, osc, lam, p, dt, work, hx, thx, zero)
 
 
-@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def tangent_run_chunks(m, t, coupling_t, use_coupling, osc, lam, p, dt, n_steps):
-    """:func:`tangent_run` over chunks (C, 3, Bc, N) in parallel."""
-    for c in prange(m.shape[0]):
+def tangent_run_chunks(m, t, coupling_t, use_coupling, osc, lam, p, dt, n_steps) -> None:
+    """:func:`tangent_run` over chunks (C, 3, Bc, N) on parallel threads."""
+
+    def body(c: int) -> None:
         tangent_run(m[c], t[c], coupling_t, use_coupling, osc, lam, p, dt, n_steps)
+
+    for_each_chunk(m.shape[0], body)
