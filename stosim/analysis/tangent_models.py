@@ -34,6 +34,7 @@ import numbers
 import numpy as np
 
 from stosim.analysis.lyapunov import TangentSystem
+from stosim.integrate.explicit import rk4_step, rk4_step_with_tangents
 from stosim.integrate.threads import single_threaded_blas
 
 __all__ = ["Lorenz96Tangent", "FFESNTangent"]
@@ -89,13 +90,7 @@ class Lorenz96Tangent(TangentSystem):
 
     # -- TangentSystem ------------------------------------------------------------------------
     def step(self, x: np.ndarray) -> np.ndarray:
-        h = self.step_time
-        f = self.vector_field
-        k1 = f(x)
-        k2 = f(x + (0.5 * h) * k1)
-        k3 = f(x + (0.5 * h) * k2)
-        k4 = f(x + h * k3)
-        return x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        return rk4_step(self.vector_field, x, self.step_time)
 
     def _stage(self, x: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(f(x), Df(x) v) for one state x (N,) and tangents v (k, N), sharing the neighbour terms of x."""
@@ -105,13 +100,7 @@ class Lorenz96Tangent(TangentSystem):
         return dx * x_prev - x + self.forcing, (v[:, ip1] - v[:, im2]) * x_prev + dx * v[:, im1] - v
 
     def step_with_tangents(self, x: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        h = self.step_time
-        k1, v1 = self._stage(x, q)
-        k2, v2 = self._stage(x + (0.5 * h) * k1, q + (0.5 * h) * v1)
-        k3, v3 = self._stage(x + (0.5 * h) * k2, q + (0.5 * h) * v2)
-        k4, v4 = self._stage(x + h * k3, q + h * v3)
-        c = h / 6.0
-        return x + c * (k1 + 2.0 * k2 + 2.0 * k3 + k4), q + c * (v1 + 2.0 * v2 + 2.0 * v3 + v4)
+        return rk4_step_with_tangents(self._stage, x, q, self.step_time)
 
     def divergence(self, x: np.ndarray) -> float:
         """Trace of Df: exactly -N (the advection term has no diagonal derivative)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from stosim.analysis.lyapunov import TangentSystem
+from stosim.integrate.explicit import rk4_step, rk4_step_with_tangents
 from stosim.integrate.threads import single_threaded_blas
 from stosim.substrates.rate_network import FrozenInput, RateNetworkParameters, draw_coupling_matrix, rate_parameters
 
@@ -92,16 +93,8 @@ class RateNetworkTangent(TangentSystem):
     def _one(self, h: np.ndarray, inp) -> np.ndarray:
         if not self.continuous:
             return np.tanh(h) @ self._jt + inp
-        dt = self.step_time  # dt / tau; I is held over the step
-
-        def f(y: np.ndarray) -> np.ndarray:
-            return -y + np.tanh(y) @ self._jt + inp
-
-        k1 = f(h)
-        k2 = f(h + 0.5 * dt * k1)
-        k3 = f(h + 0.5 * dt * k2)
-        k4 = f(h + dt * k3)
-        return h + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        # dt / tau; I is held over the step
+        return rk4_step(lambda y: -y + np.tanh(y) @ self._jt + inp, h, self.step_time)
 
     def step(self, x: np.ndarray) -> np.ndarray:
         h, s, inp = self._split(x)
@@ -123,13 +116,7 @@ class RateNetworkTangent(TangentSystem):
         h, s, inp = self._split(x)
         v = q[:, : self.n]
         if self.continuous:
-            dt = self.step_time
-            k1, v1 = self._stage(h, v, inp)
-            k2, v2 = self._stage(h + 0.5 * dt * k1, v + 0.5 * dt * v1, inp)
-            k3, v3 = self._stage(h + 0.5 * dt * k2, v + 0.5 * dt * v2, inp)
-            k4, v4 = self._stage(h + dt * k3, v + dt * v3, inp)
-            c = dt / 6.0
-            h_new, v_new = h + c * (k1 + 2.0 * k2 + 2.0 * k3 + k4), v + c * (v1 + 2.0 * v2 + 2.0 * v3 + v4)
+            h_new, v_new = rk4_step_with_tangents(lambda y, w: self._stage(y, w, inp), h, v, self.step_time)
         else:
             t = np.tanh(h)
             m = np.vstack([t[None, :], (1.0 - t * t) * v]) @ self._jt

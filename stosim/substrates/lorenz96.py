@@ -23,6 +23,7 @@ import numbers
 
 import torch
 
+from stosim.integrate.explicit import rk4_step
 from stosim.parameters import Parameter, declare
 from stosim.substrates.base import Substrate, SubstrateDescription
 from stosim.substrates.protocols import Differentiable, Timed
@@ -128,11 +129,7 @@ class Lorenz96(Substrate, Differentiable, Timed):
 
     def rk4_step(self, x: torch.Tensor, h: float) -> torch.Tensor:
         """One classical RK4 step of size h (model time units) of dx/dt = f(x)."""
-        k1 = self.vector_field(x)
-        k2 = self.vector_field(x + (0.5 * h) * k1)
-        k3 = self.vector_field(x + (0.5 * h) * k2)
-        k4 = self.vector_field(x + h * k3)
-        return x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        return rk4_step(self.vector_field, x, h)
 
     # -- interface -------------------------------------------------------------------------
     def describe(self) -> SubstrateDescription:

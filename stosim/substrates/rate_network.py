@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stosim.integrate.explicit import rk4_step
 from stosim.parameters import Parameter, declare
 from stosim.substrates.base import Substrate, SubstrateDescription
 from stosim.substrates.protocols import Differentiable, Stochastic, Timed
@@ -280,12 +281,7 @@ class RateNetwork(Substrate, Differentiable, Stochastic, Timed):
         """One RK4 step of dt (continuous) or one map iteration (discrete), input ``inp`` held."""
         if self.params.time == "discrete":
             return torch.tanh(h) @ self.J.T + inp
-        dt, f = self.params.dt, self.vector_field
-        k1 = f(h, inp)
-        k2 = f(h + (0.5 * dt) * k1, inp)
-        k3 = f(h + (0.5 * dt) * k2, inp)
-        k4 = f(h + dt * k3, inp)
-        return h + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        return rk4_step(lambda y: self.vector_field(y, inp), h, self.params.dt)
 
     def _inputs(self) -> torch.Tensor | None:
         if self._input_suspended or not self._input.active:
