@@ -1,8 +1,8 @@
 """The substrate registry: each substrate declares itself once, in its own module, with a :class:`SubstrateSpec`.
 
 Training, sweeps, the Lyapunov / FTMLE runners, the command line and the docs look substrates up here by name
-instead of listing them; adding a substrate is one module that calls :func:`register` (named in
-:data:`BUILTIN_MODULES`) plus its tests.
+instead of listing them; adding a substrate is one module of this package that calls :func:`register` (found by
+:func:`builtin_modules`, nothing else to edit) plus its tests.
 
 A spec says which :class:`~stosim.studies.training.TrainConfig` keys the substrate reads (``keys``), its defaults
 (size ``default_n``; ``duration`` and ``dt`` in its ``time_unit``), and how to build it
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -29,10 +31,12 @@ __all__ = [
     "specs",
     "lyapunov_names",
     "BUILTIN_MODULES",
+    "builtin_modules",
     "TIME_UNITS",
 ]
 
-# the modules that declare the built-in substrates (imported on the first look-up)
+# the order of the first built-in substrates (the first is the default substrate); every other module of this
+# package that registers a substrate is found by builtin_modules() and follows in alphabetical order
 BUILTIN_MODULES = (
     "stosim.substrates.sto_array",
     "stosim.substrates.ffesn",
@@ -129,18 +133,34 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+# modules of this package that hold the interface, not a substrate
+_INTERFACE_MODULES = frozenset({"base", "protocols", "registry", "flow_operators"})
+
+
+def builtin_modules() -> tuple[str, ...]:
+    """The modules of ``stosim.substrates`` that declare substrates: :data:`BUILTIN_MODULES` in their order, then
+    every other module of the package (except the interface modules and names starting with ``_``) by name."""
+    package = __name__.rpartition(".")[0]
+    found = sorted(
+        f"{package}.{info.name}"
+        for info in pkgutil.iter_modules([str(Path(__file__).resolve().parent)])
+        if not info.ispkg and info.name not in _INTERFACE_MODULES and not info.name.startswith("_")
+    )
+    return BUILTIN_MODULES + tuple(module for module in found if module not in BUILTIN_MODULES)
+
+
 def _load() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        for module in BUILTIN_MODULES:
+        for module in builtin_modules():
             importlib.import_module(module)
 
 
 def specs() -> Mapping[str, SubstrateSpec]:
     """Every registered substrate by name (read-only view, in registration order)."""
     _load()
-    order = {module: i for i, module in enumerate(BUILTIN_MODULES)}  # built-ins first, in the order above
+    order = {module: i for i, module in enumerate(builtin_modules())}  # built-ins first, in their order
     ranked = sorted(_REGISTRY.values(), key=lambda spec: order.get(spec.build.__module__, len(order)))
     return MappingProxyType({spec.name: spec for spec in ranked})
 
