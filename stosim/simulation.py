@@ -242,8 +242,11 @@ def _check_dtype(dtype) -> np.dtype:
 def _check_coupling_dtype(coupling_dtype, dtype: np.dtype) -> np.dtype:
     if coupling_dtype is None:
         return dtype
-    cd = np.dtype(coupling_dtype) if isinstance(coupling_dtype, (str, type, np.dtype)) else None
-    if cd not in (dtype, np.dtype(np.float32)):
+    try:
+        cd = np.dtype(coupling_dtype)
+    except TypeError:
+        cd = None
+    if cd is None or cd not in (dtype, np.dtype(np.float32)):
         raise ValueError(
             f"coupling_dtype = {coupling_dtype!r} must be None (the state's dtype, {dtype.name}) or float32 "
             "(W rounded to float32, products and sums in the state's dtype)"
