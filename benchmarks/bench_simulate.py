@@ -31,7 +31,7 @@ Cases:
     (N = 2500: 1000 steps unless --full; a rate is a rate); the slow reference paths run fewer
     steps (500; 200 with --quick), so the figures compare directly but the reference figures come
     from shorter runs. NumPy only for N <= 100. Besides ``stosim.evolve`` (which includes its
-    per-call checks and set-up, ~0.1-0.5 ms) the Numba time loop alone is timed
+    per-call checks and set-up, ~20 us at N = 1) the Numba time loop alone is timed
     (``batch1_kernel_device_steps_per_s``, N <= 100). NumPy is checked against stosim after 100
     steps (1 ns): the array is chaotic, and round-off differences (1e-15) grow over nanoseconds,
     which says nothing about correctness.
@@ -45,6 +45,22 @@ Cases:
     4 (2N + 60) flops per device) and ``fraction_of_matmul_peak`` = stosim's
     device-steps/s (case a, float64) / that limit. 1.0 would mean stosim runs at the speed of its
     matrix products alone, with the pointwise LLG work free.
+
+(d) With ``--peers-dir DIR`` (a local copy of github.com/mathowl/reservoir_acceleration, de Jong et al.,
+    arXiv:2312.01121; it is not a dependency): ``stosim.evolve`` at batch 1 beside their NumPy baseline
+    (``Base``: ``CoupledLlg.differential`` stepped by ``RungeKutta.run``), Numba and parallel-Numba codes
+    (``frk4`` of ``test_time_numba-vanilla.py`` / ``-parallel.py``), loaded and run unchanged in this
+    process, in interleaved rounds, N in ``--sizes`` (1, 10, 100, 1000, 2500), float64, 10 ps steps, their
+    workload: mu = 1 Oe (their W m_x field in Oe, spectral radius 1), the same W (stosim's) and start
+    (theta = phi = 1 deg). stosim runs 4999 steps (N = 2500: 1000 unless --full); theirs run
+    ``PEER_STEPS`` (4999 for N <= 10 down to 100 at N = 2500); each timed block repeats a run for at least
+    0.2 s. Their NumPy gets k BLAS threads; their parallel code k Numba threads; stosim runs batch 1 on
+    one thread (:mod:`stosim.integrate.batch1`). Reported: device-steps/s (median over rounds), the
+    ratio stosim / best of theirs in each round (median and min over rounds: ``batch1_ratio_vs_best_dejong``),
+    and the model check: dm/dt of each of their codes against stosim's at random states (<= 1e-12
+    relative), and, for N <= 100, their Numba trajectory against stosim's at dt and dt/4 (their RK4 does
+    not project onto |m| = 1, so the two differ by discretization error, which must shrink ~4^4).
+    ``--peers-only`` runs case (d) alone.
 
 How
 ---
@@ -65,8 +81,8 @@ How to read the numbers
 - Batch-1 figures for small N measure per-step overhead (nothing to vectorize over); there the
   Python-level reference paths are dominated by interpreter/dispatch cost per operation.
 
-Usage: ``python benchmarks/bench_simulate.py [--json] [--quick] [--rounds R]``. ``--json`` adds one
-final line with a JSON object (``device_steps_per_s``, ``torchdiffeq_device_steps_per_s``,
+Usage: ``python benchmarks/bench_simulate.py [--json] [--quick] [--rounds R] [--peers-dir DIR [--peers-only]]``.
+``--json`` adds one final line with a JSON object (``device_steps_per_s``, ``torchdiffeq_device_steps_per_s``,
 ``numpy_device_steps_per_s``, ``ratio_vs_torchdiffeq``, ``ratio_vs_torchdiffeq_batch1_n100``,
 ``fraction_of_matmul_peak``, the ``*_float32`` figures, ``batch1`` per N, thread counts, matmul
 GFLOP/s and peaks, agreement diffs, load averages). ``--quick`` is a smoke run (2 rounds,
@@ -191,12 +207,12 @@ class Task:
         return statistics.median(self.rates)
 
 
-def stosim_task(array, m0, n_steps, dt_s, np_dtype):
+def stosim_task(array, m0, n_steps, dt_s, np_dtype, coupling_dtype=None):
     n_dev = m0.shape[0] * m0.shape[1]
 
     def fn():
         t0 = time.perf_counter()
-        final, _, _ = stosim.evolve(array, m0, n_steps, dt_s, dtype=np_dtype)
+        final, _, _ = stosim.evolve(array, m0, n_steps, dt_s, dtype=np_dtype, coupling_dtype=coupling_dtype)
         return time.perf_counter() - t0, n_dev * n_steps, final
 
     return fn
@@ -596,6 +612,7 @@ class DeJongPeers:
         }
 
 
+W32_MIN_N = 1000  # case (d) also times coupling_dtype=float32 from this N
 PEER_BLOCK_S = 0.2  # a timed block of case (d) repeats a run until this long (short runs: preemption averages out)
 
 
@@ -624,6 +641,7 @@ def run_peers(peers_dir: str, sizes, dt_s: float, rounds: int, quick: bool, full
     diffs: dict[int, dict[str, float]] = {}
     rhs_diff: dict[int, dict[str, float]] = {}
     conv: dict[int, dict[str, float]] = {}
+    w32_diff: dict[int, float] = {}
     for n in sizes:
         arr = stosim.STOArray.generate(dev, n, DEJONG_MU_OE, seed=1)
         m0 = peers.initial_state(n)[None]
@@ -631,6 +649,13 @@ def run_peers(peers_dir: str, sizes, dt_s: float, rounds: int, quick: bool, full
         tasks = {"stosim": Task(f"stosim N={n}", _repeated(stosim_task(arr, m0, st_steps[n], dt_s, np.float64)))}
         for name, fn in peers.tasks(arr, peer_steps[n], dt_s).items():
             tasks[name] = Task(f"{name} N={n}", _repeated(fn))
+        if n >= W32_MIN_N:  # the float32-W option, for information (not in the ratios)
+            tasks["stosim-w32"] = Task(
+                f"stosim-w32 N={n}", _repeated(stosim_task(arr, m0, st_steps[n], dt_s, np.float64, np.float32))
+            )
+            full64, _, _ = stosim.evolve(arr, m0, 4999, dt_s)
+            full32, _, _ = stosim.evolve(arr, m0, 4999, dt_s, coupling_dtype=np.float32)
+            w32_diff[n] = float(np.max(np.abs(full32 - full64)))
         # agreement after the peers' step count: theirs (oscillator 0, or all for NumPy) against stosim's
         ref, _, _ = stosim.evolve(arr, m0, peer_steps[n], dt_s)
         diffs[n] = {}
@@ -651,7 +676,7 @@ def run_peers(peers_dir: str, sizes, dt_s: float, rounds: int, quick: bool, full
                 per_n[n][name].run()
             time.sleep(PAUSE_S)
         for n in sizes:
-            best = max(t.rates[-1] for name, t in per_n[n].items() if name != "stosim")
+            best = max(t.rates[-1] for name, t in per_n[n].items() if name.startswith("dejong"))
             ratio_rounds[n].append(per_n[n]["stosim"].rates[-1] / best)
     return {
         "device_steps_per_s": {str(n): {name: t.median for name, t in per_n[n].items()} for n in sizes},
@@ -659,6 +684,7 @@ def run_peers(peers_dir: str, sizes, dt_s: float, rounds: int, quick: bool, full
         "ratio_vs_best_peer_min": {str(n): min(ratio_rounds[n]) for n in sizes},
         "max_abs_diff_vs_stosim": {str(n): diffs[n] for n in sizes},
         "rhs_max_rel_diff_vs_stosim": {str(n): rhs_diff[n] for n in sizes},
+        "float32_w_max_abs_diff_after_4999_steps": {str(n): d for n, d in w32_diff.items()},
         "trajectory_diff_at_dt_and_dt_over_4": {str(n): conv[n] for n in conv},
         "agreement_ok": {
             str(n): all(d < PEER_RHS_TOL for d in rhs_diff[n].values())
@@ -702,6 +728,12 @@ def print_peers(res: dict, sizes, dt_s: float) -> None:
             else (f"; trajectories (their Numba): {c['dt']:.1e} at dt, {c['dt/4']:.1e} at dt/4 (x{c['shrink']:.0f})")
         )
         print(f"    {n:>5} " + ", ".join(f"{k}: {v:.1e}" for k, v in d.items()) + conv)
+    for n, d in res["float32_w_max_abs_diff_after_4999_steps"].items():
+        rate = tasks[int(n)]["stosim-w32"].median
+        print(
+            f"    N = {n}, coupling_dtype=float32 (W rounded to float32): {_fmt(rate)} device-steps/s, "
+            f"max |m - m_float64 W| after 4999 steps = {d:.1e}"
+        )
     print(f"    load average after: {res['loadavg_after']}\n")
 
 
