@@ -23,6 +23,7 @@ import numpy as np
 
 from stosim.config import DeviceParameters
 from stosim.integrate.batch1 import run_one as _run_one
+from stosim.integrate.batch1 import run_uncoupled as _run_uncoupled
 from stosim.integrate.chunks import chunk_count as _chunk_count
 from stosim.integrate.chunks import from_chunks as _from_chunks
 from stosim.integrate.chunks import to_chunks as _to_chunks
@@ -327,8 +328,9 @@ def evolve(
     ``coupling_dtype``: None (default) stores (mu W)^T in ``dtype``; float32 rounds W to float32 (relative
     2^-24 per entry) with products and sums still in ``dtype``: a single noiseless trajectory of a large
     array then reads half the bytes per coupling product (:mod:`stosim.integrate.batch1`).
-    Kernels: a noiseless RK4 run of one sample with N > 32 runs :func:`stosim.integrate.batch1.run_one`;
-    N <= 32, the fused small-N loop; otherwise the batch is chunked over threads.
+    Kernels: a noiseless RK4 run of one sample runs :func:`stosim.integrate.batch1.run_uncoupled` without
+    coupling (mu W = 0), else :func:`stosim.integrate.batch1.run_one` for N > 32; N <= 32, the fused small-N
+    loop; otherwise the batch is chunked over threads.
     The arrays the kernels take are built once per array (cached with it; the array is immutable).
     """
     if isinstance(dt_s, str):  # "1 ps"
@@ -354,6 +356,7 @@ def evolve(
     noiseless_rk4 = not thermal and not dynamical
     one = noiseless_rk4 and n_batch == 1 and n_osc > SMALL_N_MAX  # the batch-1 kernel
     ka = _kernel_arrays(array, dtype, coupling_dtype, one)
+    uncoupled_one = noiseless_rk4 and n_batch == 1 and not ka.use_coupling  # each oscillator on its own
     coupling_t = ka.coupling_t if ka.coupling_t is not None else _coupling_for_kernel(array, dtype, coupling_dtype, one)
     n_chunks = _chunk_count(n_batch, n_osc)
     m = _to_chunks(m0.astype(dtype), n_chunks)  # (C, 3, Bc, N)
@@ -385,7 +388,7 @@ def evolve(
     dummy = np.zeros((n_chunks, 1, 3, 1, 1), dtype=dtype)
     method = METHOD_HEUN if thermal else METHOD_RK4
     # the fused kernels (batch 1, or N <= SMALL_N_MAX noiseless) make no BLAS call: no thread limit to set
-    blas_free = one or (noiseless_rk4 and n_osc <= SMALL_N_MAX)
+    blas_free = one or uncoupled_one or (noiseless_rk4 and n_osc <= SMALL_N_MAX)
 
     per_step = 3 * n_batch * n_osc
     if thermal or dynamical:
@@ -408,7 +411,9 @@ def evolve(
             )
             save = save_every if save_every else n_steps + 1
             args = (coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s), k, method, save, done)
-            if one:
+            if uncoupled_one:
+                result[0] = _run_uncoupled(m[0], osc, lam, p, dtype.type(dt_s), k, save, done, traj[0])
+            elif one:
                 result[0] = _run_one(
                     m[0], coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s), k, save, done, traj[0]
                 )

@@ -159,3 +159,62 @@ def run_one(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every, s
         for i in range(n_osc):
             m[c, 0, i] = x0[c, i]
     return -1, -1
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def run_uncoupled(m, osc, lam, p, dt, n_steps, save_every, save_offset, traj):
+    """Noiseless projected RK4 without coupling (mu W = 0), in place: m (3, B, N), traj (S, 3, B, N).
+
+    Every oscillator then evolves on its own, so each runs its whole time loop with its state in registers
+    (the arithmetic of :func:`stosim.integrate.sto_kernels.run_small`, term by term). Returns (-1, -1), or
+    (step k, flat index b * N + i) of the first oscillator (in that order) whose state became non-finite.
+    """
+    _, n_batch, n_osc = m.shape
+    consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(m.dtype)
+    half, sixth, third, zero, one = dt * consts[0], consts[1], consts[2], consts[3], consts[4]
+    px, py, pz = p[0], p[1], p[2]
+    first_k, first_bad = -1, -1
+    for b in range(n_batch):
+        for i in range(n_osc):
+            h_appl, hk_eff, hs0, alpha, pref = osc[0, i], osc[1, i], osc[2, i], osc[3, i], osc[4, i]
+            x0, y0, z0 = m[0, b, i], m[1, b, i], m[2, b, i]
+            for k in range(n_steps):
+                kx, ky, kz = llg_point(
+                    x0, y0, z0, zero, zero, zero, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one
+                )
+                ax, ay, az = sixth * kx, sixth * ky, sixth * kz
+                sx, sy, sz = x0 + half * kx, y0 + half * ky, z0 + half * kz
+                kx, ky, kz = llg_point(
+                    sx, sy, sz, zero, zero, zero, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one
+                )
+                ax += third * kx
+                ay += third * ky
+                az += third * kz
+                sx, sy, sz = x0 + half * kx, y0 + half * ky, z0 + half * kz
+                kx, ky, kz = llg_point(
+                    sx, sy, sz, zero, zero, zero, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one
+                )
+                ax += third * kx
+                ay += third * ky
+                az += third * kz
+                sx, sy, sz = x0 + dt * kx, y0 + dt * ky, z0 + dt * kz
+                kx, ky, kz = llg_point(
+                    sx, sy, sz, zero, zero, zero, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one
+                )
+                x = x0 + dt * (ax + sixth * kx)
+                y = y0 + dt * (ay + sixth * ky)
+                z = z0 + dt * (az + sixth * kz)
+                inv = one / np.sqrt(x * x + y * y + z * z)
+                x0, y0, z0 = x * inv, y * inv, z * inv
+                if not abs(x0 * x0 + y0 * y0 + z0 * z0 - one) < 0.5:  # non-finite, overflowed or vanished
+                    if first_k < 0 or k < first_k:
+                        first_k, first_bad = k, b * n_osc + i
+                    break
+                step = save_offset + k + 1
+                if step % save_every == 0:
+                    j = step // save_every - 1
+                    traj[j, 0, b, i] = x0
+                    traj[j, 1, b, i] = y0
+                    traj[j, 2, b, i] = z0
+            m[0, b, i], m[1, b, i], m[2, b, i] = x0, y0, z0
+    return first_k, first_bad

@@ -147,3 +147,28 @@ def test_kernel_arrays_are_cached_per_array_and_dropped_with_it(device):
     del array
     gc.collect()
     assert alive() is None  # the cache does not keep the array (and its (mu W)^T copies) alive
+
+
+def test_uncoupled_kernel_agrees_with_the_small_n_kernel(device):
+    """Without coupling (mu = 0) one trajectory runs oscillator by oscillator with its state in registers:
+    the arithmetic of run_small, term by term (they differ by fused multiply-adds only, <= 1e-13 here)."""
+    from stosim.integrate.batch1 import run_uncoupled
+    from stosim.integrate.sto_kernels import run_small
+
+    n = 6
+    array = STOArray.generate(device, n, 0.0, seed=1)
+    m0 = np.ascontiguousarray(_unit(np.random.default_rng(6), (n, 3)).T[:, None, :])
+    osc = np.ascontiguousarray(array.oscillator_parameters())
+    p = np.asarray(array.device.reference_direction, dtype=np.float64)
+    lam = array.device.torque_asymmetry
+    traj_a, traj_b = np.zeros((4, 3, 1, n)), np.zeros((4, 3, 1, n))
+    a, b = m0.copy(), m0.copy()
+    assert run_small(a, np.zeros((n, n)), False, osc, lam, p, 1e-11, 2000, 500, 0, traj_a) == (-1, -1)
+    assert run_uncoupled(b, osc, lam, p, 1e-11, 2000, 500, 0, traj_b) == (-1, -1)
+    assert np.max(np.abs(a - b)) < 1e-13
+    assert np.max(np.abs(traj_a - traj_b)) < 1e-13
+    assert np.max(np.abs(a - m0)) > 1e-2
+    final, _, _ = evolve(array, m0[:, 0].T, 2000, 1e-11)  # evolve routes here
+    np.testing.assert_array_equal(final[0], b[:, 0].T)
+    b[2, 0, 3] = np.inf
+    assert run_uncoupled(b, osc, lam, p, 1e-11, 5, 500, 0, traj_b) == (0, 3)
