@@ -32,7 +32,7 @@ Cases:
     (N = 2500: 1000 steps unless --full; a rate is a rate); the slow reference paths run fewer
     steps (500; 200 with --quick), so the figures compare directly but the reference figures come
     from shorter runs. NumPy only for N <= 100. Besides ``stosim.evolve`` (which includes its
-    per-call checks and set-up, ~0.1-0.5 ms) the Numba time loop alone is timed
+    per-call checks and set-up, ~20 us at N = 1) the Numba time loop alone is timed
     (``batch1_kernel_device_steps_per_s``, N <= 100). NumPy is checked against stosim after 100
     steps (1 ns): the array is chaotic, and round-off differences (1e-15) grow over nanoseconds,
     which says nothing about correctness.
@@ -46,6 +46,22 @@ Cases:
     4 (2N + 60) flops per device) and ``fraction_of_matmul_peak`` = stosim's
     device-steps/s (case a, float64) / that limit. 1.0 would mean stosim runs at the speed of its
     matrix products alone, with the pointwise LLG work free.
+
+(d) With ``--peers-dir DIR`` (a local copy of github.com/mathowl/reservoir_acceleration, de Jong et al.,
+    arXiv:2312.01121; it is not a dependency): ``stosim.evolve`` at batch 1 beside their NumPy baseline
+    (``Base``: ``CoupledLlg.differential`` stepped by ``RungeKutta.run``), Numba and parallel-Numba codes
+    (``frk4`` of ``test_time_numba-vanilla.py`` / ``-parallel.py``), loaded and run unchanged in this
+    process, in interleaved rounds, N in ``--sizes`` (1, 10, 100, 1000, 2500), float64, 10 ps steps, their
+    workload: mu = 1 Oe (their W m_x field in Oe, spectral radius 1), the same W (stosim's) and start
+    (theta = phi = 1 deg). stosim runs 4999 steps (N = 2500: 1000 unless --full); theirs run
+    ``PEER_STEPS`` (4999 for N <= 10 down to 100 at N = 2500); each timed block repeats a run for at least
+    0.2 s. Their NumPy gets k BLAS threads; their parallel code k Numba threads; stosim runs batch 1 on
+    one thread (:mod:`stosim.integrate.batch1`). Reported: device-steps/s (median over rounds), the
+    ratio stosim / best of theirs in each round (median and min over rounds: ``batch1_ratio_vs_best_dejong``),
+    and the model check: dm/dt of each of their codes against stosim's at random states (<= 1e-12
+    relative), and, for N <= 100, their Numba trajectory against stosim's at dt and dt/4 (their RK4 does
+    not project onto |m| = 1, so the two differ by discretization error, which must shrink ~4^4).
+    ``--peers-only`` runs case (d) alone.
 
 How
 ---
@@ -66,8 +82,8 @@ How to read the numbers
 - Batch-1 figures for small N measure per-step overhead (nothing to vectorize over); there the
   Python-level reference paths are dominated by interpreter/dispatch cost per operation.
 
-Usage: ``python benchmarks/bench_simulate.py [--json] [--quick] [--rounds R]``. ``--json`` adds one
-final line with a JSON object (``device_steps_per_s``, ``torchdiffeq_device_steps_per_s``,
+Usage: ``python benchmarks/bench_simulate.py [--json] [--quick] [--rounds R] [--peers-dir DIR [--peers-only]]``.
+``--json`` adds one final line with a JSON object (``device_steps_per_s``, ``torchdiffeq_device_steps_per_s``,
 ``numpy_device_steps_per_s``, ``ratio_vs_torchdiffeq``, ``ratio_vs_torchdiffeq_batch1_n100``,
 ``fraction_of_matmul_peak``, the ``*_float32`` figures, ``batch1`` per N, thread counts, matmul
 GFLOP/s and peaks, agreement diffs, load averages). ``--quick`` is a smoke run (2 rounds,
@@ -79,6 +95,8 @@ NumPy/stosim agreement check fails.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import math
 import os
@@ -86,6 +104,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import numba
@@ -182,12 +201,12 @@ class Task:
         return statistics.median(self.rates)
 
 
-def stosim_task(array, m0, n_steps, dt_s, np_dtype):
+def stosim_task(array, m0, n_steps, dt_s, np_dtype, coupling_dtype=None):
     n_dev = m0.shape[0] * m0.shape[1]
 
     def fn():
         t0 = time.perf_counter()
-        final, _, _ = stosim.evolve(array, m0, n_steps, dt_s, dtype=np_dtype)
+        final, _, _ = stosim.evolve(array, m0, n_steps, dt_s, dtype=np_dtype, coupling_dtype=coupling_dtype)
         return time.perf_counter() - t0, n_dev * n_steps, final
 
     return fn
@@ -417,6 +436,301 @@ class MatmulBench:
         return max(cands)
 
 
+# ----------------------------------------------------------------------------- de Jong et al.'s codes
+
+DEJONG_VANILLA = "test_time_numba-vanilla.py"
+DEJONG_PARALLEL = "test_time_numba-parallel.py"
+DEJONG_MU_OE = 1.0  # their coupling field is W m_x in Oe with spectral radius 1: mu = 1 Oe
+DEJONG_THETA0_RAD = math.radians(1.0)  # their start: every oscillator at theta = phi = 1 deg
+PEER_STEPS = {1: 4999, 10: 4999, 100: 1000, 1000: 200, 2500: 100}  # steps of their codes per round
+PEER_STEPS_QUICK = {1: 1000, 10: 1000, 100: 200, 1000: 40, 2500: 20}
+PEER_RHS_TOL = 1e-12  # max |f_theirs - f_stosim| / max |f_stosim| of dm/dt at random states
+PEER_MIN_SHRINK = 50.0  # trajectory difference at dt over that at dt/4 (two 4th-order methods: ~256)
+
+
+def _load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class DeJongPeers:
+    """de Jong et al.'s CPU codes (github.com/mathowl/reservoir_acceleration, arXiv:2312.01121), loaded
+    unchanged from a local copy: the NumPy baseline (``Base``: ``CoupledLlg.differential`` stepped by
+    ``RungeKutta.run``), and ``frk4`` of their Numba and parallel-Numba scripts.
+
+    Their codes integrate the same model in reduced units (fields / H_n with H_n = |H_K - 4 pi M|, time
+    gamma H_n t), with classical RK4 and no projection onto |m| = 1. Their parameter arrays are built
+    here from stosim's device (the table their ``main()`` writes by hand, with stosim's constants), and
+    their NumPy object's torque field is set to stosim's (their hbar and e are older CODATA values, a
+    1e-7 relative difference), so that both integrate the same equations with the same W and start.
+    """
+
+    def __init__(self, peers_dir: str) -> None:
+        hits = sorted(Path(peers_dir).glob(f"**/{DEJONG_VANILLA}"))
+        if not hits:
+            raise FileNotFoundError(f"--peers-dir {peers_dir}: no {DEJONG_VANILLA} below it (de Jong et al.'s code)")
+        self.dir = hits[0].parent
+        self.vanilla = _load_module("dejong_numba_vanilla", self.dir / DEJONG_VANILLA)
+        self.parallel = _load_module("dejong_numba_parallel", self.dir / DEJONG_PARALLEL)
+        base = str(self.dir / "Base")
+        sys.path.insert(0, base)
+        try:
+            self.coupled_llg = importlib.import_module("coupledLlg")
+            self.runge_kutta = importlib.import_module("rungeKutta")
+            config_file = importlib.import_module("file")
+        finally:
+            sys.path.remove(base)
+        data = self.dir / "Base" / "data"
+        self.llg_configs = config_file.loadLlgConfigs(str(data / "llgConfig.txt"), " ")
+        self.input_configs = config_file.loadInputLlgConfigs(str(data / "inputLlgConfig.txt"), " ")
+        self.coupled_configs = config_file.loadCoupledLlgConfigs(str(data / "coupledLlgConfig.txt"), " ")
+
+    @staticmethod
+    def initial_state(n: int) -> np.ndarray:
+        t = DEJONG_THETA0_RAD
+        return np.tile([math.sin(t) * math.cos(t), math.sin(t) * math.sin(t), math.cos(t)], (n, 1))
+
+    @staticmethod
+    def numba_parameters(array: stosim.STOArray, dt_s: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """(P1, pvec, h) of their ``frk4``: P1 = [alpha, 1/(1+alpha^2), H_K'/H_n, mu/H_n, (unused),
+        H_s0/H_n, lambda, H_appl/H_n], h = gamma H_n dt (their main()'s values, from stosim's device)."""
+        dev = array.device
+        osc = array.oscillator_parameters()
+        hn = abs(float(osc[1, 0]))
+        alpha = float(osc[3, 0])
+        p1 = np.array(
+            [
+                alpha,
+                1 / (1 + alpha**2),
+                osc[1, 0] / hn,
+                array.coupling_oe / hn,
+                0.0,
+                osc[2, 0] / hn,
+                dev.torque_asymmetry,
+                osc[0, 0] / hn,
+            ]
+        )
+        return (
+            p1,
+            np.asarray(dev.reference_direction, dtype=np.float64),
+            dev.gyromagnetic_ratio_rad_per_oe_s * dt_s * hn,
+        )
+
+    def numpy_system(self, array: stosim.STOArray, dt_s: float):
+        """Their ``CoupledLlg`` (built for one oscillator: its constructor draws its own W with a full
+        eigendecomposition), then given stosim's W (mu = 1 Oe) and torque field; normalized for ``dt_s``."""
+        coupled = dict(self.coupled_configs, stoCount=1)
+        system = self.coupled_llg.CoupledLlg(dict(self.llg_configs), dict(self.input_configs), coupled)
+        system.normalization(dt_s)
+        osc = array.oscillator_parameters()
+        system.internalWeight = np.array(array.coupling_matrix) * (array.coupling_oe / DEJONG_MU_OE)
+        system.h_sst = float(osc[2, 0]) / system.fieldNormalizationFactor
+        return system
+
+    def rhs_difference(self, array: stosim.STOArray) -> dict[str, float]:
+        """max |dm/dt theirs - dm/dt stosim| / max |dm/dt stosim| at 4 random unit states (their reduced
+        dm/dtau times gamma H_n): the same equations, up to round-off."""
+        from stosim.physics.llg import llg_rhs_batch
+
+        n = array.n_oscillators
+        rng = np.random.default_rng(5)
+        p1, pvec, h = self.numba_parameters(array, 1.0)  # h = gamma H_n (1/s) for dt = 1 s
+        w = np.ascontiguousarray(array.coupling_matrix, dtype=np.float64) if n > 1 else np.array([[0.0]])
+        system = self.numpy_system(array, 1.0)
+        p = np.asarray(array.device.reference_direction, dtype=np.float64)
+        worst = {"dejong-numpy": 0.0, "dejong-numba": 0.0, "dejong-numba-parallel": 0.0}
+        for _ in range(4):
+            v = rng.standard_normal((n, 3))
+            m = v / np.linalg.norm(v, axis=1, keepdims=True)
+            ms = np.ascontiguousarray(m.T[:, None, :])  # (3, 1, N)
+            hx = ms[0] @ array.coupling_transposed_oe()
+            ref = llg_rhs_batch(ms, hx, array.oscillator_parameters(), array.device.torque_asymmetry, p)[:, 0, :].T
+            scale = np.max(np.abs(ref))
+            theirs = {
+                "dejong-numpy": system.differential(m, 0.0) * h,
+                "dejong-numba": self.vanilla.Dfnumba(m, w, p1, pvec) * h,
+                "dejong-numba-parallel": self.parallel.Dfnumba(m, w, p1, pvec) * h,
+            }
+            for name, f in theirs.items():
+                worst[name] = max(worst[name], float(np.max(np.abs(f - ref)) / scale))
+        return worst
+
+    def convergence(self, array: stosim.STOArray, n_steps: int, dt_s: float) -> dict[str, float]:
+        """max |m_theirs - m_stosim| (oscillator 0, their Numba code) after n_steps dt, and after 4 n_steps dt/4."""
+        n = array.n_oscillators
+        m0 = self.initial_state(n)
+        w = np.ascontiguousarray(array.coupling_matrix, dtype=np.float64) if n > 1 else np.array([[0.0]])
+        out = {}
+        for key, steps, dt in (("dt", n_steps, dt_s), ("dt/4", 4 * n_steps, dt_s / 4)):
+            p1, pvec, h = self.numba_parameters(array, dt)
+            theirs = self.vanilla.frk4(m0, w, h, p1, pvec, steps)[-1]
+            ours, _, _ = stosim.evolve(array, m0[None], steps, dt)
+            out[key] = float(np.max(np.abs(theirs - ours[0, 0])))
+        out["shrink"] = out["dt"] / out["dt/4"] if out["dt/4"] > 0 else math.inf
+        return out
+
+    def tasks(self, array: stosim.STOArray, n_steps: int, dt_s: float) -> dict[str, Callable]:
+        """Timed runs of their three codes on ``array`` from their start: name -> fn() -> (s, device-steps, final)."""
+        n = array.n_oscillators
+        m0 = self.initial_state(n)
+        p1, pvec, h = self.numba_parameters(array, dt_s)
+        w = np.ascontiguousarray(array.coupling_matrix, dtype=np.float64) if n > 1 else np.array([[0.0]])
+        system = self.numpy_system(array, dt_s)
+        solver = self.runge_kutta.RungeKutta()
+
+        def numba_fn(module):
+            def fn():
+                t0 = time.perf_counter()
+                y = module.frk4(m0, w, h, p1, pvec, n_steps)
+                return time.perf_counter() - t0, n * n_steps, y[-1]  # they log oscillator 0 at every step
+
+            return fn
+
+        def numpy_fn():
+            state = m0.copy()
+            t0 = time.perf_counter()
+            for i in range(n_steps):  # their Ode.run without its (n_steps, N, 3) log
+                state = solver.run(state, i * system.dt, system.dt, system)
+            return time.perf_counter() - t0, n * n_steps, state
+
+        for module in (self.vanilla, self.parallel):
+            module.frk4(m0, w, h, p1, pvec, 1)  # JIT compile (excluded)
+        return {
+            "dejong-numpy": numpy_fn,
+            "dejong-numba": numba_fn(self.vanilla),
+            "dejong-numba-parallel": numba_fn(self.parallel),
+        }
+
+
+W32_MIN_N = 1000  # case (d) also times coupling_dtype=float32 from this N
+PEER_BLOCK_S = 0.2  # a timed block of case (d) repeats a run until this long (short runs: preemption averages out)
+
+
+def _repeated(fn: Callable[[], tuple[float, int, np.ndarray]]) -> Callable[[], tuple[float, int, np.ndarray]]:
+    """fn run repeatedly until PEER_BLOCK_S have passed; returns (total s, total device-steps, last final)."""
+
+    def block():
+        seconds, steps, final = fn()
+        while seconds < PEER_BLOCK_S:
+            s, d, final = fn()
+            seconds, steps = seconds + s, steps + d
+        return seconds, steps, final
+
+    return block
+
+
+def run_peers(peers_dir: str, sizes, dt_s: float, rounds: int, quick: bool, full: bool, blas_threads: int) -> dict:
+    """Case (d): stosim.evolve beside de Jong et al.'s codes at batch 1, interleaved rounds, same W and start.
+
+    Returns the JSON block ``peers`` (rates, per-round ratios, agreement)."""
+    peers = DeJongPeers(peers_dir)
+    dev = stosim.load_device()
+    peer_steps = PEER_STEPS_QUICK if quick else PEER_STEPS
+    st_steps = {n: (1000 if quick else (4999 if n < 2500 or full else 1000)) for n in sizes}
+    per_n: dict[int, dict[str, Task]] = {}
+    diffs: dict[int, dict[str, float]] = {}
+    rhs_diff: dict[int, dict[str, float]] = {}
+    conv: dict[int, dict[str, float]] = {}
+    w32_diff: dict[int, float] = {}
+    for n in sizes:
+        arr = stosim.STOArray.generate(dev, n, DEJONG_MU_OE, seed=1)
+        m0 = peers.initial_state(n)[None]
+        stosim.evolve(arr, m0, 2, dt_s)  # warm-up (kernel load, cached arrays)
+        tasks = {"stosim": Task(f"stosim N={n}", _repeated(stosim_task(arr, m0, st_steps[n], dt_s, np.float64)))}
+        for name, fn in peers.tasks(arr, peer_steps[n], dt_s).items():
+            tasks[name] = Task(f"{name} N={n}", _repeated(fn))
+        if n >= W32_MIN_N:  # the float32-W option, for information (not in the ratios)
+            tasks["stosim-w32"] = Task(
+                f"stosim-w32 N={n}", _repeated(stosim_task(arr, m0, st_steps[n], dt_s, np.float64, np.float32))
+            )
+            full64, _, _ = stosim.evolve(arr, m0, 4999, dt_s)
+            full32, _, _ = stosim.evolve(arr, m0, 4999, dt_s, coupling_dtype=np.float32)
+            w32_diff[n] = float(np.max(np.abs(full32 - full64)))
+        # agreement after the peers' step count: theirs (oscillator 0, or all for NumPy) against stosim's
+        ref, _, _ = stosim.evolve(arr, m0, peer_steps[n], dt_s)
+        diffs[n] = {}
+        for name in ("dejong-numpy", "dejong-numba", "dejong-numba-parallel"):
+            with threadpool_limits(limits=blas_threads, user_api="blas"):
+                _, _, final = tasks[name].fn()
+            diffs[n][name] = float(np.max(np.abs(np.asarray(final) - (ref[0] if final.ndim == 2 else ref[0, 0]))))
+        rhs_diff[n] = peers.rhs_difference(arr)
+        if n <= 100:  # both are 4th-order: the difference of their trajectories must shrink ~4^4 at dt/4
+            conv[n] = peers.convergence(arr, peer_steps[n], dt_s)
+        per_n[n] = tasks
+    order = [(n, name) for n in sizes for name in per_n[n]]
+    ratio_rounds: dict[int, list[float]] = {n: [] for n in sizes}
+    for r in range(rounds):
+        k = r % len(order)
+        for n, name in order[k:] + order[:k]:
+            with threadpool_limits(limits=blas_threads, user_api="blas"):  # their NumPy with k BLAS threads
+                per_n[n][name].run()
+            time.sleep(PAUSE_S)
+        for n in sizes:
+            best = max(t.rates[-1] for name, t in per_n[n].items() if name.startswith("dejong"))
+            ratio_rounds[n].append(per_n[n]["stosim"].rates[-1] / best)
+    return {
+        "device_steps_per_s": {str(n): {name: t.median for name, t in per_n[n].items()} for n in sizes},
+        "ratio_vs_best_peer": {str(n): statistics.median(ratio_rounds[n]) for n in sizes},
+        "ratio_vs_best_peer_min": {str(n): min(ratio_rounds[n]) for n in sizes},
+        "max_abs_diff_vs_stosim": {str(n): diffs[n] for n in sizes},
+        "rhs_max_rel_diff_vs_stosim": {str(n): rhs_diff[n] for n in sizes},
+        "float32_w_max_abs_diff_after_4999_steps": {str(n): d for n, d in w32_diff.items()},
+        "trajectory_diff_at_dt_and_dt_over_4": {str(n): conv[n] for n in conv},
+        "agreement_ok": {
+            str(n): all(d < PEER_RHS_TOL for d in rhs_diff[n].values())
+            and (n not in conv or conv[n]["shrink"] > PEER_MIN_SHRINK)
+            for n in sizes
+        },
+        "steps": {"stosim": {str(n): st_steps[n] for n in sizes}, "peers": {str(n): peer_steps[n] for n in sizes}},
+        "coupling_oe": DEJONG_MU_OE,
+        "dir": str(peers.dir),
+        "loadavg_after": _load(),
+        "_tasks": per_n,
+    }
+
+
+def print_peers(res: dict, sizes, dt_s: float) -> None:
+    tasks = res["_tasks"]
+    names = ["stosim", "dejong-numpy", "dejong-numba", "dejong-numba-parallel"]
+    print(
+        f"(d) batch 1 beside de Jong et al.'s codes (run unchanged from {res['dir']}), dt = {dt_s * 1e12:g} ps, "
+        f"float64, mu = {res['coupling_oe']:g} Oe (theirs), same W and start; device-steps/s, median over rounds"
+    )
+    print(f"    {'N':>5} " + " ".join(f"{nm:>22}" for nm in names) + f" {'stosim/best':>12} {'[min]':>7}")
+    for n in sizes:
+        row = " ".join(f"{_fmt(tasks[n][nm].median):>22}" for nm in names)
+        print(
+            f"    {n:>5} {row} {res['ratio_vs_best_peer'][str(n)]:>12.2f} {res['ratio_vs_best_peer_min'][str(n)]:>7.2f}"
+        )
+    print("    agreement, max |m_theirs - m_stosim| after their steps (their RK4 is not projected onto |m| = 1):")
+    for n in sizes:
+        d = res["max_abs_diff_vs_stosim"][str(n)]
+        print(f"    {n:>5} " + ", ".join(f"{k}: {v:.1e}" for k, v in d.items()))
+    print(
+        f"    same equations: max relative |dm/dt theirs - dm/dt stosim| at random states (tolerance {PEER_RHS_TOL:g}):"
+    )
+    for n in sizes:
+        d = res["rhs_max_rel_diff_vs_stosim"][str(n)]
+        c = res["trajectory_diff_at_dt_and_dt_over_4"].get(str(n))
+        conv = (
+            ""
+            if c is None
+            else (f"; trajectories (their Numba): {c['dt']:.1e} at dt, {c['dt/4']:.1e} at dt/4 (x{c['shrink']:.0f})")
+        )
+        print(f"    {n:>5} " + ", ".join(f"{k}: {v:.1e}" for k, v in d.items()) + conv)
+    for n, d in res["float32_w_max_abs_diff_after_4999_steps"].items():
+        rate = tasks[int(n)]["stosim-w32"].median
+        print(
+            f"    N = {n}, coupling_dtype=float32 (W rounded to float32): {_fmt(rate)} device-steps/s, "
+            f"max |m - m_float64 W| after 4999 steps = {d:.1e}"
+        )
+    print(f"    load average after: {res['loadavg_after']}\n")
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -438,15 +752,49 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; 2 with --quick)")
     ap.add_argument("--full", action="store_true", help="case (b): 4999 steps also at N = 2500")
+    ap.add_argument(
+        "--peers-dir",
+        default=None,
+        help="case (d): a local copy of de Jong et al.'s repository (reservoir_acceleration); their codes run "
+        "unchanged beside stosim.evolve at batch 1",
+    )
+    ap.add_argument("--peers-only", action="store_true", help="run case (d) alone (needs --peers-dir)")
+    ap.add_argument(
+        "--sizes", default="1,10,100,1000,2500", help="case (d): comma-separated N (default 1,10,100,1000,2500)"
+    )
     args = ap.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         ap.error("--rounds must be >= 1")
+    if args.peers_only and not args.peers_dir:
+        ap.error("--peers-only needs --peers-dir")
 
     t_start = time.perf_counter()
     rounds = args.rounds or (2 if args.quick else 5)
     k = numba.get_num_threads()
     torch.set_num_threads(k)
     load_before = _load()
+    peer_sizes = tuple(int(x) for x in args.sizes.split(","))
+    if args.peers_only:
+        res = run_peers(args.peers_dir, peer_sizes, 1e-11, rounds, args.quick, args.full, k)
+        print(f"stosim batch 1 beside de Jong et al. ({os.cpu_count()} CPUs; load average before: {load_before})")
+        print_peers(res, peer_sizes, 1e-11)
+        res.pop("_tasks")
+        summary = {
+            "peers": res,
+            "batch1_device_steps_per_s": {
+                str(n): v["stosim"] for n, v in zip(peer_sizes, res["device_steps_per_s"].values())
+            },
+            "batch1_ratio_vs_best_dejong": res["ratio_vs_best_peer"],
+            "loadavg_before": load_before,
+            "numba_threads": k,
+            "rounds": rounds,
+            "quick": args.quick,
+            "elapsed_s": time.perf_counter() - t_start,
+        }
+        if args.json:
+            print(json.dumps(summary))
+        ok = all(res["agreement_ok"].values())
+        return 0 if ok else 1
     dev = stosim.load_device()
     rng = np.random.default_rng(12345)
 
@@ -686,6 +1034,13 @@ def main(argv: list[str] | None = None) -> int:
         f"float32: {summary['fraction_of_matmul_peak_float32']:.3f}; vs {k} x best single thread "
         f"(ideal): {summary['fraction_of_ideal_peak']:.3f}"
     )
+    if args.peers_dir:
+        res = run_peers(args.peers_dir, peer_sizes, dt_b, rounds, args.quick, args.full, k)
+        print_peers(res, peer_sizes, dt_b)
+        res.pop("_tasks")
+        summary["peers"] = res
+        summary["batch1_ratio_vs_best_dejong"] = res["ratio_vs_best_peer"]
+        summary["elapsed_s"] = time.perf_counter() - t_start
     print(f"\nelapsed {summary['elapsed_s']:.0f} s")
     if not agree:
         print("AGREEMENT CHECK FAILED: the NumPy reference and stosim disagree", file=sys.stderr)

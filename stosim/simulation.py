@@ -12,18 +12,22 @@ independent streams (``numpy.random.SeedSequence`` spawn keys), so a run is repr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
+import weakref
 from typing import Callable
 
 import numpy as np
 
 from stosim.config import DeviceParameters
+from stosim.integrate.batch1 import run_one as _run_one
+from stosim.integrate.batch1 import run_uncoupled as _run_uncoupled
 from stosim.integrate.chunks import chunk_count as _chunk_count
 from stosim.integrate.chunks import from_chunks as _from_chunks
 from stosim.integrate.chunks import to_chunks as _to_chunks
-from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, run_chunk, run_chunks
+from stosim.integrate.sto_kernels import METHOD_HEUN, METHOD_RK4, SMALL_N_MAX, run_chunk, run_chunks
 from stosim.integrate.threads import single_threaded_blas as _single_threaded_blas
 from stosim.physics.array import STOArray, check_step_count, check_time_step
 from stosim.physics.llg import OSC_DAMPING
@@ -216,11 +220,13 @@ def check_initial_state(initial_state: np.ndarray, n_oscillators: int) -> np.nda
             f"initial_state has shape {np.shape(initial_state)}; "
             f"expected (N, 3) or (batch, N, 3) with N = {n_oscillators}"
         )
+    norm = np.sqrt(np.add.reduce(m0 * m0, axis=-1, keepdims=True))  # what np.linalg.norm computes
+    if np.isfinite(norm).all() and norm.all():  # one pass for the usual case; the details only on failure
+        return m0 / norm
     finite = np.isfinite(m0).all(axis=-1)
     if not finite.all():
         b, i = (int(x) for x in np.argwhere(~finite)[0])
         raise ValueError(f"initial_state is not finite at sample {b}, oscillator {i}: {m0[b, i].tolist()}")
-    norm = np.linalg.norm(m0, axis=-1, keepdims=True)
     if (norm == 0).any():
         b, i = (int(x) for x in np.argwhere(norm[..., 0] == 0)[0])
         raise ValueError(f"initial_state is the zero vector at sample {b}, oscillator {i}; it must have a direction")
@@ -234,6 +240,69 @@ def _check_dtype(dtype) -> np.dtype:
     return dt
 
 
+def _check_coupling_dtype(coupling_dtype, dtype: np.dtype) -> np.dtype:
+    if coupling_dtype is None:
+        return dtype
+    try:
+        cd = np.dtype(coupling_dtype)
+    except TypeError:
+        cd = None
+    if cd is None or cd not in (dtype, np.dtype(np.float32)):
+        raise ValueError(
+            f"coupling_dtype = {coupling_dtype!r} must be None (the state's dtype, {dtype.name}) or float32 "
+            "(W rounded to float32, products and sums in the state's dtype)"
+        )
+    return cd
+
+
+CACHED_COUPLING_BYTES = 32 << 20  # (mu W)^T up to this size is kept with its array between calls
+
+
+@dataclasses.dataclass(frozen=True)
+class _KernelArrays:
+    """An array's parameters as the kernels take them, in one working dtype (built once per array and dtypes)."""
+
+    osc: np.ndarray  # (5, N) oscillator table (stosim.physics.llg rows)
+    coupling_t: np.ndarray | None  # (mu W)^T (Oe) in the coupling dtype; None: built per call (large N)
+    use_coupling: bool
+    p: np.ndarray  # (3,) reference-layer direction
+    lam: np.floating  # torque asymmetry lambda
+    zeros_n: np.ndarray  # (N,) zeros: the thermal sigma of a run without thermal field
+
+
+# per array (immutable; identity-keyed, dropped with the array) and (dtype, coupling dtype, batch-1 kernel)
+_KERNEL_ARRAYS: "weakref.WeakKeyDictionary[STOArray, dict[tuple, _KernelArrays]]" = weakref.WeakKeyDictionary()
+
+
+def _coupling_for_kernel(array: STOArray, dtype: np.dtype, coupling_dtype: np.dtype, one: bool) -> np.ndarray:
+    """(mu W)^T for a kernel: in ``coupling_dtype`` for the batch-1 kernel (``one``), which mixes dtypes;
+    otherwise in ``dtype`` with the entries rounded to ``coupling_dtype`` (the same W for every path)."""
+    ct = array.coupling_transposed_oe()
+    if one:
+        return np.ascontiguousarray(ct, dtype=coupling_dtype)
+    return np.ascontiguousarray(ct.astype(coupling_dtype, copy=False), dtype=dtype)
+
+
+def _kernel_arrays(array: STOArray, dtype: np.dtype, coupling_dtype: np.dtype, one: bool) -> _KernelArrays:
+    """The kernels' inputs of ``array`` (cached: validation and conversion are paid once per array)."""
+    per_array = _KERNEL_ARRAYS.setdefault(array, {})
+    key = (dtype, coupling_dtype, one)
+    ka = per_array.get(key)
+    if ka is None:
+        n = array.n_oscillators
+        cache_ct = n * n * max(dtype.itemsize, coupling_dtype.itemsize) <= CACHED_COUPLING_BYTES
+        ka = _KernelArrays(
+            osc=np.ascontiguousarray(array.oscillator_parameters(), dtype=dtype),
+            coupling_t=_coupling_for_kernel(array, dtype, coupling_dtype, one) if cache_ct else None,
+            use_coupling=bool(array.coupling_oe != 0.0 and np.any(array.coupling_matrix)),
+            p=np.asarray(array.device.reference_direction, dtype=dtype),
+            lam=dtype.type(array.device.torque_asymmetry),
+            zeros_n=np.zeros(n, dtype=dtype),
+        )
+        per_array[key] = ka
+    return ka
+
+
 def evolve(
     array: STOArray,
     initial_state: np.ndarray,
@@ -245,6 +314,7 @@ def evolve(
     save_every: int = 0,
     dtype=np.float64,
     progress: Callable[[int, int], None] | None = None,
+    coupling_dtype=None,
 ) -> tuple[np.ndarray, np.ndarray | None, float | None]:
     """Advance states (B, N, 3) by ``n_steps`` steps of ``dt_s`` seconds.
 
@@ -254,12 +324,21 @@ def evolve(
     Layout: oscillator i of sample b is ``final[b, i]`` = (m_x, m_y, m_z); ``final.reshape(B, 3 * N)`` is
     the flat state of the substrates (:class:`stosim.CoupledSTOArray`), the same memory order.
     ``progress(done, total)`` is called after each chunk of steps.
+
+    ``coupling_dtype``: None (default) stores (mu W)^T in ``dtype``; float32 rounds W to float32 (relative
+    2^-24 per entry) with products and sums still in ``dtype``: a single noiseless trajectory of a large
+    array then reads half the bytes per coupling product (:mod:`stosim.integrate.batch1`).
+    Kernels: a noiseless RK4 run of one sample runs :func:`stosim.integrate.batch1.run_uncoupled` without
+    coupling (mu W = 0), else :func:`stosim.integrate.batch1.run_one` for N > 32; N <= 32, the fused small-N
+    loop; otherwise the batch is chunked over threads.
+    The arrays the kernels take are built once per array (cached with it; the array is immutable).
     """
     if isinstance(dt_s, str):  # "1 ps"
         from stosim.quantities import quantity
 
         dt_s = quantity(dt_s, "time", "dt")
     dtype = _check_dtype(dtype)
+    coupling_dtype = _check_coupling_dtype(coupling_dtype, dtype)
     check_step_count(n_steps)
     check_time_step(array, dt_s)
     if not isinstance(save_every, (int, np.integer)) or save_every < 0:
@@ -272,38 +351,44 @@ def evolve(
             f"save_every = {save_every} keeps {n_saves} states of {n_batch} x {n_osc} oscillators, more than "
             f"{MAX_TRAJECTORY_BYTES >> 30} GiB; save less often (a larger save_every)"
         )
+    thermal = noise.temperature_k > 0
+    dynamical = noise.dynamical_snr_db is not None and math.isfinite(noise.dynamical_snr_db)
+    noiseless_rk4 = not thermal and not dynamical
+    one = noiseless_rk4 and n_batch == 1 and n_osc > SMALL_N_MAX  # the batch-1 kernel
+    ka = _kernel_arrays(array, dtype, coupling_dtype, one)
+    uncoupled_one = noiseless_rk4 and n_batch == 1 and not ka.use_coupling  # each oscillator on its own
+    coupling_t = ka.coupling_t if ka.coupling_t is not None else _coupling_for_kernel(array, dtype, coupling_dtype, one)
     n_chunks = _chunk_count(n_batch, n_osc)
     m = _to_chunks(m0.astype(dtype), n_chunks)  # (C, 3, Bc, N)
     per = m.shape[2]
     traj = np.empty((n_chunks, max(n_saves, 1), 3, per, n_osc), dtype=dtype)
-
-    osc = np.ascontiguousarray(array.oscillator_parameters(), dtype=dtype)
-    coupling_t = np.ascontiguousarray(array.coupling_transposed_oe(), dtype=dtype)
-    use_coupling = bool(array.coupling_oe != 0.0 and np.any(array.coupling_matrix))
-    p = np.asarray(array.device.reference_direction, dtype=dtype)
-    lam = dtype.type(array.device.torque_asymmetry)
-    dev = array.device
-    thermal = noise.temperature_k > 0
-    sigma_th = np.ascontiguousarray(
-        thermal_field_sigma_oe(
-            osc[OSC_DAMPING].astype(np.float64),
-            noise.temperature_k,
-            dev.gyromagnetic_ratio_rad_per_oe_s,
-            dev.saturation_magnetization_emu_cm3,
-            dev.volume_cm3,
-            dt_s,
+    osc, use_coupling, p, lam = ka.osc, ka.use_coupling, ka.p, ka.lam
+    if thermal:
+        dev = array.device
+        sigma_th = np.ascontiguousarray(
+            thermal_field_sigma_oe(
+                osc[OSC_DAMPING].astype(np.float64),
+                noise.temperature_k,
+                dev.gyromagnetic_ratio_rad_per_oe_s,
+                dev.saturation_magnetization_emu_cm3,
+                dev.volume_cm3,
+                dt_s,
+            )
+            * np.ones(n_osc),
+            dtype=dtype,
         )
-        * np.ones(n_osc),
-        dtype=dtype,
-    )
-    dynamical = noise.dynamical_snr_db is not None and math.isfinite(noise.dynamical_snr_db)
-    factor = noise.dynamical_factor(dt_s)
-    rng_th = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_THERMAL,)))
-    rng_dyn = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_DYNAMICAL,)))
+        rng_th = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_THERMAL,)))
+    else:
+        sigma_th = ka.zeros_n
+    factor = noise.dynamical_factor(dt_s) if dynamical else 0.0
+    if dynamical:
+        rng_dyn = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_DYNAMICAL,)))
     stats = np.zeros((n_chunks, 3))
     result = np.zeros((n_chunks, 2), dtype=np.int64)
     dummy = np.zeros((n_chunks, 1, 3, 1, 1), dtype=dtype)
     method = METHOD_HEUN if thermal else METHOD_RK4
+    # the fused kernels (batch 1, or N <= SMALL_N_MAX noiseless) make no BLAS call: no thread limit to set
+    blas_free = one or uncoupled_one or (noiseless_rk4 and n_osc <= SMALL_N_MAX)
 
     per_step = 3 * n_batch * n_osc
     if thermal or dynamical:
@@ -311,7 +396,7 @@ def evolve(
     else:
         chunk = n_steps if progress is None else max(1, -(-n_steps // 100))
     done = 0
-    with _single_threaded_blas():
+    with contextlib.nullcontext() if blas_free else _single_threaded_blas():
         while done < n_steps:
             k = min(chunk, n_steps - done)
             field_noise = (
@@ -324,19 +409,15 @@ def evolve(
                 if dynamical
                 else dummy
             )
-            args = (
-                coupling_t,
-                use_coupling,
-                osc,
-                lam,
-                p,
-                dtype.type(dt_s),
-                k,
-                method,
-                save_every if save_every else n_steps + 1,
-                done,
-            )
-            if n_chunks == 1:  # no parallel region: it would wait on idle threads at every call
+            save = save_every if save_every else n_steps + 1
+            args = (coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s), k, method, save, done)
+            if uncoupled_one:
+                result[0] = _run_uncoupled(m[0], osc, lam, p, dtype.type(dt_s), k, save, done, traj[0])
+            elif one:
+                result[0] = _run_one(
+                    m[0], coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s), k, save, done, traj[0]
+                )
+            elif n_chunks == 1:  # no parallel region: it would wait on idle threads at every call
                 result[0] = run_chunk(
                     m[0], *args, traj[0], field_noise[0], thermal, sigma_th, state_noise[0], dynamical, factor, stats[0]
                 )
@@ -344,8 +425,8 @@ def evolve(
                 run_chunks(
                     m, *args, traj, field_noise, thermal, sigma_th, state_noise, dynamical, factor, stats, result
                 )
-            failed = np.flatnonzero(result[:, 0] >= 0)
-            if failed.size:
+            if result[:, 0].max() >= 0:
+                failed = np.flatnonzero(result[:, 0] >= 0)
                 c = int(failed[0])
                 step = done + int(result[c, 0]) + 1
                 b, i = divmod(int(result[c, 1]), n_osc)
@@ -357,8 +438,10 @@ def evolve(
             done += k
             if progress is not None:
                 progress(done, n_steps)
-    total = stats.sum(axis=0)
-    measured_dyn = float(10 * np.log10(total[0] / total[1])) if dynamical and total[1] > 0 else None
+    measured_dyn = None
+    if dynamical:
+        total = stats.sum(axis=0)
+        measured_dyn = float(10 * np.log10(total[0] / total[1])) if total[1] > 0 else None
     if measured_dyn is not None and noise.dynamical_noise_reference_s is not None:
         # the kernels measure the SNR of one step's noise; over t_ref it is 10 log10(t_ref / dt) dB lower
         measured_dyn -= 10 * math.log10(noise.dynamical_noise_reference_s / dt_s)

@@ -1,0 +1,220 @@
+"""One trajectory (batch 1) of a large coupled STO array: the noiseless projected RK4 fused into one loop.
+
+At batch 1 the Ampere-law coupling field h_x = s_x @ (mu W)^T is a matrix-vector product, and for
+N >~ 100 it is almost the whole cost of a step: each of the four RK4 stages streams the N x N matrix
+(mu W)^T once. A (1 x N)(N x N) product through BLAS gemm, or a plain loop that reads and writes
+h_x once per row of the matrix, runs at a fraction of the memory bandwidth. Here the product is
+
+    h_i = sum_j s_j C_ji,   C = (mu W)^T,
+
+swept in blocks of 8 rows j of C: h_i += s_j C_ji + ... + s_{j+7} C_{j+7,i}, vectorized over i, so
+h is loaded and stored once per 8 rows and the loop is bound by reading C alone (the summation order
+differs from BLAS's; the results agree to round-off, ~1e-16 relative per field).
+
+C may be stored in float32 while the state is float64 (:func:`run_one` accepts either): the products are
+then formed in float64 from the float32 entries (exactly: a float32 times a float64 is promoted), so the
+only change is W rounded to float32 (relative 2^-24 ~ 6e-8 per entry), and the sweep reads half the
+bytes. Which storage a run uses is the caller's choice (:func:`stosim.simulation.evolve`,
+``coupling_dtype``).
+
+Everything runs on one thread: a parallel region per product (4 per step) costs more than the product
+itself when the cores are shared (measured: 6-11 ms per region instead of 0.1-0.3 ms of work at
+N = 1000 under a load average of 5 on 2 cores).
+
+The scheme is that of :func:`stosim.integrate.sto_kernels.run_small` (classical RK4, then projection
+onto |m| = 1); the right-hand side is :func:`stosim.physics.llg.llg_point` (docs/physics.md section 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from stosim.physics.llg import llg_point
+
+__all__ = ["coupling_field", "run_one", "ROW_BLOCK"]
+
+ROW_BLOCK = 8  # rows of C per sweep over h
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def coupling_field(sx, coupling_t, use_coupling, hx):
+    """hx = sx @ coupling_t (Oe) for one sample: sx (N,), coupling_t (N, N) = (mu W)^T, float32 or float64.
+
+    Products and sums are in the precision of ``sx`` and ``hx`` (float32 entries of C are promoted)."""
+    n = sx.shape[0]
+    for i in range(n):
+        hx[i] = 0.0
+    if not use_coupling:
+        return
+    j = 0
+    while j + 8 <= n:
+        s0, s1, s2, s3 = sx[j], sx[j + 1], sx[j + 2], sx[j + 3]
+        s4, s5, s6, s7 = sx[j + 4], sx[j + 5], sx[j + 6], sx[j + 7]
+        c0, c1, c2, c3 = coupling_t[j], coupling_t[j + 1], coupling_t[j + 2], coupling_t[j + 3]
+        c4, c5, c6, c7 = coupling_t[j + 4], coupling_t[j + 5], coupling_t[j + 6], coupling_t[j + 7]
+        for i in range(n):
+            hx[i] += (s0 * c0[i] + s1 * c1[i] + s2 * c2[i] + s3 * c3[i]) + (
+                s4 * c4[i] + s5 * c5[i] + s6 * c6[i] + s7 * c7[i]
+            )
+        j += 8
+    while j < n:
+        sj = sx[j]
+        cj = coupling_t[j]
+        for i in range(n):
+            hx[i] += sj * cj[i]
+        j += 1
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _stage(state, hx, osc, lam, p, one, x0, w, a_next, acc, keep, nxt):
+    """k = f(state, hx); acc = keep acc + w k; nxt = x0 + a_next k (all (3, N); hx (N,) in Oe)."""
+    zero = one - one
+    n = x0.shape[1]
+    for i in range(n):
+        kx, ky, kz = llg_point(
+            state[0, i],
+            state[1, i],
+            state[2, i],
+            hx[i],
+            zero,
+            zero,
+            osc[0, i],
+            osc[1, i],
+            osc[2, i],
+            osc[3, i],
+            osc[4, i],
+            lam,
+            p[0],
+            p[1],
+            p[2],
+            one,
+        )
+        acc[0, i] = keep * acc[0, i] + w * kx
+        acc[1, i] = keep * acc[1, i] + w * ky
+        acc[2, i] = keep * acc[2, i] + w * kz
+        nxt[0, i] = x0[0, i] + a_next * kx
+        nxt[1, i] = x0[1, i] + a_next * ky
+        nxt[2, i] = x0[2, i] + a_next * kz
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def run_one(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every, save_offset, traj):
+    """Noiseless projected RK4 of one sample, in place: m (3, 1, N), traj (S, 3, 1, N).
+
+    Per step: k1 = f(x), k2 = f(x + h/2 k1), k3 = f(x + h/2 k2), k4 = f(x + h k3),
+    x <- (x + h (k1 + 2 k2 + 2 k3 + k4)/6) / |...|, each f with the coupling field of its stage state.
+    ``traj`` receives x after global step s = save_offset + k + 1 whenever s % save_every == 0, at index
+    s // save_every - 1. Returns (-1, -1), or (step k, oscillator i) where the state became non-finite
+    (that step's state is not written back; m holds the state before it).
+    """
+    n_osc = m.shape[2]
+    dtp = m.dtype
+    consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(dtp)  # in working precision
+    half, sixth, third, zero, one = dt * consts[0], consts[1], consts[2], consts[3], consts[4]
+    x0 = np.empty((3, n_osc), dtype=dtp)
+    s = np.empty((3, n_osc), dtype=dtp)
+    s2 = np.empty((3, n_osc), dtype=dtp)
+    acc = np.zeros((3, n_osc), dtype=dtp)
+    hx = np.empty(n_osc, dtype=dtp)
+    for c in range(3):
+        for i in range(n_osc):
+            x0[c, i] = m[c, 0, i]
+    for k in range(n_steps):
+        coupling_field(x0[0], coupling_t, use_coupling, hx)
+        _stage(x0, hx, osc, lam, p, one, x0, sixth, half, acc, zero, s)
+        coupling_field(s[0], coupling_t, use_coupling, hx)
+        _stage(s, hx, osc, lam, p, one, x0, third, half, acc, one, s2)
+        coupling_field(s2[0], coupling_t, use_coupling, hx)
+        _stage(s2, hx, osc, lam, p, one, x0, third, dt, acc, one, s)
+        coupling_field(s[0], coupling_t, use_coupling, hx)
+        # stage 4 and the projection: x = (x0 + h (acc + k4/6)) / |...|, into s2 (x0 kept until checked)
+        _stage(s, hx, osc, lam, p, one, x0, sixth, zero, acc, one, s2)
+        bad = -1
+        for i in range(n_osc):
+            x = x0[0, i] + dt * acc[0, i]
+            y = x0[1, i] + dt * acc[1, i]
+            z = x0[2, i] + dt * acc[2, i]
+            inv = one / np.sqrt(x * x + y * y + z * z)
+            s2[0, i] = x * inv
+            s2[1, i] = y * inv
+            s2[2, i] = z * inv
+            norm2 = s2[0, i] * s2[0, i] + s2[1, i] * s2[1, i] + s2[2, i] * s2[2, i]
+            if bad < 0 and not abs(norm2 - one) < 0.5:  # non-finite, overflowed or vanished
+                bad = i
+        if bad >= 0:
+            for c in range(3):
+                for i in range(n_osc):
+                    m[c, 0, i] = x0[c, i]
+            return k, bad
+        for c in range(3):
+            for i in range(n_osc):
+                x0[c, i] = s2[c, i]
+        step = save_offset + k + 1
+        if step % save_every == 0:
+            for c in range(3):
+                for i in range(n_osc):
+                    traj[step // save_every - 1, c, 0, i] = x0[c, i]
+    for c in range(3):
+        for i in range(n_osc):
+            m[c, 0, i] = x0[c, i]
+    return -1, -1
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def run_uncoupled(m, osc, lam, p, dt, n_steps, save_every, save_offset, traj):
+    """Noiseless projected RK4 without coupling (mu W = 0), in place: m (3, B, N), traj (S, 3, B, N).
+
+    Every oscillator then evolves on its own, so each runs its whole time loop with its state in registers
+    (the arithmetic of :func:`stosim.integrate.sto_kernels.run_small`, term by term). Returns (-1, -1), or
+    (step k, flat index b * N + i) of the first oscillator (in that order) whose state became non-finite.
+    """
+    _, n_batch, n_osc = m.shape
+    consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(m.dtype)
+    half, sixth, third, zero, one = dt * consts[0], consts[1], consts[2], consts[3], consts[4]
+    px, py, pz = p[0], p[1], p[2]
+    first_k, first_bad = -1, -1
+    for b in range(n_batch):
+        for i in range(n_osc):
+            h_appl, hk_eff, hs0, alpha, pref = osc[0, i], osc[1, i], osc[2, i], osc[3, i], osc[4, i]
+            x0, y0, z0 = m[0, b, i], m[1, b, i], m[2, b, i]
+            for k in range(n_steps):
+                kx, ky, kz = llg_point(
+                    x0, y0, z0, zero, zero, zero, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one
+                )
+                ax, ay, az = sixth * kx, sixth * ky, sixth * kz
+                sx, sy, sz = x0 + half * kx, y0 + half * ky, z0 + half * kz
+                kx, ky, kz = llg_point(
+                    sx, sy, sz, zero, zero, zero, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one
+                )
+                ax += third * kx
+                ay += third * ky
+                az += third * kz
+                sx, sy, sz = x0 + half * kx, y0 + half * ky, z0 + half * kz
+                kx, ky, kz = llg_point(
+                    sx, sy, sz, zero, zero, zero, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one
+                )
+                ax += third * kx
+                ay += third * ky
+                az += third * kz
+                sx, sy, sz = x0 + dt * kx, y0 + dt * ky, z0 + dt * kz
+                kx, ky, kz = llg_point(
+                    sx, sy, sz, zero, zero, zero, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one
+                )
+                x = x0 + dt * (ax + sixth * kx)
+                y = y0 + dt * (ay + sixth * ky)
+                z = z0 + dt * (az + sixth * kz)
+                inv = one / np.sqrt(x * x + y * y + z * z)
+                x0, y0, z0 = x * inv, y * inv, z * inv
+                if not abs(x0 * x0 + y0 * y0 + z0 * z0 - one) < 0.5:  # non-finite, overflowed or vanished
+                    if first_k < 0 or k < first_k:
+                        first_k, first_bad = k, b * n_osc + i
+                    break
+                step = save_offset + k + 1
+                if step % save_every == 0:
+                    j = step // save_every - 1
+                    traj[j, 0, b, i] = x0
+                    traj[j, 1, b, i] = y0
+                    traj[j, 2, b, i] = z0
+            m[0, b, i], m[1, b, i], m[2, b, i] = x0, y0, z0
+    return first_k, first_bad
