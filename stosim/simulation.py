@@ -32,11 +32,16 @@ from stosim.integrate.threads import single_threaded_blas as _single_threaded_bl
 from stosim.physics.array import STOArray, check_step_count, check_time_step
 from stosim.physics.llg import OSC_DAMPING
 from stosim.physics.noise import (
+    STREAM_DYNAMICAL,
+    STREAM_INITIAL,
+    STREAM_OBSERVATION,
+    STREAM_THERMAL,
     add_observation_noise,
     check_noise_reference_s,
     check_snr_db,
     dynamical_step_factor,
     measured_snr_db,
+    noise_stream,
     thermal_field_sigma_oe,
 )
 from stosim.physics.tmr import voltage_at_bias_current_v
@@ -59,11 +64,6 @@ __all__ = [
     "check_current_limits",
 ]
 
-# random streams (spawn keys under the run's seed)
-STREAM_INITIAL = 1
-STREAM_THERMAL = 2
-STREAM_DYNAMICAL = 3
-STREAM_OBSERVATION = 4
 
 NOISE_CHUNK_VALUES = 1 << 22  # random numbers drawn per chunk and noise kind
 MAX_TRAJECTORY_BYTES = 8 << 30
@@ -204,7 +204,7 @@ def initial_state_from_angles(n_oscillators: int, theta_deg: float, phi_deg: flo
 
 def random_initial_state(n_oscillators: int, seed: int, batch: int | None = None) -> np.ndarray:
     """States uniform on the unit sphere, (N, 3) or (batch, N, 3), from ``seed``."""
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_INITIAL,)))
+    rng = noise_stream(seed, STREAM_INITIAL)
     shape = (n_oscillators, 3) if batch is None else (batch, n_oscillators, 3)
     v = rng.standard_normal(shape)
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
@@ -377,12 +377,12 @@ def evolve(
             * np.ones(n_osc),
             dtype=dtype,
         )
-        rng_th = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_THERMAL,)))
+        rng_th = noise_stream(seed, STREAM_THERMAL)
     else:
         sigma_th = ka.zeros_n
     factor = noise.dynamical_factor(dt_s) if dynamical else 0.0
     if dynamical:
-        rng_dyn = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_DYNAMICAL,)))
+        rng_dyn = noise_stream(seed, STREAM_DYNAMICAL)
     stats = np.zeros((n_chunks, 3))
     result = np.zeros((n_chunks, 2), dtype=np.int64)
     dummy = np.zeros((n_chunks, 1, 3, 1, 1), dtype=dtype)
@@ -659,7 +659,7 @@ def simulate(
     measured_obs: dict[str, float] = {}
     m_clean = v_clean = None
     if observation_snr_db is not None and math.isfinite(observation_snr_db):
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAM_OBSERVATION,)))
+        rng = noise_stream(seed, STREAM_OBSERVATION)
         m_obs = add_observation_noise(m, observation_snr_db, rng)
         v_obs = add_observation_noise(voltage, observation_snr_db, rng)
         measured_obs = {

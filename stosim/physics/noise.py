@@ -27,6 +27,11 @@ import numpy as np
 from stosim.constants import BOLTZMANN_ERG_K
 
 __all__ = [
+    "noise_stream",
+    "STREAM_INITIAL",
+    "STREAM_THERMAL",
+    "STREAM_DYNAMICAL",
+    "STREAM_OBSERVATION",
     "snr_noise_factor",
     "measured_snr_db",
     "thermal_field_sigma_oe",
@@ -40,6 +45,19 @@ __all__ = [
     "observation_noise_scale",
     "make_state_noise_point",
 ]
+
+# The random streams of one run's seed (NumPy SeedSequence spawn keys). Every engine (Numba loops, torch
+# steps, the substrate) draws a noise kind from its stream, so one seed is one realisation whatever the engine.
+STREAM_INITIAL = 1
+STREAM_THERMAL = 2
+STREAM_DYNAMICAL = 3
+STREAM_OBSERVATION = 4
+
+
+def noise_stream(seed: int, stream: int) -> np.random.Generator:
+    """The generator of ``stream`` (one of the ``STREAM_*`` keys) under ``seed``:
+    ``default_rng(SeedSequence(seed, spawn_key=(stream,)))``."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)))
 
 
 MIN_SNR_DB = -100.0  # noise amplitude 1e5 times the signal's: below it the signal is gone (and 10^(-SNR/20) overflows)

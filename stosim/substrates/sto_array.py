@@ -27,9 +27,16 @@ from stosim.integrate.flow import sto_flow
 from stosim.integrate.torch_steps import evolve_torch
 from stosim.physics.array import STOArray, Variability, check_time_step
 from stosim.physics.llg import OSC_DAMPING
-from stosim.physics.noise import add_observation_noise, check_snr_db, thermal_field_sigma_oe
+from stosim.physics.noise import (
+    STREAM_DYNAMICAL,
+    STREAM_THERMAL,
+    add_observation_noise,
+    check_snr_db,
+    noise_stream,
+    thermal_field_sigma_oe,
+)
 from stosim.quantities import either, optional_quantity, quantity
-from stosim.simulation import STREAM_DYNAMICAL, STREAM_THERMAL, NoiseSettings, evolve, steps_for_duration
+from stosim.simulation import NoiseSettings, evolve, steps_for_duration
 from stosim.substrates.base import Substrate, SubstrateDescription
 from stosim.substrates.flow_operators import FlowOperators, unit_sphere_tangent_projection
 from stosim.substrates.protocols import (
@@ -250,10 +257,7 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
             out = sto_flow(m, self.array, self.n_steps, self.dt_s)
         elif torch.is_grad_enabled() and state.requires_grad:
             # the noise streams of the Numba path below (same seed, same draws): one realisation per seed
-            streams = {
-                kind: np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(kind,)))
-                for kind in (STREAM_THERMAL, STREAM_DYNAMICAL)
-            }
+            streams = {kind: noise_stream(seed, kind) for kind in (STREAM_THERMAL, STREAM_DYNAMICAL)}
             out = evolve_torch(
                 m,
                 self.n_steps,

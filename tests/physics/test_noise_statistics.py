@@ -27,8 +27,8 @@ from stosim.constants import BOLTZMANN_ERG_K
 from stosim.integrate.torch_steps import evolve_torch
 from stosim.physics.array import STOArray
 from stosim.physics.llg import OSC_DAMPING
-from stosim.physics.noise import thermal_field_sigma_oe
-from stosim.simulation import STREAM_THERMAL, NoiseSettings, evolve, simulate
+from stosim.physics.noise import STREAM_THERMAL, thermal_field_sigma_oe
+from stosim.simulation import NoiseSettings, evolve, simulate
 from stosim.substrates.sto_array import CoupledSTOArray
 
 XI = 3.0  # barrier K V / (k_B T)

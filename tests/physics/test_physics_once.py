@@ -50,13 +50,15 @@ from stosim.physics.llg import (
     llg_rhs_batch,
 )
 from stosim.physics.noise import (
+    STREAM_DYNAMICAL,
+    STREAM_THERMAL,
     add_observation_noise,
     observation_noise_scale,
     thermal_field_sigma_oe,
 )
 from stosim.physics.tmr import projection_from_voltage, voltage_at_bias_current_v
 from stosim.physics.torch_llg import llg_rhs_torch, rk4_step_torch
-from stosim.simulation import STREAM_DYNAMICAL, STREAM_THERMAL, NoiseSettings, evolve
+from stosim.simulation import NoiseSettings, evolve
 
 N = 12
 DT = 1e-12
