@@ -125,6 +125,7 @@ class TrainConfig(BaseModel):
         default=0.0,
         ge=-1,
         le=1,
+        allow_inf_nan=False,
         description="subtracted from every input value (pixels in [0, 1]) before the read-in; 0.5 centres the pixels",
     )
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
@@ -148,6 +149,11 @@ class TrainConfig(BaseModel):
     device: str | None = None
     spectral_radius: float = Field(default=1.0, gt=0, le=10)
     steps: int = Field(default=5, ge=1, le=10_000)
+    mask: Literal["independent", "symmetric"] = Field(
+        default="independent",
+        description="ffesn: W's mask, entries kept independently with probability 0.5, or a symmetric random "
+        "graph with exactly round(0.5 N (N - 1) / 2) edges and zero diagonal (the seed study's code)",
+    )
     forcing: float = Field(default=8.0, ge=-1e3, le=1e3)
     conv_channels: int = Field(default=8, ge=1, le=256)
     g: float = Field(default=1.5, gt=0, le=100, description="rate network gain g")
