@@ -294,6 +294,7 @@ _CONFIG_FLAG_HELP = {
     "n": "oscillators (sto, default 100) / nodes (ffesn, default 500) / sites (lorenz96, default 500)",
     "spectral_radius": "FFESN spectral radius rho of W (default 1.0)",
     "steps": "FFESN steps K (default 5)",
+    "mask": "FFESN mask of W: independent entries, or symmetric (the seed study's random graph; default independent)",
     "forcing": "Lorenz 96 forcing F (default 8)",
     "coupling": "STO coupling mu with its unit, e.g. '500 Oe' (default 500 Oe)",
     "current": "STO bias current, e.g. '2.5 mA' (default: the device file's)",
@@ -512,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=str, default=None, help="STO device file")
     p.add_argument("--spectral-radius", type=float, default=None, help="FFESN rho")
     p.add_argument("--steps", type=int, default=None, help="FFESN K")
+    p.add_argument("--mask", choices=["independent", "symmetric"], default=None, help="FFESN mask of W")
     p.add_argument("--forcing", type=float, default=None, help="Lorenz 96 F")
     p.add_argument("--g", type=float, default=None, help="rate network gain g")
     p.add_argument("--network-time", choices=["continuous", "discrete"], default=None, help="rate network dynamics")
@@ -1095,6 +1097,7 @@ _TRAIN_KEYS = (
     "device",
     "spectral_radius",
     "steps",
+    "mask",
     "forcing",
     "temperature",
     "dynamical_snr",

@@ -132,6 +132,7 @@ class TrainConfig(BaseModel):
     input_offset: float = _field(
         "input_offset",
         0.0,
+        allow_inf_nan=False,
         description="subtracted from every input value (pixels in [0, 1]) before the read-in; 0.5 centres the pixels",
     )
     seed: int = _field("seed", 0)
@@ -157,6 +158,11 @@ class TrainConfig(BaseModel):
     device: str | None = None
     spectral_radius: float = _field("spectral_radius", 1.0)
     steps: int = _field("steps", 5)
+    mask: Literal["independent", "symmetric"] = Field(
+        default="independent",
+        description="ffesn: W's mask, entries kept independently with probability 0.5, or a symmetric random "
+        "graph with exactly round(0.5 N (N - 1) / 2) edges and zero diagonal (the seed study's code)",
+    )
     forcing: float = _field("forcing", 8.0)
     conv_channels: int = _field("conv_channels", 8)
     g: float = _field("g", 1.5)

@@ -7,11 +7,21 @@ discrete steps (the time unit is one "step")::
     x_{k+1} = tanh(W x_k),   k = 0, ..., K-1
     readout = x_K
 
-W is drawn once from ``seed`` (docs/physics.md section 5): a Bernoulli mask of the given density
-(entries kept with probability ``density``), kept entries uniform in [-1, 1], then the whole
-matrix rescaled so that its spectral radius (largest eigenvalue modulus) is exactly
-``spectral_radius`` (computed with ``numpy.linalg.eigvals`` in float64). Random numbers come
-only from ``numpy.random.Generator(PCG64(SeedSequence(seed)))``; no global RNG is touched.
+W is drawn once from ``seed`` (docs/physics.md section 5): a 0/1 mask M, values V uniform in
+[-1, 1] drawn independently for every entry, W_raw = M * V, then the whole matrix rescaled so
+that its spectral radius (largest eigenvalue modulus) is exactly ``spectral_radius`` (computed
+with ``numpy.linalg.eigvals`` in float64). Two masks (``mask``):
+
+- ``"independent"`` (default): every entry kept independently with probability ``density``
+  (diagonal included; about density * N^2 nonzero entries);
+- ``"symmetric"``: the adjacency matrix of an undirected random graph on N nodes with exactly
+  E = round(density * N (N - 1) / 2) edges drawn uniformly among the N (N - 1) / 2 node pairs
+  (G(N, E)), no self-loops: M = M^T, M_ii = 0, 2E nonzero entries. This is the seed study's
+  published FFESN code's mask (a random graph's adjacency matrix times uniform values); the values
+  stay independent, so W itself is not symmetric.
+
+Random numbers come only from ``numpy.random.Generator(PCG64(SeedSequence(seed)))``; no global
+RNG is touched.
 
 Small rho contracts (rho < 1: tiny states decay like rho^K along the leading eigenvector);
 rho > 1 gives chaotic tendencies. The substrate is deterministic and differentiable: gradients
@@ -33,10 +43,12 @@ from stosim.substrates.base import Substrate, SubstrateDescription
 from stosim.substrates.protocols import Differentiable, Timed
 from stosim.substrates.registry import SubstrateSpec, TangentSpec, register
 
-__all__ = ["FFESN", "draw_ffesn_matrix"]
+__all__ = ["FFESN", "MASKS", "draw_ffesn_mask", "draw_ffesn_matrix", "symmetric_edge_count"]
 
 _DTYPES = {torch.float64: "float64", torch.float32: "float32"}
 _MAX_SPECTRAL_RADIUS = 10.0
+#: the masks of W: entries kept independently, or a symmetric random graph with an exact edge count
+MASKS = ("independent", "symmetric")
 
 # the FFESN's own settings (stosim.parameters): keys of experiment files, sweep points and flags
 SPECTRAL_RADIUS, DENSITY, STEPS = declare(
@@ -66,6 +78,12 @@ def _check_dtype(dtype: object) -> torch.dtype:
     return dtype  # type: ignore[return-value]
 
 
+def _check_mask(mask: object) -> str:
+    if not isinstance(mask, str) or mask not in MASKS:
+        raise ValueError(f"mask must be one of {', '.join(repr(m) for m in MASKS)}; got {mask!r}")
+    return mask
+
+
 def _check_matrix_arguments(
     n: object, spectral_radius: object, density: object, seed: object
 ) -> tuple[int, float, float, int]:
@@ -80,25 +98,50 @@ def _check_matrix_arguments(
     return n, rho, dens, check_count(seed, "seed", 0)
 
 
-def draw_ffesn_matrix(n: int, spectral_radius: float, density: float, seed: int) -> np.ndarray:
+def symmetric_edge_count(n: int, density: float) -> int:
+    """E = round(density * n (n - 1) / 2): the edges of the symmetric mask (round half to even)."""
+    return round(density * (n * (n - 1) // 2))
+
+
+def draw_ffesn_mask(n: int, density: float, mask: str, rng: np.random.Generator) -> np.ndarray:
+    """The 0/1 mask of W (bool, shape (n, n)) from ``rng``; ``mask`` one of :data:`MASKS` (module docstring).
+
+    ``"symmetric"``: E = :func:`symmetric_edge_count` distinct pairs i < j drawn without replacement
+    (``rng.choice`` over the n (n - 1) / 2 upper-triangle positions), mirrored; zero diagonal.
+    """
+    if mask == "independent":
+        return rng.random((n, n)) < density
+    rows, cols = np.triu_indices(n, k=1)
+    chosen = rng.choice(rows.size, size=symmetric_edge_count(n, density), replace=False)
+    out = np.zeros((n, n), dtype=bool)
+    out[rows[chosen], cols[chosen]] = True
+    return out | out.T
+
+
+def draw_ffesn_matrix(
+    n: int, spectral_radius: float, density: float, seed: int, mask: str = "independent"
+) -> np.ndarray:
     """The fixed FFESN matrix W (float64, shape (n, n)) drawn from ``seed``.
 
-    Mask: each entry kept independently with probability ``density``; kept entries uniform in
-    [-1, 1]; the matrix is then multiplied by ``spectral_radius / max|eig(W_raw)|``.
+    Mask (:func:`draw_ffesn_mask`): ``"independent"``, each entry kept with probability ``density``, or
+    ``"symmetric"``, a random graph with exactly round(density n (n - 1) / 2) edges and no self-loops;
+    kept entries uniform in [-1, 1]; the matrix is then multiplied by ``spectral_radius / max|eig(W_raw)|``.
     Raises ``ValueError`` for arguments outside n >= 1, spectral_radius in (0, 10], density in
-    (0, 1], seed >= 0, and if the raw matrix has spectral radius 0 (e.g. everything masked).
+    (0, 1], seed >= 0, mask in :data:`MASKS`, and if the raw matrix has spectral radius 0 (e.g. everything
+    masked).
     """
     n, spectral_radius, density, seed = _check_matrix_arguments(n, spectral_radius, density, seed)
+    mask = _check_mask(mask)
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed)))
-    mask = rng.random((n, n)) < density
+    kept = draw_ffesn_mask(n, density, mask, rng)
     values = rng.uniform(-1.0, 1.0, size=(n, n))
-    w = np.where(mask, values, 0.0)
+    w = np.where(kept, values, 0.0)
     # One BLAS thread: multi-threaded OpenBLAS eigensolvers crawl on small, loaded machines.
     with single_threaded_blas():
         radius = float(np.max(np.abs(np.linalg.eigvals(w))))
     if not radius > 0.0:
         raise ValueError(
-            f"the random matrix drawn for n={n}, density={density}, seed={seed} has spectral radius 0 "
+            f"the random matrix drawn for n={n}, density={density}, mask={mask!r}, seed={seed} has spectral radius 0 "
             "and cannot be rescaled; use a larger n or density, or another seed"
         )
     return w * (spectral_radius / radius)
@@ -116,11 +159,15 @@ class FFESN(Substrate, Differentiable, Timed):
     steps:
         K, the number of tanh(W x) steps, integer >= 1. Default 5.
     density:
-        Probability that an entry of W is nonzero, in (0, 1]. Default 0.5.
+        In (0, 1]: the probability that an entry of W is kept (``mask="independent"``) or the fraction of
+        the N (N - 1) / 2 node pairs joined by an edge (``mask="symmetric"``). Default 0.5.
     seed:
         Non-negative integer seed of W (numpy SeedSequence). Default 0.
     dtype:
         ``torch.float64`` (default) or ``torch.float32``; states must have this dtype.
+    mask:
+        ``"independent"`` (default) or ``"symmetric"`` (the seed study's code: a random graph with exactly
+        round(density N (N - 1) / 2) edges, zero diagonal); see the module docstring.
 
     Units: the state is dimensionless; time is counted in steps.
     """
@@ -135,14 +182,16 @@ class FFESN(Substrate, Differentiable, Timed):
         density: float = 0.5,
         seed: int = 0,
         dtype: torch.dtype = torch.float64,
+        mask: str = "independent",
     ) -> None:
         super().__init__()
         self.n, self.spectral_radius, self.density, self.seed = _check_matrix_arguments(
             n, spectral_radius, density, seed
         )
+        self.mask = _check_mask(mask)
         self.steps = check_count(steps, "steps", 1)
         dtype = _check_dtype(dtype)
-        w = draw_ffesn_matrix(self.n, self.spectral_radius, self.density, self.seed)
+        w = draw_ffesn_matrix(self.n, self.spectral_radius, self.density, self.seed, self.mask)
         self.register_buffer("W", torch.as_tensor(w, dtype=dtype))
 
     # -- interface -------------------------------------------------------------------------
@@ -162,7 +211,8 @@ class FFESN(Substrate, Differentiable, Timed):
             time_unit="step",
             summary=(
                 f"FFESN: x_(k+1) = tanh(W x_k) for K={self.steps} steps, N={self.n}, "
-                f"W random (density {self.density:g}, uniform [-1, 1]) with spectral radius {self.spectral_radius:g}"
+                f"W random ({self.mask} mask, density {self.density:g}, uniform [-1, 1]) "
+                f"with spectral radius {self.spectral_radius:g}"
             ),
         )
 
@@ -173,6 +223,7 @@ class FFESN(Substrate, Differentiable, Timed):
             "spectral_radius": self.spectral_radius,
             "steps": self.steps,
             "density": self.density,
+            "mask": self.mask,
             "seed": self.seed,
             "dtype": _DTYPES.get(self.dtype, str(self.dtype)),
         }
@@ -213,7 +264,7 @@ class FFESN(Substrate, Differentiable, Timed):
     def extra_repr(self) -> str:
         return (
             f"n={self.n}, spectral_radius={self.spectral_radius:g}, steps={self.steps}, "
-            f"density={self.density:g}, seed={self.seed}"
+            f"density={self.density:g}, mask={self.mask!r}, seed={self.seed}"
         )
 
 
@@ -231,7 +282,12 @@ def _check_config(cfg, n: int, dtype: torch.dtype) -> None:
 def _build_from_config(cfg, seed: int, dtype: torch.dtype) -> FFESN:
     """The FFESN of a training configuration (TrainConfig keys of the spec below)."""
     return FFESN(
-        n=cfg.n or SPEC.default_n, spectral_radius=cfg.spectral_radius, steps=cfg.steps, seed=seed, dtype=dtype
+        n=cfg.n or SPEC.default_n,
+        spectral_radius=cfg.spectral_radius,
+        steps=cfg.steps,
+        seed=seed,
+        dtype=dtype,
+        mask=getattr(cfg, "mask", "independent"),
     )
 
 
@@ -251,7 +307,7 @@ SPEC = register(
     SubstrateSpec(
         name="ffesn",
         summary="feed-forward echo state network: steps layers of one random matrix (a map)",
-        keys=("n", "spectral_radius", "steps"),
+        keys=("n", "spectral_radius", "steps", "mask"),
         default_n=500,
         time_unit="steps",
         seeded_matrix=True,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from stosim.integrate.threads import single_threaded_blas
-from stosim.substrates.ffesn import FFESN, draw_ffesn_matrix
+from stosim.substrates.ffesn import FFESN, draw_ffesn_mask, draw_ffesn_matrix, symmetric_edge_count
 from stosim.substrates.lorenz96 import Lorenz96
 
 F64 = torch.float64
@@ -193,6 +193,7 @@ def test_ffesn_configuration_and_description() -> None:
         "spectral_radius": 0.7,
         "steps": 4,
         "density": 0.5,
+        "mask": "independent",
         "seed": 9,
         "dtype": "float64",
     }
@@ -200,6 +201,137 @@ def test_ffesn_configuration_and_description() -> None:
     assert (d.state_size, d.readin_size, d.readout_size) == (12, 12, 12)
     assert d.time_unit == "step"
     assert "tanh(W x_k)" in d.summary
+
+
+# ---------------------------------------------------------------- symmetric mask (the seed study's code)
+
+
+@pytest.mark.parametrize(("n", "density"), [(500, 0.5), (120, 0.1), (61, 0.33), (7, 1.0), (2, 1.0)])
+def test_ffesn_symmetric_mask_has_the_exact_edge_count_and_no_diagonal(n: int, density: float) -> None:
+    w = FFESN(n=n, density=density, seed=4, mask="symmetric").W.numpy()
+    kept = w != 0.0
+    edges = round(density * n * (n - 1) / 2)  # the study's E = N (N - 1) / 2 * density, rounded
+    assert symmetric_edge_count(n, density) == edges
+    assert np.count_nonzero(np.triu(kept, 1)) == edges  # exactly E edges (uniform values are never 0 here)
+    assert np.count_nonzero(kept) == 2 * edges
+    assert np.array_equal(kept, kept.T)  # an undirected graph: the mask is symmetric ...
+    assert not np.any(np.diag(w))  # ... without self-loops
+    if density < 1.0:
+        assert not np.allclose(w, w.T)  # the values are drawn per entry: W itself is not symmetric
+
+
+def test_ffesn_symmetric_mask_draws_pairs_uniformly() -> None:
+    # every pair i < j is an edge with probability E / (N (N - 1) / 2); over 400 draws of a 10-node graph with
+    # E = 9 of 45 pairs (p = 0.2) each pair's count is Binomial(400, 0.2): mean 80, std 8; allow 5 std
+    n, draws = 10, 400
+    counts = np.zeros((n, n))
+    for seed in range(draws):
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed)))
+        counts += draw_ffesn_mask(n, 0.2, "symmetric", rng)
+    upper = counts[np.triu_indices(n, 1)]
+    assert upper.sum() == draws * 9
+    assert np.all(np.abs(upper - 80) < 5 * 8)
+
+
+@pytest.mark.parametrize("rho", [0.5, 1.0, 1.5, 10.0])
+def test_ffesn_symmetric_mask_spectral_radius_is_exact(rho: float) -> None:
+    w = FFESN(n=150, spectral_radius=rho, seed=5, mask="symmetric").W.numpy()
+    assert abs(_spectral_radius(w) - rho) <= 1e-10 * rho
+
+
+def test_ffesn_symmetric_mask_is_reproducible_per_seed_and_leaves_the_default_unchanged() -> None:
+    a = FFESN(n=60, seed=21, mask="symmetric").W
+    assert torch.equal(a, FFESN(n=60, seed=21, mask="symmetric").W)
+    assert np.array_equal(a.numpy(), draw_ffesn_matrix(60, 1.0, 0.5, 21, "symmetric"))
+    assert not torch.equal(a != 0, FFESN(n=60, seed=22, mask="symmetric").W != 0)  # another graph
+    # the default is the independent mask, drawn from the same stream as before the option existed
+    independent = FFESN(n=60, seed=21).W
+    assert torch.equal(independent, FFESN(n=60, seed=21, mask="independent").W)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(21)))
+    mask = rng.random((60, 60)) < 0.5
+    assert np.array_equal(independent.numpy() != 0, mask)
+    assert FFESN(n=6, mask="symmetric").read_configuration()["mask"] == "symmetric"
+
+
+@pytest.mark.parametrize("mask", ["Symmetric", "sym", "", None, 1, True])
+def test_ffesn_refuses_an_unknown_mask(mask: object) -> None:
+    with pytest.raises(ValueError, match=r"mask must be one of 'independent', 'symmetric'"):
+        FFESN(n=8, mask=mask)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"\bmask\b"):
+        draw_ffesn_matrix(8, 1.0, 0.5, 0, mask)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("density", [0.0, -0.1, 1.0 + 1e-12, 2.0, float("nan"), float("inf")])
+def test_ffesn_symmetric_mask_refuses_densities_outside_0_1(density: float) -> None:
+    with pytest.raises(ValueError, match=r"density must be (in \(0, 1\]|a finite real number)"):
+        FFESN(n=8, density=density, mask="symmetric")
+
+
+def test_ffesn_symmetric_mask_without_edges_is_refused_by_name() -> None:
+    # N = 1 has no pair; a tiny density rounds to 0 edges: W_raw = 0 cannot be rescaled
+    with pytest.raises(ValueError, match=r"mask='symmetric'.*spectral radius 0"):
+        FFESN(n=1, mask="symmetric")
+    with pytest.raises(ValueError, match=r"spectral radius 0"):
+        FFESN(n=10, density=0.01, mask="symmetric")
+
+
+def test_ffesn_mask_is_a_substrate_key_of_the_registry_and_the_training_config() -> None:
+    from stosim.studies.training import TrainConfig, build_model
+    from stosim.substrates.registry import get
+
+    assert "mask" in get("ffesn").keys
+    assert TrainConfig().mask == "independent"
+    cfg = TrainConfig(substrate="ffesn", n=30, mask="symmetric", seed=3)
+    model = build_model(cfg, 64, 10, (8, 8))
+    w = next(b for name, b in model.named_buffers() if name.endswith("W"))
+    assert torch.equal(w, FFESN(n=30, seed=3, mask="symmetric").W)
+    with pytest.raises(Exception, match="mask"):
+        TrainConfig(substrate="ffesn", mask="diagonal")
+
+
+def test_ffesn_pipeline_centres_the_pixels_it_reads_in(monkeypatch) -> None:
+    # the seed study's FFESN reads pixel / 255 - 0.5: with input_offset = 0.5 the read-in sees the pixels in
+    # [0, 1] less 0.5 (their mean shifted by exactly -0.5, their spread unchanged), in training and test
+    import stosim.studies.training as training
+    from stosim.datasets import load_dataset
+    from stosim.studies.training import TrainConfig, build_model, train
+
+    seen: list[torch.Tensor] = []
+    cfg = TrainConfig(
+        dataset="digits",
+        substrate="ffesn",
+        n=20,
+        mask="symmetric",
+        input_offset=0.5,
+        limit_train=60,
+        limit_test=30,
+        epochs=1,
+        batch_size=30,
+        optimizer="sgd",
+        lr=0.005,
+    )
+    model = build_model(cfg, 64, 10, (8, 8))
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    monkeypatch.setattr(training, "build_model", lambda *a, **k: model)
+    train(cfg)
+    train_ds, test_ds = load_dataset("digits", None, False, seed=0, limit_train=60, limit_test=30)
+    pixels = np.concatenate([train_ds.flat(), test_ds.flat()]).astype(np.float64)
+    inputs = torch.cat(seen).numpy()
+    assert inputs.shape == pixels.shape
+    assert abs(inputs.mean() - (pixels.mean() - 0.5)) < 1e-12
+    assert abs(inputs.std() - pixels.std()) < 1e-12
+    assert inputs.min() == pytest.approx(-0.5, abs=1e-12) and inputs.max() == pytest.approx(0.5, abs=1e-12)
+
+
+@pytest.mark.parametrize("offset", [float("nan"), float("inf"), -float("inf"), 1.5, -2.0, "0.5", True])
+def test_input_offset_refuses_non_finite_and_out_of_range_values(offset: object) -> None:
+    from stosim.studies.training import TrainConfig
+
+    with pytest.raises(
+        Exception,
+        match=r"input_offset\n.*(finite number|less than or equal to 1|greater than or equal to -1|valid number)",
+    ):
+        TrainConfig(substrate="ffesn", input_offset=offset)
 
 
 @pytest.mark.parametrize(
