@@ -158,8 +158,9 @@ class TrainConfig(BaseModel):
     device: str | None = None
     spectral_radius: float = _field("spectral_radius", 1.0)
     steps: int = _field("steps", 5)
-    mask: Literal["independent", "symmetric"] = Field(
-        default="independent",
+    mask: Literal["independent", "symmetric"] = _field(
+        "mask",
+        "independent",
         description="ffesn: W's mask, entries kept independently with probability 0.5, or a symmetric random "
         "graph with exactly round(0.5 N (N - 1) / 2) edges and zero diagonal (the seed study's code)",
     )

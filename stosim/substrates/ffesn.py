@@ -51,7 +51,7 @@ _MAX_SPECTRAL_RADIUS = 10.0
 MASKS = ("independent", "symmetric")
 
 # the FFESN's own settings (stosim.parameters): keys of experiment files, sweep points and flags
-SPECTRAL_RADIUS, DENSITY, STEPS = declare(
+SPECTRAL_RADIUS, DENSITY, STEPS, MASK = declare(
     Parameter(
         "spectral_radius",
         "dimensionless",
@@ -62,6 +62,7 @@ SPECTRAL_RADIUS, DENSITY, STEPS = declare(
     ),
     Parameter("density", "dimensionless", "FFESN connection density", minimum=0.0, open_min=True, maximum=1.0),
     Parameter("steps", "count", "FFESN steps K", minimum=1, maximum=10_000),
+    Parameter("mask", "text", "FFESN mask of W (independent entries or a symmetric graph)"),
     module=__name__,
 )
 
