@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["DOCS_PATH", "parameters_markdown", "main"]
@@ -57,19 +57,27 @@ def parameters_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stosim.parameter_docs", description=__doc__.splitlines()[0])
+def write_generated_doc(
+    prog: str, doc: str | None, path: Path, make_text: Callable[[], str], argv: Sequence[str] | None
+) -> int:
+    """The command line of a generated docs table: write ``make_text()`` to ``path``, or with ``--check`` only
+    report (exit status 1) whether the file is out of date."""
+    parser = argparse.ArgumentParser(prog=prog, description=(doc or prog).splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check that the file is up to date")
     args = parser.parse_args(argv)
-    text = parameters_markdown()
+    text = make_text()
     if args.check:
-        current = DOCS_PATH.read_text(encoding="utf-8") if DOCS_PATH.exists() else ""
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
         if current != text:
-            print(f"{DOCS_PATH} is out of date; run python -m stosim.parameter_docs", file=sys.stderr)
+            print(f"{path} is out of date; run {prog}", file=sys.stderr)
             return 1
         return 0
-    DOCS_PATH.write_text(text, encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return write_generated_doc("python -m stosim.parameter_docs", __doc__, DOCS_PATH, parameters_markdown, argv)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ A test checks that the committed file is up to date, so adding a substrate updat
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from stosim.parameter_docs import write_generated_doc
 
 __all__ = ["DOCS_PATH", "substrates_markdown", "main"]
 
@@ -63,18 +63,7 @@ def substrates_markdown() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stosim.substrate_docs", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check that the file is up to date")
-    args = parser.parse_args(argv)
-    text = substrates_markdown()
-    if args.check:
-        current = DOCS_PATH.read_text(encoding="utf-8") if DOCS_PATH.exists() else ""
-        if current != text:
-            print(f"{DOCS_PATH} is out of date; run python -m stosim.substrate_docs", file=sys.stderr)
-            return 1
-        return 0
-    DOCS_PATH.write_text(text, encoding="utf-8")
-    return 0
+    return write_generated_doc("python -m stosim.substrate_docs", __doc__, DOCS_PATH, substrates_markdown, argv)
 
 
 if __name__ == "__main__":
