@@ -28,8 +28,8 @@ Cost model (EXTRAPOLATED, printed with the numbers)::
 ``sweep_speedup`` is ``speedup_2_vs_1`` of ``bench_sweep.py`` (points/s on 2 workers over 1 worker;
 default 1.9). A row for k workers assumes k free cores scaling as the 2-worker measurement did; nothing
 beyond 2 workers was measured on this machine. Left out: each point's data loading and model building
-(8-9 s per point of the reduced map as run) and the sweep's scheduling and writes (``bench_sweep.py``). The machine is shared: the load average
-is printed, and on a loaded machine wall time exceeds CPU time.
+(8-9 s per point of the reduced map as run) and the sweep's scheduling and writes (``bench_sweep.py``).
+The machine is shared: the load average is printed, and on a loaded machine wall time exceeds CPU time.
 """
 
 from __future__ import annotations
