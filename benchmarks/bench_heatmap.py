@@ -161,7 +161,12 @@ def bench(spec_path: Path, steps: int = 3) -> dict:
         }
     out.update(
         spec=str(spec_path.relative_to(REPO) if spec_path.is_relative_to(REPO) else spec_path),
-        largest_point={"coupling_oe": point.coupling, "duration_s": point.duration, "n": cfg.n},
+        largest_point={
+            "coupling_oe": point.coupling,
+            "duration_s": point.duration,
+            "n": cfg.n,
+            "substrate": cfg.substrate,
+        },
         dtype=cfg.dtype,
         batch=batch,
         eval_chunk=chunk,
@@ -211,8 +216,13 @@ def main() -> None:
     res["map_s_by_workers"] = {str(k): c["map_s_one_worker"] / (1.0 if k == 1 else k * efficiency) for k in WORKERS}
     lp = res["largest_point"]
     print(
-        f"{res['spec']}: largest point mu = {lp['coupling_oe']:g} Oe, T = {lp['duration_s'] * 1e12:g} ps, "
-        f"N = {lp['n']}, {res['dtype']}, batch {res['batch']}, 1 compute thread; load average before "
+        f"{res['spec']}: largest point "
+        + (
+            f"mu = {lp['coupling_oe']:g} Oe, T = {lp['duration_s'] * 1e12:g} ps, "
+            if lp["substrate"] == "sto"
+            else f"{lp['substrate']}, T = {lp['duration_s']:g} (its time unit), "
+        )
+        + f"N = {lp['n']}, {res['dtype']}, batch {res['batch']}, 1 compute thread; load average before "
         f"{load_before}, after {res['loadavg_after']}"
     )
     print(f"{'measured':32s} {'CPU s':>10s} {'wall s':>10s}")
