@@ -8,7 +8,7 @@ medians over the rounds:
 
 - one training step (Adam's zero_grad, forward, cross-entropy, backward, step) on a batch of random pixels of
   MNIST's shape (they cost what images cost: every STO step is the same arithmetic whatever the state);
-- one evaluation chunk (forward without a graph, as ``training._evaluate`` runs the test set: max(batch, 256)
+- one evaluation chunk (forward without a graph, as ``training.evaluate_accuracy`` runs the test set: max(batch, 256)
   images);
 - one epoch of the tables' training, **extrapolated**: ceil(24,345 / batch) steps + ceil(10,000 / chunk)
   evaluation chunks (``epoch_time_s`` of ``stosim train`` counts both); ``deep_over_plain_epoch_ratio`` is the

@@ -12,7 +12,7 @@ compilation, not timed) it times, with ``time.process_time`` (CPU) and ``time.pe
 
 - ``--steps`` training steps (zero_grad, forward, cross-entropy, backward, optimizer step) at the spec's
   batch size and dtype (median);
-- one evaluation chunk (forward without a graph over max(batch, 256) test images, as ``training._evaluate``);
+- one evaluation chunk (forward without a graph over max(batch, 256) test images, as ``training.evaluate_accuracy``);
 - when the spec sets ``ftmle_samples``: the FTMLE of one test sample (``run_ftmle.dataset_ftmle`` with
   ``limit = 1``, so it includes its data loading and model building), scaled to the point's
   2 x ftmle_samples samples (before and after training).

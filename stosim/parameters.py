@@ -502,6 +502,24 @@ declare(
     _p("max_iter", "count", "iteration limit", minimum=1),
     _p("method", "text", "method"),
     _p("ftmle_samples", "count", "test samples of the FTMLE (0: none)", minimum=0, maximum=10_000),
+    # -- noise points: the levels a trained model is evaluated at (lists) ------------------------------------
+    _p(
+        "eval_observation_snr",
+        "snr",
+        "observation noise SNR of the evaluation",
+        minimum=MIN_SNR_DB,
+        maximum=math.inf,
+        note="(a list; inf: no noise)",
+    ),
+    _p(
+        "eval_dynamical_snr",
+        "snr",
+        "dynamical noise SNR of the evaluation",
+        minimum=MIN_SNR_DB,
+        maximum=math.inf,
+        note="(a list; inf: no noise)",
+    ),
+    _p("eval_temperature", "temperature", "temperature of the evaluation", minimum=0.0, maximum=1e4),
 )
 
 # -- derived tables --------------------------------------------------------------------------------------------

@@ -13,12 +13,14 @@ A :class:`PointKind` bundles
 
 Kinds: ``train`` (a :class:`~stosim.studies.training.TrainConfig` run), ``mle`` (leading Lyapunov exponents of
 a substrate's autonomous dynamics), ``simulate`` (statistics of a coupled STO array's free run),
-``ftmle`` (per-sample finite-time MLE of a substrate's map x(0) -> x(T)). Adding a kind is a point
+``ftmle`` (per-sample finite-time MLE of a substrate's map x(0) -> x(T)), ``noise`` (a ``train`` run whose
+trained coupled-STO model is evaluated at lists of noise levels). Adding a kind is a point
 model, one ``run`` function and one entry in :func:`point_kinds`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -26,10 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Literal, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stosim.parameters import TEXT_UNITS as PARAMETER_TEXT_UNITS
 from stosim.parameters import get as get_parameter
@@ -54,6 +56,7 @@ __all__ = [
     "MLEPoint",
     "SimulatePoint",
     "FTMLEPoint",
+    "NoisePoint",
     "execute_point",
     "resolve_device",
     "device_toml",
@@ -79,7 +82,7 @@ def parameter_metadata(key: str, substrate: str = DEFAULT_SUBSTRATE, kind: str =
     return (time_units(substrate, kind) if param.substrate_time else param.unit), param.long_name
 
 
-SNR_KEYS = frozenset({"dynamical_snr", "observation_snr"})
+SNR_KEYS = frozenset({"dynamical_snr", "observation_snr", "eval_dynamical_snr", "eval_observation_snr"})
 
 
 def normalize_raw(key: str, value: Any, substrate: str) -> Any:
@@ -89,6 +92,8 @@ def normalize_raw(key: str, value: Any, substrate: str) -> Any:
     FFESN times plain numbers; SNRs are numbers of dB, written 20 or "20 dB". Raises ValueError
     naming the key and what is accepted.
     """
+    if isinstance(value, list):  # a list-valued key (the evaluation levels of a noise point)
+        return [normalize_raw(key, v, substrate) for v in value]
     if key in SNR_KEYS and isinstance(value, str):
         text = value.strip()
         if text.endswith("dB"):
@@ -384,6 +389,9 @@ EXTRA_DIM_ATTRS = MappingProxyType(
         "epoch": {"units": "1", "long_name": "training epoch"},
         "exponent": {"units": "1", "long_name": "Lyapunov exponent index (1: the largest)"},
         "sample": {"units": "1", "long_name": "input sample (random read-in)"},
+        "eval_observation_snr": {"units": "dB", "long_name": "observation noise SNR of the evaluation"},
+        "eval_dynamical_snr": {"units": "dB", "long_name": "dynamical noise SNR of the evaluation"},
+        "eval_temperature": {"units": "K", "long_name": "temperature of the evaluation"},
     }
 )
 
@@ -398,6 +406,12 @@ def _rate_units(cfg: BaseModel) -> str:
 
 
 def _run_train(cfg: TrainPoint) -> dict[str, Any]:
+    return _train_point(cfg)
+
+
+def _train_point(cfg: TrainPoint, after: Callable[[Any, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says and return the train outputs; ``after(train_cfg, result)`` (the noise points'
+    evaluations) runs on the trained model before the temporary run folder is removed."""
     from stosim.studies.training import train
 
     overrides = cfg.device_overrides()
@@ -409,11 +423,13 @@ def _run_train(cfg: TrainPoint) -> dict[str, Any]:
         train_cfg = cfg.train_config(device)
         run_dir = Path(tmp) / "run"
         result = train(train_cfg, run_dir)
+        extra = after(train_cfg, result) if after is not None else {}
         ftmle = _trained_untrained_ftmle(train_cfg, run_dir, cfg.ftmle_samples)
     history = result.history
     # accuracies in percent, as the CLI, the training logs and the comparison tables show them
     return {
         **ftmle,
+        **extra,
         "test_accuracy": 100.0 * result.test_accuracy,
         "best_test_accuracy": 100.0 * result.best_test_accuracy,
         "final_train_accuracy": 100.0 * history[-1]["train_accuracy"],
@@ -471,6 +487,136 @@ _TRAIN = PointKind(
     ),
     extra_dims=_train_epochs,
     description="train a reservoir model (stosim.studies.training.train) and evaluate it",
+)
+
+
+# the noise kinds of a noise point: (list field, output, extra dimension attrs' parameter)
+_NOISE_EVALS = (
+    ("observation", "eval_observation_snr", "accuracy_vs_observation_snr"),
+    ("dynamical", "eval_dynamical_snr", "accuracy_vs_dynamical_snr"),
+    ("thermal", "eval_temperature", "accuracy_vs_temperature"),
+)
+MAX_EVAL_LEVELS = 64
+
+
+def _check_snr_list(cls, values: list[float], info) -> list[float]:
+    from stosim.physics.noise import check_snr_db
+
+    return [check_snr_db(v, info.field_name) for v in values]
+
+
+class NoisePoint(TrainPoint):
+    """A ``noise`` point: a ``train`` point (trained with its own noise settings, or noiselessly with
+    ``train_with_noise = false``) whose trained model is then evaluated on the test set at every level of
+    ``eval_observation_snr`` (dB), ``eval_dynamical_snr`` (dB; SNR per step or over
+    ``dynamical_noise_reference``) and ``eval_temperature`` (K), one kind of noise at a time, the others
+    off (:func:`stosim.studies.noise_robustness.accuracy_under_noise`). The lists go in ``[base]`` (every
+    point is evaluated at the same levels); coupled-STO substrates only."""
+
+    eval_observation_snr: list[float] = Field(default_factory=list, max_length=MAX_EVAL_LEVELS)
+    eval_dynamical_snr: list[float] = Field(default_factory=list, max_length=MAX_EVAL_LEVELS)
+    eval_temperature: list[Annotated[float, get_parameter("eval_temperature").field(...)]] = Field(
+        default_factory=list, max_length=MAX_EVAL_LEVELS
+    )
+
+    _snrs = field_validator("eval_observation_snr", "eval_dynamical_snr")(_check_snr_list)
+
+    @field_validator("eval_temperature", mode="before")
+    @classmethod
+    def _temperatures(cls, values: Any, info) -> Any:
+        if isinstance(values, list):
+            return [_unit("temperature")(cls, v, info) for v in values]
+        return values
+
+    @model_validator(mode="after")
+    def _check_noise(self) -> "NoisePoint":
+        if self.substrate not in STO_SUBSTRATES:
+            raise ValueError(
+                f"substrate = {self.substrate!r}: noise points evaluate coupled-STO substrates "
+                f"({', '.join(sorted(STO_SUBSTRATES))})"
+            )
+        for _, key, _ in _NOISE_EVALS:
+            levels = getattr(self, key)
+            if len(set(levels)) != len(levels):
+                raise ValueError(f"{key}: the levels must be distinct (got {levels})")
+        return self
+
+
+def _run_noise(cfg: NoisePoint) -> dict[str, Any]:
+    import torch
+
+    from stosim.datasets import load_dataset
+    from stosim.studies.noise_robustness import accuracy_under_noise
+    from stosim.studies.training import evaluate_accuracy, model_inputs
+
+    def evaluate(train_cfg: TrainConfig, result: Any) -> dict[str, Any]:
+        model = result.model
+        _, test = load_dataset(
+            train_cfg.dataset,
+            train_cfg.data_dir,
+            train_cfg.download,
+            seed=train_cfg.seed,
+            limit_train=train_cfg.limit_train,
+            limit_test=train_cfg.limit_test,
+        )
+        dtype = next(model.parameters()).dtype
+        x = model_inputs(train_cfg, test, dtype)
+        y = torch.as_tensor(test.labels, dtype=torch.int64)
+        batch = max(train_cfg.batch_size, 256)
+        values: dict[str, Any] = {}
+        subs = [m for m in model.modules() if hasattr(m, "noise_suspended")]
+        with contextlib.ExitStack() as quiet:
+            for sub in subs:
+                quiet.enter_context(sub.noise_suspended())
+            values["test_accuracy_noiseless"] = 100.0 * evaluate_accuracy(model, x, y, batch)
+        for kind, key, output in _NOISE_EVALS:
+            levels = getattr(cfg, key)
+            if levels:
+                acc = accuracy_under_noise(
+                    model,
+                    x,
+                    y,
+                    kind,
+                    levels,
+                    dynamical_noise_reference_s=cfg.dynamical_noise_reference,
+                    seed=cfg.seed,
+                    batch_size=batch,
+                )
+                values[output] = 100.0 * acc
+        return values
+
+    return _train_point(cfg, evaluate)
+
+
+def _noise_dims(configs: list[NoisePoint]) -> dict[str, np.ndarray]:
+    dims = _train_epochs(configs)
+    for _, key, _ in _NOISE_EVALS:
+        levels = getattr(configs[0], key)
+        if any(getattr(c, key) != levels for c in configs):
+            raise ValueError(f"{key}: every point must be evaluated at the same levels; give the list in [base]")
+        if levels:
+            dims[key] = np.asarray(levels, dtype=np.float64)
+    return dims
+
+
+def _evaluates(key: str) -> Callable[[BaseModel], bool]:
+    return lambda cfg: bool(getattr(cfg, key))
+
+
+_NOISE = PointKind(
+    name="noise",
+    config=NoisePoint,
+    run=_run_noise,
+    outputs=(
+        *_TRAIN.outputs,
+        Output("test_accuracy_noiseless", "%", "test accuracy of the trained model evaluated without noise"),
+        *(
+            Output(output, "%", f"test accuracy of the trained model with {kind} noise only", (key,), _evaluates(key))
+            for kind, key, output in _NOISE_EVALS
+        ),
+    ),
+    extra_dims=_noise_dims,
+    description="train a coupled-STO model, then evaluate it at lists of observation, dynamical, thermal noise levels",
 )
 
 
@@ -711,7 +857,7 @@ _FTMLE = PointKind(
 @functools.lru_cache(maxsize=1)
 def point_kinds() -> Mapping[str, PointKind]:
     """The point kinds by name (read-only)."""
-    kinds = {k.name: k for k in (_TRAIN, _MLE, _SIMULATE, _FTMLE)}
+    kinds = {k.name: k for k in (_TRAIN, _MLE, _SIMULATE, _FTMLE, _NOISE)}
     return MappingProxyType(kinds)
 
 

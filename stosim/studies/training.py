@@ -52,6 +52,7 @@ __all__ = [
     "STO_TIME_KEYS",
     "UNIT_DIMENSIONS",
     "train",
+    "evaluate_accuracy",
     "TrainResult",
     "build_model",
     "load_train_config",
@@ -592,7 +593,7 @@ def _saved_config(config: dict[str, Any]) -> TrainConfig:
     return validate_train_config(config, source="config")
 
 
-def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+def evaluate_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
     """Fraction of ``x`` classified as ``y``, evaluated in chunks of max(batch_size, 256) images."""
     model.eval()
     correct = 0
@@ -819,9 +820,9 @@ def _train(
         train_acc = (
             train_correct / x_train.shape[0]
             if train_correct is not None
-            else _evaluate(model, x_train, y_train, cfg.batch_size)
+            else evaluate_accuracy(model, x_train, y_train, cfg.batch_size)
         )
-        test_acc = _evaluate(model, x_test, y_test, cfg.batch_size)
+        test_acc = evaluate_accuracy(model, x_test, y_test, cfg.batch_size)
         record = {
             "epoch": epoch,
             "train_loss": None if loss_sum is None else loss_sum / x_train.shape[0],

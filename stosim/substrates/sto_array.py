@@ -129,27 +129,17 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
         self.duration_s = float(duration_s)
         self.dt_s = float(dt_s)
         self.seed = int(seed)
-        self.noise = NoiseSettings(
-            temperature_k=float(temperature_k),
-            dynamical_snr_db=dynamical_snr_db,
-            dynamical_noise_reference_s=dynamical_noise_reference_s,
-        )
-        self.observation_snr_db = (
-            None if observation_snr_db is None else check_snr_db(observation_snr_db, "observation_snr")
-        )
         self._dtype = dtype
         self.register_buffer("coupling_t", torch.as_tensor(array.coupling_transposed_oe(), dtype=dtype))
         self.register_buffer("osc", torch.as_tensor(array.oscillator_parameters(), dtype=dtype))
         self.register_buffer("p", torch.as_tensor(dev.reference_direction, dtype=dtype))
-        sigma = thermal_field_sigma_oe(
-            array.oscillator_parameters()[OSC_DAMPING],
-            self.noise.temperature_k,
-            dev.gyromagnetic_ratio_rad_per_oe_s,
-            dev.saturation_magnetization_emu_cm3,
-            dev.volume_cm3,
-            self.dt_s,
+        self.register_buffer("thermal_sigma_oe", torch.zeros(n, dtype=dtype))
+        self.set_noise(
+            temperature_k=float(temperature_k),
+            dynamical_snr_db=dynamical_snr_db,
+            dynamical_noise_reference_s=dynamical_noise_reference_s,
+            observation_snr_db=observation_snr_db,
         )
-        self.register_buffer("thermal_sigma_oe", torch.as_tensor(sigma, dtype=dtype))
         self.noise_enabled = True
         self.reset(0)
 
@@ -162,6 +152,41 @@ class CoupledSTOArray(Substrate, Differentiable, Stochastic, Timed, HasTangentSy
     def duration(self) -> float:
         """T in s (the substrate's time unit): ``duration_s``."""
         return self.duration_s
+
+    def set_noise(
+        self,
+        *,
+        temperature_k: float = 0.0,
+        dynamical_snr_db: float | None = None,
+        dynamical_noise_reference_s: float | None = None,
+        observation_snr_db: float | None = None,
+    ) -> None:
+        """Replace every noise setting (the defaults: none), e.g. to evaluate a trained model at other
+        noise levels; W, the devices and the trained read-in/readout are untouched.
+
+        ``temperature_k`` (K, [0, 1e4]): thermal field of per-component standard deviation
+        sigma = sqrt(2 alpha k_B T / (gamma M V dt)) Oe (stochastic Heun); ``dynamical_snr_db`` (dB; None or
+        inf: none) with ``dynamical_noise_reference_s`` (None: per step; t_ref in s: the SNR of the noise
+        accumulated over t_ref); ``observation_snr_db`` (dB; None or inf: none). docs/physics.md section 4.
+        """
+        noise = NoiseSettings(
+            temperature_k=temperature_k,
+            dynamical_snr_db=dynamical_snr_db,
+            dynamical_noise_reference_s=dynamical_noise_reference_s,
+        )
+        observation = None if observation_snr_db is None else check_snr_db(observation_snr_db, "observation_snr")
+        dev = self.array.device
+        sigma = thermal_field_sigma_oe(
+            self.array.oscillator_parameters()[OSC_DAMPING],
+            noise.temperature_k,
+            dev.gyromagnetic_ratio_rad_per_oe_s,
+            dev.saturation_magnetization_emu_cm3,
+            dev.volume_cm3,
+            self.dt_s,
+        )
+        self.noise = noise
+        self.observation_snr_db = observation
+        self.thermal_sigma_oe = torch.as_tensor(sigma, dtype=self.dtype)
 
     @property
     def noise_on(self) -> bool:

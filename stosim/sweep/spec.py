@@ -3,9 +3,10 @@
 ::
 
     name = "smoke"
-    kind = "train"                  # train | mle | simulate | ftmle  (see stosim.studies.sweep_points)
+    kind = "train"                  # train | mle | simulate | ftmle | noise  (see stosim.studies.sweep_points)
     seeds = [0, 1]                  # a `seed` dimension; or `seed = 0`: per-point seeds derived from it
     [base]                          # fixed parameters: keys of the kind's point configuration
+                                    # (a list only for a list-valued key: a noise point's levels)
     substrate = "sto"
     epochs = 2
     [grid]                          # swept parameters: each a non-empty list of distinct values
@@ -98,7 +99,7 @@ class SweepSpec(BaseModel):
     seed: int | None = SEED.field(None, description="root seed of the points' seeds")
     seeds: list[Annotated[int, SEED.field(...)]] | None = None
     independent_seeds: bool = False
-    base: dict[str, Scalar] = {}
+    base: dict[str, Scalar | list[Scalar]] = {}  # lists: list-valued keys (a noise point's levels)
     grid: dict[str, list[Scalar]] = {}
 
     @field_validator("name")
@@ -257,6 +258,8 @@ def _json_safe(value: Any) -> Any:
     """JSON-comparable value: non-finite floats as strings ('inf', 'nan')."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
     return value
 
 
