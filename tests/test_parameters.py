@@ -8,6 +8,7 @@ import ast
 import math
 import re
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
@@ -23,12 +24,20 @@ _QUANTITY = re.compile(r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*[A-Za-z
 
 
 def _bounds(field) -> dict[str, float]:
+    """The range of a field, or of the elements of a list-valued field (a noise point's levels)."""
+    metadata = list(field.metadata)
+    if typing.get_origin(field.annotation) is list:
+        (element,) = typing.get_args(field.annotation)
+        metadata = [m for info in getattr(element, "__metadata__", ()) for m in getattr(info, "metadata", [info])]
     out = {}
-    for item in field.metadata:
+    for item in metadata:
         for key in ("gt", "ge", "lt", "le"):
             if getattr(item, key, None) is not None:
                 out[key] = getattr(item, key)
     return out
+
+
+SNR_FIELDS = ("dynamical_snr", "observation_snr", "eval_dynamical_snr", "eval_observation_snr")
 
 
 def _device_models() -> dict[str, type[BaseModel]]:
@@ -62,7 +71,7 @@ def test_every_field_of_the_files_is_a_parameter_with_its_range() -> None:
     for model in _config_models():
         for name, field in model.model_fields.items():
             assert name in declared, f"{model.__name__}.{name} is not declared in stosim.parameters"
-            if declared[name].bounded and name not in ("dynamical_snr", "observation_snr"):  # (dB: check_snr_db)
+            if declared[name].bounded and name not in SNR_FIELDS:  # (dB: check_snr_db)
                 assert _bounds(field) == declared[name].bounds(), f"{model.__name__}.{name}"
                 checked += 1
     by_key = {p.device_key: p for p in declared.values() if p.device_key}
@@ -114,6 +123,7 @@ def test_derived_tables_keep_their_contents() -> None:
         "dt": "time",
         "transient": "time",
         "dynamical_noise_reference": "time",
+        "eval_temperature": "temperature",
     }
     assert STO_TIME_KEYS == {"duration", "dt", "transient"}
     # UNIT_DIMENSIONS is taken when stosim.parameters is imported: the substrates' own parameters carry no unit
@@ -128,6 +138,7 @@ def test_the_snr_range_is_that_of_the_physics() -> None:
     from stosim.physics.noise import MAX_NOISE_REFERENCE_S, MIN_NOISE_REFERENCE_S, MIN_SNR_DB
 
     assert P.get("dynamical_snr").minimum == P.get("observation_snr").minimum == MIN_SNR_DB
+    assert P.get("eval_dynamical_snr").minimum == P.get("eval_observation_snr").minimum == MIN_SNR_DB
     ref = P.get("dynamical_noise_reference")
     assert (ref.minimum, ref.maximum) == (MIN_NOISE_REFERENCE_S, MAX_NOISE_REFERENCE_S)
 

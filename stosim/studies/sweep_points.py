@@ -876,9 +876,11 @@ def get_kind(name: str) -> PointKind:
 def _one_thread() -> None:
     """One compute thread for torch and Numba in this process (BLAS is limited around the run); works
     whenever Numba was imported and whatever the worker's environment says (stosim.integrate.threads)."""
+    from stosim.integrate.allocator import heap_for_temporaries
     from stosim.integrate.threads import one_compute_thread
 
     one_compute_thread()
+    heap_for_temporaries()  # a dask nanny's MALLOC_TRIM_THRESHOLD_ made training points 5x slower
 
 
 def execute_point(kind_name: str, config: dict[str, Any]) -> dict[str, Any]:
