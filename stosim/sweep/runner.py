@@ -25,7 +25,15 @@ from stosim.studies.sweep_points import execute_point
 from stosim.sweep.spec import Point, ResolvedSweep
 from stosim.sweep.store import STATUS_DONE, STATUS_FAILED, SweepState, utc_now
 
-__all__ = ["run_sweep", "SweepSummary", "PointEvent", "SweepFailedError", "THREAD_ENV", "local_cluster"]
+__all__ = [
+    "run_sweep",
+    "SweepSummary",
+    "PointEvent",
+    "SweepFailedError",
+    "THREAD_ENV",
+    "PRE_SPAWN_ENV",
+    "local_cluster",
+]
 
 # one compute thread per worker process (OpenMP, BLAS); torch and Numba are set in the task. Not
 # NUMBA_NUM_THREADS: a nanny applies env= after the worker process may have imported Numba, and a changed
@@ -36,6 +44,14 @@ THREAD_ENV = {
     "MKL_NUM_THREADS": "1",
     "VECLIB_MAXIMUM_THREADS": "1",
 }
+# the environment a worker process starts with: one malloc arena. A point computes in the worker's task
+# thread, and glibc gives a thread other than the main one its own arena, whose heap it unmaps and maps
+# again as tensor-sized temporaries come and go: a Lorenz 96 training point ran 1.4x slower there than
+# in a main thread (benchmarks/bench_worker_heap.py). Workers of an external scheduler: start them with
+# MALLOC_ARENA_MAX=1 (README, Sweeps).
+PRE_SPAWN_ENV = {"MALLOC_ARENA_MAX": "1"}
+# no statistical profiler in the workers: it samples every thread's stack every 10 ms (holding the GIL)
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 SCHEDULER_WORKER_WAIT_S = 120.0
 
 
@@ -100,7 +116,12 @@ def local_cluster(workers: int) -> Iterator[Any]:
 
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers = {workers!r} must be an integer >= 1")
-    with tempfile.TemporaryDirectory(prefix="stosim-dask-") as scratch:
+    import dask
+
+    # set before each worker process starts (glibc reads it then): see PRE_SPAWN_ENV
+    settings = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in PRE_SPAWN_ENV.items()}
+    settings.update(WORKER_CONFIG)
+    with tempfile.TemporaryDirectory(prefix="stosim-dask-") as scratch, dask.config.set(settings):
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,

@@ -803,3 +803,19 @@ def test_line_plot_keeps_a_point_at_an_infinite_coordinate(tmp_path, monkeypatch
     plot_sweep(ds, "test_accuracy", "observation_snr", out=tmp_path / "snr.png")
     np.testing.assert_array_equal(drawn["x"], [0.0, 1.0, 2.0])
     assert drawn["ticks"] == ["10", "20", "inf"] and drawn["scale"] == "linear"
+
+
+def test_local_workers_start_with_one_malloc_arena_and_set_glibc_thresholds(client):
+    """The sweep's own workers start with MALLOC_ARENA_MAX=1 and no profiler; a point sets glibc's thresholds
+    that dask's nanny fixed with MALLOC_TRIM_THRESHOLD_ (stosim.integrate.allocator; bench_worker_heap.py)."""
+    from stosim.integrate.allocator import _mallopt, heap_for_temporaries
+
+    def worker_state():
+        import dask
+
+        return os.environ.get("MALLOC_ARENA_MAX"), dask.config.get("distributed.worker.profile.enabled")
+
+    for arena, profiling in client.run(worker_state).values():
+        assert arena == "1" and profiling is False
+    if _mallopt() is not None:
+        assert all(client.run(heap_for_temporaries).values())  # the nanny's variable is there: set
