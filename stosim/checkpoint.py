@@ -127,6 +127,7 @@ def _read(path: Path) -> Any:
         raise _fail(path, f"not a checkpoint: not a torch zip archive ({kind}, starts with {head!r})")
     if not zipfile.is_zipfile(path):
         raise _fail(path, "damaged or not a checkpoint (a truncated or corrupt zip archive: no central directory)")
+    _check_entries(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -139,6 +140,28 @@ def _read(path: Path) -> Any:
         raise _fail(path, f"refused: it holds something other than tensors and plain data ({detail})") from None
     except Exception as exc:  # a damaged archive: RuntimeError, EOFError, zipfile errors, ...
         raise _fail(path, f"damaged or not a checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _check_entries(path: Path) -> None:
+    """torch.save stores every entry of its archive uncompressed, so the entries fit in the file: a
+    compressed entry, or entries larger than the file, would unpack to more memory than the file holds
+    (a zip bomb) and are refused before anything is read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise _fail(path, f"damaged or not a checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
+    size = path.stat().st_size
+    for info in entries:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise _fail(
+                path,
+                f"refused: entry {info.filename!r} is compressed ({info.compress_size} bytes unpacking to "
+                f"{info.file_size}); torch.save stores entries uncompressed",
+            )
+    total = sum(info.file_size for info in entries)
+    if total > size:
+        raise _fail(path, f"refused: its entries declare {total} bytes, more than the file's {size} bytes")
 
 
 def _is_int(value: Any) -> bool:

@@ -237,3 +237,39 @@ def test_ftmle_refuses_a_damaged_checkpoint(trained, tmp_path, capsys, case):
         f"checkpoint {ckpt}:",
         CASES[case],
     )
+
+
+@pytest.mark.parametrize("how", ["compressed entry", "entries larger than the file"])
+def test_a_zip_bomb_checkpoint_is_refused_before_it_is_unpacked(trained, tmp_path, how):
+    """A checkpoint whose archive unpacks to more than the file holds (a deflated entry of 64 MiB of zeros
+    in a file of ~70 KiB) is refused before torch reads it; torch.save stores entries uncompressed."""
+    import zipfile
+
+    run, _ = trained
+    good = run / "checkpoint.pt"
+    bomb = tmp_path / "checkpoint.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bomb, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("/data.pkl"):
+                dst.writestr(info, data)
+                if how == "compressed entry":
+                    dst.writestr(info.filename.replace("data.pkl", "padding"), bytes(64 << 20), zipfile.ZIP_DEFLATED)
+            else:
+                dst.writestr(info, data)
+    if how == "entries larger than the file":  # a stored entry whose declared size was raised afterwards
+        with zipfile.ZipFile(bomb) as z:
+            target = next(i for i in z.infolist() if i.filename.endswith("/data.pkl"))
+        raw = bytearray(bomb.read_bytes())
+        central = raw.rfind(b"PK\x01\x02", 0, len(raw))
+        while central >= 0:  # the central-directory record of data.pkl: sizes at +20 (compressed), +24
+            name_len = int.from_bytes(raw[central + 28 : central + 30], "little")
+            if raw[central + 46 : central + 46 + name_len].decode() == target.filename:
+                for offset in (20, 24):
+                    raw[central + offset : central + offset + 4] = (1 << 30).to_bytes(4, "little")
+                break
+            central = raw.rfind(b"PK\x01\x02", 0, central)
+        bomb.write_bytes(bytes(raw))
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(CheckpointError, match="refused: (entry .* is compressed|its entries declare)"):
+        load_checkpoint(bomb)
