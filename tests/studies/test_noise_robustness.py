@@ -217,3 +217,12 @@ def test_noise_sweep_file_holds_the_curves(tmp_path):
         assert curve.dims == ("coupling", "seed", "eval_observation_snr") and curve.attrs["units"] == "%"
         clean = float(ds["test_accuracy_noiseless"].squeeze())
         assert float(curve.sel(eval_observation_snr=math.inf).squeeze()) == clean
+        # the figure and the table of experiments/noise/RESULTS.md from it (one seed: std 0)
+        from stosim.sweep.noise_figure import noise_table, plot_noise_kind
+
+        png = plot_noise_kind(ds, None, "observation", tmp_path / "noise.png")
+        assert png.stat().st_size > 10_000
+        table = noise_table([ds], "observation")
+        row = table.splitlines()[-1]
+        assert row.startswith("| mu = 500 Oe, trained without noise |")
+        assert row.endswith(f"| {clean:.1f} +/- 0.0 |")
