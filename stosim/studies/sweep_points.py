@@ -300,6 +300,27 @@ class MLEPoint(DeviceOverrides, _STOPointMixin):
     _times = field_validator("dt", "duration", "transient", mode="before")(_time_validator)
     _substrate = field_validator("substrate")(check_lyapunov_substrate)
 
+    def tangent_keywords(self) -> dict[str, Any]:
+        """The keywords of :func:`~stosim.studies.run_lyapunov.substrate_tangent_system` for this point (the
+        device file with its overrides for the STOs); each substrate's tangent system takes its own of them."""
+        device = resolve_device(self.device, self.device_overrides()) if self.substrate in STO_SUBSTRATES else None
+        return {
+            "seed": self.seed,
+            "n": self.n,
+            "dt": self.dt,
+            "coupling_oe": self.coupling,
+            "current_a": self.current,
+            "device": device,
+            "spectral_radius": self.spectral_radius,
+            "density": self.density,
+            "forcing": self.forcing,
+            "g": self.g,
+            "time": self.network_time,
+            "input_std": self.input_std,
+            "input_tau": self.input_tau,
+            "zero_diagonal": self.zero_diagonal,
+        }
+
     @model_validator(mode="after")
     def _check(self) -> "MLEPoint":
         if self.device_overrides() and self.substrate not in STO_SUBSTRATES:
@@ -623,27 +644,12 @@ _NOISE = PointKind(
 def _run_mle(cfg: MLEPoint) -> dict[str, Any]:
     from stosim.studies.run_lyapunov import substrate_lyapunov
 
-    device = resolve_device(cfg.device, cfg.device_overrides()) if cfg.substrate in STO_SUBSTRATES else None
     result = substrate_lyapunov(
         cfg.substrate,
         n_exponents=cfg.n_exponents,
         duration=cfg.duration,
         transient=cfg.transient,
-        seed=cfg.seed,
-        n=cfg.n,
-        dt=cfg.dt,
-        coupling_oe=cfg.coupling,
-        current_a=cfg.current,
-        device=device,
-        spectral_radius=cfg.spectral_radius,
-        density=cfg.density,
-        forcing=cfg.forcing,
-        # each substrate's tangent system takes its own keywords of these
-        g=cfg.g,
-        time=cfg.network_time,
-        input_std=cfg.input_std,
-        input_tau=cfg.input_tau,
-        zero_diagonal=cfg.zero_diagonal,
+        **cfg.tangent_keywords(),
     )
     return {
         "mle": result.mle,

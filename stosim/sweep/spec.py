@@ -505,7 +505,7 @@ def _run_checks(kind: str, cfg: Any) -> None:
 
     sto = getattr(cfg, "substrate", DEFAULT_SUBSTRATE) in STO_SUBSTRATES
     device = resolve_device(cfg.device, cfg.device_overrides()) if sto else None
-    if kind == "train":
+    if kind in ("train", "noise"):  # a noise point trains as a train point does
         check_train_run(cfg.train_config(), device=device)
     elif kind == "simulate":
         from stosim.physics.array import STOArray, check_time_step
@@ -524,18 +524,7 @@ def _run_checks(kind: str, cfg: Any) -> None:
 
         limit = FFESN_CHECK_MAX_N if cfg.substrate == "ffesn" else EXACT_CHECK_MAX_N
         if (cfg.n or LYAPUNOV_DEFAULTS[cfg.substrate]["n"]) <= limit:
-            substrate_tangent_system(
-                cfg.substrate,
-                seed=cfg.seed,
-                n=cfg.n,
-                dt=cfg.dt,
-                coupling_oe=cfg.coupling,
-                current_a=cfg.current,
-                device=device,
-                spectral_radius=cfg.spectral_radius,
-                density=cfg.density,
-                forcing=cfg.forcing,
-            )
+            substrate_tangent_system(cfg.substrate, **cfg.tangent_keywords())  # what the point will build
     elif kind == "ftmle":
         if cfg.substrate == "sto" and (cfg.n or 100) <= EXACT_CHECK_MAX_N:
             from stosim.substrates.sto_array import CoupledSTOArray

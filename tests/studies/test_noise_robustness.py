@@ -226,3 +226,11 @@ def test_noise_sweep_file_holds_the_curves(tmp_path):
         row = table.splitlines()[-1]
         assert row.startswith("| mu = 500 Oe, trained without noise |")
         assert row.endswith(f"| {clean:.1f} +/- 0.0 |")
+
+
+def test_noise_points_get_the_checks_of_a_training_run():
+    """A noise point trains as a train point does: the run's own checks (duration a whole multiple of dt)
+    refuse it before any worker starts."""
+    spec = {**NOISE_SPEC, "base": {**NOISE_SPEC["base"], "dt": "10 ps", "duration": "25 ps"}}
+    with pytest.raises(SpecError, match="whole multiple"):
+        resolve_spec(parse_spec(spec, "spec.toml"), source="spec.toml")
