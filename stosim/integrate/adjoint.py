@@ -126,8 +126,9 @@ def _recompute_segment(x, seg, fields, coupling_t, use_coupling, osc, lam, p, dt
         stage_accumulate(x, tmp2, f[2], zero, zero, osc, lam, p, dt, c_one, third, acc, tmp)
         _coupled_field(tmp, coupling_t, use_coupling, f[3])
         if q + 1 < length:
-            stage_final(x, tmp, f[3], zero, zero, osc, lam, p, dt, sixth, acc, x)
-            copy_into(seg[q + 1], x)
+            # into seg[q + 1], not over x: an output aliasing an input runs the scalar loop
+            stage_final(x, tmp, f[3], zero, zero, osc, lam, p, dt, sixth, acc, seg[q + 1])
+            copy_into(x, seg[q + 1])
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})

@@ -131,7 +131,8 @@ def stage_accumulate(m, ms, hx, hy, hz, osc, lam, p, a_next, keep, w, acc, nxt):
 def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
     """Last stage: out = (m + dt (acc + w f(ms))) / |...| (projection onto the unit sphere).
 
-    ``out`` may be ``m`` itself. Returns -1, or the flat index b * N + i of the first
+    ``out`` may be ``m`` itself, but then LLVM runs the loop unvectorized (3-4x slower): the kernels pass
+    another buffer. Returns -1, or the flat index b * N + i of the first
     oscillator whose new state is not finite (or whose norm overflowed or vanished).
     """
     _, n_batch, n_osc = m.shape
