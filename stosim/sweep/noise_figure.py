@@ -51,8 +51,9 @@ def _training_noise(ds) -> str:
     return "trained with " + (", ".join(parts) if parts else "no noise")
 
 
-def noise_curves(ds, kind: str) -> dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """{coupling (Oe): (levels, mean, std over seeds)} of the accuracy under ``kind`` noise in ``ds``."""
+def noise_curves(ds, kind: str) -> dict[float, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """{coupling (Oe): (levels, mean, std over seeds, seeds finished)} of the accuracy under ``kind`` noise in
+    ``ds``; a seed whose point has not finished (all NaN) is left out of the mean and not counted."""
     var, dim, _ = KINDS[kind]
     if var not in ds.data_vars:
         raise ValueError(f"{var}: not in this sweep file; its noise points were not evaluated under {kind} noise")
@@ -63,7 +64,8 @@ def noise_curves(ds, kind: str) -> dict[float, tuple[np.ndarray, np.ndarray, np.
         values = da.values[k]
         with warnings.catch_warnings():  # a level no seed has finished yet is NaN
             warnings.simplefilter("ignore", RuntimeWarning)
-            out[float(mu)] = (levels, np.nanmean(values, axis=0), np.nanstd(values, axis=0))
+            finished = int(np.isfinite(values).any(axis=1).sum())
+            out[float(mu)] = (levels, np.nanmean(values, axis=0), np.nanstd(values, axis=0), finished)
     return out
 
 
@@ -90,11 +92,14 @@ def plot_noise_kind(noiseless, trained, kind: str, out: str | Path, title: str =
     for ds, style, marker in sets:
         how = _training_noise(ds)
         n_seeds = ds.sizes.get("seed", 1)
-        for c, (mu, (levels, mean, std)) in enumerate(noise_curves(ds, kind).items()):
+        for c, (mu, (levels, mean, std, finished)) in enumerate(noise_curves(ds, kind).items()):
+            if finished == 0:
+                continue  # no seed of this curve has finished yet
+            seeds = f"{finished} seeds" if finished == n_seeds else f"{finished} of {n_seeds} seeds"
             pos = np.where(np.isfinite(levels), levels, np.nan)
             ax.errorbar(
                 pos, mean, yerr=std, linestyle=style, marker=marker, capsize=3, color=colors[c % len(colors)],
-                label=f"mu = {mu:g} Oe, {how} ({n_seeds} seeds)",
+                label=f"mu = {mu:g} Oe, {how} ({seeds})",
             )  # fmt: skip
     ax.set_xlabel(label)
     ax.set_ylabel("test accuracy (%), mean +/- std over seeds")
@@ -117,11 +122,15 @@ def noise_table(datasets: list, kind: str) -> str:
     lines = [f"{label}:", "", head, "| --- |" + " --- |" * len(levels)]
     for ds in datasets:
         how = _training_noise(ds)
-        for mu, (lv, mean, std) in noise_curves(ds, kind).items():
+        n_seeds = ds.sizes.get("seed", 1)
+        for mu, (lv, mean, std, finished) in noise_curves(ds, kind).items():
             if not np.array_equal(lv, levels):
                 raise ValueError(f"{dim}: the files are evaluated at different levels ({lv} and {levels})")
+            if finished == 0:
+                continue
             cells = " | ".join(f"{m:.1f} +/- {s:.1f}" for m, s in zip(mean, std))
-            lines.append(f"| mu = {mu:g} Oe, {how} | {cells} |")
+            seeds = "" if finished == n_seeds else f" ({finished} of {n_seeds} seeds)"
+            lines.append(f"| mu = {mu:g} Oe, {how}{seeds} | {cells} |")
     return "\n".join(lines)
 
 

@@ -234,3 +234,23 @@ def test_noise_points_get_the_checks_of_a_training_run():
     spec = {**NOISE_SPEC, "base": {**NOISE_SPEC["base"], "dt": "10 ps", "duration": "25 ps"}}
     with pytest.raises(SpecError, match="whole multiple"):
         resolve_spec(parse_spec(spec, "spec.toml"), source="spec.toml")
+
+
+def test_noise_table_counts_finished_seeds_only():
+    """A sweep still running: a seed not yet finished (NaN) is neither averaged nor counted; a coupling with no
+    finished seed gets no row."""
+    import json
+
+    from stosim.sweep.noise_figure import noise_curves, noise_table
+
+    acc = np.full((2, 2, 2), np.nan)  # coupling x seed x level
+    acc[1, 0] = [80.0, 90.0]
+    ds = xr.Dataset(
+        {"accuracy_vs_observation_snr": (("coupling", "seed", "eval_observation_snr"), acc)},
+        coords={"coupling": [1.0, 500.0], "seed": [0, 1], "eval_observation_snr": [0.0, 10.0]},
+        attrs={"sweep_spec_json": json.dumps({"base": {"train_with_noise": False}})},
+    )
+    curves = noise_curves(ds, "observation")
+    assert curves[1.0][3] == 0 and curves[500.0][3] == 1
+    rows = noise_table([ds], "observation").splitlines()[4:]
+    assert rows == ["| mu = 500 Oe, trained without noise (1 of 2 seeds) | 80.0 +/- 0.0 | 90.0 +/- 0.0 |"]
