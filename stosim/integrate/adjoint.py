@@ -22,8 +22,9 @@ import numpy as np
 from numba import njit
 
 from stosim.integrate.chunks import for_each_chunk
+from stosim.integrate.gemm import gemm_accumulate, gemm_into
 from stosim.integrate.sto_kernels import SMALL_N_MAX, copy_into, run_small
-from stosim.physics.llg import stage_accumulate, stage_final, stage_vjp
+from stosim.physics.llg import llg_point, llg_vjp_point, oscillator_rows, stage_accumulate, stage_final
 
 __all__ = ["adjoint_chunks"]
 
@@ -31,93 +32,158 @@ __all__ = ["adjoint_chunks"]
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _coupled_field(s, coupling_t, use_coupling, hx):
     if use_coupling:
-        np.dot(s[0], coupling_t, hx)
+        gemm_into(s[0], coupling_t, hx)
+
+
+_FIRST, _MIDDLE, _LAST = 0, 1, 2  # modes of _stage_back
 
 
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def _step_vjp(
-    m, g, coupling_t, coupling, use_coupling, osc, lam, p, dt, work, hxs, zero, g_hx, g_s, out, fields_given=False
+    m, g, coupling_t, coupling, use_coupling, osc, lam, p, dt, work, hxs, zero, g_hx, g_sx, fields_given=False
 ):
-    """out = (d m'/d m)^T g for one projected RK4 step from m (all (3, Bc, N)).
+    """g <- (d m'/d m)^T g for one projected RK4 step from m (all (3, Bc, N)), in place.
 
     ``hxs`` (4, Bc, N) receives the stage fields H_x(s_j), or holds them when ``fields_given``."""
-    s2, s3, s4, k1, k2, k3, k4, gk = work[0], work[1], work[2], work[3], work[4], work[5], work[6], work[7]
+    s2, s3, s4, acc, gk, out, gu = work[0], work[1], work[2], work[3], work[4], work[5], work[6]
     consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(m.dtype)  # in working precision
-    half, c_zero, c_one = dt * consts[0], consts[3], consts[4]
-    # recompute the stages (k_j via stage_accumulate with keep = 0, w = 1)
+    half, sixth, third, c_zero, c_one = dt * consts[0], consts[1], consts[2], consts[3], consts[4]
+    # recompute the stage states s_j and acc = k1/6 + k2/3 + k3/3, as the forward pass computes them (bitwise)
     if not fields_given:
         _coupled_field(m, coupling_t, use_coupling, hxs[0])
-    stage_accumulate(m, m, hxs[0], zero, zero, osc, lam, p, half, c_zero, c_one, k1, s2)
+    stage_accumulate(m, m, hxs[0], zero, zero, osc, lam, p, half, c_zero, sixth, acc, s2)
     if not fields_given:
         _coupled_field(s2, coupling_t, use_coupling, hxs[1])
-    stage_accumulate(m, s2, hxs[1], zero, zero, osc, lam, p, half, c_zero, c_one, k2, s3)
+    stage_accumulate(m, s2, hxs[1], zero, zero, osc, lam, p, half, c_one, third, acc, s3)
     if not fields_given:
         _coupled_field(s3, coupling_t, use_coupling, hxs[2])
-    stage_accumulate(m, s3, hxs[2], zero, zero, osc, lam, p, dt, c_zero, c_one, k3, s4)
+    stage_accumulate(m, s3, hxs[2], zero, zero, osc, lam, p, dt, c_one, third, acc, s4)
     if not fields_given:
         _coupled_field(s4, coupling_t, use_coupling, hxs[3])
-    stage_accumulate(m, s4, hxs[3], zero, zero, osc, lam, p, c_zero, c_zero, c_one, k4, gk)  # gk: scratch
-    _, n_batch, n_osc = m.shape
-    sixth = dt * consts[1]
-    third = dt * consts[2]
-    # g_u = (g - m'(m'.g))/|u|; out starts as g_u (the identity path m -> u)
-    for b in range(n_batch):
-        for i in range(n_osc):
-            ux = m[0, b, i] + sixth * (k1[0, b, i] + k4[0, b, i]) + third * (k2[0, b, i] + k3[0, b, i])
-            uy = m[1, b, i] + sixth * (k1[1, b, i] + k4[1, b, i]) + third * (k2[1, b, i] + k3[1, b, i])
-            uz = m[2, b, i] + sixth * (k1[2, b, i] + k4[2, b, i]) + third * (k2[2, b, i] + k3[2, b, i])
-            inv = c_one / np.sqrt(ux * ux + uy * uy + uz * uz)
-            nx, ny, nz = ux * inv, uy * inv, uz * inv
-            gx, gy, gz = g[0, b, i], g[1, b, i], g[2, b, i]
-            dot = nx * gx + ny * gy + nz * gz
-            out[0, b, i] = (gx - nx * dot) * inv
-            out[1, b, i] = (gy - ny * dot) * inv
-            out[2, b, i] = (gz - nz * dot) * inv
-    gu = work[8]
-    copy_into(gu, out)
-    # stage 4: g_k4 = h/6 g_u; s4 = m + h k3
-    for c in range(3):
-        for b in range(n_batch):
-            for i in range(n_osc):
-                gk[c, b, i] = sixth * gu[c, b, i]
-    _stage_back(s4, hxs[3], zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
-    _next_gk(out, gk, gu, g_s, third, dt)  # g_k3
-    _stage_back(s3, hxs[2], zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
-    _next_gk(out, gk, gu, g_s, third, half)  # g_k2
-    _stage_back(s2, hxs[1], zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
-    _next_gk(out, gk, gu, g_s, sixth, half)  # g_k1
-    _stage_back(m, hxs[0], zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s)
-    out += g_s  # on whole arrays: an augmented assignment to a subscript (out[c] += ...) is a slice assignment
-
-
-@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
-def _next_gk(out, gk, gu, g_s, a, b_coef):
-    """out += g_s; g_k = a g_u + b g_s, elementwise over (3, Bc, N) (loops: see :func:`copy_into`)."""
-    _, n_batch, n_osc = out.shape
-    for c in range(3):
-        for b in range(n_batch):
-            for i in range(n_osc):
-                out[c, b, i] += g_s[c, b, i]
-                gk[c, b, i] = a * gu[c, b, i] + b_coef * g_s[c, b, i]
+    # k4 = f(s4) and u = m + h (acc + k4/6) in one pass with gu = g_u = (g - m'(m'.g))/|u|, m' = u/|u|
+    _project_back(m, s4, hxs[3], osc, lam, p, acc, g, dt, sixth, gu)
+    h_sixth, h_third = dt * sixth, dt * third
+    # the cotangent of m (``out``) collects g_u (the identity path m -> u) and each stage's g_s.
+    # stage 4 (g_k4 = h/6 g_u; s4 = m + h k3): g_k3 = h/3 g_u + h g_s4; stage 3 (s3 = m + h/2 k2):
+    # g_k2 = h/3 g_u + h/2 g_s3; stage 2: g_k1 = h/6 g_u + h/2 g_s2; stage 1 (s1 = m): g = out + g_s1
+    _stage_back(s4, hxs[3], gk, gu, out, coupling, use_coupling, osc, lam, p, h_third, dt, _FIRST, g_hx, g_sx, g)
+    _stage_back(s3, hxs[2], gk, gu, out, coupling, use_coupling, osc, lam, p, h_third, half, _MIDDLE, g_hx, g_sx, g)
+    _stage_back(s2, hxs[1], gk, gu, out, coupling, use_coupling, osc, lam, p, h_sixth, half, _MIDDLE, g_hx, g_sx, g)
+    _stage_back(m, hxs[0], gk, gu, out, coupling, use_coupling, osc, lam, p, h_sixth, half, _LAST, g_hx, g_sx, g)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _stage_back(s, hx, zero, gk, coupling, use_coupling, osc, lam, p, g_hx, g_s):
-    """g_s = J_m(s)^T g_k + e_x (g_hx @ mu W), g_hx = J_hx(s)^T g_k."""
-    stage_vjp(s, hx, zero, zero, gk, osc, lam, p, g_s, g_hx)
+def _project_back(m, s4, hx4, osc, lam, p, acc, g, dt, sixth, gu):
+    """k4 = f(s4, hx4) and u = m + h (acc + k4/6) per oscillator (the forward pass's last stage, k4 not
+    stored); gu = (g - m'(m'.g))/|u| with m' = u/|u|, the cotangent of u."""
+    _, n_batch, n_osc = m.shape
+    h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
+    px, py, pz = p[0], p[1], p[2]
+    one = np.ones(1, dtype=m.dtype)[0]
+    zero = one - one
+    for b in range(n_batch):
+        sx, sy, sz, fx = s4[0, b], s4[1, b], s4[2, b], hx4[b]
+        mx, my, mz = m[0, b], m[1, b], m[2, b]
+        ax, ay, az = acc[0, b], acc[1, b], acc[2, b]
+        gx, gy, gz = g[0, b], g[1, b], g[2, b]
+        ox, oy, oz = gu[0, b], gu[1, b], gu[2, b]
+        for i in range(n_osc):
+            k4x, k4y, k4z = llg_point(
+                sx[i], sy[i], sz[i], fx[i], zero, zero,
+                h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one,
+            )  # fmt: skip
+            ux = mx[i] + dt * (ax[i] + sixth * k4x)
+            uy = my[i] + dt * (ay[i] + sixth * k4y)
+            uz = mz[i] + dt * (az[i] + sixth * k4z)
+            inv = one / np.sqrt(ux * ux + uy * uy + uz * uz)
+            nx, ny, nz = ux * inv, uy * inv, uz * inv
+            dot = nx * gx[i] + ny * gy[i] + nz * gz[i]
+            ox[i] = (gx[i] - nx * dot) * inv
+            oy[i] = (gy[i] - ny * dot) * inv
+            oz[i] = (gz[i] - nz * dot) * inv
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _stage_back(s, hx, gk, gu, out, coupling, use_coupling, osc, lam, p, a, b_coef, mode, g_hx, g_sx, res):
+    """One stage k = f(s, H_x(s)) in reverse, fused with the bookkeeping of the step's cotangents.
+
+    (g_m, g_hx) = (J_m(s)^T v, J_hx(s)^T v) pointwise and g_s = g_m + e_x (g_hx @ mu W) (one gemm), for
+    the stage's cotangent v: v = (a/2) g_u in mode _FIRST (the last RK4 stage: g_k4 = h/6 g_u, a = h/3),
+    else v = g_k. Then _FIRST: out = g_u + g_s; _MIDDLE: out += g_s; in both g_k <- a g_u + b g_s (the
+    previous stage's cotangent); _LAST (s = m): res = out + g_s. The y and z parts are finished in the
+    pointwise pass, the x part after the gemm. All (3, Bc, N) except hx, g_hx and g_sx (Bc, N)."""
+    _, n_batch, n_osc = s.shape
+    h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
+    px, py, pz = p[0], p[1], p[2]
+    one = np.ones(1, dtype=s.dtype)[0]
+    zero = one - one
+    v_scale = a / (one + one)  # _FIRST: v = g_k4 = (h/6) g_u, with a = h/3 the coefficient of g_u in g_k3
+    for b in range(n_batch):
+        mx, my, mz, fx = s[0, b], s[1, b], s[2, b], hx[b]
+        vx, vy, vz = gk[0, b], gk[1, b], gk[2, b]
+        ux, uy, uz = gu[0, b], gu[1, b], gu[2, b]
+        oy, oz, hxb, gxb = out[1, b], out[2, b], g_hx[b], g_sx[b]
+        if mode == _FIRST:
+            for i in range(n_osc):
+                gmx, gmy, gmz, gbx = llg_vjp_point(
+                    mx[i], my[i], mz[i], fx[i], zero, zero, v_scale * ux[i], v_scale * uy[i], v_scale * uz[i],
+                    h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one,
+                )  # fmt: skip
+                gxb[i] = gmx
+                hxb[i] = gbx
+                oy[i] = uy[i] + gmy
+                oz[i] = uz[i] + gmz
+                vy[i] = a * uy[i] + b_coef * gmy
+                vz[i] = a * uz[i] + b_coef * gmz
+        elif mode == _MIDDLE:
+            for i in range(n_osc):
+                gmx, gmy, gmz, gbx = llg_vjp_point(
+                    mx[i], my[i], mz[i], fx[i], zero, zero, vx[i], vy[i], vz[i],
+                    h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one,
+                )  # fmt: skip
+                gxb[i] = gmx
+                hxb[i] = gbx
+                oy[i] += gmy
+                oz[i] += gmz
+                vy[i] = a * uy[i] + b_coef * gmy
+                vz[i] = a * uz[i] + b_coef * gmz
+        else:
+            ry, rz = res[1, b], res[2, b]
+            for i in range(n_osc):
+                gmx, gmy, gmz, gbx = llg_vjp_point(
+                    mx[i], my[i], mz[i], fx[i], zero, zero, vx[i], vy[i], vz[i],
+                    h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one,
+                )  # fmt: skip
+                gxb[i] = gmx
+                hxb[i] = gbx
+                ry[i] = oy[i] + gmy
+                rz[i] = oz[i] + gmz
     if use_coupling:
-        g_sx = g_s[0]
-        g_sx += np.dot(g_hx, coupling)  # in place on the view (g_s[0] += ... would be a slice assignment)
+        gemm_accumulate(g_hx, coupling, g_sx)  # g_s_x += g_hx @ (mu W): one gemm, no temporary
+    for b in range(n_batch):
+        ox, ux, vx, gxb = out[0, b], gu[0, b], gk[0, b], g_sx[b]
+        if mode == _FIRST:
+            for i in range(n_osc):
+                ox[i] = ux[i] + gxb[i]
+                vx[i] = a * ux[i] + b_coef * gxb[i]
+        elif mode == _MIDDLE:
+            for i in range(n_osc):
+                ox[i] += gxb[i]
+                vx[i] = a * ux[i] + b_coef * gxb[i]
+        else:
+            rx = res[0, b]
+            for i in range(n_osc):
+                rx[i] = ox[i] + gxb[i]
 
 
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
-def _recompute_segment(x, seg, fields, coupling_t, use_coupling, osc, lam, p, dt, length, zero, acc, tmp, tmp2):
-    """Recompute ``length`` RK4 steps from x = seg[0] (as :func:`run_chunk` does, bitwise): seg[q] = state at
-    step q (q < length), fields[q, j] = H_x of stage j of step q. ``x`` is overwritten."""
-    consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(x.dtype)  # in working precision
+def _recompute_segment(seg, fields, coupling_t, use_coupling, osc, lam, p, dt, length, zero, acc, tmp, tmp2):
+    """Recompute ``length`` RK4 steps from seg[0] (as :func:`run_chunk` does, bitwise): seg[q] = state at
+    step q (q < length), fields[q, j] = H_x of stage j of step q."""
+    consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(seg.dtype)  # in working precision
     half, sixth, third, c_zero, c_one = dt * consts[0], consts[1], consts[2], consts[3], consts[4]
     for q in range(length):
-        f = fields[q]
+        f, x = fields[q], seg[q]
         _coupled_field(x, coupling_t, use_coupling, f[0])
         stage_accumulate(x, x, f[0], zero, zero, osc, lam, p, half, c_zero, sixth, acc, tmp)
         _coupled_field(tmp, coupling_t, use_coupling, f[1])
@@ -126,9 +192,7 @@ def _recompute_segment(x, seg, fields, coupling_t, use_coupling, osc, lam, p, dt
         stage_accumulate(x, tmp2, f[2], zero, zero, osc, lam, p, dt, c_one, third, acc, tmp)
         _coupled_field(tmp, coupling_t, use_coupling, f[3])
         if q + 1 < length:
-            # into seg[q + 1], not over x: an output aliasing an input runs the scalar loop
             stage_final(x, tmp, f[3], zero, zero, osc, lam, p, dt, sixth, acc, seg[q + 1])
-            copy_into(x, seg[q + 1])
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -140,12 +204,11 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
     """
     _, n_batch, n_osc = grad.shape
     seg = np.empty((segment, 3, n_batch, n_osc), dtype=grad.dtype)
-    work = np.zeros((9, 3, n_batch, n_osc), dtype=grad.dtype)
+    work = np.zeros((7, 3, n_batch, n_osc), dtype=grad.dtype)
     hxs = np.zeros((4, n_batch, n_osc), dtype=grad.dtype)
     zero = np.zeros((n_batch, n_osc), dtype=grad.dtype)
     g_hx = np.zeros((n_batch, n_osc), dtype=grad.dtype)
-    g_s = np.empty((3, n_batch, n_osc), dtype=grad.dtype)
-    nxt = np.empty_like(grad)
+    g_sx = np.empty((n_batch, n_osc), dtype=grad.dtype)
     # below SMALL_N_MAX the forward pass ran the fused small-N loop: recompute with it, fields in _step_vjp
     keep_fields = segment > 1 and n_osc > SMALL_N_MAX
     fields = np.zeros((segment if keep_fields else 1, 4, n_batch, n_osc), dtype=grad.dtype)
@@ -158,7 +221,6 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
         if given:
             # states seg[q] at step start + q and the stage fields of each step of the segment
             _recompute_segment(
-                seg[0].copy(),
                 seg,
                 fields,
                 coupling_t,
@@ -195,11 +257,9 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
                 fields[q] if given else hxs,
                 zero,
                 g_hx,
-                g_s,
-                nxt,
+                g_sx,
                 given,
             )
-            copy_into(grad, nxt)
     return grad
 
 

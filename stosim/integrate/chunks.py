@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+from stosim.integrate.gemm import one_blas_thread
+
 __all__ = [
     "chunk_count",
     "to_chunks",
@@ -83,8 +85,9 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def _stripe(body: Callable[[int], None], first: int, step: int, n_chunks: int) -> None:
-    for c in range(first, n_chunks, step):
-        body(c)
+    with one_blas_thread():  # the kernels' gemm on this thread only (MKL's setting is per thread)
+        for c in range(first, n_chunks, step):
+            body(c)
 
 
 def for_each_chunk(n_chunks: int, body: Callable[[int], None]) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit
 
 from stosim.integrate.chunks import for_each_chunk
+from stosim.integrate.gemm import gemm_into
 from stosim.physics.llg import llg_point, oscillator_rows, stage_accumulate, stage_final
 from stosim.physics.noise import make_state_noise_point
 
@@ -197,7 +198,7 @@ def run_small(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every,
 def _coupling(ms, coupling_t, use_coupling, hx, field_x, has_field):
     """hx = m_x @ (mu W)^T (+ the random field along x)."""
     if use_coupling:
-        np.dot(ms[0], coupling_t, hx)
+        gemm_into(ms[0], coupling_t, hx)
         if has_field:
             hx += field_x
     elif has_field:

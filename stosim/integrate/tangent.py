@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit
 
 from stosim.integrate.chunks import for_each_chunk
+from stosim.integrate.gemm import gemm_into
 from stosim.physics.llg import stage_accumulate, stage_jvp
 
 __all__ = ["tangent_run", "tangent_run_chunks"]
@@ -39,31 +40,31 @@ def _tangent_step(m, t, coupling_t, use_coupling, osc, lam, p, dt, work, hx, thx
     half, c_zero, c_one = dt * consts[0], consts[3], consts[4]
     # stage 1
     if use_coupling:
-        np.dot(m[0], coupling_t, hx)
-        np.dot(t[0], coupling_t, thx)
+        gemm_into(m[0], coupling_t, hx)
+        gemm_into(t[0], coupling_t, thx)
     stage_accumulate(m, m, hx, zero, zero, osc, lam, p, half, c_zero, c_one, k1, s)
     stage_jvp(m, hx, zero, zero, t, thx, osc, lam, p, d1)
     ds[:] = t + half * d1
     # stage 2
     if use_coupling:
-        np.dot(s[0], coupling_t, hx)
-        np.dot(ds[0], coupling_t, thx)
+        gemm_into(s[0], coupling_t, hx)
+        gemm_into(ds[0], coupling_t, thx)
     stage_accumulate(m, s, hx, zero, zero, osc, lam, p, half, c_zero, c_one, k2, scratch)
     stage_jvp(s, hx, zero, zero, ds, thx, osc, lam, p, d2)
     s[:] = scratch
     ds[:] = t + half * d2
     # stage 3
     if use_coupling:
-        np.dot(s[0], coupling_t, hx)
-        np.dot(ds[0], coupling_t, thx)
+        gemm_into(s[0], coupling_t, hx)
+        gemm_into(ds[0], coupling_t, thx)
     stage_accumulate(m, s, hx, zero, zero, osc, lam, p, dt, c_zero, c_one, k3, scratch)
     stage_jvp(s, hx, zero, zero, ds, thx, osc, lam, p, d3)
     s[:] = scratch
     ds[:] = t + dt * d3
     # stage 4
     if use_coupling:
-        np.dot(s[0], coupling_t, hx)
-        np.dot(ds[0], coupling_t, thx)
+        gemm_into(s[0], coupling_t, hx)
+        gemm_into(ds[0], coupling_t, thx)
     stage_accumulate(m, s, hx, zero, zero, osc, lam, p, c_zero, c_zero, c_one, k4, scratch)
     stage_jvp(s, hx, zero, zero, ds, thx, osc, lam, p, d4)
     _, n_batch, n_osc = m.shape

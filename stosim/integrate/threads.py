@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import scipy.linalg.cython_blas  # noqa: F401  (the BLAS behind Numba's np.dot; loaded so it can be limited)
 from threadpoolctl import ThreadpoolController
 
+from stosim.integrate.gemm import one_blas_thread
+
 __all__ = ["one_compute_thread", "single_threaded_blas"]
 
 
@@ -25,8 +27,8 @@ def _controller() -> ThreadpoolController:
 
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """Limit every loaded BLAS library to one thread inside the block."""
-    with _controller().limit(limits=1, user_api="blas"):
+    """Limit every loaded BLAS library to one thread inside the block (and the kernels' gemm in this thread)."""
+    with _controller().limit(limits=1, user_api="blas"), one_blas_thread():
         yield
 
 
