@@ -38,8 +38,10 @@ Cases:
     which says nothing about correctness.
 (c) Matrix-multiply throughput (GFLOP/s, 2 M K N flops per product) of the coupling product
     shapes (64 x 200)(200 x 200) and (256 x 200)(200 x 200), float64 and float32, by: NumPy with
-    1 BLAS thread, torch with 1 thread, NumPy/torch with k threads, and a Numba ``prange`` over k
-    row-chunks (and over stosim's 32-row chunks) each calling ``np.dot`` under single-threaded BLAS.
+    1 BLAS thread, torch with 1 thread, NumPy/torch with k threads, a Numba ``prange`` over k
+    row-chunks each calling ``np.dot`` under single-threaded BLAS, and the kernels' own gemm
+    (:mod:`stosim.integrate.gemm`: torch's MKL where exported, else SciPy's; ``gemm_provider``) on
+    stosim's 32-row chunks and chunk threads.
     The **peak** of a dtype is the best figure over methods, both shapes and all repeats (the
     best this machine achieved with the k cores stosim uses). From it, the matmul-bound limit of
     the coupled step is ``peak / (4 (2N + 60))`` device-steps/s (a forward RK4 step costs about
@@ -114,6 +116,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from torchdiffeq import odeint
 
 import stosim
+from stosim.integrate.gemm import GEMM_PROVIDER, gemm_into
 from stosim.integrate.threads import single_threaded_blas
 from stosim.physics.array import check_time_step
 from stosim.physics.llg import llg_point, oscillator_rows
@@ -332,6 +335,13 @@ def _chunked_dot(a, w, out, reps):
             np.dot(a[c], w, out[c])
 
 
+@numba.njit(nogil=True, cache=False)
+def _gemm_reps(a, w, out, reps):
+    """``reps`` times out = a @ w through the kernels' gemm (stosim.integrate.gemm)."""
+    for _ in range(reps):
+        gemm_into(a, w, out)
+
+
 def _time_loop(call: Callable[[], None], target_s: float) -> tuple[float, int]:
     call()
     n, t0 = 0, time.perf_counter()
@@ -362,7 +372,7 @@ class MatmulBench:
             f"numpy-{k_threads}threads": self._numpyk,
             f"torch-{k_threads}threads": self._torchk,
             f"numba-prange-{k_threads}chunks": lambda a, w: self._numba(a, w, self.k),
-            "numba-prange-32rows (stosim layout)": lambda a, w: self._numba(a, w, max(1, a.shape[0] // 32)),
+            "stosim-gemm-32rows (the kernels' gemm, chunks and threads)": self._kernels_gemm,
         }
         self.warm_up()
 
@@ -396,6 +406,25 @@ class MatmulBench:
     def _torchk(self, a, w):
         return self._torch(a, w, self.k)
 
+    def _kernels_gemm(self, a, w):
+        """The kernels' own product (stosim.integrate.gemm, provider GEMM_PROVIDER) on 32-row chunks run by
+        the kernels' chunk threads (min(chunks, k) threads, one BLAS thread each)."""
+        from stosim.integrate.chunks import for_each_chunk
+
+        chunks = max(1, a.shape[0] // 32)
+        rows = a.shape[0] // chunks
+        ac = np.ascontiguousarray(a[: rows * chunks].reshape(chunks, rows, a.shape[1]))
+        out = np.empty((chunks, rows, w.shape[1]), a.dtype)
+
+        def run(reps: int) -> float:
+            t0 = time.perf_counter()
+            for_each_chunk(chunks, lambda c: _gemm_reps(ac[c], w, out[c], reps))
+            return time.perf_counter() - t0
+
+        per = run(3) / 3
+        reps = max(3, int(MATMUL_BLOCK_S / max(per, 1e-7)))
+        return run(reps) / reps * (a.shape[0] / (rows * chunks))  # per full product
+
     def _numba(self, a, w, chunks):
         rows = a.shape[0] // chunks
         ac = np.ascontiguousarray(a[: rows * chunks].reshape(chunks, rows, a.shape[1]))
@@ -415,6 +444,7 @@ class MatmulBench:
             ac = a.reshape(1, *a.shape)
             with single_threaded_blas():
                 _chunked_dot(ac, w, np.empty((1, a.shape[0], w.shape[1]), a.dtype), 1)
+                _gemm_reps(a, w, np.empty((a.shape[0], w.shape[1]), a.dtype), 1)
 
     def round(self, r: int) -> None:
         names = list(self.methods)
@@ -913,6 +943,7 @@ def main(argv: list[str] | None = None) -> int:
             "dt_s": dt_b,
         },
         "case_a": {"n_oscillators": n_a, "batch": batch_a, "steps": steps_a, "dt_s": dt_a, "coupling_oe": COUPLING_OE},
+        "gemm_provider": GEMM_PROVIDER,
         "matmul_peak_gflops_float64": peak["float64"][0],
         "matmul_peak_gflops_float32": peak["float32"][0],
         "matmul_peak_method_float64": f"{peak['float64'][1]} {peak['float64'][2]}",

@@ -280,6 +280,7 @@ def main() -> None:
     import os
 
     from benchmarks.bench_simulate import MatmulBench
+    from stosim.integrate.gemm import GEMM_PROVIDER
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -292,6 +293,7 @@ def main() -> None:
         numba.get_num_threads(), array.coupling_transposed_oe(), shapes=((32, N_TRAIN), (64, N_TRAIN), (256, N_TRAIN))
     )
     res = bench_gradients(repeats=2 if args.quick else 3, matmul=matmul)
+    res["gemm_provider"] = GEMM_PROVIDER
     res["peak_memory_bytes_n200_b256_300steps"] = bench_memory("stosim", 256)
     for key in ("stosim", "torch_backprop", "odeint_backprop", "odeint_adjoint"):
         res[f"peak_memory_bytes_{key}_n200_b64_300steps"] = bench_memory(key, BATCH_TRAIN)

@@ -35,7 +35,9 @@ def _coupled_field(s, coupling_t, use_coupling, hx):
         gemm_into(s[0], coupling_t, hx)
 
 
-_FIRST, _MIDDLE, _LAST = 0, 1, 2  # modes of _stage_back
+# modes of _stage_back, passed as np.int64 values: a bare int constant is typed as a literal, and each
+# literal would compile its own specialization of the kernel
+_FIRST, _MIDDLE, _LAST = 0, 1, 2
 
 
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
@@ -66,10 +68,18 @@ def _step_vjp(
     # the cotangent of m (``out``) collects g_u (the identity path m -> u) and each stage's g_s.
     # stage 4 (g_k4 = h/6 g_u; s4 = m + h k3): g_k3 = h/3 g_u + h g_s4; stage 3 (s3 = m + h/2 k2):
     # g_k2 = h/3 g_u + h/2 g_s3; stage 2: g_k1 = h/6 g_u + h/2 g_s2; stage 1 (s1 = m): g = out + g_s1
-    _stage_back(s4, hxs[3], gk, gu, out, coupling, use_coupling, osc, lam, p, h_third, dt, _FIRST, g_hx, g_sx, g)
-    _stage_back(s3, hxs[2], gk, gu, out, coupling, use_coupling, osc, lam, p, h_third, half, _MIDDLE, g_hx, g_sx, g)
-    _stage_back(s2, hxs[1], gk, gu, out, coupling, use_coupling, osc, lam, p, h_sixth, half, _MIDDLE, g_hx, g_sx, g)
-    _stage_back(m, hxs[0], gk, gu, out, coupling, use_coupling, osc, lam, p, h_sixth, half, _LAST, g_hx, g_sx, g)
+    _stage_back(
+        s4, hxs[3], gk, gu, out, coupling, use_coupling, osc, lam, p, h_third, dt, np.int64(_FIRST), g_hx, g_sx, g
+    )
+    _stage_back(
+        s3, hxs[2], gk, gu, out, coupling, use_coupling, osc, lam, p, h_third, half, np.int64(_MIDDLE), g_hx, g_sx, g
+    )
+    _stage_back(
+        s2, hxs[1], gk, gu, out, coupling, use_coupling, osc, lam, p, h_sixth, half, np.int64(_MIDDLE), g_hx, g_sx, g
+    )
+    _stage_back(
+        m, hxs[0], gk, gu, out, coupling, use_coupling, osc, lam, p, h_sixth, half, np.int64(_LAST), g_hx, g_sx, g
+    )
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
