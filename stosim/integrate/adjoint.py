@@ -14,6 +14,12 @@ products on top of the 4 of the forward pass (4 to recompute the stage fields, 4
 When K > 1, the recomputation of a segment keeps the four stage fields H_x(s_j) of each of its
 steps (bitwise the ones the forward pass computed), so a step again costs 8 products, not 12. This is the
 gradient of the discrete map, so it agrees with backprop through a torch RK4 loop to round-off.
+
+Passes over memory per backward step (besides the 8 products): three recomputed stages, one pass that
+evaluates k4 and projects the cotangent (u is never stored), and one pass per stage that evaluates the
+vector-Jacobian product and updates the step's cotangents in place (y and z at once, x after the stage's
+gemm). The helpers are separate compiled functions, not ``inline="always"``: inlined into the step, their
+loops were left unvectorized (3-4x slower).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The batch is split into C chunks laid out as (C, 3, Bc, N) arrays. Samples never
 so each chunk runs its whole time loop on its own thread with no
 synchronisation between steps. Within a chunk each Runge-Kutta stage evaluates the
 Ampere-law coupling field as one matrix product hx = m_x @ (mu W)^T, (Bc x N)(N x N)
-through single-threaded BLAS, followed by one pointwise pass (:mod:`stosim.physics.llg`).
+through a single-threaded BLAS gemm (:mod:`stosim.integrate.gemm`), followed by one pointwise pass
+(:mod:`stosim.physics.llg`).
 The chunks run on Python threads; :func:`run_chunk` releases the GIL (``nogil=True``).
 
 Methods
