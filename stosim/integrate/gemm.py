@@ -7,7 +7,7 @@ GFLOP/s in float64, 85-96 against 160-166 in float32). So the kernels call the F
 ``sgemm_`` of torch's MKL where torch's library exports them (x86 Linux builds do), and SciPy's
 ``cython_blas`` gemm otherwise (the routine ``np.dot`` calls): the same Fortran interface, chosen once
 per process, when this module is imported (:data:`GEMM_PROVIDER`; the environment variable
-``STOSIM_GEMM=scipy`` forces SciPy's).
+``STOSIM_GEMM=scipy`` forces SciPy's), and only after it computed a small product correctly.
 
 The kernels call the routine by a symbol name (``stosim_dgemm`` / ``stosim_sgemm``) that this module
 registers with LLVM at the address found, so cached kernels stay valid in a process that finds the
@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,20 +41,23 @@ _FORTRAN_GEMM = {
     dtype: types.void(
         _P(types.int8),  # transa
         _P(types.int8),  # transb
-        _P(types.int32),  # m
-        _P(types.int32),  # n
-        _P(types.int32),  # k
+        _P(types.int64),  # m
+        _P(types.int64),  # n
+        _P(types.int64),  # k
         _P(dtype),  # alpha
         _P(dtype),  # a
-        _P(types.int32),  # lda
+        _P(types.int64),  # lda
         _P(dtype),  # b
-        _P(types.int32),  # ldb
+        _P(types.int64),  # ldb
         _P(dtype),  # beta
         _P(dtype),  # c
-        _P(types.int32),  # ldc
+        _P(types.int64),  # ldc
     )
     for dtype in (types.float64, types.float32)
 }
+# The integer arguments are passed as pointers to 64-bit integers: a 32-bit-integer (LP64) BLAS reads their
+# first 4 bytes, which on a little-endian machine hold the same value, and a 64-bit-integer (ILP64) one reads
+# all 8; both get the right sizes. :func:`_works` checks a provider's routines on a small product first.
 _dgemm = types.ExternalFunction("stosim_dgemm", _FORTRAN_GEMM[types.float64])
 _sgemm = types.ExternalFunction("stosim_sgemm", _FORTRAN_GEMM[types.float32])
 
@@ -95,19 +99,47 @@ def _scipy_blas() -> tuple[int, int]:
     return tuple(get_pointer(capsules[n], get_name(capsules[n])) for n in ("dgemm", "sgemm"))  # type: ignore[return-value]
 
 
+def _works(d_addr: int, s_addr: int) -> bool:
+    """A (3 x 4)(4 x 2) product with padded leading dimensions through both routines, against NumPy."""
+    if sys.byteorder != "little":  # the 64-bit integer arguments above rely on it
+        return False
+    ptr = ctypes.c_void_p
+    for addr, dtype, ctype in ((d_addr, np.float64, ctypes.c_double), (s_addr, np.float32, ctypes.c_float)):
+        routine = ctypes.CFUNCTYPE(None, *([ptr] * 13))(addr)
+        rng = np.random.default_rng(1)
+        a = rng.standard_normal((3, 5)).astype(dtype)[:, :4]  # row stride 5
+        w = rng.standard_normal((4, 3)).astype(dtype)[:, :2]  # row stride 3
+        out = np.full((3, 2), np.nan, dtype=dtype)
+        ints = np.array([2, 3, 4, 3, 5, 2], dtype=np.int64)  # n, m, k, ldw, lda, ldo (column-major view)
+        trans = ctypes.c_char(b"N")
+        one, zero = ctype(1.0), ctype(0.0)
+        at = [ctypes.c_void_p(ints.ctypes.data + 8 * j) for j in range(6)]
+        routine(
+            ctypes.addressof(trans), ctypes.addressof(trans), at[0], at[1], at[2], ctypes.addressof(one),
+            w.ctypes.data, at[3], a.ctypes.data, at[4], ctypes.addressof(zero), out.ctypes.data, at[5],
+        )  # fmt: skip
+        if not np.allclose(out, a @ w, rtol=1e-4, atol=1e-5):
+            return False
+    return True
+
+
 def _register() -> tuple[str, ctypes._CFuncPtr | None]:
     choice = os.environ.get("STOSIM_GEMM", "auto").strip().lower()
     if choice not in ("auto", "mkl", "scipy"):
         raise ValueError(f"STOSIM_GEMM must be 'auto', 'mkl' or 'scipy', not {choice!r}")
     found = _torch_mkl() if choice in ("auto", "mkl") else None
+    if found is not None and not _works(found[0], found[1]):
+        found = None
     if found is None and choice == "mkl":
-        raise RuntimeError("STOSIM_GEMM=mkl: torch's CPU library exports no MKL dgemm_/sgemm_ here")
+        raise RuntimeError("STOSIM_GEMM=mkl: torch's CPU library exports no working MKL dgemm_/sgemm_ here")
     if found is not None:
         d_addr, s_addr, setter = found
         provider = "mkl (torch)"
     else:
         d_addr, s_addr = _scipy_blas()
         setter, provider = None, "scipy cython_blas"
+        if not _works(d_addr, s_addr):
+            raise RuntimeError("SciPy's cython_blas dgemm/sgemm gave a wrong product: stosim's kernels cannot run")
     llvm.add_symbol("stosim_dgemm", d_addr)
     llvm.add_symbol("stosim_sgemm", s_addr)
     return provider, setter
@@ -165,7 +197,7 @@ def _make_gemm(routine, np_dtype):
                     out[r, j] = total
             return
         # row-major out = a @ w is column-major out^T = w^T a^T: gemm('N', 'N', n, m, k, w, a, out)
-        ints = np.empty(6, dtype=np.int32)
+        ints = np.empty(6, dtype=np.int64)  # see _INTEGERS
         ints[0], ints[1], ints[2] = n_cols, m_rows, k_inner
         ints[3], ints[4], ints[5] = ldw, lda, ldo
         trans = np.empty(1, dtype=np.int8)

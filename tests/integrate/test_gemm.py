@@ -122,3 +122,14 @@ def test_one_blas_thread_restores_the_threads_setting():
         assert (inside, after) == (1, 3)
     finally:
         setter(ctypes.byref(ctypes.c_int(before)))
+
+
+def test_both_providers_pass_the_self_check():
+    """The check each provider passes before its routines are registered (a product with padded leading
+    dimensions through both routines, 64-bit integer arguments) holds for SciPy's and, where exported, MKL's."""
+    from stosim.integrate import gemm
+
+    assert gemm._works(*gemm._scipy_blas())
+    mkl = gemm._torch_mkl()
+    if mkl is not None:
+        assert gemm._works(mkl[0], mkl[1])
