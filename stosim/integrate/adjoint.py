@@ -139,6 +139,8 @@ def _stage_back(s, hx, gk, gu, out, coupling, use_coupling, osc, lam, p, a, b_co
         vx, vy, vz = gk[0, b], gk[1, b], gk[2, b]
         ux, uy, uz = gu[0, b], gu[1, b], gu[2, b]
         oy, oz, hxb, gxb = out[1, b], out[2, b], g_hx[b], g_sx[b]
+        # one copy of the loop per mode, on purpose: one loop with its arrays chosen by the mode would read and
+        # write ``out`` through two pointers in _MIDDLE, which LLVM's runtime alias check sends to the scalar loop
         if mode == _FIRST:
             for i in range(n_osc):
                 gmx, gmy, gmz, gbx = llg_vjp_point(
