@@ -406,38 +406,38 @@ class MatmulBench:
     def _torchk(self, a, w):
         return self._torch(a, w, self.k)
 
-    def _kernels_gemm(self, a, w):
-        """The kernels' own product (stosim.integrate.gemm, provider GEMM_PROVIDER) on 32-row chunks run by
-        the kernels' chunk threads (min(chunks, k) threads, one BLAS thread each)."""
-        from stosim.integrate.chunks import for_each_chunk
-
-        chunks = max(1, a.shape[0] // 32)
+    @staticmethod
+    def _chunked(a, w, chunks, run_reps) -> float:
+        """Seconds per full product of ``run_reps(ac, out, reps)`` over ``chunks`` row chunks of ``a``: timed
+        once for 3 repeats, then for as many as fill MATMUL_BLOCK_S."""
         rows = a.shape[0] // chunks
         ac = np.ascontiguousarray(a[: rows * chunks].reshape(chunks, rows, a.shape[1]))
         out = np.empty((chunks, rows, w.shape[1]), a.dtype)
 
         def run(reps: int) -> float:
             t0 = time.perf_counter()
-            for_each_chunk(chunks, lambda c: _gemm_reps(ac[c], w, out[c], reps))
+            run_reps(ac, out, reps)
             return time.perf_counter() - t0
 
         per = run(3) / 3
         reps = max(3, int(MATMUL_BLOCK_S / max(per, 1e-7)))
         return run(reps) / reps * (a.shape[0] / (rows * chunks))  # per full product
 
+    def _kernels_gemm(self, a, w):
+        """The kernels' own product (stosim.integrate.gemm, provider GEMM_PROVIDER) on 32-row chunks run by
+        the kernels' chunk threads (min(chunks, k) threads, one BLAS thread each)."""
+        from stosim.integrate.chunks import for_each_chunk
+
+        chunks = max(1, a.shape[0] // 32)
+
+        def run_reps(ac, out, reps):
+            for_each_chunk(chunks, lambda c: _gemm_reps(ac[c], w, out[c], reps))
+
+        return self._chunked(a, w, chunks, run_reps)
+
     def _numba(self, a, w, chunks):
-        rows = a.shape[0] // chunks
-        ac = np.ascontiguousarray(a[: rows * chunks].reshape(chunks, rows, a.shape[1]))
-        out = np.empty((chunks, rows, w.shape[1]), a.dtype)
         with single_threaded_blas():
-            t0 = time.perf_counter()
-            _chunked_dot(ac, w, out, 3)
-            per = (time.perf_counter() - t0) / 3
-            reps = max(3, int(MATMUL_BLOCK_S / max(per, 1e-7)))
-            t0 = time.perf_counter()
-            _chunked_dot(ac, w, out, reps)
-            s = time.perf_counter() - t0
-        return s / reps * (a.shape[0] / (rows * chunks))  # per full product
+            return self._chunked(a, w, chunks, lambda ac, out, reps: _chunked_dot(ac, w, out, reps))
 
     def warm_up(self) -> None:
         for _, _, a, w in self.cases:  # compiles the Numba kernel for both dtypes

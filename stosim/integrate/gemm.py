@@ -76,10 +76,10 @@ def _torch_mkl() -> tuple[int, int, ctypes._CFuncPtr | None] | None:
     try:
         lib = ctypes.CDLL(str(lib_path))  # already loaded by ``import torch``: the same handle
         dgemm, sgemm = lib.dgemm_, lib.sgemm_
-        mkl_version = lib.mkl_get_max_threads  # only MKL exports this: a torch built on another BLAS has none
     except (OSError, AttributeError):
         return None
-    del mkl_version
+    if not hasattr(lib, "mkl_get_max_threads"):  # only MKL exports this: a torch built on another BLAS has none
+        return None
     setter = getattr(lib, "mkl_set_num_threads_local_", None)  # Fortran interface: the count by reference
     if setter is not None:
         setter.restype = ctypes.c_int
@@ -197,7 +197,7 @@ def _make_gemm(routine, np_dtype):
                     out[r, j] = total
             return
         # row-major out = a @ w is column-major out^T = w^T a^T: gemm('N', 'N', n, m, k, w, a, out)
-        ints = np.empty(6, dtype=np.int64)  # see _INTEGERS
+        ints = np.empty(6, dtype=np.int64)  # 64-bit integer arguments: see the note above _dgemm
         ints[0], ints[1], ints[2] = n_cols, m_rows, k_inner
         ints[3], ints[4], ints[5] = ldw, lda, ldo
         trans = np.empty(1, dtype=np.int8)

@@ -251,49 +251,6 @@ def llg_vjp_point(mx, my, mz, hx, hy, hz, vx, vy, vz, h_appl, hk_eff, hs0, alpha
     return gmx, gmy, gmz, gbx
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
-def stage_vjp(ms, hx, hy, hz, v, osc, lam, p, g_state, g_hx):
-    """Cotangents of one stage evaluation k = f(ms, hx): g_state = v^T df/dm, g_hx = v^T df/dh_x.
-
-    All (3, B, N) except hx, hy, hz, g_hx (B, N).
-    """
-    _, n_batch, n_osc = ms.shape
-    h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
-    px, py, pz = p[0], p[1], p[2]
-    one = np.ones(1, dtype=ms.dtype)[0]
-    for b in range(n_batch):
-        mx, my, mz = ms[0, b], ms[1, b], ms[2, b]
-        vx, vy, vz = v[0, b], v[1, b], v[2, b]
-        fx, fy, fz = hx[b], hy[b], hz[b]
-        ox, oy, oz, oh = g_state[0, b], g_state[1, b], g_state[2, b], g_hx[b]
-        for i in range(n_osc):
-            a, bb, c, d = llg_vjp_point(
-                mx[i],
-                my[i],
-                mz[i],
-                fx[i],
-                fy[i],
-                fz[i],
-                vx[i],
-                vy[i],
-                vz[i],
-                h_appl[i],
-                hk_eff[i],
-                hs0[i],
-                alpha[i],
-                pref[i],
-                lam,
-                px,
-                py,
-                pz,
-                one,
-            )
-            ox[i] = a
-            oy[i] = bb
-            oz[i] = c
-            oh[i] = d
-
-
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def llg_jvp_point(mx, my, mz, hx, hy, hz, tx, ty, tz, thx, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one):
     """Jacobian-vector product of :func:`llg_point`: (df/dm) t + (df/dh_x) t_hx, for a tangent (t, t_hx)."""
