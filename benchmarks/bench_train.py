@@ -17,9 +17,10 @@ What is measured (side by side in one run, medians of interleaved repeats):
   stosim at batch 256: the resident set's high-water mark (VmHWM, reset before the run) above the
   resident size before it, in a fresh subprocess (Linux);
 - the fraction of the matmul-bound limit: forward + backward costs C coupling products
-  (B x N)(N x N) per RK4 step, 2 B N^2 flops each: C = 12 when every state is kept (4 forward,
-  4 to recompute the stage fields, 4 for the cotangents), C = 16 before the change that keeps the
-  recomputed fields; ``train_fraction_of_matmul_peak`` = (flops / matmul peak) / stosim's time, with
+  (B x N)(N x N) per RK4 step, 2 B N^2 flops each: C = 8 when the forward pass keeps every state and
+  stage field (4 forward, 4 for the cotangents; the default memory budget allows it at the sizes measured
+  here), C = 12 when only the states are kept or segments are recomputed (4 more to recompute the stage
+  fields); ``train_fraction_of_matmul_peak`` = (flops / matmul peak) / stosim's time, with
   the peak (best GFLOP/s over NumPy, torch and Numba-chunked products of the same shapes) measured
   in the same run;
 - one MNIST epoch of the coupled STOs as trained for the tables (N = 200, T = 300 ps at 1 ps,
@@ -115,13 +116,16 @@ N_TRAIN, BATCH_TRAIN, STEPS_TRAIN, DT_TRAIN = 200, 64, 300, 1e-12
 
 
 def coupling_products_per_step(n: int, batch: int, steps: int, dtype: torch.dtype) -> int:
-    """Coupling products per RK4 step of stosim's forward + backward: 12, or 16 where states are recomputed
-    from checkpoints and the stage fields are not kept (N <= SMALL_N_MAX; not at the sizes benchmarked here)."""
+    """Coupling products per RK4 step of stosim's forward + backward with the default memory budget: 8 where the
+    forward pass keeps every state and stage field, 12 where the backward pass recomputes the stage fields, 16 where
+    states are recomputed from checkpoints without keeping the fields (N <= SMALL_N_MAX; not benchmarked here)."""
     from stosim.integrate.chunks import chunk_count
-    from stosim.integrate.flow import DEFAULT_CHECKPOINT_BYTES, checkpoint_segment
+    from stosim.integrate.flow import DEFAULT_CHECKPOINT_BYTES, checkpoint_segment, keeps_stage_fields
 
     n_chunks = chunk_count(batch, n)
     state_bytes = n_chunks * 3 * (-(-batch // n_chunks)) * n * (8 if dtype == torch.float64 else 4)
+    if keeps_stage_fields(steps, n, state_bytes, DEFAULT_CHECKPOINT_BYTES):
+        return 8
     segment = checkpoint_segment(steps, state_bytes, DEFAULT_CHECKPOINT_BYTES)
     return 12 + (4 if segment > 1 and n <= 32 else 0)
 

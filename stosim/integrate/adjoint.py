@@ -32,7 +32,7 @@ from stosim.integrate.gemm import gemm_accumulate, gemm_into
 from stosim.integrate.sto_kernels import SMALL_N_MAX, copy_into, run_small
 from stosim.physics.llg import llg_point, llg_vjp_point, oscillator_rows, stage_accumulate, stage_final
 
-__all__ = ["adjoint_chunks"]
+__all__ = ["adjoint_chunks", "forward_keep_chunk", "adjoint_kept_chunk"]
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -196,10 +196,13 @@ def _stage_back(s, hx, gk, gu, out, coupling, use_coupling, osc, lam, p, a, b_co
 
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def _recompute_segment(seg, fields, coupling_t, use_coupling, osc, lam, p, dt, length, zero, acc, tmp, tmp2):
-    """Recompute ``length`` RK4 steps from seg[0] (as :func:`run_chunk` does, bitwise): seg[q] = state at
-    step q (q < length), fields[q, j] = H_x of stage j of step q."""
+    """Run ``length`` RK4 steps from seg[0] (as :func:`run_chunk` does, bitwise): seg[q] = state at step q
+    (q < seg.shape[0]), fields[q, j] = H_x of stage j of step q (q < length).
+
+    Returns the first step whose new state is non-finite, or -1."""
     consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(seg.dtype)  # in working precision
     half, sixth, third, c_zero, c_one = dt * consts[0], consts[1], consts[2], consts[3], consts[4]
+    first_bad = -1
     for q in range(length):
         f, x = fields[q], seg[q]
         _coupled_field(x, coupling_t, use_coupling, f[0])
@@ -209,8 +212,46 @@ def _recompute_segment(seg, fields, coupling_t, use_coupling, osc, lam, p, dt, l
         _coupled_field(tmp2, coupling_t, use_coupling, f[2])
         stage_accumulate(x, tmp2, f[2], zero, zero, osc, lam, p, dt, c_one, third, acc, tmp)
         _coupled_field(tmp, coupling_t, use_coupling, f[3])
-        if q + 1 < length:
-            stage_final(x, tmp, f[3], zero, zero, osc, lam, p, dt, sixth, acc, seg[q + 1])
+        if q + 1 < seg.shape[0]:
+            bad = stage_final(x, tmp, f[3], zero, zero, osc, lam, p, dt, sixth, acc, seg[q + 1])
+            if bad >= 0 and first_bad < 0:
+                first_bad = q
+    return first_bad
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def forward_keep_chunk(states, fields, coupling_t, use_coupling, osc, lam, p, dt):
+    """The forward pass of one chunk keeping what the backward pass needs, so that it recomputes nothing
+    with a coupling product: states[k] (3, Bc, N) = m after step k (states[0] given, k <= n_steps =
+    fields.shape[0]) and fields[k, j] (Bc, N) = H_x(s_j) (Oe) of stage j of step k (as :func:`run_chunk`
+    computes them, bitwise). Returns the first step whose new state is non-finite, or -1."""
+    _, n_batch, n_osc = states[0].shape
+    zero = np.zeros((n_batch, n_osc), dtype=states.dtype)
+    acc = np.zeros((3, n_batch, n_osc), dtype=states.dtype)
+    tmp = np.empty_like(acc)
+    tmp2 = np.empty_like(acc)
+    return _recompute_segment(
+        states, fields, coupling_t, use_coupling, osc, lam, p, dt, fields.shape[0], zero, acc, tmp, tmp2
+    )
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def adjoint_kept_chunk(states, fields, grad, coupling_t, coupling, use_coupling, osc, lam, p, dt):
+    """Gradient w.r.t. the initial state of one chunk from the states and stage fields that
+    :func:`forward_keep_chunk` kept: 4 coupling products per step (the cotangents'), none recomputed.
+
+    ``grad`` (3, Bc, N) is the cotangent of the final state and is overwritten by the result."""
+    _, n_batch, n_osc = grad.shape
+    work = np.zeros((7, 3, n_batch, n_osc), dtype=grad.dtype)
+    zero = np.zeros((n_batch, n_osc), dtype=grad.dtype)
+    g_hx = np.zeros((n_batch, n_osc), dtype=grad.dtype)
+    g_sx = np.empty((n_batch, n_osc), dtype=grad.dtype)
+    for q in range(fields.shape[0] - 1, -1, -1):
+        _step_vjp(
+            states[q], grad, coupling_t, coupling, use_coupling, osc, lam, p, dt, work, fields[q], zero, g_hx, g_sx,
+            True,
+        )  # fmt: skip
+    return grad
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -238,7 +279,7 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
         given = keep_fields and length > 1
         if given:
             # states seg[q] at step start + q and the stage fields of each step of the segment
-            _recompute_segment(
+            _ = _recompute_segment(
                 seg,
                 fields,
                 coupling_t,

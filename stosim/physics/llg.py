@@ -139,13 +139,14 @@ def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]
     one = np.ones(1, dtype=m.dtype)[0]
+    zero = one - one  # a float literal here would widen the float32 loop to float64 (4 lanes instead of 8)
     for b in range(n_batch):
         mx, my, mz = ms[0, b], ms[1, b], ms[2, b]
         m0x, m0y, m0z = m[0, b], m[1, b], m[2, b]
         ax, ay, az = acc[0, b], acc[1, b], acc[2, b]
         ox, oy, oz = out[0, b], out[1, b], out[2, b]
         fx, fy, fz = hx[b], hy[b], hz[b]
-        n_bad = 0
+        failed = False
         for i in range(n_osc):
             kx, ky, kz = llg_point(
                 mx[i],
@@ -168,13 +169,16 @@ def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
             x = m0x[i] + dt * (ax[i] + w * kx)
             y = m0y[i] + dt * (ay[i] + w * ky)
             z = m0z[i] + dt * (az[i] + w * kz)
-            inv = one / np.sqrt(x * x + y * y + z * z)
-            # inv is inf/NaN for a zero/NaN state and 0 when |.|^2 overflows: all are failures
-            n_bad += (inv * 0.0 != 0.0) | (inv == 0.0)
+            norm2 = x * x + y * y + z * z
+            inv = one / np.sqrt(norm2)
+            # a zero, NaN or overflowed |.|^2 makes norm2 + inv inf or NaN (both terms are >= 0 otherwise): a
+            # failure. A boolean OR keeps the loop vectorized at the working precision's width (an integer count
+            # would widen float32 lanes to int64's)
+            failed |= (norm2 + inv) * zero != zero
             ox[i] = x * inv
             oy[i] = y * inv
             oz[i] = z * inv
-        if n_bad:
+        if failed:
             for i in range(n_osc):
                 norm2 = ox[i] * ox[i] + oy[i] * oy[i] + oz[i] * oz[i]
                 if not abs(norm2 - one) < 0.5:  # also catches NaN
