@@ -35,7 +35,9 @@ DEFAULT_CHECKPOINT_BYTES = 1 << 30
 _NP = {torch.float64: np.float64, torch.float32: np.float32}
 
 
-def keeps_stage_fields(n_steps: int, n_osc: int, state_bytes: int, budget_bytes: int = DEFAULT_CHECKPOINT_BYTES) -> bool:
+def keeps_stage_fields(
+    n_steps: int, n_osc: int, state_bytes: int, budget_bytes: int = DEFAULT_CHECKPOINT_BYTES
+) -> bool:
     """Whether the forward pass keeps every state and the four stage fields H_x of every step (4/3 of a
     state each step), so that the backward pass runs 4 coupling products per step instead of 8: when both
     fit the budget and N > SMALL_N_MAX (below it the forward pass runs the fused per-sample loop, no products)."""
