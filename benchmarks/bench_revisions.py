@@ -15,7 +15,8 @@ Wall-clock seconds of one call of each workload (lower is better), on the API bo
   float64 (bench_simulate case (b): per-call and per-step overhead);
 - ``train_step_f32``: one training step (forward, backward, Adam) of the reservoir model, Linear read-in
   784 -> 600, coupled STOs N = 200 (300 x 1 ps), readout 600 -> 10, batch 64, float32 (bench_train's
-  MNIST epoch, at a smaller batch).
+  MNIST epoch, at a smaller batch); ``train_step_b500_f32``: the same at batch 500 (the MNIST tables' batch:
+  one step is 1/49 of an epoch).
 
 How
 ---
@@ -67,6 +68,7 @@ WORKLOADS = {
     "batch1_n1": "evolve N=1 B=1 4999x10ps float64",
     "batch1_n100": "evolve N=100 B=1 4999x10ps float64",
     "train_step_f32": "read-in+STO N=200+readout, B=64, Adam step, float32",
+    "train_step_b500_f32": "read-in+STO N=200+readout, B=500 (the MNIST tables' batch), Adam step, float32",
 }
 
 # Runs in a fresh process with PYTHONPATH = one revision's worktree; argv[1]: JSON {"workloads", "repeats", "min_s",
@@ -121,7 +123,7 @@ def forward_backward(dtype):
     return run
 
 
-def train_step():
+def train_step(batch=64):
     from stosim.models import ReservoirClassifier
     from stosim.substrates import CoupledSTOArray
 
@@ -130,8 +132,8 @@ def train_step():
     model = ReservoirClassifier(784, 10, sub)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(64, 784, generator=gen, dtype=torch.float32)
-    y = torch.randint(0, 10, (64,), generator=gen)
+    x = torch.rand(batch, 784, generator=gen, dtype=torch.float32)
+    y = torch.randint(0, 10, (batch,), generator=gen)
 
     def run():
         opt.zero_grad()
@@ -151,6 +153,7 @@ BUILD = {
     "batch1_n1": lambda: batch1(1),
     "batch1_n100": lambda: batch1(100),
     "train_step_f32": train_step,
+    "train_step_b500_f32": lambda: train_step(500),
 }
 
 
