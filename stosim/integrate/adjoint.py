@@ -1,21 +1,27 @@
 """Exact gradients of the discretized RK4 flow of a coupled STO array (reverse mode, Numba).
 
-The forward pass runs the Numba RK4 loop and keeps the state every K steps (checkpoints);
-the backward pass walks the segments in reverse, recomputes the states of a segment from its
-checkpoint, and propagates the cotangent through each step. For one step
+The forward pass runs the Numba RK4 loop and keeps what the backward pass needs (see the plans below);
+the backward pass walks the steps in reverse (recomputing, where the plan asks for it, the states of a
+segment from its checkpoint) and propagates the cotangent through each step. For one step
 
     s1 = m, s2 = m + h/2 k1, s3 = m + h/2 k2, s4 = m + h k3,  k_j = f(s_j, H_x(s_j))
     u = m + h (k1/6 + k2/3 + k3/3 + k4/6),  m' = u/|u|,
 
 the cotangent g' of m' gives g_u = (g' - m' (m'.g'))/|u|, then each stage in reverse adds
 g_s = J_m(s)^T g_k (pointwise) plus the coupling term (g_hx @ mu W) (one matrix product, since
-H_x = s_x @ (mu W)^T). When all states are kept (K = 1), a step's gradient costs 8 coupling
-products on top of the 4 of the forward pass (4 to recompute the stage fields, 4 for the cotangents).
-When K > 1, the recomputation of a segment keeps the four stage fields H_x(s_j) of each of its
-steps (bitwise the ones the forward pass computed), so a step again costs 8 products, not 12. This is the
-gradient of the discrete map, so it agrees with backprop through a torch RK4 loop to round-off.
+H_x = s_x @ (mu W)^T). Three plans, chosen by :mod:`stosim.integrate.flow` from its memory budget:
 
-Passes over memory per backward step (besides the 8 products): three recomputed stages, one pass that
+- the forward pass keeps every state and the four stage fields H_x(s_j) of every step
+  (:func:`forward_keep_chunk`, :func:`adjoint_kept_chunk`): a step's gradient costs the 4 products of the
+  cotangents, 8 per step with the forward pass;
+- every state kept (K = 1): the backward pass recomputes the stage fields, 8 products per backward step;
+- checkpoints every K > 1 steps: the recomputation of a segment keeps the four stage fields of each of its
+  steps (bitwise the ones the forward pass computed), so a backward step again costs 8 products, not 12.
+
+All give the same gradient, bitwise. This is the gradient of the discrete map, so it agrees with backprop
+through a torch RK4 loop to round-off.
+
+Passes over memory per backward step (besides its products): three recomputed stages, one pass that
 evaluates k4 and projects the cotangent (u is never stored), and one pass per stage that evaluates the
 vector-Jacobian product and updates the step's cotangents in place (y and z at once, x after the stage's
 gemm). The helpers are separate compiled functions, not ``inline="always"``: inlined into the step, their
