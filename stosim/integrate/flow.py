@@ -23,6 +23,7 @@ import math
 import numpy as np
 import torch
 
+from stosim.integrate import buffers
 from stosim.integrate.adjoint import adjoint_chunk, adjoint_chunks, adjoint_kept_chunk, forward_keep_chunk
 from stosim.integrate.chunks import chunk_count, for_each_chunk, from_chunks, to_chunks
 from stosim.integrate.sto_kernels import METHOD_RK4, SMALL_N_MAX, run_chunks
@@ -63,6 +64,12 @@ class _ArrayTensors:
         self.use_coupling = bool(array.coupling_oe != 0.0 and np.any(array.coupling_matrix))
         self.p = np.asarray(array.device.reference_direction, dtype=dtype)
         self.lam = self.dtype.type(array.device.torque_asymmetry)
+
+
+def _kept_arrays(flat: np.ndarray, shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    """The states (C, n_steps + 1, 3, Bc, N) and stage fields (C, n_steps, 4, Bc, N) as views of one 1-D buffer."""
+    n_states = math.prod(shapes[0])
+    return flat[:n_states].reshape(shapes[0]), flat[n_states:].reshape(shapes[1])
 
 
 class _STOFlow(torch.autograd.Function):
@@ -120,9 +127,11 @@ class _STOFlow(torch.autograd.Function):
     def _forward_keep(ctx, m: np.ndarray, prm: _ArrayTensors, n_batch: int, n_steps: int, dt, device) -> torch.Tensor:
         """Forward pass keeping every state and every stage field (:func:`forward_keep_chunk`)."""
         n_chunks = m.shape[0]
-        states = np.empty((n_chunks, n_steps + 1) + m.shape[1:], dtype=m.dtype)
+        shapes = ((n_chunks, n_steps + 1) + m.shape[1:], (n_chunks, n_steps, 4) + m.shape[2:])
+        # one buffer from the pool (reused by the next step of this size: no page faults), saved for backward
+        flat = buffers.take(math.prod(shapes[0]) + math.prod(shapes[1]), m.dtype)
+        states, fields = _kept_arrays(flat, shapes)
         states[:, 0] = m
-        fields = np.empty((n_chunks, n_steps, 4) + m.shape[2:], dtype=m.dtype)
         first_bad = np.full(n_chunks, -1, dtype=np.int64)
 
         def body(c: int) -> None:
@@ -137,12 +146,17 @@ class _STOFlow(torch.autograd.Function):
             raise FloatingPointError(
                 f"the STO state became non-finite at step {step + 1} of {n_steps}; reduce dt (now {float(dt):g} s)"
             )
-        ctx.saved = (states, fields, prm, n_batch, n_chunks, n_steps, dt, 1)
+        ctx.save_for_backward(torch.from_numpy(flat))
+        ctx.saved = (None, shapes, prm, n_batch, n_chunks, n_steps, dt, 1)
         return torch.from_numpy(from_chunks(states[:, -1], n_batch)).to(device)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        ckpt, fields, prm, n_batch, n_chunks, n_steps, dt, segment = ctx.saved
+        ckpt, kept_shapes, prm, n_batch, n_chunks, n_steps, dt, segment = ctx.saved
+        fields = None
+        if kept_shapes is not None:
+            (flat,) = ctx.saved_tensors
+            ckpt, fields = _kept_arrays(flat.numpy(), kept_shapes)
         g = to_chunks(grad_out.detach().cpu().numpy().astype(prm.dtype, copy=False), n_chunks)
         # padded samples (copies of sample 0) must not receive gradient
         pad_total = g.shape[0] * g.shape[2] - n_batch

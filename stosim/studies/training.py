@@ -35,6 +35,7 @@ from pydantic import (
 from stosim.checkpoint import load_checkpoint, restore_model, restore_optimizer, save_checkpoint
 from stosim.checks import check_steps, read_toml
 from stosim.datasets import ImageDataset, load_dataset
+from stosim.integrate import buffers as gradient_buffers
 from stosim.model_kinds import KIND_KEYS, kind, kind_names, kinds
 from stosim.models import ConvReservoirClassifier
 from stosim.parameters import SUBSTRATE_TIME_KEYS
@@ -727,18 +728,22 @@ def train(
     An STO bias current beyond the device's limits raises ``DeviceLimitError``
     (:func:`stosim.simulation.check_device_limits`); with ``allow_beyond_limits`` training runs with a
     warning, and ``metrics.json`` lists the limits exceeded under ``device_limit_warnings``.
+    The buffers the steps reused for their gradients (:mod:`stosim.integrate.buffers`) are freed at the end.
     """
-    if out_dir is None:
-        return _train(
-            cfg, None, resume=resume, on_batch=on_batch, on_epoch=on_epoch, allow_beyond_limits=allow_beyond_limits
-        )
-    out = Path(out_dir)
-    with output_lock(out / CHECKPOINT):
-        for name in (METRICS, CURVE):
-            remove_stale_temporaries(out / name)
-        return _train(
-            cfg, out, resume=resume, on_batch=on_batch, on_epoch=on_epoch, allow_beyond_limits=allow_beyond_limits
-        )
+    try:
+        if out_dir is None:
+            return _train(
+                cfg, None, resume=resume, on_batch=on_batch, on_epoch=on_epoch, allow_beyond_limits=allow_beyond_limits
+            )
+        out = Path(out_dir)
+        with output_lock(out / CHECKPOINT):
+            for name in (METRICS, CURVE):
+                remove_stale_temporaries(out / name)
+            return _train(
+                cfg, out, resume=resume, on_batch=on_batch, on_epoch=on_epoch, allow_beyond_limits=allow_beyond_limits
+            )
+    finally:
+        gradient_buffers.release()
 
 
 def _train(
