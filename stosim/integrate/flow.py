@@ -161,9 +161,9 @@ class _STOFlow(torch.autograd.Function):
         # padded samples (copies of sample 0) must not receive gradient
         pad_total = g.shape[0] * g.shape[2] - n_batch
         if pad_total:
-            flat = g.transpose(0, 2, 1, 3).reshape(-1, 3, g.shape[3])
-            flat[n_batch:] = 0.0
-            g = np.ascontiguousarray(flat.reshape(g.shape[0], g.shape[2], 3, g.shape[3]).transpose(0, 2, 1, 3))
+            rows = g.transpose(0, 2, 1, 3).reshape(-1, 3, g.shape[3])
+            rows[n_batch:] = 0.0
+            g = np.ascontiguousarray(rows.reshape(g.shape[0], g.shape[2], 3, g.shape[3]).transpose(0, 2, 1, 3))
         with single_threaded_blas():
             if fields is not None:
 
