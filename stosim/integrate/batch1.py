@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from stosim.physics.llg import llg_point
+from stosim.physics.llg import llg_point, llg_point_short_chain
 
 __all__ = ["coupling_field", "run_one", "ROW_BLOCK"]
 
@@ -166,7 +166,8 @@ def run_uncoupled(m, osc, lam, p, dt, n_steps, save_every, save_offset, traj):
     """Noiseless projected RK4 without coupling (mu W = 0), in place: m (3, B, N), traj (S, 3, B, N).
 
     Every oscillator then evolves on its own, so each runs its whole time loop with its state in registers
-    (the arithmetic of :func:`stosim.integrate.sto_kernels.run_small`, term by term). Returns (-1, -1), or
+    (the RK4 of :func:`stosim.integrate.sto_kernels.run_small`, with the right-hand side arranged for a short
+    dependent chain: :func:`stosim.physics.llg.llg_point_short_chain`, equal to round-off). Returns (-1, -1), or
     (step k, flat index b * N + i) of the first oscillator (in that order) whose state became non-finite.
     """
     _, n_batch, n_osc = m.shape
@@ -179,26 +180,26 @@ def run_uncoupled(m, osc, lam, p, dt, n_steps, save_every, save_offset, traj):
             h_appl, hk_eff, hs0, alpha, pref = osc[0, i], osc[1, i], osc[2, i], osc[3, i], osc[4, i]
             x0, y0, z0 = m[0, b, i], m[1, b, i], m[2, b, i]
             for k in range(n_steps):
-                kx, ky, kz = llg_point(
+                kx, ky, kz = llg_point_short_chain(
                     x0, y0, z0, zero, zero, zero, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one
                 )
                 ax, ay, az = sixth * kx, sixth * ky, sixth * kz
                 sx, sy, sz = x0 + half * kx, y0 + half * ky, z0 + half * kz
-                kx, ky, kz = llg_point(
+                kx, ky, kz = llg_point_short_chain(
                     sx, sy, sz, zero, zero, zero, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one
                 )
                 ax += third * kx
                 ay += third * ky
                 az += third * kz
                 sx, sy, sz = x0 + half * kx, y0 + half * ky, z0 + half * kz
-                kx, ky, kz = llg_point(
+                kx, ky, kz = llg_point_short_chain(
                     sx, sy, sz, zero, zero, zero, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one
                 )
                 ax += third * kx
                 ay += third * ky
                 az += third * kz
                 sx, sy, sz = x0 + dt * kx, y0 + dt * ky, z0 + dt * kz
-                kx, ky, kz = llg_point(
+                kx, ky, kz = llg_point_short_chain(
                     sx, sy, sz, zero, zero, zero, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one
                 )
                 x = x0 + dt * (ax + sixth * kx)

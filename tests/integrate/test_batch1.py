@@ -11,7 +11,7 @@ import pytest
 from stosim.integrate.batch1 import coupling_field, run_one
 from stosim.integrate.sto_kernels import METHOD_RK4, run_chunk
 from stosim.physics.array import STOArray
-from stosim.simulation import _KERNEL_ARRAYS, evolve
+from stosim.simulation import _KERNEL_ARRAYS, check_initial_state, evolve
 
 
 def _unit(rng, shape):
@@ -151,7 +151,7 @@ def test_kernel_arrays_are_cached_per_array_and_dropped_with_it(device):
 
 def test_uncoupled_kernel_agrees_with_the_small_n_kernel(device):
     """Without coupling (mu = 0) one trajectory runs oscillator by oscillator with its state in registers:
-    the arithmetic of run_small, term by term (they differ by fused multiply-adds only, <= 1e-13 here)."""
+    the RK4 of run_small with its right-hand side rearranged (llg_point_short_chain): round-off, <= 1e-13 here."""
     from stosim.integrate.batch1 import run_uncoupled
     from stosim.integrate.sto_kernels import run_small
 
@@ -168,7 +168,9 @@ def test_uncoupled_kernel_agrees_with_the_small_n_kernel(device):
     assert np.max(np.abs(a - b)) < 1e-13
     assert np.max(np.abs(traj_a - traj_b)) < 1e-13
     assert np.max(np.abs(a - m0)) > 1e-2
-    final, _, _ = evolve(array, m0[:, 0].T, 2000, 1e-11)  # evolve routes here
-    np.testing.assert_array_equal(final[0], b[:, 0].T)
+    final, _, _ = evolve(array, m0[:, 0].T, 2000, 1e-11)  # evolve routes here, from its normalized start
+    start = np.ascontiguousarray(check_initial_state(m0[:, 0].T, n)[0].T[:, None, :])
+    assert run_uncoupled(start, osc, lam, p, 1e-11, 2000, 500, 0, traj_b) == (-1, -1)
+    np.testing.assert_array_equal(final[0], start[:, 0].T)
     b[2, 0, 3] = np.inf
     assert run_uncoupled(b, osc, lam, p, 1e-11, 5, 500, 0, traj_b) == (0, 3)

@@ -47,6 +47,7 @@ from stosim.physics.llg import (
     OSC_PREFACTOR,
     OSC_TORQUE_FIELD_OE,
     llg_point,
+    llg_point_short_chain,
     llg_rhs_batch,
 )
 from stosim.physics.noise import (
@@ -107,6 +108,24 @@ def test_numba_and_torch_rhs_agree(array):
     ).transpose(1, 2, 0)
     f_torch = llg_rhs_torch(torch.as_tensor(m), ct, osc, lam, p).numpy()
     assert np.max(np.abs(f_numba - f_torch)) <= 1e-12 * np.max(np.abs(f_torch))
+
+
+def test_short_chain_rhs_is_the_llg_rhs(array):
+    """llg_point_short_chain (f = G + H_s Q, the single-trajectory kernel's form) against llg_point, the
+    definition: <= 1e-14 max|f| in float64 on states off the unit sphere (|m| 0.5-1.5, as RK4 stages are
+    slightly) with fields along x, y and z, for every oscillator of every test device."""
+    rng = np.random.default_rng(3)
+    osc = array.oscillator_parameters()
+    lam = array.device.torque_asymmetry
+    px, py, pz = array.device.reference_direction
+    m = rng.standard_normal((64, 3))
+    m *= rng.uniform(0.5, 1.5, (64, 1)) / np.linalg.norm(m, axis=1, keepdims=True)
+    h = rng.standard_normal((64, 3)) * 300.0
+    for i in range(osc.shape[1]):
+        args = (*osc[:, i], lam, px, py, pz, 1.0)
+        f_ref = np.array([llg_point(*m[k], *h[k], *args) for k in range(64)])
+        f = np.array([llg_point_short_chain(*m[k], *h[k], *args) for k in range(64)])
+        assert np.max(np.abs(f - f_ref)) <= 1e-14 * np.max(np.abs(f_ref))
 
 
 def test_numba_rk4_and_torch_rk4_agree(array):
