@@ -2,7 +2,7 @@
 
 ``sto_flow(m0, array, n_steps, dt_s)`` returns m(T) for states m0 (B, N, 3); its backward
 pass is the Numba reverse-mode kernel of :mod:`stosim.integrate.adjoint`. Memory stays
-within ``checkpoint_bytes`` (default 1 GiB), in the first of these that fits:
+within ``checkpoint_bytes`` (default 1 GiB, or ``STOSIM_GRADIENT_MEMORY_MB`` MiB), in the first of these that fits:
 
 - every state and the four stage fields H_x of every step (7 numbers per oscillator and step; N > 32):
   the backward pass runs 4 coupling products per step, 8 per step in all with the forward pass's 4;
@@ -19,6 +19,7 @@ All three give the same gradient, bitwise.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -30,9 +31,17 @@ from stosim.integrate.sto_kernels import METHOD_RK4, SMALL_N_MAX, run_chunks
 from stosim.integrate.threads import single_threaded_blas
 from stosim.physics.array import STOArray, check_step_count, check_time_step
 
-__all__ = ["sto_flow", "checkpoint_segment", "keeps_stage_fields", "DEFAULT_CHECKPOINT_BYTES"]
+__all__ = [
+    "sto_flow",
+    "checkpoint_segment",
+    "keeps_stage_fields",
+    "gradient_memory_bytes",
+    "DEFAULT_CHECKPOINT_BYTES",
+    "GRADIENT_MEMORY_ENV",
+]
 
 DEFAULT_CHECKPOINT_BYTES = 1 << 30
+GRADIENT_MEMORY_ENV = "STOSIM_GRADIENT_MEMORY_MB"
 _NP = {torch.float64: np.float64, torch.float32: np.float32}
 
 
@@ -215,13 +224,37 @@ def _check_states(norms: np.ndarray, finite: bool, what: str) -> None:
         raise ValueError(f"{what} of sample {b}, oscillator {i} is the zero vector; it has no direction")
 
 
+def gradient_memory_bytes() -> int:
+    """The memory budget of :func:`sto_flow`'s gradient: ``STOSIM_GRADIENT_MEMORY_MB`` (MiB, an integer >= 1)
+    if set, else :data:`DEFAULT_CHECKPOINT_BYTES` (1 GiB)."""
+    raw = os.environ.get(GRADIENT_MEMORY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CHECKPOINT_BYTES
+    try:
+        mib = int(raw)
+    except ValueError:
+        mib = 0
+    if mib < 1:
+        raise ValueError(f"{GRADIENT_MEMORY_ENV} = {raw!r} is out of range; valid: an integer number of MiB >= 1")
+    return mib << 20
+
+
 def sto_flow(
-    m0: torch.Tensor, array: STOArray, n_steps: int, dt_s: float, checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES
+    m0: torch.Tensor, array: STOArray, n_steps: int, dt_s: float, checkpoint_bytes: int | None = None
 ) -> torch.Tensor:
     """m(T) after ``n_steps`` projected RK4 steps of ``dt_s`` s from unit states m0 (B, N, 3) (float32/64).
 
-    Differentiable w.r.t. m0 with the exact gradient of the discrete map (Numba adjoint).
+    Differentiable w.r.t. m0 with the exact gradient of the discrete map (Numba adjoint), which keeps at
+    most ``checkpoint_bytes`` (default :func:`gradient_memory_bytes`) for the backward pass (module docstring).
     """
+    if checkpoint_bytes is None:
+        checkpoint_bytes = gradient_memory_bytes()
+    if (
+        isinstance(checkpoint_bytes, bool)
+        or not isinstance(checkpoint_bytes, (int, np.integer))
+        or checkpoint_bytes < 1
+    ):
+        raise ValueError(f"checkpoint_bytes = {checkpoint_bytes!r} is out of range; valid: an integer >= 1")
     if m0.dtype not in _NP:
         raise ValueError(f"m0 dtype {m0.dtype} must be torch.float64 or torch.float32")
     if m0.ndim != 3 or m0.shape[1:] != (array.n_oscillators, 3):

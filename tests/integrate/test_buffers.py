@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 import numpy as np
+import pytest
 import torch
 
 from stosim.integrate import buffers
@@ -94,3 +95,36 @@ def test_training_frees_the_pool_when_it_ends():
     train(cfg, on_epoch=lambda record: held_during.append(buffers.free_bytes()))
     assert held_during[0] > 0  # the steps' buffer, free between steps
     assert buffers.free_bytes() == 0
+
+
+def test_the_gradient_memory_budget_comes_from_the_environment(monkeypatch, device):
+    from stosim.integrate.flow import (
+        DEFAULT_CHECKPOINT_BYTES,
+        GRADIENT_MEMORY_ENV,
+        gradient_memory_bytes,
+        keeps_stage_fields,
+    )
+
+    monkeypatch.delenv(GRADIENT_MEMORY_ENV, raising=False)
+    assert gradient_memory_bytes() == DEFAULT_CHECKPOINT_BYTES
+    monkeypatch.setenv(GRADIENT_MEMORY_ENV, "64")
+    assert gradient_memory_bytes() == 64 << 20
+    for bad in ("0", "-3", "1.5", "lots"):
+        monkeypatch.setenv(GRADIENT_MEMORY_ENV, bad)
+        with pytest.raises(ValueError, match=f"{GRADIENT_MEMORY_ENV} = .* valid: an integer number of MiB >= 1"):
+            gradient_memory_bytes()
+    monkeypatch.delenv(GRADIENT_MEMORY_ENV)
+    array = STOArray.generate(device, 40, 500.0, seed=4)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="checkpoint_bytes = .* valid: an integer >= 1"):
+            sto_flow(_unit(2, 40, 0), array, 3, 1e-12, checkpoint_bytes=bad)
+    # 1 MiB is too small for the kept states and fields of 400 samples (28 MB): the same gradient from checkpoints
+    assert keeps_stage_fields(30, 40, 3 * 416 * 40 * 8, DEFAULT_CHECKPOINT_BYTES)
+    assert not keeps_stage_fields(30, 40, 3 * 416 * 40 * 8, 1 << 20)
+    monkeypatch.setenv(GRADIENT_MEMORY_ENV, "1")
+    x = _unit(400, 40, 0).requires_grad_(True)
+    sto_flow(x, array, 30, 1e-12)[..., 0].sum().backward()
+    monkeypatch.delenv(GRADIENT_MEMORY_ENV)
+    y = _unit(400, 40, 0).requires_grad_(True)
+    sto_flow(y, array, 30, 1e-12)[..., 0].sum().backward()
+    assert torch.equal(x.grad, y.grad)
