@@ -22,10 +22,12 @@ All give the same gradient, bitwise. This is the gradient of the discrete map, s
 through a torch RK4 loop to round-off.
 
 Passes over memory per backward step (besides its products): three recomputed stages, one pass that
-evaluates k4 and projects the cotangent (u is never stored), and one pass per stage that evaluates the
-vector-Jacobian product and updates the step's cotangents in place (y and z at once, x after the stage's
-gemm). The helpers are separate compiled functions, not ``inline="always"``: inlined into the step, their
-loops were left unvectorized (3-4x slower).
+evaluates k4 and projects the cotangent (u is never stored), one pass per stage that evaluates the
+vector-Jacobian product and updates the step's cotangents in place (y and z at once; x, known after the
+stage's gemm, in the next stage's pass), and one pass for the last x part. The helpers are separate compiled
+functions, not ``inline="always"``: inlined into the step, their loops were left unvectorized (3-4x slower);
+and one function per stage kind, not one with a mode argument choosing among three loops (1 ns per oscillator
+slower in the loop it took).
 """
 
 from __future__ import annotations
@@ -45,11 +47,6 @@ __all__ = ["adjoint_chunks", "forward_keep_chunk", "adjoint_kept_chunk"]
 def _coupled_field(s, coupling_t, use_coupling, hx):
     if use_coupling:
         gemm_into(s[0], coupling_t, hx)
-
-
-# modes of _stage_back, passed as np.int64 values: a bare int constant is typed as a literal, and each
-# literal would compile its own specialization of the kernel
-_FIRST, _MIDDLE, _LAST = 0, 1, 2
 
 
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
@@ -79,19 +76,17 @@ def _step_vjp(
     h_sixth, h_third = dt * sixth, dt * third
     # the cotangent of m (``out``) collects g_u (the identity path m -> u) and each stage's g_s.
     # stage 4 (g_k4 = h/6 g_u; s4 = m + h k3): g_k3 = h/3 g_u + h g_s4; stage 3 (s3 = m + h/2 k2):
-    # g_k2 = h/3 g_u + h/2 g_s3; stage 2: g_k1 = h/6 g_u + h/2 g_s2; stage 1 (s1 = m): g = out + g_s1
-    _stage_back(
-        s4, hxs[3], gk, gu, out, coupling, use_coupling, osc, lam, p, h_third, dt, np.int64(_FIRST), g_hx, g_sx, g
+    # g_k2 = h/3 g_u + h/2 g_s3; stage 2: g_k1 = h/6 g_u + h/2 g_s2; stage 1 (s1 = m): g = out + g_s1.
+    # Each stage's x part (known after its gemm) is completed in the next stage's pass, with that stage's
+    # coefficients (a, b) of g_k = a g_u + b g_s passed on.
+    _stage_back_first(s4, hxs[3], gk, gu, out, coupling, use_coupling, osc, lam, p, h_third, dt, g_hx, g_sx)
+    _stage_back_middle(
+        s3, hxs[2], gk, gu, out, coupling, use_coupling, osc, lam, p, h_third, dt, h_third, half, g_hx, g_sx
     )
-    _stage_back(
-        s3, hxs[2], gk, gu, out, coupling, use_coupling, osc, lam, p, h_third, half, np.int64(_MIDDLE), g_hx, g_sx, g
+    _stage_back_middle(
+        s2, hxs[1], gk, gu, out, coupling, use_coupling, osc, lam, p, h_third, half, h_sixth, half, g_hx, g_sx
     )
-    _stage_back(
-        s2, hxs[1], gk, gu, out, coupling, use_coupling, osc, lam, p, h_sixth, half, np.int64(_MIDDLE), g_hx, g_sx, g
-    )
-    _stage_back(
-        m, hxs[0], gk, gu, out, coupling, use_coupling, osc, lam, p, h_sixth, half, np.int64(_LAST), g_hx, g_sx, g
-    )
+    _stage_back_last(m, hxs[0], gk, gu, out, coupling, use_coupling, osc, lam, p, h_sixth, half, g_hx, g_sx, g)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -125,79 +120,112 @@ def _project_back(m, s4, hx4, osc, lam, p, acc, g, dt, sixth, gu):
             oz[i] = (gz[i] - nz * dot) * inv
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _stage_back(s, hx, gk, gu, out, coupling, use_coupling, osc, lam, p, a, b_coef, mode, g_hx, g_sx, res):
-    """One stage k = f(s, H_x(s)) in reverse, fused with the bookkeeping of the step's cotangents.
+# One compiled function per stage kind, each with one pointwise loop: a single function switching between
+# three loops on a mode argument ran the loop it took 1 ns per oscillator slower (float64 and float32).
 
-    (g_m, g_hx) = (J_m(s)^T v, J_hx(s)^T v) pointwise and g_s = g_m + e_x (g_hx @ mu W) (one gemm), for
-    the stage's cotangent v: v = (a/2) g_u in mode _FIRST (the last RK4 stage: g_k4 = h/6 g_u, a = h/3),
-    else v = g_k. Then _FIRST: out = g_u + g_s; _MIDDLE: out += g_s; in both g_k <- a g_u + b g_s (the
-    previous stage's cotangent); _LAST (s = m): res = out + g_s. The y and z parts are finished in the
-    pointwise pass, the x part after the gemm. All (3, Bc, N) except hx, g_hx and g_sx (Bc, N)."""
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _stage_back_first(s, hx, gk, gu, out, coupling, use_coupling, osc, lam, p, a, b_coef, g_hx, g_sx):
+    """The last RK4 stage (k4 = f(s4, H_x(s4))) in reverse, for the cotangent v = g_k4 = (a/2) g_u (a = h/3).
+
+    (g_m, g_hx) = (J_m(s)^T v, J_hx(s)^T v) pointwise, g_s = g_m + e_x (g_hx @ mu W) (one gemm): out = g_u + g_s
+    and g_k3 = a g_u + b g_s in their y and z parts; out_x = g_u,x and g_sx (Bc, N) = g_s,x after the gemm, which
+    the next stage's pass adds (:func:`_stage_back_middle`). All (3, Bc, N) except hx, g_hx, g_sx (Bc, N)."""
     _, n_batch, n_osc = s.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]
     one = np.ones(1, dtype=s.dtype)[0]
     zero = one - one
-    v_scale = a / (one + one)  # _FIRST: v = g_k4 = (h/6) g_u, with a = h/3 the coefficient of g_u in g_k3
+    v_scale = a / (one + one)
     for b in range(n_batch):
         mx, my, mz, fx = s[0, b], s[1, b], s[2, b], hx[b]
-        vx, vy, vz = gk[0, b], gk[1, b], gk[2, b]
+        vy, vz = gk[1, b], gk[2, b]
         ux, uy, uz = gu[0, b], gu[1, b], gu[2, b]
-        oy, oz, hxb, gxb = out[1, b], out[2, b], g_hx[b], g_sx[b]
-        # one copy of the loop per mode, on purpose: one loop with its arrays chosen by the mode would read and
-        # write ``out`` through two pointers in _MIDDLE, which LLVM's runtime alias check sends to the scalar loop
-        if mode == _FIRST:
-            for i in range(n_osc):
-                gmx, gmy, gmz, gbx = llg_vjp_point(
-                    mx[i], my[i], mz[i], fx[i], zero, zero, v_scale * ux[i], v_scale * uy[i], v_scale * uz[i],
-                    h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one,
-                )  # fmt: skip
-                gxb[i] = gmx
-                hxb[i] = gbx
-                oy[i] = uy[i] + gmy
-                oz[i] = uz[i] + gmz
-                vy[i] = a * uy[i] + b_coef * gmy
-                vz[i] = a * uz[i] + b_coef * gmz
-        elif mode == _MIDDLE:
-            for i in range(n_osc):
-                gmx, gmy, gmz, gbx = llg_vjp_point(
-                    mx[i], my[i], mz[i], fx[i], zero, zero, vx[i], vy[i], vz[i],
-                    h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one,
-                )  # fmt: skip
-                gxb[i] = gmx
-                hxb[i] = gbx
-                oy[i] += gmy
-                oz[i] += gmz
-                vy[i] = a * uy[i] + b_coef * gmy
-                vz[i] = a * uz[i] + b_coef * gmz
-        else:
-            ry, rz = res[1, b], res[2, b]
-            for i in range(n_osc):
-                gmx, gmy, gmz, gbx = llg_vjp_point(
-                    mx[i], my[i], mz[i], fx[i], zero, zero, vx[i], vy[i], vz[i],
-                    h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one,
-                )  # fmt: skip
-                gxb[i] = gmx
-                hxb[i] = gbx
-                ry[i] = oy[i] + gmy
-                rz[i] = oz[i] + gmz
+        ox, oy, oz, hxb, gxb = out[0, b], out[1, b], out[2, b], g_hx[b], g_sx[b]
+        for i in range(n_osc):
+            gmx, gmy, gmz, gbx = llg_vjp_point(
+                mx[i], my[i], mz[i], fx[i], zero, zero, v_scale * ux[i], v_scale * uy[i], v_scale * uz[i],
+                h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one,
+            )  # fmt: skip
+            gxb[i] = gmx
+            hxb[i] = gbx
+            ox[i] = ux[i]
+            oy[i] = uy[i] + gmy
+            oz[i] = uz[i] + gmz
+            vy[i] = a * uy[i] + b_coef * gmy
+            vz[i] = a * uz[i] + b_coef * gmz
     if use_coupling:
         gemm_accumulate(g_hx, coupling, g_sx)  # g_s_x += g_hx @ (mu W): one gemm, no temporary
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _stage_back_middle(
+    s, hx, gk, gu, out, coupling, use_coupling, osc, lam, p, a_prev, b_prev, a, b_coef, g_hx, g_sx
+):  # fmt: skip
+    """Stage 3 or 2 in reverse: first the previous stage's x part (out_x += g_sx; its v_x = a_prev g_u,x +
+    b_prev g_sx, used here and not stored), then as :func:`_stage_back_first` for v = g_k: out += g_s and
+    g_k(previous stage) = a g_u + b g_s in y and z, g_sx = this stage's g_s,x after the gemm."""
+    _, n_batch, n_osc = s.shape
+    h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
+    px, py, pz = p[0], p[1], p[2]
+    one = np.ones(1, dtype=s.dtype)[0]
+    zero = one - one
     for b in range(n_batch):
-        ox, ux, vx, gxb = out[0, b], gu[0, b], gk[0, b], g_sx[b]
-        if mode == _FIRST:
-            for i in range(n_osc):
-                ox[i] = ux[i] + gxb[i]
-                vx[i] = a * ux[i] + b_coef * gxb[i]
-        elif mode == _MIDDLE:
-            for i in range(n_osc):
-                ox[i] += gxb[i]
-                vx[i] = a * ux[i] + b_coef * gxb[i]
-        else:
-            rx = res[0, b]
-            for i in range(n_osc):
-                rx[i] = ox[i] + gxb[i]
+        mx, my, mz, fx = s[0, b], s[1, b], s[2, b], hx[b]
+        vy, vz = gk[1, b], gk[2, b]
+        ux, uy, uz = gu[0, b], gu[1, b], gu[2, b]
+        ox, oy, oz, hxb, gxb = out[0, b], out[1, b], out[2, b], g_hx[b], g_sx[b]
+        for i in range(n_osc):
+            gs_prev = gxb[i]
+            ox[i] += gs_prev
+            vx = a_prev * ux[i] + b_prev * gs_prev
+            gmx, gmy, gmz, gbx = llg_vjp_point(
+                mx[i], my[i], mz[i], fx[i], zero, zero, vx, vy[i], vz[i],
+                h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one,
+            )  # fmt: skip
+            gxb[i] = gmx
+            hxb[i] = gbx
+            oy[i] += gmy
+            oz[i] += gmz
+            vy[i] = a * uy[i] + b_coef * gmy
+            vz[i] = a * uz[i] + b_coef * gmz
+    if use_coupling:
+        gemm_accumulate(g_hx, coupling, g_sx)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _stage_back_last(s, hx, gk, gu, out, coupling, use_coupling, osc, lam, p, a_prev, b_prev, g_hx, g_sx, res):
+    """Stage 1 (s1 = m) in reverse: the previous stage's x part as in :func:`_stage_back_middle`, then
+    res = out + g_s1, the cotangent of m (its x part after the gemm, in one more pass)."""
+    _, n_batch, n_osc = s.shape
+    h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
+    px, py, pz = p[0], p[1], p[2]
+    one = np.ones(1, dtype=s.dtype)[0]
+    zero = one - one
+    for b in range(n_batch):
+        mx, my, mz, fx = s[0, b], s[1, b], s[2, b], hx[b]
+        vy, vz = gk[1, b], gk[2, b]
+        ux = gu[0, b]
+        ox, oy, oz, hxb, gxb = out[0, b], out[1, b], out[2, b], g_hx[b], g_sx[b]
+        ry, rz = res[1, b], res[2, b]
+        for i in range(n_osc):
+            gs_prev = gxb[i]
+            ox[i] += gs_prev
+            vx = a_prev * ux[i] + b_prev * gs_prev
+            gmx, gmy, gmz, gbx = llg_vjp_point(
+                mx[i], my[i], mz[i], fx[i], zero, zero, vx, vy[i], vz[i],
+                h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one,
+            )  # fmt: skip
+            gxb[i] = gmx
+            hxb[i] = gbx
+            ry[i] = oy[i] + gmy
+            rz[i] = oz[i] + gmz
+    if use_coupling:
+        gemm_accumulate(g_hx, coupling, g_sx)
+    for b in range(n_batch):
+        ox, gxb, rx = out[0, b], g_sx[b], res[0, b]
+        for i in range(n_osc):
+            rx[i] = ox[i] + gxb[i]
 
 
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
