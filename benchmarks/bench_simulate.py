@@ -58,8 +58,10 @@ Cases:
     (theta = phi = 1 deg). stosim runs 4999 steps (N = 2500: 1000 unless --full); theirs run
     ``PEER_STEPS`` (4999 for N <= 10 down to 100 at N = 2500); each timed block repeats a run for at least
     0.2 s. Their NumPy gets k BLAS threads; their parallel code k Numba threads; stosim runs batch 1 on
-    one thread (:mod:`stosim.integrate.batch1`). Reported: device-steps/s (median over rounds), the
-    ratio stosim / best of theirs in each round (median and min over rounds: ``batch1_ratio_vs_best_dejong``),
+    one thread, or from N = 256 split over the k threads when that measures faster
+    (:mod:`stosim.integrate.batch1_threads`). Reported: device-steps/s (median over rounds), the
+    ratio stosim / best of theirs in each round (median and min over rounds: ``batch1_ratio_vs_best_dejong``;
+    with W stored in float32, N >= 1000: ``batch1_ratio_vs_best_dejong_float32_w``),
     and the model check: dm/dt of each of their codes against stosim's at random states (<= 1e-12
     relative), and, for N <= 100, their Numba trajectory against stosim's at dt and dt/4 (their RK4 does
     not project onto |m| = 1, so the two differ by discretization error, which must shrink ~4^4).
@@ -673,7 +675,7 @@ def run_peers(peers_dir: str, sizes, dt_s: float, rounds: int, quick: bool, full
         tasks = {"stosim": Task(f"stosim N={n}", _repeated(stosim_task(arr, m0, st_steps[n], dt_s, np.float64)))}
         for name, fn in peers.tasks(arr, peer_steps[n], dt_s).items():
             tasks[name] = Task(f"{name} N={n}", _repeated(fn))
-        if n >= W32_MIN_N:  # the float32-W option, for information (not in the ratios)
+        if n >= W32_MIN_N:  # the float32-W option: its own ratios (ratio_vs_best_peer_float32_w)
             tasks["stosim-w32"] = Task(
                 f"stosim-w32 N={n}", _repeated(stosim_task(arr, m0, st_steps[n], dt_s, np.float64, np.float32))
             )
@@ -693,6 +695,7 @@ def run_peers(peers_dir: str, sizes, dt_s: float, rounds: int, quick: bool, full
         per_n[n] = tasks
     order = [(n, name) for n in sizes for name in per_n[n]]
     ratio_rounds: dict[int, list[float]] = {n: [] for n in sizes}
+    w32_rounds: dict[int, list[float]] = {n: [] for n in sizes if "stosim-w32" in per_n[n]}
     for r in range(rounds):
         k = r % len(order)
         for n, name in order[k:] + order[:k]:
@@ -702,10 +705,14 @@ def run_peers(peers_dir: str, sizes, dt_s: float, rounds: int, quick: bool, full
         for n in sizes:
             best = max(t.rates[-1] for name, t in per_n[n].items() if name.startswith("dejong"))
             ratio_rounds[n].append(per_n[n]["stosim"].rates[-1] / best)
+            if n in w32_rounds:
+                w32_rounds[n].append(per_n[n]["stosim-w32"].rates[-1] / best)
     return {
         "device_steps_per_s": {str(n): {name: t.median for name, t in per_n[n].items()} for n in sizes},
         "ratio_vs_best_peer": {str(n): statistics.median(ratio_rounds[n]) for n in sizes},
         "ratio_vs_best_peer_min": {str(n): min(ratio_rounds[n]) for n in sizes},
+        "ratio_vs_best_peer_float32_w": {str(n): statistics.median(v) for n, v in w32_rounds.items()},
+        "ratio_vs_best_peer_float32_w_min": {str(n): min(v) for n, v in w32_rounds.items()},
         "max_abs_diff_vs_stosim": {str(n): diffs[n] for n in sizes},
         "rhs_max_rel_diff_vs_stosim": {str(n): rhs_diff[n] for n in sizes},
         "float32_w_max_abs_diff_after_4999_steps": {str(n): d for n, d in w32_diff.items()},
@@ -756,7 +763,8 @@ def print_peers(res: dict, sizes, dt_s: float) -> None:
         rate = tasks[int(n)]["stosim-w32"].median
         print(
             f"    N = {n}, coupling_dtype=float32 (W rounded to float32): {_fmt(rate)} device-steps/s, "
-            f"max |m - m_float64 W| after 4999 steps = {d:.1e}"
+            f"stosim/best {res['ratio_vs_best_peer_float32_w'][n]:.2f} "
+            f"[min {res['ratio_vs_best_peer_float32_w_min'][n]:.2f}], max |m - m_float64 W| after 4999 steps = {d:.1e}"
         )
     print(f"    load average after: {res['loadavg_after']}\n")
 
@@ -815,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(n): v["stosim"] for n, v in zip(peer_sizes, res["device_steps_per_s"].values())
             },
             "batch1_ratio_vs_best_dejong": res["ratio_vs_best_peer"],
+            "batch1_ratio_vs_best_dejong_float32_w": res["ratio_vs_best_peer_float32_w"],
             "loadavg_before": load_before,
             "numba_threads": k,
             "rounds": rounds,
@@ -1071,6 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
         res.pop("_tasks")
         summary["peers"] = res
         summary["batch1_ratio_vs_best_dejong"] = res["ratio_vs_best_peer"]
+        summary["batch1_ratio_vs_best_dejong_float32_w"] = res["ratio_vs_best_peer_float32_w"]
         summary["elapsed_s"] = time.perf_counter() - t_start
     print(f"\nelapsed {summary['elapsed_s']:.0f} s")
     if not agree:

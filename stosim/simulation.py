@@ -19,11 +19,12 @@ import warnings
 import weakref
 from typing import Callable
 
+import numba
 import numpy as np
 
 from stosim.config import DeviceParameters
-from stosim.integrate.batch1 import run_one as _run_one
 from stosim.integrate.batch1 import run_uncoupled as _run_uncoupled
+from stosim.integrate.batch1_threads import OneTrajectoryRunner as _OneTrajectoryRunner
 from stosim.integrate.chunks import chunk_count as _chunk_count
 from stosim.integrate.chunks import from_chunks as _from_chunks
 from stosim.integrate.chunks import to_chunks as _to_chunks
@@ -329,8 +330,9 @@ def evolve(
     2^-24 per entry) with products and sums still in ``dtype``: a single noiseless trajectory of a large
     array then reads half the bytes per coupling product (:mod:`stosim.integrate.batch1`).
     Kernels: a noiseless RK4 run of one sample runs :func:`stosim.integrate.batch1.run_uncoupled` without
-    coupling (mu W = 0), else :func:`stosim.integrate.batch1.run_one` for N > 32; N <= 32, the fused small-N
-    loop; otherwise the batch is chunked over threads.
+    coupling (mu W = 0), else :func:`stosim.integrate.batch1_threads.OneTrajectoryRunner` for N > 32 (split over
+    ``numba.get_num_threads()`` threads from N = 256 when that measures faster; the same result bit for bit);
+    N <= 32, the fused small-N loop; otherwise the batch is chunked over threads.
     The arrays the kernels take are built once per array (cached with it; the array is immutable).
     """
     if isinstance(dt_s, str):  # "1 ps"
@@ -396,6 +398,7 @@ def evolve(
     else:
         chunk = n_steps if progress is None else max(1, -(-n_steps // 100))
     done = 0
+    runner = _OneTrajectoryRunner(n_osc, numba.get_num_threads()) if one else None
     with contextlib.nullcontext() if blas_free else _single_threaded_blas():
         while done < n_steps:
             k = min(chunk, n_steps - done)
@@ -414,7 +417,7 @@ def evolve(
             if uncoupled_one:
                 result[0] = _run_uncoupled(m[0], osc, lam, p, dtype.type(dt_s), k, save, done, traj[0])
             elif one:
-                result[0] = _run_one(
+                result[0] = runner.run(
                     m[0], coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s), k, save, done, traj[0]
                 )
             elif n_chunks == 1:  # no parallel region: it would wait on idle threads at every call

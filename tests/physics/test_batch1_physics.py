@@ -1,4 +1,4 @@
-"""The batch-1 kernel (one trajectory, N > 32: stosim.integrate.batch1) against physics, float64."""
+"""The batch-1 kernel (one trajectory, N > 32, one thread or split: stosim.integrate.batch1) against physics."""
 
 from __future__ import annotations
 
@@ -57,3 +57,29 @@ def test_norm_is_kept_and_zero_coupling_is_the_uncoupled_dynamics(device):
     )
     # one trajectory of 40 uncoupled oscillators and 40 single ones: the same arithmetic, to round-off
     assert np.max(np.abs(uncoupled[0] - singles)) < 1e-12
+
+
+def test_two_thread_trajectory_is_fourth_order_and_keeps_the_norm(device, monkeypatch):
+    """The split step (stosim.integrate.batch1_threads, N = 264 on two threads every chunk): halving dt
+    divides the global error by ~16, and |m| = 1 to round-off."""
+    import stosim.simulation
+    from stosim.integrate.batch1_threads import OneTrajectoryRunner
+
+    class TwoThreads(OneTrajectoryRunner):
+        def __init__(self, n_osc, max_threads):
+            super().__init__(n_osc, 2)
+            self.threads = 2
+
+        def _next(self):
+            return 2, 10_000
+
+    monkeypatch.setattr(stosim.simulation, "_OneTrajectoryRunner", TwoThreads)
+    n = 264
+    array = STOArray.generate(device, n, 200.0, seed=3)  # 500 Oe over 264 devices: dt = 8 ps too large
+    m0 = np.random.default_rng(1).standard_normal((n, 3))
+    duration = 0.4e-9
+    ref, _, _ = evolve(array, m0, 3200, duration / 3200)
+    errors = [np.max(np.abs(evolve(array, m0, k, duration / k)[0] - ref)) for k in (50, 100, 200, 400)]
+    orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert np.all(np.abs(orders - 4) < 0.3), (errors, orders)
+    assert np.max(np.abs(np.linalg.norm(ref, axis=-1) - 1)) < 4e-16 * 4
