@@ -18,6 +18,8 @@ The counter is an int64 array shared by the threads (element 0); :func:`atomic_a
 
 from __future__ import annotations
 
+import sys
+
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -26,6 +28,8 @@ from numba.extending import intrinsic
 __all__ = ["SPINS_BEFORE_YIELD", "atomic_add", "atomic_load", "wait_at_barrier"]
 
 SPINS_BEFORE_YIELD = 2000  # polls of the counter before each sched_yield (a poll takes ~10-50 ns)
+# the C library's "give my core to another thread" (POSIX; kernel32 on Windows), resolved in the running process
+_YIELD_SYMBOL = "SwitchToThread" if sys.platform == "win32" else "sched_yield"
 
 
 def _element_pointer(context, builder, arrty, arr, idx):
@@ -63,12 +67,12 @@ def atomic_load(typingctx, arr, idx):
 
 @intrinsic
 def _sched_yield(typingctx):
-    """sched_yield() from the C library (resolved in the running process)."""
+    """sched_yield() from the C library (SwitchToThread() on Windows), resolved in the running process."""
     sig = types.int32()
 
     def codegen(context, builder, signature, args):
         fnty = ir.FunctionType(ir.IntType(32), [])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "sched_yield")
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _YIELD_SYMBOL)
         return builder.call(fn, [])
 
     return sig, codegen
