@@ -476,6 +476,7 @@ class Trajectory:
     measured_observation_snr_db: dict[str, float]
     measured_dynamical_snr_db: float | None
     dtype: str
+    coupling_dtype: str = ""  # dtype W was stored in ("": that of ``dtype``)
     limit_warnings: tuple[str, ...] = ()  # device limits exceeded (run with allow_beyond_limits)
     m_noiseless: np.ndarray | None = None  # (S, B, N, 3) m before observation noise (None: no observation noise)
     tmr_voltage_noiseless_v: np.ndarray | None = None  # (S, B, N) likewise
@@ -539,6 +540,7 @@ class Trajectory:
             "integrator": "stochastic Heun (Stratonovich)" if self.noise.temperature_k > 0 else "RK4",
             "seed": self.seed,
             "dtype": self.dtype,
+            "coupling_dtype": self.coupling_dtype or self.dtype,
         }
 
 
@@ -581,6 +583,7 @@ def _trajectory_dataset(traj: Trajectory):  # xarray is imported on first use
         "dt_s": traj.dt_s,
         "seed": traj.seed,
         "dtype": traj.dtype,
+        "coupling_dtype": traj.coupling_dtype or traj.dtype,
         "temperature_k": traj.noise.temperature_k,
         "dynamical_snr_db": traj.noise.dynamical_snr_db,
         "observation_snr_db": traj.observation_snr_db,
@@ -618,6 +621,7 @@ def simulate(
     progress: Callable[[int, int], None] | None = None,
     allow_beyond_limits: bool = False,
     dynamical_noise_reference_s: float | None = None,
+    coupling_dtype=None,
 ) -> Trajectory:
     """Run ``array`` from ``initial_state`` ((N, 3) or (B, N, 3)) for ``duration_s`` in steps of ``dt_s``.
 
@@ -632,6 +636,8 @@ def simulate(
 
     ``dynamical_noise_reference_s``: None, the dynamical SNR is per step (dt-dependent); a time t_ref
     in s, the SNR of the noise accumulated over t_ref (dt-independent; :class:`NoiseSettings`).
+    ``coupling_dtype``: None (W in ``dtype``) or float32: W rounded to float32 (relative 2^-24 per entry), products
+    in ``dtype``; a single noiseless trajectory of a large array then reads half the bytes per product (:func:`evolve`).
     """
     from stosim.quantities import quantity
 
@@ -650,7 +656,16 @@ def simulate(
     )
     m0 = check_initial_state(initial_state, array.n_oscillators)
     final, saved, measured_dyn = evolve(
-        array, m0, n_steps, dt_s, noise=noise, seed=seed, save_every=save_every, dtype=dtype, progress=progress
+        array,
+        m0,
+        n_steps,
+        dt_s,
+        noise=noise,
+        seed=seed,
+        save_every=save_every,
+        dtype=dtype,
+        progress=progress,
+        coupling_dtype=coupling_dtype,
     )
     m = np.concatenate([m0.astype(final.dtype)[None], saved], axis=0)
     time_s = np.arange(m.shape[0]) * (save_every * dt_s)
@@ -684,6 +699,7 @@ def simulate(
         measured_observation_snr_db=measured_obs,
         measured_dynamical_snr_db=measured_dyn,
         dtype=np.dtype(dtype).name,
+        coupling_dtype=_check_coupling_dtype(coupling_dtype, np.dtype(dtype)).name,
         limit_warnings=limit_warnings,
         m_noiseless=m_clean,
         tmr_voltage_noiseless_v=v_clean,
