@@ -12,8 +12,9 @@ The counter only grows, so no reset is needed. While waiting, a thread gives its
 (``sched_yield``) after :data:`SPINS_BEFORE_YIELD` polls, so a thread that the scheduler has put aside
 (another process on the same core) gets to run instead of being waited on for a whole time slice.
 
-The counter is an int64 array shared by the threads (element 0); :func:`atomic_add` and
-:func:`atomic_load` are LLVM atomics on an array element, usable from any ``@njit`` function.
+The counter is an int64 array shared by the threads (element 0; element 1 tells the others that a thread has
+failed, so that nobody waits for it forever); :func:`atomic_add` and :func:`atomic_load` are LLVM atomics on
+an array element, usable from any ``@njit`` function.
 """
 
 from __future__ import annotations
@@ -82,13 +83,18 @@ def _sched_yield(typingctx):
 def wait_at_barrier(counter, n_threads, generation):
     """Arrive at barrier number ``generation`` (1, 2, ... per thread) and wait for all ``n_threads`` threads.
 
-    ``counter`` (int64 array, element 0, starting at 0) is shared by the threads; every thread must pass
-    the same sequence of barriers. Stores made before the call are visible to every thread after it."""
+    ``counter`` (int64 array of 2, zeros at the start) is shared by the threads: element 0 counts arrivals,
+    element 1 is set (nonzero) by a thread that fails and will not arrive again. Every thread must pass the
+    same sequence of barriers. Stores made before the call are visible to every thread after it. Returns
+    False when the barrier was passed, True when it was abandoned because element 1 is set."""
     atomic_add(counter, 0, 1)
     target = n_threads * generation
     polls = 0
     while atomic_load(counter, 0) < target:
+        if atomic_load(counter, 1) != 0:
+            return True
         polls += 1
         if polls >= SPINS_BEFORE_YIELD:
             _sched_yield()
             polls = 0
+    return False

@@ -118,9 +118,10 @@ def _stage(state, hx, osc, lam, p, one, x0, w, a_next, acc, keep, nxt, lo, hi):
 
 @njit(cache=True, nogil=True)
 def _meet(counter, n_threads, generation):
-    """The next barrier of a thread (none with one thread); returns its generation number."""
-    if n_threads > 1:
-        wait_at_barrier(counter, n_threads, generation + 1)
+    """The next barrier of a thread (none with one thread); returns its generation number, or -1 when another
+    thread has failed (``counter[1]`` set) and the run is abandoned."""
+    if n_threads > 1 and wait_at_barrier(counter, n_threads, generation + 1):
+        return -1
     return generation + 1
 
 
@@ -140,7 +141,8 @@ def run_part(
 
     Shared by the threads: m (3, 1, N) and traj (S, 3, 1, N) as in :func:`run_one`; ``shared_x`` (2, N), the x
     components of the stage states (two buffers used in turn); ``fail`` (n_threads, 2) int64, -1 on entry, receives
-    (step, oscillator) of the thread's first non-finite state; ``counter`` (1,) int64, 0 on entry, the barrier's.
+    (step, oscillator) of the thread's first non-finite state; ``counter`` (2,) int64, zeros on entry, the
+    barrier's (:func:`stosim.integrate.barrier.wait_at_barrier`; a thread left alone returns without writing m).
     Each thread computes the fields and stages of its oscillators from the whole stage state (all j), and the
     threads meet after every stage (4 barriers per step): a step is the same arithmetic as :func:`run_one`'s, so
     the results are equal bit for bit whatever the split. All threads stop after the same step when any thread's
@@ -164,18 +166,26 @@ def run_part(
     _publish(x0[0], xa, lo, hi)
     gen = _meet(counter, n_threads, 0)
     for k in range(n_steps):
+        if gen < 0:  # another thread failed (an exception, not a non-finite state): stop without writing m
+            return
         coupling_field_part(xa, coupling_t, use_coupling, hx, lo, hi)
         _stage(x0, hx, osc, lam, p, one, x0, sixth, half, acc, zero, s, lo, hi)
         _publish(s[0], xb, lo, hi)
         gen = _meet(counter, n_threads, gen)
+        if gen < 0:
+            return
         coupling_field_part(xb, coupling_t, use_coupling, hx, lo, hi)
         _stage(s, hx, osc, lam, p, one, x0, third, half, acc, one, s2, lo, hi)
         _publish(s2[0], xa, lo, hi)  # every thread has summed its stage-1 fields from xa (barrier above)
         gen = _meet(counter, n_threads, gen)
+        if gen < 0:
+            return
         coupling_field_part(xa, coupling_t, use_coupling, hx, lo, hi)
         _stage(s2, hx, osc, lam, p, one, x0, third, dt, acc, one, s, lo, hi)
         _publish(s[0], xb, lo, hi)
         gen = _meet(counter, n_threads, gen)
+        if gen < 0:
+            return
         coupling_field_part(xb, coupling_t, use_coupling, hx, lo, hi)
         # stage 4 and the projection: x = (x0 + h (acc + k4/6)) / |...|, into s2 (x0 kept until checked)
         _stage(s, hx, osc, lam, p, one, x0, sixth, zero, acc, one, s2, lo, hi)
@@ -196,6 +206,8 @@ def run_part(
             fail[tid, 1] = bad
         _publish(s2[0], xa, lo, hi)  # the next step's state
         gen = _meet(counter, n_threads, gen)  # every thread's part of xa and its fail written
+        if gen < 0:
+            return
         stop = False
         for t in range(n_threads):
             stop = stop or fail[t, 0] == k
@@ -227,7 +239,7 @@ def run_one(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every, s
     n_osc = m.shape[2]
     shared_x = np.empty((2, n_osc), dtype=m.dtype)
     fail = np.full((1, 2), -1, dtype=np.int64)
-    counter = np.zeros(1, dtype=np.int64)
+    counter = np.zeros(2, dtype=np.int64)
     run_part(
         m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every, save_offset, traj, shared_x, fail, counter,
         0, 1, 0, n_osc,

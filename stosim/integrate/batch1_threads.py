@@ -73,7 +73,7 @@ def run_one_threads(
     bounds = thread_bounds(n_osc, n_threads)
     shared_x = np.empty((2, n_osc), dtype=m.dtype)
     fail = np.full((n_threads, 2), -1, dtype=np.int64)
-    counter = np.zeros(1, dtype=np.int64)
+    counter = np.zeros(2, dtype=np.int64)  # arrivals; set by a thread that fails (the others stop waiting)
     errors: list[BaseException] = []
 
     def part(t: int) -> None:
@@ -84,6 +84,7 @@ def run_one_threads(
                 counter, t, n_threads, lo, hi,
             )  # fmt: skip
         except BaseException as exc:  # noqa: BLE001  (re-raised in the calling thread)
+            counter[1] = 1
             errors.append(exc)
 
     threads = [threading.Thread(target=part, args=(t,), name=f"stosim-batch1-{t}") for t in range(1, n_threads)]
@@ -112,22 +113,25 @@ def usable_threads(n_osc: int, max_threads: int) -> int:
 class OneTrajectoryRunner:
     """Runs :func:`run_one_threads` on one thread or ``usable_threads(N, max_threads)``, whichever is faster now.
 
-    The steps run in chunks of about :data:`CHUNK_SECONDS`; the first two chunks (a few steps) time one
-    thread and several, later chunks run the faster, and every :data:`REPROBE_EVERY` chunks a short chunk
+    The steps run in chunks of about :data:`CHUNK_SECONDS`; the first four chunks (a few steps) time one
+    thread and several twice each, later chunks run the faster, and every :data:`REPROBE_EVERY` chunks a short chunk
     times the slower again. The timings carry over from one :meth:`run` to the next (a run in pieces, as
     with progress reports). Same arguments and results as ``run_one`` (bit for bit, whatever was chosen)."""
 
     def __init__(self, n_osc: int, max_threads: int) -> None:
         self.threads = usable_threads(n_osc, max_threads)
-        self.seconds_per_step: dict[int, float] = {}
+        self.seconds_per_step: dict[int, float] = {}  # the latest time per step of each setting
+        self._timed: dict[int, int] = {}  # chunks timed per setting
         self._chunks = 0
         self._chunk_steps = 4
         self.history: list[tuple[int, int, float]] = []  # (threads, steps, seconds per step) of each chunk
 
     def _next(self) -> tuple[int, int]:
-        """(threads, steps) of the next chunk."""
-        if len(self.seconds_per_step) < 2:
-            return (1 if 1 not in self.seconds_per_step else self.threads), self._chunk_steps
+        """(threads, steps) of the next chunk: each setting is timed twice first (its first call may load or
+        compile a kernel), then the faster runs, and every REPROBE_EVERY chunks a short chunk times the slower."""
+        for t in (1, self.threads):
+            if self._timed.get(t, 0) < 2:
+                return t, self._chunk_steps
         best = min(self.seconds_per_step, key=self.seconds_per_step.get)
         if self._chunks % REPROBE_EVERY == 0:
             return (self.threads if best == 1 else 1), max(2, self._chunk_steps // PROBE_FRACTION)
@@ -158,6 +162,7 @@ class OneTrajectoryRunner:
             start = time.perf_counter()
             bad_step, bad_osc = run_one_threads(*args, k, save_every, save_offset + done, traj, t)
             self.seconds_per_step[t] = (time.perf_counter() - start) / k
+            self._timed[t] = self._timed.get(t, 0) + 1
             self.history.append((t, k, self.seconds_per_step[t]))
             if bad_step >= 0:
                 return done + bad_step, bad_osc

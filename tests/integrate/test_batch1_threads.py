@@ -10,7 +10,7 @@ from numba import njit
 
 from stosim.integrate import batch1_threads
 from stosim.integrate.barrier import wait_at_barrier
-from stosim.integrate.batch1 import run_one
+from stosim.integrate.batch1 import run_one, run_part
 from stosim.integrate.batch1_threads import OneTrajectoryRunner, run_one_threads, thread_bounds, usable_threads
 from stosim.physics.array import STOArray
 
@@ -50,7 +50,7 @@ def _rounds(counter, shared, tid, n_threads, rounds):
 @pytest.mark.parametrize("n_threads", [2, 3])
 def test_barrier_makes_every_threads_writes_visible(n_threads):
     """3 threads on 2 cores too: a waiting thread gives its core away, so an oversubscribed barrier still passes."""
-    counter = np.zeros(1, dtype=np.int64)
+    counter = np.zeros(2, dtype=np.int64)
     shared = np.full(n_threads, -1, dtype=np.int64)
     wrong = [0] * n_threads
     rounds = 20_000
@@ -66,6 +66,23 @@ def test_barrier_makes_every_threads_writes_visible(n_threads):
         th.join()
     assert wrong == [0] * n_threads
     assert counter[0] == 2 * rounds * n_threads
+
+
+def test_a_failed_thread_releases_the_others(device):
+    """A thread that fails sets counter[1]: the barrier is abandoned instead of waited on forever, and the
+    kernel of a thread left alone returns without writing the state."""
+    counter = np.array([0, 1], dtype=np.int64)
+    assert wait_at_barrier(counter, 2, 1)  # alone at a barrier of two: abandoned, not a hang
+    n = 300
+    args = _kernel_args(STOArray.generate(device, n, 300.0, seed=4))
+    m = _start(n, 5)
+    m_before = m.copy()
+    fail = np.full((2, 2), -1, dtype=np.int64)
+    counter = np.array([0, 1], dtype=np.int64)
+    shared_x = np.empty((2, n))
+    run_part(m, *args, 1e-12, 10, 20, 0, np.zeros((1, 3, 1, n)), shared_x, fail, counter, 0, 2, 0, 152)
+    np.testing.assert_array_equal(m, m_before)
+    assert np.all(fail == -1)
 
 
 @pytest.mark.parametrize(("n", "t"), [(1000, 2), (1001, 2), (300, 3), (17, 4), (8, 3)])
