@@ -24,6 +24,7 @@ import numpy as np
 
 from stosim.config import DeviceParameters
 from stosim.integrate.batch1 import run_uncoupled as _run_uncoupled
+from stosim.integrate.batch1_threads import OneTrajectoryInputs as _OneTrajectoryInputs
 from stosim.integrate.batch1_threads import OneTrajectoryRunner as _OneTrajectoryRunner
 from stosim.integrate.chunks import chunk_count as _chunk_count
 from stosim.integrate.chunks import from_chunks as _from_chunks
@@ -417,9 +418,8 @@ def evolve(
             if uncoupled_one:
                 result[0] = _run_uncoupled(m[0], osc, lam, p, dtype.type(dt_s), k, save, done, traj[0])
             elif one:
-                result[0] = runner.run(
-                    m[0], coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s), k, save, done, traj[0]
-                )
+                inputs = _OneTrajectoryInputs(coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s))
+                result[0] = runner.run(m[0], inputs, k, save, done, traj[0])
             elif n_chunks == 1:  # no parallel region: it would wait on idle threads at every call
                 result[0] = run_chunk(
                     m[0], *args, traj[0], field_noise[0], thermal, sigma_th, state_noise[0], dynamical, factor, stats[0]

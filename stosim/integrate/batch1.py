@@ -133,6 +133,19 @@ def _publish(src, shared, lo, hi):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _stage_shared(x_in, state, nxt, x_out, w, a_next, keep, kernel, hx, x0, acc, counter, n_threads, gen, lo, hi):
+    """One RK4 stage of a thread: fields from the shared x components ``x_in``, k = f(state), acc = keep acc + w k,
+    nxt = x0 + a_next k, nxt's x components into the shared ``x_out``; then the barrier. Returns _meet's value.
+
+    Writing ``x_out`` is safe: every thread last read it before the latest barrier (a stage or more ago)."""
+    coupling_t, use_coupling, osc, lam, p, one = kernel
+    coupling_field_part(x_in, coupling_t, use_coupling, hx, lo, hi)
+    _stage(state, hx, osc, lam, p, one, x0, w, a_next, acc, keep, nxt, lo, hi)
+    _publish(nxt[0], x_out, lo, hi)
+    return _meet(counter, n_threads, gen)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def run_part(
     m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every, save_offset, traj, shared_x, fail, counter,
     tid, n_threads, lo, hi,
@@ -160,6 +173,7 @@ def run_part(
     hx = np.empty(n_osc, dtype=dtp)
     x0, s, s2, acc = work[0], work[1], work[2], work[3]
     xa, xb = shared_x[0], shared_x[1]
+    kernel = (coupling_t, use_coupling, osc, lam, p, one)
     for c in range(3):
         for i in range(lo, hi):
             x0[c, i] = m[c, 0, i]
@@ -168,22 +182,13 @@ def run_part(
     for k in range(n_steps):
         if gen < 0:  # another thread failed (an exception, not a non-finite state): stop without writing m
             return
-        coupling_field_part(xa, coupling_t, use_coupling, hx, lo, hi)
-        _stage(x0, hx, osc, lam, p, one, x0, sixth, half, acc, zero, s, lo, hi)
-        _publish(s[0], xb, lo, hi)
-        gen = _meet(counter, n_threads, gen)
+        gen = _stage_shared(xa, x0, s, xb, sixth, half, zero, kernel, hx, x0, acc, counter, n_threads, gen, lo, hi)
         if gen < 0:
             return
-        coupling_field_part(xb, coupling_t, use_coupling, hx, lo, hi)
-        _stage(s, hx, osc, lam, p, one, x0, third, half, acc, one, s2, lo, hi)
-        _publish(s2[0], xa, lo, hi)  # every thread has summed its stage-1 fields from xa (barrier above)
-        gen = _meet(counter, n_threads, gen)
+        gen = _stage_shared(xb, s, s2, xa, third, half, one, kernel, hx, x0, acc, counter, n_threads, gen, lo, hi)
         if gen < 0:
             return
-        coupling_field_part(xa, coupling_t, use_coupling, hx, lo, hi)
-        _stage(s2, hx, osc, lam, p, one, x0, third, dt, acc, one, s, lo, hi)
-        _publish(s[0], xb, lo, hi)
-        gen = _meet(counter, n_threads, gen)
+        gen = _stage_shared(xa, s2, s, xb, third, dt, one, kernel, hx, x0, acc, counter, n_threads, gen, lo, hi)
         if gen < 0:
             return
         coupling_field_part(xb, coupling_t, use_coupling, hx, lo, hi)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from stosim.integrate.batch1 import run_one, run_part
 __all__ = [
     "CHUNK_SECONDS",
     "THREADS_MIN_N",
+    "OneTrajectoryInputs",
     "OneTrajectoryRunner",
     "run_one_threads",
     "thread_bounds",
@@ -45,14 +47,20 @@ def thread_bounds(n_osc: int, n_threads: int) -> list[tuple[int, int]]:
     return [(edges[t], edges[t + 1]) for t in range(n_threads)]
 
 
+class OneTrajectoryInputs(NamedTuple):
+    """What :func:`stosim.integrate.batch1.run_one` takes besides the state and the step counts."""
+
+    coupling_t: np.ndarray  # (N, N) (mu W)^T in Oe, float32 or the state's dtype
+    use_coupling: bool
+    osc: np.ndarray  # (5, N) per-oscillator parameters
+    lam: float  # torque asymmetry
+    p: np.ndarray  # (3,) reference-layer direction
+    dt: float  # time step in the kernel's time unit, in the state's dtype
+
+
 def run_one_threads(
     m: np.ndarray,
-    coupling_t: np.ndarray,
-    use_coupling: bool,
-    osc: np.ndarray,
-    lam,
-    p: np.ndarray,
-    dt,
+    inputs: OneTrajectoryInputs,
     n_steps: int,
     save_every: int,
     save_offset: int,
@@ -62,13 +70,13 @@ def run_one_threads(
     """:func:`stosim.integrate.batch1.run_one` on ``n_threads`` threads: the calling one and n_threads - 1
     started for the call (they always run concurrently, whatever other thread pools are doing).
 
-    Same arguments and results as ``run_one`` (bit for bit): (-1, -1), or (step k, oscillator i) of the first
-    oscillator in index order whose state became non-finite, at the first such step."""
+    Same arguments (``inputs`` gathered) and results as ``run_one`` (bit for bit): (-1, -1), or (step k,
+    oscillator i) of the first oscillator in index order whose state became non-finite, at the first such step."""
     if not isinstance(n_threads, int) or n_threads < 1:
         raise ValueError(f"n_threads = {n_threads!r} must be an integer >= 1")
     n_osc = m.shape[2]
     if n_threads == 1:
-        k, bad = run_one(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every, save_offset, traj)
+        k, bad = run_one(m, *inputs, n_steps, save_every, save_offset, traj)
         return int(k), int(bad)
     bounds = thread_bounds(n_osc, n_threads)
     shared_x = np.empty((2, n_osc), dtype=m.dtype)
@@ -79,10 +87,7 @@ def run_one_threads(
     def part(t: int) -> None:
         lo, hi = bounds[t]
         try:
-            run_part(
-                m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every, save_offset, traj, shared_x, fail,
-                counter, t, n_threads, lo, hi,
-            )  # fmt: skip
+            run_part(m, *inputs, n_steps, save_every, save_offset, traj, shared_x, fail, counter, t, n_threads, lo, hi)
         except BaseException as exc:  # noqa: BLE001  (re-raised in the calling thread)
             counter[1] = 1
             errors.append(exc)
@@ -140,27 +145,21 @@ class OneTrajectoryRunner:
     def run(
         self,
         m: np.ndarray,
-        coupling_t: np.ndarray,
-        use_coupling: bool,
-        osc: np.ndarray,
-        lam,
-        p: np.ndarray,
-        dt,
+        inputs: OneTrajectoryInputs,
         n_steps: int,
         save_every: int,
         save_offset: int,
         traj: np.ndarray,
     ) -> tuple[int, int]:
-        """``run_one(m, ..., traj)`` in chunks on the faster setting; returns as ``run_one`` does."""
-        args = (m, coupling_t, use_coupling, osc, lam, p, dt)
-        if self.threads == 1 or not use_coupling:
-            return run_one_threads(*args, n_steps, save_every, save_offset, traj, 1)
+        """``run_one(m, *inputs, ...)`` in chunks on the faster setting; returns as ``run_one`` does."""
+        if self.threads == 1 or not inputs.use_coupling:
+            return run_one_threads(m, inputs, n_steps, save_every, save_offset, traj, 1)
         done = 0
         while done < n_steps:
             t, k = self._next()
             k = min(k, n_steps - done)
             start = time.perf_counter()
-            bad_step, bad_osc = run_one_threads(*args, k, save_every, save_offset + done, traj, t)
+            bad_step, bad_osc = run_one_threads(m, inputs, k, save_every, save_offset + done, traj, t)
             self.seconds_per_step[t] = (time.perf_counter() - start) / k
             self._timed[t] = self._timed.get(t, 0) + 1
             self.history.append((t, k, self.seconds_per_step[t]))
