@@ -399,7 +399,9 @@ def evolve(
     else:
         chunk = n_steps if progress is None else max(1, -(-n_steps // 100))
     done = 0
-    runner = _OneTrajectoryRunner(n_osc, numba.get_num_threads()) if one else None
+    if one and not uncoupled_one:  # the batch-1 kernel, on one thread or split (chosen per chunk)
+        runner = _OneTrajectoryRunner(n_osc, numba.get_num_threads())
+        inputs = _OneTrajectoryInputs(coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s))
     with contextlib.nullcontext() if blas_free else _single_threaded_blas():
         while done < n_steps:
             k = min(chunk, n_steps - done)
@@ -418,7 +420,6 @@ def evolve(
             if uncoupled_one:
                 result[0] = _run_uncoupled(m[0], osc, lam, p, dtype.type(dt_s), k, save, done, traj[0])
             elif one:
-                inputs = _OneTrajectoryInputs(coupling_t, use_coupling, osc, lam, p, dtype.type(dt_s))
                 result[0] = runner.run(m[0], inputs, k, save, done, traj[0])
             elif n_chunks == 1:  # no parallel region: it would wait on idle threads at every call
                 result[0] = run_chunk(

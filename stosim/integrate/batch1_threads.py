@@ -129,7 +129,6 @@ class OneTrajectoryRunner:
         self._timed: dict[int, int] = {}  # chunks timed per setting
         self._chunks = 0
         self._chunk_steps = 4
-        self.history: list[tuple[int, int, float]] = []  # (threads, steps, seconds per step) of each chunk
 
     def _next(self) -> tuple[int, int]:
         """(threads, steps) of the next chunk: each setting is timed twice first (its first call may load or
@@ -162,7 +161,6 @@ class OneTrajectoryRunner:
             bad_step, bad_osc = run_one_threads(m, inputs, k, save_every, save_offset + done, traj, t)
             self.seconds_per_step[t] = (time.perf_counter() - start) / k
             self._timed[t] = self._timed.get(t, 0) + 1
-            self.history.append((t, k, self.seconds_per_step[t]))
             if bad_step >= 0:
                 return done + bad_step, bad_osc
             done += k
