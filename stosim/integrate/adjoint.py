@@ -39,6 +39,7 @@ from stosim.integrate.chunks import for_each_chunk
 from stosim.integrate.gemm import gemm_accumulate, gemm_into
 from stosim.integrate.sto_kernels import SMALL_N_MAX, copy_into, run_small
 from stosim.physics.llg import llg_point, llg_vjp_point, oscillator_rows, stage_accumulate, stage_final
+from stosim.physics.vector_width import prefer_wide_vectors
 
 __all__ = ["adjoint_chunks", "forward_keep_chunk", "adjoint_kept_chunk"]
 
@@ -93,6 +94,7 @@ def _step_vjp(
 def _project_back(m, s4, hx4, osc, lam, p, acc, g, dt, sixth, gu):
     """k4 = f(s4, hx4) and u = m + h (acc + k4/6) per oscillator (the forward pass's last stage, k4 not
     stored); gu = (g - m'(m'.g))/|u| with m' = u/|u|, the cotangent of u."""
+    prefer_wide_vectors()
     _, n_batch, n_osc = m.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]
@@ -131,6 +133,7 @@ def _stage_back_first(s, hx, gk, gu, out, coupling, use_coupling, osc, lam, p, a
     (g_m, g_hx) = (J_m(s)^T v, J_hx(s)^T v) pointwise, g_s = g_m + e_x (g_hx @ mu W) (one gemm): out = g_u + g_s
     and g_k3 = a g_u + b g_s in their y and z parts; out_x = g_u,x and g_sx (Bc, N) = g_s,x after the gemm, which
     the next stage's pass adds (:func:`_stage_back_middle`). All (3, Bc, N) except hx, g_hx, g_sx (Bc, N)."""
+    prefer_wide_vectors()
     _, n_batch, n_osc = s.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]
@@ -165,6 +168,7 @@ def _stage_back_middle(
     """Stage 3 or 2 in reverse: first the previous stage's x part (out_x += g_sx; its v_x = a_prev g_u,x +
     b_prev g_sx, used here and not stored), then as :func:`_stage_back_first` for v = g_k: out += g_s and
     g_k(previous stage) = a g_u + b g_s in y and z, g_sx = this stage's g_s,x after the gemm."""
+    prefer_wide_vectors()
     _, n_batch, n_osc = s.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]
@@ -197,6 +201,7 @@ def _stage_back_middle(
 def _stage_back_last(s, hx, gk, gu, out, coupling, use_coupling, osc, lam, p, a_prev, b_prev, g_hx, g_sx, res):
     """Stage 1 (s1 = m) in reverse: the previous stage's x part as in :func:`_stage_back_middle`, then
     res = out + g_s1, the cotangent of m (its x part after the gemm, in one more pass)."""
+    prefer_wide_vectors()
     _, n_batch, n_osc = s.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]

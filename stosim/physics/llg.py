@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from stosim.physics.vector_width import prefer_wide_vectors
+
 OSC_APPLIED_FIELD_OE = 0
 OSC_ANISOTROPY_OE = 1
 OSC_TORQUE_FIELD_OE = 2
@@ -123,6 +125,7 @@ def stage_accumulate(m, ms, hx, hy, hz, osc, lam, p, a_next, keep, w, acc, nxt):
     All state arrays are (3, B, N); hx, hy, hz (B, N) in Oe; ``keep`` is 0 for the first
     stage of a step (acc must hold finite numbers) and 1 afterwards.
     """
+    prefer_wide_vectors()
     _, n_batch, n_osc = m.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]
@@ -168,6 +171,7 @@ def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
     another buffer. Returns -1, or the flat index b * N + i of the first
     oscillator whose new state is not finite (or whose norm overflowed or vanished).
     """
+    prefer_wide_vectors()
     _, n_batch, n_osc = m.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]
@@ -324,6 +328,7 @@ def llg_jvp_point(mx, my, mz, hx, hy, hz, tx, ty, tz, thx, h_appl, hk_eff, hs0, 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def stage_jvp(ms, hx, hy, hz, t, thx, osc, lam, p, out):
     """out = (df/dm)(ms) t + (df/dh_x) thx for every oscillator; (3, B, N) arrays, hx/hy/hz/thx (B, N)."""
+    prefer_wide_vectors()
     _, n_batch, n_osc = ms.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
     px, py, pz = p[0], p[1], p[2]
