@@ -27,7 +27,8 @@ vector-Jacobian product and updates the step's cotangents in place (y and z at o
 stage's gemm, in the next stage's pass), and one pass for the last x part. The helpers are separate compiled
 functions, not ``inline="always"``: inlined into the step, their loops were left unvectorized (3-4x slower);
 and one function per stage kind, not one with a mode argument choosing among three loops (1 ns per oscillator
-slower in the loop it took).
+slower in the loop it took). They are vectorized 512 bits wide and promise LLVM that the arrays they write
+overlap no other argument (:mod:`stosim.physics.kernel_hints`): every call below passes separate buffers.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from numba import njit
 from stosim.integrate.chunks import for_each_chunk
 from stosim.integrate.gemm import gemm_accumulate, gemm_into
 from stosim.integrate.sto_kernels import SMALL_N_MAX, copy_into, run_small
+from stosim.physics.kernel_hints import arrays_do_not_overlap, prefer_wide_vectors
 from stosim.physics.llg import llg_point, llg_vjp_point, oscillator_rows, stage_accumulate, stage_final
-from stosim.physics.vector_width import prefer_wide_vectors
 
 __all__ = ["adjoint_chunks", "forward_keep_chunk", "adjoint_kept_chunk"]
 
@@ -94,6 +95,7 @@ def _step_vjp(
 def _project_back(m, s4, hx4, osc, lam, p, acc, g, dt, sixth, gu):
     """k4 = f(s4, hx4) and u = m + h (acc + k4/6) per oscillator (the forward pass's last stage, k4 not
     stored); gu = (g - m'(m'.g))/|u| with m' = u/|u|, the cotangent of u."""
+    arrays_do_not_overlap()
     prefer_wide_vectors()
     _, n_batch, n_osc = m.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
@@ -133,6 +135,7 @@ def _stage_back_first(s, hx, gk, gu, out, coupling, use_coupling, osc, lam, p, a
     (g_m, g_hx) = (J_m(s)^T v, J_hx(s)^T v) pointwise, g_s = g_m + e_x (g_hx @ mu W) (one gemm): out = g_u + g_s
     and g_k3 = a g_u + b g_s in their y and z parts; out_x = g_u,x and g_sx (Bc, N) = g_s,x after the gemm, which
     the next stage's pass adds (:func:`_stage_back_middle`). All (3, Bc, N) except hx, g_hx, g_sx (Bc, N)."""
+    arrays_do_not_overlap()
     prefer_wide_vectors()
     _, n_batch, n_osc = s.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
@@ -168,6 +171,7 @@ def _stage_back_middle(
     """Stage 3 or 2 in reverse: first the previous stage's x part (out_x += g_sx; its v_x = a_prev g_u,x +
     b_prev g_sx, used here and not stored), then as :func:`_stage_back_first` for v = g_k: out += g_s and
     g_k(previous stage) = a g_u + b g_s in y and z, g_sx = this stage's g_s,x after the gemm."""
+    arrays_do_not_overlap()
     prefer_wide_vectors()
     _, n_batch, n_osc = s.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
@@ -201,6 +205,7 @@ def _stage_back_middle(
 def _stage_back_last(s, hx, gk, gu, out, coupling, use_coupling, osc, lam, p, a_prev, b_prev, g_hx, g_sx, res):
     """Stage 1 (s1 = m) in reverse: the previous stage's x part as in :func:`_stage_back_middle`, then
     res = out + g_s1, the cotangent of m (its x part after the gemm, in one more pass)."""
+    arrays_do_not_overlap()
     prefer_wide_vectors()
     _, n_batch, n_osc = s.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)

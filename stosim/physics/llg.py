@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from stosim.physics.vector_width import prefer_wide_vectors
+from stosim.physics.kernel_hints import arrays_do_not_overlap, prefer_wide_vectors
 
 OSC_APPLIED_FIELD_OE = 0
 OSC_ANISOTROPY_OE = 1
@@ -123,8 +123,10 @@ def stage_accumulate(m, ms, hx, hy, hz, osc, lam, p, a_next, keep, w, acc, nxt):
     """Runge-Kutta stage: k = f(ms); acc = keep * acc + w k; nxt = m + a_next k.
 
     All state arrays are (3, B, N); hx, hy, hz (B, N) in Oe; ``keep`` is 0 for the first
-    stage of a step (acc must hold finite numbers) and 1 afterwards.
+    stage of a step (acc must hold finite numbers) and 1 afterwards. ``acc`` and ``nxt`` must not overlap
+    each other or an input (:func:`~stosim.physics.kernel_hints.arrays_do_not_overlap`); m may be ms.
     """
+    arrays_do_not_overlap()
     prefer_wide_vectors()
     _, n_batch, n_osc = m.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
@@ -167,10 +169,11 @@ def stage_accumulate(m, ms, hx, hy, hz, osc, lam, p, a_next, keep, w, acc, nxt):
 def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
     """Last stage: out = (m + dt (acc + w f(ms))) / |...| (projection onto the unit sphere).
 
-    ``out`` may be ``m`` itself, but then LLVM runs the loop unvectorized (3-4x slower): the kernels pass
-    another buffer. Returns -1, or the flat index b * N + i of the first
+    ``out`` must not overlap any input (:func:`~stosim.physics.kernel_hints.arrays_do_not_overlap`; the
+    kernels pass a second state buffer). Returns -1, or the flat index b * N + i of the first
     oscillator whose new state is not finite (or whose norm overflowed or vanished).
     """
+    arrays_do_not_overlap()
     prefer_wide_vectors()
     _, n_batch, n_osc = m.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
@@ -327,7 +330,10 @@ def llg_jvp_point(mx, my, mz, hx, hy, hz, tx, ty, tz, thx, h_appl, hk_eff, hs0, 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def stage_jvp(ms, hx, hy, hz, t, thx, osc, lam, p, out):
-    """out = (df/dm)(ms) t + (df/dh_x) thx for every oscillator; (3, B, N) arrays, hx/hy/hz/thx (B, N)."""
+    """out = (df/dm)(ms) t + (df/dh_x) thx for every oscillator; (3, B, N) arrays, hx/hy/hz/thx (B, N).
+
+    ``out`` must not overlap an input (:func:`~stosim.physics.kernel_hints.arrays_do_not_overlap`)."""
+    arrays_do_not_overlap()
     prefer_wide_vectors()
     _, n_batch, n_osc = ms.shape
     h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
