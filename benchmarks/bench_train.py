@@ -116,17 +116,19 @@ N_TRAIN, BATCH_TRAIN, STEPS_TRAIN, DT_TRAIN = 200, 64, 300, 1e-12
 
 
 def coupling_products_per_step(n: int, batch: int, steps: int, dtype: torch.dtype) -> int:
-    """Coupling products per RK4 step of stosim's forward + backward with the default memory budget: 8 where the
+    """Coupling products per RK4 step of stosim's forward + backward with the memory budget the run uses
+    (:func:`stosim.integrate.flow.gradient_memory_bytes`: 1 GiB, or ``STOSIM_GRADIENT_MEMORY_MB``): 8 where the
     forward pass keeps every state and stage field, 12 where the backward pass recomputes the stage fields, 16 where
     states are recomputed from checkpoints without keeping the fields (N <= SMALL_N_MAX; not benchmarked here)."""
     from stosim.integrate.chunks import chunk_count
-    from stosim.integrate.flow import DEFAULT_CHECKPOINT_BYTES, checkpoint_segment, keeps_stage_fields
+    from stosim.integrate.flow import checkpoint_segment, gradient_memory_bytes, keeps_stage_fields
 
     n_chunks = chunk_count(batch, n)
     state_bytes = n_chunks * 3 * (-(-batch // n_chunks)) * n * (8 if dtype == torch.float64 else 4)
-    if keeps_stage_fields(steps, n, state_bytes, DEFAULT_CHECKPOINT_BYTES):
+    budget = gradient_memory_bytes()
+    if keeps_stage_fields(steps, n, state_bytes, budget):
         return 8
-    segment = checkpoint_segment(steps, state_bytes, DEFAULT_CHECKPOINT_BYTES)
+    segment = checkpoint_segment(steps, state_bytes, budget)
     return 12 + (4 if segment > 1 and n <= 32 else 0)
 
 
