@@ -26,6 +26,10 @@ across lanes but a boolean OR), with the same operations and fused multiply-adds
 also reached through another of its arguments (an input passed twice is fine, as long as neither copy is
 written). Breaking it gives wrong numbers, not an error: every caller in stosim passes separate buffers,
 and the functions that call it say so in their docstrings.
+
+Numba's cache tracks the file of a cached kernel, not the files it calls into: after editing this module,
+clear the kernels' cache (the ``__pycache__`` folders or ``NUMBA_CACHE_DIR``) so that no kernel compiled with
+the old hints is loaded.
 """
 
 from __future__ import annotations
