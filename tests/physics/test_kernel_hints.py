@@ -22,6 +22,7 @@ def _rhs_loop(out, m, hx, osc, lam, p):
 
 
 _narrow = njit(error_model="numpy", fastmath={"contract"})(_rhs_loop)
+_rhs_loop_inline = njit(inline="always", error_model="numpy", fastmath={"contract"})(_rhs_loop)
 
 
 @njit(error_model="numpy", fastmath={"contract"})
@@ -34,9 +35,6 @@ def _wide(out, m, hx, osc, lam, p):
 def _no_overlap(out, m, hx, osc, lam, p):
     arrays_do_not_overlap()
     _rhs_loop_inline(out, m, hx, osc, lam, p)
-
-
-_rhs_loop_inline = njit(inline="always", error_model="numpy", fastmath={"contract"})(_rhs_loop)
 
 
 def _inputs(dtype, n=203):
