@@ -30,6 +30,7 @@ from stosim.integrate.chunks import chunk_count, for_each_chunk, from_chunks, to
 from stosim.integrate.sto_kernels import METHOD_RK4, SMALL_N_MAX, run_chunks
 from stosim.integrate.threads import single_threaded_blas
 from stosim.physics.array import STOArray, check_step_count, check_time_step
+from stosim.physics.llg import reference_for_kernels
 
 __all__ = [
     "sto_flow",
@@ -72,6 +73,7 @@ class _ArrayTensors:
         self.coupling = np.ascontiguousarray(self.coupling_t.T)
         self.use_coupling = bool(array.coupling_oe != 0.0 and np.any(array.coupling_matrix))
         self.p = np.asarray(array.device.reference_direction, dtype=dtype)
+        self.p_adjoint = reference_for_kernels(self.p)  # the adjoint's cheaper arithmetic where p is along x
         self.lam = self.dtype.type(array.device.torque_asymmetry)
 
 
@@ -179,7 +181,7 @@ class _STOFlow(torch.autograd.Function):
                 def body(c: int) -> None:
                     adjoint_kept_chunk(
                         ckpt[c], fields[c], g[c], prm.coupling_t, prm.coupling, prm.use_coupling, prm.osc,
-                        prm.lam, prm.p, dt,
+                        prm.lam, prm.p_adjoint, dt,
                     )  # fmt: skip
 
                 for_each_chunk(n_chunks, body)
@@ -192,7 +194,7 @@ class _STOFlow(torch.autograd.Function):
                     prm.use_coupling,
                     prm.osc,
                     prm.lam,
-                    prm.p,
+                    prm.p_adjoint,
                     dt,
                     n_steps,
                     segment,
@@ -206,7 +208,7 @@ class _STOFlow(torch.autograd.Function):
                     prm.use_coupling,
                     prm.osc,
                     prm.lam,
-                    prm.p,
+                    prm.p_adjoint,
                     dt,
                     n_steps,
                     segment,

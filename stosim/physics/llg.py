@@ -29,8 +29,11 @@ rows by name for all of them.
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from stosim.physics.kernel_hints import arrays_do_not_overlap, prefer_wide_vectors
 
@@ -293,6 +296,122 @@ def llg_vjp_point(mx, my, mz, hx, hy, hz, vx, vy, vz, h_appl, hk_eff, hs0, alpha
     # H_z = ... + H_K' m_z
     gmz += hk_eff * gbz
     return gmx, gmy, gmz, gbx
+
+
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
+def llg_vjp_point_along_x(mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, px, one):
+    """:func:`llg_vjp_point` for a reference layer along x, p = (p_x, 0, 0), and no field along y or z
+    (h_y = h_z = 0: the noiseless stage fields of training): the same cotangents with the terms that vanish
+    dropped (about a fifth of the arithmetic, equal to round-off). With p = p_x e_x,
+
+        m.p = p_x m_x,  q = p x m = p_x (0, -m_z, m_y),  B = (h_x, -H_s p_x m_z, H_z + H_s p_x m_y),
+        g_m += g_q x p = p_x (0, g_qz, -g_qy),  g_m += c p = (c p_x, 0, 0).
+
+    Returns (g_mx, g_my, g_mz, g_hx) as :func:`llg_vjp_point` does.
+    """
+    den = one / (one + lam * (mx * px))
+    hs = hs0 * den
+    qy = -(px * mz)
+    qz = px * my
+    bx = hx
+    by = hs * qy
+    bz = h_appl + hk_eff * mz + hs * qz
+    ax = my * bz - mz * by
+    ay = mz * bx - mx * bz
+    az = mx * by - my * bx
+    # cotangents of a and d
+    gax = -pref * vx
+    gay = -pref * vy
+    gaz = -pref * vz
+    gdx = alpha * gax
+    gdy = alpha * gay
+    gdz = alpha * gaz
+    # d = m x a: g_m += a x g_d, g_a += g_d x m
+    gmx = ay * gdz - az * gdy
+    gmy = az * gdx - ax * gdz
+    gmz = ax * gdy - ay * gdx
+    gax += gdy * mz - gdz * my
+    gay += gdz * mx - gdx * mz
+    gaz += gdx * my - gdy * mx
+    # a = m x B: g_m += B x g_a, g_B = g_a x m
+    gmx += by * gaz - bz * gay
+    gmy += bz * gax - bx * gaz
+    gmz += bx * gay - by * gax
+    gbx = gay * mz - gaz * my
+    gby = gaz * mx - gax * mz
+    gbz = gax * my - gay * mx
+    # B = H + H_s q (q_x = 0)
+    ghs = gby * qy + gbz * qz
+    # q = p x m: g_m += g_q x p with g_q = H_s g_B
+    hsp = hs * px
+    gmy += hsp * gbz
+    gmz -= hsp * gby
+    # H_s = H_s0 / (1 + lambda m.p): dH_s/dm = -H_s lambda/(1 + lambda m.p) p
+    gmx -= ghs * hs * lam * den * px
+    # H_z = ... + H_K' m_z
+    gmz += hk_eff * gbz
+    return gmx, gmy, gmz, gbx
+
+
+ReferenceAlongX = collections.namedtuple("ReferenceAlongX", ["px", "py", "pz"])
+ReferenceAlongX.__doc__ = """The reference direction p = (p_x, 0, 0) as the kernels take it where p lies along x: a
+type of its own, so that :func:`llg_vjp_noiseless` compiles the arithmetic of :func:`llg_vjp_point_along_x` for it (and
+only that), and the generic :func:`llg_vjp_point` for a p given as an array. Indexing gives (p_x, p_y, p_z) as
+for the array (:func:`reference_array`)."""
+
+
+def reference_for_kernels(p: np.ndarray) -> np.ndarray | tuple:
+    """The reference direction p (3,) as the gradient kernels take it: a :class:`ReferenceAlongX` of the
+    array's scalar type where p_y = p_z = 0 (the seed device's in-plane reference layer), else p itself."""
+    p = np.asarray(p)
+    if p.shape != (3,):
+        raise ValueError(f"reference direction p must have shape (3,), got {p.shape}")
+    if p[1] == 0 and p[2] == 0:
+        return ReferenceAlongX(p[0], p[1], p[2])
+    return p
+
+
+def reference_array(p):
+    """p as a (3,) array inside the kernels, given a :class:`ReferenceAlongX` or an array (returned as is)."""
+    return np.asarray(p)
+
+
+@overload(reference_array, inline="always")
+def _reference_array(p):
+    if isinstance(p, types.Array):
+        return lambda p: p
+    return lambda p: np.array((p[0], p[1], p[2]))
+
+
+def llg_vjp_noiseless(p, mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, one):
+    """v^T (df/dm), v^T (df/dh_x) at h_y = h_z = 0: :func:`llg_vjp_point_along_x` for a :class:`ReferenceAlongX`
+    p, :func:`llg_vjp_point` for an array p (chosen when the kernel is compiled, by the type of p)."""
+    if isinstance(p, ReferenceAlongX):
+        return llg_vjp_point_along_x.py_func(
+            mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, p[0], one
+        )
+    zero = one - one
+    return llg_vjp_point.py_func(
+        mx, my, mz, hx, zero, zero, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, p[0], p[1], p[2], one
+    )
+
+
+@overload(llg_vjp_noiseless, inline="always")
+def _llg_vjp_noiseless(p, mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, one):
+    if isinstance(p, types.NamedUniTuple) and p.instance_class is ReferenceAlongX:
+
+        def along_x(p, mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, one):
+            return llg_vjp_point_along_x(mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, p[0], one)
+
+        return along_x
+
+    def generic(p, mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, one):
+        zero = one - one
+        return llg_vjp_point(
+            mx, my, mz, hx, zero, zero, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, p[0], p[1], p[2], one
+        )
+
+    return generic
 
 
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
