@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from stosim.config import DeviceParameters
+from stosim.integrate.aligned import aligned_copy as _aligned_copy
 from stosim.integrate.batch1 import run_uncoupled as _run_uncoupled
 from stosim.integrate.batch1_threads import OneTrajectoryInputs as _OneTrajectoryInputs
 from stosim.integrate.batch1_threads import OneTrajectoryRunner as _OneTrajectoryRunner
@@ -281,8 +282,8 @@ def _coupling_for_kernel(array: STOArray, dtype: np.dtype, coupling_dtype: np.dt
     otherwise in ``dtype`` with the entries rounded to ``coupling_dtype`` (the same W for every path)."""
     ct = array.coupling_transposed_oe()
     if one:
-        return np.ascontiguousarray(ct, dtype=coupling_dtype)
-    return np.ascontiguousarray(ct.astype(coupling_dtype, copy=False), dtype=dtype)
+        return _aligned_copy(ct, coupling_dtype)
+    return _aligned_copy(ct.astype(coupling_dtype, copy=False), dtype)
 
 
 def _kernel_arrays(array: STOArray, dtype: np.dtype, coupling_dtype: np.dtype, one: bool) -> _KernelArrays:
@@ -294,7 +295,7 @@ def _kernel_arrays(array: STOArray, dtype: np.dtype, coupling_dtype: np.dtype, o
         n = array.n_oscillators
         cache_ct = n * n * max(dtype.itemsize, coupling_dtype.itemsize) <= CACHED_COUPLING_BYTES
         ka = _KernelArrays(
-            osc=np.ascontiguousarray(array.oscillator_parameters(), dtype=dtype),
+            osc=_aligned_copy(array.oscillator_parameters(), dtype),
             coupling_t=_coupling_for_kernel(array, dtype, coupling_dtype, one) if cache_ct else None,
             use_coupling=bool(array.coupling_oe != 0.0 and np.any(array.coupling_matrix)),
             p=np.asarray(array.device.reference_direction, dtype=dtype),

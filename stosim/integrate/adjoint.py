@@ -40,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from stosim.integrate.aligned import aligned_zeros
 from stosim.integrate.chunks import for_each_chunk
 from stosim.integrate.gemm import gemm_accumulate, gemm_into
 from stosim.integrate.sto_kernels import SMALL_N_MAX, copy_into, run_small
@@ -277,10 +278,10 @@ def forward_keep_chunk(states, fields, coupling_t, use_coupling, osc, lam, p, dt
     fields.shape[0]) and fields[k, j] (Bc, N) = H_x(s_j) (Oe) of stage j of step k (as :func:`run_chunk`
     computes them, bitwise). Returns the first step whose new state is non-finite, or -1."""
     _, n_batch, n_osc = states[0].shape
-    zero = np.zeros((n_batch, n_osc), dtype=states.dtype)
-    acc = np.zeros((3, n_batch, n_osc), dtype=states.dtype)
-    tmp = np.empty_like(acc)
-    tmp2 = np.empty_like(acc)
+    zero = aligned_zeros((n_batch, n_osc), states)
+    acc = aligned_zeros((3, n_batch, n_osc), states)
+    tmp = aligned_zeros((3, n_batch, n_osc), states)
+    tmp2 = aligned_zeros((3, n_batch, n_osc), states)
     return _recompute_segment(
         states, fields, coupling_t, use_coupling, osc, lam, p, dt, fields.shape[0], zero, acc, tmp, tmp2
     )
@@ -295,10 +296,10 @@ def adjoint_kept_chunk(states, fields, grad, coupling_t, coupling, use_coupling,
     direction as :func:`~stosim.physics.llg.reference_for_kernels` gives it."""
     _, n_batch, n_osc = grad.shape
     p_arr = reference_array(p)
-    work = np.zeros((7, 3, n_batch, n_osc), dtype=grad.dtype)
-    zero = np.zeros((n_batch, n_osc), dtype=grad.dtype)
-    g_hx = np.zeros((n_batch, n_osc), dtype=grad.dtype)
-    g_sx = np.empty((n_batch, n_osc), dtype=grad.dtype)
+    work = aligned_zeros((7, 3, n_batch, n_osc), grad)
+    zero = aligned_zeros((n_batch, n_osc), grad)
+    g_hx = aligned_zeros((n_batch, n_osc), grad)
+    g_sx = aligned_zeros((n_batch, n_osc), grad)
     for q in range(fields.shape[0] - 1, -1, -1):
         _step_vjp(
             states[q], grad, coupling_t, coupling, use_coupling, osc, lam, p_arr, p, dt, work, fields[q], zero, g_hx,
@@ -318,15 +319,15 @@ def adjoint_chunk(ckpt, grad, coupling_t, coupling, use_coupling, osc, lam, p, d
     """
     _, n_batch, n_osc = grad.shape
     p_arr = reference_array(p)
-    seg = np.empty((segment, 3, n_batch, n_osc), dtype=grad.dtype)
-    work = np.zeros((7, 3, n_batch, n_osc), dtype=grad.dtype)
-    hxs = np.zeros((4, n_batch, n_osc), dtype=grad.dtype)
-    zero = np.zeros((n_batch, n_osc), dtype=grad.dtype)
-    g_hx = np.zeros((n_batch, n_osc), dtype=grad.dtype)
-    g_sx = np.empty((n_batch, n_osc), dtype=grad.dtype)
+    seg = aligned_zeros((segment, 3, n_batch, n_osc), grad)
+    work = aligned_zeros((7, 3, n_batch, n_osc), grad)
+    hxs = aligned_zeros((4, n_batch, n_osc), grad)
+    zero = aligned_zeros((n_batch, n_osc), grad)
+    g_hx = aligned_zeros((n_batch, n_osc), grad)
+    g_sx = aligned_zeros((n_batch, n_osc), grad)
     # below SMALL_N_MAX the forward pass ran the fused small-N loop: recompute with it, fields in _step_vjp
     keep_fields = segment > 1 and n_osc > SMALL_N_MAX
-    fields = np.zeros((segment if keep_fields else 1, 4, n_batch, n_osc), dtype=grad.dtype)
+    fields = aligned_zeros((segment if keep_fields else 1, 4, n_batch, n_osc), grad)
     n_seg = (n_steps + segment - 1) // segment
     for j in range(n_seg - 1, -1, -1):
         start = j * segment

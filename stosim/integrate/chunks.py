@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+from stosim.integrate.aligned import aligned_copy
 from stosim.integrate.gemm import one_blas_thread
 
 __all__ = [
@@ -56,7 +57,7 @@ def to_chunks(x: np.ndarray, n_chunks: int, lead: int = 0) -> np.ndarray:
     shape = x.shape[:lead] + (n_chunks, per) + x.shape[lead + 1 :]
     x = x.reshape(shape)  # (..., C, Bc, N, 3)
     axes = (lead,) + tuple(range(lead)) + (lead + 3, lead + 1, lead + 2)
-    return x.transpose(axes).copy(order="C")
+    return aligned_copy(x.transpose(axes))  # C order, on a 64-byte boundary (:mod:`stosim.integrate.aligned`)
 
 
 def from_chunks(x: np.ndarray, n_batch: int) -> np.ndarray:

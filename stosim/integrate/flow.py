@@ -26,6 +26,7 @@ import torch
 
 from stosim.integrate import buffers
 from stosim.integrate.adjoint import adjoint_chunk, adjoint_chunks, adjoint_kept_chunk, forward_keep_chunk
+from stosim.integrate.aligned import aligned_copy, aligned_empty
 from stosim.integrate.chunks import chunk_count, for_each_chunk, from_chunks, to_chunks
 from stosim.integrate.sto_kernels import METHOD_RK4, SMALL_N_MAX, run_chunks
 from stosim.integrate.threads import single_threaded_blas
@@ -68,9 +69,9 @@ class _ArrayTensors:
 
     def __init__(self, array: STOArray, dtype) -> None:
         self.dtype = np.dtype(dtype)
-        self.osc = np.ascontiguousarray(array.oscillator_parameters(), dtype=dtype)
-        self.coupling_t = np.ascontiguousarray(array.coupling_transposed_oe(), dtype=dtype)
-        self.coupling = np.ascontiguousarray(self.coupling_t.T)
+        self.osc = aligned_copy(array.oscillator_parameters(), dtype)
+        self.coupling_t = aligned_copy(array.coupling_transposed_oe(), dtype)
+        self.coupling = aligned_copy(self.coupling_t.T)
         self.use_coupling = bool(array.coupling_oe != 0.0 and np.any(array.coupling_matrix))
         self.p = np.asarray(array.device.reference_direction, dtype=dtype)
         self.p_adjoint = reference_for_kernels(self.p)  # the adjoint's cheaper arithmetic where p is along x
@@ -96,7 +97,7 @@ class _STOFlow(torch.autograd.Function):
             return _STOFlow._forward_keep(ctx, m, prm, n_batch, n_steps, dtype(dt_s), m0.device)
         segment = checkpoint_segment(n_steps, state_bytes, budget)
         n_ckpt = (n_steps + segment - 1) // segment
-        ckpt = np.empty((n_chunks, n_ckpt + 1) + m.shape[1:], dtype=dtype)
+        ckpt = aligned_empty((n_chunks, n_ckpt + 1) + m.shape[1:], dtype)
         ckpt[:, 0] = m
         dummy = np.zeros((n_chunks, 1, 3, 1, 1), dtype=dtype)
         stats = np.zeros((n_chunks, 3))
@@ -174,7 +175,7 @@ class _STOFlow(torch.autograd.Function):
         if pad_total:
             rows = g.transpose(0, 2, 1, 3).reshape(-1, 3, g.shape[3])
             rows[n_batch:] = 0.0
-            g = np.ascontiguousarray(rows.reshape(g.shape[0], g.shape[2], 3, g.shape[3]).transpose(0, 2, 1, 3))
+            g = aligned_copy(rows.reshape(g.shape[0], g.shape[2], 3, g.shape[3]).transpose(0, 2, 1, 3))
         with single_threaded_blas():
             if fields is not None:
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from stosim.integrate.aligned import aligned_zeros
 from stosim.integrate.chunks import for_each_chunk
 from stosim.integrate.gemm import gemm_into
 from stosim.physics.llg import llg_point, oscillator_rows, stage_accumulate, stage_final
@@ -271,21 +272,22 @@ def run_chunk(
     _, n_batch, n_osc = m.shape
     if n_osc <= SMALL_N_MAX and method == METHOD_RK4 and not has_field_noise and not has_state_noise:
         return run_small(m, coupling_t, use_coupling, osc, lam, p, dt, n_steps, save_every, save_offset, traj)
-    hx = np.zeros((n_batch, n_osc), dtype=m.dtype)
-    hy = np.zeros((n_batch, n_osc), dtype=m.dtype)
+    # work arrays on 64-byte boundaries (:mod:`stosim.integrate.aligned`)
+    hx = aligned_zeros((n_batch, n_osc), m)
+    hy = aligned_zeros((n_batch, n_osc), m)
     # without a random field, h_y and h_z are the same zero array (half the cache footprint)
-    hz = np.zeros((n_batch, n_osc), dtype=m.dtype) if has_field_noise else hy
-    fx = np.zeros((n_batch, n_osc), dtype=m.dtype)
-    acc = np.zeros_like(m)
-    tmp = np.empty_like(m)
-    tmp2 = np.empty_like(m)
+    hz = aligned_zeros((n_batch, n_osc), m) if has_field_noise else hy
+    fx = aligned_zeros((n_batch, n_osc), m)
+    acc = aligned_zeros((3, n_batch, n_osc), m)
+    tmp = aligned_zeros((3, n_batch, n_osc), m)
+    tmp2 = aligned_zeros((3, n_batch, n_osc), m)
     consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(m.dtype)  # in working precision
     half, sixth, third, zero, one = dt * consts[0], consts[1], consts[2], consts[3], consts[4]
     # the state lives in two buffers that swap roles every step: the last stage writes the new state into the
     # other one, never over its own input (an output that aliases an input makes LLVM run the scalar loop,
     # 3.4-4.3x slower per oscillator than the vectorized one)
-    cur = np.empty_like(m)
-    spare = np.empty_like(m)
+    cur = aligned_zeros((3, n_batch, n_osc), m)
+    spare = aligned_zeros((3, n_batch, n_osc), m)
     copy_into(cur, m)
     for k in range(n_steps):
         if has_field_noise:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from stosim.integrate.aligned import aligned_zeros
 from stosim.integrate.chunks import for_each_chunk
 from stosim.integrate.gemm import gemm_into
 from stosim.physics.llg import stage_accumulate, stage_jvp
@@ -93,10 +94,10 @@ def _tangent_step(m, t, coupling_t, use_coupling, osc, lam, p, dt, work, hx, thx
 def tangent_run(m, t, coupling_t, use_coupling, osc, lam, p, dt, n_steps):
     """Advance states m (3, B, N) and their tangents t (3, B, N) in place by ``n_steps`` steps."""
     _, n_batch, n_osc = m.shape
-    work = np.zeros((11, 3, n_batch, n_osc), dtype=m.dtype)
-    hx = np.zeros((n_batch, n_osc), dtype=m.dtype)
-    thx = np.zeros((n_batch, n_osc), dtype=m.dtype)
-    zero = np.zeros((n_batch, n_osc), dtype=m.dtype)
+    work = aligned_zeros((11, 3, n_batch, n_osc), m)
+    hx = aligned_zeros((n_batch, n_osc), m)
+    thx = aligned_zeros((n_batch, n_osc), m)
+    zero = aligned_zeros((n_batch, n_osc), m)
     for _ in range(n_steps):
         _tangent_step(m, t, coupling_t, use_coupling, osc, lam, p, dt, work, hx, thx, zero)
 
