@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import numba
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,10 +122,17 @@ def coupling_products_per_step(n: int, batch: int, steps: int, dtype: torch.dtyp
     forward pass keeps every state and stage field, 12 where the backward pass recomputes the stage fields, 16 where
     states are recomputed from checkpoints without keeping the fields (N <= SMALL_N_MAX; not benchmarked here)."""
     from stosim.integrate.chunks import chunk_count
-    from stosim.integrate.flow import checkpoint_segment, gradient_memory_bytes, keeps_stage_fields
+    from stosim.integrate.flow import (
+        checkpoint_segment,
+        gradient_memory_bytes,
+        keeps_stage_fields,
+        padded_oscillator_count,
+    )
 
     n_chunks = chunk_count(batch, n)
-    state_bytes = n_chunks * 3 * (-(-batch // n_chunks)) * n * (8 if dtype == torch.float64 else 4)
+    itemsize = 8 if dtype == torch.float64 else 4
+    n_pad = padded_oscillator_count(n, np.float64 if dtype == torch.float64 else np.float32)  # the kernels' rows
+    state_bytes = n_chunks * 3 * (-(-batch // n_chunks)) * n_pad * itemsize
     budget = gradient_memory_bytes()
     if keeps_stage_fields(steps, n, state_bytes, budget):
         return 8
