@@ -239,22 +239,10 @@ def llg_rhs_batch(m, hx, osc, lam, p):
 
 
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
-def llg_vjp_point(mx, my, mz, hx, hy, hz, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one):
-    """Vector-Jacobian product of :func:`llg_point`: v^T (df/dm) and v^T (df/dh_x).
-
-    f = -pref (a + alpha d), a = m x B, d = m x a, B = H + H_s q, q = p x m,
-    H_s = H_s0/(1 + lambda m.p), H_z = hz + H_appl + H_K' m_z. For c = u x w the cotangents
-    are g_u = w x g_c and g_w = g_c x u. Returns (g_mx, g_my, g_mz, g_hx).
-    """
-    mp = mx * px + my * py + mz * pz
-    den = one / (one + lam * mp)
-    hs = hs0 * den
-    qx = py * mz - pz * my
-    qy = pz * mx - px * mz
-    qz = px * my - py * mx
-    bx = hx + hs * qx
-    by = hy + hs * qy
-    bz = hz + h_appl + hk_eff * mz + hs * qz
+def _vjp_through_a_and_d(mx, my, mz, bx, by, bz, vx, vy, vz, alpha, pref):
+    """The part of the vector-Jacobian product of f = -pref (a + alpha d), a = m x B, d = m x a that every
+    reference direction shares: the cotangent v of f taken back through d and a to (g_m, g_B) (g_m without the
+    terms of B's own dependence on m). For c = u x w the cotangents are g_u = w x g_c and g_w = g_c x u."""
     ax = my * bz - mz * by
     ay = mz * bx - mx * bz
     az = mx * by - my * bx
@@ -279,6 +267,27 @@ def llg_vjp_point(mx, my, mz, hx, hy, hz, vx, vy, vz, h_appl, hk_eff, hs0, alpha
     gbx = gay * mz - gaz * my
     gby = gaz * mx - gax * mz
     gbz = gax * my - gay * mx
+    return gmx, gmy, gmz, gbx, gby, gbz
+
+
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
+def llg_vjp_point(mx, my, mz, hx, hy, hz, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one):
+    """Vector-Jacobian product of :func:`llg_point`: v^T (df/dm) and v^T (df/dh_x).
+
+    f = -pref (a + alpha d), a = m x B, d = m x a, B = H + H_s q, q = p x m,
+    H_s = H_s0/(1 + lambda m.p), H_z = hz + H_appl + H_K' m_z. For c = u x w the cotangents
+    are g_u = w x g_c and g_w = g_c x u. Returns (g_mx, g_my, g_mz, g_hx).
+    """
+    mp = mx * px + my * py + mz * pz
+    den = one / (one + lam * mp)
+    hs = hs0 * den
+    qx = py * mz - pz * my
+    qy = pz * mx - px * mz
+    qz = px * my - py * mx
+    bx = hx + hs * qx
+    by = hy + hs * qy
+    bz = hz + h_appl + hk_eff * mz + hs * qz
+    gmx, gmy, gmz, gbx, gby, gbz = _vjp_through_a_and_d(mx, my, mz, bx, by, bz, vx, vy, vz, alpha, pref)
     # B = H + H_s q
     ghs = gbx * qx + gby * qy + gbz * qz
     gqx = hs * gbx
@@ -316,30 +325,7 @@ def llg_vjp_point_along_x(mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha
     bx = hx
     by = hs * qy
     bz = h_appl + hk_eff * mz + hs * qz
-    ax = my * bz - mz * by
-    ay = mz * bx - mx * bz
-    az = mx * by - my * bx
-    # cotangents of a and d
-    gax = -pref * vx
-    gay = -pref * vy
-    gaz = -pref * vz
-    gdx = alpha * gax
-    gdy = alpha * gay
-    gdz = alpha * gaz
-    # d = m x a: g_m += a x g_d, g_a += g_d x m
-    gmx = ay * gdz - az * gdy
-    gmy = az * gdx - ax * gdz
-    gmz = ax * gdy - ay * gdx
-    gax += gdy * mz - gdz * my
-    gay += gdz * mx - gdx * mz
-    gaz += gdx * my - gdy * mx
-    # a = m x B: g_m += B x g_a, g_B = g_a x m
-    gmx += by * gaz - bz * gay
-    gmy += bz * gax - bx * gaz
-    gmz += bx * gay - by * gax
-    gbx = gay * mz - gaz * my
-    gby = gaz * mx - gax * mz
-    gbz = gax * my - gay * mx
+    gmx, gmy, gmz, gbx, gby, gbz = _vjp_through_a_and_d(mx, my, mz, bx, by, bz, vx, vy, vz, alpha, pref)
     # B = H + H_s q (q_x = 0)
     ghs = gby * qy + gbz * qz
     # q = p x m: g_m += g_q x p with g_q = H_s g_B
