@@ -6,7 +6,8 @@ within ``checkpoint_bytes`` (default 1 GiB, or ``STOSIM_GRADIENT_MEMORY_MB`` MiB
 
 - every state and the four stage fields H_x of every step (7 numbers per oscillator and step; N > 32):
   the backward pass runs 4 coupling products per step, 8 per step in all with the forward pass's 4;
-  at N = 200, 300 steps this is 0.86 GB at batch 500 in float32 (a training step of the MNIST tables),
+  at N = 200, 300 steps this is 0.90 GB at batch 500 in float32 (a training step of the MNIST tables; N padded
+  to 208, :func:`padded_oscillator_count`),
   0.22 GB at batch 64 in float64;
 - every state (3 numbers per oscillator and step): the backward pass recomputes the stage fields, 12 products
   per step in all;
