@@ -12,6 +12,7 @@ plus the parallel-region machinery), which made the first run compile for minute
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable
@@ -74,7 +75,7 @@ _pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid that made it, pool)
 
 
 def _executor() -> ThreadPoolExecutor:
-    """The process's chunk threads (NUMBA_NUM_THREADS - 1 workers; the caller runs one stripe itself).
+    """The process's chunk threads (NUMBA_NUM_THREADS - 1 workers; the calling thread takes chunks too).
 
     Made again in a forked child, where the parent's worker threads do not exist."""
     global _pool
@@ -85,30 +86,46 @@ def _executor() -> ThreadPoolExecutor:
         return _pool[1]
 
 
-def _stripe(body: Callable[[int], None], first: int, step: int, n_chunks: int) -> None:
+def _take_chunks(body: Callable[[int], None], next_chunk: Callable[[], int], n_chunks: int) -> None:
     with one_blas_thread():  # the kernels' gemm on this thread only (MKL's setting is per thread)
-        for c in range(first, n_chunks, step):
+        while (c := next_chunk()) < n_chunks:
             body(c)
 
 
 def for_each_chunk(n_chunks: int, body: Callable[[int], None]) -> None:
     """``body(c)`` for every chunk c < ``n_chunks``, on T = min(n_chunks, numba.get_num_threads()) threads.
 
-    Thread t runs chunks t, t + T, t + 2T, ... (chunks are the same size); the calling thread runs
-    stripe 0. ``body`` must call a kernel compiled with ``nogil=True`` (else the threads take turns).
-    ``numba.get_num_threads()`` is read in the calling thread, so ``numba.set_num_threads(1)`` (a sweep
-    worker) runs every chunk in the calling thread. Returns when every chunk is done; the first
-    exception raised by a chunk is re-raised then."""
+    Each thread takes the next chunk not yet taken (a shared counter) until none is left, the calling thread
+    one of them: a core that runs slower (the machine's cores are not always equally fast, nor equally free)
+    takes fewer chunks instead of holding up the others with a fixed share (16 chunks on two threads, an MNIST
+    training step at batch 500, alternated in one process: 0.89-1.01 of the time of fixed stripes by the best of
+    10, 0.94-1.00 by the median). ``body`` must call a kernel compiled with ``nogil=True`` (else the threads take
+    turns). ``numba.get_num_threads()`` is read in the calling thread, so ``numba.set_num_threads(1)`` (a sweep
+    worker) runs every chunk in the calling thread. Returns when every chunk is done; the first exception raised
+    by a chunk is re-raised then (the other threads stop taking chunks)."""
     threads = min(n_chunks, numba.get_num_threads())
+    counter = itertools.count()
+    failed = threading.Event()
+
+    def next_chunk() -> int:
+        return n_chunks if failed.is_set() else next(counter)  # itertools.count is atomic under the GIL
+
+    def run() -> None:
+        try:
+            _take_chunks(body, next_chunk, n_chunks)
+        except BaseException:
+            failed.set()
+            raise
+
     if threads <= 1:
-        _stripe(body, 0, 1, n_chunks)
+        _take_chunks(body, next_chunk, n_chunks)
         return
     pool = _executor()
-    futures = [pool.submit(_stripe, body, t, threads, n_chunks) for t in range(1, threads)]
+    futures = [pool.submit(run) for _ in range(1, threads)]
     try:
-        _stripe(body, 0, threads, n_chunks)
+        run()
     finally:
-        for f in futures:  # every stripe ends before the arrays it writes are used or raised past
+        for f in futures:  # every thread ends before the arrays it writes are used or raised past
             f.exception()
     for f in futures:
         f.result()
