@@ -10,7 +10,8 @@ process). Results do not depend on placement (the same instructions run on the s
 :func:`aligned_empty` (NumPy, for the buffers handed to the kernels) and :func:`aligned_zeros` (inside the
 kernels, for their work arrays) allocate 64 bytes more than needed and start the array at the first aligned
 byte. A (3, Bc, N) state then has every component aligned, and every row too where N times the item size is
-a multiple of 64 (N = 200 in float64; in float32 every second row starts half a line in).
+a multiple of 64 (N = 200 in float64; in float32 every second row starts half a line in, which the gradient
+kernels avoid by padding N: :func:`stosim.integrate.flow.padded_oscillator_count`).
 """
 
 from __future__ import annotations
