@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from stosim.analysis.lyapunov import TangentSystem
+from stosim.integrate.aligned import aligned_copy
 from stosim.integrate.flow import _ArrayTensors
 from stosim.integrate.tangent import tangent_run
 from stosim.integrate.threads import single_threaded_blas
@@ -45,14 +46,14 @@ class STOArrayTangent(TangentSystem):
 
     def steps_with_tangents(self, x: np.ndarray, q: np.ndarray, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
         k = q.shape[0]
-        # new, writable arrays: the kernel writes into them (a broadcast view is read-only, and for k = 1
-        # the transposed q would be a view of the caller's array)
-        m = np.broadcast_to(x.reshape(self.n, 3).T[:, None, :], (3, k, self.n)).copy(order="C")
-        t = q.reshape(k, self.n, 3).transpose(2, 0, 1).copy(order="C")
         prm = self._prm
+        # new, writable (3, k, N_pad) arrays on cache lines: the kernel writes into them; the kernels' padding
+        # oscillators (flow.padded_oscillator_count) are uncoupled copies of oscillator 0 with zero tangents
+        m = aligned_copy(prm.states_in(np.broadcast_to(x.reshape(1, self.n, 3), (k, self.n, 3))).transpose(2, 0, 1))
+        t = aligned_copy(prm.zeros_in(q.reshape(k, self.n, 3)).transpose(2, 0, 1))
         with single_threaded_blas():
             tangent_run(m, t, prm.coupling_t, prm.use_coupling, prm.osc, prm.lam, prm.p, self.step_time, n_steps)
-        return m[:, 0, :].T.reshape(-1).copy(), t.transpose(1, 2, 0).reshape(k, -1).copy()
+        return m[:, 0, : self.n].T.reshape(-1).copy(), t[:, :, : self.n].transpose(1, 2, 0).reshape(k, -1).copy()
 
     def project_tangent(self, x: np.ndarray, q: np.ndarray) -> np.ndarray:
         m = x.reshape(self.n, 3)

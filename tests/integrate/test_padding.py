@@ -107,3 +107,25 @@ def test_padded_tangent_equals_the_unpadded_one(monkeypatch):
     m_u, t_u = sto_jvp(m0, t0, array, 60, 1e-12)
     assert m_p.shape == t_p.shape == (4, 100, 3)
     assert np.max(np.abs(m_p - m_u)) <= 1e-13 and np.max(np.abs(t_p - t_u)) <= 1e-13 * np.max(np.abs(t_u))
+
+
+def test_lyapunov_tangent_system_runs_padded_and_matches_the_unpadded_one(monkeypatch):
+    """STOArrayTangent at N = 100 (float64: the kernels run 104 oscillators): states and tangents equal the
+    unpadded run's to 1e-13 (relative for tangents), and the state equals ``evolve`` (never padded)."""
+    from stosim.analysis.tangent_sto import STOArrayTangent
+
+    array = STOArray.generate(load_device(), 100, 500.0, seed=6)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((100, 3))
+    x = (x / np.linalg.norm(x, axis=-1, keepdims=True)).reshape(-1)
+    q = rng.standard_normal((3, 300))
+    system = STOArrayTangent(array, 1e-12)
+    assert system._prm.n_pad == 104
+    m_p, t_p = system.steps_with_tangents(x, q, 40)
+    assert m_p.shape == (300,) and t_p.shape == (3, 300)
+    assert np.max(np.abs(m_p - system.steps(x, 40))) <= 1e-13
+    monkeypatch.setattr(flow, "padded_oscillator_count", lambda n_osc, dt: n_osc)
+    unpadded = STOArrayTangent(array, 1e-12)
+    assert unpadded._prm.n_pad == 100
+    m_u, t_u = unpadded.steps_with_tangents(x, q, 40)
+    assert np.max(np.abs(m_p - m_u)) <= 1e-13 and np.max(np.abs(t_p - t_u)) <= 1e-13 * np.max(np.abs(t_u))
