@@ -108,10 +108,8 @@ def test_empty_idx_files_are_refused_naming_the_file(tmp_path, capsys):
     with pytest.raises(DatasetError, match=rf"{labels}: the header announces 0 labels"):
         read_idx_labels(labels)
     # `stosim train` on them: one line naming the file (it used to end in a ZeroDivisionError)
-    assert (
-        main(["train", "--substrate", "linear", "--dataset", "mnist", "--data-dir", str(tmp_path), "--epochs", "1"])
-        == 2
-    )
+    args = ["train", "--substrate", "linear", "--dataset", "mnist", "--data-dir", str(tmp_path), "--epochs", "1"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2  # not the default data/train of the current folder
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(images) in err and "0 images" in err
 
