@@ -369,35 +369,28 @@ def _reference_array(p):
     return lambda p: np.array((p[0], p[1], p[2]))
 
 
-def llg_vjp_noiseless(p, mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, one):
-    """v^T (df/dm), v^T (df/dh_x) at h_y = h_z = 0: :func:`llg_vjp_point_along_x` for a :class:`ReferenceAlongX`
-    p, :func:`llg_vjp_point` for an array p (chosen when the kernel is compiled, by the type of p)."""
-    if isinstance(p, ReferenceAlongX):
-        return llg_vjp_point_along_x.py_func(
-            mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, p[0], one
-        )
+def _vjp_along_x(p, mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, one):
+    return llg_vjp_point_along_x(mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, p[0], one)
+
+
+def _vjp_generic(p, mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, one):
     zero = one - one
-    return llg_vjp_point.py_func(
+    return llg_vjp_point(
         mx, my, mz, hx, zero, zero, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, p[0], p[1], p[2], one
     )
 
 
+def llg_vjp_noiseless(p, mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, one):
+    """v^T (df/dm), v^T (df/dh_x) at h_y = h_z = 0: :func:`llg_vjp_point_along_x` for a :class:`ReferenceAlongX`
+    p, :func:`llg_vjp_point` for an array p (chosen when the kernel is compiled, by the type of p)."""
+    impl = _vjp_along_x if isinstance(p, ReferenceAlongX) else _vjp_generic
+    return impl(p, mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, one)
+
+
 @overload(llg_vjp_noiseless, inline="always")
 def _llg_vjp_noiseless(p, mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, one):
-    if isinstance(p, types.NamedUniTuple) and p.instance_class is ReferenceAlongX:
-
-        def along_x(p, mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, one):
-            return llg_vjp_point_along_x(mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, p[0], one)
-
-        return along_x
-
-    def generic(p, mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, one):
-        zero = one - one
-        return llg_vjp_point(
-            mx, my, mz, hx, zero, zero, vx, vy, vz, h_appl, hk_eff, hs0, alpha, pref, lam, p[0], p[1], p[2], one
-        )
-
-    return generic
+    along_x = isinstance(p, types.NamedUniTuple) and p.instance_class is ReferenceAlongX
+    return _vjp_along_x if along_x else _vjp_generic
 
 
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
