@@ -239,6 +239,23 @@ def llg_rhs_batch(m, hx, osc, lam, p):
 
 
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
+def _torque_field(mx, my, mz, hx, hy, hz, h_appl, hk_eff, hs0, lam, px, py, pz, one):
+    """The field B = H + H_s q of :func:`llg_point` with the pieces its derivatives reuse:
+    (1/(1 + lambda m.p), H_s, q = p x m, B) with H_s = H_s0/(1 + lambda m.p) computed as H_s0 times the
+    reciprocal (the derivatives need both)."""
+    mp = mx * px + my * py + mz * pz
+    den = one / (one + lam * mp)
+    hs = hs0 * den
+    qx = py * mz - pz * my
+    qy = pz * mx - px * mz
+    qz = px * my - py * mx
+    bx = hx + hs * qx
+    by = hy + hs * qy
+    bz = hz + h_appl + hk_eff * mz + hs * qz
+    return den, hs, qx, qy, qz, bx, by, bz
+
+
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def _vjp_through_a_and_d(mx, my, mz, bx, by, bz, vx, vy, vz, alpha, pref):
     """The part of the vector-Jacobian product of f = -pref (a + alpha d), a = m x B, d = m x a that every
     reference direction shares: the cotangent v of f taken back through d and a to (g_m, g_B) (g_m without the
@@ -278,15 +295,7 @@ def llg_vjp_point(mx, my, mz, hx, hy, hz, vx, vy, vz, h_appl, hk_eff, hs0, alpha
     H_s = H_s0/(1 + lambda m.p), H_z = hz + H_appl + H_K' m_z. For c = u x w the cotangents
     are g_u = w x g_c and g_w = g_c x u. Returns (g_mx, g_my, g_mz, g_hx).
     """
-    mp = mx * px + my * py + mz * pz
-    den = one / (one + lam * mp)
-    hs = hs0 * den
-    qx = py * mz - pz * my
-    qy = pz * mx - px * mz
-    qz = px * my - py * mx
-    bx = hx + hs * qx
-    by = hy + hs * qy
-    bz = hz + h_appl + hk_eff * mz + hs * qz
+    den, hs, qx, qy, qz, bx, by, bz = _torque_field(mx, my, mz, hx, hy, hz, h_appl, hk_eff, hs0, lam, px, py, pz, one)
     gmx, gmy, gmz, gbx, gby, gbz = _vjp_through_a_and_d(mx, my, mz, bx, by, bz, vx, vy, vz, alpha, pref)
     # B = H + H_s q
     ghs = gbx * qx + gby * qy + gbz * qz
@@ -396,19 +405,11 @@ def _llg_vjp_noiseless(p, mx, my, mz, hx, vx, vy, vz, h_appl, hk_eff, hs0, alpha
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def llg_jvp_point(mx, my, mz, hx, hy, hz, tx, ty, tz, thx, h_appl, hk_eff, hs0, alpha, pref, lam, px, py, pz, one):
     """Jacobian-vector product of :func:`llg_point`: (df/dm) t + (df/dh_x) t_hx, for a tangent (t, t_hx)."""
-    mp = mx * px + my * py + mz * pz
-    den = one / (one + lam * mp)
-    hs = hs0 * den
+    den, hs, qx, qy, qz, bx, by, bz = _torque_field(mx, my, mz, hx, hy, hz, h_appl, hk_eff, hs0, lam, px, py, pz, one)
     dhs = -hs * lam * den * (tx * px + ty * py + tz * pz)
-    qx = py * mz - pz * my
-    qy = pz * mx - px * mz
-    qz = px * my - py * mx
     dqx = py * tz - pz * ty
     dqy = pz * tx - px * tz
     dqz = px * ty - py * tx
-    bx = hx + hs * qx
-    by = hy + hs * qy
-    bz = hz + h_appl + hk_eff * mz + hs * qz
     dbx = thx + dhs * qx + hs * dqx
     dby = dhs * qy + hs * dqy
     dbz = hk_eff * tz + dhs * qz + hs * dqz
