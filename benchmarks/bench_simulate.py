@@ -33,7 +33,11 @@ Cases:
     steps (500; 200 with --quick), so the figures compare directly but the reference figures come
     from shorter runs. NumPy only for N <= 100. Besides ``stosim.evolve`` (which includes its
     per-call checks and set-up, ~20 us at N = 1) the Numba time loop alone is timed
-    (``batch1_kernel_device_steps_per_s``, N <= 100). NumPy is checked against stosim after 100
+    (``batch1_kernel_device_steps_per_s``, N <= 100). Both are timed in blocks that repeat a run for at
+    least ``PEER_BLOCK_S`` (0.2 s), as in case (d): a single call of 4999 steps at N = 1 lasts 0.4 ms and,
+    started right after the pause between tasks, runs on a core that is still waking up (about half the
+    sustained rate on this project's machine); that figure is reported too
+    (``batch1_single_call_device_steps_per_s``, N <= 100). NumPy is checked against stosim after 100
     steps (1 ns): the array is chaotic, and round-off differences (1e-15) grow over nanoseconds,
     which says nothing about correctness.
 (c) Matrix-multiply throughput (GFLOP/s, 2 M K N flops per product) of the coupling product
@@ -888,9 +892,14 @@ def main(argv: list[str] | None = None) -> int:
         m0 = unit((1, n, 3))
         ref_check, _, _ = stosim.evolve(arr, m0, CHECK_STEPS_B, dt_b)  # warm-up, and the agreement reference
         ref_long, _, _ = stosim.evolve(arr, m0, steps_ref, dt_b)
-        tasks_b["stosim", n] = Task(f"stosim N={n}", stosim_task(arr, m0, steps_stosim[n], dt_b, np.float64))
+        # a timed block repeats a run for >= PEER_BLOCK_S (as in case (d)); "stosim-single" is one call right
+        # after the pause between tasks (an idle core waking up: at N = 1 about half the sustained rate)
+        tasks_b["stosim", n] = Task(f"stosim N={n}", _repeated(stosim_task(arr, m0, steps_stosim[n], dt_b, np.float64)))
         if n <= 100:
-            tasks_b["kernel", n] = Task(f"kernel N={n}", kernel_task(arr, m0, steps_b, dt_b))
+            tasks_b["stosim-single", n] = Task(
+                f"stosim (one call) N={n}", stosim_task(arr, m0, steps_stosim[n], dt_b, np.float64)
+            )
+            tasks_b["kernel", n] = Task(f"kernel N={n}", _repeated(kernel_task(arr, m0, steps_b, dt_b)))
             kernel_task(arr, m0, 2, dt_b)()
         tasks_b["torchdiffeq", n] = Task(f"torchdiffeq N={n}", torch_task(arr, m0, steps_ref, dt_b, torch.float64))
         torch_task(arr, m0, 2, dt_b, torch.float64)()
@@ -945,6 +954,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "batch1_device_steps_per_s": {str(n): med(tasks_b, ("stosim", n)) for n in sizes},
         "batch1_kernel_device_steps_per_s": {str(n): med(tasks_b, ("kernel", n)) for n in sizes if n <= 100},
+        "batch1_single_call_device_steps_per_s": {
+            str(n): med(tasks_b, ("stosim-single", n)) for n in sizes if n <= 100
+        },
         "batch1_coupling_oe": {str(n): mu_b[n] for n in sizes},
         "batch1_steps": {
             "stosim": {str(n): steps_stosim[n] for n in sizes},
@@ -1033,6 +1045,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "    kernel = the Numba time loop alone (stosim.evolve adds its checks and set-up per call): "
         + ", ".join(f"N={n}: {_fmt(med(tasks_b, ('kernel', n)))}" for n in sizes if n <= 100)
+    )
+    print(
+        f"    stosim and kernel: blocks of >= {PEER_BLOCK_S:g} s; one call right after the pause between tasks: "
+        + ", ".join(f"N={n}: {_fmt(med(tasks_b, ('stosim-single', n)))}" for n in sizes if n <= 100)
     )
     print(
         f"    {'N':>5} {'stosim':>10} {'[min..max]':>23} {'torchdiffeq':>11} {'numpy':>10} {'st/torchdq':>10} "
