@@ -33,7 +33,8 @@ Cases:
     steps (500; 200 with --quick), so the figures compare directly but the reference figures come
     from shorter runs. NumPy only for N <= 100. Besides ``stosim.evolve`` (which includes its
     per-call checks and set-up, ~20 us at N = 1) the Numba time loop alone is timed
-    (``batch1_kernel_device_steps_per_s``, N <= 100). Both are timed in blocks that repeat a run for at
+    (``run_chunk``, ``batch1_kernel_device_steps_per_s``, N <= 100; for one sample evolve runs the batch-1 loops
+    of ``stosim.integrate.batch1`` instead, faster at N = 1). Both are timed in blocks that repeat a run for at
     least ``PEER_BLOCK_S`` (0.2 s), as in case (d): a single call of 4999 steps at N = 1 lasts 0.4 ms and,
     started right after the pause between tasks, runs on a core that is still waking up (about half the
     sustained rate on this project's machine); that figure is reported too
@@ -263,7 +264,9 @@ def torch_task(array, m0, n_steps, dt_s, torch_dtype):
 
 
 def kernel_task(array, m0, n_steps, dt_s):
-    """The Numba time loop alone (``run_chunk`` on one chunk), without evolve's checks and set-up."""
+    """The batched Numba time loop alone (``run_chunk`` on one chunk), without evolve's checks and set-up. For one
+    sample ``stosim.evolve`` runs its batch-1 loops instead (``stosim.integrate.batch1``; at N = 1 the uncoupled
+    loop, about twice as fast as this one), so this figure is not a bound on evolve's."""
     from stosim.integrate.sto_kernels import METHOD_RK4, run_chunk
 
     n = m0.shape[1]
@@ -1043,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{n}: {mu_b[n]:g}" for n in sizes)
     )
     print(
-        "    kernel = the Numba time loop alone (stosim.evolve adds its checks and set-up per call): "
+        "    kernel = the batched Numba time loop alone (run_chunk; evolve runs its batch-1 loops instead): "
         + ", ".join(f"N={n}: {_fmt(med(tasks_b, ('kernel', n)))}" for n in sizes if n <= 100)
     )
     print(
