@@ -11,9 +11,10 @@ the cotangent g' of m' gives g_u = (g' - m' (m'.g'))/|u|, then each stage in rev
 g_s = J_m(s)^T g_k (pointwise) plus the coupling term (g_hx @ mu W) (one matrix product, since
 H_x = s_x @ (mu W)^T). Three plans, chosen by :mod:`stosim.integrate.flow` from its memory budget:
 
-- the forward pass keeps every state and the four stage fields H_x(s_j) of every step
+- the forward pass keeps every state, the four stage fields H_x(s_j) of every step and its 1/|u|
   (:func:`forward_keep_chunk`, :func:`adjoint_kept_chunk`): a step's gradient costs the 4 products of the
-  cotangents, 8 per step with the forward pass;
+  cotangents, 8 per step with the forward pass, and with m' and 1/|u| kept the cotangent's projection needs no
+  k4 and the recomputed stage states no sum of the stages (:func:`_step_vjp_kept`);
 - every state kept (K = 1): the backward pass recomputes the stage fields, 8 products per backward step;
 - checkpoints every K > 1 steps: the recomputation of a segment keeps the four stage fields of each of its
   steps (bitwise the ones the forward pass computed), so a backward step again costs 8 products, not 12.
@@ -22,7 +23,7 @@ All give the same gradient, bitwise. This is the gradient of the discrete map, s
 through a torch RK4 loop to round-off.
 
 Passes over memory per backward step (besides its products): three recomputed stages, one pass that
-evaluates k4 and projects the cotangent (u is never stored), one pass per stage that evaluates the
+projects the cotangent (evaluating k4 and u first unless 1/|u| was kept), one pass per stage that evaluates the
 vector-Jacobian product and updates the step's cotangents in place (y and z at once; x, known after the
 stage's gemm, in the next stage's pass), and one pass for the last x part. The helpers are separate compiled
 functions, not ``inline="always"``: inlined into the step, their loops were left unvectorized (3-4x slower);
@@ -52,6 +53,8 @@ from stosim.physics.llg import (
     reference_array,
     stage_accumulate,
     stage_final,
+    stage_final_keep_norm,
+    stage_next,
 )
 
 __all__ = ["adjoint_chunks", "forward_keep_chunk", "adjoint_kept_chunk"]
@@ -72,7 +75,7 @@ def _step_vjp(
     ``p`` is the reference direction (3,) of the stages, ``p_vjp`` the same as the reverse stages take it (an
     array or a :class:`~stosim.physics.llg.ReferenceAlongX`, :func:`~stosim.physics.llg.llg_vjp_noiseless`).
     ``hxs`` (4, Bc, N) receives the stage fields H_x(s_j), or holds them when ``fields_given``."""
-    s2, s3, s4, acc, gk, out, gu = work[0], work[1], work[2], work[3], work[4], work[5], work[6]
+    s2, s3, s4, acc, gu = work[0], work[1], work[2], work[3], work[6]
     consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(m.dtype)  # in working precision
     half, sixth, third, c_zero, c_one = dt * consts[0], consts[1], consts[2], consts[3], consts[4]
     # recompute the stage states s_j and acc = k1/6 + k2/3 + k3/3, as the forward pass computes them (bitwise)
@@ -89,6 +92,31 @@ def _step_vjp(
         _coupled_field(s4, coupling_t, use_coupling, hxs[3])
     # k4 = f(s4) and u = m + h (acc + k4/6) in one pass with gu = g_u = (g - m'(m'.g))/|u|, m' = u/|u|
     _project_back(m, s4, hxs[3], osc, lam, p, acc, g, dt, sixth, gu)
+    _stages_back(m, g, coupling, use_coupling, osc, lam, p_vjp, dt, work, hxs, g_hx, g_sx)
+
+
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
+def _step_vjp_kept(m, m_next, kept, g, coupling, use_coupling, osc, lam, p, p_vjp, dt, work, g_hx, g_sx):
+    """:func:`_step_vjp` from what the forward pass kept of the step (:func:`forward_keep_chunk`): its four stage
+    fields and 1/|u| (``kept`` (5, Bc, N)) and the new state m' = u/|u| (``m_next``). The stage states s2, s3, s4 are
+    recomputed without their sum (:func:`~stosim.physics.llg.stage_next`) and g_u = (g - m'(m'.g))/|u| needs no
+    k4: bitwise the result of :func:`_step_vjp`, with one right-hand side and 18 array streams less per step."""
+    s2, s3, s4, gu = work[0], work[1], work[2], work[6]
+    half = dt * np.array([0.5]).astype(m.dtype)[0]  # in working precision, as _step_vjp
+    stage_next(m, m, kept[0], osc, lam, p, half, s2)
+    stage_next(m, s2, kept[1], osc, lam, p, half, s3)
+    stage_next(m, s3, kept[2], osc, lam, p, dt, s4)
+    _project_kept(m_next, kept[4], g, gu)
+    _stages_back(m, g, coupling, use_coupling, osc, lam, p_vjp, dt, work, kept, g_hx, g_sx)
+
+
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
+def _stages_back(m, g, coupling, use_coupling, osc, lam, p_vjp, dt, work, hxs, g_hx, g_sx):
+    """The four stages of one step in reverse, from the stage states s2, s3, s4 (``work[0:3]``), the stage fields
+    ``hxs[0:4]`` and g_u (``work[6]``): g <- the cotangent of m."""
+    s2, s3, s4, gk, out, gu = work[0], work[1], work[2], work[4], work[5], work[6]
+    consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0]).astype(m.dtype)  # in working precision
+    half, sixth, third = dt * consts[0], consts[1], consts[2]
     h_sixth, h_third = dt * sixth, dt * third
     # the cotangent of m (``out``) collects g_u (the identity path m -> u) and each stage's g_s.
     # stage 4 (g_k4 = h/6 g_u; s4 = m + h k3): g_k3 = h/3 g_u + h g_s4; stage 3 (s3 = m + h/2 k2):
@@ -132,6 +160,25 @@ def _project_back(m, s4, hx4, osc, lam, p, acc, g, dt, sixth, gu):
             uz = mz[i] + dt * (az[i] + sixth * k4z)
             inv = one / np.sqrt(ux * ux + uy * uy + uz * uz)
             nx, ny, nz = ux * inv, uy * inv, uz * inv
+            dot = nx * gx[i] + ny * gy[i] + nz * gz[i]
+            ox[i] = (gx[i] - nx * dot) * inv
+            oy[i] = (gy[i] - ny * dot) * inv
+            oz[i] = (gz[i] - nz * dot) * inv
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _project_kept(mn, inv_norm, g, gu):
+    """gu = (g - m'(m'.g)) / |u| from m' = u/|u| (``mn``) and 1/|u| (``inv_norm``) as the forward pass kept them:
+    the arithmetic of :func:`_project_back` after its u, so bitwise its result."""
+    arrays_do_not_overlap()
+    prefer_wide_vectors()
+    _, n_batch, n_osc = mn.shape
+    for b in range(n_batch):
+        nxb, nyb, nzb, ivb = mn[0, b], mn[1, b], mn[2, b], inv_norm[b]
+        gx, gy, gz = g[0, b], g[1, b], g[2, b]
+        ox, oy, oz = gu[0, b], gu[1, b], gu[2, b]
+        for i in range(n_osc):
+            nx, ny, nz, inv = nxb[i], nyb[i], nzb[i], ivb[i]
             dot = nx * gx[i] + ny * gy[i] + nz * gz[i]
             ox[i] = (gx[i] - nx * dot) * inv
             oy[i] = (gy[i] - ny * dot) * inv
@@ -264,7 +311,11 @@ def _recompute_segment(seg, fields, coupling_t, use_coupling, osc, lam, p, dt, l
         _coupled_field(tmp2, coupling_t, use_coupling, f[2])
         stage_accumulate(x, tmp2, f[2], zero, zero, osc, lam, p, dt, c_one, third, acc, tmp)
         _coupled_field(tmp, coupling_t, use_coupling, f[3])
-        if q + 1 < seg.shape[0]:
+        if q + 1 < seg.shape[0] and f.shape[0] > 4:  # 1/|u| kept too (forward_keep_chunk)
+            bad = stage_final_keep_norm(x, tmp, f[3], osc, lam, p, dt, sixth, acc, seg[q + 1], f[4])
+            if bad >= 0 and first_bad < 0:
+                first_bad = q
+        elif q + 1 < seg.shape[0]:
             bad = stage_final(x, tmp, f[3], zero, zero, osc, lam, p, dt, sixth, acc, seg[q + 1])
             if bad >= 0 and first_bad < 0:
                 first_bad = q
@@ -272,40 +323,43 @@ def _recompute_segment(seg, fields, coupling_t, use_coupling, osc, lam, p, dt, l
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-def forward_keep_chunk(states, fields, coupling_t, use_coupling, osc, lam, p, dt):
+def forward_keep_chunk(states, kept, coupling_t, use_coupling, osc, lam, p, dt):
     """The forward pass of one chunk keeping what the backward pass needs, so that it recomputes nothing
     with a coupling product: states[k] (3, Bc, N) = m after step k (states[0] given, k <= n_steps =
-    fields.shape[0]) and fields[k, j] (Bc, N) = H_x(s_j) (Oe) of stage j of step k (as :func:`run_chunk`
-    computes them, bitwise). Returns the first step whose new state is non-finite, or -1."""
+    kept.shape[0]), kept[k, j] (Bc, N) = H_x(s_j) (Oe) of stage j of step k (as :func:`run_chunk`
+    computes them, bitwise) and kept[k, 4] = 1/|u| of its projection m' = u/|u|. Returns the first step whose new
+    state is non-finite, or -1."""
+    if kept.shape[1] != 5 or states.shape[0] != kept.shape[0] + 1:
+        raise ValueError("forward_keep_chunk: kept must be (n_steps, 5, Bc, N) and states (n_steps + 1, 3, Bc, N)")
     _, n_batch, n_osc = states[0].shape
     zero = aligned_zeros((n_batch, n_osc), states)
     acc = aligned_zeros((3, n_batch, n_osc), states)
     tmp = aligned_zeros((3, n_batch, n_osc), states)
     tmp2 = aligned_zeros((3, n_batch, n_osc), states)
     return _recompute_segment(
-        states, fields, coupling_t, use_coupling, osc, lam, p, dt, fields.shape[0], zero, acc, tmp, tmp2
+        states, kept, coupling_t, use_coupling, osc, lam, p, dt, kept.shape[0], zero, acc, tmp, tmp2
     )
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-def adjoint_kept_chunk(states, fields, grad, coupling_t, coupling, use_coupling, osc, lam, p, dt):
-    """Gradient w.r.t. the initial state of one chunk from the states and stage fields that
-    :func:`forward_keep_chunk` kept: 4 coupling products per step (the cotangents'), none recomputed.
+def adjoint_kept_chunk(states, kept, grad, coupling, use_coupling, osc, lam, p, dt):
+    """Gradient w.r.t. the initial state of one chunk from what :func:`forward_keep_chunk` kept (the states and, per
+    step, the four stage fields and 1/|u|: ``kept`` (n_steps, 5, Bc, N)): 4 coupling products per step (the
+    cotangents'), none recomputed.
 
     ``grad`` (3, Bc, N) is the cotangent of the final state and is overwritten by the result; ``p`` the reference
     direction as :func:`~stosim.physics.llg.reference_for_kernels` gives it."""
+    if kept.shape[1] != 5 or states.shape[0] != kept.shape[0] + 1:
+        raise ValueError("adjoint_kept_chunk: kept must be (n_steps, 5, Bc, N) and states (n_steps + 1, 3, Bc, N)")
     _, n_batch, n_osc = grad.shape
     p_arr = reference_array(p)
     work = aligned_zeros((7, 3, n_batch, n_osc), grad)
-    zero = aligned_zeros((n_batch, n_osc), grad)
     g_hx = aligned_zeros((n_batch, n_osc), grad)
     g_sx = aligned_zeros((n_batch, n_osc), grad)
-    for q in range(fields.shape[0] - 1, -1, -1):
-        _step_vjp(
-            states[q], grad, coupling_t, coupling, use_coupling, osc, lam, p_arr, p, dt, work, fields[q], zero, g_hx,
-            g_sx,
-            True,
-        )  # fmt: skip
+    for q in range(kept.shape[0] - 1, -1, -1):
+        _step_vjp_kept(
+            states[q], states[q + 1], kept[q], grad, coupling, use_coupling, osc, lam, p_arr, p, dt, work, g_hx, g_sx
+        )
     return grad
 
 

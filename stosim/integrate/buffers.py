@@ -1,6 +1,6 @@
 """Large work buffers reused across calls: the states and stage fields the gradient's forward pass keeps.
 
-A training step keeps up to the memory budget of :mod:`stosim.integrate.flow` (0.90 GB at N = 200, 300
+A training step keeps up to the memory budget of :mod:`stosim.integrate.flow` (1.02 GB at N = 200, 300
 steps, batch 500 in float32) for its backward pass. Fresh memory costs page faults and the kernel's zeroing
 of every page on first touch, about 25 ms per 215 MB on this project's machine (7 % of a float64 training
 step at batch 64), paid again by every step. So a buffer goes back to this pool when nothing uses it any

@@ -168,6 +168,27 @@ def stage_accumulate(m, ms, hx, hy, hz, osc, lam, p, a_next, keep, w, acc, nxt):
             nz[i] = m0z[i] + a_next * kz
 
 
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
+def _projected_point(m0x, m0y, m0z, ax, ay, az, kx, ky, kz, dt, w, one):
+    """u = m0 + dt (acc + w k) projected onto the unit sphere: (u/|u|, 1/|u|, |u|^2)."""
+    x = m0x + dt * (ax + w * kx)
+    y = m0y + dt * (ay + w * ky)
+    z = m0z + dt * (az + w * kz)
+    norm2 = x * x + y * y + z * z
+    inv = one / np.sqrt(norm2)
+    return x * inv, y * inv, z * inv, inv, norm2
+
+
+@njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
+def _first_off_sphere(ox, oy, oz, one):
+    """The first i whose |(ox, oy, oz)[i]|^2 is not near 1 (non-finite, overflowed or vanished), or -1."""
+    for i in range(ox.shape[0]):
+        norm2 = ox[i] * ox[i] + oy[i] * oy[i] + oz[i] * oz[i]
+        if not abs(norm2 - one) < 0.5:  # also catches NaN
+            return i
+    return -1
+
+
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
     """Last stage: out = (m + dt (acc + w f(ms))) / |...| (projection onto the unit sphere).
@@ -192,41 +213,84 @@ def stage_final(m, ms, hx, hy, hz, osc, lam, p, dt, w, acc, out):
         failed = False
         for i in range(n_osc):
             kx, ky, kz = llg_point(
-                mx[i],
-                my[i],
-                mz[i],
-                fx[i],
-                fy[i],
-                fz[i],
-                h_appl[i],
-                hk_eff[i],
-                hs0[i],
-                alpha[i],
-                pref[i],
-                lam,
-                px,
-                py,
-                pz,
-                one,
+                mx[i], my[i], mz[i], fx[i], fy[i], fz[i],
+                h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one,
+            )  # fmt: skip
+            ox[i], oy[i], oz[i], inv, norm2 = _projected_point(
+                m0x[i], m0y[i], m0z[i], ax[i], ay[i], az[i], kx, ky, kz, dt, w, one
             )
-            x = m0x[i] + dt * (ax[i] + w * kx)
-            y = m0y[i] + dt * (ay[i] + w * ky)
-            z = m0z[i] + dt * (az[i] + w * kz)
-            norm2 = x * x + y * y + z * z
-            inv = one / np.sqrt(norm2)
             # a zero, NaN or overflowed |.|^2 makes norm2 + inv inf or NaN (both terms are >= 0 otherwise): a
             # failure. A boolean OR keeps the loop vectorized at the working precision's width (an integer count
             # would widen float32 lanes to int64's)
             failed |= (norm2 + inv) * zero != zero
-            ox[i] = x * inv
-            oy[i] = y * inv
-            oz[i] = z * inv
         if failed:
-            for i in range(n_osc):
-                norm2 = ox[i] * ox[i] + oy[i] * oy[i] + oz[i] * oz[i]
-                if not abs(norm2 - one) < 0.5:  # also catches NaN
-                    return b * n_osc + i
+            i = _first_off_sphere(ox, oy, oz, one)
+            if i >= 0:
+                return b * n_osc + i
     return -1
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def stage_final_keep_norm(m, ms, hx, osc, lam, p, dt, w, acc, out, inv_norm):
+    """:func:`stage_final` without a noise field (hy = hz = 0), also keeping inv_norm (B, N) = 1/|...|, the factor
+    of the projection (the gradient's backward pass projects its cotangent with it and the kept new state). Same
+    return value; bitwise the same ``out`` as :func:`stage_final` with zero hy, hz."""
+    arrays_do_not_overlap()
+    prefer_wide_vectors()
+    _, n_batch, n_osc = m.shape
+    h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
+    px, py, pz = p[0], p[1], p[2]
+    one = np.ones(1, dtype=m.dtype)[0]
+    zero = one - one
+    for b in range(n_batch):
+        mx, my, mz = ms[0, b], ms[1, b], ms[2, b]
+        m0x, m0y, m0z = m[0, b], m[1, b], m[2, b]
+        ax, ay, az = acc[0, b], acc[1, b], acc[2, b]
+        ox, oy, oz, ib = out[0, b], out[1, b], out[2, b], inv_norm[b]
+        fx = hx[b]
+        failed = False
+        for i in range(n_osc):
+            kx, ky, kz = llg_point(
+                mx[i], my[i], mz[i], fx[i], zero, zero,
+                h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one,
+            )  # fmt: skip
+            ox[i], oy[i], oz[i], inv, norm2 = _projected_point(
+                m0x[i], m0y[i], m0z[i], ax[i], ay[i], az[i], kx, ky, kz, dt, w, one
+            )
+            ib[i] = inv
+            failed |= (norm2 + inv) * zero != zero
+        if failed:
+            i = _first_off_sphere(ox, oy, oz, one)
+            if i >= 0:
+                return b * n_osc + i
+    return -1
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def stage_next(m, ms, hx, osc, lam, p, a_next, nxt):
+    """A Runge-Kutta stage state without a noise field and without the sum of the stages: nxt = m + a_next
+    f(ms, hx), bitwise :func:`stage_accumulate`'s ``nxt`` for hy = hz = 0 (the gradient's recomputed stages,
+    whose sum the backward pass does not need). ``nxt`` must not overlap an input."""
+    arrays_do_not_overlap()
+    prefer_wide_vectors()
+    _, n_batch, n_osc = m.shape
+    h_appl, hk_eff, hs0, alpha, pref = oscillator_rows(osc)
+    px, py, pz = p[0], p[1], p[2]
+    one = np.ones(1, dtype=m.dtype)[0]
+    zero = one - one
+    for b in range(n_batch):
+        mx, my, mz = ms[0, b], ms[1, b], ms[2, b]
+        m0x, m0y, m0z = m[0, b], m[1, b], m[2, b]
+        nx, ny, nz = nxt[0, b], nxt[1, b], nxt[2, b]
+        fx = hx[b]
+        for i in range(n_osc):
+            kx, ky, kz = llg_point(
+                mx[i], my[i], mz[i], fx[i], zero, zero,
+                h_appl[i], hk_eff[i], hs0[i], alpha[i], pref[i], lam, px, py, pz, one,
+            )  # fmt: skip
+            nx[i] = m0x[i] + a_next * kx
+            ny[i] = m0y[i] + a_next * ky
+            nz[i] = m0z[i] + a_next * kz
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})

@@ -65,13 +65,12 @@ def test_kernels_give_the_same_bits_wherever_their_arrays_lie(dtype):
     results = []
     for offset in (0, 16):
         states = _misaligned_copy(np.zeros((steps + 1, 3, 8, 40), dtype), offset)
-        fields = _misaligned_copy(np.zeros((steps, 4, 8, 40), dtype), offset)
+        fields = _misaligned_copy(np.zeros((steps, 5, 8, 40), dtype), offset)
         osc = _misaligned_copy(prm.osc, offset)
         states[0] = m
         assert forward_keep_chunk(states, fields, prm.coupling_t, True, osc, prm.lam, prm.p, dt) == -1
         grad = adjoint_kept_chunk(
-            states, fields, _misaligned_copy(g, offset), prm.coupling_t, prm.coupling, True, osc, prm.lam,
-            prm.p_adjoint, dt,
+            states, fields, _misaligned_copy(g, offset), prm.coupling, True, osc, prm.lam, prm.p_adjoint, dt,
         )  # fmt: skip
         results.append((states.copy(), fields.copy(), grad.copy()))
     for a, b in zip(*results):

@@ -53,31 +53,36 @@ def test_adjoint_equals_backprop_through_a_torch_rk4_loop(device, budget):
     assert torch.max(torch.abs(g_fast - m0.grad)) / torch.max(torch.abs(m0.grad)) < 1e-10
 
 
-def test_kept_stage_fields_give_the_gradient_of_the_other_plans_bitwise(device):
-    """N = 40 (above the fused small-N loop), 60 steps, float64: the plan that keeps every stage field (8 products
-    per step), the one that keeps every state (12) and the checkpointed one (12, segments of 8 steps) give the same
-    output and gradient bitwise, and agree with backprop through a torch RK4 loop to 1e-10 relative."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kept_stage_fields_give_the_gradient_of_the_other_plans_bitwise(device, dtype):
+    """N = 40 (above the fused small-N loop), 60 steps: the plan that keeps every stage field and 1/|u| (8 products
+    per step; its backward pass projects the cotangent with the kept m' and 1/|u| and recomputes the stage states
+    without their sum), the one that keeps every state (12) and the checkpointed one (12, segments of 8 steps) give
+    the same output and gradient bitwise, in float64 and float32; in float64 they agree with backprop through a
+    torch RK4 loop to 1e-10 relative."""
     n, batch, steps = 40, 3, 60
     array = STOArray.generate(device, n, 500.0, seed=4)
-    state_bytes = 3 * batch * n * 8
+    state_bytes = 3 * batch * n * (8 if dtype == torch.float64 else 4)
     budgets = {
-        "fields": (steps + 1) * state_bytes + steps * state_bytes * 4 // 3,
+        "fields": (steps + 1) * state_bytes + steps * state_bytes * 5 // 3,
         "states": (steps + 1) * state_bytes,
         "segments": 1,
     }
     assert keeps_stage_fields(steps, n, state_bytes, budgets["fields"])
     assert not keeps_stage_fields(steps, n, state_bytes, budgets["fields"] - 1)
     assert checkpoint_segment(steps, state_bytes, budgets["states"]) == 1
-    weights = torch.randn(batch, n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    weights = torch.randn(batch, n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).to(dtype)
     results = {}
     for plan, budget in budgets.items():
-        m0 = _unit(batch, n, 6).requires_grad_(True)
+        m0 = _unit(batch, n, 6, dtype).requires_grad_(True)
         out = sto_flow(m0, array, steps, 1e-12, checkpoint_bytes=budget)
         (out * weights).sum().backward()
         results[plan] = (out.detach(), m0.grad)
     for plan in ("states", "segments"):
         assert torch.equal(results[plan][0], results["fields"][0]), plan
         assert torch.equal(results[plan][1], results["fields"][1]), plan
+    if dtype == torch.float32:
+        return
     m0 = _unit(batch, n, 6).requires_grad_(True)
     ref = _torch_rk4(m0, array, steps)
     (ref * weights).sum().backward()
@@ -88,9 +93,9 @@ def test_kept_stage_fields_give_the_gradient_of_the_other_plans_bitwise(device):
 def test_kept_stage_fields_only_above_the_small_n_loop():
     assert not keeps_stage_fields(300, 32, 1000, budget_bytes=10**9)  # N <= 32: the fused loop, no products
     assert keeps_stage_fields(300, 33, 1000, budget_bytes=10**9)
-    # 301 states + 300 x 4/3 states of fields
-    assert keeps_stage_fields(300, 200, 3000, budget_bytes=301 * 3000 + 300 * 4000)
-    assert not keeps_stage_fields(300, 200, 3000, budget_bytes=301 * 3000 + 300 * 4000 - 1)
+    # 301 states + 300 x 5/3 states of stage fields and 1/|u|
+    assert keeps_stage_fields(300, 200, 3000, budget_bytes=301 * 3000 + 300 * 5000)
+    assert not keeps_stage_fields(300, 200, 3000, budget_bytes=301 * 3000 + 300 * 5000 - 1)
 
 
 def test_forward_keeping_fields_reports_the_first_non_finite_step(device):
@@ -100,7 +105,7 @@ def test_forward_keeping_fields_reports_the_first_non_finite_step(device):
     states = np.empty((6, 3, 2, 40))
     states[0] = _unit(2, 40, 0).numpy().transpose(2, 0, 1)
     states[0, 1, 1, 7] = np.nan
-    fields = np.empty((5, 4, 2, 40))
+    fields = np.empty((5, 5, 2, 40))
     osc = np.ascontiguousarray(array.oscillator_parameters())
     w_t = np.ascontiguousarray(array.coupling_transposed_oe())
     p = np.asarray(device.reference_direction, dtype=np.float64)
@@ -109,6 +114,25 @@ def test_forward_keeping_fields_reports_the_first_non_finite_step(device):
     states[0] /= np.linalg.norm(states[0], axis=0)
     assert forward_keep_chunk(states, fields, w_t, True, osc, float(device.torque_asymmetry), p, 1e-12) == -1
     assert np.all(np.isfinite(states)) and np.allclose(np.linalg.norm(states, axis=1), 1.0, atol=1e-14)
+
+
+def test_kept_arrays_of_the_wrong_shape_are_refused(device):
+    """The kept-plan kernels need the four stage fields and 1/|u| per step (5 rows) and one state more than steps:
+    anything else is refused with a message, never read past its end."""
+    from stosim.integrate.adjoint import adjoint_kept_chunk, forward_keep_chunk
+
+    array = STOArray.generate(device, 40, 500.0, seed=4)
+    osc = np.ascontiguousarray(array.oscillator_parameters())
+    w_t = np.ascontiguousarray(array.coupling_transposed_oe())
+    p = np.asarray(device.reference_direction, dtype=np.float64)
+    lam = float(device.torque_asymmetry)
+    states = np.empty((6, 3, 2, 40))
+    states[:] = _unit(2, 40, 0).numpy().transpose(2, 0, 1)
+    for kept, st in ((np.empty((5, 4, 2, 40)), states), (np.empty((4, 5, 2, 40)), states)):
+        with pytest.raises(ValueError, match="kept must be"):
+            forward_keep_chunk(st, kept, w_t, True, osc, lam, p, 1e-12)
+        with pytest.raises(ValueError, match="kept must be"):
+            adjoint_kept_chunk(st, kept, np.ones((3, 2, 40)), w_t.T.copy(), True, osc, lam, p, 1e-12)
 
 
 def test_checkpoint_segment_bounds_memory():
