@@ -296,7 +296,8 @@ def _stage_back_last(s, hx, gk, gu, out, coupling, use_coupling, osc, lam, p, a_
 @njit(inline="always", cache=True, error_model="numpy", fastmath={"contract"})
 def _recompute_segment(seg, fields, coupling_t, use_coupling, osc, lam, p, dt, length, zero, acc, tmp, tmp2):
     """Run ``length`` RK4 steps from seg[0] (as :func:`run_chunk` does, bitwise): seg[q] = state at step q
-    (q < seg.shape[0]), fields[q, j] = H_x of stage j of step q (q < length).
+    (q < seg.shape[0]), fields[q, j] = H_x of stage j of step q (q < length), and fields[q, 4] = 1/|u| of the step's
+    projection where ``fields`` has a fifth row (the kept plan).
 
     Returns the first step whose new state is non-finite, or -1."""
     consts = np.array([0.5, 1.0 / 6.0, 1.0 / 3.0, 0.0, 1.0]).astype(seg.dtype)  # in working precision
@@ -311,12 +312,11 @@ def _recompute_segment(seg, fields, coupling_t, use_coupling, osc, lam, p, dt, l
         _coupled_field(tmp2, coupling_t, use_coupling, f[2])
         stage_accumulate(x, tmp2, f[2], zero, zero, osc, lam, p, dt, c_one, third, acc, tmp)
         _coupled_field(tmp, coupling_t, use_coupling, f[3])
-        if q + 1 < seg.shape[0] and f.shape[0] > 4:  # 1/|u| kept too (forward_keep_chunk)
-            bad = stage_final_keep_norm(x, tmp, f[3], osc, lam, p, dt, sixth, acc, seg[q + 1], f[4])
-            if bad >= 0 and first_bad < 0:
-                first_bad = q
-        elif q + 1 < seg.shape[0]:
-            bad = stage_final(x, tmp, f[3], zero, zero, osc, lam, p, dt, sixth, acc, seg[q + 1])
+        if q + 1 < seg.shape[0]:
+            if f.shape[0] > 4:  # 1/|u| kept too (forward_keep_chunk)
+                bad = stage_final_keep_norm(x, tmp, f[3], osc, lam, p, dt, sixth, acc, seg[q + 1], f[4])
+            else:
+                bad = stage_final(x, tmp, f[3], zero, zero, osc, lam, p, dt, sixth, acc, seg[q + 1])
             if bad >= 0 and first_bad < 0:
                 first_bad = q
     return first_bad

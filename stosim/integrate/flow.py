@@ -125,7 +125,8 @@ class _ArrayTensors:
 
 
 def _kept_arrays(flat: np.ndarray, shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
-    """The states (C, n_steps + 1, 3, Bc, N) and stage fields (C, n_steps, 4, Bc, N) as views of one 1-D buffer."""
+    """The states (C, n_steps + 1, 3, Bc, N) and the stage fields with 1/|u| (C, n_steps, 5, Bc, N) as views of one
+    1-D buffer."""
     n_states = math.prod(shapes[0])
     return flat[:n_states].reshape(shapes[0]), flat[n_states:].reshape(shapes[1])
 
@@ -183,7 +184,7 @@ class _STOFlow(torch.autograd.Function):
 
     @staticmethod
     def _forward_keep(ctx, m: np.ndarray, prm: _ArrayTensors, n_batch: int, n_steps: int, dt, device) -> torch.Tensor:
-        """Forward pass keeping every state and every stage field (:func:`forward_keep_chunk`)."""
+        """Forward pass keeping every state, every stage field and every 1/|u| (:func:`forward_keep_chunk`)."""
         n_chunks = m.shape[0]
         shapes = ((n_chunks, n_steps + 1) + m.shape[1:], (n_chunks, n_steps, 5) + m.shape[2:])
         # one buffer from the pool (reused by the next step of this size: no page faults), saved for backward
